@@ -1,0 +1,63 @@
+# ngx_http_cio_module
+#
+#   make test      install what is missing, build, run every test
+#   make demo      build, start nginx + the Customer.io stand-in, send events
+#   make build     build/ngx_http_cio_module.so against Debian's nginx-dev
+#   make unit      the mapper's unit tests
+#   make valgrind  the mapper's unit tests under Valgrind
+#   make test SAN=1  the same suite with ASan + UBSan in the module
+
+SHELL := /bin/bash
+
+CC ?= gcc
+UNIT_CFLAGS = -std=gnu99 -g -O1 -W -Wall -Wpointer-arith \
+              -Wno-unused-parameter -Werror -Isrc
+SAN_FLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer
+
+ifeq ($(SAN),1)
+BUILD := build-san
+UNIT_CFLAGS += $(SAN_FLAGS)
+PROVE_ENV = CIO_MODULE=$(CURDIR)/$(BUILD)/ngx_http_cio_module.so \
+            CIO_PRELOAD="$$($(CC) -print-file-name=libasan.so)" \
+            ASAN_OPTIONS=detect_leaks=0:abort_on_error=0
+else
+BUILD := build
+PROVE_ENV =
+endif
+
+SRCS := config ngx_http_cio_module.c $(wildcard src/*.c src/*.h)
+
+.PHONY: all deps build unit valgrind test integration demo clean
+
+all: build
+
+deps:
+	@scripts/deps.sh
+
+build: deps $(BUILD)/ngx_http_cio_module.so
+
+$(BUILD)/ngx_http_cio_module.so: $(SRCS) scripts/build.sh
+	@SAN=$(filter 1,$(SAN)) scripts/build.sh
+
+$(BUILD)/test_map: t/unit/test_map.c src/ngx_http_cio_map.c \
+		src/ngx_http_cio_map.h
+	@mkdir -p $(BUILD)
+	$(CC) $(UNIT_CFLAGS) t/unit/test_map.c src/ngx_http_cio_map.c \
+		-lcjson -lm -o $@
+
+unit: deps $(BUILD)/test_map
+	$(BUILD)/test_map
+
+valgrind: deps build/test_map
+	valgrind -q --leak-check=full --error-exitcode=1 build/test_map
+
+integration: build
+	$(PROVE_ENV) prove -I t/lib t/
+
+test: unit valgrind integration
+
+demo: build
+	@scripts/demo.sh
+
+clean:
+	rm -rf build build-san

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Builds build/ngx_http_cio_module.so against Debian's nginx-dev, the way
+# dh_nginx does: its conf_flags, --with-compat, out of tree.  The nginx
+# sources are copied so that nothing is written under /usr/share.
+#
+#   SAN=1  builds with AddressSanitizer and UndefinedBehaviorSanitizer
+set -eu
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+src=/usr/share/nginx/src
+out="$top/build${SAN:+-san}"
+stamp="$out/.configured"
+
+cflags="$(dpkg-buildflags --get CFLAGS) -fPIC $(dpkg-buildflags --get CPPFLAGS)"
+ldflags="$(dpkg-buildflags --get LDFLAGS) -fPIC"
+
+if [ "${SAN:-}" = 1 ]; then
+    cflags="-g -O1 -fPIC -fno-omit-frame-pointer -fsanitize=address,undefined"
+    ldflags="-fPIC -fsanitize=address,undefined"
+fi
+
+want="$(dpkg-query -W -f='${Version}' nginx-dev) $cflags $ldflags $(cat "$top/config" | md5sum)"
+
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    rm -rf "$out"
+    mkdir -p "$out"
+    cp -r "$src" "$out/nginx"
+    . "$out/nginx/conf_flags"
+    (cd "$out/nginx" && ./configure \
+        --with-cc-opt="$cflags" --with-ld-opt="$ldflags" \
+        "${NGX_CONF_FLAGS[@]}" \
+        --add-dynamic-module="$top" --builddir="$out/objs") \
+        > "$out/configure.log" 2>&1 || {
+            tail -30 "$out/configure.log" >&2
+            exit 1
+        }
+    echo "$want" > "$stamp"
+fi
+
+make -s -f "$out/objs/Makefile" -C "$out/nginx" modules
+cp "$out/objs/ngx_http_cio_module.so" "$out/ngx_http_cio_module.so"
+echo "built $out/ngx_http_cio_module.so"

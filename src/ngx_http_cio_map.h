@@ -1,0 +1,84 @@
+
+/*
+ * Copyright (C) ngx_http_cio_module authors
+ */
+
+
+/*
+ * The event mapper: Segment / RudderStack calls in, Customer.io Track API
+ * v2 items out.  Pure C on top of cJSON, with no nginx headers, so that the
+ * unit tests and the fuzzer link it alone.  The contract it implements is
+ * shared/reference/mapping-spec.md.
+ */
+
+
+#ifndef _NGX_HTTP_CIO_MAP_H_INCLUDED_
+#define _NGX_HTTP_CIO_MAP_H_INCLUDED_
+
+
+#include <stddef.h>
+#include <stdint.h>
+
+
+#define NGX_HTTP_CIO_MAP_MAX_ITEMS   2
+#define NGX_HTTP_CIO_MAP_ERRLEN      160
+
+
+/* the call type a route implies; BATCH takes "type" from each call */
+typedef enum {
+    NGX_HTTP_CIO_CALL_UNKNOWN = 0,
+    NGX_HTTP_CIO_CALL_IDENTIFY,
+    NGX_HTTP_CIO_CALL_TRACK,
+    NGX_HTTP_CIO_CALL_PAGE,
+    NGX_HTTP_CIO_CALL_SCREEN,
+    NGX_HTTP_CIO_CALL_GROUP,
+    NGX_HTTP_CIO_CALL_ALIAS,
+    NGX_HTTP_CIO_CALL_BATCH
+} ngx_http_cio_call_e;
+
+
+typedef struct {
+    int                  route;            /* ngx_http_cio_call_e */
+    int64_t              received_ms;      /* unix ms, request arrival */
+    size_t               max_item_size;    /* serialized item cap, 32768 */
+    size_t               max_batch_calls;  /* calls per batch cap, 2500 */
+    unsigned             screen_native:1;  /* cio_screen_views native */
+    unsigned             convert_timestamps:1;
+    const char         **device_events;    /* extra add_device names */
+    size_t               ndevice_events;
+} ngx_http_cio_map_opts_t;
+
+
+typedef struct {
+    int                  type;             /* ngx_http_cio_call_e */
+    int                  nitems;
+    char                *item[NGX_HTTP_CIO_MAP_MAX_ITEMS];     /* malloc */
+    size_t               item_len[NGX_HTTP_CIO_MAP_MAX_ITEMS];
+    char                 error[NGX_HTTP_CIO_MAP_ERRLEN];       /* "" = ok */
+} ngx_http_cio_map_call_t;
+
+
+typedef struct {
+    char                    *write_key;    /* body "writeKey", malloc */
+    size_t                   ncalls;
+    ngx_http_cio_map_call_t *calls;        /* malloc */
+    unsigned                 changes;      /* limit adjustments made */
+    char                     error[NGX_HTTP_CIO_MAP_ERRLEN];
+} ngx_http_cio_map_result_t;
+
+
+/*
+ * Maps a whole request body.  Returns 0 with res->calls filled (each call
+ * either has items or an error), or -1 with res->error set when the body
+ * as a whole is unusable (bad JSON, not an object, no batch array, ...).
+ * The result must be released with ngx_http_cio_map_result_free() in both
+ * cases.
+ */
+int ngx_http_cio_map_request(const char *body, size_t len,
+    const ngx_http_cio_map_opts_t *opts, ngx_http_cio_map_result_t *res);
+void ngx_http_cio_map_result_free(ngx_http_cio_map_result_t *res);
+
+const char *ngx_http_cio_call_name(int type);
+
+
+#endif /* _NGX_HTTP_CIO_MAP_H_INCLUDED_ */
