@@ -227,8 +227,9 @@ sub worker_pids {
         my $line = <$fh> // '';
         close $fh;
         # pid (comm) state ppid ...
-        next unless $line =~ /^(\d+) \((.*)\) \S+ (\d+)/;
-        push @pids, $1 if $3 == $ppid && $2 =~ /nginx/;
+        my ($pid, $comm, $parent) = $line =~ /^(\d+) \((.*)\) \S+ (\d+)/
+            or next;
+        push @pids, $pid if $parent == $ppid && $comm =~ /nginx/;
     }
     return sort { $a <=> $b } @pids;
 }

@@ -1,0 +1,1461 @@
+
+/*
+ * Copyright (C) ngx_http_cio_module authors
+ */
+
+
+/*
+ * Segment / RudderStack calls to Customer.io Track API v2 items, as
+ * shared/reference/mapping-spec.md promises.  No nginx headers: the unit
+ * tests and the fuzzer link this file with cJSON alone.
+ */
+
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <math.h>
+
+#include <cjson/cJSON.h>
+
+#include "ngx_http_cio_map.h"
+
+
+#define NGX_HTTP_CIO_MAX_NAME        100
+#define NGX_HTTP_CIO_MAX_ID          150
+#define NGX_HTTP_CIO_MAX_ATTR_NAME   150
+#define NGX_HTTP_CIO_MAX_ATTR_VALUE  1000
+#define NGX_HTTP_CIO_MAX_ATTRS       300
+#define NGX_HTTP_CIO_MAX_DEPTH       64
+
+
+typedef struct {
+    const ngx_http_cio_map_opts_t  *opts;
+    ngx_http_cio_map_result_t      *res;
+    const cJSON                    *batch_sent_at;
+} ngx_http_cio_map_ctx_t;
+
+
+static void ngx_http_cio_map_call(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
+    int type, ngx_http_cio_map_call_t *out);
+static int ngx_http_cio_map_identify(ngx_http_cio_map_ctx_t *ctx,
+    cJSON *call, cJSON *item, char *err);
+static int ngx_http_cio_map_track(ngx_http_cio_map_ctx_t *ctx,
+    cJSON *call, cJSON **items, char *err);
+static int ngx_http_cio_map_page(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
+    cJSON *item, char *err);
+static int ngx_http_cio_map_screen(ngx_http_cio_map_ctx_t *ctx,
+    cJSON *call, cJSON *item, char *err);
+static int ngx_http_cio_map_group(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
+    cJSON *item, char *err);
+static int ngx_http_cio_map_alias(cJSON *call, cJSON *item, char *err);
+static cJSON *ngx_http_cio_map_identity(cJSON *call, int identify,
+    int *known, char *err);
+static cJSON *ngx_http_cio_map_resolve(const cJSON *v, const char *field,
+    char *err);
+static int ngx_http_cio_map_is_email(const char *s);
+static void ngx_http_cio_map_event(ngx_http_cio_map_ctx_t *ctx,
+    cJSON *call, cJSON *item, const char *action, const char *name,
+    cJSON *attrs, int known);
+static cJSON *ngx_http_cio_map_attrs(ngx_http_cio_map_ctx_t *ctx,
+    const cJSON *src);
+static void ngx_http_cio_map_values(ngx_http_cio_map_ctx_t *ctx, cJSON *v,
+    int depth);
+static int64_t ngx_http_cio_map_time(ngx_http_cio_map_ctx_t *ctx,
+    cJSON *call);
+static int ngx_http_cio_map_parse_time(const cJSON *v, int64_t *ms);
+static int ngx_http_cio_map_iso8601(const char *s, int64_t *ms);
+static void ngx_http_cio_map_ulid(int64_t ms, const char *seed, size_t len,
+    char *out);
+static char *ngx_http_cio_map_cut(const char *s, size_t max, size_t *len);
+static const cJSON *ngx_http_cio_map_get(const cJSON *o, const char *k);
+static const cJSON *ngx_http_cio_map_path(const cJSON *o, const char *a,
+    const char *b);
+static const char *ngx_http_cio_map_str(const cJSON *v);
+
+
+static const char  *ngx_http_cio_call_names[] = {
+    "unknown", "identify", "track", "page", "screen", "group", "alias",
+    "batch"
+};
+
+
+const char *
+ngx_http_cio_call_name(int type)
+{
+    if (type < 0 || type > NGX_HTTP_CIO_CALL_BATCH) {
+        type = 0;
+    }
+
+    return ngx_http_cio_call_names[type];
+}
+
+
+int
+ngx_http_cio_map_request(const char *body, size_t len,
+    const ngx_http_cio_map_opts_t *opts, ngx_http_cio_map_result_t *res)
+{
+    int                      type, i, n;
+    cJSON                   *root, *batch, *call, *t, *ctxo, *intg, *e;
+    const char              *end;
+    const cJSON             *wk;
+    ngx_http_cio_map_ctx_t   ctx;
+
+    memset(res, 0, sizeof(ngx_http_cio_map_result_t));
+
+    ctx.opts = opts;
+    ctx.res = res;
+    ctx.batch_sent_at = NULL;
+
+    end = NULL;
+    root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
+
+    if (root != NULL && end != NULL) {
+        while (end < body + len
+               && (*end == ' ' || *end == '\t' || *end == '\r'
+                   || *end == '\n' || *end == '\0'))
+        {
+            end++;
+        }
+
+        if (end != body + len) {
+            cJSON_Delete(root);
+            root = NULL;
+        }
+    }
+
+    if (root == NULL) {
+        snprintf(res->error, sizeof(res->error), "invalid JSON");
+        return -1;
+    }
+
+    if (!cJSON_IsObject(root)) {
+        snprintf(res->error, sizeof(res->error),
+                 "body must be a JSON object");
+        goto failed;
+    }
+
+    wk = ngx_http_cio_map_get(root, "writeKey");
+
+    if (cJSON_IsString(wk)) {
+        res->write_key = strdup(wk->valuestring);
+    }
+
+    if (opts->route != NGX_HTTP_CIO_CALL_BATCH) {
+        res->calls = calloc(1, sizeof(ngx_http_cio_map_call_t));
+        if (res->calls == NULL) {
+            snprintf(res->error, sizeof(res->error), "out of memory");
+            goto failed;
+        }
+
+        res->ncalls = 1;
+        ngx_http_cio_map_call(&ctx, root, opts->route, &res->calls[0]);
+
+        cJSON_Delete(root);
+        return 0;
+    }
+
+    batch = cJSON_GetObjectItemCaseSensitive(root, "batch");
+    n = cJSON_GetArraySize(batch);
+
+    if (!cJSON_IsArray(batch) || n == 0) {
+        snprintf(res->error, sizeof(res->error),
+                 "batch must be a non-empty array");
+        goto failed;
+    }
+
+    if (opts->max_batch_calls && (size_t) n > opts->max_batch_calls) {
+        snprintf(res->error, sizeof(res->error),
+                 "too many calls in batch (max %zu)", opts->max_batch_calls);
+        goto failed;
+    }
+
+    res->calls = calloc(n, sizeof(ngx_http_cio_map_call_t));
+    if (res->calls == NULL) {
+        snprintf(res->error, sizeof(res->error), "out of memory");
+        goto failed;
+    }
+
+    res->ncalls = n;
+
+    ctx.batch_sent_at = ngx_http_cio_map_get(root, "sentAt");
+    ctxo = cJSON_GetObjectItemCaseSensitive(root, "context");
+    intg = cJSON_GetObjectItemCaseSensitive(root, "integrations");
+
+    i = 0;
+
+    cJSON_ArrayForEach(call, batch) {
+
+        if (!cJSON_IsObject(call)) {
+            snprintf(res->calls[i].error, NGX_HTTP_CIO_MAP_ERRLEN,
+                     "call must be a JSON object");
+            i++;
+            continue;
+        }
+
+        /* batch-level context and integrations: the call's own keys win */
+        if (cJSON_IsObject(ctxo) || cJSON_IsObject(intg)) {
+            const char  *keys[2] = { "context", "integrations" };
+            cJSON       *tops[2];
+            int          k;
+
+            tops[0] = ctxo;
+            tops[1] = intg;
+
+            for (k = 0; k < 2; k++) {
+                cJSON  *own;
+
+                if (!cJSON_IsObject(tops[k])) {
+                    continue;
+                }
+
+                own = cJSON_GetObjectItemCaseSensitive(call, keys[k]);
+
+                if (!cJSON_IsObject(own)) {
+                    cJSON_DeleteItemFromObjectCaseSensitive(call, keys[k]);
+                    own = cJSON_AddObjectToObject(call, keys[k]);
+                    if (own == NULL) {
+                        continue;
+                    }
+                }
+
+                cJSON_ArrayForEach(e, tops[k]) {
+                    if (e->string != NULL
+                        && !cJSON_HasObjectItem(own, e->string))
+                    {
+                        cJSON_AddItemToObject(own, e->string,
+                                              cJSON_Duplicate(e, 1));
+                    }
+                }
+            }
+        }
+
+        t = cJSON_GetObjectItemCaseSensitive(call, "type");
+        type = NGX_HTTP_CIO_CALL_UNKNOWN;
+
+        if (cJSON_IsString(t)) {
+            for (type = NGX_HTTP_CIO_CALL_IDENTIFY;
+                 type < NGX_HTTP_CIO_CALL_BATCH;
+                 type++)
+            {
+                if (strcasecmp(t->valuestring,
+                               ngx_http_cio_call_names[type])
+                    == 0)
+                {
+                    break;
+                }
+            }
+
+            if (type == NGX_HTTP_CIO_CALL_BATCH) {
+                type = NGX_HTTP_CIO_CALL_UNKNOWN;
+            }
+        }
+
+        if (type == NGX_HTTP_CIO_CALL_UNKNOWN) {
+            snprintf(res->calls[i].error, NGX_HTTP_CIO_MAP_ERRLEN,
+                     "call type is missing or unknown");
+            i++;
+            continue;
+        }
+
+        ngx_http_cio_map_call(&ctx, call, type, &res->calls[i]);
+        i++;
+    }
+
+    cJSON_Delete(root);
+
+    return 0;
+
+failed:
+
+    cJSON_Delete(root);
+
+    return -1;
+}
+
+
+void
+ngx_http_cio_map_result_free(ngx_http_cio_map_result_t *res)
+{
+    size_t  i;
+    int     j;
+
+    for (i = 0; i < res->ncalls; i++) {
+        for (j = 0; j < res->calls[i].nitems; j++) {
+            free(res->calls[i].item[j]);
+        }
+    }
+
+    free(res->calls);
+    free(res->write_key);
+
+    res->calls = NULL;
+    res->write_key = NULL;
+    res->ncalls = 0;
+}
+
+
+static void
+ngx_http_cio_map_call(ngx_http_cio_map_ctx_t *ctx, cJSON *call, int type,
+    ngx_http_cio_map_call_t *out)
+{
+    int     i, n, rc;
+    char   *s;
+    cJSON  *items[NGX_HTTP_CIO_MAP_MAX_ITEMS];
+
+    out->type = type;
+
+    items[0] = cJSON_CreateObject();
+    items[1] = NULL;
+
+    if (items[0] == NULL) {
+        snprintf(out->error, NGX_HTTP_CIO_MAP_ERRLEN, "out of memory");
+        return;
+    }
+
+    switch (type) {
+
+    case NGX_HTTP_CIO_CALL_IDENTIFY:
+        rc = ngx_http_cio_map_identify(ctx, call, items[0], out->error);
+        break;
+
+    case NGX_HTTP_CIO_CALL_TRACK:
+        rc = ngx_http_cio_map_track(ctx, call, items, out->error);
+        break;
+
+    case NGX_HTTP_CIO_CALL_PAGE:
+        rc = ngx_http_cio_map_page(ctx, call, items[0], out->error);
+        break;
+
+    case NGX_HTTP_CIO_CALL_SCREEN:
+        rc = ngx_http_cio_map_screen(ctx, call, items[0], out->error);
+        break;
+
+    case NGX_HTTP_CIO_CALL_GROUP:
+        rc = ngx_http_cio_map_group(ctx, call, items[0], out->error);
+        break;
+
+    case NGX_HTTP_CIO_CALL_ALIAS:
+        rc = ngx_http_cio_map_alias(call, items[0], out->error);
+        break;
+
+    default:
+        snprintf(out->error, NGX_HTTP_CIO_MAP_ERRLEN,
+                 "call type is missing or unknown");
+        rc = -1;
+    }
+
+    n = (items[1] != NULL) ? 2 : 1;
+
+    for (i = 0; rc == 0 && i < n; i++) {
+        s = cJSON_PrintUnformatted(items[i]);
+
+        if (s == NULL) {
+            snprintf(out->error, NGX_HTTP_CIO_MAP_ERRLEN, "out of memory");
+            rc = -1;
+            break;
+        }
+
+        if (ctx->opts->max_item_size
+            && strlen(s) > ctx->opts->max_item_size)
+        {
+            snprintf(out->error, NGX_HTTP_CIO_MAP_ERRLEN,
+                     "event is larger than %zu bytes after mapping",
+                     ctx->opts->max_item_size);
+            free(s);
+            rc = -1;
+            break;
+        }
+
+        out->item[i] = s;
+        out->item_len[i] = strlen(s);
+        out->nitems = i + 1;
+    }
+
+    if (rc != 0) {
+        for (i = 0; i < out->nitems; i++) {
+            free(out->item[i]);
+            out->item[i] = NULL;
+        }
+
+        out->nitems = 0;
+
+        if (out->error[0] == '\0') {
+            snprintf(out->error, NGX_HTTP_CIO_MAP_ERRLEN, "invalid call");
+        }
+    }
+
+    cJSON_Delete(items[0]);
+    cJSON_Delete(items[1]);
+}
+
+
+static int
+ngx_http_cio_map_identify(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
+    cJSON *item, char *err)
+{
+    int          known;
+    cJSON       *ids, *attrs;
+    int64_t      ms;
+    const cJSON *traits, *anon, *created;
+
+    ids = ngx_http_cio_map_identity(call, 1, &known, err);
+    if (ids == NULL) {
+        return -1;
+    }
+
+    traits = ngx_http_cio_map_get(call, "traits");
+
+    if (!cJSON_IsObject(traits)) {
+        traits = ngx_http_cio_map_path(call, "context", "traits");
+    }
+
+    attrs = ngx_http_cio_map_attrs(ctx, cJSON_IsObject(traits) ? traits
+                                                                : NULL);
+
+    /* createdAt and created_at both become created_at, in seconds */
+    created = ngx_http_cio_map_get(attrs, "createdAt");
+
+    if (created == NULL) {
+        created = ngx_http_cio_map_get(attrs, "created_at");
+    }
+
+    if (created != NULL) {
+        if (cJSON_IsNumber(created)) {
+            ms = (int64_t) created->valuedouble;
+            ms = (ms > 100000000000LL) ? ms : ms * 1000;
+
+        } else if (ngx_http_cio_map_parse_time(created, &ms) != 0) {
+            ms = -1;
+        }
+
+        if (ms >= 0) {
+            cJSON_DeleteItemFromObjectCaseSensitive(attrs, "createdAt");
+            cJSON_DeleteItemFromObjectCaseSensitive(attrs, "created_at");
+            cJSON_AddNumberToObject(attrs, "created_at",
+                                    (double) (ms / 1000));
+        }
+    }
+
+    anon = ngx_http_cio_map_get(call, "anonymousId");
+
+    if (known && ngx_http_cio_map_str(anon) != NULL) {
+        cJSON_DeleteItemFromObjectCaseSensitive(attrs, "anonymous_id");
+        cJSON_AddStringToObject(attrs, "anonymous_id", anon->valuestring);
+    }
+
+    cJSON_AddStringToObject(item, "type", "person");
+    cJSON_AddItemToObject(item, "identifiers", ids);
+    cJSON_AddStringToObject(item, "action", "identify");
+    cJSON_AddItemToObject(item, "attributes", attrs);
+
+    return 0;
+}
+
+
+static int
+ngx_http_cio_map_track(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
+    cJSON **items, char *err)
+{
+    int           known, add, del, i;
+    char         *token_s;
+    cJSON        *ids, *attrs, *device, *dattrs;
+    size_t        n;
+    int64_t       ms;
+    const char   *name, *type, *action, *s;
+    const cJSON  *props, *token, *e;
+
+    static const char  *adds[] = {
+        "Application Installed", "Application Opened",
+        "Device Created or Updated", NULL
+    };
+    static const char  *dels[] = {
+        "Application Uninstalled", "Device Deleted", NULL
+    };
+
+    name = ngx_http_cio_map_str(ngx_http_cio_map_get(call, "event"));
+
+    if (name == NULL || name[0] == '\0') {
+        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, "event is required");
+        return -1;
+    }
+
+    ids = ngx_http_cio_map_identity(call, 0, &known, err);
+    if (ids == NULL) {
+        return -1;
+    }
+
+    /* the person-level special events */
+
+    action = NULL;
+
+    if (strcmp(name, "User Deleted") == 0) {
+        action = "delete";
+
+    } else if (strcmp(name, "User Suppressed") == 0) {
+        action = "suppress";
+
+    } else if (strcmp(name, "User Unsuppressed") == 0) {
+        action = "unsuppress";
+    }
+
+    if (action != NULL) {
+        if (!known) {
+            cJSON_Delete(ids);
+            snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
+                     "\"%s\" needs a userId", name);
+            return -1;
+        }
+
+        cJSON_AddStringToObject(items[0], "type", "person");
+        cJSON_AddItemToObject(items[0], "identifiers", ids);
+        cJSON_AddStringToObject(items[0], "action", action);
+        return 0;
+    }
+
+    props = ngx_http_cio_map_get(call, "properties");
+    attrs = ngx_http_cio_map_attrs(ctx, cJSON_IsObject(props) ? props
+                                                              : NULL);
+
+    add = 0;
+    del = 0;
+
+    for (i = 0; adds[i]; i++) {
+        add |= (strcmp(name, adds[i]) == 0);
+    }
+
+    for (n = 0; n < ctx->opts->ndevice_events; n++) {
+        add |= (strcmp(name, ctx->opts->device_events[n]) == 0);
+    }
+
+    for (i = 0; dels[i]; i++) {
+        del |= (strcmp(name, dels[i]) == 0);
+    }
+
+    token = ngx_http_cio_map_path(call, "context", "device");
+    token = ngx_http_cio_map_get(token, "token");
+    token_s = (char *) ngx_http_cio_map_str(token);
+
+    if ((add || del) && known && token_s != NULL && token_s[0] != '\0') {
+        device = cJSON_CreateObject();
+        cJSON_AddStringToObject(device, "token", token_s);
+
+        if (add) {
+            type = ngx_http_cio_map_str(ngx_http_cio_map_get(
+                       ngx_http_cio_map_path(call, "context", "device"),
+                       "type"));
+
+            if (type != NULL) {
+                char  buf[64];
+
+                snprintf(buf, sizeof(buf), "%s", type);
+
+                for (i = 0; buf[i]; i++) {
+                    if (buf[i] >= 'A' && buf[i] <= 'Z') {
+                        buf[i] = (char) (buf[i] - 'A' + 'a');
+                    }
+                }
+
+                if (strcmp(buf, "ios") == 0 || strcmp(buf, "ipados") == 0
+                    || strcmp(buf, "watchos") == 0
+                    || strcmp(buf, "tvos") == 0)
+                {
+                    snprintf(buf, sizeof(buf), "ios");
+                }
+
+                cJSON_AddStringToObject(device, "platform", buf);
+            }
+
+            ms = ngx_http_cio_map_time(ctx, call);
+            cJSON_AddNumberToObject(device, "last_used",
+                                    (double) (ms / 1000));
+
+            dattrs = cJSON_CreateObject();
+
+            s = ngx_http_cio_map_str(ngx_http_cio_map_get(
+                    ngx_http_cio_map_path(call, "context", "os"), "name"));
+            if (s) {
+                cJSON_AddStringToObject(dattrs, "device_os", s);
+            }
+
+            s = ngx_http_cio_map_str(ngx_http_cio_map_get(
+                    ngx_http_cio_map_path(call, "context", "device"),
+                    "model"));
+            if (s) {
+                cJSON_AddStringToObject(dattrs, "device_model", s);
+            }
+
+            s = ngx_http_cio_map_str(ngx_http_cio_map_get(
+                    ngx_http_cio_map_path(call, "context", "app"),
+                    "version"));
+            if (s) {
+                cJSON_AddStringToObject(dattrs, "app_version", s);
+            }
+
+            s = ngx_http_cio_map_str(ngx_http_cio_map_path(call, "context",
+                                                           "locale"));
+            if (s) {
+                cJSON_AddStringToObject(dattrs, "device_locale", s);
+            }
+
+            cJSON_ArrayForEach(e, attrs) {
+                if (e->string && strcmp(e->string, "anonymous_id") != 0) {
+                    cJSON_DeleteItemFromObjectCaseSensitive(dattrs,
+                                                            e->string);
+                    cJSON_AddItemToObject(dattrs, e->string,
+                                          cJSON_Duplicate(e, 1));
+                }
+            }
+
+            cJSON_AddItemToObject(device, "attributes", dattrs);
+        }
+
+        cJSON_AddStringToObject(items[0], "type", "person");
+        cJSON_AddItemToObject(items[0], "identifiers",
+                              cJSON_Duplicate(ids, 1));
+        cJSON_AddStringToObject(items[0], "action",
+                                add ? "add_device" : "delete_device");
+        cJSON_AddItemToObject(items[0], "device", device);
+
+        items[1] = cJSON_CreateObject();
+
+        cJSON_AddStringToObject(items[1], "type", "person");
+        cJSON_AddItemToObject(items[1], "identifiers", ids);
+        ngx_http_cio_map_event(ctx, call, items[1], "event", name, attrs,
+                               known);
+        return 0;
+    }
+
+    cJSON_AddStringToObject(items[0], "type", "person");
+    cJSON_AddItemToObject(items[0], "identifiers", ids);
+    ngx_http_cio_map_event(ctx, call, items[0], "event", name, attrs, known);
+
+    return 0;
+}
+
+
+static int
+ngx_http_cio_map_page(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
+    cJSON *item, char *err)
+{
+    int           known;
+    cJSON        *ids, *attrs;
+    const char   *name;
+    const cJSON  *props;
+
+    props = ngx_http_cio_map_get(call, "properties");
+
+    name = ngx_http_cio_map_str(ngx_http_cio_map_get(call, "name"));
+
+    if (name == NULL || name[0] == '\0') {
+        name = ngx_http_cio_map_str(ngx_http_cio_map_get(props, "url"));
+    }
+
+    if (name == NULL || name[0] == '\0') {
+        name = ngx_http_cio_map_str(ngx_http_cio_map_get(
+                   ngx_http_cio_map_path(call, "context", "page"), "url"));
+    }
+
+    if (name == NULL || name[0] == '\0') {
+        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, "page needs a name or a url");
+        return -1;
+    }
+
+    ids = ngx_http_cio_map_identity(call, 0, &known, err);
+    if (ids == NULL) {
+        return -1;
+    }
+
+    attrs = ngx_http_cio_map_attrs(ctx, cJSON_IsObject(props) ? props
+                                                              : NULL);
+
+    cJSON_AddStringToObject(item, "type", "person");
+    cJSON_AddItemToObject(item, "identifiers", ids);
+    ngx_http_cio_map_event(ctx, call, item, "page", name, attrs, known);
+
+    return 0;
+}
+
+
+static int
+ngx_http_cio_map_screen(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
+    cJSON *item, char *err)
+{
+    int           known;
+    char          buf[NGX_HTTP_CIO_MAX_NAME * 2 + 32], *x;
+    cJSON        *ids, *attrs;
+    size_t        len, max;
+    const char   *name;
+    const cJSON  *props;
+
+    props = ngx_http_cio_map_get(call, "properties");
+
+    name = ngx_http_cio_map_str(ngx_http_cio_map_get(call, "name"));
+
+    if (name == NULL || name[0] == '\0') {
+        name = ngx_http_cio_map_str(ngx_http_cio_map_get(props, "name"));
+    }
+
+    if (name == NULL || name[0] == '\0') {
+        name = ngx_http_cio_map_str(ngx_http_cio_map_get(call, "event"));
+    }
+
+    if (name == NULL || name[0] == '\0') {
+        name = ctx->opts->screen_native ? NULL : "Undefined";
+    }
+
+    ids = ngx_http_cio_map_identity(call, 0, &known, err);
+    if (ids == NULL) {
+        return -1;
+    }
+
+    attrs = ngx_http_cio_map_attrs(ctx, cJSON_IsObject(props) ? props
+                                                              : NULL);
+
+    cJSON_AddStringToObject(item, "type", "person");
+    cJSON_AddItemToObject(item, "identifiers", ids);
+
+    if (ctx->opts->screen_native) {
+        ngx_http_cio_map_event(ctx, call, item, "screen",
+                               name ? name : "Undefined", attrs, known);
+        return 0;
+    }
+
+    /* the whole "Viewed X Screen" fits the limit: X is what gets cut */
+    max = NGX_HTTP_CIO_MAX_NAME - (sizeof("Viewed  Screen") - 1);
+
+    x = ngx_http_cio_map_cut(name, max, &len);
+    if (x == NULL) {
+        cJSON_Delete(attrs);
+        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, "out of memory");
+        return -1;
+    }
+
+    if (len < strlen(name)) {
+        ctx->res->changes++;
+    }
+
+    snprintf(buf, sizeof(buf), "Viewed %s Screen", x);
+    free(x);
+
+    ngx_http_cio_map_event(ctx, call, item, "event", buf, attrs, known);
+
+    return 0;
+}
+
+
+static int
+ngx_http_cio_map_group(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
+    cJSON *item, char *err)
+{
+    int           known;
+    char          num[64];
+    cJSON        *ids, *obj, *attrs, *rels, *rel;
+    const char   *otype, *oid;
+    const cJSON  *gid, *traits;
+
+    gid = ngx_http_cio_map_get(call, "groupId");
+
+    if (cJSON_IsNumber(gid)) {
+        snprintf(num, sizeof(num), "%.17g", gid->valuedouble);
+        oid = num;
+
+    } else {
+        oid = ngx_http_cio_map_str(gid);
+    }
+
+    if (oid == NULL || oid[0] == '\0') {
+        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, "groupId is required");
+        return -1;
+    }
+
+    if (strlen(oid) > NGX_HTTP_CIO_MAX_ID) {
+        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
+                 "groupId is longer than %d bytes", NGX_HTTP_CIO_MAX_ID);
+        return -1;
+    }
+
+    ids = ngx_http_cio_map_identity(call, 0, &known, err);
+    if (ids == NULL) {
+        return -1;
+    }
+
+    traits = ngx_http_cio_map_get(call, "traits");
+
+    otype = ngx_http_cio_map_str(ngx_http_cio_map_get(traits,
+                                                      "object_type_id"));
+    if (otype == NULL) {
+        otype = ngx_http_cio_map_str(ngx_http_cio_map_get(traits,
+                                                          "objectTypeId"));
+    }
+
+    obj = cJSON_CreateObject();
+    cJSON_AddStringToObject(obj, "object_type_id", otype ? otype : "1");
+    cJSON_AddStringToObject(obj, "object_id", oid);
+
+    attrs = ngx_http_cio_map_attrs(ctx, cJSON_IsObject(traits) ? traits
+                                                               : NULL);
+    cJSON_DeleteItemFromObjectCaseSensitive(attrs, "object_type_id");
+    cJSON_DeleteItemFromObjectCaseSensitive(attrs, "objectTypeId");
+
+    rels = cJSON_CreateArray();
+    rel = cJSON_CreateObject();
+    cJSON_AddItemToObject(rel, "identifiers", ids);
+    cJSON_AddItemToArray(rels, rel);
+
+    cJSON_AddStringToObject(item, "type", "object");
+    cJSON_AddItemToObject(item, "identifiers", obj);
+    cJSON_AddStringToObject(item, "action",
+                            known ? "identify" : "identify_anonymous");
+    cJSON_AddItemToObject(item, "attributes", attrs);
+    cJSON_AddItemToObject(item, "cio_relationships", rels);
+
+    return 0;
+}
+
+
+static int
+ngx_http_cio_map_alias(cJSON *call, cJSON *item, char *err)
+{
+    cJSON        *primary, *secondary;
+    const cJSON  *user, *prev;
+
+    user = ngx_http_cio_map_get(call, "userId");
+    prev = ngx_http_cio_map_get(call, "previousId");
+
+    if (user == NULL || prev == NULL
+        || (cJSON_IsString(user) && user->valuestring[0] == '\0')
+        || (cJSON_IsString(prev) && prev->valuestring[0] == '\0')
+        || !(cJSON_IsString(user) || cJSON_IsNumber(user))
+        || !(cJSON_IsString(prev) || cJSON_IsNumber(prev)))
+    {
+        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
+                 "alias needs userId and previousId");
+        return -1;
+    }
+
+    primary = ngx_http_cio_map_resolve(user, "userId", err);
+    if (primary == NULL) {
+        return -1;
+    }
+
+    secondary = ngx_http_cio_map_resolve(prev, "previousId", err);
+    if (secondary == NULL) {
+        cJSON_Delete(primary);
+        return -1;
+    }
+
+    cJSON_AddStringToObject(item, "type", "person");
+    cJSON_AddStringToObject(item, "action", "merge");
+    cJSON_AddItemToObject(item, "primary", primary);
+    cJSON_AddItemToObject(item, "secondary", secondary);
+
+    return 0;
+}
+
+
+/*
+ * userId, else (identify only) traits.email then context.traits.email,
+ * else anonymousId.  *known says whether a person, not an anonymous
+ * visitor, was named.
+ */
+
+static cJSON *
+ngx_http_cio_map_identity(cJSON *call, int identify, int *known, char *err)
+{
+    const cJSON  *v;
+
+    *known = 1;
+
+    v = ngx_http_cio_map_get(call, "userId");
+
+    if (cJSON_IsNumber(v)
+        || (cJSON_IsString(v) && v->valuestring[0] != '\0'))
+    {
+        return ngx_http_cio_map_resolve(v, "userId", err);
+    }
+
+    if (identify) {
+        v = ngx_http_cio_map_get(ngx_http_cio_map_get(call, "traits"),
+                                 "email");
+
+        if (ngx_http_cio_map_str(v) == NULL || v->valuestring[0] == '\0') {
+            v = ngx_http_cio_map_get(ngx_http_cio_map_path(call, "context",
+                                                           "traits"),
+                                     "email");
+        }
+
+        if (ngx_http_cio_map_str(v) != NULL && v->valuestring[0] != '\0') {
+            if (strlen(v->valuestring) > NGX_HTTP_CIO_MAX_ID) {
+                snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
+                         "email is longer than %d bytes",
+                         NGX_HTTP_CIO_MAX_ID);
+                return NULL;
+            }
+
+            cJSON  *o;
+
+            o = cJSON_CreateObject();
+            cJSON_AddStringToObject(o, "email", v->valuestring);
+
+            return o;
+        }
+    }
+
+    *known = 0;
+
+    v = ngx_http_cio_map_get(call, "anonymousId");
+
+    if (cJSON_IsNumber(v)
+        || (cJSON_IsString(v) && v->valuestring[0] != '\0'))
+    {
+        cJSON  *o;
+        char    num[64];
+
+        if (cJSON_IsString(v)
+            && strlen(v->valuestring) > NGX_HTTP_CIO_MAX_ID)
+        {
+            snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
+                     "anonymousId is longer than %d bytes",
+                     NGX_HTTP_CIO_MAX_ID);
+            return NULL;
+        }
+
+        o = cJSON_CreateObject();
+
+        if (cJSON_IsNumber(v)) {
+            snprintf(num, sizeof(num), "%.17g", v->valuedouble);
+            cJSON_AddStringToObject(o, "anonymous_id", num);
+
+        } else {
+            cJSON_AddStringToObject(o, "anonymous_id", v->valuestring);
+        }
+
+        return o;
+    }
+
+    snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
+             "userId or anonymousId is required");
+
+    return NULL;
+}
+
+
+/* one identifier: cio_ prefix -> cio_id, e-mail shape -> email, else id */
+
+static cJSON *
+ngx_http_cio_map_resolve(const cJSON *v, const char *field, char *err)
+{
+    cJSON       *o;
+    const char  *s;
+
+    o = cJSON_CreateObject();
+    if (o == NULL) {
+        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, "out of memory");
+        return NULL;
+    }
+
+    if (cJSON_IsNumber(v)) {
+        cJSON_AddNumberToObject(o, "id", v->valuedouble);
+        return o;
+    }
+
+    s = v->valuestring;
+
+    if (strlen(s) > NGX_HTTP_CIO_MAX_ID) {
+        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
+                 "%s is longer than %d bytes", field, NGX_HTTP_CIO_MAX_ID);
+        cJSON_Delete(o);
+        return NULL;
+    }
+
+    if (strncmp(s, "cio_", 4) == 0 && s[4] != '\0') {
+        cJSON_AddStringToObject(o, "cio_id", s + 4);
+
+    } else if (ngx_http_cio_map_is_email(s)) {
+        cJSON_AddStringToObject(o, "email", s);
+
+    } else {
+        cJSON_AddStringToObject(o, "id", s);
+    }
+
+    return o;
+}
+
+
+/*
+ * "local@domain.tld": one "@", something before it, a dot inside the
+ * domain, no white space.  Customer.io only needs to tell e-mail
+ * addresses from ids, not to validate them.
+ */
+
+static int
+ngx_http_cio_map_is_email(const char *s)
+{
+    const char  *at, *dot, *p;
+
+    at = strchr(s, '@');
+
+    if (at == NULL || at == s || strchr(at + 1, '@') != NULL) {
+        return 0;
+    }
+
+    for (p = s; *p; p++) {
+        if (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n') {
+            return 0;
+        }
+    }
+
+    dot = strrchr(at + 1, '.');
+
+    return dot != NULL && dot > at + 1 && dot[1] != '\0';
+}
+
+
+/* name, id, timestamp and attributes of an event, page or screen item */
+
+static void
+ngx_http_cio_map_event(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
+    cJSON *item, const char *action, const char *name, cJSON *attrs,
+    int known)
+{
+    char         *cut, *canon, ulid[27];
+    size_t        len;
+    int64_t       ms;
+    const char   *seed;
+    const cJSON  *mid, *anon;
+
+    cut = ngx_http_cio_map_cut(name, NGX_HTTP_CIO_MAX_NAME, &len);
+
+    if (cut != NULL && len < strlen(name)) {
+        ctx->res->changes++;
+    }
+
+    ms = ngx_http_cio_map_time(ctx, call);
+
+    /* the same call sent twice gets the same id: Customer.io dedupes */
+    mid = ngx_http_cio_map_get(call, "messageId");
+    seed = ngx_http_cio_map_str(mid);
+    canon = NULL;
+
+    if (seed == NULL || seed[0] == '\0') {
+        canon = cJSON_PrintUnformatted(call);
+        seed = canon ? canon : "";
+    }
+
+    ngx_http_cio_map_ulid(ms, seed, strlen(seed), ulid);
+    free(canon);
+
+    anon = ngx_http_cio_map_get(call, "anonymousId");
+
+    if (known && ngx_http_cio_map_str(anon) != NULL
+        && anon->valuestring[0] != '\0')
+    {
+        cJSON_DeleteItemFromObjectCaseSensitive(attrs, "anonymous_id");
+        cJSON_AddStringToObject(attrs, "anonymous_id", anon->valuestring);
+    }
+
+    cJSON_AddStringToObject(item, "action", action);
+    cJSON_AddStringToObject(item, "name", cut ? cut : "");
+    cJSON_AddStringToObject(item, "id", ulid);
+    cJSON_AddNumberToObject(item, "timestamp", (double) (ms / 1000));
+    cJSON_AddItemToObject(item, "attributes", attrs);
+
+    free(cut);
+}
+
+
+/*
+ * A copy of traits or properties within Customer.io's limits: names over
+ * 150 bytes dropped, the first 300 kept, strings cut to 1000 bytes, and
+ * ISO-8601 strings turned into unix seconds.
+ */
+
+static cJSON *
+ngx_http_cio_map_attrs(ngx_http_cio_map_ctx_t *ctx, const cJSON *src)
+{
+    int           n;
+    cJSON        *attrs, *v;
+    const cJSON  *e;
+
+    attrs = cJSON_CreateObject();
+
+    if (src == NULL || attrs == NULL) {
+        return attrs;
+    }
+
+    n = 0;
+
+    cJSON_ArrayForEach(e, src) {
+
+        if (e->string == NULL) {
+            continue;
+        }
+
+        if (strlen(e->string) > NGX_HTTP_CIO_MAX_ATTR_NAME
+            || n >= NGX_HTTP_CIO_MAX_ATTRS)
+        {
+            ctx->res->changes++;
+            continue;
+        }
+
+        /* a duplicate key keeps its first value, as Customer.io would */
+        if (cJSON_HasObjectItem(attrs, e->string)) {
+            continue;
+        }
+
+        v = cJSON_Duplicate(e, 1);
+        if (v == NULL) {
+            continue;
+        }
+
+        ngx_http_cio_map_values(ctx, v, 0);
+
+        cJSON_AddItemToObject(attrs, e->string, v);
+        n++;
+    }
+
+    return attrs;
+}
+
+
+static void
+ngx_http_cio_map_values(ngx_http_cio_map_ctx_t *ctx, cJSON *v, int depth)
+{
+    char     *cut;
+    size_t    len;
+    int64_t   ms;
+    cJSON    *e;
+
+    if (cJSON_IsString(v)) {
+        if (ctx->opts->convert_timestamps
+            && ngx_http_cio_map_iso8601(v->valuestring, &ms) == 0)
+        {
+            /* in place: the key and its position stay */
+            free(v->valuestring);
+            v->valuestring = NULL;
+            v->type = cJSON_Number;
+            cJSON_SetNumberValue(v, (double) (ms >= 0 ? ms / 1000
+                                                      : -((999 - ms)
+                                                          / 1000)));
+            return;
+        }
+
+        if (strlen(v->valuestring) > NGX_HTTP_CIO_MAX_ATTR_VALUE) {
+            cut = ngx_http_cio_map_cut(v->valuestring,
+                                       NGX_HTTP_CIO_MAX_ATTR_VALUE, &len);
+            if (cut != NULL) {
+                free(v->valuestring);
+                v->valuestring = cut;
+                ctx->res->changes++;
+            }
+        }
+
+        return;
+    }
+
+    if (depth >= NGX_HTTP_CIO_MAX_DEPTH) {
+        return;
+    }
+
+    cJSON_ArrayForEach(e, v) {
+        ngx_http_cio_map_values(ctx, e, depth + 1);
+    }
+}
+
+
+/*
+ * timestamp, else originalTimestamp, else arrival; with sentAt the
+ * client's clock skew is taken out: received - (sentAt - time).
+ */
+
+static int64_t
+ngx_http_cio_map_time(ngx_http_cio_map_ctx_t *ctx, cJSON *call)
+{
+    int64_t       ms, sent;
+    const cJSON  *v, *s;
+
+    v = ngx_http_cio_map_get(call, "timestamp");
+
+    if (ngx_http_cio_map_parse_time(v, &ms) != 0) {
+        v = ngx_http_cio_map_get(call, "originalTimestamp");
+
+        if (ngx_http_cio_map_parse_time(v, &ms) != 0) {
+            return ctx->opts->received_ms;
+        }
+    }
+
+    s = ngx_http_cio_map_get(call, "sentAt");
+
+    if (s == NULL) {
+        s = ctx->batch_sent_at;
+    }
+
+    if (ngx_http_cio_map_parse_time(s, &sent) == 0) {
+        ms = ctx->opts->received_ms - (sent - ms);
+    }
+
+    if (ms < 0) {
+        ms = 0;
+    }
+
+    return ms;
+}
+
+
+static int
+ngx_http_cio_map_parse_time(const cJSON *v, int64_t *ms)
+{
+    if (cJSON_IsNumber(v)) {
+        if (!(v->valuedouble >= 0 && v->valuedouble < 1e15)) {
+            return -1;
+        }
+
+        *ms = (int64_t) v->valuedouble;
+        return 0;
+    }
+
+    if (cJSON_IsString(v)) {
+        return ngx_http_cio_map_iso8601(v->valuestring, ms);
+    }
+
+    return -1;
+}
+
+
+static int
+ngx_http_cio_map_digits(const char **p, int n, int *out)
+{
+    int  v, i;
+
+    v = 0;
+
+    for (i = 0; i < n; i++) {
+        if ((*p)[i] < '0' || (*p)[i] > '9') {
+            return -1;
+        }
+
+        v = v * 10 + ((*p)[i] - '0');
+    }
+
+    *p += n;
+    *out = v;
+
+    return 0;
+}
+
+
+/*
+ * YYYY-MM-DD, optionally THH:MM[:SS[.fraction]] and Z, +hh:mm or +hhmm;
+ * no zone means UTC.  Strings of digits alone are not dates.
+ */
+
+static int
+ngx_http_cio_map_iso8601(const char *s, int64_t *ms)
+{
+    int          y, mo, d, h, mi, sec, oh, om, sign, frac, scale;
+    int64_t      days, yy, era, yoe, doy, doe;
+    const char  *p;
+
+    p = s;
+    h = mi = sec = 0;
+    frac = 0;
+
+    if (ngx_http_cio_map_digits(&p, 4, &y) != 0 || *p++ != '-'
+        || ngx_http_cio_map_digits(&p, 2, &mo) != 0 || *p++ != '-'
+        || ngx_http_cio_map_digits(&p, 2, &d) != 0)
+    {
+        return -1;
+    }
+
+    if (mo < 1 || mo > 12 || d < 1 || d > 31) {
+        return -1;
+    }
+
+    if (*p == 'T' || *p == 't') {
+        p++;
+
+        if (ngx_http_cio_map_digits(&p, 2, &h) != 0 || *p++ != ':'
+            || ngx_http_cio_map_digits(&p, 2, &mi) != 0)
+        {
+            return -1;
+        }
+
+        if (*p == ':') {
+            p++;
+
+            if (ngx_http_cio_map_digits(&p, 2, &sec) != 0) {
+                return -1;
+            }
+
+            if (*p == '.') {
+                p++;
+
+                if (*p < '0' || *p > '9') {
+                    return -1;
+                }
+
+                /* milliseconds: digits past the third are dropped */
+                for (scale = 100; *p >= '0' && *p <= '9'; p++) {
+                    frac += (*p - '0') * scale;
+                    scale /= 10;
+                }
+            }
+        }
+
+        if (h > 23 || mi > 59 || sec > 60) {
+            return -1;
+        }
+
+        if (*p == 'Z' || *p == 'z') {
+            p++;
+
+        } else if (*p == '+' || *p == '-') {
+            sign = (*p == '-') ? -1 : 1;
+            p++;
+
+            if (ngx_http_cio_map_digits(&p, 2, &oh) != 0) {
+                return -1;
+            }
+
+            if (*p == ':') {
+                p++;
+            }
+
+            if (ngx_http_cio_map_digits(&p, 2, &om) != 0
+                || oh > 23 || om > 59)
+            {
+                return -1;
+            }
+
+            mi -= sign * om;
+            h -= sign * oh;
+        }
+    }
+
+    if (*p != '\0') {
+        return -1;
+    }
+
+    /* days from the civil date (Howard Hinnant's algorithm) */
+    yy = y - (mo <= 2);
+    era = (yy >= 0 ? yy : yy - 399) / 400;
+    yoe = yy - era * 400;
+    doy = (153 * (mo + (mo > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    days = era * 146097 + doe - 719468;
+
+    *ms = ((days * 24 + h) * 60 + mi) * 60000 + (int64_t) sec * 1000 + frac;
+
+    return 0;
+}
+
+
+/* a ULID: 48 bits of time, then 80 bits hashed from the seed */
+
+static void
+ngx_http_cio_map_ulid(int64_t ms, const char *seed, size_t len, char *out)
+{
+    int          i;
+    size_t       k;
+    uint64_t     h1, h2, t;
+    unsigned     bits[26];
+
+    static const char  alphabet[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+    h1 = 0xcbf29ce484222325ULL;
+    h2 = 0x84222325cbf29ce4ULL;
+
+    for (k = 0; k < len; k++) {
+        h1 = (h1 ^ (unsigned char) seed[k]) * 0x100000001b3ULL;
+        h2 = (h2 ^ (unsigned char) seed[k]) * 0x100000001b3ULL;
+        h2 ^= h2 >> 29;
+    }
+
+    /* spread the bits: FNV's low bits change little with the last bytes */
+    h1 ^= h1 >> 33;
+    h1 *= 0xff51afd7ed558ccdULL;
+    h1 ^= h1 >> 33;
+    h2 ^= h2 >> 31;
+    h2 *= 0xc4ceb9fe1a85ec53ULL;
+    h2 ^= h2 >> 33;
+
+    t = (uint64_t) ms & 0xffffffffffffULL;
+
+    for (i = 9; i >= 0; i--) {
+        bits[i] = (unsigned) (t & 31);
+        t >>= 5;
+    }
+
+    /* 80 bits: 64 of h1 below 16 of h2 */
+    h2 &= 0xffff;
+
+    for (i = 25; i >= 10; i--) {
+        bits[i] = (unsigned) (h1 & 31);
+        h1 = (h1 >> 5) | (h2 << 59);
+        h2 >>= 5;
+    }
+
+    for (i = 0; i < 26; i++) {
+        out[i] = alphabet[bits[i]];
+    }
+
+    out[26] = '\0';
+}
+
+
+/* a malloc()ed copy of at most max bytes, never ending inside a character */
+
+static char *
+ngx_http_cio_map_cut(const char *s, size_t max, size_t *len)
+{
+    char    *p;
+    size_t   n;
+
+    n = strlen(s);
+
+    if (n > max) {
+        n = max;
+
+        while (n > 0 && ((unsigned char) s[n] & 0xc0) == 0x80) {
+            n--;
+        }
+    }
+
+    p = malloc(n + 1);
+    if (p == NULL) {
+        return NULL;
+    }
+
+    memcpy(p, s, n);
+    p[n] = '\0';
+    *len = n;
+
+    return p;
+}
+
+
+static const cJSON *
+ngx_http_cio_map_get(const cJSON *o, const char *k)
+{
+    if (!cJSON_IsObject(o)) {
+        return NULL;
+    }
+
+    return cJSON_GetObjectItemCaseSensitive(o, k);
+}
+
+
+static const cJSON *
+ngx_http_cio_map_path(const cJSON *o, const char *a, const char *b)
+{
+    return ngx_http_cio_map_get(ngx_http_cio_map_get(o, a), b);
+}
+
+
+static const char *
+ngx_http_cio_map_str(const cJSON *v)
+{
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
