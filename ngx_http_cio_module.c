@@ -82,6 +82,8 @@ static char *ngx_http_cio_zone(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_cio_ingest(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_cio_write_key(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static char *ngx_http_cio_retry_backoff(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_cio_check_batch_size(ngx_conf_t *cf, void *post,
@@ -223,9 +225,9 @@ static ngx_command_t  ngx_http_cio_commands[] = {
 
     { ngx_string("cio_write_key"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
-      ngx_conf_set_str_array_slot,
+      ngx_http_cio_write_key,
       NGX_HTTP_LOC_CONF_OFFSET,
-      offsetof(ngx_http_cio_loc_conf_t, write_keys),
+      0,
       NULL },
 
     { ngx_string("cio_screen_views"),
@@ -1224,6 +1226,46 @@ ngx_http_cio_ingest(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
     clcf->handler = ngx_http_cio_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * "cio_write_key k1 k2 ...;" and repeated directives add up, so a key can
+ * be rotated by listing the old and the new one side by side.
+ */
+
+static char *
+ngx_http_cio_write_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_cio_loc_conf_t *lcf = conf;
+
+    ngx_str_t   *value, *key;
+    ngx_uint_t   i;
+
+    if (lcf->write_keys == NGX_CONF_UNSET_PTR) {
+        lcf->write_keys = ngx_array_create(cf->pool, 2, sizeof(ngx_str_t));
+        if (lcf->write_keys == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    value = cf->args->elts;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (value[i].len == 0) {
+            return "has an empty key";
+        }
+
+        key = ngx_array_push(lcf->write_keys);
+        if (key == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        *key = value[i];
+    }
 
     return NGX_CONF_OK;
 }
