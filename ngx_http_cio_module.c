@@ -609,7 +609,8 @@ ngx_http_cio_read_body(ngx_http_request_t *r, ngx_str_t *body)
 
             p += n;
 
-        } else {
+        } else if (b->last != b->pos) {
+            /* an empty body arrives as a buffer with pos == NULL */
             p = ngx_cpymem(p, b->pos, b->last - b->pos);
         }
     }
