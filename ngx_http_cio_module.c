@@ -38,6 +38,8 @@ typedef struct {
     ngx_str_t                    endpoint;
     ngx_array_t                 *write_keys;
     ngx_uint_t                   screen_views;
+    ngx_flag_t                   convert_timestamps;
+    ngx_array_t                 *device_events;    /* of char *, NUL-ended */
     size_t                       max_call_size;
     size_t                       max_batch_size;
     ngx_uint_t                   max_batch_calls;
@@ -56,6 +58,8 @@ static void ngx_http_cio_body_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_cio_process(ngx_http_request_t *r,
     ngx_int_t route);
 static ngx_int_t ngx_http_cio_route(ngx_http_request_t *r);
+static void ngx_http_cio_log_changes(ngx_http_request_t *r,
+    ngx_uint_t changes);
 static ngx_int_t ngx_http_cio_read_body(ngx_http_request_t *r,
     ngx_str_t *body);
 static ngx_int_t ngx_http_cio_header_key(ngx_http_request_t *r,
@@ -83,6 +87,8 @@ static char *ngx_http_cio_zone(ngx_conf_t *cf, ngx_command_t *cmd,
 static char *ngx_http_cio_ingest(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_cio_write_key(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_cio_device_events(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_cio_retry_backoff(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
@@ -236,6 +242,20 @@ static ngx_command_t  ngx_http_cio_commands[] = {
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_cio_loc_conf_t, screen_views),
       &ngx_http_cio_screen_views },
+
+    { ngx_string("cio_convert_timestamps"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_cio_loc_conf_t, convert_timestamps),
+      NULL },
+
+    { ngx_string("cio_device_events"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_cio_device_events,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
 
     { ngx_string("cio_max_call_size"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
@@ -414,7 +434,12 @@ ngx_http_cio_process(ngx_http_request_t *r, ngx_int_t route)
     opts.max_item_size = 32768;
     opts.max_batch_calls = lcf->max_batch_calls;
     opts.screen_native = lcf->screen_views;
-    opts.convert_timestamps = 1;
+    opts.convert_timestamps = lcf->convert_timestamps;
+
+    if (lcf->device_events) {
+        opts.device_events = lcf->device_events->elts;
+        opts.ndevice_events = lcf->device_events->nelts;
+    }
 
     ngx_memzero(&res, sizeof(ngx_http_cio_map_result_t));
 
@@ -499,6 +524,10 @@ ngx_http_cio_process(ngx_http_request_t *r, ngx_int_t route)
     if (rc != NGX_OK) {
         rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
         goto done;
+    }
+
+    if (res.changes) {
+        ngx_http_cio_log_changes(r, res.changes);
     }
 
     /* a full batch need not wait for the flush timer */
@@ -619,6 +648,35 @@ ngx_http_cio_read_body(ngx_http_request_t *r, ngx_str_t *body)
     body->len = p - body->data;
 
     return NGX_OK;
+}
+
+
+/*
+ * Names cut and attributes dropped to fit Customer.io's limits change what
+ * the user sent, so they are never silent; but one line per request would
+ * flood the log, so a worker sums them and writes at most a line a second.
+ */
+
+static void
+ngx_http_cio_log_changes(ngx_http_request_t *r, ngx_uint_t changes)
+{
+    static time_t      logged;
+    static ngx_uint_t  pending;
+
+    pending += changes;
+
+    if (ngx_time() == logged) {
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                  "cio: %ui names or attributes cut or dropped to fit "
+                  "Customer.io's limits since the last such line (names "
+                  "100 bytes, attribute names 150, values 1000, "
+                  "300 attributes)", pending);
+
+    logged = ngx_time();
+    pending = 0;
 }
 
 
@@ -959,6 +1017,8 @@ ngx_http_cio_create_loc_conf(ngx_conf_t *cf)
     lcf->region = NGX_CONF_UNSET_UINT;
     lcf->write_keys = NGX_CONF_UNSET_PTR;
     lcf->screen_views = NGX_CONF_UNSET_UINT;
+    lcf->convert_timestamps = NGX_CONF_UNSET;
+    lcf->device_events = NGX_CONF_UNSET_PTR;
     lcf->max_call_size = NGX_CONF_UNSET_SIZE;
     lcf->max_batch_size = NGX_CONF_UNSET_SIZE;
     lcf->max_batch_calls = NGX_CONF_UNSET_UINT;
@@ -980,6 +1040,9 @@ ngx_http_cio_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                               NGX_HTTP_CIO_REGION_US);
     ngx_conf_merge_ptr_value(conf->write_keys, prev->write_keys, NULL);
     ngx_conf_merge_uint_value(conf->screen_views, prev->screen_views, 0);
+    ngx_conf_merge_value(conf->convert_timestamps, prev->convert_timestamps,
+                         1);
+    ngx_conf_merge_ptr_value(conf->device_events, prev->device_events, NULL);
     ngx_conf_merge_size_value(conf->max_call_size, prev->max_call_size,
                               32 * 1024);
     ngx_conf_merge_size_value(conf->max_batch_size, prev->max_batch_size,
@@ -1266,6 +1329,54 @@ ngx_http_cio_write_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         }
 
         *key = value[i];
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * Track event names that, besides the standard "Application Installed"
+ * and the like, register the device in context.device.token.  The mapper
+ * wants C strings; configuration words are NUL-terminated already.
+ */
+
+static char *
+ngx_http_cio_device_events(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_cio_loc_conf_t *lcf = conf;
+
+    char        **name;
+    ngx_str_t    *value;
+    ngx_uint_t    i;
+
+    if (lcf->device_events != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    lcf->device_events = ngx_array_create(cf->pool, cf->args->nelts - 1,
+                                          sizeof(char *));
+    if (lcf->device_events == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (value[i].len == 0 || value[i].len > 100) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid event name \"%V\", it must be 1 to "
+                               "100 bytes", &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        name = ngx_array_push(lcf->device_events);
+        if (name == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        *name = (char *) value[i].data;
     }
 
     return NGX_CONF_OK;

@@ -22,6 +22,9 @@ my @cases = (
             cio_site_id site1;
             cio_api_key key1;
             cio_write_key wk1 wk2;
+            cio_write_key wk3;
+            cio_convert_timestamps off;
+            cio_device_events "Push Enabled" "Token Refreshed";
         }
     }
 END
@@ -35,6 +38,17 @@ END
         cio_api_key key1;
         location /a/ { cio_ingest segment; }
         location /b/ { cio_ingest segment; cio_site_id site2; }
+    }
+END
+    [ 'an empty device event name', 1,
+      qr/invalid event name "", it must be 1 to 100 bytes/, <<'END' ],
+    cio_zone name=cio size=1m;
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location /cio/ {
+            cio_ingest segment; cio_site_id s; cio_api_key k;
+            cio_device_events "";
+        }
     }
 END
     [ 'no cio_zone', 1, qr/"cio_ingest" needs a "cio_zone"/, <<'END' ],

@@ -33,6 +33,15 @@ $t->config(http => <<"END")->run;
             cio_endpoint ${\ $cio->url };
             cio_write_key wk_test wk_other;
         }
+
+        location /raw/ {
+            cio_ingest segment;
+            cio_site_id site1;
+            cio_api_key key1;
+            cio_endpoint ${\ $cio->url };
+            cio_convert_timestamps off;
+            cio_device_events "Push Enabled";
+        }
     }
 END
 
@@ -208,6 +217,35 @@ like($t->read_file('error.log'),
     qr/\[info\].*cio: invalid write key in the Authorization header/,
     'a refused key is logged at info');
 
+# --- limits and options ----------------------------------------------------
+
+$t->post('/cio/v1/track', { userId => 'u-5', event => 'L' . ('o' x 120),
+                            properties => { when => '2026-01-01T00:00:00Z' } },
+         %auth);
+$t->post('/raw/v1/track', { userId => 'u-5', event => 'Push Enabled',
+                            properties => { when => '2026-01-01T00:00:00Z' },
+                            context => { device => { token => 'tk',
+                                                     type => 'Android' } } });
+my @lim;
+Cio::Test::wait_until(sub {
+    @lim = grep { ($_->{identifiers}{id} // '') eq 'u-5' } @{ $cio->items };
+    return @lim == 3;
+}, 10);
+my ($long) = grep { ($_->{name} // '') =~ /^Lo/ } @lim;
+is(length($long->{name} // ''), 100, 'a long event name is cut to 100 bytes');
+is($long->{attributes}{when}, timegm(0, 0, 0, 1, 0, 2026),
+    'ISO-8601 properties become unix seconds');
+like($t->read_file('error.log'),
+    qr/\[warn\].*cio: 1 names or attributes cut or dropped to fit/,
+    'the cut is logged');
+my ($raw) = grep { ($_->{name} // '') eq 'Push Enabled' } @lim;
+is($raw->{attributes}{when}, '2026-01-01T00:00:00Z',
+    'cio_convert_timestamps off keeps the string');
+ok((grep { $_->{action} eq 'add_device'
+           && $_->{device}{token} eq 'tk'
+           && $_->{device}{platform} eq 'android' } @lim),
+    'cio_device_events: a listed event adds the device');
+
 # nothing refused above reached Customer.io: a last event arrives after them
 $t->post('/cio/v1/track', { userId => 'u', event => 'Last' }, %auth);
 $items = [];
@@ -215,7 +253,7 @@ Cio::Test::wait_until(sub {
     $items = $cio->items;
     return grep { ($_->{name} // '') eq 'Last' } @$items;
 }, 10);
-is(scalar @$items, @calls + 2 + 2 + 1,
+is(scalar @$items, @calls + 2 + 2 + 3 + 1,
     'nothing but the accepted calls reached Customer.io');
 
 $t->done;

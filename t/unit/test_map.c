@@ -575,6 +575,29 @@ test_devices(void)
        "device event of an anonymous person is only the event", NULL);
     cJSON_Delete(it);
 
+    {
+        const char               *names[] = { "Push Enabled" };
+        ngx_http_cio_map_opts_t   o;
+
+        o = opts(NGX_HTTP_CIO_CALL_TRACK);
+        o.device_events = names;
+        o.ndevice_events = 1;
+
+        it = first_item(NGX_HTTP_CIO_CALL_TRACK,
+            "{\"userId\":\"u\",\"event\":\"Push Enabled\",\"context\":"
+            "{\"device\":{\"token\":\"t\"}}}", &o, NULL);
+        ok(it && strcmp(item_str(it, "action"), "add_device") == 0,
+           "cio_device_events: a listed name adds the device", NULL);
+        cJSON_Delete(it);
+
+        it = first_item(NGX_HTTP_CIO_CALL_TRACK,
+            "{\"userId\":\"u\",\"event\":\"Push Enabled\",\"context\":"
+            "{\"device\":{\"token\":\"t\"}}}", NULL, NULL);
+        ok(it && strcmp(item_str(it, "action"), "event") == 0,
+           "an unlisted name is only an event", NULL);
+        cJSON_Delete(it);
+    }
+
     it = first_item(NGX_HTTP_CIO_CALL_TRACK,
         "{\"userId\":\"u\",\"event\":\"Device Deleted\",\"context\":"
         "{\"device\":{\"token\":\"t\"}}}", NULL, NULL);
