@@ -4,7 +4,8 @@
 #   make demo      build, start nginx + the Customer.io stand-in, send events
 #   make build     build/ngx_http_cio_module.so against Debian's nginx-dev
 #   make unit      the mapper's unit tests
-#   make valgrind  the mapper's unit tests under Valgrind
+#   make valgrind  the mapper's unit tests under Valgrind, then the nginx
+#                  end-to-end tests with nginx itself under Valgrind
 #   make test SAN=1  the same suite with ASan + UBSan in the module
 
 SHELL := /bin/bash
@@ -48,13 +49,15 @@ $(BUILD)/test_map: t/unit/test_map.c src/ngx_http_cio_map.c \
 unit: deps $(BUILD)/test_map
 	$(BUILD)/test_map
 
-valgrind: deps build/test_map
+valgrind: deps $(BUILD)/test_map $(BUILD)/ngx_http_cio_module.so
 	valgrind -q --leak-check=full --error-exitcode=1 build/test_map
+	CIO_VALGRIND=1 prove -I t/lib t/10-ingest.t t/20-delivery.t
 
 integration: build
 	$(PROVE_ENV) prove -I t/lib t/
 
-test: unit valgrind integration
+# Valgrind and the sanitizers do not run together
+test: unit $(if $(filter 1,$(SAN)),,valgrind) integration
 
 demo: build
 	@scripts/demo.sh

@@ -10,6 +10,7 @@ package Cio::Test;
 #   CIO_TEST_CATLOG=1   print error.log at the end
 #   CIO_MODULE=path     the module to load (default build/...so)
 #   CIO_NGINX=path      the nginx binary (default /usr/sbin/nginx)
+#   CIO_VALGRIND=1      run nginx (master and workers) under Valgrind
 
 use strict;
 use warnings;
@@ -71,7 +72,8 @@ sub basic {
 # Polls $cond every 20 ms until it returns true or $timeout seconds pass.
 sub wait_until {
     my ($cond, $timeout) = @_;
-    my $deadline = time() + ($timeout // 10);
+    # Valgrind slows nginx down some twentyfold
+    my $deadline = time() + ($timeout // 10) * ($ENV{CIO_VALGRIND} ? 6 : 1);
 
     while (time() < $deadline) {
         my $v = $cond->();
@@ -192,7 +194,12 @@ sub run {
         $ENV{LD_PRELOAD} = $ENV{CIO_PRELOAD} if $ENV{CIO_PRELOAD};
         open STDOUT, '>>', "$self->{dir}/nginx.out";
         open STDERR, '>&', \*STDOUT;
-        exec $self->{nginx}, '-p', "$self->{dir}/", '-c', 'nginx.conf',
+        my @vg = $ENV{CIO_VALGRIND}
+            ? ('valgrind', '-q', '--trace-children=yes',
+               '--leak-check=no', '--error-exitcode=0',
+               "--log-file=$self->{dir}/valgrind.%p.log")
+            : ();
+        exec @vg, $self->{nginx}, '-p', "$self->{dir}/", '-c', 'nginx.conf',
             '-e', "$self->{dir}/error.log";
         exit 127;
     }
@@ -205,7 +212,7 @@ sub run {
         my $c = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$self->{port}",
             Timeout => 1);
         return $c ? 1 : 0;
-    }, 10);
+    }, $ENV{CIO_VALGRIND} ? 60 : 10);
 
     unless ($up) {
         diag($self->read_file('nginx.out'));
@@ -229,7 +236,8 @@ sub worker_pids {
         # pid (comm) state ppid ...
         my ($pid, $comm, $parent) = $line =~ /^(\d+) \((.*)\) \S+ (\d+)/
             or next;
-        push @pids, $pid if $parent == $ppid && $comm =~ /nginx/;
+        push @pids, $pid
+            if $parent == $ppid && $comm =~ /nginx|memcheck/;
     }
     return sort { $a <=> $b } @pids;
 }
@@ -371,6 +379,12 @@ sub done_part {
     my @bad = $self->errors_in_log;
     ok(!@bad, 'no alert, emerg or sanitizer report in error.log')
         or diag(join "\n", @bad);
+
+    if ($ENV{CIO_VALGRIND}) {
+        my @vg = grep { -s $_ } glob "$self->{dir}/valgrind.*.log";
+        ok(!@vg, 'no Valgrind report')
+            or diag(join "\n", map { $self->read_file($_) } @vg);
+    }
 
     diag($self->read_file('error.log')) if $ENV{CIO_TEST_CATLOG};
 }
