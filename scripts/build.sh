@@ -22,7 +22,7 @@ fi
 want="$(dpkg-query -W -f='${Version}' nginx-dev) $cflags $ldflags $(cat "$top/config" | md5sum)"
 
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    rm -rf "$out"
+    rm -rf "$out/nginx" "$out/objs"
     mkdir -p "$out"
     cp -r "$src" "$out/nginx"
     . "$out/nginx/conf_flags"
