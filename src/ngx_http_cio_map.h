@@ -33,7 +33,8 @@ typedef enum {
     NGX_HTTP_CIO_CALL_SCREEN,
     NGX_HTTP_CIO_CALL_GROUP,
     NGX_HTTP_CIO_CALL_ALIAS,
-    NGX_HTTP_CIO_CALL_BATCH
+    NGX_HTTP_CIO_CALL_BATCH,
+    NGX_HTTP_CIO_CALL_AMPLITUDE     /* body {api_key, events[]}: a batch */
 } ngx_http_cio_call_e;
 
 
@@ -46,12 +47,29 @@ typedef struct {
     unsigned             convert_timestamps:1;
     const char         **device_events;    /* extra add_device names */
     size_t               ndevice_events;
+
+    /* server-side enrichment: the client address nginx saw (after realip) */
+    const char          *client_ip;        /* NULL: none */
+
+    /*
+     * filters: a call whose event name is not in events_allow (when set)
+     * or is in events_deny, or whose context.consentManagement
+     * .deniedConsentIds names one of consent_deny, is "filtered": valid,
+     * answered as accepted, counted, but mapped to no item.
+     */
+    const char         **events_allow;
+    size_t               nevents_allow;
+    const char         **events_deny;
+    size_t               nevents_deny;
+    const char         **consent_deny;
+    size_t               nconsent_deny;
 } ngx_http_cio_map_opts_t;
 
 
 typedef struct {
     int                  type;             /* ngx_http_cio_call_e */
     int                  nitems;
+    unsigned             filtered:1;       /* valid, dropped by a filter */
     char                *item[NGX_HTTP_CIO_MAP_MAX_ITEMS];     /* malloc */
     size_t               item_len[NGX_HTTP_CIO_MAP_MAX_ITEMS];
     char                 error[NGX_HTTP_CIO_MAP_ERRLEN];       /* "" = ok */
@@ -63,6 +81,7 @@ typedef struct {
     size_t                   ncalls;
     ngx_http_cio_map_call_t *calls;        /* malloc */
     unsigned                 changes;      /* limit adjustments made */
+    size_t                   nfiltered;    /* calls with filtered set */
     char                     error[NGX_HTTP_CIO_MAP_ERRLEN];
 } ngx_http_cio_map_result_t;
 
