@@ -14,10 +14,18 @@
 
 #include "ngx_http_cio.h"
 #include "ngx_http_cio_map.h"
+#include "ngx_http_cio_inflate.h"
 
 
 #define NGX_HTTP_CIO_INGEST_OFF       0
 #define NGX_HTTP_CIO_INGEST_SEGMENT   1
+#define NGX_HTTP_CIO_INGEST_AMPLITUDE 2
+
+#define NGX_HTTP_CIO_CORS_ANY         0
+#define NGX_HTTP_CIO_CORS_LIST        1
+#define NGX_HTTP_CIO_CORS_OFF         2
+
+#define NGX_HTTP_CIO_CORS_MAX_AGE     "86400"
 
 #define NGX_HTTP_CIO_REGION_US        0
 #define NGX_HTTP_CIO_REGION_EU        1
@@ -40,6 +48,11 @@ typedef struct {
     ngx_uint_t                   screen_views;
     ngx_flag_t                   convert_timestamps;
     ngx_array_t                 *device_events;    /* of char *, NUL-ended */
+    ngx_array_t                 *events_allow;     /* of char * */
+    ngx_array_t                 *events_deny;      /* of char * */
+    ngx_array_t                 *consent_deny;     /* of char * */
+    ngx_uint_t                   cors;
+    ngx_array_t                 *cors_origins;     /* of ngx_str_t */
     size_t                       max_call_size;
     size_t                       max_batch_size;
     ngx_uint_t                   max_batch_calls;
@@ -58,6 +71,21 @@ static void ngx_http_cio_body_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_cio_process(ngx_http_request_t *r,
     ngx_int_t route);
 static ngx_int_t ngx_http_cio_route(ngx_http_request_t *r);
+static ngx_int_t ngx_http_cio_cors(ngx_http_request_t *r,
+    ngx_http_cio_loc_conf_t *lcf);
+static ngx_int_t ngx_http_cio_preflight(ngx_http_request_t *r);
+static ngx_table_elt_t *ngx_http_cio_header_in(ngx_http_request_t *r,
+    const char *name, size_t len);
+static ngx_int_t ngx_http_cio_header_out(ngx_http_request_t *r,
+    const char *key, u_char *value, size_t len);
+static ngx_int_t ngx_http_cio_decode_body(ngx_http_request_t *r,
+    ngx_str_t *body, size_t max, ngx_int_t *answer);
+static void ngx_http_cio_free(void *data);
+static ngx_int_t ngx_http_cio_amplitude_answer(ngx_http_request_t *r,
+    ngx_http_cio_map_result_t *res, size_t received);
+static ngx_int_t ngx_http_cio_amplitude_invalid(ngx_http_request_t *r,
+    ngx_http_cio_map_result_t *res);
+static ngx_uint_t ngx_http_cio_amplitude_field(const char *error);
 static void ngx_http_cio_log_changes(ngx_http_request_t *r,
     ngx_uint_t changes);
 static ngx_int_t ngx_http_cio_read_body(ngx_http_request_t *r,
@@ -88,7 +116,9 @@ static char *ngx_http_cio_ingest(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_cio_write_key(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
-static char *ngx_http_cio_device_events(ngx_conf_t *cf, ngx_command_t *cmd,
+static char *ngx_http_cio_names(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_cio_cors_origins(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_cio_retry_backoff(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
@@ -252,7 +282,35 @@ static ngx_command_t  ngx_http_cio_commands[] = {
 
     { ngx_string("cio_device_events"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
-      ngx_http_cio_device_events,
+      ngx_http_cio_names,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_cio_loc_conf_t, device_events),
+      NULL },
+
+    { ngx_string("cio_events_allow"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_cio_names,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_cio_loc_conf_t, events_allow),
+      NULL },
+
+    { ngx_string("cio_events_deny"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_cio_names,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_cio_loc_conf_t, events_deny),
+      NULL },
+
+    { ngx_string("cio_consent_category"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_cio_names,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_cio_loc_conf_t, consent_deny),
+      NULL },
+
+    { ngx_string("cio_cors_origins"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_cio_cors_origins,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
       NULL },
@@ -316,7 +374,25 @@ ngx_module_t  ngx_http_cio_module = {
 static ngx_int_t
 ngx_http_cio_handler(ngx_http_request_t *r)
 {
-    ngx_int_t  rc, route;
+    ngx_int_t                 rc, route;
+    ngx_http_cio_loc_conf_t  *lcf;
+
+    lcf = ngx_http_get_module_loc_conf(r, ngx_http_cio_module);
+
+    rc = ngx_http_cio_cors(r, lcf);
+
+    if (rc != NGX_OK) {
+        if (rc == NGX_ERROR) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        if (ngx_http_discard_request_body(r) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return ngx_http_cio_error(r, NGX_HTTP_FORBIDDEN,
+                                  "origin not allowed");
+    }
 
     route = ngx_http_cio_route(r);
 
@@ -327,6 +403,15 @@ ngx_http_cio_handler(ngx_http_request_t *r)
         }
 
         return ngx_http_cio_error(r, NGX_HTTP_NOT_FOUND, "unknown route");
+    }
+
+    if (r->method == NGX_HTTP_OPTIONS) {
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        return ngx_http_cio_preflight(r);
     }
 
     if (r->method != NGX_HTTP_POST) {
@@ -372,10 +457,11 @@ ngx_http_cio_body_handler(ngx_http_request_t *r)
 static ngx_int_t
 ngx_http_cio_process(ngx_http_request_t *r, ngx_int_t route)
 {
-    size_t                      max;
+    size_t                      max, received;
+    u_char                     *ip;
     ngx_int_t                   rc;
     ngx_str_t                   body, key, *items;
-    ngx_uint_t                  i, j, n, authed;
+    ngx_uint_t                  i, j, n, authed, amplitude;
     ngx_http_cio_zone_t        *zone;
     ngx_http_cio_loc_conf_t    *lcf;
     ngx_http_cio_main_conf_t   *mcf;
@@ -386,10 +472,23 @@ ngx_http_cio_process(ngx_http_request_t *r, ngx_int_t route)
     lcf = ngx_http_get_module_loc_conf(r, ngx_http_cio_module);
     mcf = ngx_http_get_module_main_conf(r, ngx_http_cio_module);
 
+    amplitude = (route == NGX_HTTP_CIO_CALL_AMPLITUDE);
     authed = (lcf->write_keys == NULL);
 
-    if (!authed) {
+    /* Amplitude has no header credential: its api_key is in the body */
+    if (!authed && !amplitude) {
         rc = ngx_http_cio_header_key(r, &key);
+
+        if (rc == NGX_DECLINED
+            && ngx_http_arg(r, (u_char *) "writeKey", 8, &key) == NGX_OK)
+        {
+            /* RudderStack's beacon route: /beacon/v1/batch?writeKey=... */
+            rc = NGX_OK;
+        }
+
+        if (rc == NGX_ERROR) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
 
         if (rc == NGX_OK) {
             if (!ngx_http_cio_key_allowed(lcf->write_keys, key.data,
@@ -397,7 +496,7 @@ ngx_http_cio_process(ngx_http_request_t *r, ngx_int_t route)
             {
                 ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                               "cio: invalid write key in the "
-                              "Authorization header");
+                              "Authorization header or the query");
                 return ngx_http_cio_error(r, NGX_HTTP_UNAUTHORIZED,
                                           "invalid write key");
             }
@@ -410,13 +509,20 @@ ngx_http_cio_process(ngx_http_request_t *r, ngx_int_t route)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    received = body.len;
+
+    max = (route == NGX_HTTP_CIO_CALL_BATCH || amplitude)
+          ? lcf->max_batch_size : lcf->max_call_size;
+
+    /* limits apply to what the body inflates to, as rudder-server does */
+    if (ngx_http_cio_decode_body(r, &body, max, &rc) != NGX_OK) {
+        return rc;
+    }
+
     if (body.len == 0) {
         return ngx_http_cio_error(r, NGX_HTTP_BAD_REQUEST,
                                   "request body is empty");
     }
-
-    max = (route == NGX_HTTP_CIO_CALL_BATCH) ? lcf->max_batch_size
-                                            : lcf->max_call_size;
 
     if (body.len > max) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
@@ -424,6 +530,7 @@ ngx_http_cio_process(ngx_http_request_t *r, ngx_int_t route)
                       "bytes limit", body.len, max);
         return ngx_http_cio_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
                                   route == NGX_HTTP_CIO_CALL_BATCH
+                                  || amplitude
                                   ? "batch is larger than the limit"
                                   : "call is larger than the limit");
     }
@@ -441,6 +548,31 @@ ngx_http_cio_process(ngx_http_request_t *r, ngx_int_t route)
         opts.ndevice_events = lcf->device_events->nelts;
     }
 
+    if (lcf->events_allow) {
+        opts.events_allow = lcf->events_allow->elts;
+        opts.nevents_allow = lcf->events_allow->nelts;
+    }
+
+    if (lcf->events_deny) {
+        opts.events_deny = lcf->events_deny->elts;
+        opts.nevents_deny = lcf->events_deny->nelts;
+    }
+
+    if (lcf->consent_deny) {
+        opts.consent_deny = lcf->consent_deny->elts;
+        opts.nconsent_deny = lcf->consent_deny->nelts;
+    }
+
+    /* the client address after realip, as the hosted APIs record it */
+    ip = ngx_pnalloc(r->pool, r->connection->addr_text.len + 1);
+    if (ip == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_cpystrn(ip, r->connection->addr_text.data,
+                r->connection->addr_text.len + 1);
+    opts.client_ip = (char *) ip;
+
     ngx_memzero(&res, sizeof(ngx_http_cio_map_result_t));
 
     if (ngx_http_cio_map_request((char *) body.data, body.len, &opts, &res)
@@ -449,8 +581,12 @@ ngx_http_cio_process(ngx_http_request_t *r, ngx_int_t route)
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "cio: rejected request: %s", res.error);
 
-        /* a key in the header is checked before the body is believed */
-        if (!authed) {
+        /*
+         * A body that cannot be read cannot show a key: 401 unless a
+         * key was checked in the header already.  Amplitude's SDKs
+         * expect a 400 here, and its key is only ever in the body.
+         */
+        if (!authed && !amplitude) {
             rc = ngx_http_cio_error(r, NGX_HTTP_UNAUTHORIZED,
                                     "write key is missing or invalid");
         } else {
@@ -467,14 +603,29 @@ ngx_http_cio_process(ngx_http_request_t *r, ngx_int_t route)
                                          ngx_strlen(res.write_key)))
         {
             ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                          "cio: write key is missing or invalid");
+                          "cio: %s is missing or invalid",
+                          amplitude ? "api_key" : "write key");
             rc = ngx_http_cio_error(r, NGX_HTTP_UNAUTHORIZED,
-                                    "write key is missing or invalid");
+                                    amplitude
+                                    ? "invalid or missing api_key"
+                                    : "write key is missing or invalid");
             goto done;
         }
     }
 
-    if (route != NGX_HTTP_CIO_CALL_BATCH && res.calls[0].error[0]) {
+    if (amplitude) {
+        /*
+         * Amplitude refuses a request with an invalid event as a whole and
+         * names the events; its SDKs drop those and send the rest again.
+         */
+        for (i = 0; i < res.ncalls; i++) {
+            if (res.calls[i].error[0]) {
+                rc = ngx_http_cio_amplitude_invalid(r, &res);
+                goto done;
+            }
+        }
+
+    } else if (route != NGX_HTTP_CIO_CALL_BATCH && res.calls[0].error[0]) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "cio: rejected %s call: %s",
                       ngx_http_cio_call_name(res.calls[0].type),
@@ -507,35 +658,43 @@ ngx_http_cio_process(ngx_http_request_t *r, ngx_int_t route)
         }
     }
 
-    zone = mcf->shm_zone->data;
+    if (n) {
+        zone = mcf->shm_zone->data;
 
-    rc = ngx_http_cio_queue_push(zone, lcf->ws->sh, items, n,
-                                 mcf->max_events);
+        rc = ngx_http_cio_queue_push(zone, lcf->ws->sh, items, n,
+                                     mcf->max_events);
 
-    if (rc == NGX_BUSY) {
-        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                      "cio: queue is full, %ui events refused with 503",
-                      n);
-        rc = ngx_http_cio_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                "queue is full, retry later");
-        goto done;
+        if (rc == NGX_BUSY) {
+            ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                          "cio: queue is full, %ui events refused with 503",
+                          n);
+            rc = ngx_http_cio_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                    "queue is full, retry later");
+            goto done;
+        }
+
+        if (rc != NGX_OK) {
+            rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+            goto done;
+        }
+
+        /* a full batch need not wait for the flush timer */
+        if (lcf->ws->sh->pending_bytes >= mcf->batch_size) {
+            ngx_http_cio_deliver_kick();
+        }
     }
 
-    if (rc != NGX_OK) {
-        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
-        goto done;
+    if (res.nfiltered) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "cio: %uz calls filtered out", res.nfiltered);
     }
 
     if (res.changes) {
         ngx_http_cio_log_changes(r, res.changes);
     }
 
-    /* a full batch need not wait for the flush timer */
-    if (lcf->ws->sh->pending_bytes >= mcf->batch_size) {
-        ngx_http_cio_deliver_kick();
-    }
-
-    rc = ngx_http_cio_answer(r, &res);
+    rc = amplitude ? ngx_http_cio_amplitude_answer(r, &res, received)
+                   : ngx_http_cio_answer(r, &res);
 
 done:
 
@@ -550,9 +709,10 @@ done:
 static ngx_int_t
 ngx_http_cio_route(ngx_http_request_t *r)
 {
-    u_char                *p, *end;
-    ngx_str_t              name;
-    ngx_http_cio_route_t  *rt;
+    u_char                   *p, *end;
+    ngx_str_t                 name;
+    ngx_http_cio_route_t     *rt;
+    ngx_http_cio_loc_conf_t  *lcf;
 
     end = r->uri.data + r->uri.len;
 
@@ -567,6 +727,20 @@ ngx_http_cio_route(ngx_http_request_t *r)
     name.data = p;
     name.len = end - p;
 
+    lcf = ngx_http_get_module_loc_conf(r, ngx_http_cio_module);
+
+    if (lcf->ingest == NGX_HTTP_CIO_INGEST_AMPLITUDE) {
+        /* HTTP V2 ".../2/httpapi" and Batch Event Upload ".../batch" */
+        if ((name.len == 7 && ngx_strncmp(name.data, "httpapi", 7) == 0
+             && p - r->uri.data >= 3 && ngx_strncmp(p - 3, "/2/", 3) == 0)
+            || (name.len == 5 && ngx_strncmp(name.data, "batch", 5) == 0))
+        {
+            return NGX_HTTP_CIO_CALL_AMPLITUDE;
+        }
+
+        return NGX_HTTP_CIO_ROUTE_NONE;
+    }
+
     if (p - r->uri.data < 4 || ngx_strncmp(p - 4, "/v1/", 4) != 0) {
         return NGX_HTTP_CIO_ROUTE_NONE;
     }
@@ -580,6 +754,265 @@ ngx_http_cio_route(ngx_http_request_t *r)
     }
 
     return NGX_HTTP_CIO_ROUTE_NONE;
+}
+
+
+/*
+ * CORS for the browser SDKs.  An allowed Origin is echoed with credentials
+ * allowed (analytics-next sends an Authorization header, so "*" would not
+ * do); NGX_DECLINED: the origin is not on the cio_cors_origins list.
+ */
+
+static ngx_int_t
+ngx_http_cio_cors(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf)
+{
+    ngx_str_t        *o;
+    ngx_uint_t        i;
+    ngx_table_elt_t  *origin;
+
+    if (lcf->cors == NGX_HTTP_CIO_CORS_OFF) {
+        return NGX_OK;
+    }
+
+    origin = ngx_http_cio_header_in(r, "origin", 6);
+
+    if (origin == NULL || origin->value.len == 0) {
+        return NGX_OK;
+    }
+
+    if (lcf->cors == NGX_HTTP_CIO_CORS_LIST) {
+        o = lcf->cors_origins->elts;
+
+        for (i = 0; i < lcf->cors_origins->nelts; i++) {
+            if (o[i].len == origin->value.len
+                && ngx_strncasecmp(o[i].data, origin->value.data, o[i].len)
+                   == 0)
+            {
+                break;
+            }
+        }
+
+        if (i == lcf->cors_origins->nelts) {
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "cio: origin \"%V\" is not in cio_cors_origins",
+                          &origin->value);
+            return NGX_DECLINED;
+        }
+    }
+
+    if (ngx_http_cio_header_out(r, "Access-Control-Allow-Origin",
+                                origin->value.data, origin->value.len)
+        != NGX_OK
+        || ngx_http_cio_header_out(r, "Access-Control-Allow-Credentials",
+                                   (u_char *) "true", 4)
+           != NGX_OK
+        || ngx_http_cio_header_out(r, "Vary", (u_char *) "Origin", 6)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_cio_preflight(ngx_http_request_t *r)
+{
+    ngx_table_elt_t  *h;
+
+    h = ngx_http_cio_header_in(r, "access-control-request-headers", 30);
+
+    /*
+     * Echoing the requested headers covers what each SDK adds:
+     * authorization, content-type, anonymousid, sentat, rsa-*.
+     */
+    if ((h && h->value.len
+         && ngx_http_cio_header_out(r, "Access-Control-Allow-Headers",
+                                    h->value.data, h->value.len)
+            != NGX_OK)
+        || ngx_http_cio_header_out(r, "Access-Control-Allow-Methods",
+                                   (u_char *) "POST, OPTIONS", 13)
+           != NGX_OK
+        || ngx_http_cio_header_out(r, "Access-Control-Max-Age",
+                                   (u_char *) NGX_HTTP_CIO_CORS_MAX_AGE,
+                                   sizeof(NGX_HTTP_CIO_CORS_MAX_AGE) - 1)
+           != NGX_OK
+        || ngx_http_cio_header_out(r, "Allow", (u_char *) "POST, OPTIONS",
+                                   13)
+           != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    r->headers_out.status = NGX_HTTP_NO_CONTENT;
+    r->headers_out.content_length_n = 0;
+    r->header_only = 1;
+
+    return ngx_http_send_header(r);
+}
+
+
+/* nginx 1.22 has no headers_in field for these: a case-insensitive scan */
+
+static ngx_table_elt_t *
+ngx_http_cio_header_in(ngx_http_request_t *r, const char *name, size_t len)
+{
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return NULL;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == len
+            && ngx_strncasecmp(h[i].key.data, (u_char *) name, len) == 0)
+        {
+            return &h[i];
+        }
+    }
+}
+
+
+static ngx_int_t
+ngx_http_cio_header_out(ngx_http_request_t *r, const char *key,
+    u_char *value, size_t len)
+{
+    ngx_table_elt_t  *h;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+    h->key.data = (u_char *) key;
+    h->key.len = ngx_strlen(key);
+    h->value.data = value;
+    h->value.len = len;
+
+    return NGX_OK;
+}
+
+
+/*
+ * Content-Encoding: gzip (analytics-kotlin, analytics-python, the Rudder
+ * node SDK by default) or deflate.  nginx's gunzip module only handles
+ * responses, so request bodies are inflated here, bounded by the limit.
+ * NGX_DONE: the request has been answered with *answer.
+ */
+
+static ngx_int_t
+ngx_http_cio_decode_body(ngx_http_request_t *r, ngx_str_t *body, size_t max,
+    ngx_int_t *answer)
+{
+    int                  rc;
+    size_t               len;
+    u_char              *out;
+    ngx_str_t           *enc;
+    const char          *err;
+    ngx_table_elt_t     *h;
+    ngx_pool_cleanup_t  *cln;
+
+    h = ngx_http_cio_header_in(r, "content-encoding", 16);
+
+    if (h == NULL || h->value.len == 0) {
+        return NGX_OK;
+    }
+
+    enc = &h->value;
+
+    if (enc->len == 8 && ngx_strncasecmp(enc->data, (u_char *) "identity", 8)
+                         == 0)
+    {
+        return NGX_OK;
+    }
+
+    if (!((enc->len == 4
+           && ngx_strncasecmp(enc->data, (u_char *) "gzip", 4) == 0)
+          || (enc->len == 6
+              && ngx_strncasecmp(enc->data, (u_char *) "x-gzip", 6) == 0)
+          || (enc->len == 7
+              && ngx_strncasecmp(enc->data, (u_char *) "deflate", 7) == 0)))
+    {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "cio: unsupported Content-Encoding \"%V\"", enc);
+        *answer = ngx_http_cio_error(r, NGX_HTTP_UNSUPPORTED_MEDIA_TYPE,
+                                     "unsupported Content-Encoding, "
+                                     "use gzip or deflate");
+        return NGX_DONE;
+    }
+
+    if (body->len == 0) {
+        return NGX_OK;
+    }
+
+    rc = ngx_http_cio_inflate(body->data, body->len, max, &out, &len, &err);
+
+    if (rc == -2) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "cio: %V request body inflates past the %uz bytes "
+                      "limit", enc, max);
+        *answer = ngx_http_cio_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                     "body is larger than the limit after "
+                                     "decompression");
+        return NGX_DONE;
+    }
+
+    if (rc != 0 && err == ngx_http_cio_inflate_nomem) {
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "cio: no memory to inflate a %uz bytes %V body",
+                      body->len, enc);
+        *answer = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return NGX_DONE;
+    }
+
+    if (rc != 0) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "cio: %V request body: %s", enc, err);
+
+        /* name what the sender declared, whatever the bytes looked like */
+        *answer = ngx_http_cio_error(r, NGX_HTTP_BAD_REQUEST,
+                                     enc->data[0] == 'd' || enc->data[0] == 'D'
+                                     ? "body is not valid deflate data"
+                                     : "body is not valid gzip data");
+        return NGX_DONE;
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        free(out);
+        *answer = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return NGX_DONE;
+    }
+
+    /* the inflated body is freed with the request, whatever the path */
+    cln->handler = ngx_http_cio_free;
+    cln->data = out;
+
+    body->data = out;
+    body->len = len;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_cio_free(void *data)
+{
+    free(data);
 }
 
 
@@ -823,50 +1256,187 @@ ngx_http_cio_answer(ngx_http_request_t *r, ngx_http_cio_map_result_t *res)
 }
 
 
+/*
+ * {"success":false,"error":"..."} for the Segment routes; Amplitude's SDKs
+ * read "code" from the body rather than the status, so their routes get
+ * {"code":N,"error":"..."}.
+ */
+
 static ngx_int_t
 ngx_http_cio_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *error)
 {
-    size_t            len;
-    u_char           *p, *body;
-    ngx_table_elt_t  *h;
+    size_t                    len;
+    u_char                   *p, *body;
+    ngx_http_cio_loc_conf_t  *lcf;
+
+    lcf = ngx_http_get_module_loc_conf(r, ngx_http_cio_module);
 
     len = ngx_strlen(error);
 
     body = ngx_pnalloc(r->pool, sizeof("{\"success\":false,\"error\":\"\"}")
-                                + len
+                                + NGX_INT_T_LEN + len
                                 + ngx_escape_json(NULL, (u_char *) error,
                                                   len));
     if (body == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    p = ngx_cpymem(body, "{\"success\":false,\"error\":\"",
-                   sizeof("{\"success\":false,\"error\":\"") - 1);
+    if (lcf->ingest == NGX_HTTP_CIO_INGEST_AMPLITUDE) {
+        p = ngx_sprintf(body, "{\"code\":%ui,\"error\":\"", status);
+
+    } else {
+        p = ngx_cpymem(body, "{\"success\":false,\"error\":\"",
+                       sizeof("{\"success\":false,\"error\":\"") - 1);
+    }
+
     p = (u_char *) ngx_escape_json(p, (u_char *) error, len);
     p = ngx_cpymem(p, "\"}", 2);
 
-    if (status == NGX_HTTP_SERVICE_UNAVAILABLE
-        || status == NGX_HTTP_NOT_ALLOWED)
-    {
-        h = ngx_list_push(&r->headers_out.headers);
-        if (h == NULL) {
+    if (status == NGX_HTTP_SERVICE_UNAVAILABLE) {
+        if (ngx_http_cio_header_out(r, "Retry-After",
+                                    (u_char *) NGX_HTTP_CIO_FULL_RETRY_AFTER,
+                                    sizeof(NGX_HTTP_CIO_FULL_RETRY_AFTER) - 1)
+            != NGX_OK)
+        {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        h->hash = 1;
-
-        if (status == NGX_HTTP_SERVICE_UNAVAILABLE) {
-            ngx_str_set(&h->key, "Retry-After");
-            ngx_str_set(&h->value, NGX_HTTP_CIO_FULL_RETRY_AFTER);
-
-        } else {
-            ngx_str_set(&h->key, "Allow");
-            ngx_str_set(&h->value, "POST");
+    } else if (status == NGX_HTTP_NOT_ALLOWED) {
+        if (ngx_http_cio_header_out(r, "Allow", (u_char *) "POST, OPTIONS",
+                                    13)
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
     }
 
     return ngx_http_cio_send(r, status, body, p - body);
+}
+
+
+/* Amplitude's HTTP V2 success answer; "code" is what its SDKs check */
+
+static ngx_int_t
+ngx_http_cio_amplitude_answer(ngx_http_request_t *r,
+    ngx_http_cio_map_result_t *res, size_t received)
+{
+    u_char      *body, *p;
+    ngx_time_t  *tp;
+
+    body = ngx_pnalloc(r->pool, sizeof("{\"code\":200,\"events_ingested\":,"
+                                       "\"payload_size_bytes\":,"
+                                       "\"server_upload_time\":}")
+                                + 3 * NGX_INT64_LEN);
+    if (body == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    tp = ngx_timeofday();
+
+    p = ngx_sprintf(body, "{\"code\":200,\"events_ingested\":%uz,"
+                    "\"payload_size_bytes\":%uz,\"server_upload_time\":%M}",
+                    res->ncalls, received,
+                    (ngx_msec_t) tp->sec * 1000 + tp->msec);
+
+    return ngx_http_cio_send(r, NGX_HTTP_OK, body, p - body);
+}
+
+
+/*
+ * A 400 in Amplitude's shape: the indexes of the invalid events under
+ * "events_with_missing_fields" / "events_with_invalid_fields", so that the
+ * SDK drops exactly those and sends the others again.
+ */
+
+static ngx_int_t
+ngx_http_cio_amplitude_invalid(ngx_http_request_t *r,
+    ngx_http_cio_map_result_t *res)
+{
+    size_t       len;
+    u_char      *body, *p;
+    ngx_uint_t   i, f, k, n, first;
+    const char  *e;
+
+    static const char  *fields[] = { "event_type", "user_id", "event" };
+
+    len = sizeof("{\"code\":400,\"error\":\"Request has invalid events\","
+                 "\"events_with_missing_fields\":{},"
+                 "\"events_with_invalid_fields\":{}}")
+          + res->ncalls * (NGX_INT_T_LEN + 1)
+          + 6 * sizeof("\"event_type\":[],");
+
+    body = ngx_pnalloc(r->pool, len);
+    if (body == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_sprintf(body, "{\"code\":400,\"error\":\"Request has invalid "
+                    "events\"");
+
+    /* kind 0: a required field is missing; kind 1: a field is invalid */
+
+    for (k = 0; k < 2; k++) {
+        p = ngx_sprintf(p, k == 0 ? ",\"events_with_missing_fields\":{"
+                                  : ",\"events_with_invalid_fields\":{");
+        first = 1;
+
+        for (f = 0; f < 3; f++) {
+            n = 0;
+
+            for (i = 0; i < res->ncalls; i++) {
+                e = res->calls[i].error;
+
+                if (e[0] == '\0'
+                    || (ngx_strstr(e, "required") != NULL) != (k == 0)
+                    || ngx_http_cio_amplitude_field(e) != f)
+                {
+                    continue;
+                }
+
+                if (n++ == 0) {
+                    p = ngx_sprintf(p, "%s\"%s\":[", first ? "" : ",",
+                                    fields[f]);
+                    first = 0;
+
+                } else {
+                    *p++ = ',';
+                }
+
+                p = ngx_sprintf(p, "%ui", i);
+            }
+
+            if (n) {
+                *p++ = ']';
+            }
+        }
+
+        *p++ = '}';
+    }
+
+    *p++ = '}';
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "cio: rejected Amplitude request with invalid events");
+
+    return ngx_http_cio_send(r, NGX_HTTP_BAD_REQUEST, body, p - body);
+}
+
+
+/* which Amplitude field a mapper error is about: an index into fields[] */
+
+static ngx_uint_t
+ngx_http_cio_amplitude_field(const char *error)
+{
+    if (ngx_strncmp(error, "event_type", 10) == 0) {
+        return 0;
+    }
+
+    if (ngx_strncmp(error, "user_id", 7) == 0) {
+        return 1;
+    }
+
+    return 2;
 }
 
 
@@ -1019,6 +1589,10 @@ ngx_http_cio_create_loc_conf(ngx_conf_t *cf)
     lcf->screen_views = NGX_CONF_UNSET_UINT;
     lcf->convert_timestamps = NGX_CONF_UNSET;
     lcf->device_events = NGX_CONF_UNSET_PTR;
+    lcf->events_allow = NGX_CONF_UNSET_PTR;
+    lcf->events_deny = NGX_CONF_UNSET_PTR;
+    lcf->consent_deny = NGX_CONF_UNSET_PTR;
+    lcf->cors = NGX_CONF_UNSET_UINT;
     lcf->max_call_size = NGX_CONF_UNSET_SIZE;
     lcf->max_batch_size = NGX_CONF_UNSET_SIZE;
     lcf->max_batch_calls = NGX_CONF_UNSET_UINT;
@@ -1043,6 +1617,15 @@ ngx_http_cio_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_value(conf->convert_timestamps, prev->convert_timestamps,
                          1);
     ngx_conf_merge_ptr_value(conf->device_events, prev->device_events, NULL);
+    ngx_conf_merge_ptr_value(conf->events_allow, prev->events_allow, NULL);
+    ngx_conf_merge_ptr_value(conf->events_deny, prev->events_deny, NULL);
+    ngx_conf_merge_ptr_value(conf->consent_deny, prev->consent_deny, NULL);
+
+    if (conf->cors == NGX_CONF_UNSET_UINT) {
+        conf->cors = (prev->cors == NGX_CONF_UNSET_UINT)
+                     ? NGX_HTTP_CIO_CORS_ANY : prev->cors;
+        conf->cors_origins = prev->cors_origins;
+    }
     ngx_conf_merge_size_value(conf->max_call_size, prev->max_call_size,
                               32 * 1024);
     ngx_conf_merge_size_value(conf->max_batch_size, prev->max_batch_size,
@@ -1281,10 +1864,13 @@ ngx_http_cio_ingest(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     if (ngx_strcmp(value[1].data, "segment") == 0) {
         lcf->ingest = NGX_HTTP_CIO_INGEST_SEGMENT;
 
+    } else if (ngx_strcmp(value[1].data, "amplitude") == 0) {
+        lcf->ingest = NGX_HTTP_CIO_INGEST_AMPLITUDE;
+
     } else {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid value \"%V\", it must be \"segment\"",
-                           &value[1]);
+                           "invalid value \"%V\", it must be \"segment\" "
+                           "or \"amplitude\"", &value[1]);
         return NGX_CONF_ERROR;
     }
 
@@ -1336,47 +1922,106 @@ ngx_http_cio_write_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
 
 /*
- * Track event names that, besides the standard "Application Installed"
- * and the like, register the device in context.device.token.  The mapper
- * wants C strings; configuration words are NUL-terminated already.
+ * Lists of event names or consent categories.  The mapper wants C strings;
+ * configuration words are NUL-terminated already.
  */
 
 static char *
-ngx_http_cio_device_events(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+ngx_http_cio_names(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
-    ngx_http_cio_loc_conf_t *lcf = conf;
+    char  *p = conf;
 
-    char        **name;
-    ngx_str_t    *value;
-    ngx_uint_t    i;
+    char         **name;
+    ngx_str_t     *value;
+    ngx_uint_t     i;
+    ngx_array_t  **a;
 
-    if (lcf->device_events != NGX_CONF_UNSET_PTR) {
+    a = (ngx_array_t **) (p + cmd->offset);
+
+    if (*a != NGX_CONF_UNSET_PTR) {
         return "is duplicate";
     }
 
     value = cf->args->elts;
 
-    lcf->device_events = ngx_array_create(cf->pool, cf->args->nelts - 1,
-                                          sizeof(char *));
-    if (lcf->device_events == NULL) {
+    *a = ngx_array_create(cf->pool, cf->args->nelts - 1, sizeof(char *));
+    if (*a == NULL) {
         return NGX_CONF_ERROR;
     }
 
     for (i = 1; i < cf->args->nelts; i++) {
 
-        if (value[i].len == 0 || value[i].len > 100) {
+        if (value[i].len == 0 || value[i].len > 150) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid event name \"%V\", it must be 1 to "
-                               "100 bytes", &value[i]);
+                               "invalid name \"%V\", it must be 1 to "
+                               "150 bytes", &value[i]);
             return NGX_CONF_ERROR;
         }
 
-        name = ngx_array_push(lcf->device_events);
+        name = ngx_array_push(*a);
         if (name == NULL) {
             return NGX_CONF_ERROR;
         }
 
         *name = (char *) value[i].data;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* "cio_cors_origins off | * | ORIGIN ...;" */
+
+static char *
+ngx_http_cio_cors_origins(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_cio_loc_conf_t *lcf = conf;
+
+    ngx_str_t   *value, *origin;
+    ngx_uint_t   i;
+
+    if (lcf->cors != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (cf->args->nelts == 2 && ngx_strcmp(value[1].data, "off") == 0) {
+        lcf->cors = NGX_HTTP_CIO_CORS_OFF;
+        return NGX_CONF_OK;
+    }
+
+    if (cf->args->nelts == 2 && ngx_strcmp(value[1].data, "*") == 0) {
+        lcf->cors = NGX_HTTP_CIO_CORS_ANY;
+        return NGX_CONF_OK;
+    }
+
+    lcf->cors = NGX_HTTP_CIO_CORS_LIST;
+    lcf->cors_origins = ngx_array_create(cf->pool, cf->args->nelts - 1,
+                                         sizeof(ngx_str_t));
+    if (lcf->cors_origins == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        /* an origin is scheme://host[:port], with nothing after it */
+        if ((ngx_strncmp(value[i].data, "http://", 7) != 0
+             && ngx_strncmp(value[i].data, "https://", 8) != 0)
+            || value[i].data[value[i].len - 1] == '/')
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid origin \"%V\", it must be like "
+                               "\"https://www.example.com\"", &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        origin = ngx_array_push(lcf->cors_origins);
+        if (origin == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        *origin = value[i];
     }
 
     return NGX_CONF_OK;

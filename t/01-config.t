@@ -41,7 +41,7 @@ END
     }
 END
     [ 'an empty device event name', 1,
-      qr/invalid event name "", it must be 1 to 100 bytes/, <<'END' ],
+      qr/invalid name "", it must be 1 to 150 bytes/, <<'END' ],
     cio_zone name=cio size=1m;
     server {
         listen 127.0.0.1:%%PORT%%;

@@ -208,7 +208,7 @@ for my $e (@errors) {
 
 ($status, my $hdr) = $t->http('GET', '/cio/v1/track');
 is($status, 405, 'GET: 405');
-is($hdr->{allow}, 'POST', 'GET: Allow: POST');
+is($hdr->{allow}, 'POST, OPTIONS', 'GET: Allow: POST, OPTIONS');
 
 ($status, undef, $resp) = $t->post('/cio/v1/m', '{"series":[]}', %auth);
 is($status, 200, 'analytics.js metrics: accepted and dropped');
