@@ -66,11 +66,24 @@ typedef struct {
 } ngx_http_cio_route_t;
 
 
+/* what happened to a request, for $cio_* variables in access logs */
+typedef struct {
+    const char                  *status;       /* queued, rejected, ... */
+    const char                  *event_type;   /* track, batch, ... */
+    const char                  *reason;       /* the error sent back */
+    ngx_uint_t                   events;       /* calls in the request */
+} ngx_http_cio_ctx_t;
+
+
 static ngx_int_t ngx_http_cio_handler(ngx_http_request_t *r);
 static void ngx_http_cio_body_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_cio_process(ngx_http_request_t *r,
     ngx_int_t route);
 static ngx_int_t ngx_http_cio_route(ngx_http_request_t *r);
+static ngx_http_cio_ctx_t *ngx_http_cio_ctx(ngx_http_request_t *r);
+static ngx_int_t ngx_http_cio_add_variables(ngx_conf_t *cf);
+static ngx_int_t ngx_http_cio_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_cio_cors(ngx_http_request_t *r,
     ngx_http_cio_loc_conf_t *lcf);
 static ngx_int_t ngx_http_cio_preflight(ngx_http_request_t *r);
@@ -340,8 +353,26 @@ static ngx_command_t  ngx_http_cio_commands[] = {
 };
 
 
+static ngx_http_variable_t  ngx_http_cio_vars[] = {
+
+    { ngx_string("cio_status"), NULL, ngx_http_cio_variable,
+      offsetof(ngx_http_cio_ctx_t, status), NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("cio_event_type"), NULL, ngx_http_cio_variable,
+      offsetof(ngx_http_cio_ctx_t, event_type), NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("cio_reject_reason"), NULL, ngx_http_cio_variable,
+      offsetof(ngx_http_cio_ctx_t, reason), NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("cio_events"), NULL, ngx_http_cio_variable,
+      offsetof(ngx_http_cio_ctx_t, events), NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+      ngx_http_null_variable
+};
+
+
 static ngx_http_module_t  ngx_http_cio_module_ctx = {
-    NULL,                                  /* preconfiguration */
+    ngx_http_cio_add_variables,            /* preconfiguration */
     NULL,                                  /* postconfiguration */
 
     ngx_http_cio_create_main_conf,         /* create main configuration */
@@ -465,6 +496,7 @@ ngx_http_cio_process(ngx_http_request_t *r, ngx_int_t route)
     ngx_http_cio_zone_t        *zone;
     ngx_http_cio_loc_conf_t    *lcf;
     ngx_http_cio_main_conf_t   *mcf;
+    ngx_http_cio_ctx_t         *ctx;
     ngx_http_cio_map_opts_t     opts;
     ngx_http_cio_map_call_t    *call;
     ngx_http_cio_map_result_t   res;
@@ -613,6 +645,17 @@ ngx_http_cio_process(ngx_http_request_t *r, ngx_int_t route)
         }
     }
 
+    ctx = ngx_http_cio_ctx(r);
+    if (ctx == NULL) {
+        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        goto done;
+    }
+
+    ctx->events = res.ncalls;
+    ctx->event_type = (route == NGX_HTTP_CIO_CALL_BATCH || amplitude)
+                      ? ngx_http_cio_call_name((int) route)
+                      : ngx_http_cio_call_name(res.calls[0].type);
+
     if (amplitude) {
         /*
          * Amplitude refuses a request with an invalid event as a whole and
@@ -693,6 +736,8 @@ ngx_http_cio_process(ngx_http_request_t *r, ngx_int_t route)
         ngx_http_cio_log_changes(r, res.changes);
     }
 
+    ctx->status = (n == 0 && res.nfiltered) ? "filtered" : "queued";
+
     rc = amplitude ? ngx_http_cio_amplitude_answer(r, &res, received)
                    : ngx_http_cio_answer(r, &res);
 
@@ -701,6 +746,91 @@ done:
     ngx_http_cio_map_result_free(&res);
 
     return rc;
+}
+
+
+static ngx_http_cio_ctx_t *
+ngx_http_cio_ctx(ngx_http_request_t *r)
+{
+    ngx_http_cio_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_cio_module);
+
+    if (ctx == NULL) {
+        ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_cio_ctx_t));
+        if (ctx == NULL) {
+            return NULL;
+        }
+
+        ngx_http_set_ctx(r, ctx, ngx_http_cio_module);
+    }
+
+    return ctx;
+}
+
+
+static ngx_int_t
+ngx_http_cio_add_variables(ngx_conf_t *cf)
+{
+    ngx_http_variable_t  *var, *v;
+
+    for (v = ngx_http_cio_vars; v->name.len; v++) {
+        var = ngx_http_add_variable(cf, &v->name, v->flags);
+        if (var == NULL) {
+            return NGX_ERROR;
+        }
+
+        var->get_handler = v->get_handler;
+        var->data = v->data;
+    }
+
+    return NGX_OK;
+}
+
+
+/* empty ("not found") outside cio locations, so logs show "-" */
+
+static ngx_int_t
+ngx_http_cio_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
+    uintptr_t data)
+{
+    u_char              *p;
+    const char          *s;
+    ngx_http_cio_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_cio_module);
+
+    if (ctx == NULL) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    if (data == offsetof(ngx_http_cio_ctx_t, events)) {
+        p = ngx_pnalloc(r->pool, NGX_INT_T_LEN);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        v->len = ngx_sprintf(p, "%ui", ctx->events) - p;
+        v->data = p;
+
+    } else {
+        s = *(const char **) ((char *) ctx + data);
+
+        if (s == NULL) {
+            v->not_found = 1;
+            return NGX_OK;
+        }
+
+        v->len = ngx_strlen(s);
+        v->data = (u_char *) s;
+    }
+
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
 }
 
 
@@ -1268,9 +1398,29 @@ ngx_http_cio_error(ngx_http_request_t *r, ngx_uint_t status,
 {
     size_t                    len;
     u_char                   *p, *body;
+    ngx_http_cio_ctx_t       *ctx;
     ngx_http_cio_loc_conf_t  *lcf;
 
     lcf = ngx_http_get_module_loc_conf(r, ngx_http_cio_module);
+
+    ctx = ngx_http_cio_ctx(r);
+
+    len = ngx_strlen(error);
+
+    if (ctx) {
+        /* the mapper's messages are freed before the log phase */
+        p = ngx_pnalloc(r->pool, len + 1);
+        if (p == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ngx_cpystrn(p, (u_char *) error, len + 1);
+        ctx->reason = (char *) p;
+        ctx->status = (status == NGX_HTTP_UNAUTHORIZED) ? "unauthorized"
+                      : (status == NGX_HTTP_SERVICE_UNAVAILABLE) ? "full"
+                      : (status >= NGX_HTTP_INTERNAL_SERVER_ERROR) ? "error"
+                      : "rejected";
+    }
 
     len = ngx_strlen(error);
 
@@ -1353,10 +1503,11 @@ static ngx_int_t
 ngx_http_cio_amplitude_invalid(ngx_http_request_t *r,
     ngx_http_cio_map_result_t *res)
 {
-    size_t       len;
-    u_char      *body, *p;
-    ngx_uint_t   i, f, k, n, first;
-    const char  *e;
+    size_t               len;
+    u_char              *body, *p;
+    ngx_uint_t           i, f, k, n, first;
+    const char          *e;
+    ngx_http_cio_ctx_t  *ctx;
 
     static const char  *fields[] = { "event_type", "user_id", "event" };
 
@@ -1418,6 +1569,13 @@ ngx_http_cio_amplitude_invalid(ngx_http_request_t *r,
 
     ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                   "cio: rejected Amplitude request with invalid events");
+
+    ctx = ngx_http_cio_ctx(r);
+
+    if (ctx) {
+        ctx->status = "rejected";
+        ctx->reason = "Request has invalid events";
+    }
 
     return ngx_http_cio_send(r, NGX_HTTP_BAD_REQUEST, body, p - body);
 }

@@ -25,6 +25,9 @@ $t->config(http => <<"END")->run;
     cio_zone name=cio size=4m;
     cio_flush_interval 20ms;
 
+    log_format cio '\$status \$cio_status \$cio_event_type \$cio_events '
+                   '"\$cio_reject_reason" \$request_uri';
+
     server {
         listen 127.0.0.1:%%PORT%%;
 
@@ -35,6 +38,7 @@ $t->config(http => <<"END")->run;
         location /cio/ {
             cio_ingest segment;
             cio_write_key wk_test;
+            access_log %%TESTDIR%%/cio.log cio;
             cio_events_deny "Secret Event";
             cio_consent_category C0004;
         }
@@ -294,6 +298,33 @@ is(eval { $json->decode($r)->{code} }, 400, 'Amplitude, bad JSON: code');
 
 ($st) = $t->post('/amp/v1/track', { userId => 'u', event => 'E' });
 is($st, 404, 'an Amplitude location does not serve Segment routes');
+
+# --- $cio_* variables in the access log -------------------------------------
+
+$t->post('/cio/v1/track?log=1', { userId => 'u-7', event => 'Logged' }, %auth);
+$t->post('/cio/v1/track?log=2', { userId => 'u-7' }, %auth);
+$t->post('/cio/v1/track?log=3', { userId => 'u-7', event => 'E' },
+         Authorization => basic('nope'));
+$t->post('/cio/v1/batch?log=4', { batch => [
+    { type => 'track', userId => 'u-7', event => 'Secret Event' } ] }, %auth);
+$t->post('/cio/v1/batch?log=5', { batch => [
+    { type => 'track', userId => 'u-7', event => 'B1' },
+    { type => 'identify', userId => 'u-7' } ] }, %auth);
+
+my %log;
+Cio::Test::wait_until(sub {
+    %log = map { /\?log=(\d)$/ ? ($1 => $_) : () }
+        split /\n/, $t->read_file('cio.log');
+    return keys %log == 5;
+}, 10);
+is($log{1}, '200 queued track 1 "-" /cio/v1/track?log=1',
+    '$cio_status queued, $cio_event_type, $cio_events');
+is($log{2}, '400 rejected track 1 "event is required" /cio/v1/track?log=2',
+    '$cio_reject_reason');
+is($log{3}, '401 unauthorized - 0 "invalid write key" /cio/v1/track?log=3',
+    'unauthorized');
+is($log{4}, '200 filtered batch 1 "-" /cio/v1/batch?log=4', 'filtered');
+is($log{5}, '200 queued batch 2 "-" /cio/v1/batch?log=5', 'a batch');
 
 # --- nothing filtered or refused reached Customer.io ----------------------
 
