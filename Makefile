@@ -57,10 +57,71 @@ integration: build
 	$(PROVE_ENV) prove -I t/lib t/
 
 # Valgrind and the sanitizers do not run together
-test: unit $(if $(filter 1,$(SAN)),,valgrind) integration
+test: unit unit-inflate fuzz-regress $(if $(filter 1,$(SAN)),,valgrind) \
+      integration
 
 demo: build
 	@scripts/demo.sh
 
 clean:
 	rm -rf build build-san
+
+# --- inflate unit tests and fuzzing (begin)
+#
+#   make unit-inflate   the body inflater's unit tests, then under Valgrind
+#                       (SAN=1: with ASan + UBSan instead)
+#   make fuzz           libFuzzer on the whole in-process body path
+#                       (inflate, map, check the items) for FUZZ_TIME
+#                       seconds, default 60, on build/fuzz-corpus, a copy
+#                       of t/fuzz/corpus that keeps what earlier runs found
+#   make fuzz-regress   the fuzz target over each file of t/fuzz/corpus
+#                       once, no fuzzing
+#
+# The fuzz target is always built in build/ with clang (libFuzzer comes
+# with clang's compiler-rt), ASan and UBSan; scripts/fuzz-deps.sh installs
+# them when missing.  FUZZ_STRICT_UTF8=1 in the environment also makes
+# items that are not valid UTF-8 a failure.
+
+FUZZ_TIME ?= 60
+FUZZ_CC ?= clang
+FUZZ_CFLAGS = -g -O1 -W -Wall -Wno-unused-parameter -Isrc \
+              -fno-omit-frame-pointer -fno-sanitize-recover=all \
+              -fsanitize=fuzzer,address,undefined
+FUZZ_SRCS = t/fuzz/fuzz_body.c src/ngx_http_cio_map.c \
+            src/ngx_http_cio_inflate.c
+FUZZ_OPTS = -max_len=65536 -timeout=10 -print_final_stats=1
+
+.PHONY: unit-inflate fuzz fuzz-regress fuzz-deps
+
+# --wrap: the tests count and fail the inflater's allocations
+$(BUILD)/test_inflate: t/unit/test_inflate.c src/ngx_http_cio_inflate.c \
+		src/ngx_http_cio_inflate.h
+	@mkdir -p $(BUILD)
+	$(CC) $(UNIT_CFLAGS) t/unit/test_inflate.c src/ngx_http_cio_inflate.c \
+		-Wl,--wrap=malloc,--wrap=realloc -lz -o $@
+
+unit-inflate: deps $(BUILD)/test_inflate
+	$(BUILD)/test_inflate
+ifneq ($(SAN),1)
+	valgrind -q --leak-check=full --error-exitcode=1 $(BUILD)/test_inflate
+endif
+
+fuzz-deps:
+	@scripts/fuzz-deps.sh
+
+# order-only: the check runs every time but does not force a rebuild
+build/fuzz_body: $(FUZZ_SRCS) src/ngx_http_cio_map.h \
+		src/ngx_http_cio_inflate.h | fuzz-deps
+	@mkdir -p build
+	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_SRCS) -lcjson -lz -lm -o $@
+
+fuzz: build/fuzz_body
+	@mkdir -p build/fuzz-corpus build/fuzz-artifacts
+	cp t/fuzz/corpus/* build/fuzz-corpus/
+	build/fuzz_body $(FUZZ_OPTS) -max_total_time=$(FUZZ_TIME) \
+		-artifact_prefix=build/fuzz-artifacts/ build/fuzz-corpus
+
+fuzz-regress: build/fuzz_body
+	build/fuzz_body $(FUZZ_OPTS) -runs=0 t/fuzz/corpus/*
+
+# --- (end)

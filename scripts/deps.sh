@@ -3,7 +3,7 @@
 # only what is missing: a machine that has it all is left untouched.
 set -eu
 
-pkgs="nginx nginx-dev libcurl4-openssl-dev libcjson-dev gcc make
+pkgs="nginx nginx-dev libcurl4-openssl-dev libcjson-dev zlib1g-dev gcc make
       dpkg-dev perl curl valgrind"
 
 missing=""
