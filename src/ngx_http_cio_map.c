@@ -5,9 +5,16 @@
 
 
 /*
- * Segment / RudderStack calls to Customer.io Track API v2 items, as
- * shared/reference/mapping-spec.md promises.  No nginx headers: the unit
- * tests and the fuzzer link this file with cJSON alone.
+ * Segment / RudderStack calls and Amplitude events to Customer.io Track
+ * API v2 items, as shared/reference/mapping-spec.md promises.  No nginx
+ * headers: the unit tests and the fuzzer link this file with cJSON alone.
+ *
+ * opts->client_ip is deliberately not written into any item: neither
+ * Segment's nor RudderStack's Customer.io destination puts context.ip (or
+ * RudderStack's request_ip) anywhere in what it sends (peer-mappings.md,
+ * "fields the mapper provably ignores"), and the v2 items have no context
+ * for it.  It stays out of the dedupe hash too, so an event resent from
+ * another address keeps its id.
  */
 
 
@@ -29,16 +36,34 @@
 #define NGX_HTTP_CIO_MAX_ATTRS       300
 #define NGX_HTTP_CIO_MAX_DEPTH       64
 
+/* 2^53: from it on, a JSON integer may have lost digits in a double */
+#define NGX_HTTP_CIO_MAX_EXACT       9007199254740992.0
+
 
 typedef struct {
     const ngx_http_cio_map_opts_t  *opts;
     ngx_http_cio_map_result_t      *res;
     const cJSON                    *batch_sent_at;
+
+    /* Amplitude events: no Segment special names, Amplitude field names */
+    unsigned                        amplitude:1;
+    const char                     *user_field;
+    const char                     *anon_field;
 } ngx_http_cio_map_ctx_t;
 
 
+static int ngx_http_cio_map_batch(ngx_http_cio_map_ctx_t *ctx, cJSON *root);
+static int ngx_http_cio_map_amplitude(ngx_http_cio_map_ctx_t *ctx,
+    cJSON *root);
+static void ngx_http_cio_map_amplitude_event(ngx_http_cio_map_ctx_t *ctx,
+    const cJSON *ev, ngx_http_cio_map_call_t *out);
+static cJSON *ngx_http_cio_map_amplitude_props(const cJSON *up);
 static void ngx_http_cio_map_call(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     int type, ngx_http_cio_map_call_t *out);
+static int ngx_http_cio_map_filtered(ngx_http_cio_map_ctx_t *ctx,
+    const cJSON *call, int type);
+static int ngx_http_cio_map_listed(const char *name, const char **list,
+    size_t n);
 static int ngx_http_cio_map_identify(ngx_http_cio_map_ctx_t *ctx,
     cJSON *call, cJSON *item, char *err);
 static int ngx_http_cio_map_track(ngx_http_cio_map_ctx_t *ctx,
@@ -50,10 +75,17 @@ static int ngx_http_cio_map_screen(ngx_http_cio_map_ctx_t *ctx,
 static int ngx_http_cio_map_group(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     cJSON *item, char *err);
 static int ngx_http_cio_map_alias(cJSON *call, cJSON *item, char *err);
-static cJSON *ngx_http_cio_map_identity(cJSON *call, int identify,
-    int *known, char *err);
+static cJSON *ngx_http_cio_map_identity(ngx_http_cio_map_ctx_t *ctx,
+    cJSON *call, int identify, int *known, char *err);
 static cJSON *ngx_http_cio_map_resolve(const cJSON *v, const char *field,
     char *err);
+static int ngx_http_cio_map_num_id(const cJSON *v, char *buf, size_t size);
+static void ngx_http_cio_map_anonymous(ngx_http_cio_map_ctx_t *ctx,
+    cJSON *call, cJSON *attrs, int known);
+static void ngx_http_cio_map_put(ngx_http_cio_map_ctx_t *ctx, cJSON *attrs,
+    const char *name, cJSON *v);
+static void ngx_http_cio_map_replace(cJSON *o, const char *name,
+    const cJSON *v);
 static int ngx_http_cio_map_is_email(const char *s);
 static void ngx_http_cio_map_event(ngx_http_cio_map_ctx_t *ctx,
     cJSON *call, cJSON *item, const char *action, const char *name,
@@ -63,7 +95,7 @@ static cJSON *ngx_http_cio_map_attrs(ngx_http_cio_map_ctx_t *ctx,
 static void ngx_http_cio_map_values(ngx_http_cio_map_ctx_t *ctx, cJSON *v,
     int depth);
 static int64_t ngx_http_cio_map_time(ngx_http_cio_map_ctx_t *ctx,
-    cJSON *call);
+    cJSON *call, int64_t *own);
 static int ngx_http_cio_map_parse_time(const cJSON *v, int64_t *ms);
 static int ngx_http_cio_map_iso8601(const char *s, int64_t *ms);
 static void ngx_http_cio_map_ulid(int64_t ms, const char *seed, size_t len,
@@ -77,14 +109,14 @@ static const char *ngx_http_cio_map_str(const cJSON *v);
 
 static const char  *ngx_http_cio_call_names[] = {
     "unknown", "identify", "track", "page", "screen", "group", "alias",
-    "batch"
+    "batch", "amplitude"
 };
 
 
 const char *
 ngx_http_cio_call_name(int type)
 {
-    if (type < 0 || type > NGX_HTTP_CIO_CALL_BATCH) {
+    if (type < 0 || type > NGX_HTTP_CIO_CALL_AMPLITUDE) {
         type = 0;
     }
 
@@ -96,17 +128,19 @@ int
 ngx_http_cio_map_request(const char *body, size_t len,
     const ngx_http_cio_map_opts_t *opts, ngx_http_cio_map_result_t *res)
 {
-    int                      type, i, n;
-    cJSON                   *root, *batch, *call, *t, *ctxo, *intg, *e;
+    int                      rc;
+    cJSON                   *root;
     const char              *end;
     const cJSON             *wk;
     ngx_http_cio_map_ctx_t   ctx;
 
     memset(res, 0, sizeof(ngx_http_cio_map_result_t));
 
+    memset(&ctx, 0, sizeof(ngx_http_cio_map_ctx_t));
     ctx.opts = opts;
     ctx.res = res;
-    ctx.batch_sent_at = NULL;
+    ctx.user_field = "userId";
+    ctx.anon_field = "anonymousId";
 
     end = NULL;
     root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
@@ -133,7 +167,14 @@ ngx_http_cio_map_request(const char *body, size_t len,
     if (!cJSON_IsObject(root)) {
         snprintf(res->error, sizeof(res->error),
                  "body must be a JSON object");
-        goto failed;
+        cJSON_Delete(root);
+        return -1;
+    }
+
+    if (opts->route == NGX_HTTP_CIO_CALL_AMPLITUDE) {
+        rc = ngx_http_cio_map_amplitude(&ctx, root);
+        cJSON_Delete(root);
+        return rc;
     }
 
     wk = ngx_http_cio_map_get(root, "writeKey");
@@ -142,19 +183,38 @@ ngx_http_cio_map_request(const char *body, size_t len,
         res->write_key = strdup(wk->valuestring);
     }
 
-    if (opts->route != NGX_HTTP_CIO_CALL_BATCH) {
-        res->calls = calloc(1, sizeof(ngx_http_cio_map_call_t));
-        if (res->calls == NULL) {
-            snprintf(res->error, sizeof(res->error), "out of memory");
-            goto failed;
-        }
-
-        res->ncalls = 1;
-        ngx_http_cio_map_call(&ctx, root, opts->route, &res->calls[0]);
-
+    if (opts->route == NGX_HTTP_CIO_CALL_BATCH) {
+        rc = ngx_http_cio_map_batch(&ctx, root);
         cJSON_Delete(root);
-        return 0;
+        return rc;
     }
+
+    res->calls = calloc(1, sizeof(ngx_http_cio_map_call_t));
+    if (res->calls == NULL) {
+        snprintf(res->error, sizeof(res->error), "out of memory");
+        cJSON_Delete(root);
+        return -1;
+    }
+
+    res->ncalls = 1;
+    ngx_http_cio_map_call(&ctx, root, opts->route, &res->calls[0]);
+
+    cJSON_Delete(root);
+
+    return 0;
+}
+
+
+/* {"batch":[call,...], "sentAt", "context", "integrations"} */
+
+static int
+ngx_http_cio_map_batch(ngx_http_cio_map_ctx_t *ctx, cJSON *root)
+{
+    int                         type, i, n;
+    cJSON                      *batch, *call, *t, *ctxo, *intg, *e;
+    ngx_http_cio_map_result_t  *res;
+
+    res = ctx->res;
 
     batch = cJSON_GetObjectItemCaseSensitive(root, "batch");
     n = cJSON_GetArraySize(batch);
@@ -162,24 +222,27 @@ ngx_http_cio_map_request(const char *body, size_t len,
     if (!cJSON_IsArray(batch) || n == 0) {
         snprintf(res->error, sizeof(res->error),
                  "batch must be a non-empty array");
-        goto failed;
+        return -1;
     }
 
-    if (opts->max_batch_calls && (size_t) n > opts->max_batch_calls) {
+    if (ctx->opts->max_batch_calls
+        && (size_t) n > ctx->opts->max_batch_calls)
+    {
         snprintf(res->error, sizeof(res->error),
-                 "too many calls in batch (max %zu)", opts->max_batch_calls);
-        goto failed;
+                 "too many calls in batch (max %zu)",
+                 ctx->opts->max_batch_calls);
+        return -1;
     }
 
     res->calls = calloc(n, sizeof(ngx_http_cio_map_call_t));
     if (res->calls == NULL) {
         snprintf(res->error, sizeof(res->error), "out of memory");
-        goto failed;
+        return -1;
     }
 
     res->ncalls = n;
 
-    ctx.batch_sent_at = ngx_http_cio_map_get(root, "sentAt");
+    ctx->batch_sent_at = ngx_http_cio_map_get(root, "sentAt");
     ctxo = cJSON_GetObjectItemCaseSensitive(root, "context");
     intg = cJSON_GetObjectItemCaseSensitive(root, "integrations");
 
@@ -222,7 +285,8 @@ ngx_http_cio_map_request(const char *body, size_t len,
 
                 cJSON_ArrayForEach(e, tops[k]) {
                     if (e->string != NULL
-                        && !cJSON_HasObjectItem(own, e->string))
+                        && cJSON_GetObjectItemCaseSensitive(own, e->string)
+                           == NULL)
                     {
                         cJSON_AddItemToObject(own, e->string,
                                               cJSON_Duplicate(e, 1));
@@ -259,19 +323,246 @@ ngx_http_cio_map_request(const char *body, size_t len,
             continue;
         }
 
-        ngx_http_cio_map_call(&ctx, call, type, &res->calls[i]);
+        ngx_http_cio_map_call(ctx, call, type, &res->calls[i]);
         i++;
     }
 
-    cJSON_Delete(root);
+    return 0;
+}
+
+
+/*
+ * Amplitude HTTP V2 and Batch bodies: {"api_key", "events":[...],
+ * "options"}.  Each event is turned into the Segment-shaped call it
+ * stands for (ingest-apis.md §6) and mapped like one, so identity, time,
+ * dedupe ids, limits and filters are the same code.
+ */
+
+static int
+ngx_http_cio_map_amplitude(ngx_http_cio_map_ctx_t *ctx, cJSON *root)
+{
+    int                         i, n;
+    const cJSON                *key, *events, *ev;
+    ngx_http_cio_map_result_t  *res;
+
+    res = ctx->res;
+
+    key = ngx_http_cio_map_get(root, "api_key");
+
+    if (!cJSON_IsString(key) || key->valuestring[0] == '\0') {
+        snprintf(res->error, sizeof(res->error), "api_key is missing");
+        return -1;
+    }
+
+    res->write_key = strdup(key->valuestring);
+    if (res->write_key == NULL) {
+        snprintf(res->error, sizeof(res->error), "out of memory");
+        return -1;
+    }
+
+    events = ngx_http_cio_map_get(root, "events");
+    n = cJSON_GetArraySize(events);
+
+    if (!cJSON_IsArray(events) || n == 0) {
+        snprintf(res->error, sizeof(res->error),
+                 "events must be a non-empty array");
+        return -1;
+    }
+
+    if (ctx->opts->max_batch_calls
+        && (size_t) n > ctx->opts->max_batch_calls)
+    {
+        snprintf(res->error, sizeof(res->error),
+                 "too many events in batch (max %zu)",
+                 ctx->opts->max_batch_calls);
+        return -1;
+    }
+
+    res->calls = calloc(n, sizeof(ngx_http_cio_map_call_t));
+    if (res->calls == NULL) {
+        snprintf(res->error, sizeof(res->error), "out of memory");
+        return -1;
+    }
+
+    res->ncalls = n;
+
+    ctx->amplitude = 1;
+    ctx->user_field = "user_id";
+    ctx->anon_field = "device_id";
+
+    i = 0;
+
+    cJSON_ArrayForEach(ev, events) {
+        ngx_http_cio_map_amplitude_event(ctx, ev, &res->calls[i]);
+        i++;
+    }
 
     return 0;
+}
 
-failed:
 
-    cJSON_Delete(root);
+static void
+ngx_http_cio_map_amplitude_event(ngx_http_cio_map_ctx_t *ctx,
+    const cJSON *ev, ngx_http_cio_map_call_t *out)
+{
+    int           i, type;
+    cJSON        *call, *props;
+    const char   *name, *s;
+    const cJSON  *v, *groups, *g;
 
-    return -1;
+    static const struct {
+        const char  *from;
+        const char  *to;
+    } copies[] = {
+        { "user_id", "userId" },
+        { "device_id", "anonymousId" },
+        { "time", "timestamp" },
+        { NULL, NULL }
+    };
+
+    if (!cJSON_IsObject(ev)) {
+        snprintf(out->error, NGX_HTTP_CIO_MAP_ERRLEN,
+                 "event must be a JSON object");
+        return;
+    }
+
+    name = ngx_http_cio_map_str(ngx_http_cio_map_get(ev, "event_type"));
+
+    if (name == NULL || name[0] == '\0') {
+        snprintf(out->error, NGX_HTTP_CIO_MAP_ERRLEN,
+                 "event_type is required");
+        return;
+    }
+
+    call = cJSON_CreateObject();
+    if (call == NULL) {
+        snprintf(out->error, NGX_HTTP_CIO_MAP_ERRLEN, "out of memory");
+        return;
+    }
+
+    for (i = 0; copies[i].from; i++) {
+        v = ngx_http_cio_map_get(ev, copies[i].from);
+
+        if (v != NULL) {
+            cJSON_AddItemToObject(call, copies[i].to, cJSON_Duplicate(v, 1));
+        }
+    }
+
+    /* insert_id is Amplitude's dedupe key, as messageId is Segment's */
+    s = ngx_http_cio_map_str(ngx_http_cio_map_get(ev, "insert_id"));
+
+    if (s != NULL && s[0] != '\0') {
+        cJSON_AddStringToObject(call, "messageId", s);
+    }
+
+    if (strcmp(name, "$identify") == 0) {
+        type = NGX_HTTP_CIO_CALL_IDENTIFY;
+        cJSON_AddItemToObject(call, "traits",
+            ngx_http_cio_map_amplitude_props(
+                ngx_http_cio_map_get(ev, "user_properties")));
+
+    } else if (strcmp(name, "$groupidentify") == 0) {
+
+        /*
+         * One group type naming one group is a Customer.io object; several
+         * types, or a list of groups, have no single object to update.
+         */
+        groups = ngx_http_cio_map_get(ev, "groups");
+        g = cJSON_IsObject(groups) ? groups->child : NULL;
+
+        if (g == NULL || g->next != NULL
+            || !((cJSON_IsString(g) && g->valuestring[0] != '\0')
+                 || cJSON_IsNumber(g)))
+        {
+            snprintf(out->error, NGX_HTTP_CIO_MAP_ERRLEN,
+                     "unsupported event_type");
+            out->type = NGX_HTTP_CIO_CALL_GROUP;
+            cJSON_Delete(call);
+            return;
+        }
+
+        type = NGX_HTTP_CIO_CALL_GROUP;
+        cJSON_AddItemToObject(call, "groupId", cJSON_Duplicate(g, 1));
+        cJSON_AddItemToObject(call, "traits",
+            ngx_http_cio_map_amplitude_props(
+                ngx_http_cio_map_get(ev, "group_properties")));
+
+    } else {
+        type = NGX_HTTP_CIO_CALL_TRACK;
+        cJSON_AddStringToObject(call, "event", name);
+
+        v = ngx_http_cio_map_get(ev, "event_properties");
+        props = cJSON_IsObject(v) ? cJSON_Duplicate(v, 1)
+                                  : cJSON_CreateObject();
+
+        /* the spec's nested objects replace same-named event properties */
+        v = ngx_http_cio_map_get(ev, "user_properties");
+
+        if (cJSON_IsObject(v)) {
+            ngx_http_cio_map_replace(props, "user_properties", v);
+        }
+
+        v = ngx_http_cio_map_get(ev, "groups");
+
+        if (cJSON_IsObject(v)) {
+            ngx_http_cio_map_replace(props, "groups", v);
+        }
+
+        cJSON_AddItemToObject(call, "properties", props);
+    }
+
+    ngx_http_cio_map_call(ctx, call, type, out);
+
+    cJSON_Delete(call);
+}
+
+
+/*
+ * Amplitude user (or group) properties as plain attributes.  Customer.io
+ * only sets attributes, so $setOnce, the plain keys and $set are applied
+ * in that order (a later one wins a shared key); $add, $append, $unset and
+ * the other operators have no Customer.io equivalent and are dropped.
+ */
+
+static cJSON *
+ngx_http_cio_map_amplitude_props(const cJSON *up)
+{
+    cJSON        *traits;
+    const cJSON  *e, *op;
+
+    traits = cJSON_CreateObject();
+
+    if (traits == NULL || !cJSON_IsObject(up)) {
+        return traits;
+    }
+
+    op = ngx_http_cio_map_get(up, "$setOnce");
+
+    if (!cJSON_IsObject(op)) {
+        op = NULL;
+    }
+
+    cJSON_ArrayForEach(e, op) {
+        ngx_http_cio_map_replace(traits, e->string, e);
+    }
+
+    cJSON_ArrayForEach(e, up) {
+        if (e->string != NULL && e->string[0] != '$') {
+            ngx_http_cio_map_replace(traits, e->string, e);
+        }
+    }
+
+    op = ngx_http_cio_map_get(up, "$set");
+
+    if (!cJSON_IsObject(op)) {
+        op = NULL;
+    }
+
+    cJSON_ArrayForEach(e, op) {
+        ngx_http_cio_map_replace(traits, e->string, e);
+    }
+
+    return traits;
 }
 
 
@@ -346,6 +637,15 @@ ngx_http_cio_map_call(ngx_http_cio_map_ctx_t *ctx, cJSON *call, int type,
         rc = -1;
     }
 
+    /* only a valid call is filtered: an invalid one is still refused */
+    if (rc == 0 && ngx_http_cio_map_filtered(ctx, call, type)) {
+        out->filtered = 1;
+        ctx->res->nfiltered++;
+        cJSON_Delete(items[0]);
+        cJSON_Delete(items[1]);
+        return;
+    }
+
     n = (items[1] != NULL) ? 2 : 1;
 
     for (i = 0; rc == 0 && i < n; i++) {
@@ -391,6 +691,86 @@ ngx_http_cio_map_call(ngx_http_cio_map_ctx_t *ctx, cJSON *call, int type,
 }
 
 
+/*
+ * The operator's filters.  Event names are matched, exactly and case-
+ * sensitively, on event calls only (Segment / RudderStack track, Amplitude
+ * event_type), as RudderStack's event filtering does: an allow list of a
+ * few event names must not silently drop every page view, screen view and
+ * profile update, and "Viewed X Screen" is our name, not the sender's.
+ * Consent denial covers every call type: it is about the person.
+ */
+
+static int
+ngx_http_cio_map_filtered(ngx_http_cio_map_ctx_t *ctx, const cJSON *call,
+    int type)
+{
+    const char                     *name, *id;
+    const cJSON                    *denied, *e;
+    const ngx_http_cio_map_opts_t  *opts;
+
+    opts = ctx->opts;
+
+    if (type == NGX_HTTP_CIO_CALL_TRACK) {
+        name = ngx_http_cio_map_str(ngx_http_cio_map_get(call, "event"));
+
+        if (name != NULL) {
+            if (opts->nevents_allow
+                && !ngx_http_cio_map_listed(name, opts->events_allow,
+                                            opts->nevents_allow))
+            {
+                return 1;
+            }
+
+            if (ngx_http_cio_map_listed(name, opts->events_deny,
+                                        opts->nevents_deny))
+            {
+                return 1;
+            }
+        }
+    }
+
+    if (opts->nconsent_deny == 0) {
+        return 0;
+    }
+
+    denied = ngx_http_cio_map_get(ngx_http_cio_map_path(call, "context",
+                                                        "consentManagement"),
+                                  "deniedConsentIds");
+
+    if (!cJSON_IsArray(denied)) {
+        return 0;
+    }
+
+    cJSON_ArrayForEach(e, denied) {
+        id = ngx_http_cio_map_str(e);
+
+        if (id != NULL
+            && ngx_http_cio_map_listed(id, opts->consent_deny,
+                                       opts->nconsent_deny))
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+static int
+ngx_http_cio_map_listed(const char *name, const char **list, size_t n)
+{
+    size_t  i;
+
+    for (i = 0; i < n; i++) {
+        if (list[i] != NULL && strcmp(name, list[i]) == 0) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
 static int
 ngx_http_cio_map_identify(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     cJSON *item, char *err)
@@ -398,9 +778,9 @@ ngx_http_cio_map_identify(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     int          known;
     cJSON       *ids, *attrs;
     int64_t      ms;
-    const cJSON *traits, *anon, *created;
+    const cJSON *traits, *created;
 
-    ids = ngx_http_cio_map_identity(call, 1, &known, err);
+    ids = ngx_http_cio_map_identity(ctx, call, 1, &known, err);
     if (ids == NULL) {
         return -1;
     }
@@ -432,18 +812,12 @@ ngx_http_cio_map_identify(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
 
         if (ms >= 0) {
             cJSON_DeleteItemFromObjectCaseSensitive(attrs, "createdAt");
-            cJSON_DeleteItemFromObjectCaseSensitive(attrs, "created_at");
-            cJSON_AddNumberToObject(attrs, "created_at",
-                                    (double) (ms / 1000));
+            ngx_http_cio_map_put(ctx, attrs, "created_at",
+                                 cJSON_CreateNumber((double) (ms / 1000)));
         }
     }
 
-    anon = ngx_http_cio_map_get(call, "anonymousId");
-
-    if (known && ngx_http_cio_map_str(anon) != NULL) {
-        cJSON_DeleteItemFromObjectCaseSensitive(attrs, "anonymous_id");
-        cJSON_AddStringToObject(attrs, "anonymous_id", anon->valuestring);
-    }
+    ngx_http_cio_map_anonymous(ctx, call, attrs, known);
 
     cJSON_AddStringToObject(item, "type", "person");
     cJSON_AddItemToObject(item, "identifiers", ids);
@@ -481,16 +855,22 @@ ngx_http_cio_map_track(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
         return -1;
     }
 
-    ids = ngx_http_cio_map_identity(call, 0, &known, err);
+    ids = ngx_http_cio_map_identity(ctx, call, 0, &known, err);
     if (ids == NULL) {
         return -1;
     }
 
-    /* the person-level special events */
+    /*
+     * The person-level and device special events are Segment-spec
+     * semantics; an Amplitude event_type is always just an event.
+     */
 
     action = NULL;
 
-    if (strcmp(name, "User Deleted") == 0) {
+    if (ctx->amplitude) {
+        /* void */
+
+    } else if (strcmp(name, "User Deleted") == 0) {
         action = "delete";
 
     } else if (strcmp(name, "User Suppressed") == 0) {
@@ -521,16 +901,18 @@ ngx_http_cio_map_track(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     add = 0;
     del = 0;
 
-    for (i = 0; adds[i]; i++) {
-        add |= (strcmp(name, adds[i]) == 0);
-    }
+    if (!ctx->amplitude) {
+        for (i = 0; adds[i]; i++) {
+            add |= (strcmp(name, adds[i]) == 0);
+        }
 
-    for (n = 0; n < ctx->opts->ndevice_events; n++) {
-        add |= (strcmp(name, ctx->opts->device_events[n]) == 0);
-    }
+        for (n = 0; n < ctx->opts->ndevice_events; n++) {
+            add |= (strcmp(name, ctx->opts->device_events[n]) == 0);
+        }
 
-    for (i = 0; dels[i]; i++) {
-        del |= (strcmp(name, dels[i]) == 0);
+        for (i = 0; dels[i]; i++) {
+            del |= (strcmp(name, dels[i]) == 0);
+        }
     }
 
     token = ngx_http_cio_map_path(call, "context", "device");
@@ -567,7 +949,7 @@ ngx_http_cio_map_track(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
                 cJSON_AddStringToObject(device, "platform", buf);
             }
 
-            ms = ngx_http_cio_map_time(ctx, call);
+            ms = ngx_http_cio_map_time(ctx, call, NULL);
             cJSON_AddNumberToObject(device, "last_used",
                                     (double) (ms / 1000));
 
@@ -599,13 +981,17 @@ ngx_http_cio_map_track(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
                 cJSON_AddStringToObject(dattrs, "device_locale", s);
             }
 
+            /* properties win over the context fields; 300 at most */
             cJSON_ArrayForEach(e, attrs) {
-                if (e->string && strcmp(e->string, "anonymous_id") != 0) {
-                    cJSON_DeleteItemFromObjectCaseSensitive(dattrs,
-                                                            e->string);
-                    cJSON_AddItemToObject(dattrs, e->string,
-                                          cJSON_Duplicate(e, 1));
+                if (cJSON_GetObjectItemCaseSensitive(dattrs, e->string)
+                    == NULL
+                    && cJSON_GetArraySize(dattrs) >= NGX_HTTP_CIO_MAX_ATTRS)
+                {
+                    ctx->res->changes++;
+                    continue;
                 }
+
+                ngx_http_cio_map_replace(dattrs, e->string, e);
             }
 
             cJSON_AddItemToObject(device, "attributes", dattrs);
@@ -662,7 +1048,7 @@ ngx_http_cio_map_page(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
         return -1;
     }
 
-    ids = ngx_http_cio_map_identity(call, 0, &known, err);
+    ids = ngx_http_cio_map_identity(ctx, call, 0, &known, err);
     if (ids == NULL) {
         return -1;
     }
@@ -705,7 +1091,7 @@ ngx_http_cio_map_screen(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
         name = ctx->opts->screen_native ? NULL : "Undefined";
     }
 
-    ids = ngx_http_cio_map_identity(call, 0, &known, err);
+    ids = ngx_http_cio_map_identity(ctx, call, 0, &known, err);
     if (ids == NULL) {
         return -1;
     }
@@ -750,15 +1136,23 @@ ngx_http_cio_map_group(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     cJSON *item, char *err)
 {
     int           known;
-    char          num[64];
+    char          num[64], tnum[64];
     cJSON        *ids, *obj, *attrs, *rels, *rel;
-    const char   *otype, *oid;
-    const cJSON  *gid, *traits;
+    const char   *otype, *oid, *field;
+    const cJSON  *gid, *traits, *t;
+
+    /* an Amplitude $groupidentify names its group in "groups" */
+    field = ctx->amplitude ? "groups" : "groupId";
 
     gid = ngx_http_cio_map_get(call, "groupId");
 
     if (cJSON_IsNumber(gid)) {
-        snprintf(num, sizeof(num), "%.17g", gid->valuedouble);
+        if (ngx_http_cio_map_num_id(gid, num, sizeof(num)) != 0) {
+            snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
+                     "%s is a number too large to be exact", field);
+            return -1;
+        }
+
         oid = num;
 
     } else {
@@ -772,22 +1166,34 @@ ngx_http_cio_map_group(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
 
     if (strlen(oid) > NGX_HTTP_CIO_MAX_ID) {
         snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
-                 "groupId is longer than %d bytes", NGX_HTTP_CIO_MAX_ID);
+                 "%s is longer than %d bytes", field, NGX_HTTP_CIO_MAX_ID);
         return -1;
     }
 
-    ids = ngx_http_cio_map_identity(call, 0, &known, err);
+    ids = ngx_http_cio_map_identity(ctx, call, 0, &known, err);
     if (ids == NULL) {
         return -1;
     }
 
     traits = ngx_http_cio_map_get(call, "traits");
 
-    otype = ngx_http_cio_map_str(ngx_http_cio_map_get(traits,
-                                                      "object_type_id"));
-    if (otype == NULL) {
-        otype = ngx_http_cio_map_str(ngx_http_cio_map_get(traits,
-                                                          "objectTypeId"));
+    /* object type ids are strings in v2; a number is the same id */
+    t = ngx_http_cio_map_get(traits, "object_type_id");
+
+    if (!(cJSON_IsString(t) || cJSON_IsNumber(t))) {
+        t = ngx_http_cio_map_get(traits, "objectTypeId");
+    }
+
+    otype = ngx_http_cio_map_str(t);
+
+    if (cJSON_IsNumber(t)
+        && ngx_http_cio_map_num_id(t, tnum, sizeof(tnum)) == 0)
+    {
+        otype = tnum;
+    }
+
+    if (otype != NULL && otype[0] == '\0') {
+        otype = NULL;
     }
 
     obj = cJSON_CreateObject();
@@ -856,14 +1262,20 @@ ngx_http_cio_map_alias(cJSON *call, cJSON *item, char *err)
 
 
 /*
- * userId, else (identify only) traits.email then context.traits.email,
- * else anonymousId.  *known says whether a person, not an anonymous
- * visitor, was named.
+ * userId, else (Segment identify only) traits.email then
+ * context.traits.email, else anonymousId.  *known says whether a person,
+ * not an anonymous visitor, was named.  Amplitude events arrive here with
+ * user_id and device_id in those places; their identity is user_id, else
+ * device_id, with no e-mail fallback (mapping-spec.md).
  */
 
 static cJSON *
-ngx_http_cio_map_identity(cJSON *call, int identify, int *known, char *err)
+ngx_http_cio_map_identity(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
+    int identify, int *known, char *err)
 {
+    char          num[64];
+    cJSON        *o;
+    const char   *s;
     const cJSON  *v;
 
     *known = 1;
@@ -873,10 +1285,10 @@ ngx_http_cio_map_identity(cJSON *call, int identify, int *known, char *err)
     if (cJSON_IsNumber(v)
         || (cJSON_IsString(v) && v->valuestring[0] != '\0'))
     {
-        return ngx_http_cio_map_resolve(v, "userId", err);
+        return ngx_http_cio_map_resolve(v, ctx->user_field, err);
     }
 
-    if (identify) {
+    if (identify && !ctx->amplitude) {
         v = ngx_http_cio_map_get(ngx_http_cio_map_get(call, "traits"),
                                  "email");
 
@@ -894,8 +1306,6 @@ ngx_http_cio_map_identity(cJSON *call, int identify, int *known, char *err)
                 return NULL;
             }
 
-            cJSON  *o;
-
             o = cJSON_CreateObject();
             cJSON_AddStringToObject(o, "email", v->valuestring);
 
@@ -910,33 +1320,35 @@ ngx_http_cio_map_identity(cJSON *call, int identify, int *known, char *err)
     if (cJSON_IsNumber(v)
         || (cJSON_IsString(v) && v->valuestring[0] != '\0'))
     {
-        cJSON  *o;
-        char    num[64];
+        if (cJSON_IsNumber(v)) {
+            if (ngx_http_cio_map_num_id(v, num, sizeof(num)) != 0) {
+                snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
+                         "%s is a number too large to be exact",
+                         ctx->anon_field);
+                return NULL;
+            }
 
-        if (cJSON_IsString(v)
-            && strlen(v->valuestring) > NGX_HTTP_CIO_MAX_ID)
-        {
+            s = num;
+
+        } else {
+            s = v->valuestring;
+        }
+
+        if (strlen(s) > NGX_HTTP_CIO_MAX_ID) {
             snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
-                     "anonymousId is longer than %d bytes",
+                     "%s is longer than %d bytes", ctx->anon_field,
                      NGX_HTTP_CIO_MAX_ID);
             return NULL;
         }
 
         o = cJSON_CreateObject();
-
-        if (cJSON_IsNumber(v)) {
-            snprintf(num, sizeof(num), "%.17g", v->valuedouble);
-            cJSON_AddStringToObject(o, "anonymous_id", num);
-
-        } else {
-            cJSON_AddStringToObject(o, "anonymous_id", v->valuestring);
-        }
+        cJSON_AddStringToObject(o, "anonymous_id", s);
 
         return o;
     }
 
-    snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
-             "userId or anonymousId is required");
+    snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, "%s or %s is required",
+             ctx->user_field, ctx->anon_field);
 
     return NULL;
 }
@@ -947,8 +1359,17 @@ ngx_http_cio_map_identity(cJSON *call, int identify, int *known, char *err)
 static cJSON *
 ngx_http_cio_map_resolve(const cJSON *v, const char *field, char *err)
 {
+    char         num[64];
     cJSON       *o;
     const char  *s;
+
+    if (cJSON_IsNumber(v)
+        && ngx_http_cio_map_num_id(v, num, sizeof(num)) != 0)
+    {
+        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
+                 "%s is a number too large to be exact", field);
+        return NULL;
+    }
 
     o = cJSON_CreateObject();
     if (o == NULL) {
@@ -956,6 +1377,7 @@ ngx_http_cio_map_resolve(const cJSON *v, const char *field, char *err)
         return NULL;
     }
 
+    /* numbers stay numbers: Customer.io takes both, and so do the SDKs */
     if (cJSON_IsNumber(v)) {
         cJSON_AddNumberToObject(o, "id", v->valuedouble);
         return o;
@@ -981,6 +1403,141 @@ ngx_http_cio_map_resolve(const cJSON *v, const char *field, char *err)
     }
 
     return o;
+}
+
+
+/*
+ * A JSON number used as an id, as text.  cJSON keeps only a double: from
+ * 2^53 on, an integer may have lost digits (2^53 + 1 reads as 2^53) and
+ * would name somebody else, so it is refused (-1).  Integers print with
+ * no exponent, others in the shortest form that reads back the same.
+ */
+
+static int
+ngx_http_cio_map_num_id(const cJSON *v, char *buf, size_t size)
+{
+    double  d;
+
+    d = v->valuedouble;
+
+    if (!(d > -NGX_HTTP_CIO_MAX_EXACT && d < NGX_HTTP_CIO_MAX_EXACT)) {
+        return -1;
+    }
+
+    if (d == floor(d)) {
+        snprintf(buf, size, "%.0f", d);
+        return 0;
+    }
+
+    snprintf(buf, size, "%.15g", d);
+
+    if (strtod(buf, NULL) != d) {
+        snprintf(buf, size, "%.17g", d);
+    }
+
+    return 0;
+}
+
+
+/*
+ * A known person's call that also carries anonymousId: attributes get
+ * anonymous_id so that Customer.io merges the anonymous activity.  One
+ * too long to have been an identifier cannot name that activity.
+ */
+
+static void
+ngx_http_cio_map_anonymous(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
+    cJSON *attrs, int known)
+{
+    char          num[64];
+    const char   *s;
+    const cJSON  *v;
+
+    if (!known) {
+        return;
+    }
+
+    v = ngx_http_cio_map_get(call, "anonymousId");
+
+    if (cJSON_IsString(v)) {
+        s = v->valuestring;
+
+    } else if (cJSON_IsNumber(v)
+               && ngx_http_cio_map_num_id(v, num, sizeof(num)) == 0)
+    {
+        s = num;
+
+    } else {
+        return;
+    }
+
+    if (s[0] == '\0') {
+        return;
+    }
+
+    if (strlen(s) > NGX_HTTP_CIO_MAX_ID) {
+        ctx->res->changes++;
+        return;
+    }
+
+    ngx_http_cio_map_put(ctx, attrs, "anonymous_id", cJSON_CreateString(s));
+}
+
+
+/*
+ * An attribute the module itself sets (created_at, anonymous_id): it
+ * replaces one of the same name, and when 300 are there already the last
+ * of the sender's gives way, so the item stays within Customer.io's limit.
+ */
+
+static void
+ngx_http_cio_map_put(ngx_http_cio_map_ctx_t *ctx, cJSON *attrs,
+    const char *name, cJSON *v)
+{
+    cJSON  *e, *last;
+
+    if (v == NULL) {
+        return;
+    }
+
+    if (cJSON_GetObjectItemCaseSensitive(attrs, name) != NULL) {
+        cJSON_DeleteItemFromObjectCaseSensitive(attrs, name);
+
+    } else if (cJSON_GetArraySize(attrs) >= NGX_HTTP_CIO_MAX_ATTRS) {
+        last = NULL;
+
+        cJSON_ArrayForEach(e, attrs) {
+            if (strcmp(e->string, "created_at") != 0
+                && strcmp(e->string, "anonymous_id") != 0)
+            {
+                last = e;
+            }
+        }
+
+        if (last != NULL) {
+            cJSON_Delete(cJSON_DetachItemViaPointer(attrs, last));
+            ctx->res->changes++;
+        }
+    }
+
+    cJSON_AddItemToObject(attrs, name, v);
+}
+
+
+/* o[name] = a copy of v, in place of any o[name] there was */
+
+static void
+ngx_http_cio_map_replace(cJSON *o, const char *name, const cJSON *v)
+{
+    cJSON  *copy;
+
+    copy = cJSON_Duplicate(v, 1);
+    if (copy == NULL) {
+        return;
+    }
+
+    cJSON_DeleteItemFromObjectCaseSensitive(o, name);
+    cJSON_AddItemToObject(o, name, copy);
 }
 
 
@@ -1021,10 +1578,11 @@ ngx_http_cio_map_event(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     int known)
 {
     char         *cut, *canon, ulid[27];
+    cJSON        *sent;
     size_t        len;
-    int64_t       ms;
+    int64_t       ms, own;
     const char   *seed;
-    const cJSON  *mid, *anon;
+    const cJSON  *mid;
 
     cut = ngx_http_cio_map_cut(name, NGX_HTTP_CIO_MAX_NAME, &len);
 
@@ -1032,29 +1590,31 @@ ngx_http_cio_map_event(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
         ctx->res->changes++;
     }
 
-    ms = ngx_http_cio_map_time(ctx, call);
+    ms = ngx_http_cio_map_time(ctx, call, &own);
 
-    /* the same call sent twice gets the same id: Customer.io dedupes */
+    /*
+     * The same call sent twice gets the same id, so Customer.io dedupes
+     * it: the id's time is the call's own, not the skew-corrected one.
+     */
     mid = ngx_http_cio_map_get(call, "messageId");
     seed = ngx_http_cio_map_str(mid);
     canon = NULL;
 
     if (seed == NULL || seed[0] == '\0') {
+        /* the event, not its transport: a resend has a new sentAt */
+        sent = cJSON_DetachItemFromObjectCaseSensitive(call, "sentAt");
         canon = cJSON_PrintUnformatted(call);
         seed = canon ? canon : "";
+
+        if (sent != NULL) {
+            cJSON_AddItemToObject(call, "sentAt", sent);
+        }
     }
 
-    ngx_http_cio_map_ulid(ms, seed, strlen(seed), ulid);
+    ngx_http_cio_map_ulid(own > 0 ? own : 0, seed, strlen(seed), ulid);
     free(canon);
 
-    anon = ngx_http_cio_map_get(call, "anonymousId");
-
-    if (known && ngx_http_cio_map_str(anon) != NULL
-        && anon->valuestring[0] != '\0')
-    {
-        cJSON_DeleteItemFromObjectCaseSensitive(attrs, "anonymous_id");
-        cJSON_AddStringToObject(attrs, "anonymous_id", anon->valuestring);
-    }
+    ngx_http_cio_map_anonymous(ctx, call, attrs, known);
 
     cJSON_AddStringToObject(item, "action", action);
     cJSON_AddStringToObject(item, "name", cut ? cut : "");
@@ -1100,8 +1660,8 @@ ngx_http_cio_map_attrs(ngx_http_cio_map_ctx_t *ctx, const cJSON *src)
             continue;
         }
 
-        /* a duplicate key keeps its first value, as Customer.io would */
-        if (cJSON_HasObjectItem(attrs, e->string)) {
+        /* a duplicate key keeps its first value; "a" and "A" differ */
+        if (cJSON_GetObjectItemCaseSensitive(attrs, e->string) != NULL) {
             continue;
         }
 
@@ -1167,11 +1727,15 @@ ngx_http_cio_map_values(ngx_http_cio_map_ctx_t *ctx, cJSON *v, int depth)
 
 /*
  * timestamp, else originalTimestamp, else arrival; with sentAt the
- * client's clock skew is taken out: received - (sentAt - time).
+ * client's clock skew is taken out: received - (sentAt - time).  *own,
+ * when asked for, is the time as the call itself states it, before that
+ * correction: a resend has another sentAt and arrival, so the corrected
+ * time moves by the network's jitter while this one stays.
  */
 
 static int64_t
-ngx_http_cio_map_time(ngx_http_cio_map_ctx_t *ctx, cJSON *call)
+ngx_http_cio_map_time(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
+    int64_t *own)
 {
     int64_t       ms, sent;
     const cJSON  *v, *s;
@@ -1182,8 +1746,16 @@ ngx_http_cio_map_time(ngx_http_cio_map_ctx_t *ctx, cJSON *call)
         v = ngx_http_cio_map_get(call, "originalTimestamp");
 
         if (ngx_http_cio_map_parse_time(v, &ms) != 0) {
+            if (own) {
+                *own = ctx->opts->received_ms;
+            }
+
             return ctx->opts->received_ms;
         }
+    }
+
+    if (own) {
+        *own = ms;
     }
 
     s = ngx_http_cio_map_get(call, "sentAt");
@@ -1258,6 +1830,10 @@ ngx_http_cio_map_iso8601(const char *s, int64_t *ms)
     int64_t      days, yy, era, yoe, doy, doe;
     const char  *p;
 
+    static const int  mdays[] = {
+        31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31
+    };
+
     p = s;
     h = mi = sec = 0;
     frac = 0;
@@ -1269,7 +1845,11 @@ ngx_http_cio_map_iso8601(const char *s, int64_t *ms)
         return -1;
     }
 
-    if (mo < 1 || mo > 12 || d < 1 || d > 31) {
+    /* "2021-02-30" is not a date: rolling it into March would lie */
+    if (mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1]
+        || (mo == 2 && d == 29
+            && !(y % 4 == 0 && (y % 100 != 0 || y % 400 == 0))))
+    {
         return -1;
     }
 

@@ -9,6 +9,11 @@
  * request body, the route it arrived on, and the exact Customer.io items
  * (or error) that mapping-spec.md promises for it.  Items are compared as
  * JSON values, so key order does not matter but every key and value does.
+ *
+ * To keep the cases readable, the JSON in them may use ' where JSON has "
+ * (no test value contains an apostrophe), and an expected item's ULID
+ * "id" may be "*": any well-formed ULID then matches, and the ids are
+ * tested on their own (test_dedupe).
  */
 
 
@@ -59,12 +64,62 @@ opts(int route)
 }
 
 
+/* a malloc()ed copy of len bytes with every ' turned into " */
+static char *
+dq(const char *s, size_t len)
+{
+    char    *p;
+    size_t   i;
+
+    p = malloc(len + 1);
+    memcpy(p, s, len);
+    p[len] = '\0';
+
+    for (i = 0; i < len; i++) {
+        if (p[i] == '\'') {
+            p[i] = '"';
+        }
+    }
+
+    return p;
+}
+
+
+static int
+map_len(const char *body, size_t len, const ngx_http_cio_map_opts_t *o,
+    ngx_http_cio_map_result_t *res)
+{
+    int    rc;
+    char  *b;
+
+    b = dq(body, len);
+    memset(res, 0, sizeof(*res));
+    rc = ngx_http_cio_map_request(b, len, o, res);
+    free(b);
+
+    return rc;
+}
+
+
 static int
 map(const char *body, const ngx_http_cio_map_opts_t *o,
     ngx_http_cio_map_result_t *res)
 {
-    memset(res, 0, sizeof(*res));
-    return ngx_http_cio_map_request(body, strlen(body), o, res);
+    return map_len(body, strlen(body), o, res);
+}
+
+
+static cJSON *
+parse(const char *json)
+{
+    char   *s;
+    cJSON  *v;
+
+    s = dq(json, strlen(json));
+    v = cJSON_Parse(s);
+    free(s);
+
+    return v;
 }
 
 
@@ -94,47 +149,182 @@ items_of(ngx_http_cio_map_result_t *res, size_t i)
 }
 
 
+static int
+is_ulid(const char *s)
+{
+    size_t  i;
+
+    if (s == NULL || strlen(s) != 26 || s[0] > '7') {
+        return 0;
+    }
+
+    for (i = 0; i < 26; i++) {
+        if (strchr("0123456789ABCDEFGHJKMNPQRSTVWXYZ", s[i]) == NULL) {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
+/* the time part of a ULID, in unix ms */
+static long long
+ulid_ms(const char *s)
+{
+    int        i;
+    long long  ms;
+
+    static const char  alphabet[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+    ms = 0;
+
+    for (i = 0; i < 10 && s[i]; i++) {
+        ms = ms * 32 + (strchr(alphabet, s[i]) - alphabet);
+    }
+
+    return ms;
+}
+
+
 /*
- * One call in, the expected items out: `want` is a JSON array of items.
+ * got and want are arrays of items; an expected "id":"*" takes the got
+ * item's id when that is a well-formed ULID.
  */
+static int
+same_items(cJSON *got, cJSON *want)
+{
+    cJSON  *g, *w, *gid, *wid;
+
+    if (!cJSON_IsArray(got) || !cJSON_IsArray(want)
+        || cJSON_GetArraySize(got) != cJSON_GetArraySize(want))
+    {
+        return 0;
+    }
+
+    for (g = got->child, w = want->child; g && w; g = g->next, w = w->next)
+    {
+        wid = cJSON_GetObjectItemCaseSensitive(w, "id");
+        gid = cJSON_GetObjectItemCaseSensitive(g, "id");
+
+        if (cJSON_IsString(wid) && strcmp(wid->valuestring, "*") == 0
+            && cJSON_IsString(gid) && is_ulid(gid->valuestring))
+        {
+            cJSON_ReplaceItemInObjectCaseSensitive(w, "id",
+                cJSON_CreateString(gid->valuestring));
+        }
+    }
+
+    return cJSON_Compare(got, want, 1);
+}
+
+
+/*
+ * A whole request in, every call's outcome out.  `want` is a JSON array
+ * with one entry per call: the array of its items, {"error":"..."}, or
+ * "filtered".
+ */
+static void
+expect_calls(const char *name, const ngx_http_cio_map_opts_t *o,
+    const char *body, const char *want)
+{
+    int                        good;
+    char                       detail[8192];
+    char                      *got, *ws;
+    size_t                     i;
+    cJSON                     *w, *wc, *g, *e;
+    ngx_http_cio_map_call_t   *c;
+    ngx_http_cio_map_result_t  res;
+
+    w = parse(want);
+
+    if (w == NULL) {
+        ok(0, name, "the test's expected JSON does not parse");
+        return;
+    }
+
+    if (map(body, o, &res) != 0
+        || res.ncalls != (size_t) cJSON_GetArraySize(w))
+    {
+        snprintf(detail, sizeof(detail), "request error \"%s\", %zu calls",
+                 res.error, res.ncalls);
+        ok(0, name, detail);
+        ngx_http_cio_map_result_free(&res);
+        cJSON_Delete(w);
+        return;
+    }
+
+    good = 1;
+    detail[0] = '\0';
+    i = 0;
+
+    cJSON_ArrayForEach(wc, w) {
+        c = &res.calls[i];
+        got = items_of(&res, i);
+
+        if (cJSON_IsString(wc)) {
+            good = c->filtered && c->nitems == 0 && c->error[0] == '\0';
+
+        } else if (cJSON_IsObject(wc)) {
+            e = cJSON_GetObjectItemCaseSensitive(wc, "error");
+            good = c->nitems == 0 && !c->filtered && cJSON_IsString(e)
+                   && strcmp(c->error, e->valuestring) == 0;
+
+        } else {
+            g = cJSON_Parse(got);
+            good = c->error[0] == '\0' && !c->filtered
+                   && same_items(g, wc);
+            cJSON_Delete(g);
+        }
+
+        if (!good) {
+            ws = cJSON_PrintUnformatted(wc);
+            snprintf(detail, sizeof(detail),
+                     "call %zu: got %s%s%s%s\n    want: %s", i, got,
+                     c->error[0] ? " error \"" : "", c->error,
+                     c->filtered ? " (filtered)" : "", ws);
+            free(ws);
+        }
+
+        free(got);
+        i++;
+
+        if (!good) {
+            break;
+        }
+    }
+
+    ok(good, name, detail);
+
+    ngx_http_cio_map_result_free(&res);
+    cJSON_Delete(w);
+}
+
+
+/* One call in, the expected items out: `want` is a JSON array of items. */
+static void
+expect_items_o(const char *name, const ngx_http_cio_map_opts_t *o,
+    const char *body, const char *want)
+{
+    char    *w;
+    size_t   n;
+
+    n = strlen(want) + 3;
+    w = malloc(n);
+    snprintf(w, n, "[%s]", want);
+    expect_calls(name, o, body, w);
+    free(w);
+}
+
+
 static void
 expect_items(const char *name, int route, const char *body,
     const char *want)
 {
-    char                       detail[4096];
-    char                      *got;
-    cJSON                     *a, *b;
-    ngx_http_cio_map_opts_t    o;
-    ngx_http_cio_map_result_t  res;
+    ngx_http_cio_map_opts_t  o;
 
     o = opts(route);
-
-    if (map(body, &o, &res) != 0 || res.ncalls != 1
-        || res.calls[0].error[0])
-    {
-        snprintf(detail, sizeof(detail), "mapping failed: \"%s\" / \"%s\"",
-                 res.error, res.ncalls ? res.calls[0].error : "");
-        ok(0, name, detail);
-        ngx_http_cio_map_result_free(&res);
-        return;
-    }
-
-    got = items_of(&res, 0);
-    a = cJSON_Parse(got);
-    b = cJSON_Parse(want);
-
-    if (b == NULL) {
-        ok(0, name, "the test's expected JSON does not parse");
-
-    } else {
-        snprintf(detail, sizeof(detail), "got:  %s\n    want: %s", got, want);
-        ok(cJSON_Compare(a, b, 1), name, detail);
-    }
-
-    cJSON_Delete(a);
-    cJSON_Delete(b);
-    free(got);
-    ngx_http_cio_map_result_free(&res);
+    expect_items_o(name, &o, body, want);
 }
 
 
@@ -149,14 +339,14 @@ expect_call_error(const char *name, int route, const char *body,
 
     o = opts(route);
 
-    if (map(body, &o, &res) != 0 || res.ncalls != 1) {
+    if (map(body, &o, &res) != 0 || res.ncalls < 1) {
         snprintf(detail, sizeof(detail), "request error \"%s\"", res.error);
         ok(0, name, detail);
 
     } else {
         snprintf(detail, sizeof(detail), "got \"%s\" (%d items), want \"%s\"",
                  res.calls[0].error, res.calls[0].nitems, want);
-        ok(strcmp(res.calls[0].error, want) == 0
+        ok(res.ncalls == 1 && strcmp(res.calls[0].error, want) == 0
            && res.calls[0].nitems == 0, name, detail);
     }
 
@@ -177,8 +367,7 @@ expect_request_error(const char *name, int route, const char *body,
     o = opts(route);
     o.max_batch_calls = 3;
 
-    memset(&res, 0, sizeof(res));
-    rc = ngx_http_cio_map_request(body, len, &o, &res);
+    rc = map_len(body, len, &o, &res);
 
     snprintf(detail, sizeof(detail), "rc %d, got \"%s\", want \"%s\"",
              rc, res.error, want);
@@ -786,6 +975,1491 @@ test_batch(void)
 }
 
 
+static void
+test_identity_edges(void)
+{
+    char  body[512], want[512];
+
+    /* the v2 body carries ids as JSON: no path encoding, no mangling */
+    expect_items("ids with / + @ and space are sent verbatim (R-01)",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'type':'track','userId':'user/with/slashes','event':'Test Event',"
+        "'properties':{'test':'property','value':123}}",
+        "[{'type':'person','action':'event','identifiers':"
+        "{'id':'user/with/slashes'},'name':'Test Event','id':'*',"
+        "'timestamp':1700000000,'attributes':{'test':'property',"
+        "'value':123}}]");
+
+    expect_items("a + in an e-mail address is still an e-mail",
+        NGX_HTTP_CIO_CALL_IDENTIFY, "{'userId':'test+user@email.com'}",
+        "[{'type':'person','action':'identify','identifiers':"
+        "{'email':'test+user@email.com'},'attributes':{}}]");
+
+    expect_items("a space makes it an id, not an e-mail",
+        NGX_HTTP_CIO_CALL_IDENTIFY, "{'userId':'ann smith@x.io'}",
+        "[{'type':'person','action':'identify','identifiers':"
+        "{'id':'ann smith@x.io'},'attributes':{}}]");
+
+    expect_items("no dot in the domain: an id (R-23 user@1)",
+        NGX_HTTP_CIO_CALL_IDENTIFY, "{'userId':'user@1'}",
+        "[{'type':'person','action':'identify','identifiers':"
+        "{'id':'user@1'},'attributes':{}}]");
+
+    expect_items("two @: an id", NGX_HTTP_CIO_CALL_IDENTIFY,
+        "{'userId':'a@b@c.io'}",
+        "[{'type':'person','action':'identify','identifiers':"
+        "{'id':'a@b@c.io'},'attributes':{}}]");
+
+    expect_items("cio_ with nothing after it is an id",
+        NGX_HTTP_CIO_CALL_IDENTIFY, "{'userId':'cio_'}",
+        "[{'type':'person','action':'identify','identifiers':"
+        "{'id':'cio_'},'attributes':{}}]");
+
+    expect_items("numeric userId with a fraction stays that number",
+        NGX_HTTP_CIO_CALL_IDENTIFY, "{'userId':1.5}",
+        "[{'type':'person','action':'identify','identifiers':"
+        "{'id':1.5},'attributes':{}}]");
+
+    expect_items("negative numeric userId", NGX_HTTP_CIO_CALL_IDENTIFY,
+        "{'userId':-7}",
+        "[{'type':'person','action':'identify','identifiers':"
+        "{'id':-7},'attributes':{}}]");
+
+    expect_call_error("a numeric userId past 2^53 has lost digits: refused",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':9007199254740993,'event':'e'}",
+        "userId is a number too large to be exact");
+
+    expect_call_error("2^53 may be 2^53 + 1 rounded: refused",
+        NGX_HTTP_CIO_CALL_IDENTIFY, "{'userId':9007199254740992}",
+        "userId is a number too large to be exact");
+
+    expect_items("2^53 - 1 is exact", NGX_HTTP_CIO_CALL_IDENTIFY,
+        "{'userId':9007199254740991}",
+        "[{'type':'person','action':'identify','identifiers':"
+        "{'id':9007199254740991},'attributes':{}}]");
+
+    expect_items("numeric anonymousId becomes its decimal text (V-05)",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'type':'track','anonymousId':987654,'event':'Product Viewed',"
+        "'properties':{'plan':'enterprise'}}",
+        "[{'type':'person','action':'event','identifiers':"
+        "{'anonymous_id':'987654'},'name':'Product Viewed','id':'*',"
+        "'timestamp':1700000000,'attributes':{'plan':'enterprise'}}]");
+
+    expect_items("numeric anonymousId of a known person: the attribute",
+        NGX_HTTP_CIO_CALL_IDENTIFY, "{'userId':'u','anonymousId':0.25}",
+        "[{'type':'person','action':'identify','identifiers':{'id':'u'},"
+        "'attributes':{'anonymous_id':'0.25'}}]");
+
+    expect_items("userId null: anonymousId identifies",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':null,'anonymousId':'a','event':'e'}",
+        "[{'type':'person','action':'event','identifiers':"
+        "{'anonymous_id':'a'},'name':'e','id':'*','timestamp':1700000000,"
+        "'attributes':{}}]");
+
+    expect_items("userId true is no id: anonymousId identifies",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':true,'anonymousId':'a','event':'e'}",
+        "[{'type':'person','action':'event','identifiers':"
+        "{'anonymous_id':'a'},'name':'e','id':'*','timestamp':1700000000,"
+        "'attributes':{}}]");
+
+    expect_items("an empty anonymousId adds no attribute",
+        NGX_HTTP_CIO_CALL_IDENTIFY, "{'userId':'u','anonymousId':''}",
+        "[{'type':'person','action':'identify','identifiers':{'id':'u'},"
+        "'attributes':{}}]");
+
+    expect_items("S-03: identify without userId, traits.email identifies",
+        NGX_HTTP_CIO_CALL_IDENTIFY,
+        "{'type':'identify','userId':null,'anonymousId':'unknown_123',"
+        "'timestamp':'2024-01-15T10:00:00.000Z','traits':{'full_name':"
+        "'Test User','email':'test@example.com','created_at':"
+        "'2024-01-15T10:00:00.000Z'}}",
+        "[{'type':'person','action':'identify','identifiers':"
+        "{'email':'test@example.com'},'attributes':{'full_name':"
+        "'Test User','email':'test@example.com','created_at':1705312800,"
+        "'anonymous_id':'unknown_123'}}]");
+
+    expect_items("S-02: e-mail userId",
+        NGX_HTTP_CIO_CALL_IDENTIFY,
+        "{'type':'identify','userId':'foo@bar.com','anonymousId':"
+        "'unknown_123','timestamp':'2024-01-15T10:00:00.000Z','traits':"
+        "{'full_name':'Test User','created_at':'2024-01-15T10:00:00.000Z'}}",
+        "[{'type':'person','action':'identify','identifiers':"
+        "{'email':'foo@bar.com'},'attributes':{'full_name':'Test User',"
+        "'created_at':1705312800,'anonymous_id':'unknown_123'}}]");
+
+    expect_items("R-02: cio_ userId, traits.id and email pass through",
+        NGX_HTTP_CIO_CALL_IDENTIFY,
+        "{'type':'identify','userId':'cio_1234','traits':{'email':"
+        "'updated_email@example.com','id':'updated-id-value'}}",
+        "[{'type':'person','action':'identify','identifiers':"
+        "{'cio_id':'1234'},'attributes':{'email':"
+        "'updated_email@example.com','id':'updated-id-value'}}]");
+
+    expect_items("identify by e-mail falls back to context.traits.email"
+                 " when traits.email is empty",
+        NGX_HTTP_CIO_CALL_IDENTIFY,
+        "{'anonymousId':'a','traits':{'email':''},'context':{'traits':"
+        "{'email':'c@x.io'}}}",
+        "[{'type':'person','action':'identify','identifiers':"
+        "{'email':'c@x.io'},'attributes':{'email':'','anonymous_id':'a'}}]");
+
+    expect_call_error("R-04-like: identify with nothing to identify by",
+        NGX_HTTP_CIO_CALL_IDENTIFY, "{'traits':{'age':26}}",
+        "userId or anonymousId is required");
+
+    snprintf(body, sizeof(body), "{'anonymousId':'%0151d','name':'p'}", 1);
+    expect_call_error("an anonymousId over 150 bytes is refused",
+        NGX_HTTP_CIO_CALL_PAGE, body, "anonymousId is longer than 150 bytes");
+
+    snprintf(body, sizeof(body),
+             "{'anonymousId':'a','traits':{'email':'%0146d@x.io'}}", 1);
+    expect_call_error("an identifying e-mail over 150 bytes is refused",
+        NGX_HTTP_CIO_CALL_IDENTIFY, body, "email is longer than 150 bytes");
+
+    snprintf(body, sizeof(body), "{'userId':'u','anonymousId':'%0151d'}", 1);
+    snprintf(want, sizeof(want), "[{'type':'person','action':'identify',"
+             "'identifiers':{'id':'u'},'attributes':{}}]");
+    expect_items("a known person's anonymousId over 150 bytes names no"
+                 " anonymous activity: no attribute",
+        NGX_HTTP_CIO_CALL_IDENTIFY, body, want);
+
+    /* non-object traits, properties and context must not crash */
+    expect_items("traits a string: context.traits are used",
+        NGX_HTTP_CIO_CALL_IDENTIFY,
+        "{'userId':'u','traits':'x','context':{'traits':{'a':1}}}",
+        "[{'type':'person','action':'identify','identifiers':{'id':'u'},"
+        "'attributes':{'a':1}}]");
+
+    expect_items("traits an array, context a number: no attributes",
+        NGX_HTTP_CIO_CALL_IDENTIFY,
+        "{'userId':'u','traits':[1,2],'context':7}",
+        "[{'type':'person','action':'identify','identifiers':{'id':'u'},"
+        "'attributes':{}}]");
+
+    expect_items("traits null: no attributes",
+        NGX_HTTP_CIO_CALL_IDENTIFY, "{'userId':'u','traits':null}",
+        "[{'type':'person','action':'identify','identifiers':{'id':'u'},"
+        "'attributes':{}}]");
+
+    expect_items("properties an array: no attributes",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'u','event':'e','properties':[{'a':1}]}",
+        "[{'type':'person','action':'event','identifiers':{'id':'u'},"
+        "'name':'e','id':'*','timestamp':1700000000,'attributes':{}}]");
+
+    expect_items("properties a string, context.device a string: an event",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'u','event':'Application Opened','properties':'p',"
+        "'context':{'device':'d'}}",
+        "[{'type':'person','action':'event','identifiers':{'id':'u'},"
+        "'name':'Application Opened','id':'*','timestamp':1700000000,"
+        "'attributes':{}}]");
+
+    expect_call_error("event a number is no event name",
+        NGX_HTTP_CIO_CALL_TRACK, "{'userId':'u','event':5}",
+        "event is required");
+
+    expect_call_error("event null is no event name",
+        NGX_HTTP_CIO_CALL_TRACK, "{'userId':'u','event':null}",
+        "event is required");
+}
+
+
+static void
+test_time_edges(void)
+{
+    cJSON  *it;
+    size_t  i;
+
+    static const struct {
+        const char  *ts;
+        double       want;
+        const char  *name;
+    } cases[] = {
+        { "2024-08-14T20:36:48.6527521Z", 1723667808,
+          "7 fraction digits" },
+        { "2024-01-15T10:00:00.123456789Z", 1705312800,
+          "9 fraction digits" },
+        { "2024-01-15T10:00:00.999999999999Z", 1705312800,
+          "12 fraction digits" },
+        { "2024-01-15T10:00:00.123456+00:00", 1705312800,
+          "microseconds and +00:00 (Python)" },
+        { "2006-01-02T15:04:05-0800", 1136243045, "-hhmm offset" },
+        { "2022-01-10T20:39:03.955+05:30", 1641827343,
+          "+05:30 offset (R-20)" },
+        { "2024-01-15T10:00:00.000+0000", 1705312800, "+0000 offset" },
+        { "2024-01-15", 1705276800, "date only" },
+        { "2024-01-15T10:00Z", 1705312800, "no seconds" },
+        { "2024-02-29T00:00:00Z", 1709164800, "a leap day" },
+        { "2023-02-29T00:00:00Z", 1700000000,
+          "not a leap year: received time" },
+        { "2021-04-31T00:00:00Z", 1700000000,
+          "31 April: received time" },
+        { "2024-01-15T24:00:00Z", 1700000000, "hour 24: received time" },
+        { "2024-01-15T10:00:00 PDT", 1700000000,
+          "a zone name: received time" },
+        { "GMT+0000", 1700000000,
+          "context.timezone's GMT+0000 is not a time" },
+        { "1712345678", 1700000000, "digits in a string are not a time" },
+        { NULL, 0, NULL }
+    };
+
+    for (i = 0; cases[i].ts; i++) {
+        char  body[256], name[128], detail[64];
+
+        snprintf(body, sizeof(body),
+                 "{'userId':'u','event':'e','timestamp':'%s'}", cases[i].ts);
+        snprintf(name, sizeof(name), "time: %s", cases[i].name);
+
+        it = first_item(NGX_HTTP_CIO_CALL_TRACK, body, NULL, NULL);
+        snprintf(detail, sizeof(detail), "%.0f", item_num(it, "timestamp"));
+        ok(it && item_num(it, "timestamp") == cases[i].want, name, detail);
+        cJSON_Delete(it);
+    }
+
+    it = first_item(NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'u','event':'e','timestamp':null,"
+        "'originalTimestamp':'2019-10-14T11:15:18.299Z'}", NULL, NULL);
+    ok(it && item_num(it, "timestamp") == 1571051718,
+       "time: timestamp null, originalTimestamp used", NULL);
+    cJSON_Delete(it);
+
+    it = first_item(NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'u','event':'e','timestamp':-5}", NULL, NULL);
+    ok(it && item_num(it, "timestamp") == 1700000000,
+       "time: a negative epoch is not a time", NULL);
+    cJSON_Delete(it);
+
+    it = first_item(NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'u','event':'e','timestamp':'2023-11-14T22:13:00Z',"
+        "'sentAt':'2023-11-14T22:13:20.000000+00:00'}", NULL, NULL);
+    ok(it && item_num(it, "timestamp") == 1699999980,
+       "time: per-call sentAt with +00:00 corrects the skew", NULL);
+    cJSON_Delete(it);
+
+    /* ISO strings anywhere in the attributes (S-05), and what is not one */
+    expect_items("S-05: only ISO-8601 strings become unix seconds",
+        NGX_HTTP_CIO_CALL_IDENTIFY,
+        "{'type':'identify','userId':'abc123','anonymousId':'anonId1234',"
+        "'timestamp':'2018-03-04T12:08:56.235 PDT','traits':{'date01':"
+        "'25 Mar 2015','date03':'01/01/2019','date04':'2019-02-01',"
+        "'date06':'2006-01-02T18:04:07Z','date07':"
+        "'2006-01-02T18:04:07+01:00','date11':'2018-03-04T12:08:56 PDT',"
+        "'date15':'2006-01-02T15:04:05-0800','tz':'GMT+0000',"
+        "'dec':'1712345678.123','digits':'20240115'}}",
+        "[{'type':'person','action':'identify','identifiers':{'id':'abc123'},"
+        "'attributes':{'date01':'25 Mar 2015','date03':'01/01/2019',"
+        "'date04':1548979200,'date06':1136225047,'date07':1136221447,"
+        "'date11':'2018-03-04T12:08:56 PDT','date15':1136243045,"
+        "'tz':'GMT+0000','dec':'1712345678.123','digits':'20240115',"
+        "'anonymous_id':'anonId1234'}}]");
+
+    expect_items("ISO strings inside nested objects and arrays, and a date"
+                 " before 1970",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'u','event':'e','properties':{'person':{'birthdate':"
+        "'1990-01-01T00:00:00.000Z'},'dates':['2024-01-15',"
+        "'x',{'d':'1969-12-31T23:59:59.500Z'}]}}",
+        "[{'type':'person','action':'event','identifiers':{'id':'u'},"
+        "'name':'e','id':'*','timestamp':1700000000,'attributes':"
+        "{'person':{'birthdate':631152000},'dates':[1705276800,'x',"
+        "{'d':-1}]}}]");
+}
+
+
+static void
+test_peer_calls(void)
+{
+    expect_items("S-06: track, known user: anonymous_id attribute, nested"
+                 " ISO converted",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'type':'track','event':'testEvent','userId':'abc123',"
+        "'anonymousId':'anonId1234','messageId':'msg-0001','timestamp':"
+        "'2024-01-15T10:00:00.000Z','properties':{'property1':"
+        "'this is a test','person':{'over18':true,'identification':"
+        "'valid','birthdate':'1990-01-01T00:00:00.000Z'}}}",
+        "[{'type':'person','action':'event','name':'testEvent','id':'*',"
+        "'identifiers':{'id':'abc123'},'attributes':{'property1':"
+        "'this is a test','person':{'over18':true,'identification':"
+        "'valid','birthdate':631152000},'anonymous_id':'anonId1234'},"
+        "'timestamp':1705312800}]");
+
+    expect_items("S-07: track, anonymous",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'type':'track','event':'test event','anonymousId':"
+        "'anonymous123','messageId':'msg-0001','timestamp':"
+        "'2024-01-15T10:00:00.000Z','properties':{'property1':"
+        "'this is a test'}}",
+        "[{'type':'person','action':'event','name':'test event','id':'*',"
+        "'identifiers':{'anonymous_id':'anonymous123'},'attributes':"
+        "{'property1':'this is a test'},'timestamp':1705312800}]");
+
+    expect_call_error("S-08: track without event name",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'type':'track','userId':'u','properties':{'property1':'x'}}",
+        "event is required");
+
+    /* R-10: our track does not identify by e-mail: anonymousId does */
+    expect_items("R-10: userId empty: anonymousId, not context.traits.email",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'context':{'traits':{'email':'test@rudderstack.com',"
+        "'anonymousId':'12345'}},'type':'track','originalTimestamp':"
+        "'2019-10-14T11:15:18.300Z','anonymousId':"
+        "'c82cbdff-e5be-4009-ac78-cdeea09ab4b1','userId':'','event':"
+        "'test track event','properties':{'user_actual_role':"
+        "'system_admin','user_actual_id':12345,'user_time_spent':50000}}",
+        "[{'type':'person','action':'event','identifiers':{'anonymous_id':"
+        "'c82cbdff-e5be-4009-ac78-cdeea09ab4b1'},'name':'test track event',"
+        "'id':'*','timestamp':1571051718,'attributes':{'user_actual_role':"
+        "'system_admin','user_actual_id':12345,'user_time_spent':50000}}]");
+
+    expect_items("R-12: a 100-byte event name is kept whole; longer cut",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'type':'track','originalTimestamp':'2019-10-14T11:15:18.300Z',"
+        "'anonymousId':'c82cbdff-e5be-4009-ac78-cdeea09ab4b1','event':"
+        "'https://www.stoodi.com.br/exershgcios/upe/2019/questao/"
+        "gregorio-de-matos-poeta-baiano-que-viveu-no-seculo-xvi/',"
+        "'properties':{'user_actual_role':'system_admin','user_actual_id':"
+        "12345,'user_time_spent':50}}",
+        "[{'type':'person','action':'event','identifiers':{'anonymous_id':"
+        "'c82cbdff-e5be-4009-ac78-cdeea09ab4b1'},'name':'https://www."
+        "stoodi.com.br/exershgcios/upe/2019/questao/gregorio-de-matos-"
+        "poeta-baiano-que-viveu-no-s','id':'*','timestamp':1571051718,"
+        "'attributes':{'user_actual_role':'system_admin','user_actual_id':"
+        "12345,'user_time_spent':50}}]");
+
+    expect_items("V-01: cio_ userId is a cio_id (RudderStack sends id)",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'type':'track','userId':'cio_v2_user1','event':'Order Completed',"
+        "'properties':{'orderId':'abc-123','revenue':49.99}}",
+        "[{'type':'person','action':'event','identifiers':{'cio_id':"
+        "'v2_user1'},'name':'Order Completed','id':'*','timestamp':"
+        "1700000000,'attributes':{'orderId':'abc-123','revenue':49.99}}]");
+
+    expect_items("null values, arrays and nested objects pass through",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'u','event':'e','properties':{'n':null,'a':[1,'two',"
+        "null,[3]],'o':{'p':{'q':false}},'A':1}}",
+        "[{'type':'person','action':'event','identifiers':{'id':'u'},"
+        "'name':'e','id':'*','timestamp':1700000000,'attributes':{'n':null,"
+        "'a':[1,'two',null,[3]],'o':{'p':{'q':false}},'A':1}}]");
+
+    expect_items("keys differing only in case are two attributes",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'u','event':'e','properties':{'plan':1,'Plan':2}}",
+        "[{'type':'person','action':'event','identifiers':{'id':'u'},"
+        "'name':'e','id':'*','timestamp':1700000000,'attributes':{'plan':1,"
+        "'Plan':2}}]");
+
+    /* page */
+    expect_items("R-06: page with a name, time from originalTimestamp",
+        NGX_HTTP_CIO_CALL_PAGE,
+        "{'context':{'traits':{'email':'test@rudderstack.com',"
+        "'anonymousId':'12345'}},'type':'page','originalTimestamp':"
+        "'2019-10-14T11:15:18.299Z','anonymousId':"
+        "'c82cbdff-e5be-4009-ac78-cdeea09ab4b1','userId':'12345',"
+        "'properties':{'path':'/test','referrer':'Rudder','search':'abc',"
+        "'title':'Test Page','url':'www.rudderlabs.com'},'name':"
+        "'ApplicationLoaded'}",
+        "[{'type':'person','action':'page','identifiers':{'id':'12345'},"
+        "'name':'ApplicationLoaded','id':'*','timestamp':1571051718,"
+        "'attributes':{'path':'/test','referrer':'Rudder','search':'abc',"
+        "'title':'Test Page','url':'www.rudderlabs.com','anonymous_id':"
+        "'c82cbdff-e5be-4009-ac78-cdeea09ab4b1'}}]");
+
+    expect_items("R-07 / S-09: page without a name is named by its url",
+        NGX_HTTP_CIO_CALL_PAGE,
+        "{'type':'page','userId':'abc123','anonymousId':'anonId1234',"
+        "'messageId':'msg-0001','timestamp':'2024-01-15T10:00:00.000Z',"
+        "'properties':{'property1':'this is a test','url':"
+        "'https://example.com/page-one'}}",
+        "[{'type':'person','action':'page','name':"
+        "'https://example.com/page-one','id':'*','identifiers':{'id':"
+        "'abc123'},'attributes':{'property1':'this is a test','url':"
+        "'https://example.com/page-one','anonymous_id':'anonId1234'},"
+        "'timestamp':1705312800}]");
+
+    expect_call_error("R-08: page, known user, neither name nor url:"
+                      " refused (RudderStack sends it nameless)",
+        NGX_HTTP_CIO_CALL_PAGE,
+        "{'type':'page','userId':'12345','properties':{'path':'/test'}}",
+        "page needs a name or a url");
+
+    expect_call_error("R-09: anonymous page without name or url",
+        NGX_HTTP_CIO_CALL_PAGE,
+        "{'type':'page','anonymousId':'c82cbdff'}",
+        "page needs a name or a url");
+
+    expect_items("page: name null and url a number: context.page.url",
+        NGX_HTTP_CIO_CALL_PAGE,
+        "{'userId':'u','name':null,'properties':{'url':5},'context':"
+        "{'page':{'url':'https://c/'}}}",
+        "[{'type':'person','action':'page','identifiers':{'id':'u'},"
+        "'name':'https://c/','id':'*','timestamp':1700000000,"
+        "'attributes':{'url':5}}]");
+
+    /* screen */
+    expect_items("R-13: screen X cut to 86 bytes, whole name 100",
+        NGX_HTTP_CIO_CALL_SCREEN,
+        "{'type':'screen','originalTimestamp':'2019-10-14T11:15:18.300Z',"
+        "'anonymousId':'c82cbdff-e5be-4009-ac78-cdeea09ab4b1','event':"
+        "'https://www.stoodi.com.br/exercicios/upe/2016/questao/"
+        "gregorio-de-matos-poeta-baiano-que-viveu-no-seculo-xvi/',"
+        "'properties':{'user_actual_role':'system_admin'}}",
+        "[{'type':'person','action':'event','identifiers':{'anonymous_id':"
+        "'c82cbdff-e5be-4009-ac78-cdeea09ab4b1'},'name':'Viewed https://"
+        "www.stoodi.com.br/exercicios/upe/2016/questao/gregorio-de-matos-"
+        "poeta-baiano-q Screen','id':'*','timestamp':1571051718,"
+        "'attributes':{'user_actual_role':'system_admin'}}]");
+
+    expect_items("V-04: screen named only by event",
+        NGX_HTTP_CIO_CALL_SCREEN,
+        "{'type':'screen','anonymousId':'c82cbdff','event':'Home Screen',"
+        "'properties':{'plan':'enterprise'},'originalTimestamp':"
+        "'2019-10-14T11:15:18.300Z'}",
+        "[{'type':'person','action':'event','identifiers':{'anonymous_id':"
+        "'c82cbdff'},'name':'Viewed Home Screen Screen','id':'*',"
+        "'timestamp':1571051718,'attributes':{'plan':'enterprise'}}]");
+
+    {
+        ngx_http_cio_map_opts_t  o;
+
+        o = opts(NGX_HTTP_CIO_CALL_SCREEN);
+        o.screen_native = 1;
+
+        expect_items_o("S-10: cio_screen_views native: person/screen",
+            &o,
+            "{'type':'screen','name':'Page One','anonymousId':"
+            "'anonymous123','messageId':'msg-0001','timestamp':"
+            "'2024-01-15T10:00:00.000Z','properties':{'property1':"
+            "'this is a test','screen':'Page One'}}",
+            "[{'type':'person','action':'screen','name':'Page One','id':'*',"
+            "'identifiers':{'anonymous_id':'anonymous123'},'attributes':"
+            "{'property1':'this is a test','screen':'Page One'},"
+            "'timestamp':1705312800}]");
+
+        expect_items_o("native screen without a name: Undefined", &o,
+            "{'userId':'u'}",
+            "[{'type':'person','action':'screen','name':'Undefined',"
+            "'id':'*','identifiers':{'id':'u'},'attributes':{},"
+            "'timestamp':1700000000}]");
+    }
+
+    expect_items("screen: name a number and properties.name empty:"
+                 " Undefined",
+        NGX_HTTP_CIO_CALL_SCREEN,
+        "{'userId':'u','name':3,'properties':{'name':''}}",
+        "[{'type':'person','action':'event','identifiers':{'id':'u'},"
+        "'name':'Viewed Undefined Screen','id':'*','timestamp':1700000000,"
+        "'attributes':{'name':''}}]");
+
+    /* group */
+    expect_items("R-23: group; action in traits is only an attribute",
+        NGX_HTTP_CIO_CALL_GROUP,
+        "{'groupId':'group@1','traits':{'domainNames':'rudderstack.com',"
+        "'email':'help@rudderstack.com','name':'rudderstack','action':"
+        "'identify'},'type':'group','userId':'user@1'}",
+        "[{'type':'object','action':'identify','attributes':{'name':"
+        "'rudderstack','email':'help@rudderstack.com','domainNames':"
+        "'rudderstack.com','action':'identify'},'identifiers':{'object_id':"
+        "'group@1','object_type_id':'1'},'cio_relationships':"
+        "[{'identifiers':{'id':'user@1'}}]}]");
+
+    expect_items("R-24: numeric groupId as text, e-mail relationship, ISO"
+                 " traits converted",
+        NGX_HTTP_CIO_CALL_GROUP,
+        "{'type':'group','traits':{'city':'Frankfurt','address':"
+        "'Solmsstra\\u00dfe 83','maxNbJobBoards':2,'dateProTrialEnd':"
+        "'2022-08-31T00:00:00+00:00','datetimeRegistration':"
+        "'2020-07-01T10:23:41+00:00','isFake':true},'userId':"
+        "'abc@xyz.com','groupId':306,'originalTimestamp':"
+        "'2023-03-28T09:36:49.882Z'}",
+        "[{'type':'object','action':'identify','attributes':{'city':"
+        "'Frankfurt','address':'Solmsstra\\u00dfe 83','maxNbJobBoards':2,"
+        "'dateProTrialEnd':1661904000,'datetimeRegistration':1593599021,"
+        "'isFake':true},'identifiers':{'object_id':'306','object_type_id':"
+        "'1'},'cio_relationships':[{'identifiers':{'email':"
+        "'abc@xyz.com'}}]}]");
+
+    expect_items("R-28: anonymous group, objectTypeId used and removed",
+        NGX_HTTP_CIO_CALL_GROUP,
+        "{'type':'group','groupId':'group1','anonymousId':'anonId',"
+        "'traits':{'objectTypeId':'obj1','email':'abc@test.com','name':"
+        "'rudder','address':{'city':'kolkata','country':'India'},"
+        "'createdAt':'2014-05-21T15:54:20Z'}}",
+        "[{'type':'object','action':'identify_anonymous','identifiers':"
+        "{'object_id':'group1','object_type_id':'obj1'},'attributes':"
+        "{'email':'abc@test.com','name':'rudder','address':{'city':"
+        "'kolkata','country':'India'},'createdAt':1400687660},"
+        "'cio_relationships':[{'identifiers':{'anonymous_id':"
+        "'anonId'}}]}]");
+
+    expect_items("S-15: objectAttributes stay nested (our contract: traits"
+                 " are the attributes)",
+        NGX_HTTP_CIO_CALL_GROUP,
+        "{'type':'group','groupId':'grp123','anonymousId':'unknown_123',"
+        "'traits':{'object_type_id':'1','objectAttributes':{'name':"
+        "'Sales','created_at':'2024-01-15T10:00:00.000Z'}}}",
+        "[{'type':'object','action':'identify_anonymous','identifiers':"
+        "{'object_type_id':'1','object_id':'grp123'},'attributes':"
+        "{'objectAttributes':{'name':'Sales','created_at':1705312800}},"
+        "'cio_relationships':[{'identifiers':{'anonymous_id':"
+        "'unknown_123'}}]}]");
+
+    expect_items("group: object_type_id wins, a number is its text",
+        NGX_HTTP_CIO_CALL_GROUP,
+        "{'userId':'u','groupId':'g','traits':{'object_type_id':2,"
+        "'objectTypeId':'9','n':1}}",
+        "[{'type':'object','action':'identify','identifiers':"
+        "{'object_type_id':'2','object_id':'g'},'attributes':{'n':1},"
+        "'cio_relationships':[{'identifiers':{'id':'u'}}]}]");
+
+    expect_items("group: fractional groupId in its shortest text",
+        NGX_HTTP_CIO_CALL_GROUP, "{'userId':'u','groupId':0.1}",
+        "[{'type':'object','action':'identify','identifiers':"
+        "{'object_type_id':'1','object_id':'0.1'},'attributes':{},"
+        "'cio_relationships':[{'identifiers':{'id':'u'}}]}]");
+
+    expect_call_error("group: groupId past 2^53 refused",
+        NGX_HTTP_CIO_CALL_GROUP,
+        "{'userId':'u','groupId':18014398509481988}",
+        "groupId is a number too large to be exact");
+
+    expect_call_error("group: no person to relate",
+        NGX_HTTP_CIO_CALL_GROUP, "{'groupId':'g'}",
+        "userId or anonymousId is required");
+
+    expect_call_error("group: empty groupId",
+        NGX_HTTP_CIO_CALL_GROUP, "{'userId':'u','groupId':''}",
+        "groupId is required");
+
+    {
+        char  body[512];
+
+        snprintf(body, sizeof(body), "{'userId':'u','groupId':'%0151d'}", 1);
+        expect_call_error("group: groupId over 150 bytes",
+            NGX_HTTP_CIO_CALL_GROUP, body, "groupId is longer than 150 bytes");
+    }
+
+    /* alias */
+    expect_items("S-13: alias with cio_ userId", NGX_HTTP_CIO_CALL_ALIAS,
+        "{'type':'alias','userId':'cio_123456','previousId':'def456'}",
+        "[{'type':'person','action':'merge','primary':{'cio_id':'123456'},"
+        "'secondary':{'id':'def456'}}]");
+
+    expect_items("R-26: alias, e-mail userId", NGX_HTTP_CIO_CALL_ALIAS,
+        "{'type':'alias','userId':'abc@test.com','previousId':'user1'}",
+        "[{'type':'person','action':'merge','primary':{'email':"
+        "'abc@test.com'},'secondary':{'id':'user1'}}]");
+
+    expect_items("R-26: alias, both e-mails", NGX_HTTP_CIO_CALL_ALIAS,
+        "{'type':'alias','userId':'abc@test.com','previousId':"
+        "'user1@test.com'}",
+        "[{'type':'person','action':'merge','primary':{'email':"
+        "'abc@test.com'},'secondary':{'email':'user1@test.com'}}]");
+
+    expect_call_error("V-01: alias without userId", NGX_HTTP_CIO_CALL_ALIAS,
+        "{'type':'alias','previousId':'cio_v2_orphan_old'}",
+        "alias needs userId and previousId");
+
+    expect_call_error("alias with an object previousId",
+        NGX_HTTP_CIO_CALL_ALIAS, "{'userId':'u','previousId':{}}",
+        "alias needs userId and previousId");
+
+    /* V-05: numeric ids everywhere */
+    {
+        ngx_http_cio_map_opts_t  o;
+
+        o = opts(NGX_HTTP_CIO_CALL_BATCH);
+
+        expect_calls("V-05: numeric ids in identify, track, alias, group",
+            &o,
+            "{'batch':[{'type':'identify','userId':432,'traits':{'email':"
+            "'numeric-id@rudderstack.com','plan':'enterprise'}},"
+            "{'type':'track','anonymousId':987654,'event':'Product Viewed',"
+            "'properties':{'plan':'enterprise'}},{'type':'alias','userId':"
+            "432,'previousId':306},{'type':'group','userId':432,'groupId':"
+            "306,'traits':{'name':'numeric group'}}]}",
+            "[[{'type':'person','action':'identify','identifiers':{'id':432},"
+            "'attributes':{'email':'numeric-id@rudderstack.com','plan':"
+            "'enterprise'}}],"
+            "[{'type':'person','action':'event','identifiers':"
+            "{'anonymous_id':'987654'},'name':'Product Viewed','id':'*',"
+            "'timestamp':1700000000,'attributes':{'plan':'enterprise'}}],"
+            "[{'type':'person','action':'merge','primary':{'id':432},"
+            "'secondary':{'id':306}}],"
+            "[{'type':'object','action':'identify','identifiers':"
+            "{'object_id':'306','object_type_id':'1'},'attributes':{'name':"
+            "'numeric group'},'cio_relationships':[{'identifiers':"
+            "{'id':432}}]}]]");
+    }
+}
+
+
+static void
+test_device_peers(void)
+{
+    char                      *body, *p;
+    int                        i;
+    cJSON                     *it, *dattrs;
+    ngx_http_cio_map_opts_t    o;
+
+    expect_items("V-02: Application Installed: add_device with context"
+                 " attributes, then the event",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'anonymousId':'7e32188a4dab669f','context':{'app':{'version':"
+        "'1.0'},'device':{'token':'abcxyz','type':'android','model':"
+        "'Android SDK built for x86'},'locale':'en-US','os':{'name':"
+        "'Android','version':'9'}},'event':'Application Installed',"
+        "'userId':'12345','originalTimestamp':'2020-01-09T10:01:53.558Z',"
+        "'type':'track','properties':{'review_id':'r1','product_id':'p1',"
+        "'rating':2}}",
+        "[{'type':'person','action':'add_device','identifiers':{'id':"
+        "'12345'},'device':{'token':'abcxyz','last_used':1578564113,"
+        "'attributes':{'device_os':'Android','device_model':"
+        "'Android SDK built for x86','app_version':'1.0','device_locale':"
+        "'en-US','review_id':'r1','product_id':'p1','rating':2},"
+        "'platform':'android'}},"
+        "{'type':'person','action':'event','identifiers':{'id':'12345'},"
+        "'name':'Application Installed','id':'*','timestamp':1578564113,"
+        "'attributes':{'review_id':'r1','product_id':'p1','rating':2,"
+        "'anonymous_id':'7e32188a4dab669f'}}]");
+
+    expect_items("V-03: Application Uninstalled: delete_device, then the"
+                 " event",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'context':{'device':{'token':'abcxyz','type':'android'}},"
+        "'event':'Application Uninstalled','userId':'12345',"
+        "'originalTimestamp':'2020-01-09T10:01:53.558Z','type':'track'}",
+        "[{'type':'person','action':'delete_device','identifiers':{'id':"
+        "'12345'},'device':{'token':'abcxyz'}},"
+        "{'type':'person','action':'event','identifiers':{'id':'12345'},"
+        "'name':'Application Uninstalled','id':'*','timestamp':1578564113,"
+        "'attributes':{}}]");
+
+    expect_items("S-11: Application Opened on ios, app_version",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'type':'track','event':'Application Opened','userId':'abc123',"
+        "'timestamp':'2024-01-15T10:00:00.000Z','context':{'app':"
+        "{'version':'1.23'},'device':{'token':'device_123','type':'ios'}},"
+        "'properties':{}}",
+        "[{'type':'person','action':'add_device','identifiers':{'id':"
+        "'abc123'},'device':{'token':'device_123','platform':'ios',"
+        "'last_used':1705312800,'attributes':{'app_version':'1.23'}}},"
+        "{'type':'person','action':'event','identifiers':{'id':'abc123'},"
+        "'name':'Application Opened','id':'*','timestamp':1705312800,"
+        "'attributes':{}}]");
+
+    expect_items("S-12: Device Deleted: delete_device, then the event",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'type':'track','event':'Device Deleted','userId':'abc123',"
+        "'context':{'device':{'token':'device_123'}}}",
+        "[{'type':'person','action':'delete_device','identifiers':{'id':"
+        "'abc123'},'device':{'token':'device_123'}},"
+        "{'type':'person','action':'event','identifiers':{'id':'abc123'},"
+        "'name':'Device Deleted','id':'*','timestamp':1700000000,"
+        "'attributes':{}}]");
+
+    expect_items("Device Created or Updated, watchOS: ios, no type: no"
+                 " platform",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'u','event':'Device Created or Updated','context':"
+        "{'device':{'token':'t','type':'WatchOS'}}}",
+        "[{'type':'person','action':'add_device','identifiers':{'id':'u'},"
+        "'device':{'token':'t','platform':'ios','last_used':1700000000,"
+        "'attributes':{}}},{'type':'person','action':'event',"
+        "'identifiers':{'id':'u'},'name':'Device Created or Updated',"
+        "'id':'*','timestamp':1700000000,'attributes':{}}]");
+
+    it = first_item(NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'u','event':'Application Opened','context':{'device':"
+        "{'token':'t','type':'tvOS'}}}", NULL, NULL);
+    ok(it && strcmp(item_str(cJSON_GetObjectItem(it, "device"), "platform"),
+                    "ios") == 0, "tvOS is ios", NULL);
+    cJSON_Delete(it);
+
+    it = first_item(NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'u','event':'Application Opened','context':{'device':"
+        "{'token':'t','type':'mobile'}}}", NULL, NULL);
+    ok(it && strcmp(item_str(cJSON_GetObjectItem(it, "device"), "platform"),
+                    "mobile") == 0, "R-17's mobile type passes lower-cased",
+       NULL);
+    cJSON_Delete(it);
+
+    expect_items("R-18: Application Installed, anonymous, with a token:"
+                 " only the event",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'context':{'device':{'token':'somel','type':'mobile'}},"
+        "'type':'track','originalTimestamp':'2019-10-14T11:15:18.300Z',"
+        "'anonymousId':'c82c','event':'Application Installed',"
+        "'properties':{'user_actual_id':12345}}",
+        "[{'type':'person','action':'event','identifiers':{'anonymous_id':"
+        "'c82c'},'name':'Application Installed','id':'*','timestamp':"
+        "1571051718,'attributes':{'user_actual_id':12345}}]");
+
+    expect_items("R-17: Application Uninstalled, anonymous: only the event"
+                 " (RudderStack errors)",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'context':{'device':{'token':'somel','type':'mobile'}},"
+        "'type':'track','anonymousId':'c82c','event':"
+        "'Application Uninstalled'}",
+        "[{'type':'person','action':'event','identifiers':{'anonymous_id':"
+        "'c82c'},'name':'Application Uninstalled','id':'*','timestamp':"
+        "1700000000,'attributes':{}}]");
+
+    expect_items("R-20: Application Opened without a token: the event,"
+                 " timestamp with +05:30 wins over originalTimestamp",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'anonymousId':'5d72','context':{'device':{'type':'iOS'}},"
+        "'event':'Application Opened','originalTimestamp':"
+        "'2022-01-10T10:00:26.513Z','properties':{'from_background':false},"
+        "'timestamp':'2022-01-10T20:39:03.955+05:30','type':'track',"
+        "'userId':'e91e0378'}",
+        "[{'type':'person','action':'event','identifiers':{'id':"
+        "'e91e0378'},'name':'Application Opened','id':'*','timestamp':"
+        "1641827343,'attributes':{'from_background':false,'anonymous_id':"
+        "'5d72'}}]");
+
+    expect_items("User Unsuppressed: person unsuppress",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'u@x.io','event':'User Unsuppressed'}",
+        "[{'type':'person','action':'unsuppress','identifiers':{'email':"
+        "'u@x.io'}}]");
+
+    expect_call_error("User Deleted of an anonymous visitor is refused",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'anonymousId':'a','event':'User Deleted'}",
+        "\"User Deleted\" needs a userId");
+
+    /* device attributes are attributes too: 300 at most */
+    body = malloc(64 * 1024);
+    p = body + sprintf(body, "{'userId':'u','event':'Application Opened',"
+                       "'context':{'os':{'name':'iOS'},'device':{'token':"
+                       "'t'}},'properties':{");
+    for (i = 0; i < 300; i++) {
+        p += sprintf(p, "%s'k%03d':%d", i ? "," : "", i, i);
+    }
+    sprintf(p, "}}");
+
+    o = opts(NGX_HTTP_CIO_CALL_TRACK);
+    it = first_item(NGX_HTTP_CIO_CALL_TRACK, body, &o, NULL);
+    dattrs = cJSON_GetObjectItem(cJSON_GetObjectItem(it, "device"),
+                                 "attributes");
+    ok(it && cJSON_GetArraySize(dattrs) == 300
+       && cJSON_GetObjectItem(dattrs, "device_os")
+       && cJSON_GetObjectItem(dattrs, "k298")
+       && cJSON_GetObjectItem(dattrs, "k299") == NULL,
+       "device attributes: at most 300, the first kept", NULL);
+    cJSON_Delete(it);
+    free(body);
+}
+
+
+static void
+test_limit_edges(void)
+{
+    int                        i;
+    char                      *body, *p, detail[128];
+    cJSON                     *it, *attrs, *v;
+    size_t                     n;
+    unsigned                   changes;
+    ngx_http_cio_map_opts_t    o;
+    ngx_http_cio_map_result_t  res;
+
+    body = malloc(64 * 1024);
+
+    /* exactly 100 bytes: kept, nothing counted */
+    p = body + sprintf(body, "{'userId':'u','event':'");
+    memset(p, 'a', 100);
+    p += 100;
+    sprintf(p, "'}");
+
+    changes = 99;
+    it = first_item(NGX_HTTP_CIO_CALL_TRACK, body, NULL, &changes);
+    ok(it && strlen(item_str(it, "name")) == 100 && changes == 0,
+       "event name of exactly 100 bytes is kept, no change counted", NULL);
+    cJSON_Delete(it);
+
+    /* a page name: 98 bytes then a 3-byte character */
+    p = body + sprintf(body, "{'userId':'u','name':'");
+    memset(p, 'p', 98);
+    p += 98;
+    sprintf(p, "\xe2\x82\xac'}");
+
+    changes = 0;
+    it = first_item(NGX_HTTP_CIO_CALL_PAGE, body, NULL, &changes);
+    ok(it && strlen(item_str(it, "name")) == 98 && changes == 1,
+       "page name cut before a 3-byte character", NULL);
+    cJSON_Delete(it);
+
+    /* screen X: 85 bytes then a 4-byte emoji → X cut to 85 */
+    p = body + sprintf(body, "{'userId':'u','name':'");
+    memset(p, 's', 85);
+    p += 85;
+    sprintf(p, "\xf0\x9f\x98\x80'}");
+
+    it = first_item(NGX_HTTP_CIO_CALL_SCREEN, body, NULL, &changes);
+    ok(it && strlen(item_str(it, "name")) == 99
+       && strcmp(item_str(it, "name") + 92, " Screen") == 0,
+       "screen X cut before a 4-byte character", item_str(it, "name"));
+    cJSON_Delete(it);
+
+    /* native screen names are cut to 100 too */
+    o = opts(NGX_HTTP_CIO_CALL_SCREEN);
+    o.screen_native = 1;
+    p = body + sprintf(body, "{'userId':'u','name':'");
+    memset(p, 'n', 140);
+    p += 140;
+    sprintf(p, "'}");
+
+    it = first_item(NGX_HTTP_CIO_CALL_SCREEN, body, &o, NULL);
+    ok(it && strlen(item_str(it, "name")) == 100,
+       "native screen name cut to 100 bytes", NULL);
+    cJSON_Delete(it);
+
+    /* attribute name of exactly 150 bytes is kept */
+    p = body + sprintf(body, "{'userId':'u','event':'e','properties':{'");
+    memset(p, 'k', 150);
+    p += 150;
+    sprintf(p, "':1}}");
+
+    changes = 0;
+    it = first_item(NGX_HTTP_CIO_CALL_TRACK, body, NULL, &changes);
+    attrs = cJSON_GetObjectItem(it, "attributes");
+    ok(it && cJSON_GetArraySize(attrs) == 1 && changes == 0,
+       "attribute name of exactly 150 bytes is kept", NULL);
+    cJSON_Delete(it);
+
+    /* values: 1000 kept; a 2-byte character across the limit; nested */
+    p = body + sprintf(body, "{'userId':'u','event':'e','properties':"
+                       "{'a':'");
+    memset(p, 'a', 1000);
+    p += 1000;
+    p += sprintf(p, "','b':'");
+    memset(p, 'b', 999);
+    p += 999;
+    p += sprintf(p, "\xc3\xa9','c':{'d':['");
+    memset(p, 'c', 1200);
+    p += 1200;
+    sprintf(p, "']}}}");
+
+    changes = 0;
+    it = first_item(NGX_HTTP_CIO_CALL_TRACK, body, NULL, &changes);
+    attrs = cJSON_GetObjectItem(it, "attributes");
+    v = cJSON_GetArrayItem(cJSON_GetObjectItem(cJSON_GetObjectItem(attrs,
+                                                                   "c"),
+                                               "d"), 0);
+    snprintf(detail, sizeof(detail), "a %zu, b %zu, changes %u",
+             strlen(item_str(attrs, "a")), strlen(item_str(attrs, "b")),
+             changes);
+    ok(it && strlen(item_str(attrs, "a")) == 1000
+       && strlen(item_str(attrs, "b")) == 999
+       && cJSON_IsString(v) && strlen(v->valuestring) == 1000
+       && changes == 2,
+       "values: 1000 bytes kept, cut at a UTF-8 boundary, nested too",
+       detail);
+    cJSON_Delete(it);
+
+    /* 300 traits and an anonymousId: anonymous_id is one of the 300 */
+    p = body + sprintf(body, "{'userId':'u','anonymousId':'a',"
+                       "'traits':{");
+    for (i = 0; i < 300; i++) {
+        p += sprintf(p, "%s'k%03d':%d", i ? "," : "", i, i);
+    }
+    sprintf(p, ",'createdAt':'2020-01-01T00:00:00Z'}}");
+
+    changes = 0;
+    it = first_item(NGX_HTTP_CIO_CALL_IDENTIFY, body, NULL, &changes);
+    attrs = cJSON_GetObjectItem(it, "attributes");
+    snprintf(detail, sizeof(detail), "%d attributes, changes %u",
+             cJSON_GetArraySize(attrs), changes);
+    ok(it && cJSON_GetArraySize(attrs) == 300
+       && cJSON_GetObjectItem(attrs, "anonymous_id")
+       && cJSON_GetObjectItem(attrs, "k000")
+       && cJSON_GetObjectItem(attrs, "k298")
+       && cJSON_GetObjectItem(attrs, "k299") == NULL
+       && cJSON_GetObjectItem(attrs, "created_at") == NULL
+       && changes == 2,
+       "300 attributes at most, anonymous_id included", detail);
+    cJSON_Delete(it);
+
+    /* 299 traits + createdAt: created_at replaces it, anonymous_id evicts */
+    p = body + sprintf(body, "{'userId':'u','anonymousId':'a',"
+                       "'traits':{'createdAt':'2020-01-01T00:00:00Z'");
+    for (i = 0; i < 299; i++) {
+        p += sprintf(p, ",'k%03d':%d", i, i);
+    }
+    sprintf(p, "}}");
+
+    it = first_item(NGX_HTTP_CIO_CALL_IDENTIFY, body, NULL, NULL);
+    attrs = cJSON_GetObjectItem(it, "attributes");
+    ok(it && cJSON_GetArraySize(attrs) == 300
+       && item_num(attrs, "created_at") == 1577836800
+       && cJSON_GetObjectItem(attrs, "anonymous_id")
+       && cJSON_GetObjectItem(attrs, "k298") == NULL,
+       "created_at and anonymous_id keep their place within 300", NULL);
+    cJSON_Delete(it);
+
+    /* the request and batch-size limits follow the options */
+    o = opts(NGX_HTTP_CIO_CALL_BATCH);
+    o.max_batch_calls = 2;
+    map("{'batch':[{'type':'track','userId':'u','event':'e'},"
+        "{'type':'track','userId':'u','event':'e'}]}", &o, &res);
+    ok(res.ncalls == 2 && res.error[0] == '\0',
+       "max_batch_calls: exactly the cap is accepted", res.error);
+    ngx_http_cio_map_result_free(&res);
+
+    o.max_batch_calls = 0;
+    map("{'batch':[{},{},{},{},{}]}", &o, &res);
+    ok(res.ncalls == 5, "max_batch_calls 0: no cap", res.error);
+    ngx_http_cio_map_result_free(&res);
+
+    /* an item exactly at max_item_size passes, one byte less refuses */
+    o = opts(NGX_HTTP_CIO_CALL_IDENTIFY);
+    map("{'userId':'u','traits':{'a':'xxxxxxxxxx'}}", &o, &res);
+
+    if (res.ncalls == 1 && res.calls[0].nitems == 1) {
+        n = res.calls[0].item_len[0];
+        ngx_http_cio_map_result_free(&res);
+
+        o.max_item_size = n;
+        map("{'userId':'u','traits':{'a':'xxxxxxxxxx'}}", &o, &res);
+        ok(res.calls[0].nitems == 1, "an item of exactly max_item_size",
+           res.calls[0].error);
+        ngx_http_cio_map_result_free(&res);
+
+        o.max_item_size = n - 1;
+        map("{'userId':'u','traits':{'a':'xxxxxxxxxx'}}", &o, &res);
+        ok(res.calls[0].nitems == 0 && res.calls[0].error[0],
+           "an item one byte over max_item_size", NULL);
+    }
+
+    ngx_http_cio_map_result_free(&res);
+    free(body);
+}
+
+
+static void
+test_amplitude(void)
+{
+    char                       body[2048];
+    cJSON                     *a, *b;
+    ngx_http_cio_map_opts_t    o;
+    ngx_http_cio_map_result_t  res;
+
+    o = opts(NGX_HTTP_CIO_CALL_AMPLITUDE);
+
+    /* the request @amplitude/analytics-node sent (ingest-apis.md §4.5) */
+    expect_calls("Amplitude: track, $identify, $groupidentify, setGroup"
+                 " and revenue from the node SDK",
+        &o,
+        "{'api_key':'AMP_API_KEY_abc','events':["
+        "{'time':1704164645678,'insert_id':'ins-1','event_type':"
+        "'Button Clicked','user_id':'user@example.com','ip':'203.0.113.7',"
+        "'event_properties':{'color':'red'},'event_id':0,'library':"
+        "'amplitude-node-ts/1.5.73'},"
+        "{'time':1795349890172,'insert_id':'5fcfe52b','user_id':"
+        "'user@example.com','device_id':'dev-1','event_type':'$identify',"
+        "'user_properties':{'$set':{'plan':'pro'},'$add':{'logins':1},"
+        "'$setOnce':{'first_seen':'2024-01-01'}},'event_id':1},"
+        "{'time':1795349890173,'insert_id':'i3','user_id':"
+        "'user@example.com','event_type':'$groupidentify',"
+        "'group_properties':{'$set':{'tier':'gold'}},'groups':{'org':"
+        "'acme'},'event_id':2},"
+        "{'time':1795349890174,'user_id':'user@example.com','event_type':"
+        "'$identify','user_properties':{'$set':{'org':'acme'}},'groups':"
+        "{'org':'acme'}},"
+        "{'time':1795349890175,'user_id':'user@example.com','event_type':"
+        "'revenue_amount','event_properties':{'$productId':'sku-1',"
+        "'$quantity':2,'$price':9.99}}],"
+        "'options':{},'client_upload_time':'2026-11-22T12:18:10.472Z'}",
+        "[[{'type':'person','action':'event','identifiers':{'email':"
+        "'user@example.com'},'name':'Button Clicked','id':'*',"
+        "'timestamp':1704164645,'attributes':{'color':'red'}}],"
+        "[{'type':'person','action':'identify','identifiers':{'email':"
+        "'user@example.com'},'attributes':{'first_seen':1704067200,"
+        "'plan':'pro','anonymous_id':'dev-1'}}],"
+        "[{'type':'object','action':'identify','identifiers':"
+        "{'object_type_id':'1','object_id':'acme'},'attributes':{'tier':"
+        "'gold'},'cio_relationships':[{'identifiers':{'email':"
+        "'user@example.com'}}]}],"
+        "[{'type':'person','action':'identify','identifiers':{'email':"
+        "'user@example.com'},'attributes':{'org':'acme'}}],"
+        "[{'type':'person','action':'event','identifiers':{'email':"
+        "'user@example.com'},'name':'revenue_amount','id':'*',"
+        "'timestamp':1795349890,'attributes':{'$productId':'sku-1',"
+        "'$quantity':2,'$price':9.99}}]]");
+
+    map("{'api_key':'AMP_KEY','writeKey':'other','events':["
+        "{'event_type':'a','device_id':'d'},"
+        "{'event_type':'$identify','device_id':'d'},"
+        "{'event_type':'$groupidentify','device_id':'d','groups':"
+        "{'t':'g'}},{'device_id':'d'}]}", &o, &res);
+    ok(res.write_key && strcmp(res.write_key, "AMP_KEY") == 0,
+       "Amplitude: the write key is api_key", res.write_key);
+    ok(res.ncalls == 4 && res.calls[0].type == NGX_HTTP_CIO_CALL_TRACK
+       && res.calls[1].type == NGX_HTTP_CIO_CALL_IDENTIFY
+       && res.calls[2].type == NGX_HTTP_CIO_CALL_GROUP
+       && res.calls[3].type == NGX_HTTP_CIO_CALL_UNKNOWN,
+       "Amplitude: call types track, identify, group, unknown", NULL);
+    ngx_http_cio_map_result_free(&res);
+
+    ok(strcmp(ngx_http_cio_call_name(NGX_HTTP_CIO_CALL_AMPLITUDE),
+              "amplitude") == 0
+       && strcmp(ngx_http_cio_call_name(99), "unknown") == 0,
+       "call names", NULL);
+
+    expect_calls("Amplitude: identity rules as Segment's, device_id is"
+                 " anonymous_id",
+        &o,
+        "{'api_key':'k','events':["
+        "{'event_type':'e','device_id':'dev-1','time':1600000000000},"
+        "{'event_type':'e','user_id':'cio_42','time':1600000000000},"
+        "{'event_type':'e','user_id':42,'device_id':'d2','time':"
+        "1600000000000},"
+        "{'event_type':'e','user_id':'','device_id':'d3','time':"
+        "1600000000000}]}",
+        "[[{'type':'person','action':'event','identifiers':{'anonymous_id':"
+        "'dev-1'},'name':'e','id':'*','timestamp':1600000000,'attributes':"
+        "{}}],"
+        "[{'type':'person','action':'event','identifiers':{'cio_id':'42'},"
+        "'name':'e','id':'*','timestamp':1600000000,'attributes':{}}],"
+        "[{'type':'person','action':'event','identifiers':{'id':42},"
+        "'name':'e','id':'*','timestamp':1600000000,'attributes':"
+        "{'anonymous_id':'d2'}}],"
+        "[{'type':'person','action':'event','identifiers':{'anonymous_id':"
+        "'d3'},'name':'e','id':'*','timestamp':1600000000,'attributes':"
+        "{}}]]");
+
+    expect_calls("Amplitude: user_properties and groups nested in the"
+                 " event's attributes",
+        &o,
+        "{'api_key':'k','events':[{'event_type':'Play','user_id':'u',"
+        "'event_properties':{'song':'x','groups':'mine'},"
+        "'user_properties':{'$set':{'plan':'pro'}},'groups':{'org':"
+        "['a','b']}},"
+        "{'event_type':'Play','user_id':'u','event_properties':'bad',"
+        "'user_properties':[1],'groups':'g'}]}",
+        "[[{'type':'person','action':'event','identifiers':{'id':'u'},"
+        "'name':'Play','id':'*','timestamp':1700000000,'attributes':"
+        "{'song':'x','groups':{'org':['a','b']},'user_properties':"
+        "{'$set':{'plan':'pro'}}}}],"
+        "[{'type':'person','action':'event','identifiers':{'id':'u'},"
+        "'name':'Play','id':'*','timestamp':1700000000,'attributes':"
+        "{}}]]");
+
+    expect_calls("Amplitude $identify: plain properties; $set wins over"
+                 " plain over $setOnce; other operators dropped; no"
+                 " e-mail fallback",
+        &o,
+        "{'api_key':'k','events':["
+        "{'event_type':'$identify','user_id':'u','user_properties':"
+        "{'plan':'free','age':3}},"
+        "{'event_type':'$identify','user_id':'u','user_properties':"
+        "{'$setOnce':{'a':1,'b':1,'c':1},'b':2,'c':2,'$set':{'c':3},"
+        "'$unset':{'d':'-'},'$append':{'e':1}}},"
+        "{'event_type':'$identify','device_id':'d','user_properties':"
+        "{'$set':{'email':'x@y.io'}},'time':1600000000000},"
+        "{'event_type':'$identify','user_id':'u','user_properties':7}]}",
+        "[[{'type':'person','action':'identify','identifiers':{'id':'u'},"
+        "'attributes':{'plan':'free','age':3}}],"
+        "[{'type':'person','action':'identify','identifiers':{'id':'u'},"
+        "'attributes':{'a':1,'b':2,'c':3}}],"
+        "[{'type':'person','action':'identify','identifiers':"
+        "{'anonymous_id':'d'},'attributes':{'email':'x@y.io'}}],"
+        "[{'type':'person','action':'identify','identifiers':{'id':'u'},"
+        "'attributes':{}}]]");
+
+    expect_calls("Amplitude: Segment's special names are plain events",
+        &o,
+        "{'api_key':'k','events':["
+        "{'event_type':'User Deleted','user_id':'u'},"
+        "{'event_type':'Application Installed','user_id':'u'}]}",
+        "[[{'type':'person','action':'event','identifiers':{'id':'u'},"
+        "'name':'User Deleted','id':'*','timestamp':1700000000,"
+        "'attributes':{}}],"
+        "[{'type':'person','action':'event','identifiers':{'id':'u'},"
+        "'name':'Application Installed','id':'*','timestamp':1700000000,"
+        "'attributes':{}}]]");
+
+    expect_calls("Amplitude: $groupidentify with a numeric group and an"
+                 " anonymous device",
+        &o,
+        "{'api_key':'k','events':[{'event_type':'$groupidentify',"
+        "'device_id':'d','groups':{'company':7},'group_properties':"
+        "{'size':5}}]}",
+        "[[{'type':'object','action':'identify_anonymous','identifiers':"
+        "{'object_type_id':'1','object_id':'7'},'attributes':{'size':5},"
+        "'cio_relationships':[{'identifiers':{'anonymous_id':'d'}}]}]]");
+
+    snprintf(body, sizeof(body),
+             "{'api_key':'k','events':["
+             "{'user_id':'u'},"
+             "{'event_type':'','user_id':'u'},"
+             "{'event_type':7,'user_id':'u'},"
+             "{'event_type':'e'},"
+             "{'event_type':'e','user_id':'','device_id':''},"
+             "{'event_type':'e','user_id':null,'device_id':{}},"
+             "5,"
+             "{'event_type':'$groupidentify','user_id':'u','groups':"
+             "{'a':'x','b':'y'}},"
+             "{'event_type':'$groupidentify','user_id':'u','groups':"
+             "{'a':['x','y']}},"
+             "{'event_type':'$groupidentify','user_id':'u'},"
+             "{'event_type':'$groupidentify','user_id':'u','groups':"
+             "{'a':''}},"
+             "{'event_type':'e','user_id':'%0151d'},"
+             "{'event_type':'e','device_id':'%0151d'},"
+             "{'event_type':'$groupidentify','user_id':'u','groups':"
+             "{'a':'%0151d'}},"
+             "{'event_type':'e','user_id':1e300}]}", 1, 1, 1);
+
+    expect_calls("Amplitude: per-event errors", &o, body,
+        "[{'error':'event_type is required'},"
+        "{'error':'event_type is required'},"
+        "{'error':'event_type is required'},"
+        "{'error':'user_id or device_id is required'},"
+        "{'error':'user_id or device_id is required'},"
+        "{'error':'user_id or device_id is required'},"
+        "{'error':'event must be a JSON object'},"
+        "{'error':'unsupported event_type'},"
+        "{'error':'unsupported event_type'},"
+        "{'error':'unsupported event_type'},"
+        "{'error':'unsupported event_type'},"
+        "{'error':'user_id is longer than 150 bytes'},"
+        "{'error':'device_id is longer than 150 bytes'},"
+        "{'error':'groups is longer than 150 bytes'},"
+        "{'error':'user_id is a number too large to be exact'}]");
+
+    expect_request_error("Amplitude: invalid JSON",
+        NGX_HTTP_CIO_CALL_AMPLITUDE, "{'api_key':", 11, "invalid JSON");
+    expect_request_error("Amplitude: not an object",
+        NGX_HTTP_CIO_CALL_AMPLITUDE, "[]", 2, "body must be a JSON object");
+    expect_request_error("Amplitude: no api_key",
+        NGX_HTTP_CIO_CALL_AMPLITUDE, "{'events':[{}]}", 15,
+        "api_key is missing");
+    expect_request_error("Amplitude: empty api_key",
+        NGX_HTTP_CIO_CALL_AMPLITUDE, "{'api_key':'','events':[{}]}", 28,
+        "api_key is missing");
+    expect_request_error("Amplitude: numeric api_key",
+        NGX_HTTP_CIO_CALL_AMPLITUDE, "{'api_key':5,'events':[{}]}", 27,
+        "api_key is missing");
+    expect_request_error("Amplitude: no events",
+        NGX_HTTP_CIO_CALL_AMPLITUDE, "{'api_key':'k'}", 15,
+        "events must be a non-empty array");
+    expect_request_error("Amplitude: events an object",
+        NGX_HTTP_CIO_CALL_AMPLITUDE, "{'api_key':'k','events':{'a':1}}", 32,
+        "events must be a non-empty array");
+    expect_request_error("Amplitude: events empty",
+        NGX_HTTP_CIO_CALL_AMPLITUDE, "{'api_key':'k','events':[]}", 27,
+        "events must be a non-empty array");
+    expect_request_error("Amplitude: more events than max_batch_calls",
+        NGX_HTTP_CIO_CALL_AMPLITUDE,
+        "{'api_key':'k','events':[{},{},{},{}]}", 38,
+        "too many events in batch (max 3)");
+
+    /* insert_id seeds the dedupe id, as messageId does */
+    a = first_item(NGX_HTTP_CIO_CALL_AMPLITUDE,
+        "{'api_key':'k','events':[{'event_type':'e','user_id':'u',"
+        "'insert_id':'ins-1','time':1700000000000}]}", &o, NULL);
+    b = first_item(NGX_HTTP_CIO_CALL_AMPLITUDE,
+        "{'api_key':'k','events':[{'event_type':'e','user_id':'u',"
+        "'insert_id':'ins-1','time':1700000000000,'event_properties':"
+        "{'x':1}}]}", &o, NULL);
+    ok(a && b && strcmp(item_str(a, "id"), item_str(b, "id")) == 0
+       && strncmp(item_str(a, "id"), "01HF7YAT00", 10) == 0,
+       "Amplitude: the same insert_id gives the same id", item_str(a, "id"));
+    cJSON_Delete(b);
+
+    b = first_item(NGX_HTTP_CIO_CALL_AMPLITUDE,
+        "{'api_key':'k','events':[{'event_type':'e','user_id':'u',"
+        "'insert_id':'ins-2','time':1700000000000}]}", &o, NULL);
+    ok(a && b && strcmp(item_str(a, "id"), item_str(b, "id")) != 0,
+       "Amplitude: another insert_id gives another id", NULL);
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+
+    a = first_item(NGX_HTTP_CIO_CALL_AMPLITUDE,
+        "{'api_key':'k','events':[{'event_type':'e','user_id':'u',"
+        "'time':1700000000000}],'client_upload_time':"
+        "'2026-11-22T12:18:10.472Z'}", &o, NULL);
+    b = first_item(NGX_HTTP_CIO_CALL_AMPLITUDE,
+        "{'api_key':'k','events':[{'event_type':'e','user_id':'u',"
+        "'time':1700000000000}],'client_upload_time':"
+        "'2026-11-22T12:18:11.000Z'}", &o, NULL);
+    ok(a && b && strcmp(item_str(a, "id"), item_str(b, "id")) == 0,
+       "Amplitude: no insert_id, a resend gets the same id", NULL);
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+}
+
+
+static void
+test_filters(void)
+{
+    const char                *allow[] = { "Order Completed", "A" };
+    const char                *deny[] = { "Spam", "Viewed Home Screen",
+                                          "Home", "Application Opened" };
+    const char                *consent[] = { "C0003", "ads" };
+    ngx_http_cio_map_opts_t    o;
+    ngx_http_cio_map_result_t  res;
+
+    o = opts(NGX_HTTP_CIO_CALL_BATCH);
+    o.events_allow = allow;
+    o.nevents_allow = 2;
+
+    expect_calls("allow list: only listed track names; other call types"
+                 " pass; names are case-sensitive",
+        &o,
+        "{'batch':[{'type':'track','userId':'u','event':'Order Completed'},"
+        "{'type':'track','userId':'u','event':'Signed Up'},"
+        "{'type':'track','userId':'u','event':'order completed'},"
+        "{'type':'identify','userId':'u'},"
+        "{'type':'page','userId':'u','name':'Home'},"
+        "{'type':'screen','userId':'u','name':'Home'},"
+        "{'type':'group','userId':'u','groupId':'g'},"
+        "{'type':'alias','userId':'u','previousId':'p'},"
+        "{'type':'track','event':'Signed Up'}]}",
+        "[[{'type':'person','action':'event','identifiers':{'id':'u'},"
+        "'name':'Order Completed','id':'*','timestamp':1700000000,"
+        "'attributes':{}}],"
+        "'filtered','filtered',"
+        "[{'type':'person','action':'identify','identifiers':{'id':'u'},"
+        "'attributes':{}}],"
+        "[{'type':'person','action':'page','identifiers':{'id':'u'},"
+        "'name':'Home','id':'*','timestamp':1700000000,'attributes':{}}],"
+        "[{'type':'person','action':'event','identifiers':{'id':'u'},"
+        "'name':'Viewed Home Screen','id':'*','timestamp':1700000000,"
+        "'attributes':{}}],"
+        "[{'type':'object','action':'identify','identifiers':"
+        "{'object_type_id':'1','object_id':'g'},'attributes':{},"
+        "'cio_relationships':[{'identifiers':{'id':'u'}}]}],"
+        "[{'type':'person','action':'merge','primary':{'id':'u'},"
+        "'secondary':{'id':'p'}}],"
+        "{'error':'userId or anonymousId is required'}]");
+
+    map("{'batch':[{'type':'track','userId':'u','event':'A'},"
+        "{'type':'track','userId':'u','event':'B'},"
+        "{'type':'track','userId':'u','event':'C'}]}", &o, &res);
+    ok(res.nfiltered == 2 && res.calls[1].filtered && res.calls[2].filtered
+       && !res.calls[0].filtered,
+       "nfiltered counts the filtered calls", NULL);
+    ngx_http_cio_map_result_free(&res);
+
+    o = opts(NGX_HTTP_CIO_CALL_BATCH);
+    o.events_deny = deny;
+    o.nevents_deny = 4;
+
+    expect_calls("deny list: listed track names dropped, device items"
+                 " too; screens and pages are not named events",
+        &o,
+        "{'batch':[{'type':'track','userId':'u','event':'Spam'},"
+        "{'type':'track','userId':'u','event':'Ham'},"
+        "{'type':'screen','userId':'u','name':'Home'},"
+        "{'type':'page','userId':'u','name':'Spam'},"
+        "{'type':'track','userId':'u','event':'Application Opened',"
+        "'context':{'device':{'token':'t'}}}]}",
+        "['filtered',"
+        "[{'type':'person','action':'event','identifiers':{'id':'u'},"
+        "'name':'Ham','id':'*','timestamp':1700000000,'attributes':{}}],"
+        "[{'type':'person','action':'event','identifiers':{'id':'u'},"
+        "'name':'Viewed Home Screen','id':'*','timestamp':1700000000,"
+        "'attributes':{}}],"
+        "[{'type':'person','action':'page','identifiers':{'id':'u'},"
+        "'name':'Spam','id':'*','timestamp':1700000000,'attributes':{}}],"
+        "'filtered']");
+
+    o = opts(NGX_HTTP_CIO_CALL_TRACK);
+    o.events_deny = deny;
+    o.nevents_deny = 4;
+
+    map("{'userId':'u','event':'Spam'}", &o, &res);
+    ok(res.ncalls == 1 && res.calls[0].filtered
+       && res.calls[0].nitems == 0 && res.calls[0].error[0] == '\0'
+       && res.nfiltered == 1,
+       "a single call filtered: no item, no error, counted", NULL);
+    ngx_http_cio_map_result_free(&res);
+
+    expect_call_error("an invalid call is refused, not filtered",
+        NGX_HTTP_CIO_CALL_TRACK, "{'event':'Spam'}",
+        "userId or anonymousId is required");
+
+    o = opts(NGX_HTTP_CIO_CALL_TRACK);
+    o.events_deny = deny;
+    o.nevents_deny = 4;
+    map("{'event':'Spam'}", &o, &res);
+    ok(res.ncalls == 1 && !res.calls[0].filtered && res.nfiltered == 0
+       && strcmp(res.calls[0].error, "userId or anonymousId is required")
+          == 0,
+       "a denied name on an invalid call: refused, not filtered", NULL);
+    ngx_http_cio_map_result_free(&res);
+
+    /* allow and deny together: both apply */
+    o = opts(NGX_HTTP_CIO_CALL_BATCH);
+    o.events_allow = allow;
+    o.nevents_allow = 2;
+    o.events_deny = allow + 1;
+    o.nevents_deny = 1;
+
+    expect_calls("allow and deny together: denied even when allowed", &o,
+        "{'batch':[{'type':'track','userId':'u','event':'A'},"
+        "{'type':'track','userId':'u','event':'Order Completed'}]}",
+        "['filtered',[{'type':'person','action':'event','identifiers':"
+        "{'id':'u'},'name':'Order Completed','id':'*','timestamp':"
+        "1700000000,'attributes':{}}]]");
+
+    /* consent */
+    o = opts(NGX_HTTP_CIO_CALL_BATCH);
+    o.consent_deny = consent;
+    o.nconsent_deny = 2;
+
+    expect_calls("consent: a denied consent id filters any call type;"
+                 " batch-level context counts; allowed ids do not",
+        &o,
+        "{'context':{'consentManagement':{'deniedConsentIds':['C0003']}},"
+        "'batch':[{'type':'identify','userId':'u'},"
+        "{'type':'track','userId':'u','event':'e','context':"
+        "{'consentManagement':{'deniedConsentIds':['C0001'],"
+        "'allowedConsentIds':['C0003']}}},"
+        "{'type':'track','userId':'u','event':'e','context':"
+        "{'consentManagement':{'deniedConsentIds':['C0001','ads']}}},"
+        "{'type':'group','userId':'u','groupId':'g','context':"
+        "{'consentManagement':{'deniedConsentIds':'ads'}}},"
+        "{'type':'page','userId':'u','name':'p','context':"
+        "{'consentManagement':{'deniedConsentIds':[3,null,'ADS']}}}]}",
+        "['filtered',"
+        "[{'type':'person','action':'event','identifiers':{'id':'u'},"
+        "'name':'e','id':'*','timestamp':1700000000,'attributes':{}}],"
+        "'filtered',"
+        "[{'type':'object','action':'identify','identifiers':"
+        "{'object_type_id':'1','object_id':'g'},'attributes':{},"
+        "'cio_relationships':[{'identifiers':{'id':'u'}}]}],"
+        "[{'type':'person','action':'page','identifiers':{'id':'u'},"
+        "'name':'p','id':'*','timestamp':1700000000,'attributes':{}}]]");
+
+    o = opts(NGX_HTTP_CIO_CALL_IDENTIFY);
+    expect_items_o("no consent_deny configured: nothing is filtered", &o,
+        "{'userId':'u','context':{'consentManagement':{'deniedConsentIds':"
+        "['C0003']}}}",
+        "[{'type':'person','action':'identify','identifiers':{'id':'u'},"
+        "'attributes':{}}]");
+
+    /* Amplitude: event_type is the name; $identify is not an event */
+    o = opts(NGX_HTTP_CIO_CALL_AMPLITUDE);
+    o.events_allow = allow;
+    o.nevents_allow = 2;
+
+    map("{'api_key':'k','events':[{'event_type':'A','user_id':'u'},"
+        "{'event_type':'B','user_id':'u'},"
+        "{'event_type':'$identify','user_id':'u'},"
+        "{'event_type':'$groupidentify','user_id':'u','groups':"
+        "{'t':'g'}}]}", &o, &res);
+    ok(res.ncalls == 4 && !res.calls[0].filtered && res.calls[1].filtered
+       && !res.calls[2].filtered && res.calls[2].nitems == 1
+       && !res.calls[3].filtered && res.calls[3].nitems == 1
+       && res.nfiltered == 1,
+       "Amplitude: allow list on event_type, identify and group pass",
+       NULL);
+    ngx_http_cio_map_result_free(&res);
+}
+
+
+static void
+test_client_ip(void)
+{
+    char                       *x, *y;
+    size_t                      i;
+    ngx_http_cio_map_opts_t     o;
+    ngx_http_cio_map_result_t   r1, r2;
+
+    static const struct {
+        int          route;
+        const char  *body;
+    } cases[] = {
+        { NGX_HTTP_CIO_CALL_TRACK, "{'userId':'u','event':'e'}" },
+        { NGX_HTTP_CIO_CALL_IDENTIFY,
+          "{'userId':'u','traits':{'a':1},'context':{'ip':'10.0.0.1'}}" },
+        { NGX_HTTP_CIO_CALL_PAGE, "{'anonymousId':'a','name':'p'}" },
+        { NGX_HTTP_CIO_CALL_GROUP, "{'userId':'u','groupId':'g'}" },
+        { NGX_HTTP_CIO_CALL_AMPLITUDE,
+          "{'api_key':'k','events':[{'event_type':'e','user_id':'u',"
+          "'ip':'$remote'}]}" },
+        { 0, NULL }
+    };
+
+    /*
+     * Neither peer destination puts the client address in what it sends
+     * to Customer.io, so neither do we: the items, their dedupe ids
+     * included, do not depend on it.
+     */
+    for (i = 0; cases[i].body; i++) {
+        o = opts(cases[i].route);
+        map(cases[i].body, &o, &r1);
+
+        o.client_ip = "203.0.113.9";
+        map(cases[i].body, &o, &r2);
+
+        x = r1.ncalls ? items_of(&r1, 0) : NULL;
+        y = r2.ncalls ? items_of(&r2, 0) : NULL;
+
+        ok(x && y && r1.calls[0].nitems == 1 && strcmp(x, y) == 0
+           && strstr(x, "203.0.113") == NULL && strstr(x, "10.0.0") == NULL,
+           "client_ip is not sent to Customer.io", x);
+
+        free(x);
+        free(y);
+        ngx_http_cio_map_result_free(&r1);
+        ngx_http_cio_map_result_free(&r2);
+    }
+}
+
+
+static void
+test_dedupe(void)
+{
+    cJSON                    *a, *b;
+    ngx_http_cio_map_opts_t   o;
+
+    /* a resend has another sentAt and arrives later: the id stays */
+    o = opts(NGX_HTTP_CIO_CALL_TRACK);
+    a = first_item(NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'u','event':'e','messageId':'m',"
+        "'timestamp':'2023-11-14T22:13:00Z',"
+        "'sentAt':'2023-11-14T22:13:10Z'}", &o, NULL);
+    o.received_ms += 60123;
+    b = first_item(NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'u','event':'e','messageId':'m',"
+        "'timestamp':'2023-11-14T22:13:00Z',"
+        "'sentAt':'2023-11-14T22:14:10.007Z'}", &o, NULL);
+    ok(a && b && strcmp(item_str(a, "id"), item_str(b, "id")) == 0
+       && item_num(a, "timestamp") == 1699999990
+       && item_num(b, "timestamp") == 1699999990,
+       "a resend with a new sentAt keeps the id; time is corrected",
+       item_str(b, "id"));
+    ok(a && ulid_ms(item_str(a, "id")) == 1699999980000LL,
+       "the id's time part is the call's own time", item_str(a, "id"));
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+
+    o = opts(NGX_HTTP_CIO_CALL_TRACK);
+    a = first_item(NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'u','event':'e','timestamp':'2023-11-14T22:13:00Z',"
+        "'sentAt':'2023-11-14T22:13:10Z','properties':{'x':1}}", &o, NULL);
+    o.received_ms += 5000;
+    b = first_item(NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'u','event':'e','timestamp':'2023-11-14T22:13:00Z',"
+        "'sentAt':'2023-11-14T22:13:15Z','properties':{'x':1}}", &o, NULL);
+    ok(a && b && strcmp(item_str(a, "id"), item_str(b, "id")) == 0,
+       "no messageId: sentAt is not part of the hashed event", NULL);
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+}
+
+
 int
 main(void)
 {
@@ -796,6 +2470,15 @@ main(void)
     test_devices();
     test_limits();
     test_batch();
+    test_identity_edges();
+    test_time_edges();
+    test_peer_calls();
+    test_device_peers();
+    test_limit_edges();
+    test_amplitude();
+    test_filters();
+    test_client_ip();
+    test_dedupe();
 
     printf("%d passed, %d failed\n", passed, failed);
 
