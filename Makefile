@@ -79,8 +79,8 @@ clean:
 #
 # The fuzz target is always built in build/ with clang (libFuzzer comes
 # with clang's compiler-rt), ASan and UBSan; scripts/fuzz-deps.sh installs
-# them when missing.  FUZZ_STRICT_UTF8=1 in the environment also makes
-# items that are not valid UTF-8 a failure.
+# them when missing.  Items that are not valid UTF-8 are a failure
+# (FUZZ_STRICT_UTF8=0 in the environment allows them).
 
 FUZZ_TIME ?= 60
 FUZZ_CC ?= clang

@@ -100,6 +100,8 @@ static int ngx_http_cio_map_parse_time(const cJSON *v, int64_t *ms);
 static int ngx_http_cio_map_iso8601(const char *s, int64_t *ms);
 static void ngx_http_cio_map_ulid(int64_t ms, const char *seed, size_t len,
     char *out);
+static char *ngx_http_cio_map_utf8(ngx_http_cio_map_ctx_t *ctx, char *s);
+static size_t ngx_http_cio_map_utf8_len(const unsigned char *p);
 static char *ngx_http_cio_map_cut(const char *s, size_t max, size_t *len);
 static const cJSON *ngx_http_cio_map_get(const cJSON *o, const char *k);
 static const cJSON *ngx_http_cio_map_path(const cJSON *o, const char *a,
@@ -650,6 +652,10 @@ ngx_http_cio_map_call(ngx_http_cio_map_ctx_t *ctx, cJSON *call, int type,
 
     for (i = 0; rc == 0 && i < n; i++) {
         s = cJSON_PrintUnformatted(items[i]);
+
+        if (s != NULL) {
+            s = ngx_http_cio_map_utf8(ctx, s);
+        }
 
         if (s == NULL) {
             snprintf(out->error, NGX_HTTP_CIO_MAP_ERRLEN, "out of memory");
@@ -1986,6 +1992,104 @@ ngx_http_cio_map_ulid(int64_t ms, const char *seed, size_t len, char *out)
 
 
 /* a malloc()ed copy of at most max bytes, never ending inside a character */
+
+/*
+ * JSON between systems must be UTF-8 (RFC 8259) and cJSON passes any byte
+ * through, so a stray Latin-1 byte from a client would make the whole
+ * batch unreadable to Customer.io.  Each byte that does not start a valid
+ * sequence becomes U+FFFD, counted as a change like any other limit.
+ * Structure characters are ASCII, so only string contents can change.
+ */
+
+static char *
+ngx_http_cio_map_utf8(ngx_http_cio_map_ctx_t *ctx, char *s)
+{
+    size_t                n, bad;
+    char                 *out, *q;
+    const unsigned char  *p;
+
+    bad = 0;
+
+    for (p = (const unsigned char *) s; *p; p += n ? n : 1) {
+        n = ngx_http_cio_map_utf8_len(p);
+        bad += (n == 0);
+    }
+
+    if (bad == 0) {
+        return s;
+    }
+
+    out = malloc(strlen(s) + 2 * bad + 1);
+    if (out == NULL) {
+        free(s);
+        return NULL;
+    }
+
+    q = out;
+
+    for (p = (const unsigned char *) s; *p; p += n ? n : 1) {
+        n = ngx_http_cio_map_utf8_len(p);
+
+        if (n == 0) {
+            memcpy(q, "\xef\xbf\xbd", 3);
+            q += 3;
+
+        } else {
+            memcpy(q, p, n);
+            q += n;
+        }
+    }
+
+    *q = '\0';
+    free(s);
+
+    ctx->res->changes += bad;
+
+    return out;
+}
+
+
+/* the length of the valid UTF-8 sequence at p, or 0 (RFC 3629 table) */
+
+static size_t
+ngx_http_cio_map_utf8_len(const unsigned char *p)
+{
+    unsigned char  c = p[0];
+
+    if (c < 0x80) {
+        return 1;
+    }
+
+    if (c >= 0xc2 && c <= 0xdf) {
+        return (p[1] & 0xc0) == 0x80 ? 2 : 0;
+    }
+
+    if (c >= 0xe0 && c <= 0xef) {
+        if ((p[1] & 0xc0) != 0x80 || (p[2] & 0xc0) != 0x80
+            || (c == 0xe0 && p[1] < 0xa0)          /* overlong */
+            || (c == 0xed && p[1] > 0x9f))         /* surrogates */
+        {
+            return 0;
+        }
+
+        return 3;
+    }
+
+    if (c >= 0xf0 && c <= 0xf4) {
+        if ((p[1] & 0xc0) != 0x80 || (p[2] & 0xc0) != 0x80
+            || (p[3] & 0xc0) != 0x80
+            || (c == 0xf0 && p[1] < 0x90)          /* overlong */
+            || (c == 0xf4 && p[1] > 0x8f))         /* past U+10FFFF */
+        {
+            return 0;
+        }
+
+        return 4;
+    }
+
+    return 0;
+}
+
 
 static char *
 ngx_http_cio_map_cut(const char *s, size_t max, size_t *len)

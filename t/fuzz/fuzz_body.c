@@ -20,9 +20,9 @@
  *
  * Every produced item must be an RFC 8259 JSON object of at most
  * max_item_size bytes; any other broken invariant of the mapper's
- * contract (ngx_http_cio_map.h) aborts.  With FUZZ_STRICT_UTF8=1 in the
- * environment, items must also be valid UTF-8 without lone surrogates,
- * which RFC 8259 requires between systems.
+ * contract (ngx_http_cio_map.h) aborts.  Items must also be valid UTF-8
+ * without lone surrogates, which RFC 8259 requires between systems
+ * (FUZZ_STRICT_UTF8=0 in the environment turns that check off).
  *
  * Built with -DFUZZ_STANDALONE it has its own main() that runs the files
  * given, for replaying a crash under gcc or Valgrind.
@@ -507,7 +507,7 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
     const char  *s;
 
     s = getenv("FUZZ_STRICT_UTF8");
-    fuzz_strict_utf8 = (s != NULL && s[0] == '1');
+    fuzz_strict_utf8 = (s == NULL || s[0] != '0');
 
     return 0;
 }

@@ -2460,6 +2460,53 @@ test_dedupe(void)
 }
 
 
+static void
+test_utf8(void)
+{
+    size_t     i;
+    cJSON     *it, *v;
+    unsigned   changes;
+    char       body[256];
+
+    static const struct {
+        const char  *in;       /* raw bytes in a property value */
+        const char  *want;     /* what Customer.io gets */
+        unsigned     bad;
+        const char  *name;
+    } cases[] = {
+        { "caf\xc3\xa9", "caf\xc3\xa9", 0, "valid 2-byte UTF-8 is kept" },
+        { "\xf0\x9f\x8e\x89!", "\xf0\x9f\x8e\x89!", 0,
+          "valid 4-byte UTF-8 is kept" },
+        { "caf\xe9", "caf\xef\xbf\xbd", 1, "a Latin-1 byte becomes U+FFFD" },
+        { "\xff\xfe", "\xef\xbf\xbd\xef\xbf\xbd", 2,
+          "each invalid byte becomes U+FFFD" },
+        { "\xc0\xaf", "\xef\xbf\xbd\xef\xbf\xbd", 2,
+          "an overlong sequence is refused" },
+        { "\xed\xa0\x80", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd", 3,
+          "a UTF-16 surrogate is refused" },
+        { "\xf4\x90\x80\x80", "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"
+          "\xef\xbf\xbd", 4, "a code point past U+10FFFF is refused" },
+        { "a\xe2\x82", "a\xef\xbf\xbd\xef\xbf\xbd", 2,
+          "a truncated sequence is refused" },
+    };
+
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        snprintf(body, sizeof(body),
+                 "{\"userId\":\"u\",\"event\":\"e\",\"properties\":"
+                 "{\"k\":\"%s\"}}", cases[i].in);
+
+        changes = 0;
+        it = first_item(NGX_HTTP_CIO_CALL_TRACK, body, NULL, &changes);
+        v = cJSON_GetObjectItem(cJSON_GetObjectItem(it, "attributes"), "k");
+
+        ok(it && cJSON_IsString(v) && strcmp(v->valuestring, cases[i].want)
+           == 0 && changes == cases[i].bad, cases[i].name,
+           cJSON_IsString(v) ? v->valuestring : "no value");
+        cJSON_Delete(it);
+    }
+}
+
+
 int
 main(void)
 {
@@ -2476,6 +2523,7 @@ main(void)
     test_device_peers();
     test_limit_edges();
     test_amplitude();
+    test_utf8();
     test_filters();
     test_client_ip();
     test_dedupe();
