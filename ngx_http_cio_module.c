@@ -82,6 +82,8 @@ static ngx_int_t ngx_http_cio_process(ngx_http_request_t *r,
 static ngx_int_t ngx_http_cio_route(ngx_http_request_t *r);
 static ngx_http_cio_ctx_t *ngx_http_cio_ctx(ngx_http_request_t *r);
 static ngx_int_t ngx_http_cio_add_variables(ngx_conf_t *cf);
+static ngx_int_t ngx_http_cio_init(ngx_conf_t *cf);
+static ngx_int_t ngx_http_cio_log_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_cio_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_cio_cors(ngx_http_request_t *r,
@@ -373,7 +375,7 @@ static ngx_http_variable_t  ngx_http_cio_vars[] = {
 
 static ngx_http_module_t  ngx_http_cio_module_ctx = {
     ngx_http_cio_add_variables,            /* preconfiguration */
-    NULL,                                  /* postconfiguration */
+    ngx_http_cio_init,                     /* postconfiguration */
 
     ngx_http_cio_create_main_conf,         /* create main configuration */
     ngx_http_cio_init_main_conf,           /* init main configuration */
@@ -782,6 +784,57 @@ ngx_http_cio_add_variables(ngx_conf_t *cf)
 
         var->get_handler = v->get_handler;
         var->data = v->data;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_cio_init(ngx_conf_t *cf)
+{
+    ngx_array_t                *a;
+    ngx_http_handler_pt        *h;
+    ngx_http_core_main_conf_t  *cmcf;
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    a = &cmcf->phases[NGX_HTTP_LOG_PHASE].handlers;
+
+    h = ngx_array_push(a);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    /*
+     * nginx calls log phase handlers in array order and the log module's
+     * is already there: go first, so the access log sees the change.
+     */
+    h = a->elts;
+    ngx_memmove(&h[1], &h[0], (a->nelts - 1) * sizeof(ngx_http_handler_pt));
+    h[0] = ngx_http_cio_log_handler;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The write key is the Basic user name, which $remote_user (in nginx's
+ * default "combined" format) would write to every access log line, also
+ * for answers nginx gives itself (413 over client_max_body_size, 408).
+ * It is a credential: in cio locations the variable is always empty.
+ */
+
+static ngx_int_t
+ngx_http_cio_log_handler(ngx_http_request_t *r)
+{
+    ngx_http_cio_loc_conf_t  *lcf;
+
+    lcf = ngx_http_get_module_loc_conf(r, ngx_http_cio_module);
+
+    if (lcf != NULL && lcf->ingest != NGX_HTTP_CIO_INGEST_OFF) {
+        ngx_str_set(&r->headers_in.user, "");
+        r->headers_in.user.len = 0;
     }
 
     return NGX_OK;

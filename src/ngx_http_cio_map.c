@@ -144,6 +144,16 @@ ngx_http_cio_map_request(const char *body, size_t len,
     ctx.user_field = "userId";
     ctx.anon_field = "anonymousId";
 
+    /*
+     * cJSON reads strings as C strings, so a raw NUL inside one would
+     * silently cut an id short and name another person; JSON has no raw
+     * NUL anywhere anyway.
+     */
+    if (memchr(body, '\0', len) != NULL) {
+        snprintf(res->error, sizeof(res->error), "invalid JSON");
+        return -1;
+    }
+
     end = NULL;
     root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
 

@@ -972,6 +972,10 @@ test_batch(void)
         "{\"batch\":[{},{},{},{}]}", 23, "too many calls in batch (max 3)");
     expect_request_error("NUL inside the body", NGX_HTTP_CIO_CALL_TRACK,
         "{\"a\":1}\0{}", 10, "invalid JSON");
+    expect_request_error("NUL inside a string", NGX_HTTP_CIO_CALL_TRACK,
+        "{\"userId\":\"u\0v\",\"event\":\"e\"}", 28, "invalid JSON");
+    expect_request_error("NUL after the object", NGX_HTTP_CIO_CALL_TRACK,
+        "{\"a\":1}\0", 8, "invalid JSON");
 }
 
 

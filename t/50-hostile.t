@@ -1,0 +1,250 @@
+#!/usr/bin/perl
+
+# Hostile input: every malformed, oversized, deeply nested, mistyped,
+# compressed-bomb or slow body gets its documented 4xx, the workers never
+# die (same pids at the end, no "[alert]" in the log), nothing refused
+# reaches Customer.io, and no credential shows up in a log.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use Test::More;
+use IO::Socket::INET;
+use IO::Compress::Gzip qw(gzip $GzipError);
+use Time::HiRes qw(time sleep);
+use Cio::Test qw(basic wait_until);
+
+my $t = Cio::Test->new;
+my $cio = $t->standin(workspaces => ['site1:secret_api_key_1']);
+my $json = $t->json;
+
+$t->config(http => <<"END")->run;
+    cio_zone name=cio size=8m;
+    cio_flush_interval 20ms;
+
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        client_body_timeout 1s;
+        client_max_body_size 2m;
+
+        location /cio/ {
+            cio_ingest segment;
+            cio_site_id site1;
+            cio_api_key secret_api_key_1;
+            cio_endpoint ${\ $cio->url };
+            cio_write_key secret_write_key;
+        }
+
+        location /amp/ {
+            cio_ingest amplitude;
+            cio_site_id site1;
+            cio_api_key secret_api_key_1;
+            cio_endpoint ${\ $cio->url };
+            cio_write_key secret_write_key;
+        }
+    }
+END
+
+my @workers = $t->worker_pids;
+ok(@workers >= 1, 'workers are running');
+
+my %auth = (Authorization => basic('secret_write_key'));
+
+sub gz {
+    my ($data) = @_;
+    my $out;
+    gzip(\$data => \$out) or die $GzipError;
+    return $out;
+}
+
+sub reason {
+    my ($r) = @_;
+    my $d = eval { $json->decode($r) } or return "not JSON: $r";
+    return $d->{error} // '';
+}
+
+# [ name, path, body, extra headers, status, reason (string or regex) ]
+my @cases = (
+    [ 'truncated JSON', '/cio/v1/track', '{"userId":"u","event":"E"',
+      {}, 400, 'invalid JSON' ],
+    [ 'trailing garbage', '/cio/v1/track', '{"userId":"u","event":"E"} x',
+      {}, 400, 'invalid JSON' ],
+    [ 'two documents', '/cio/v1/track', '{"userId":"u"}{"event":"E"}',
+      {}, 400, 'invalid JSON' ],
+    [ 'a bare string', '/cio/v1/track', '"track"',
+      {}, 400, 'body must be a JSON object' ],
+    [ 'null', '/cio/v1/track', 'null', {}, 400, 'body must be a JSON object' ],
+    [ 'NUL inside the body', '/cio/v1/track',
+      qq({"userId":"u","event":"E"}\0{"x":1}), {}, 400, 'invalid JSON' ],
+    [ 'NUL inside a string', '/cio/v1/track',
+      qq({"userId":"u\0v","event":"E"}), {}, 400, 'invalid JSON' ],
+    [ '10,000 levels of nesting', '/cio/v1/track',
+      '{"userId":"u","event":"E","properties":' . ('[' x 10000)
+      . (']' x 10000) . '}', {}, 400, 'invalid JSON' ],
+    [ 'a 200-digit number as userId', '/cio/v1/track',
+      '{"userId":' . ('9' x 200) . ',"event":"E"}', {}, 400,
+      qr/too large|userId/ ],
+    [ 'userId is an object', '/cio/v1/track',
+      '{"userId":{"a":1},"event":"E"}', {}, 400,
+      'userId or anonymousId is required' ],
+    [ 'userId is an array', '/cio/v1/identify',
+      '{"userId":["a"],"traits":{}}', {}, 400,
+      'userId or anonymousId is required' ],
+    [ 'event is a number', '/cio/v1/track', '{"userId":"u","event":5}',
+      {}, 400, 'event is required' ],
+    [ 'batch is a string', '/cio/v1/batch', '{"batch":"x"}',
+      {}, 400, 'batch must be a non-empty array' ],
+    [ 'a call is a number', '/cio/v1/batch', '{"batch":[1]}',
+      {}, 200, '' ],
+    [ '10,000 calls in one batch', '/cio/v1/batch',
+      '{"batch":[' . join(',', ('{"type":"track"}') x 10000) . ']}',
+      {}, 400, 'too many calls in batch (max 2500)' ],
+    [ 'a single call over 32 KB', '/cio/v1/track',
+      $json->encode({ userId => 'u', event => 'E',
+                      properties => { s => 'x' x 40000 } }),
+      {}, 413, 'call is larger than the limit' ],
+    [ 'a batch over 500 KB', '/cio/v1/batch',
+      $json->encode({ batch => [ map { { type => 'track', userId => 'u',
+          event => 'E', properties => { s => 'x' x 30000 } } } 1 .. 20 ] }),
+      {}, 413, 'batch is larger than the limit' ],
+    [ 'a body over client_max_body_size', '/cio/v1/batch', 'x' x 3_000_000,
+      {}, 413, undef ],
+    [ 'gzip bomb', '/cio/v1/batch', gz(' ' x (50 * 1024 * 1024)),
+      { 'Content-Encoding' => 'gzip' }, 413,
+      'body is larger than the limit after decompression' ],
+    [ 'truncated gzip', '/cio/v1/track',
+      substr(gz('{"userId":"u","event":"E"}'), 0, 20),
+      { 'Content-Encoding' => 'gzip' }, 400, 'body is not valid gzip data' ],
+    [ 'gzip of garbage', '/cio/v1/track', gz("\xff\xfe\x00garbage"),
+      { 'Content-Encoding' => 'gzip' }, 400, 'invalid JSON' ],
+    [ 'an empty gzip body', '/cio/v1/track', '',
+      { 'Content-Encoding' => 'gzip' }, 400, 'request body is empty' ],
+    [ 'Amplitude: events is an object', '/amp/2/httpapi',
+      '{"api_key":"secret_write_key","events":{}}', {}, 400,
+      'events must be a non-empty array' ],
+    [ 'Amplitude: api_key is a number', '/amp/2/httpapi',
+      '{"api_key":5,"events":[{"user_id":"abcdef","event_type":"E"}]}', {},
+      400, 'api_key is missing' ],
+);
+
+for my $c (@cases) {
+    my ($name, $path, $body, $h, $status, $why) = @$c;
+    my %h = (%auth, %$h);
+    delete $h{Authorization} if $path =~ m{^/amp/};
+    my ($st, undef, $r) = $t->post($path, $body, %h,
+        'Content-Type' => 'application/json');
+    is($st, $status, "$name: $status");
+    next unless defined $why;
+    if (ref $why) {
+        like(reason($r), $why, "$name: reason");
+    } elsif ($status == 200) {
+        ok(eval { $json->decode($r)->{success} }, "$name: answered in JSON");
+    } else {
+        is(reason($r), $why, "$name: reason");
+    }
+}
+
+# --- strings that try to escape their JSON or an HTTP header ----------------
+
+my $evil = "u\r\nSet-Cookie: x=1\r\n\r\n<script>\"\\\x{7f}";
+my ($st, $hdr, $r) = $t->post('/cio/v1/track', { userId => $evil,
+    event => "E\r\nX-Injected: 1", properties => { "k\"ey" => "v\r\n" } },
+    %auth);
+is($st, 200, 'CR/LF and quotes in ids are data, not syntax');
+ok(!exists $hdr->{'set-cookie'} && !exists $hdr->{'x-injected'},
+    'nothing reached the answer headers');
+
+my @items;
+wait_until(sub {
+    @items = grep { ($_->{name} // '') =~ /^E\r\n/ } @{ $cio->items };
+}, 10);
+is($items[0]{identifiers}{id}, $evil, 'the id arrived intact, escaped');
+is($items[0]{attributes}{"k\"ey"}, "v\r\n", 'the property arrived intact');
+
+# invalid UTF-8 is repaired, not forwarded
+($st) = $t->post('/cio/v1/track',
+    qq({"userId":"u","event":"Latin1","properties":{"k":"caf\xe9"}}), %auth);
+is($st, 200, 'invalid UTF-8: accepted');
+wait_until(sub {
+    @items = grep { ($_->{name} // '') eq 'Latin1' } @{ $cio->items };
+}, 10);
+is($items[0]{attributes}{k}, "caf\x{fffd}", 'invalid UTF-8 became U+FFFD');
+
+# duplicate keys: cJSON keeps the first, so does what reaches Customer.io
+($st) = $t->post('/cio/v1/track',
+    '{"userId":"u","event":"Dup","event":"Other","properties":{"a":1,"a":2}}',
+    %auth);
+is($st, 200, 'duplicate keys: accepted');
+wait_until(sub {
+    @items = grep { ($_->{name} // '') =~ /^(Dup|Other)$/ } @{ $cio->items };
+}, 10);
+is(scalar @items, 1, 'duplicate keys: one event');
+is_deeply([ map { $_->{name} } @items ], ['Dup'], 'the first key wins');
+is_deeply($items[0]{attributes}, { a => 1 }, 'one attribute');
+
+# --- slow bodies -------------------------------------------------------------
+
+# a client that sends half a body and stalls holds no worker: others are
+# served meanwhile, and nginx closes it after client_body_timeout
+my @slow;
+for (1 .. 20) {
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1:' . $t->port)
+        or last;
+    print $s "POST /cio/v1/track HTTP/1.1\r\nHost: x\r\n"
+        . "Authorization: $auth{Authorization}\r\n"
+        . "Content-Length: 1000\r\n\r\n{\"userId\":";
+    push @slow, $s;
+}
+is(scalar @slow, 20, '20 stalled uploads are open');
+
+my $t0 = time;
+($st) = $t->post('/cio/v1/track', { userId => 'u', event => 'Meanwhile' },
+    %auth);
+is($st, 200, 'a normal call is served while they stall');
+ok(time - $t0 < 1, 'and without waiting for them');
+
+my $closed = 0;
+wait_until(sub {
+    $closed = 0;
+    for my $s (@slow) {
+        $s->blocking(0);
+        my $n = sysread($s, my $buf, 4096);
+        $closed++ if defined $n && ($n == 0 || $buf =~ /^HTTP\/1.1 408/);
+    }
+    return $closed == @slow;
+}, 10);
+is($closed, scalar @slow, 'nginx ended every stalled upload');
+close $_ for @slow;
+
+# --- the workers survived, nothing refused was sent ---------------------------
+
+($st) = $t->post('/cio/v1/track', { userId => 'u', event => 'Last' }, %auth);
+wait_until(sub { grep { ($_->{name} // '') eq 'Last' } @{ $cio->items } },
+    10);
+
+is_deeply([ $t->worker_pids ], \@workers, 'no worker died or was replaced');
+
+my %seen = map { ($_->{name} // '') => 1 } @{ $cio->items };
+is_deeply([ sort grep { $_ ne '' } keys %seen ],
+    [ sort("E\r\nX-Injected: 1", 'Latin1', 'Dup', 'Meanwhile', 'Last') ],
+    'exactly the accepted events reached Customer.io');
+
+# --- credentials stay out of logs -----------------------------------------
+
+$cio->control({ status => 401, count => 2 });
+$t->post('/cio/v1/track', { userId => 'u', event => 'After 401' }, %auth);
+wait_until(sub {
+    grep { ($_->{name} // '') eq 'After 401' } @{ $cio->items };
+}, 20);
+
+my $log = $t->read_file('error.log') . $t->read_file('access.log');
+like($t->read_file('error.log'), qr/401/, 'the 401 from Customer.io is logged');
+unlike($log, qr/secret_api_key_1|secret_write_key/,
+    'neither the API key nor the write key appears in a log');
+unlike($log, qr/\Q@{[ basic('secret_write_key') =~ s{^Basic }{}r ]}\E/,
+    'nor their base64 form');
+
+$t->done;
