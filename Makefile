@@ -125,3 +125,20 @@ fuzz-regress: build/fuzz_body
 	build/fuzz_body $(FUZZ_OPTS) -runs=0 t/fuzz/corpus/*
 
 # --- (end)
+
+# --- Debian package (begin)
+#
+#   make deb   build/deb/libnginx-mod-http-cio_*.deb, built from debian/
+#              with dh and Debian's nginx sequence (nginx_mod build system,
+#              dh_nginx): the module, its load snippet in
+#              /usr/share/nginx/modules-available enabled in
+#              /etc/nginx/modules-enabled, Depends on the nginx ABI that
+#              nginx-dev declares.  t/60-deb.t (root only) installs it into
+#              the system nginx, checks it, and purges it.
+
+.PHONY: deb
+
+deb: deps
+	@scripts/deb.sh
+
+# --- (end)
