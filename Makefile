@@ -6,7 +6,9 @@
 #   make unit      the mapper's unit tests
 #   make valgrind  the mapper's unit tests under Valgrind, then the nginx
 #                  end-to-end tests with nginx itself under Valgrind
-#   make test SAN=1  the same suite with ASan + UBSan in the module
+#   make san       the end-to-end tests with ASan + UBSan in the module
+#                  (part of make test)
+#   make test SAN=1  the whole suite with ASan + UBSan in the module
 
 SHELL := /bin/bash
 
@@ -28,7 +30,7 @@ endif
 
 SRCS := config ngx_http_cio_module.c $(wildcard src/*.c src/*.h)
 
-.PHONY: all deps build unit valgrind test integration demo clean
+.PHONY: all deps build unit valgrind test integration san demo clean
 
 all: build
 
@@ -56,9 +58,21 @@ valgrind: deps $(BUILD)/test_map $(BUILD)/ngx_http_cio_module.so
 integration: build
 	$(PROVE_ENV) prove -I t/lib t/
 
+# The module's own end-to-end tests once more with ASan + UBSan in the
+# module; the real-client and packaging tests exercise no other module
+# code, only take long.
+SAN_TESTS = $(filter-out t/3% t/6%,$(wildcard t/*.t))
+
+san: deps
+	@$(MAKE) --no-print-directory SAN=1 build-san/ngx_http_cio_module.so
+	CIO_MODULE=$(CURDIR)/build-san/ngx_http_cio_module.so \
+	CIO_PRELOAD="$$($(CC) -print-file-name=libasan.so)" \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 \
+	prove -I t/lib $(SAN_TESTS)
+
 # Valgrind and the sanitizers do not run together
 test: unit unit-inflate fuzz-regress $(if $(filter 1,$(SAN)),,valgrind) \
-      integration
+      integration $(if $(filter 1,$(SAN)),,san)
 
 demo: build
 	@scripts/demo.sh
@@ -140,5 +154,19 @@ fuzz-regress: build/fuzz_body
 
 deb: deps
 	@scripts/deb.sh
+
+# --- (end)
+
+# --- client SDK tests (begin)
+#
+#   make clients-deps  Node, npm and Chromium when missing; npm ci in
+#                      t/clients (t/30-clients-node.t, t/31-clients-browser.t)
+
+.PHONY: clients-deps
+
+clients-deps:
+	@scripts/clients-deps.sh
+
+integration: clients-deps
 
 # --- (end)

@@ -38,5 +38,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 fi
 
 make -s -f "$out/objs/Makefile" -C "$out/nginx" modules
-cp "$out/objs/ngx_http_cio_module.so" "$out/ngx_http_cio_module.so"
+# a rename, not a copy over the old file: an nginx running from it would
+# crash if its mapped pages changed under it
+cp "$out/objs/ngx_http_cio_module.so" "$out/.ngx_http_cio_module.so.tmp"
+mv -f "$out/.ngx_http_cio_module.so.tmp" "$out/ngx_http_cio_module.so"
 echo "built $out/ngx_http_cio_module.so"

@@ -396,7 +396,7 @@ sub DESTROY {
         kill 'KILL', $pid;
         waitpid($pid, 0);
     }
-    $_->stop for @{ $self->{standins} || [] };
+    $_ && $_->stop for @{ $self->{standins} || [] };
 }
 
 
