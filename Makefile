@@ -53,7 +53,8 @@ unit: deps $(BUILD)/test_map
 
 valgrind: deps $(BUILD)/test_map $(BUILD)/ngx_http_cio_module.so
 	valgrind -q --leak-check=full --error-exitcode=1 build/test_map
-	CIO_VALGRIND=1 prove -I t/lib t/10-ingest.t t/20-delivery.t
+	CIO_VALGRIND=1 prove -I t/lib t/10-ingest.t t/15-ingest-edge.t \
+		t/20-delivery.t t/50-hostile.t
 
 integration: build
 	$(PROVE_ENV) prove -I t/lib t/
