@@ -42,7 +42,7 @@ typedef struct {
     ngx_str_t                    site_id;
 
     uint64_t                     rate_at;    /* unix ms, last refill */
-    uint64_t                     rate_tokens; /* milli-requests */
+    uint64_t                     rate_tokens; /* 1/1000000 requests */
     uint64_t                     alert_at;   /* unix ms: next hold alert */
     uint64_t                     dead;       /* to the dead-letter file */
 } ngx_http_cio_shws_t;

@@ -391,28 +391,38 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
     }
 
     if (mcf->rate) {
-        burst = (uint64_t) mcf->burst * 1000;
+        /* in millionths of a request: no rounding lost per refill */
+        burst = (uint64_t) mcf->burst * 1000000;
 
-        if (ws->rate_at == 0 || now < ws->rate_at) {
-            tokens = burst;
+        if (ws->rate_at == 0) {
+            ws->rate_at = now;
+            ws->rate_tokens = burst;
 
-        } else {
-            tokens = ws->rate_tokens
-                     + (now - ws->rate_at) * (uint64_t) mcf->rate / 1000;
+        } else if (now > ws->rate_at) {
+            /* a long idle time fills the bucket, and must not overflow */
+            if (now - ws->rate_at > burst / mcf->rate) {
+                ws->rate_tokens = burst;
 
-            if (tokens > burst) {
-                tokens = burst;
+            } else {
+                ws->rate_tokens += (now - ws->rate_at) * mcf->rate;
             }
+
+            ws->rate_at = now;
         }
 
-        ws->rate_at = now;
-        ws->rate_tokens = tokens;
+        /*
+         * else another worker's cached time is ahead of ours: no refill,
+         * or workers a few milliseconds apart would refill it over again
+         */
 
-        if (tokens < 1000) {
+        tokens = ngx_min(ws->rate_tokens, burst);
+
+        if (tokens < 1000000) {
+            ws->rate_tokens = tokens;
             goto unlock;
         }
 
-        ws->rate_tokens -= 1000;
+        ws->rate_tokens = tokens - 1000000;
     }
 
     batch->url = ngx_http_cio_queue_dup(&ws->url);
@@ -464,7 +474,7 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
 
     if (n == 0 && mcf->rate) {
         /* nothing went out: the token is not spent */
-        ws->rate_tokens += 1000;
+        ws->rate_tokens += 1000000;
     }
 
 unlock:
