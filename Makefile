@@ -51,7 +51,8 @@ unit: deps $(BUILD)/test_map
 
 valgrind: deps $(BUILD)/test_map $(BUILD)/ngx_http_cio_module.so
 	valgrind -q --leak-check=full --error-exitcode=1 build/test_map
-	CIO_VALGRIND=1 prove -I t/lib t/10-ingest.t t/20-delivery.t
+	CIO_VALGRIND=1 prove -I t/lib t/10-ingest.t t/20-delivery.t \
+		t/41-dead-letter.t t/43-crash.t t/44-spool.t
 
 integration: build
 	$(PROVE_ENV) prove -I t/lib t/

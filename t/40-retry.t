@@ -128,7 +128,7 @@ sub requests_with {
 
     # 429 with Retry-After: 1, then fine
     $cio->control({ status => 429, retry_after => 1, count => 1 });
-    my @names = post_events($t, '/cio', 'ra', 2);
+    my @names = post_events($t, '/cio', 'ra', 1);
     all_delivered($cio, \@names, '429 with Retry-After');
     my $r = $cio->requests;
     my ($i) = grep { $r->[$_]{status} == 429 } 0 .. $#$r;
