@@ -7,6 +7,11 @@
 #   make valgrind  the mapper's unit tests under Valgrind, then the nginx
 #                  end-to-end tests with nginx itself under Valgrind
 #   make test SAN=1  the same suite with ASan + UBSan in the module
+#   make soak      60 s of load and faults, reloads, kills, a restart;
+#                  prints accepted vs delivered vs dead-lettered
+#                  (SOAK_ARGS="--duration 120 --rate 50 --seed 3")
+#   make replay FILE=dead.jsonl KEYS=site:key [ENDPOINT=https://...]
+#                  sends dead-lettered items again (scripts/cio-replay.pl)
 
 SHELL := /bin/bash
 
@@ -28,7 +33,8 @@ endif
 
 SRCS := config ngx_http_cio_module.c $(wildcard src/*.c src/*.h)
 
-.PHONY: all deps build unit valgrind test integration demo clean
+.PHONY: all deps build unit valgrind test integration demo soak replay \
+	clean
 
 all: build
 
@@ -62,6 +68,17 @@ test: unit $(if $(filter 1,$(SAN)),,valgrind) integration
 
 demo: build
 	@scripts/demo.sh
+
+# not part of test: a minute of load, bounded, on loopback
+soak: build
+	perl -I t/lib scripts/soak.pl $(SOAK_ARGS)
+
+replay:
+	@test -n "$(FILE)" -a -n "$(KEYS)" || { echo "usage: make replay" \
+		"FILE=dead.jsonl KEYS=site:key[,site2:key2] [ENDPOINT=url]"; \
+		exit 2; }
+	CIO_REPLAY_KEYS="$(KEYS)" perl scripts/cio-replay.pl \
+		$(if $(ENDPOINT),--endpoint $(ENDPOINT)) $(FILE)
 
 clean:
 	rm -rf build build-san
