@@ -71,6 +71,9 @@ typedef struct {
 
     /* bumped on every reload that keeps the zone */
     ngx_uint_t                   generation;
+
+    /* a reload resized the zone: its pending items moved to the new one */
+    ngx_uint_t                   orphaned;
 } ngx_http_cio_shctx_t;
 
 
@@ -192,6 +195,8 @@ ngx_int_t ngx_http_cio_queue_append(ngx_http_cio_zone_t *zone,
 ngx_http_cio_shws_t *ngx_http_cio_queue_lookup(ngx_http_cio_zone_t *zone,
     ngx_str_t *url, ngx_str_t *site_id);
 ngx_uint_t ngx_http_cio_queue_generation(ngx_http_cio_zone_t *zone);
+ngx_uint_t ngx_http_cio_queue_migrate(ngx_http_cio_zone_t *from,
+    ngx_http_cio_zone_t *to, ngx_uint_t max_events, ngx_uint_t *left);
 ngx_uint_t ngx_http_cio_queue_busy(ngx_http_cio_zone_t *zone);
 uint64_t ngx_http_cio_now_ms(void);
 

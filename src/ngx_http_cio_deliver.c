@@ -289,10 +289,21 @@ ngx_http_cio_deliver_drain_done(void)
     }
 
     if (ngx_http_cio_now_ms() >= d->drain_deadline) {
-        ngx_log_error(NGX_LOG_WARN, d->log, 0,
-                      "cio: stopping, %ui events still queued after "
-                      "cio_drain_timeout, they stay in the zone for "
-                      "cio_spool", busy);
+
+        if (d->zone->sh->orphaned) {
+            /* nobody spools a zone a reload replaced */
+            ngx_log_error(NGX_LOG_ALERT, d->log, 0,
+                          "cio: %ui events of the zone replaced by a resize "
+                          "were not delivered in cio_drain_timeout and are "
+                          "lost", busy);
+
+        } else {
+            ngx_log_error(NGX_LOG_WARN, d->log, 0,
+                          "cio: stopping, %ui events still queued after "
+                          "cio_drain_timeout, they stay in the zone for "
+                          "cio_spool", busy);
+        }
+
         return 1;
     }
 

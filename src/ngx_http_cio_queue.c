@@ -751,6 +751,71 @@ full:
 }
 
 
+/*
+ * A reload that resizes cio_zone makes a new zone: the master moves the
+ * pending items of the old one into it, oldest first, while it still maps
+ * both.  Items in flight stay: their old worker settles them, and drains
+ * what comes back before it exits.
+ */
+
+ngx_uint_t
+ngx_http_cio_queue_migrate(ngx_http_cio_zone_t *from,
+    ngx_http_cio_zone_t *to, ngx_uint_t max_events, ngx_uint_t *left)
+{
+    ngx_uint_t            moved;
+    ngx_queue_t          *q, *wq;
+    ngx_http_cio_shws_t  *ws, *nws;
+    ngx_http_cio_node_t  *node;
+
+    moved = 0;
+    *left = 0;
+
+    /* the new zone's lock is taken inside: nobody holds both otherwise */
+    ngx_shmtx_lock(&from->shpool->mutex);
+
+    for (wq = ngx_queue_head(&from->sh->workspaces);
+         wq != ngx_queue_sentinel(&from->sh->workspaces);
+         wq = ngx_queue_next(wq))
+    {
+        ws = ngx_queue_data(wq, ngx_http_cio_shws_t, link);
+
+        nws = ngx_http_cio_queue_lookup(to, &ws->url, &ws->site_id);
+
+        while (!ngx_queue_empty(&ws->pending)) {
+            q = ngx_queue_head(&ws->pending);
+            node = ngx_queue_data(q, ngx_http_cio_node_t, link);
+
+            if (nws == NULL
+                || ngx_http_cio_queue_append(to, nws, node->data, node->len,
+                                             node->attempts, max_events)
+                   != NGX_OK)
+            {
+                /* the old workers deliver the rest */
+                *left += ws->npending;
+                break;
+            }
+
+            ngx_queue_remove(q);
+            ws->npending--;
+            ws->pending_bytes -= node->len;
+            from->sh->count--;
+            from->sh->bytes -= node->len;
+            node->id = 0;
+            ngx_slab_free_locked(from->shpool, node);
+            moved++;
+        }
+
+        *left += ws->ninflight;
+    }
+
+    from->sh->orphaned = 1;
+
+    ngx_shmtx_unlock(&from->shpool->mutex);
+
+    return moved;
+}
+
+
 ngx_uint_t
 ngx_http_cio_queue_generation(ngx_http_cio_zone_t *zone)
 {

@@ -64,8 +64,9 @@ static void ngx_http_cio_spool_flush(ngx_http_cio_spool_writer_t *w);
 ngx_int_t
 ngx_http_cio_spool_init_module(ngx_cycle_t *cycle)
 {
-    ngx_http_cio_zone_t       *zone;
-    ngx_http_cio_main_conf_t  *mcf;
+    ngx_uint_t                 moved, left, level;
+    ngx_http_cio_zone_t       *zone, *ozone;
+    ngx_http_cio_main_conf_t  *mcf, *omcf;
 
     /* "nginx -t" creates a zone too, and must leave the file alone */
     if (ngx_test_config) {
@@ -90,6 +91,34 @@ ngx_http_cio_spool_init_module(ngx_cycle_t *cycle)
     }
 
     zone->fresh = 0;
+
+    /*
+     * ngx_cycle is still the cycle being replaced: on a reload that
+     * resized the zone, its queue moves into the new one
+     */
+
+    omcf = ngx_is_init_cycle(ngx_cycle)
+           ? NULL
+           : ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                                 ngx_http_cio_module);
+
+    if (omcf && omcf->shm_zone) {
+        ozone = omcf->shm_zone->data;
+
+        if (ozone && ozone->sh && ozone->shpool != zone->shpool
+            && ozone->sh->magic == NGX_HTTP_CIO_SHM_MAGIC)
+        {
+            moved = ngx_http_cio_queue_migrate(ozone, zone, mcf->max_events,
+                                               &left);
+
+            level = left ? NGX_LOG_WARN : NGX_LOG_NOTICE;
+
+            ngx_log_error(level, cycle->log, 0,
+                          "cio: the zone was resized, %ui queued events "
+                          "moved to the new one, %ui left to the old "
+                          "workers to deliver", moved, left);
+        }
+    }
 
     if (mcf->spool.len == 0) {
         return NGX_OK;

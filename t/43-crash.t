@@ -7,7 +7,8 @@
 #    stays with a dead process (the master unlocks it), nothing is lost;
 #  - a reload while a batch is in flight: the old worker stops its thread,
 #    the batch comes back to the queue at once (no lease wait, no drain)
-#    and the new workers send it; no spool is written.
+#    and the new workers send it; no spool is written;
+#  - a reload that resizes the zone: the master moves the queue over.
 
 use strict;
 use warnings;
@@ -23,9 +24,10 @@ use Cio::Load qw(post_events post_batch dead_letters missing);
 my $KILLED = qr/\[alert\].*worker process \d+ exited on signal 9/;
 
 sub conf {
-    my ($url, $extra) = @_;
+    my ($url, $extra, $size) = @_;
+    $size //= '4m';
     return <<"END";
-    cio_zone name=cio size=4m;
+    cio_zone name=cio size=$size;
     cio_flush_interval 20ms;
     cio_retry_backoff 50ms 200ms;
     cio_timeout 10s;
@@ -167,6 +169,45 @@ SKIP: {
     ok($t->log_lines(qr/cio: reloaded, the new workers deliver the queue/),
         'the old workers said why they did not drain');
     ok(!-e $t->dir . '/spool.jsonl', 'a reload writes no spool');
+
+    $t->done_part;
+}
+
+# --- reload that resizes the zone, Customer.io down --------------------------
+
+{
+    my $t = Cio::Test->new;
+    my $port = Cio::Test::free_port();
+    my $url = "http://127.0.0.1:$port";
+    $t->config(http => conf($url, ''))->run;
+
+    my @names = post_events($t, '/cio', 'resized', 20);
+    is(scalar @names, 20, '20 events queued while Customer.io is down');
+
+    $t->config(http => conf($url, '', '8m'));
+    my $start = time;
+    ok($t->reload, 'reloaded with a larger cio_zone');
+    ok($t->log_lines(qr/\[notice\].*cio: the zone was resized, 20 queued events moved to the new one, 0 left/),
+        'the master moved the queue into the new zone');
+    ok(time - $start < 5, 'and the old workers had nothing left to drain');
+
+    my $cio = $t->standin(workspaces => ['site1:key1'], port => $port);
+    is_deeply($cio->wait_names(\@names, 15), [],
+        'the new workers delivered every event');
+
+    # a batch on the wire when the zone is replaced: it fails, goes back to
+    # the old zone, and the old worker drains it from there
+    my $before = $cio->stats->{requests};
+    $cio->control({ delay_ms => 1000, close => 1, count => 1 });
+    @names = post_batch($t, '/cio', [ map { "inflight-$_" } 1 .. 5 ]);
+    ok(wait_until(sub { ($cio->stats // {})->{requests} > $before }, 5),
+        'a batch is on the wire');
+    $t->config(http => conf($url, '', '16m'));
+    ok($t->reload, 'reloaded with a larger cio_zone again');
+    is_deeply($cio->wait_names(\@names, 15), [],
+        'the old worker delivered its batch from the old zone');
+    ok($t->log_lines(qr/cio: stopping, delivering the 5 queued events/),
+        'draining the old zone');
 
     $t->done_part;
 }
