@@ -293,7 +293,7 @@ ngx_http_cio_deliver_drain_done(void)
         if (d->zone->sh->orphaned) {
             /* nobody spools a zone a reload replaced */
             ngx_log_error(NGX_LOG_ALERT, d->log, 0,
-                          "cio: %ui events of the zone replaced by a resize "
+                          "cio: %ui events of a zone a reload replaced "
                           "were not delivered in cio_drain_timeout and are "
                           "lost", busy);
 

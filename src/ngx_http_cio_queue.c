@@ -567,6 +567,11 @@ ngx_http_cio_queue_settle(ngx_http_cio_zone_t *zone,
 
         act = batch->acts[i];
 
+        if (act == NGX_HTTP_CIO_ACT_DEAD) {
+            /* refused by Customer.io, not worn out by retries */
+            ws->refused++;
+        }
+
         if (act == NGX_HTTP_CIO_ACT_RETRY) {
             node->attempts++;
 

@@ -74,12 +74,49 @@ ngx_http_cio_spool_init_module(ngx_cycle_t *cycle)
     }
 
     mcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_cio_module);
+    zone = (mcf && mcf->shm_zone) ? mcf->shm_zone->data : NULL;
 
-    if (mcf == NULL || mcf->shm_zone == NULL) {
-        return NGX_OK;
+    /* ngx_cycle is still the cycle being replaced, if any */
+
+    omcf = ngx_is_init_cycle(ngx_cycle)
+           ? NULL
+           : ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                                 ngx_http_cio_module);
+    ozone = (omcf && omcf->shm_zone) ? omcf->shm_zone->data : NULL;
+
+    if (ozone && ozone->sh && ozone->sh->magic == NGX_HTTP_CIO_SHM_MAGIC
+        && (zone == NULL || ozone->shpool != zone->shpool))
+    {
+        /* a reload replaced the zone: its queue moves to the new one */
+
+        if (zone) {
+            moved = ngx_http_cio_queue_migrate(ozone, zone, mcf->max_events,
+                                               &left);
+            level = left ? NGX_LOG_WARN : NGX_LOG_NOTICE;
+
+            ngx_log_error(level, cycle->log, 0,
+                          "cio: the zone was resized, %ui queued events "
+                          "moved to the new one, %ui left to the old "
+                          "workers to deliver", moved, left);
+
+        } else {
+            ngx_shmtx_lock(&ozone->shpool->mutex);
+            ozone->sh->orphaned = 1;
+            left = ozone->sh->count;
+            ngx_shmtx_unlock(&ozone->shpool->mutex);
+
+            if (left) {
+                ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                              "cio: cio_zone is no longer configured, the "
+                              "old workers deliver its %ui queued events "
+                              "for up to cio_drain_timeout", left);
+            }
+        }
     }
 
-    zone = mcf->shm_zone->data;
+    if (zone == NULL) {
+        return NGX_OK;
+    }
 
     if (!zone->fresh) {
         /* a reload: tells the old workers not to drain (deliver.c) */
@@ -91,34 +128,6 @@ ngx_http_cio_spool_init_module(ngx_cycle_t *cycle)
     }
 
     zone->fresh = 0;
-
-    /*
-     * ngx_cycle is still the cycle being replaced: on a reload that
-     * resized the zone, its queue moves into the new one
-     */
-
-    omcf = ngx_is_init_cycle(ngx_cycle)
-           ? NULL
-           : ngx_http_cycle_get_module_main_conf(ngx_cycle,
-                                                 ngx_http_cio_module);
-
-    if (omcf && omcf->shm_zone) {
-        ozone = omcf->shm_zone->data;
-
-        if (ozone && ozone->sh && ozone->shpool != zone->shpool
-            && ozone->sh->magic == NGX_HTTP_CIO_SHM_MAGIC)
-        {
-            moved = ngx_http_cio_queue_migrate(ozone, zone, mcf->max_events,
-                                               &left);
-
-            level = left ? NGX_LOG_WARN : NGX_LOG_NOTICE;
-
-            ngx_log_error(level, cycle->log, 0,
-                          "cio: the zone was resized, %ui queued events "
-                          "moved to the new one, %ui left to the old "
-                          "workers to deliver", moved, left);
-        }
-    }
 
     if (mcf->spool.len == 0) {
         return NGX_OK;
