@@ -147,6 +147,38 @@ sub lines {
     $t->done_part;
 }
 
+# --- a crash of the whole server: the policy says the queue is lost ---------
+# (docs/delivery.md, "What can still be lost"): checked so that the
+# documentation and the behaviour cannot drift apart
+
+{
+    my $t = Cio::Test->new;
+    my $port = Cio::Test::free_port();
+    $t->config(http => conf($port))->run;
+
+    my @names = post_events($t, '/cio', 'crashed', 5);
+    is(scalar @names, 5, '5 events queued while Customer.io is down');
+
+    my @workers = $t->worker_pids;
+    my $master = delete $t->{nginx_pid};
+    kill 'KILL', $master, @workers;
+    waitpid($master, 0);
+    ok(wait_until(sub { !grep { kill 0, $_ } @workers }, 10),
+        'master and workers SIGKILLed');
+    ok(!-e $t->dir . '/spool.jsonl', 'nothing could write a spool');
+
+    my $cio = $t->standin(workspaces => ['site1:key1'], port => $port);
+    $t->run;
+    ok(!$t->log_lines(qr/cio: loaded/), 'the next start has nothing to load');
+    my ($ok) = post_events($t, '/cio', 'after', 1);
+    is_deeply($cio->wait_names([$ok // 'after-1'], 10), [],
+        'a new event is delivered');
+    is_deeply([ grep { /^crashed/ } keys %{ $cio->names } ], [],
+        'the crashed queue is gone, as documented');
+
+    $t->done_part;
+}
+
 # --- what cannot be loaded stays --------------------------------------------
 
 {
