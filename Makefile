@@ -9,6 +9,11 @@
 #   make san       the end-to-end tests with ASan + UBSan in the module
 #                  (part of make test)
 #   make test SAN=1  the whole suite with ASan + UBSan in the module
+#   make soak      60 s of load and faults, reloads, kills, a restart;
+#                  prints accepted vs delivered vs dead-lettered
+#                  (SOAK_ARGS="--duration 120 --rate 50 --seed 3")
+#   make replay FILE=dead.jsonl KEYS=site:key [ENDPOINT=https://...]
+#                  sends dead-lettered items again (scripts/cio-replay.pl)
 
 SHELL := /bin/bash
 
@@ -30,7 +35,8 @@ endif
 
 SRCS := config ngx_http_cio_module.c $(wildcard src/*.c src/*.h)
 
-.PHONY: all deps build unit valgrind test integration san demo clean
+.PHONY: all deps build unit valgrind test integration san demo soak \
+	replay clean
 
 all: build
 
@@ -54,7 +60,8 @@ unit: deps $(BUILD)/test_map
 valgrind: deps $(BUILD)/test_map $(BUILD)/ngx_http_cio_module.so
 	valgrind -q --leak-check=full --error-exitcode=1 build/test_map
 	CIO_VALGRIND=1 prove -I t/lib t/10-ingest.t t/15-ingest-edge.t \
-		t/20-delivery.t t/50-hostile.t
+		t/20-delivery.t t/41-dead-letter.t t/43-crash.t t/44-spool.t \
+		t/50-hostile.t
 
 integration: build
 	$(PROVE_ENV) prove -I t/lib t/
@@ -77,6 +84,17 @@ test: unit unit-inflate fuzz-regress $(if $(filter 1,$(SAN)),,valgrind) \
 
 demo: build
 	@scripts/demo.sh
+
+# not part of test: a minute of load, bounded, on loopback
+soak: build
+	perl -I t/lib scripts/soak.pl $(SOAK_ARGS)
+
+replay:
+	@test -n "$(FILE)" -a -n "$(KEYS)" || { echo "usage: make replay" \
+		"FILE=dead.jsonl KEYS=site:key[,site2:key2] [ENDPOINT=url]"; \
+		exit 2; }
+	CIO_REPLAY_KEYS="$(KEYS)" perl scripts/cio-replay.pl \
+		$(if $(ENDPOINT),--endpoint $(ENDPOINT)) $(FILE)
 
 clean:
 	rm -rf build build-san
@@ -169,5 +187,48 @@ clients-deps:
 	@scripts/clients-deps.sh
 
 integration: clients-deps
+
+# --- (end)
+
+# --- benchmarks (begin)
+#
+#   make bench   the performance suite (bench/README.md), not part of
+#                make test: edge accept rate against stock nginx (wrk),
+#                delivery of a 1,000,000-event backlog under Customer.io's
+#                request rate limit, mapper instructions per event
+#                (callgrind), zone bytes per event and worker RSS.  Prints
+#                a table with PASS/MISS per target and writes it to
+#                bench/results.md.  About 4 to 8 minutes; BENCH_EVENTS,
+#                BENCH_SECONDS, BENCH_ROUNDS, BENCH_RATE, BENCH_ONLY tune it.
+
+BENCH_CFLAGS = -std=gnu99 -g -O2 -fstack-protector-strong -W -Wall \
+               -Wno-unused-parameter -Werror -Isrc
+
+.PHONY: bench bench-deps
+
+bench-deps:
+	@scripts/bench-deps.sh
+
+# the mapper with the module's own optimization level (dpkg-buildflags)
+build/bench/map_cost: bench/map_cost.c src/ngx_http_cio_map.c \
+		src/ngx_http_cio_map.h
+	@mkdir -p build/bench
+	$(CC) $(BENCH_CFLAGS) bench/map_cost.c src/ngx_http_cio_map.c \
+		-lcjson -lm -o $@
+
+# the same with malloc replaced by a per-call arena: a what-if, not a fix
+build/bench/map_cost_arena: bench/map_cost.c src/ngx_http_cio_map.c \
+		src/ngx_http_cio_map.h
+	@mkdir -p build/bench
+	$(CC) $(BENCH_CFLAGS) -DBENCH_ARENA bench/map_cost.c \
+		src/ngx_http_cio_map.c -lcjson -lm -o $@
+
+build/bench/cio-standin-fast: bench/cio-standin-fast.c
+	@mkdir -p build/bench
+	$(CC) $(BENCH_CFLAGS) bench/cio-standin-fast.c -lcjson -o $@
+
+bench: build bench-deps build/bench/map_cost build/bench/map_cost_arena \
+       build/bench/cio-standin-fast
+	perl bench/bench.pl
 
 # --- (end)

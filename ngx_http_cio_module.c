@@ -162,6 +162,11 @@ static ngx_conf_num_bounds_t  ngx_http_cio_inflight_bounds = {
 };
 
 
+static ngx_conf_num_bounds_t  ngx_http_cio_retry_max_bounds = {
+    ngx_conf_check_num_bounds, 0, 1000
+};
+
+
 static ngx_conf_post_t  ngx_http_cio_batch_size_post = {
     ngx_http_cio_check_batch_size
 };
@@ -351,6 +356,48 @@ static ngx_command_t  ngx_http_cio_commands[] = {
       offsetof(ngx_http_cio_loc_conf_t, max_batch_calls),
       NULL },
 
+    { ngx_string("cio_retry_max"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_cio_main_conf_t, retry_max),
+      &ngx_http_cio_retry_max_bounds },
+
+    { ngx_string("cio_rate"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      ngx_http_cio_rate_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("cio_dead_letter"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_cio_dead_letter_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("cio_spool"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_cio_spool_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("cio_drain_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_cio_main_conf_t, drain_timeout),
+      NULL },
+
+    { ngx_string("cio_lease"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_cio_main_conf_t, lease),
+      NULL },
+
       ngx_null_command
 };
 
@@ -394,12 +441,12 @@ ngx_module_t  ngx_http_cio_module = {
     ngx_http_cio_commands,                 /* module directives */
     NGX_HTTP_MODULE,                       /* module type */
     NULL,                                  /* init master */
-    NULL,                                  /* init module */
+    ngx_http_cio_spool_init_module,        /* init module */
     ngx_http_cio_init_process,             /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
     ngx_http_cio_exit_process,             /* exit process */
-    NULL,                                  /* exit master */
+    ngx_http_cio_spool_exit_master,        /* exit master */
     NGX_MODULE_V1_PADDING
 };
 
@@ -1730,6 +1777,7 @@ ngx_http_cio_create_main_conf(ngx_conf_t *cf)
      *
      *     mcf->shm_zone = NULL;
      *     mcf->max_events = 0;
+     *     mcf->spool = { 0, NULL };
      */
 
     if (ngx_array_init(&mcf->workspaces, cf->pool, 2,
@@ -1746,6 +1794,11 @@ ngx_http_cio_create_main_conf(ngx_conf_t *cf)
     mcf->connect_timeout = NGX_CONF_UNSET_MSEC;
     mcf->backoff_min = NGX_CONF_UNSET_MSEC;
     mcf->backoff_max = NGX_CONF_UNSET_MSEC;
+    mcf->lease = NGX_CONF_UNSET_MSEC;
+    mcf->retry_max = NGX_CONF_UNSET_UINT;
+    mcf->rate = NGX_CONF_UNSET_UINT;
+    mcf->dead_letter = NGX_CONF_UNSET_PTR;
+    mcf->drain_timeout = NGX_CONF_UNSET_MSEC;
 
     return mcf;
 }
@@ -1769,7 +1822,25 @@ ngx_http_cio_init_main_conf(ngx_conf_t *cf, void *conf)
     }
 
     /* a batch is never taken back from a worker that may still send it */
-    mcf->lease = mcf->connect_timeout + mcf->timeout + 30000;
+    ngx_conf_init_msec_value(mcf->lease,
+                             mcf->connect_timeout + mcf->timeout + 30000);
+
+    if (mcf->lease < mcf->connect_timeout + mcf->timeout) {
+        ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
+                           "\"cio_lease\" is shorter than \"cio_timeout\" "
+                           "and \"cio_connect_timeout\" together: a slow "
+                           "batch may be sent twice");
+    }
+
+    ngx_conf_init_uint_value(mcf->retry_max, 10);
+    ngx_conf_init_ptr_value(mcf->dead_letter, NULL);
+    ngx_conf_init_msec_value(mcf->drain_timeout, 5000);
+
+    /* Customer.io's conservative guidance (customerio-api.md, limits) */
+    if (mcf->rate == NGX_CONF_UNSET_UINT) {
+        mcf->rate = 100 * 1000;
+        mcf->burst = 100;
+    }
 
     return NGX_CONF_OK;
 }

@@ -14,7 +14,7 @@
 
 
 /* bump when the layout of anything in the zone changes */
-#define NGX_HTTP_CIO_SHM_MAGIC      0x43494f02
+#define NGX_HTTP_CIO_SHM_MAGIC      0x43494f03
 
 #define NGX_HTTP_CIO_BATCH_HEAD     "{\"batch\":["
 #define NGX_HTTP_CIO_BATCH_TAIL     "]}"
@@ -40,6 +40,11 @@ typedef struct {
     ngx_str_t                    url;        /* .../api/v2/batch */
     ngx_str_t                    userpwd;    /* site_id:api_key */
     ngx_str_t                    site_id;
+
+    uint64_t                     rate_at;    /* unix ms, last refill */
+    uint64_t                     rate_tokens; /* 1/1000000 requests */
+    uint64_t                     alert_at;   /* unix ms: next hold alert */
+    uint64_t                     dead;       /* to the dead-letter file */
 } ngx_http_cio_shws_t;
 
 
@@ -63,6 +68,12 @@ typedef struct {
     ngx_uint_t                   count;
     size_t                       bytes;
     uint64_t                     rejected_full;
+
+    /* bumped on every reload that keeps the zone */
+    ngx_uint_t                   generation;
+
+    /* a reload resized the zone: its pending items moved to the new one */
+    ngx_uint_t                   orphaned;
 } ngx_http_cio_shctx_t;
 
 
@@ -70,6 +81,7 @@ typedef struct {
     ngx_http_cio_shctx_t        *sh;
     ngx_slab_pool_t             *shpool;
     ngx_array_t                 *workspaces; /* to intern at init */
+    unsigned                     fresh:1;    /* created by this cycle */
 } ngx_http_cio_zone_t;
 
 
@@ -95,7 +107,22 @@ typedef struct {
     ngx_msec_t                   backoff_max;
     ngx_msec_t                   lease;
     ngx_uint_t                   max_events;
+
+    ngx_uint_t                   retry_max;
+    ngx_uint_t                   rate;       /* milli-requests a second */
+    ngx_uint_t                   burst;      /* requests */
+    ngx_open_file_t             *dead_letter;
+    ngx_str_t                    spool;
+    ngx_msec_t                   drain_timeout;
 } ngx_http_cio_main_conf_t;
+
+
+/* what becomes of one item of a batch once its answer is in */
+#define NGX_HTTP_CIO_ACT_DONE       0    /* delivered: freed */
+#define NGX_HTTP_CIO_ACT_RETRY      1    /* requeued, attempts + 1 */
+#define NGX_HTTP_CIO_ACT_RETURN     2    /* requeued as it was */
+#define NGX_HTTP_CIO_ACT_DEAD       3    /* to the dead-letter file */
+#define NGX_HTTP_CIO_ACT_GONE       4    /* out: no longer ours */
 
 
 /* one batch a worker has handed to its sender thread */
@@ -105,26 +132,41 @@ typedef struct {
     ngx_http_cio_node_t        **nodes;
     uint64_t                    *ids;
     size_t                       bytes;
+
+    /* where each item is in the request body, for dead letters */
+    size_t                      *offs;
+    uint32_t                    *lens;
+    uint32_t                    *attempts;   /* out of settle */
+    u_char                      *acts;       /* NGX_HTTP_CIO_ACT_* */
+
+    char                        *url;        /* copies, for the thread */
+    char                        *userpwd;
 } ngx_http_cio_batch_t;
 
 
 typedef enum {
-    NGX_HTTP_CIO_DONE = 0,         /* delivered: free the nodes */
-    NGX_HTTP_CIO_RETRY,            /* back to pending, attempts + 1 */
-    NGX_HTTP_CIO_RETURN            /* back to pending, as they were */
+    NGX_HTTP_CIO_DONE = 0,         /* answered: no backoff */
+    NGX_HTTP_CIO_RETRY,            /* failed: back off */
+    NGX_HTTP_CIO_RETURN,           /* never answered: no backoff */
+    NGX_HTTP_CIO_HOLD              /* credentials or endpoint: pause */
 } ngx_http_cio_outcome_e;
 
 
 typedef struct {
     ngx_uint_t                   outcome;    /* ngx_http_cio_outcome_e */
-    ngx_uint_t                   refused;    /* of a DONE batch */
     uint64_t                     retry_after_ms;
     uint64_t                     backoff_min;
     uint64_t                     backoff_max;
+    ngx_uint_t                   retry_max;
 
     /* out */
     ngx_uint_t                   settled;
+    ngx_uint_t                   done;
+    ngx_uint_t                   requeued;
+    ngx_uint_t                   dead;
     uint64_t                     delay;
+    ngx_uint_t                   pending;    /* left in the workspace */
+    unsigned                     alert:1;    /* a hold worth an alert */
 } ngx_http_cio_settle_t;
 
 
@@ -139,18 +181,44 @@ ngx_int_t ngx_http_cio_queue_push(ngx_http_cio_zone_t *zone,
     ngx_http_cio_shws_t *ws, ngx_str_t *items, ngx_uint_t n,
     ngx_uint_t max_events);
 ngx_http_cio_batch_t *ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone,
-    ngx_http_cio_shws_t *ws, size_t max_bytes, ngx_msec_t lease,
+    ngx_http_cio_shws_t *ws, ngx_http_cio_main_conf_t *mcf,
     u_char **body, size_t *body_len);
 void ngx_http_cio_queue_settle(ngx_http_cio_zone_t *zone,
     ngx_http_cio_batch_t *batch, ngx_http_cio_settle_t *st);
+ngx_uint_t ngx_http_cio_queue_bury(ngx_http_cio_zone_t *zone,
+    ngx_http_cio_batch_t *batch);
 ngx_uint_t ngx_http_cio_queue_reclaim(ngx_http_cio_zone_t *zone);
 void ngx_http_cio_queue_free_batch(ngx_http_cio_batch_t *batch);
+ngx_int_t ngx_http_cio_queue_append(ngx_http_cio_zone_t *zone,
+    ngx_http_cio_shws_t *ws, u_char *data, size_t len, uint32_t attempts,
+    ngx_uint_t max_events);
+ngx_http_cio_shws_t *ngx_http_cio_queue_lookup(ngx_http_cio_zone_t *zone,
+    ngx_str_t *url, ngx_str_t *site_id);
+ngx_uint_t ngx_http_cio_queue_generation(ngx_http_cio_zone_t *zone);
+ngx_uint_t ngx_http_cio_queue_migrate(ngx_http_cio_zone_t *from,
+    ngx_http_cio_zone_t *to, ngx_uint_t max_events, ngx_uint_t *left);
+ngx_uint_t ngx_http_cio_queue_busy(ngx_http_cio_zone_t *zone);
 uint64_t ngx_http_cio_now_ms(void);
 
 ngx_int_t ngx_http_cio_deliver_init(ngx_cycle_t *cycle,
     ngx_http_cio_main_conf_t *mcf);
 void ngx_http_cio_deliver_exit(ngx_cycle_t *cycle);
 void ngx_http_cio_deliver_kick(void);
+
+void ngx_http_cio_dead_letter(ngx_http_cio_main_conf_t *mcf,
+    ngx_log_t *log, ngx_http_cio_shws_t *ws, ngx_http_cio_batch_t *batch,
+    ngx_uint_t i, u_char *body, long status, const char *reason,
+    u_char *answer, size_t answer_len);
+
+ngx_int_t ngx_http_cio_spool_init_module(ngx_cycle_t *cycle);
+void ngx_http_cio_spool_exit_master(ngx_cycle_t *cycle);
+
+char *ngx_http_cio_rate_slot(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_cio_dead_letter_slot(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_cio_spool_slot(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 
 
 #endif /* _NGX_HTTP_CIO_H_INCLUDED_ */

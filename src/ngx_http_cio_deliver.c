@@ -8,7 +8,13 @@
  * The event-loop side of delivery, one per worker: a flush timer that
  * leases batches out of the zone and hands them to the sender thread, and
  * an eventfd the thread writes to when answers are in.  Everything that
- * touches nginx or the zone happens here, on the worker's own thread.
+ * touches nginx, the zone or the dead-letter file happens here, on the
+ * worker's own thread.
+ *
+ * The flush timer is not cancelable, on purpose: it is what keeps a worker
+ * alive after "nginx -s quit" while it drains the queue for up to
+ * cio_drain_timeout.  After a reload it is not re-armed, and the old
+ * workers leave the queue to the new ones.
  */
 
 
@@ -23,7 +29,8 @@
 #define NGX_HTTP_CIO_MAX_WS          256
 #define NGX_HTTP_CIO_RECLAIM_EVERY   1000
 #define NGX_HTTP_CIO_STOP_TIMEOUT    2000
-#define NGX_HTTP_CIO_LOG_ITEM        256
+/* an absurd Retry-After must not stall a workspace for a day */
+#define NGX_HTTP_CIO_MAX_RETRY_AFTER 3600
 
 
 typedef struct {
@@ -36,21 +43,30 @@ typedef struct {
     ngx_uint_t                   inflight;
     uint64_t                     reclaimed_at;
     ngx_log_t                   *log;
+    ngx_uint_t                   generation;
+    uint64_t                     drain_deadline;
     unsigned                     exiting:1;
+    unsigned                     draining:1;
+    unsigned                     drained:1;
 } ngx_http_cio_deliver_t;
 
 
 static void ngx_http_cio_deliver_timer(ngx_event_t *ev);
+static ngx_int_t ngx_http_cio_deliver_drain_start(void);
+static ngx_uint_t ngx_http_cio_deliver_drain_done(void);
 static void ngx_http_cio_deliver_kick_handler(ngx_event_t *ev);
 static void ngx_http_cio_deliver_drain(void);
 static ngx_int_t ngx_http_cio_deliver_send(ngx_http_cio_shws_t *ws);
 static void ngx_http_cio_deliver_notified(ngx_event_t *ev);
 static void ngx_http_cio_deliver_results(void);
 static void ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req);
+static ngx_uint_t ngx_http_cio_deliver_counts(ngx_http_cio_sreq_t *req);
 static ngx_uint_t ngx_http_cio_deliver_refused(ngx_http_cio_sreq_t *req,
-    ngx_http_cio_batch_t *batch);
-static void ngx_http_cio_deliver_log_item(ngx_uint_t level,
-    ngx_http_cio_batch_t *batch, ngx_uint_t i, const char *why);
+    ngx_http_cio_batch_t *batch, char **errors);
+static char *ngx_http_cio_deliver_answer(ngx_http_cio_sreq_t *req);
+static void ngx_http_cio_deliver_bury(ngx_http_cio_sreq_t *req,
+    ngx_http_cio_batch_t *batch, char **errors, char *answer,
+    const char *reason);
 
 
 static ngx_http_cio_deliver_t  ngx_http_cio_deliver;
@@ -110,12 +126,14 @@ ngx_http_cio_deliver_init(ngx_cycle_t *cycle, ngx_http_cio_main_conf_t *mcf)
 
     ngx_http_cio_dummy.fd = (ngx_socket_t) -1;
 
-    /* cancelable: a pending flush must not keep an exiting worker alive */
+    /* a reload bumps it: an old worker then knows not to drain */
+    d->generation = ngx_http_cio_queue_generation(d->zone);
+
+    /* not cancelable: see the top of this file */
 
     d->timer.handler = ngx_http_cio_deliver_timer;
     d->timer.log = cycle->log;
     d->timer.data = &ngx_http_cio_dummy;
-    d->timer.cancelable = 1;
 
     d->kick.handler = ngx_http_cio_deliver_kick_handler;
     d->kick.log = cycle->log;
@@ -189,13 +207,107 @@ ngx_http_cio_deliver_timer(ngx_event_t *ev)
 
     d = &ngx_http_cio_deliver;
 
-    if (ngx_exiting || d->exiting) {
+    if (d->exiting) {
         return;
+    }
+
+    if (ngx_exiting) {
+
+        if (!d->draining && ngx_http_cio_deliver_drain_start() != NGX_OK) {
+            /* not re-armed: the worker may exit */
+            return;
+        }
+
+        if (ngx_http_cio_deliver_drain_done()) {
+            d->drained = 1;
+            return;
+        }
     }
 
     ngx_http_cio_deliver_drain();
 
     ngx_add_timer(ev, d->mcf->flush_interval);
+}
+
+
+/*
+ * A stop drains, a reload does not: after a reload the zone lives on and
+ * new workers deliver from it, while after a stop what is left in it goes
+ * to the spool.  The master bumps the generation on reload, before it
+ * tells the old workers to quit.
+ */
+
+static ngx_int_t
+ngx_http_cio_deliver_drain_start(void)
+{
+    ngx_uint_t               busy;
+    ngx_http_cio_deliver_t  *d;
+
+    d = &ngx_http_cio_deliver;
+
+    if (ngx_http_cio_queue_generation(d->zone) != d->generation) {
+        ngx_log_error(NGX_LOG_INFO, d->log, 0,
+                      "cio: reloaded, the new workers deliver the queue");
+        return NGX_DECLINED;
+    }
+
+    if (d->mcf->drain_timeout == 0) {
+        return NGX_DECLINED;
+    }
+
+    busy = ngx_http_cio_queue_busy(d->zone);
+
+    if (busy == 0) {
+        return NGX_DECLINED;
+    }
+
+    d->draining = 1;
+    d->drain_deadline = ngx_http_cio_now_ms() + d->mcf->drain_timeout;
+
+    ngx_log_error(NGX_LOG_NOTICE, d->log, 0,
+                  "cio: stopping, delivering the %ui queued events for up "
+                  "to %M ms", busy, d->mcf->drain_timeout);
+
+    return NGX_OK;
+}
+
+
+static ngx_uint_t
+ngx_http_cio_deliver_drain_done(void)
+{
+    ngx_uint_t               busy;
+    ngx_http_cio_deliver_t  *d;
+
+    d = &ngx_http_cio_deliver;
+
+    busy = ngx_http_cio_queue_busy(d->zone);
+
+    if (busy == 0) {
+        ngx_log_error(NGX_LOG_NOTICE, d->log, 0,
+                      "cio: stopping, the queue is delivered");
+        return 1;
+    }
+
+    if (ngx_http_cio_now_ms() >= d->drain_deadline) {
+
+        if (d->zone->sh->orphaned) {
+            /* nobody spools a zone a reload replaced */
+            ngx_log_error(NGX_LOG_ALERT, d->log, 0,
+                          "cio: %ui events of a zone a reload replaced "
+                          "were not delivered in cio_drain_timeout and are "
+                          "lost", busy);
+
+        } else {
+            ngx_log_error(NGX_LOG_WARN, d->log, 0,
+                          "cio: stopping, %ui events still queued after "
+                          "cio_drain_timeout, they stay in the zone for "
+                          "cio_spool", busy);
+        }
+
+        return 1;
+    }
+
+    return 0;
 }
 
 
@@ -219,7 +331,7 @@ ngx_http_cio_deliver_drain(void)
     d = &ngx_http_cio_deliver;
     zone = d->zone;
 
-    if (d->exiting || ngx_exiting) {
+    if (d->exiting || d->drained || (ngx_exiting && !d->draining)) {
         return;
     }
 
@@ -293,23 +405,24 @@ ngx_http_cio_deliver_send(ngx_http_cio_shws_t *ws)
     d = &ngx_http_cio_deliver;
     mcf = d->mcf;
 
-    batch = ngx_http_cio_queue_take(d->zone, ws, mcf->batch_size,
-                                    mcf->lease, &body, &len);
+    batch = ngx_http_cio_queue_take(d->zone, ws, mcf, &body, &len);
     if (batch == NULL) {
         return NGX_DECLINED;
     }
 
     req = ngx_http_cio_sreq_alloc();
 
-    if (req == NULL
-        || (req->url = strdup((char *) ws->url.data)) == NULL
-        || (req->userpwd = strdup((char *) ws->userpwd.data)) == NULL)
-    {
+    if (req == NULL) {
         ngx_log_error(NGX_LOG_ALERT, d->log, 0, "cio: out of memory");
-        ngx_http_cio_sreq_free(req);
         ngx_free(body);
         goto failed;
     }
+
+    /* the credentials as the zone had them when the batch was taken */
+    req->url = batch->url;
+    req->userpwd = batch->userpwd;
+    batch->url = NULL;
+    batch->userpwd = NULL;
 
     req->body = (char *) body;
     req->body_len = len;
@@ -334,6 +447,7 @@ failed:
 
     ngx_memzero(&st, sizeof(ngx_http_cio_settle_t));
     st.outcome = NGX_HTTP_CIO_RETURN;
+    ngx_memset(batch->acts, NGX_HTTP_CIO_ACT_RETURN, batch->n);
 
     ngx_http_cio_queue_settle(d->zone, batch, &st);
     ngx_http_cio_queue_free_batch(batch);
@@ -378,80 +492,177 @@ ngx_http_cio_deliver_results(void)
 }
 
 
+/*
+ * What an answer means for the items of a batch:
+ *
+ *   2xx          delivered; a 207 names the refused ones, which are
+ *                dead-lettered
+ *   401, 403,    credentials or endpoint are wrong: everything waits,
+ *   404, 405,    the workspace pauses, an alert says so once a minute,
+ *   3xx          and no attempt is counted: a wrong key must not throw
+ *                events away
+ *   408, 5xx,    retried with backoff; an attempt counts against
+ *   timeouts     cio_retry_max, unless Customer.io was never reached or
+ *                said it is busy (429, 502, 503, 504): that says nothing
+ *                about the items
+ *   other 4xx    will never succeed: dead-lettered
+ */
+
 static void
 ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req)
 {
-    ngx_uint_t                 level;
-    ngx_http_cio_batch_t      *batch;
+    char                      *answer, **errors;
+    long                       status;
+    u_char                     act;
+    ngx_str_t                  where;
+    ngx_uint_t                 i, level, refused;
+    const char                *reason;
     ngx_http_cio_shws_t       *ws;
+    ngx_http_cio_batch_t      *batch;
     ngx_http_cio_settle_t      st;
     ngx_http_cio_deliver_t    *d;
+    ngx_http_cio_main_conf_t  *mcf;
 
     d = &ngx_http_cio_deliver;
+    mcf = d->mcf;
     batch = req->data;
     ws = batch->ws;
+    status = req->status;
+    errors = NULL;
+    refused = 0;
+    reason = "retries exhausted";
 
     d->inflight--;
 
     ngx_memzero(&st, sizeof(ngx_http_cio_settle_t));
-    st.backoff_min = d->mcf->backoff_min;
-    st.backoff_max = d->mcf->backoff_max;
+    st.backoff_min = mcf->backoff_min;
+    st.backoff_max = mcf->backoff_max;
+    st.retry_max = mcf->retry_max;
 
     if (req->aborted) {
         st.outcome = NGX_HTTP_CIO_RETURN;
+        act = NGX_HTTP_CIO_ACT_RETURN;
 
-    } else if (req->status >= 200 && req->status < 300) {
+    } else if (status >= 200 && status < 300) {
         st.outcome = NGX_HTTP_CIO_DONE;
+        act = NGX_HTTP_CIO_ACT_DONE;
 
-        if (req->status == 207) {
-            st.refused = ngx_http_cio_deliver_refused(req, batch);
-        }
-
-    } else if (req->status == 0 || req->status == 408 || req->status == 429
-               || req->status >= 500
-               || req->status == 401 || req->status == 403)
+    } else if ((status >= 300 && status < 400)
+               || status == 401 || status == 403
+               || status == 404 || status == 405)
     {
-        /* a wrong key must not throw events away: they wait for a fix */
+        st.outcome = NGX_HTTP_CIO_HOLD;
+        act = NGX_HTTP_CIO_ACT_RETURN;
+
+    } else if (status == 0 || status == 408 || status == 429
+               || status >= 500)
+    {
         st.outcome = NGX_HTTP_CIO_RETRY;
+        act = ngx_http_cio_deliver_counts(req) ? NGX_HTTP_CIO_ACT_RETRY
+                                               : NGX_HTTP_CIO_ACT_RETURN;
 
         if (req->retry_after > 0) {
-            st.retry_after_ms = (uint64_t) req->retry_after * 1000;
+            st.retry_after_ms = (uint64_t) ngx_min(req->retry_after,
+                                              NGX_HTTP_CIO_MAX_RETRY_AFTER)
+                                * 1000;
         }
 
     } else {
         /* Customer.io will never take these: retrying cannot help */
         st.outcome = NGX_HTTP_CIO_DONE;
-        st.refused = batch->n;
+        act = NGX_HTTP_CIO_ACT_DEAD;
+        reason = "batch rejected";
+    }
 
-        ngx_log_error(NGX_LOG_ERR, d->log, 0,
-                      "cio: Customer.io refused a batch of %ui events for "
-                      "site \"%V\" with %l: %s",
-                      batch->n, &ws->site_id, req->status,
-                      req->resp ? req->resp : "");
+    ngx_memset(batch->acts, act, batch->n);
 
-        ngx_http_cio_deliver_log_item(NGX_LOG_ERR, batch, 0,
-                                      "first refused event");
+    if (status == 207 && !req->aborted) {
+        errors = ngx_calloc(batch->n * sizeof(char *), d->log);
+
+        if (errors) {
+            refused = ngx_http_cio_deliver_refused(req, batch, errors);
+            reason = "refused";
+        }
     }
 
     ngx_http_cio_queue_settle(d->zone, batch, &st);
 
-    if (st.outcome == NGX_HTTP_CIO_RETRY) {
-        level = (req->status == 401 || req->status == 403) ? NGX_LOG_ERR
-                                                             : NGX_LOG_WARN;
+    if (st.dead) {
+        answer = (status == 207) ? NULL : ngx_http_cio_deliver_answer(req);
 
-        if (req->status) {
-            ngx_log_error(level, d->log, 0,
+        ngx_http_cio_deliver_bury(req, batch, errors, answer, reason);
+
+        if (mcf->dead_letter) {
+            where = mcf->dead_letter->name;
+
+        } else {
+            ngx_str_set(&where, "the error log (no cio_dead_letter)");
+        }
+
+        if (status == 207) {
+            ngx_log_error(NGX_LOG_ERR, d->log, 0,
+                          "cio: Customer.io refused %ui of %ui events for "
+                          "site \"%V\" (207), %ui dead-lettered to %V",
+                          refused, batch->n, &ws->site_id, st.dead, &where);
+
+        } else if (act == NGX_HTTP_CIO_ACT_DEAD) {
+            ngx_log_error(NGX_LOG_ERR, d->log, 0,
+                          "cio: Customer.io rejected a batch of %ui events "
+                          "for site \"%V\" with %l: %s; %ui dead-lettered "
+                          "to %V",
+                          batch->n, &ws->site_id, status,
+                          req->resp ? req->resp : "", st.dead, &where);
+
+        } else {
+            ngx_log_error(NGX_LOG_ERR, d->log, 0,
+                          "cio: gave up on %ui events for site \"%V\" after "
+                          "%ui retries (cio_retry_max), the last got %l%s%s; "
+                          "dead-lettered to %V",
+                          st.dead, &ws->site_id, mcf->retry_max, status,
+                          status ? "" : ": ", status ? "" : req->error,
+                          &where);
+        }
+
+        if (answer) {
+            cJSON_free(answer);
+        }
+    }
+
+    if (errors) {
+        for (i = 0; i < batch->n; i++) {
+            if (errors[i]) {
+                cJSON_free(errors[i]);
+            }
+        }
+
+        ngx_free(errors);
+    }
+
+    if (st.outcome == NGX_HTTP_CIO_HOLD) {
+        level = st.alert ? NGX_LOG_ALERT : NGX_LOG_INFO;
+
+        ngx_log_error(level, d->log, 0,
+                      "cio: Customer.io answered %l for site \"%V\" at "
+                      "\"%V\": check cio_site_id, cio_api_key and "
+                      "cio_endpoint; sending is paused, %ui events wait "
+                      "(retrying in %uL ms)",
+                      status, &ws->site_id, &ws->url, st.pending, st.delay);
+
+    } else if (st.outcome == NGX_HTTP_CIO_RETRY && st.requeued) {
+
+        if (status) {
+            ngx_log_error(NGX_LOG_WARN, d->log, 0,
                           "cio: sending %ui events for site \"%V\" to "
                           "\"%V\" got %l%s%s, retrying in %uL ms",
-                          st.settled, &ws->site_id, &ws->url, req->status,
+                          st.requeued, &ws->site_id, &ws->url, status,
                           req->resp ? ": " : "", req->resp ? req->resp : "",
                           st.delay);
 
         } else {
-            ngx_log_error(level, d->log, 0,
+            ngx_log_error(NGX_LOG_WARN, d->log, 0,
                           "cio: sending %ui events for site \"%V\" to "
                           "\"%V\" failed: %s, retrying in %uL ms",
-                          st.settled, &ws->site_id, &ws->url, req->error,
+                          st.requeued, &ws->site_id, &ws->url, req->error,
                           st.delay);
         }
     }
@@ -460,29 +671,44 @@ ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req)
 }
 
 
-/* a 207 names the refused items by their index in the batch */
+static ngx_uint_t
+ngx_http_cio_deliver_counts(ngx_http_cio_sreq_t *req)
+{
+    if (req->status == 0) {
+        /* a batch that never left cannot be what fails */
+        return !req->unsent;
+    }
+
+    /* busy or away, not a verdict on these items */
+    return req->status != 429 && req->status != 502 && req->status != 503
+           && req->status != 504;
+}
+
+
+/*
+ * A 207 names the refused items by their index in the batch: those become
+ * dead, the others stay delivered.  errors[i] gets the error object
+ * Customer.io gave for item i, as JSON text.
+ */
 
 static ngx_uint_t
 ngx_http_cio_deliver_refused(ngx_http_cio_sreq_t *req,
-    ngx_http_cio_batch_t *batch)
+    ngx_http_cio_batch_t *batch, char **errors)
 {
     int          i, n;
-    cJSON       *root, *errors, *e, *idx, *msg, *field;
-    ngx_uint_t   refused;
-    char         why[256];
+    cJSON       *root, *list, *e, *idx;
+    ngx_uint_t   refused, k;
 
     refused = 0;
 
     root = cJSON_ParseWithLength(req->resp ? req->resp : "", req->resp_len);
-    errors = cJSON_GetObjectItemCaseSensitive(root, "errors");
+    list = cJSON_GetObjectItemCaseSensitive(root, "errors");
 
-    n = cJSON_GetArraySize(errors);
+    n = cJSON_GetArraySize(list);
 
     for (i = 0; i < n; i++) {
-        e = cJSON_GetArrayItem(errors, i);
+        e = cJSON_GetArrayItem(list, i);
         idx = cJSON_GetObjectItemCaseSensitive(e, "batch_index");
-        msg = cJSON_GetObjectItemCaseSensitive(e, "message");
-        field = cJSON_GetObjectItemCaseSensitive(e, "field");
 
         if (!cJSON_IsNumber(idx) || idx->valuedouble < 0
             || idx->valuedouble >= (double) batch->n)
@@ -490,16 +716,23 @@ ngx_http_cio_deliver_refused(ngx_http_cio_sreq_t *req,
             continue;
         }
 
+        k = (ngx_uint_t) idx->valuedouble;
+
+        if (batch->acts[k] == NGX_HTTP_CIO_ACT_DEAD) {
+            continue;
+        }
+
+        batch->acts[k] = NGX_HTTP_CIO_ACT_DEAD;
+        errors[k] = cJSON_PrintUnformatted(e);
         refused++;
+    }
 
-        ngx_snprintf((u_char *) why, sizeof(why) - 1, "refused (%s%s%s)%Z",
-                     cJSON_IsString(msg) ? msg->valuestring : "no reason",
-                     cJSON_IsString(field) ? ", field " : "",
-                     cJSON_IsString(field) ? field->valuestring : "");
-        why[sizeof(why) - 1] = '\0';
-
-        ngx_http_cio_deliver_log_item(NGX_LOG_ERR, batch,
-                                      (ngx_uint_t) idx->valuedouble, why);
+    if (refused == 0) {
+        /* a 207 that names nobody: the batch is in, the answer is odd */
+        ngx_log_error(NGX_LOG_WARN, ngx_http_cio_deliver.log, 0,
+                      "cio: site \"%V\" answered 207 without a usable "
+                      "batch_index: %s",
+                      &batch->ws->site_id, req->resp ? req->resp : "");
     }
 
     cJSON_Delete(root);
@@ -508,24 +741,67 @@ ngx_http_cio_deliver_refused(ngx_http_cio_sreq_t *req,
 }
 
 
-static void
-ngx_http_cio_deliver_log_item(ngx_uint_t level, ngx_http_cio_batch_t *batch,
-    ngx_uint_t i, const char *why)
+/* the answer as JSON text for a dead letter: the body, or the error */
+
+static char *
+ngx_http_cio_deliver_answer(ngx_http_cio_sreq_t *req)
 {
-    size_t                len;
-    ngx_http_cio_node_t  *node;
+    char   *s;
+    cJSON  *json;
 
-    node = batch->nodes[i];
+    json = NULL;
 
-    /* still ours until settled: nobody else frees or reuses it */
-    if (node->id != batch->ids[i] || node->owner != ngx_pid) {
-        return;
+    if (req->resp_len) {
+        json = cJSON_ParseWithLength(req->resp, req->resp_len);
+
+        if (json == NULL) {
+            json = cJSON_CreateString(req->resp);
+        }
+
+    } else if (req->error[0]) {
+        json = cJSON_CreateString(req->error);
     }
 
-    len = ngx_min(node->len, NGX_HTTP_CIO_LOG_ITEM);
+    if (json == NULL) {
+        return NULL;
+    }
 
-    ngx_log_error(level, ngx_http_cio_deliver.log, 0,
-                  "cio: site \"%V\" event %ui of the batch %s: %*s%s",
-                  &batch->ws->site_id, i, why, len, node->data,
-                  len < node->len ? "..." : "");
+    s = cJSON_PrintUnformatted(json);
+    cJSON_Delete(json);
+
+    return s;
+}
+
+
+/*
+ * Dead letters are written before the items leave the zone: a crash in
+ * between sends them again, which the dedupe id makes harmless, rather
+ * than losing them.
+ */
+
+static void
+ngx_http_cio_deliver_bury(ngx_http_cio_sreq_t *req,
+    ngx_http_cio_batch_t *batch, char **errors, char *answer,
+    const char *reason)
+{
+    char                    *a;
+    ngx_uint_t               i;
+    ngx_http_cio_deliver_t  *d;
+
+    d = &ngx_http_cio_deliver;
+
+    for (i = 0; i < batch->n; i++) {
+
+        if (batch->acts[i] != NGX_HTTP_CIO_ACT_DEAD) {
+            continue;
+        }
+
+        a = (errors && errors[i]) ? errors[i] : answer;
+
+        ngx_http_cio_dead_letter(d->mcf, d->log, batch->ws, batch, i,
+                                 (u_char *) req->body, req->status, reason,
+                                 (u_char *) a, a ? ngx_strlen(a) : 0);
+    }
+
+    (void) ngx_http_cio_queue_bury(d->zone, batch);
 }

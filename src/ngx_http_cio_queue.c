@@ -20,11 +20,13 @@
 #include "ngx_http_cio.h"
 
 
-#define NGX_HTTP_CIO_MIN_ITEM  48
+#define NGX_HTTP_CIO_MIN_ITEM     48
+#define NGX_HTTP_CIO_ALERT_EVERY  60000
 
 
 static ngx_http_cio_shws_t *ngx_http_cio_queue_find(
-    ngx_http_cio_shctx_t *sh, ngx_http_cio_ws_t *ws);
+    ngx_http_cio_shctx_t *sh, ngx_str_t *url, ngx_str_t *site_id);
+static char *ngx_http_cio_queue_dup(ngx_str_t *s);
 static ngx_int_t ngx_http_cio_queue_copy_str(ngx_slab_pool_t *shpool,
     ngx_str_t *dst, ngx_str_t *src);
 
@@ -79,6 +81,8 @@ ngx_http_cio_queue_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     ngx_memzero(zone->sh, sizeof(ngx_http_cio_shctx_t));
 
     zone->sh->magic = NGX_HTTP_CIO_SHM_MAGIC;
+    zone->sh->generation = 1;
+    zone->fresh = 1;
     ngx_queue_init(&zone->sh->workspaces);
     ngx_queue_init(&zone->sh->inflight);
 
@@ -101,15 +105,25 @@ ngx_http_cio_queue_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 }
 
 
+/*
+ * A workspace is its endpoint and site id.  A reload that changes only the
+ * API key updates the key in place, so that events queued under a wrong
+ * key are sent with the corrected one, at once.
+ */
+
 ngx_int_t
 ngx_http_cio_queue_intern(ngx_http_cio_zone_t *zone, ngx_http_cio_ws_t *ws,
     ngx_log_t *log)
 {
+    ngx_str_t             old;
+    ngx_uint_t            rekeyed;
     ngx_http_cio_shws_t  *shws;
+
+    rekeyed = 0;
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
-    shws = ngx_http_cio_queue_find(zone->sh, ws);
+    shws = ngx_http_cio_queue_find(zone->sh, &ws->url, &ws->site_id);
 
     if (shws == NULL) {
         shws = ngx_slab_calloc_locked(zone->shpool,
@@ -133,9 +147,39 @@ ngx_http_cio_queue_intern(ngx_http_cio_zone_t *zone, ngx_http_cio_ws_t *ws,
 
         ngx_queue_init(&shws->pending);
         ngx_queue_insert_tail(&zone->sh->workspaces, &shws->link);
+
+    } else if (shws->userpwd.len != ws->userpwd.len
+               || ngx_memcmp(shws->userpwd.data, ws->userpwd.data,
+                             ws->userpwd.len)
+                  != 0)
+    {
+        old = shws->userpwd;
+
+        if (ngx_http_cio_queue_copy_str(zone->shpool, &shws->userpwd,
+                                        &ws->userpwd)
+            != NGX_OK)
+        {
+            shws->userpwd = old;
+            goto nomem;
+        }
+
+        /* workers copy the key under the lock only: nobody holds it */
+        ngx_slab_free_locked(zone->shpool, old.data);
+
+        shws->retry_at = 0;
+        shws->failures = 0;
+        shws->alert_at = 0;
+        rekeyed = shws->npending + shws->ninflight;
     }
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    if (rekeyed) {
+        ngx_log_error(NGX_LOG_NOTICE, log, 0,
+                      "cio: the API key of site \"%V\" changed, its %ui "
+                      "queued events are sent with the new one",
+                      &ws->site_id, rekeyed);
+    }
 
     ws->sh = shws;
 
@@ -153,8 +197,23 @@ nomem:
 }
 
 
+ngx_http_cio_shws_t *
+ngx_http_cio_queue_lookup(ngx_http_cio_zone_t *zone, ngx_str_t *url,
+    ngx_str_t *site_id)
+{
+    ngx_http_cio_shws_t  *shws;
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+    shws = ngx_http_cio_queue_find(zone->sh, url, site_id);
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    return shws;
+}
+
+
 static ngx_http_cio_shws_t *
-ngx_http_cio_queue_find(ngx_http_cio_shctx_t *sh, ngx_http_cio_ws_t *ws)
+ngx_http_cio_queue_find(ngx_http_cio_shctx_t *sh, ngx_str_t *url,
+    ngx_str_t *site_id)
 {
     ngx_queue_t          *q;
     ngx_http_cio_shws_t  *shws;
@@ -165,11 +224,10 @@ ngx_http_cio_queue_find(ngx_http_cio_shctx_t *sh, ngx_http_cio_ws_t *ws)
     {
         shws = ngx_queue_data(q, ngx_http_cio_shws_t, link);
 
-        if (shws->url.len == ws->url.len
-            && shws->userpwd.len == ws->userpwd.len
-            && ngx_memcmp(shws->url.data, ws->url.data, ws->url.len) == 0
-            && ngx_memcmp(shws->userpwd.data, ws->userpwd.data,
-                          ws->userpwd.len)
+        if (shws->url.len == url->len
+            && shws->site_id.len == site_id->len
+            && ngx_memcmp(shws->url.data, url->data, url->len) == 0
+            && ngx_memcmp(shws->site_id.data, site_id->data, site_id->len)
                == 0)
         {
             return shws;
@@ -276,33 +334,47 @@ full:
 
 /*
  * Leases the oldest pending items of a workspace, as many as fit in
- * max_bytes once wrapped in {"batch":[...]}, and copies them into a
- * malloc()ed body for the sender thread.
+ * cio_batch_size once wrapped in {"batch":[...]}, and copies them into a
+ * malloc()ed body for the sender thread.  A request costs a token of the
+ * workspace's bucket, which all workers share: when it is empty the items
+ * wait, and the next batch carries more of them.
  */
 
 ngx_http_cio_batch_t *
 ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
-    size_t max_bytes, ngx_msec_t lease, u_char **body, size_t *body_len)
+    ngx_http_cio_main_conf_t *mcf, u_char **body, size_t *body_len)
 {
-    size_t                 size, need;
-    u_char                *p, *buf;
-    uint64_t               now, *ids;
+    size_t                 size, need, max_bytes;
+    u_char                *p, *buf, *mem;
+    uint64_t               now, tokens, burst;
     ngx_uint_t             n, cap;
     ngx_queue_t           *q;
-    ngx_http_cio_node_t   *node, **nodes;
+    ngx_http_cio_node_t   *node;
     ngx_http_cio_batch_t  *batch;
+
+    max_bytes = mcf->batch_size;
 
     /* no item is shorter than that, so the arrays never have to grow */
     cap = max_bytes / NGX_HTTP_CIO_MIN_ITEM + 1;
 
     batch = ngx_calloc(sizeof(ngx_http_cio_batch_t), ngx_cycle->log);
     buf = ngx_alloc(max_bytes, ngx_cycle->log);
-    nodes = ngx_alloc(cap * sizeof(ngx_http_cio_node_t *), ngx_cycle->log);
-    ids = ngx_alloc(cap * sizeof(uint64_t), ngx_cycle->log);
+    mem = ngx_alloc(cap * (sizeof(ngx_http_cio_node_t *) + sizeof(uint64_t)
+                           + sizeof(size_t) + 2 * sizeof(uint32_t) + 1),
+                    ngx_cycle->log);
 
-    if (batch == NULL || buf == NULL || nodes == NULL || ids == NULL) {
+    if (batch == NULL || buf == NULL || mem == NULL) {
         goto failed;
     }
+
+    /* largest alignment first */
+    batch->nodes = (ngx_http_cio_node_t **) mem;
+    batch->ids = (uint64_t *) (batch->nodes + cap);
+    batch->offs = (size_t *) (batch->ids + cap);
+    batch->lens = (uint32_t *) (batch->offs + cap);
+    batch->attempts = batch->lens + cap;
+    batch->acts = (u_char *) (batch->attempts + cap);
+    mem = NULL;
 
     now = ngx_http_cio_now_ms();
 
@@ -314,7 +386,53 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
-    while (!ngx_queue_empty(&ws->pending) && ws->retry_at <= now) {
+    if (ngx_queue_empty(&ws->pending) || ws->retry_at > now) {
+        goto unlock;
+    }
+
+    if (mcf->rate) {
+        /* in millionths of a request: no rounding lost per refill */
+        burst = (uint64_t) mcf->burst * 1000000;
+
+        if (ws->rate_at == 0) {
+            ws->rate_at = now;
+            ws->rate_tokens = burst;
+
+        } else if (now > ws->rate_at) {
+            /* a long idle time fills the bucket, and must not overflow */
+            if (now - ws->rate_at > burst / mcf->rate) {
+                ws->rate_tokens = burst;
+
+            } else {
+                ws->rate_tokens += (now - ws->rate_at) * mcf->rate;
+            }
+
+            ws->rate_at = now;
+        }
+
+        /*
+         * else another worker's cached time is ahead of ours: no refill,
+         * or workers a few milliseconds apart would refill it over again
+         */
+
+        tokens = ngx_min(ws->rate_tokens, burst);
+
+        if (tokens < 1000000) {
+            ws->rate_tokens = tokens;
+            goto unlock;
+        }
+
+        ws->rate_tokens = tokens - 1000000;
+    }
+
+    batch->url = ngx_http_cio_queue_dup(&ws->url);
+    batch->userpwd = ngx_http_cio_queue_dup(&ws->userpwd);
+
+    if (batch->url == NULL || batch->userpwd == NULL) {
+        goto unlock;
+    }
+
+    while (!ngx_queue_empty(&ws->pending)) {
 
         q = ngx_queue_head(&ws->pending);
         node = ngx_queue_data(q, ngx_http_cio_node_t, link);
@@ -333,7 +451,7 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
         ngx_queue_insert_tail(&zone->sh->inflight, q);
 
         node->owner = ngx_pid;
-        node->lease = now + lease;
+        node->lease = now + mcf->lease;
 
         ws->npending--;
         ws->pending_bytes -= node->len;
@@ -343,13 +461,23 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
             *p++ = ',';
         }
 
+        batch->offs[n] = p - buf;
+        batch->lens[n] = node->len;
+
         p = ngx_cpymem(p, node->data, node->len);
         size += need;
 
-        nodes[n] = node;
-        ids[n] = node->id;
+        batch->nodes[n] = node;
+        batch->ids[n] = node->id;
         n++;
     }
+
+    if (n == 0 && mcf->rate) {
+        /* nothing went out: the token is not spent */
+        ws->rate_tokens += 1000000;
+    }
+
+unlock:
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
 
@@ -362,8 +490,6 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
 
     batch->ws = ws;
     batch->n = n;
-    batch->nodes = nodes;
-    batch->ids = ids;
     batch->bytes = p - buf;
 
     *body = buf;
@@ -373,32 +499,57 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
 
 failed:
 
-    ngx_free(batch);
+    if (batch) {
+        ngx_http_cio_queue_free_batch(batch);
+    }
+
     ngx_free(buf);
-    ngx_free(nodes);
-    ngx_free(ids);
+    ngx_free(mem);
 
     return NULL;
 }
 
 
+static char *
+ngx_http_cio_queue_dup(ngx_str_t *s)
+{
+    char  *p;
+
+    /* plain malloc(): the batch outlives nothing but this worker */
+    p = malloc(s->len + 1);
+    if (p == NULL) {
+        return NULL;
+    }
+
+    ngx_memcpy(p, s->data, s->len);
+    p[s->len] = '\0';
+
+    return p;
+}
+
+
 /*
- * Settles a batch once the sender has an answer.  Nodes whose id changed
- * were reclaimed after a lease expiry and belong to somebody else now.
+ * Settles a batch once the sender has an answer, item by item as
+ * batch->acts[] says.  Nodes whose id changed were reclaimed after a
+ * lease expiry and belong to somebody else now.  An item that has failed
+ * more than cio_retry_max times becomes dead: it stays leased to this
+ * worker until its dead letter is written, so that a crash in between
+ * sends it again rather than loses it.
  */
 
 void
 ngx_http_cio_queue_settle(ngx_http_cio_zone_t *zone,
     ngx_http_cio_batch_t *batch, ngx_http_cio_settle_t *st)
 {
+    u_char                act;
     uint64_t              now, delay;
     ngx_int_t             i;
-    ngx_uint_t            settled, shift;
+    ngx_uint_t            shift;
     ngx_http_cio_shws_t  *ws;
     ngx_http_cio_node_t  *node;
 
     ws = batch->ws;
-    settled = 0;
+    now = ngx_http_cio_now_ms();
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
@@ -408,44 +559,71 @@ ngx_http_cio_queue_settle(ngx_http_cio_zone_t *zone,
         node = batch->nodes[i];
 
         if (node->id != batch->ids[i] || node->owner != ngx_pid) {
+            batch->acts[i] = NGX_HTTP_CIO_ACT_GONE;
             continue;
         }
 
-        settled++;
+        st->settled++;
 
-        ngx_queue_remove(&node->link);
-        ws->ninflight--;
+        act = batch->acts[i];
 
-        if (st->outcome == NGX_HTTP_CIO_DONE) {
+        if (act == NGX_HTTP_CIO_ACT_DEAD) {
+            /* refused by Customer.io, not worn out by retries */
+            ws->refused++;
+        }
+
+        if (act == NGX_HTTP_CIO_ACT_RETRY) {
+            node->attempts++;
+
+            if (node->attempts > st->retry_max) {
+                act = NGX_HTTP_CIO_ACT_DEAD;
+            }
+        }
+
+        batch->attempts[i] = node->attempts;
+        batch->acts[i] = act;
+
+        switch (act) {
+
+        case NGX_HTTP_CIO_ACT_DONE:
+            ngx_queue_remove(&node->link);
+            ws->ninflight--;
             zone->sh->count--;
             zone->sh->bytes -= node->len;
             node->id = 0;
             ngx_slab_free_locked(zone->shpool, node);
-            continue;
+            st->done++;
+            break;
+
+        case NGX_HTTP_CIO_ACT_DEAD:
+            st->dead++;
+            break;
+
+        default: /* NGX_HTTP_CIO_ACT_RETRY, NGX_HTTP_CIO_ACT_RETURN */
+            ngx_queue_remove(&node->link);
+            ws->ninflight--;
+
+            node->owner = 0;
+            node->lease = 0;
+
+            ngx_queue_insert_head(&ws->pending, &node->link);
+            ws->npending++;
+            ws->pending_bytes += node->len;
+            st->requeued++;
         }
-
-        if (st->outcome == NGX_HTTP_CIO_RETRY) {
-            node->attempts++;
-        }
-
-        node->owner = 0;
-        node->lease = 0;
-
-        ngx_queue_insert_head(&ws->pending, &node->link);
-        ws->npending++;
-        ws->pending_bytes += node->len;
     }
+
+    ws->delivered += st->done;
 
     switch (st->outcome) {
 
     case NGX_HTTP_CIO_DONE:
         ws->failures = 0;
-        ws->delivered += settled - ngx_min(settled, st->refused);
-        ws->refused += ngx_min(settled, st->refused);
         break;
 
     case NGX_HTTP_CIO_RETRY:
-        ws->retried += settled;
+    case NGX_HTTP_CIO_HOLD:
+        ws->retried += st->requeued;
         ws->failures++;
 
         if (st->retry_after_ms) {
@@ -463,22 +641,211 @@ ngx_http_cio_queue_settle(ngx_http_cio_zone_t *zone,
             delay = delay / 2 + (uint64_t) ngx_random() % (delay / 2 + 1);
         }
 
-        now = ngx_http_cio_now_ms();
-
         if (ws->retry_at < now + delay) {
             ws->retry_at = now + delay;
         }
 
         st->delay = delay;
+
+        if (st->outcome == NGX_HTTP_CIO_HOLD && now >= ws->alert_at) {
+            ws->alert_at = now + NGX_HTTP_CIO_ALERT_EVERY;
+            st->alert = 1;
+        }
+
         break;
 
     default: /* NGX_HTTP_CIO_RETURN */
         break;
     }
 
+    st->pending = ws->npending + ws->ninflight;
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+}
+
+
+/* frees the dead items of a batch once their dead letters are written */
+
+ngx_uint_t
+ngx_http_cio_queue_bury(ngx_http_cio_zone_t *zone,
+    ngx_http_cio_batch_t *batch)
+{
+    ngx_uint_t            i, n;
+    ngx_http_cio_shws_t  *ws;
+    ngx_http_cio_node_t  *node;
+
+    ws = batch->ws;
+    n = 0;
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    for (i = 0; i < batch->n; i++) {
+
+        if (batch->acts[i] != NGX_HTTP_CIO_ACT_DEAD) {
+            continue;
+        }
+
+        node = batch->nodes[i];
+
+        if (node->id != batch->ids[i] || node->owner != ngx_pid) {
+            batch->acts[i] = NGX_HTTP_CIO_ACT_GONE;
+            continue;
+        }
+
+        ngx_queue_remove(&node->link);
+        ws->ninflight--;
+        zone->sh->count--;
+        zone->sh->bytes -= node->len;
+        node->id = 0;
+        ngx_slab_free_locked(zone->shpool, node);
+        n++;
+    }
+
+    ws->dead += n;
+
     ngx_shmtx_unlock(&zone->shpool->mutex);
 
-    st->settled = settled;
+    return n;
+}
+
+
+/* one item at the tail of a workspace: the spool loads this way */
+
+ngx_int_t
+ngx_http_cio_queue_append(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
+    u_char *data, size_t len, uint32_t attempts, ngx_uint_t max_events)
+{
+    ngx_http_cio_node_t  *node;
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    if (max_events && zone->sh->count >= max_events) {
+        goto full;
+    }
+
+    node = ngx_slab_alloc_locked(zone->shpool,
+                                 offsetof(ngx_http_cio_node_t, data) + len);
+    if (node == NULL) {
+        goto full;
+    }
+
+    node->ws = ws;
+    node->id = ++zone->sh->next_id;
+    node->lease = 0;
+    node->owner = 0;
+    node->attempts = attempts;
+    node->len = (uint32_t) len;
+    ngx_memcpy(node->data, data, len);
+
+    ngx_queue_insert_tail(&ws->pending, &node->link);
+
+    ws->npending++;
+    ws->pending_bytes += len;
+    zone->sh->count++;
+    zone->sh->bytes += len;
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    return NGX_OK;
+
+full:
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    return NGX_BUSY;
+}
+
+
+/*
+ * A reload that resizes cio_zone makes a new zone: the master moves the
+ * pending items of the old one into it, oldest first, while it still maps
+ * both.  Items in flight stay: their old worker settles them, and drains
+ * what comes back before it exits.
+ */
+
+ngx_uint_t
+ngx_http_cio_queue_migrate(ngx_http_cio_zone_t *from,
+    ngx_http_cio_zone_t *to, ngx_uint_t max_events, ngx_uint_t *left)
+{
+    ngx_uint_t            moved;
+    ngx_queue_t          *q, *wq;
+    ngx_http_cio_shws_t  *ws, *nws;
+    ngx_http_cio_node_t  *node;
+
+    moved = 0;
+    *left = 0;
+
+    /* the new zone's lock is taken inside: nobody holds both otherwise */
+    ngx_shmtx_lock(&from->shpool->mutex);
+
+    for (wq = ngx_queue_head(&from->sh->workspaces);
+         wq != ngx_queue_sentinel(&from->sh->workspaces);
+         wq = ngx_queue_next(wq))
+    {
+        ws = ngx_queue_data(wq, ngx_http_cio_shws_t, link);
+
+        nws = ngx_http_cio_queue_lookup(to, &ws->url, &ws->site_id);
+
+        while (!ngx_queue_empty(&ws->pending)) {
+            q = ngx_queue_head(&ws->pending);
+            node = ngx_queue_data(q, ngx_http_cio_node_t, link);
+
+            if (nws == NULL
+                || ngx_http_cio_queue_append(to, nws, node->data, node->len,
+                                             node->attempts, max_events)
+                   != NGX_OK)
+            {
+                /* the old workers deliver the rest */
+                *left += ws->npending;
+                break;
+            }
+
+            ngx_queue_remove(q);
+            ws->npending--;
+            ws->pending_bytes -= node->len;
+            from->sh->count--;
+            from->sh->bytes -= node->len;
+            node->id = 0;
+            ngx_slab_free_locked(from->shpool, node);
+            moved++;
+        }
+
+        *left += ws->ninflight;
+    }
+
+    from->sh->orphaned = 1;
+
+    ngx_shmtx_unlock(&from->shpool->mutex);
+
+    return moved;
+}
+
+
+ngx_uint_t
+ngx_http_cio_queue_generation(ngx_http_cio_zone_t *zone)
+{
+    ngx_uint_t  g;
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+    g = zone->sh->generation;
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    return g;
+}
+
+
+/* items in the zone, pending or in flight, whoever holds them */
+
+ngx_uint_t
+ngx_http_cio_queue_busy(ngx_http_cio_zone_t *zone)
+{
+    ngx_uint_t  n;
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+    n = zone->sh->count;
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    return n;
 }
 
 
@@ -537,7 +904,9 @@ ngx_http_cio_queue_reclaim(ngx_http_cio_zone_t *zone)
 void
 ngx_http_cio_queue_free_batch(ngx_http_cio_batch_t *batch)
 {
+    /* the arrays are one allocation, from nodes on */
     ngx_free(batch->nodes);
-    ngx_free(batch->ids);
+    free(batch->url);
+    free(batch->userpwd);
     ngx_free(batch);
 }

@@ -407,15 +407,21 @@ ngx_http_cio_sender_finish(ngx_http_cio_sender_t *s, CURL *easy,
     CURLcode code, ngx_http_cio_sreq_t **list)
 {
     char                 *p;
+    long                  sent;
     ngx_http_cio_sreq_t  *req;
 
     p = NULL;
+    sent = 0;
     curl_easy_getinfo(easy, CURLINFO_PRIVATE, &p);
     req = (ngx_http_cio_sreq_t *) p;
 
     req->curl_code = code;
     curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &req->status);
     curl_easy_getinfo(easy, CURLINFO_TOTAL_TIME, &req->total_time);
+    curl_easy_getinfo(easy, CURLINFO_REQUEST_SIZE, &sent);
+
+    /* no name, no connection: Customer.io never saw these items */
+    req->unsent = (code != CURLE_OK && sent == 0);
 
     if (code != CURLE_OK && req->error[0] == '\0') {
         snprintf(req->error, sizeof(req->error), "%s",

@@ -41,6 +41,7 @@ struct ngx_http_cio_sreq_s {
     long                  status;           /* HTTP status, 0 if none */
     int                   curl_code;        /* CURLcode */
     unsigned              aborted:1;        /* stopped before an answer */
+    unsigned              unsent:1;         /* never left: no connection */
     long                  retry_after;      /* seconds, -1 if absent */
     double                total_time;       /* seconds */
     char                 *resp;             /* answer body, NUL-ended */

@@ -246,7 +246,10 @@ wait_until(sub {
 }, 20);
 
 my $log = $t->read_file('error.log') . $t->read_file('access.log');
-like($t->read_file('error.log'), qr/401/, 'the 401 from Customer.io is logged');
+like($t->read_file('error.log'),
+    qr/\[alert\].*cio: Customer\.io answered 401 for site "site1"/,
+    'the 401 from Customer.io is an alert');
+$t->allow_alert(qr/cio: Customer\.io answered 401 for site "site1"/);
 unlike($log, qr/secret_api_key_1|secret_write_key/,
     'neither the API key nor the write key appears in a log');
 unlike($log, qr/\Q@{[ basic('secret_write_key') =~ s{^Basic }{}r ]}\E/,

@@ -11,6 +11,22 @@ package Cio::Standin;
 #
 #   Cio::Standin::run(listen => '127.0.0.1:0', workspaces => ['site:key'],
 #       record => $file, rate => N, burst => N, control => 1, quiet => 1);
+#
+# With control => 1, faults can be injected (t/lib/Cio/Test.pm wraps them):
+#
+#   POST /__standin/fault  one-shot faults, queued, each for `count`
+#                          requests: {status, retry_after}, {delay_ms},
+#                          {close}, {delay_ms, close} (hang, then drop
+#                          without recording), {refuse_index:[..]};
+#                          {reset:1} clears faults and modes
+#   POST /__standin/mode   standing behaviour until changed: {status}
+#                          answers every request so (401: a wrong key,
+#                          503: down), {fail_rate, fail_status,
+#                          retry_after}, {close_rate}, {slow_rate,
+#                          slow_ms}, {refuse_match: regex on item names,
+#                          answered 207}, {rate, burst}, {seed}; a key set
+#                          to null is cleared
+#   GET /__standin/stats   counters
 
 use strict;
 use warnings;
@@ -66,6 +82,9 @@ sub run {
         faults => [], buckets => {}, seq => 0,
         stats => { requests => 0, items_accepted => 0, items_refused => 0,
                    by_status => {} } }, __PACKAGE__;
+
+    # what "reset" goes back to
+    @$self{qw(rate0 burst0)} = @opts{qw(rate burst)};
 
     my $i = 0;
     for my $ws (@{ $opts{workspaces} || [] }) {
@@ -307,10 +326,11 @@ sub bad {
 sub respond {
     my ($self, $c, $req, $status, $body, %log) = @_;
     my $json = ref $body ? $JSON->encode($body) : $body;
+    my @extra = map { "$_: $log{headers}{$_}" } sort keys %{ $log{headers} || {} };
     $self->log_line($req, $status, %log);
     return if $c->{dead};
     $c->{wbuf} .= join "\r\n", "HTTP/1.1 $status " . ($REASON{$status} // 'Status'),
-        'Content-Type: application/json; charset=utf-8',
+        'Content-Type: application/json; charset=utf-8', @extra,
         'Content-Length: ' . length($json),
         'Connection: ' . ($req->{keep} ? 'keep-alive' : 'close'), '', $json;
     $c->{closing} = 1 unless $req->{keep};
@@ -371,7 +391,8 @@ sub track {
 
     # an injected fault is taken when the request arrives; a delay parks the
     # request and handles it (recording its items) when the delay ends
-    my $fault = $req->{fault} //= $self->take_fault || {};
+    my $fault = $req->{fault} //= $self->take_fault || $self->mode_fault
+        || {};
     if ($fault->{delay_ms} && !$req->{delayed}++) {
         $c->{busy} = 1;
         push @{ $self->{timers} }, { due => time + $fault->{delay_ms} / 1000,
@@ -381,7 +402,9 @@ sub track {
 
     my $site = $self->auth($req);
     $sum{site_id} = $site;
-    my ($status, $body);
+    my ($status, $body, %headers);
+    $headers{'Retry-After'} = $fault->{retry_after}
+        if defined $fault->{retry_after};
     if ($fault->{close}) {
         $self->summary(\%sum);              # status 0: closed, no answer
         $self->log_line($req, 'closed', bytes => $bytes);
@@ -391,6 +414,8 @@ sub track {
     } elsif ($fault->{status}) {
         $status = $fault->{status};
         $body = $status == 429 ? { meta => { error => 'rate limited' } }
+            : $status == 400 ? { errors => [ { reason => 'invalid',
+                message => "injected fault $status" } ] }
             : { meta => { error => "injected fault $status" } };
     } elsif (!$site) {
         ($status, $body) = (401, { meta => { error => 'Unauthorized request' } });
@@ -403,7 +428,22 @@ sub track {
     $sum{status} = $status;
     $self->summary(\%sum);
     $self->respond($c, $req, $status, $body, items => $sum{items},
-        bytes => $bytes);
+        bytes => $bytes, headers => \%headers);
+}
+
+# a fault drawn from the standing mode, or undef
+sub mode_fault {
+    my ($self) = @_;
+    my $m = $self->{mode} or return undef;
+    return { status => $m->{status}, retry_after => $m->{retry_after} }
+        if $m->{status};
+    return { close => 1 } if $m->{close_rate} && rand() < $m->{close_rate};
+    return { status => $m->{fail_status} || 500,
+             retry_after => $m->{retry_after} }
+        if $m->{fail_rate} && rand() < $m->{fail_rate};
+    return { delay_ms => $m->{slow_ms} || 1000 }
+        if $m->{slow_rate} && rand() < $m->{slow_rate};
+    return undef;
 }
 
 sub accept_items {
@@ -431,10 +471,14 @@ sub accept_items {
     $sum->{items} = @$items;
 
     my %refuse = map { $_ => 1 } @{ $refuse || [] };
+    my $match = $self->{mode}{refuse_match};
     my $now_ms = int(time * 1000);
     my (@errors, @accepted);
     for my $i (0 .. $#$items) {
+        my $name = ref $items->[$i] eq 'HASH' ? $items->[$i]{name} : undef;
         my @e = $refuse{$i} ? ('', 'refused by the stand-in (fault)')
+            : defined $match && is_str($name) && $name =~ /$match/
+            ? ('name', 'refused by the stand-in (refuse_match)')
             : item_error($items->[$i]);
         if (@e) {
             push @errors, { batch_index => $i, reason => 'invalid',
@@ -616,17 +660,40 @@ sub control {
     my ($self, $c, $req, $route) = @_;
     if ($route eq 'GET /__standin/stats') {
         return $self->respond($c, $req, 200, { %{ $self->{stats} },
-            faults => scalar @{ $self->{faults} } });
+            faults => scalar @{ $self->{faults} },
+            mode => $self->{mode} || {} });
     }
     return $self->respond($c, $req, 404, { errors => [ { message => 'not found' } ] })
-        unless $route eq 'POST /__standin/fault';
+        unless $route eq 'POST /__standin/fault'
+            || $route eq 'POST /__standin/mode';
 
     my $f = eval { $JSON->decode($req->{body}) };
     return $self->respond($c, $req, 400, { errors => [ { message =>
         'a fault is a JSON object' } ] }) unless ref $f eq 'HASH';
+
+    if ($route eq 'POST /__standin/mode') {
+        my $m = $self->{mode} //= {};
+        for my $k (sort keys %$f) {
+            if (defined $f->{$k}) {
+                $m->{$k} = $f->{$k};
+            } else {
+                delete $m->{$k};
+            }
+        }
+        srand($f->{seed}) if defined $f->{seed};
+        if (exists $f->{rate} || exists $f->{burst}) {
+            $self->{opts}{rate} = $m->{rate};
+            $self->{opts}{burst} = $m->{burst};
+            $self->{buckets} = {};
+        }
+        return $self->respond($c, $req, 200, { mode => $m });
+    }
+
     if ($f->{reset}) {
         $self->{faults} = [];
         $self->{buckets} = {};
+        $self->{mode} = {};
+        @{ $self->{opts} }{qw(rate burst)} = @$self{qw(rate0 burst0)};
     } else {
         $f->{count} = 1 unless ($f->{count} // 0) >= 1;
         push @{ $self->{faults} }, $f;

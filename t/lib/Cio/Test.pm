@@ -28,6 +28,7 @@ use Time::HiRes qw(sleep time);
 use Exporter qw(import);
 our @EXPORT_OK = qw(wait_until free_port basic);
 
+
 my $TOP = abs_path(dirname(__FILE__) . '/../../..');
 
 my $JSON = JSON::PP->new->canonical->allow_nonref;
@@ -256,6 +257,24 @@ sub reload {
     }, 15);
 }
 
+# SIGKILL to every worker; waits until the master has replaced them all
+sub kill_workers {
+    my ($self) = @_;
+    my @old = $self->worker_pids;
+    my %old = map { $_ => 1 } @old;
+    kill 'KILL', @old;
+    return wait_until(sub {
+        my @now = $self->worker_pids;
+        return @now >= @old && !grep { $old{$_} } @now;
+    }, 15);
+}
+
+# the lines of error.log matching $re
+sub log_lines {
+    my ($self, $re) = @_;
+    return grep { $_ =~ $re } split /\n/, $self->read_file('error.log');
+}
+
 sub stop {
     my ($self, $signal) = @_;
     my $pid = delete $self->{nginx_pid} or return;
@@ -356,11 +375,22 @@ sub json { $JSON }
 
 # --- the end of a test file ------------------------------------------------
 
+# lines a test expects at [alert], e.g. the alert for a wrong API key
+sub allow_alert {
+    my ($self, $re) = @_;
+    push @{ $self->{allowed} }, $re;
+    return $self;
+}
+
 sub errors_in_log {
     my ($self) = @_;
     my $log = $self->read_file('error.log');
-    return grep { /\[(alert|emerg)\]|Sanitizer|runtime error:/ }
-        split /\n/, $log;
+    my @allowed = @{ $self->{allowed} || [] };
+    return grep {
+        my $line = $_;
+        /\[(alert|emerg)\]|Sanitizer|runtime error:/
+            && !grep { $line =~ $_ } @allowed
+    } split /\n/, $log;
 }
 
 sub done {
@@ -485,6 +515,47 @@ sub stop {
 }
 
 sub running { defined $_[0]->{pid} }
+
+# standing faults (see t/lib/Cio/Standin.pm): mode({fail_rate => 0.3})
+sub mode {
+    my ($self, $what) = @_;
+    my $body = encode_json($what);
+    my ($status) = Cio::Test::raw_http($self->{port},
+        "POST /__standin/mode HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        . "Content-Type: application/json\r\nContent-Length: "
+        . length($body) . "\r\n\r\n" . $body);
+    return $status;
+}
+
+sub stats {
+    my ($self) = @_;
+    my ($status, undef, $body) = Cio::Test::raw_http($self->{port},
+        "GET /__standin/stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    return $status == 200 ? decode_json($body) : undef;
+}
+
+# recorded event names: { name => [ids...] }, one id per time recorded
+sub names {
+    my ($self) = @_;
+    my %seen;
+    for my $item (@{ $self->items }) {
+        next unless defined $item->{name};
+        push @{ $seen{ $item->{name} } }, $item->{id} // '';
+    }
+    return \%seen;
+}
+
+# waits until every name in @$names is recorded; returns the missing ones
+sub wait_names {
+    my ($self, $names, $timeout) = @_;
+    my @missing;
+    Cio::Test::wait_until(sub {
+        my $seen = $self->names;
+        @missing = grep { !$seen->{$_} } @$names;
+        return !@missing;
+    }, $timeout // 10);
+    return \@missing;
+}
 
 # the accepted items, as recorded: [{site_id, seq, index, item}, ...]
 sub records {

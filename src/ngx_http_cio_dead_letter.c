@@ -1,0 +1,246 @@
+
+/*
+ * Copyright (C) ngx_http_cio_module authors
+ */
+
+
+/*
+ * The dead-letter file: items Customer.io refused, or that failed more
+ * than cio_retry_max times, one JSON line each with the item, the answer
+ * and the time, so that an operator can fix them and replay them
+ * (scripts/cio-replay.pl).  Written on a worker's event loop thread only,
+ * with one write() per line to a file opened with O_APPEND by the master:
+ * the lines of several workers never interleave.
+ *
+ * And the cio_rate directive, the other half of this file's job of
+ * keeping Customer.io on good terms.
+ */
+
+
+#include "ngx_http_cio.h"
+
+
+#define NGX_HTTP_CIO_LOG_ITEM  1024
+
+
+static u_char *ngx_http_cio_dead_letter_str(u_char *p, const char *key,
+    u_char *s, size_t len);
+
+
+/*
+ * One line: {"time":...,"site_id":...,"url":...,"status":...,
+ * "attempts":...,"reason":...,"answer":...,"item":...}.  The item comes
+ * last and verbatim, as the spool writes it, so that tools can cut it out
+ * without re-encoding its numbers.  "answer" is JSON text prepared by the
+ * caller (an object, a string or null).
+ */
+
+void
+ngx_http_cio_dead_letter(ngx_http_cio_main_conf_t *mcf, ngx_log_t *log,
+    ngx_http_cio_shws_t *ws, ngx_http_cio_batch_t *batch, ngx_uint_t i,
+    u_char *body, long status, const char *reason, u_char *answer,
+    size_t answer_len)
+{
+    size_t      len, rlen, ilen;
+    u_char     *line, *p, *item;
+    ssize_t     n;
+    ngx_str_t   tm;
+
+    item = body + batch->offs[i];
+    ilen = batch->lens[i];
+    rlen = ngx_strlen(reason);
+
+    if (answer == NULL || answer_len == 0) {
+        answer = (u_char *) "null";
+        answer_len = sizeof("null") - 1;
+    }
+
+    if (mcf->dead_letter == NULL) {
+        len = ngx_min(ilen, NGX_HTTP_CIO_LOG_ITEM);
+
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "cio: site \"%V\" gave up on an event (%s, status "
+                      "%l, %uD attempts), no cio_dead_letter file to keep "
+                      "it: %*s%s",
+                      &ws->site_id, reason, status, batch->attempts[i],
+                      len, item, len < ilen ? "..." : "");
+        return;
+    }
+
+    tm = ngx_cached_http_log_iso8601;
+
+    len = sizeof("{\"time\":\"\",\"site_id\":\"\",\"url\":\"\",\"status\":"
+                 ",\"attempts\":,\"reason\":\"\",\"answer\":,\"item\":}\n")
+          + tm.len
+          + 2 * ws->site_id.len
+          + 2 * ws->url.len
+          + NGX_INT_T_LEN + NGX_INT32_LEN
+          + 2 * rlen
+          + answer_len
+          + ilen;
+
+    line = ngx_alloc(len, log);
+    if (line == NULL) {
+        return;
+    }
+
+    p = ngx_sprintf(line, "{\"time\":\"%V\"", &tm);
+    p = ngx_http_cio_dead_letter_str(p, "site_id", ws->site_id.data,
+                                     ws->site_id.len);
+    p = ngx_http_cio_dead_letter_str(p, "url", ws->url.data, ws->url.len);
+    p = ngx_sprintf(p, ",\"status\":%l,\"attempts\":%uD", status,
+                    batch->attempts[i]);
+    p = ngx_http_cio_dead_letter_str(p, "reason", (u_char *) reason, rlen);
+    p = ngx_cpymem(p, ",\"answer\":", sizeof(",\"answer\":") - 1);
+    p = ngx_cpymem(p, answer, answer_len);
+    p = ngx_cpymem(p, ",\"item\":", sizeof(",\"item\":") - 1);
+    p = ngx_cpymem(p, item, ilen);
+    *p++ = '}';
+    *p++ = '\n';
+
+    n = ngx_write_fd(mcf->dead_letter->fd, line, p - line);
+
+    if (n != p - line) {
+        len = ngx_min(ilen, NGX_HTTP_CIO_LOG_ITEM);
+
+        ngx_log_error(NGX_LOG_CRIT, log, ngx_errno,
+                      "cio: writing to the dead-letter file \"%V\" failed, "
+                      "site \"%V\" loses an event (%s): %*s%s",
+                      &mcf->dead_letter->name, &ws->site_id, reason,
+                      len, item, len < ilen ? "..." : "");
+    }
+
+    ngx_free(line);
+}
+
+
+static u_char *
+ngx_http_cio_dead_letter_str(u_char *p, const char *key, u_char *s,
+    size_t len)
+{
+    p = ngx_sprintf(p, ",\"%s\":\"", key);
+    p = (u_char *) ngx_escape_json(p, s, len);
+    *p++ = '"';
+
+    return p;
+}
+
+
+char *
+ngx_http_cio_dead_letter_slot(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_cio_main_conf_t *mcf = conf;
+
+    ngx_str_t  *value;
+
+    if (mcf->dead_letter != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strcmp(value[1].data, "off") == 0) {
+        mcf->dead_letter = NULL;
+        return NGX_CONF_OK;
+    }
+
+    /* opened, and reopened on USR1, by nginx itself, as access logs are */
+    mcf->dead_letter = ngx_conf_open_file(cf->cycle, &value[1]);
+    if (mcf->dead_letter == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * "cio_rate 100r/s [burst=N]", "cio_rate 6000r/m", "cio_rate off": the
+ * requests a second every workspace may send, all workers together.
+ */
+
+char *
+ngx_http_cio_rate_slot(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_cio_main_conf_t *mcf = conf;
+
+    u_char      *p;
+    size_t       len;
+    ngx_int_t    rate, scale, burst;
+    ngx_str_t   *value;
+    ngx_uint_t   i;
+
+    if (mcf->rate != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    burst = NGX_CONF_UNSET;
+
+    if (ngx_strcmp(value[1].data, "off") == 0) {
+        if (cf->args->nelts > 2) {
+            return "takes no burst when \"off\"";
+        }
+
+        mcf->rate = 0;
+        mcf->burst = 0;
+        return NGX_CONF_OK;
+    }
+
+    len = value[1].len;
+    p = value[1].data + len - 3;
+    scale = 1;
+
+    if (len > 3 && ngx_strncmp(p, "r/s", 3) == 0) {
+        len -= 3;
+
+    } else if (len > 3 && ngx_strncmp(p, "r/m", 3) == 0) {
+        scale = 60;
+        len -= 3;
+
+    } else {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid rate \"%V\", it must be like 100r/s "
+                           "or 6000r/m", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    rate = ngx_atoi(value[1].data, len);
+
+    if (rate <= 0 || rate > 1000000) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid rate \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "burst=", 6) == 0) {
+            burst = ngx_atoi(value[i].data + 6, value[i].len - 6);
+
+            if (burst <= 0 || burst > 1000000) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid burst \"%V\"", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\"", &value[i]);
+        return NGX_CONF_ERROR;
+    }
+
+    mcf->rate = rate * 1000 / scale;
+
+    /* a second's worth by default: Customer.io averages over seconds */
+    if (burst == NGX_CONF_UNSET) {
+        burst = ngx_max(rate / scale, 1);
+    }
+
+    mcf->burst = burst;
+
+    return NGX_CONF_OK;
+}

@@ -1,0 +1,144 @@
+#!/usr/bin/perl
+
+# The request rate: cio_rate is one token bucket per workspace in the zone,
+# shared by every worker, so a burst of events makes fuller batches, not
+# more requests; and when Customer.io answers 429 past its own rate, the
+# events wait and arrive, without counting against cio_retry_max.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use Test::More;
+use Time::HiRes qw(time sleep);
+use Cio::Test qw(wait_until);
+use Cio::Load qw(post_events dead_letters);
+
+sub conf {
+    my ($url, $rate) = @_;
+    my $max = $rate =~ /cio_retry_max/ ? '' : 'cio_retry_max 0;';
+    return <<"END";
+    cio_zone name=cio size=4m;
+    cio_flush_interval 5ms;
+    cio_retry_backoff 50ms 200ms;
+    $max
+    cio_max_inflight 4;
+    $rate
+    cio_dead_letter %%TESTDIR%%/dead.jsonl;
+
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location /cio/ {
+            cio_ingest segment;
+            cio_site_id site1;
+            cio_api_key key1;
+            cio_endpoint $url;
+        }
+    }
+END
+}
+
+# a steady 75 events a second for 2 s, one request each
+sub steady {
+    my ($t, $prefix) = @_;
+    my @names;
+    my $start = time;
+    for my $i (1 .. 150) {
+        my $due = $start + $i / 75;
+        sleep($due - time) if $due > time;
+        push @names, post_events($t, '/cio', "$prefix-$i", 1);
+    }
+    return @names;
+}
+
+# --- the shared bucket -------------------------------------------------------
+
+my $unlimited;
+
+for my $rate ('off', '5r/s') {
+    my $t = Cio::Test->new(workers => 4);
+    # the stand-in allows a little more than the module may send
+    my $cio = $t->standin(workspaces => ['site1:key1'],
+        $rate eq 'off' ? () : (rate => 5, burst => 8));
+
+    $t->config(http => conf($cio->url, "cio_rate $rate;"))->run;
+
+    my @names = steady($t, "rate-$rate");
+    is(scalar @names, 150, "cio_rate $rate: 150 events accepted in 2 s");
+    is_deeply($cio->wait_names(\@names, 30), [],
+        "cio_rate $rate: all of them were recorded by the stand-in");
+
+    my @r = sort { $a->{received_ms} <=> $b->{received_ms} }
+        @{ $cio->requests };
+
+    if ($rate eq 'off') {
+        $unlimited = @r;
+        $t->done_part;
+        next;
+    }
+
+    my $span = ($r[-1]{received_ms} - $r[0]{received_ms}) / 1000;
+    my $bound = 5 + 5 * $span + 1;
+
+    is(scalar(grep { $_->{status} == 429 } @r), 0,
+        'Customer.io never had to answer 429');
+    ok(@r <= $bound, sprintf('%d requests in %.1f s from 4 workers, at most '
+        . '%.0f for 5r/s with a burst of 5', scalar @r, $span, $bound));
+    ok(@r * 3 <= $unlimited, sprintf('batches filled up: %.1f events a '
+        . 'request, against %.1f without cio_rate', 150 / @r,
+        150 / $unlimited));
+
+    $t->done_part;
+}
+
+# --- Customer.io's own limit: 429, then the events arrive ------------------
+
+{
+    my $t = Cio::Test->new;
+    my $cio = $t->standin(workspaces => ['site1:key1'], rate => 4,
+        burst => 2);
+
+    $t->config(http => conf($cio->url, 'cio_rate 1000r/s;'))->run;
+
+    my @names = post_events($t, '/cio', 'over', 100);
+    is(scalar @names, 100, '100 events accepted');
+    is_deeply($cio->wait_names(\@names, 30), [],
+        'all of them were recorded by the stand-in');
+    my @r = grep { $_->{status} == 429 } @{ $cio->requests };
+    ok(@r >= 1, scalar(@r) . ' requests were answered 429 past the '
+        . 'stand-in\'s rate');
+    is_deeply(dead_letters($t->dir . '/dead.jsonl'), [],
+        'and none of their events counted against cio_retry_max 0');
+
+    $t->done_part;
+}
+
+# --- the directive ---------------------------------------------------------
+
+{
+    my $t = Cio::Test->new;
+
+    for my $case (
+        [ 'cio_rate off;', 0, qr/test is successful/ ],
+        [ 'cio_rate 6000r/m burst=20;', 0, qr/test is successful/ ],
+        [ 'cio_rate 10r/h;', 1, qr/invalid rate "10r\/h"/ ],
+        [ 'cio_rate 0r/s;', 1, qr/invalid rate "0r\/s"/ ],
+        [ 'cio_rate 5r/s burst=0;', 1, qr/invalid burst "burst=0"/ ],
+        [ 'cio_rate 5r/s; cio_rate 6r/s;', 1, qr/"cio_rate" directive is duplicate/ ],
+        [ 'cio_retry_max 1001;', 1, qr/value must be between 0 and 1000/ ],
+        [ 'cio_spool %%TESTDIR%%/s;'
+          . ' cio_drain_timeout 1s; cio_lease 1m;', 0,
+          qr/test is successful/ ],
+        [ 'cio_lease 1s;', 0, qr/"cio_lease" is shorter than/ ],
+    ) {
+        my ($directive, $rc, $re) = @$case;
+        $t->config(http => conf('http://127.0.0.1:1', $directive));
+        my ($code, $out) = $t->check_config;
+        is($code, $rc, "nginx -t with $directive: exit $rc");
+        like($out, $re, '... ' . ($rc ? 'says why' : 'passes'));
+    }
+}
+
+done_testing();

@@ -1,0 +1,66 @@
+package Cio::Load;
+
+# Events with names the tests can follow: "prefix-N", one per call, each
+# with its own messageId (so its own dedupe id).  What nginx answered 200
+# for is what must reach the stand-in, by name, or the dead-letter file.
+
+use strict;
+use warnings;
+
+use Exporter qw(import);
+use JSON::PP;
+
+our @EXPORT_OK = qw(post_events post_batch dead_letters missing);
+
+my $JSON = JSON::PP->new->canonical;
+
+sub event {
+    my ($name, $i) = @_;
+    return { type => 'track', userId => "u$i", event => $name,
+             messageId => "m-$name", properties => { n => $i } };
+}
+
+# one request per event; returns the names answered 200
+sub post_events {
+    my ($t, $path, $prefix, $n, %headers) = @_;
+    my @ok;
+    for my $i (1 .. $n) {
+        my $name = "$prefix-$i";
+        my ($st) = $t->post("$path/v1/track", event($name, $i), %headers);
+        push @ok, $name if defined $st && $st == 200;
+    }
+    return @ok;
+}
+
+# one /v1/batch request with these names; returns them if answered 200
+sub post_batch {
+    my ($t, $path, $names, %headers) = @_;
+    my $i = 0;
+    my ($st, undef, $body) = $t->post("$path/v1/batch",
+        { batch => [ map { event($_, ++$i) } @$names ] }, %headers);
+    return () unless defined $st && $st == 200
+        && $body eq '{"success":true}';
+    return @$names;
+}
+
+# the dead-letter file, decoded: [{time, site_id, status, item, ...}]
+sub dead_letters {
+    my ($file) = @_;
+    open my $fh, '<', $file or return [];
+    my @r;
+    while (my $line = <$fh>) {
+        next unless $line =~ /\n\z/;
+        push @r, $JSON->decode($line);
+    }
+    close $fh;
+    return \@r;
+}
+
+# names of @$want found neither in $seen (name => ...) nor in @$also
+sub missing {
+    my ($want, $seen, @also) = @_;
+    my %also = map { $_ => 1 } @also;
+    return [ grep { !$seen->{$_} && !$also{$_} } @$want ];
+}
+
+1;
