@@ -81,6 +81,8 @@ static ngx_int_t ngx_http_cio_process(ngx_http_request_t *r,
     ngx_int_t route);
 static ngx_int_t ngx_http_cio_route(ngx_http_request_t *r);
 static ngx_http_cio_ctx_t *ngx_http_cio_ctx(ngx_http_request_t *r);
+static void ngx_http_cio_count_reject(ngx_http_request_t *r,
+    ngx_http_cio_loc_conf_t *lcf, ngx_uint_t status, ngx_uint_t n);
 static ngx_int_t ngx_http_cio_add_variables(ngx_conf_t *cf);
 static ngx_int_t ngx_http_cio_init(ngx_conf_t *cf);
 static ngx_int_t ngx_http_cio_log_handler(ngx_http_request_t *r);
@@ -326,6 +328,13 @@ static ngx_command_t  ngx_http_cio_commands[] = {
       ngx_http_cio_names,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_cio_loc_conf_t, consent_deny),
+      NULL },
+
+    { ngx_string("cio_status"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_cio_status,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
       NULL },
 
     { ngx_string("cio_cors_origins"),
@@ -779,6 +788,17 @@ ngx_http_cio_process(ngx_http_request_t *r, ngx_int_t route)
     if (res.nfiltered) {
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                        "cio: %uz calls filtered out", res.nfiltered);
+        ngx_http_cio_stats_filtered(mcf->shm_zone->data, lcf->ws->sh,
+                                    res.nfiltered);
+    }
+
+    /* the calls of a batch refused one by one, in a 200 answer */
+    for (i = 0, j = 0; i < res.ncalls; i++) {
+        j += (res.calls[i].error[0] != '\0');
+    }
+
+    if (j) {
+        ngx_http_cio_count_reject(r, lcf, NGX_HTTP_BAD_REQUEST, j);
     }
 
     if (res.changes) {
@@ -795,6 +815,40 @@ done:
     ngx_http_cio_map_result_free(&res);
 
     return rc;
+}
+
+
+static void
+ngx_http_cio_count_reject(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
+    ngx_uint_t status, ngx_uint_t n)
+{
+    ngx_uint_t                 reason;
+    ngx_http_cio_main_conf_t  *mcf;
+
+    if (lcf->ws == NULL || lcf->ws->sh == NULL) {
+        return;
+    }
+
+    mcf = ngx_http_get_module_main_conf(r, ngx_http_cio_module);
+
+    switch (status) {
+    case NGX_HTTP_BAD_REQUEST:
+        reason = NGX_HTTP_CIO_REJ_INVALID;
+        break;
+    case NGX_HTTP_UNAUTHORIZED:
+        reason = NGX_HTTP_CIO_REJ_UNAUTHORIZED;
+        break;
+    case NGX_HTTP_REQUEST_ENTITY_TOO_LARGE:
+        reason = NGX_HTTP_CIO_REJ_TOO_LARGE;
+        break;
+    case NGX_HTTP_SERVICE_UNAVAILABLE:
+        reason = NGX_HTTP_CIO_REJ_FULL;
+        break;
+    default:
+        reason = NGX_HTTP_CIO_REJ_OTHER;
+    }
+
+    ngx_http_cio_stats_reject(mcf->shm_zone->data, lcf->ws->sh, reason, n);
 }
 
 
@@ -1507,6 +1561,8 @@ ngx_http_cio_error(ngx_http_request_t *r, ngx_uint_t status,
 
     len = ngx_strlen(error);
 
+    ngx_http_cio_count_reject(r, lcf, status, 1);
+
     if (ctx) {
         /* the mapper's messages are freed before the log phase */
         p = ngx_pnalloc(r->pool, len + 1);
@@ -1669,6 +1725,14 @@ ngx_http_cio_amplitude_invalid(ngx_http_request_t *r,
 
     ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                   "cio: rejected Amplitude request with invalid events");
+
+    for (i = 0, n = 0; i < res->ncalls; i++) {
+        n += (res->calls[i].error[0] != '\0');
+    }
+
+    ngx_http_cio_count_reject(r,
+                        ngx_http_get_module_loc_conf(r, ngx_http_cio_module),
+                        NGX_HTTP_BAD_REQUEST, n);
 
     ctx = ngx_http_cio_ctx(r);
 

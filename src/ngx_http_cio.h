@@ -14,10 +14,37 @@
 
 
 /* bump when the layout of anything in the zone changes */
-#define NGX_HTTP_CIO_SHM_MAGIC      0x43494f03
+#define NGX_HTTP_CIO_SHM_MAGIC      0x43494f04
 
 #define NGX_HTTP_CIO_BATCH_HEAD     "{\"batch\":["
 #define NGX_HTTP_CIO_BATCH_TAIL     "]}"
+
+
+/* why a request (or a call of a batch) was refused, for cio_status */
+#define NGX_HTTP_CIO_REJ_INVALID       0    /* 400 */
+#define NGX_HTTP_CIO_REJ_UNAUTHORIZED  1    /* 401 */
+#define NGX_HTTP_CIO_REJ_TOO_LARGE     2    /* 413 */
+#define NGX_HTTP_CIO_REJ_FULL          3    /* 503, queue full */
+#define NGX_HTTP_CIO_REJ_OTHER         4    /* 403, 404, 405, 415 */
+#define NGX_HTTP_CIO_REJ_N             5
+
+/* upstream latency histogram: upper bounds in ms, the last is +Inf */
+#define NGX_HTTP_CIO_LAT_N             10
+
+#define NGX_HTTP_CIO_LAST_ERROR_LEN    200
+
+
+/* counters every worker adds to, under the zone's mutex */
+typedef struct {
+    uint64_t                     filtered;
+    uint64_t                     rejected[NGX_HTTP_CIO_REJ_N];
+    uint64_t                     requests[5]; /* 2xx 3xx 4xx 5xx failed */
+    uint64_t                     latency[NGX_HTTP_CIO_LAT_N];
+    uint64_t                     latency_ms;  /* sum */
+    uint64_t                     last_error_at;  /* unix ms */
+    size_t                       last_error_len;
+    u_char                       last_error[NGX_HTTP_CIO_LAST_ERROR_LEN];
+} ngx_http_cio_stats_t;
 
 
 /* a Customer.io workspace as the zone keeps it: all a worker needs */
@@ -45,6 +72,8 @@ typedef struct {
     uint64_t                     rate_tokens; /* 1/1000000 requests */
     uint64_t                     alert_at;   /* unix ms: next hold alert */
     uint64_t                     dead;       /* to the dead-letter file */
+
+    ngx_http_cio_stats_t         stats;
 } ngx_http_cio_shws_t;
 
 
@@ -209,6 +238,15 @@ void ngx_http_cio_dead_letter(ngx_http_cio_main_conf_t *mcf,
     ngx_log_t *log, ngx_http_cio_shws_t *ws, ngx_http_cio_batch_t *batch,
     ngx_uint_t i, u_char *body, long status, const char *reason,
     u_char *answer, size_t answer_len);
+
+void ngx_http_cio_stats_reject(ngx_http_cio_zone_t *zone,
+    ngx_http_cio_shws_t *ws, ngx_uint_t reason, ngx_uint_t n);
+void ngx_http_cio_stats_filtered(ngx_http_cio_zone_t *zone,
+    ngx_http_cio_shws_t *ws, ngx_uint_t n);
+void ngx_http_cio_stats_upstream(ngx_http_cio_zone_t *zone,
+    ngx_http_cio_shws_t *ws, long status, double seconds,
+    const char *error, size_t error_len);
+char *ngx_http_cio_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 
 ngx_int_t ngx_http_cio_spool_init_module(ngx_cycle_t *cycle);
 void ngx_http_cio_spool_exit_master(ngx_cycle_t *cycle);

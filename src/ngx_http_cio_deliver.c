@@ -60,6 +60,8 @@ static ngx_int_t ngx_http_cio_deliver_send(ngx_http_cio_shws_t *ws);
 static void ngx_http_cio_deliver_notified(ngx_event_t *ev);
 static void ngx_http_cio_deliver_results(void);
 static void ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req);
+static void ngx_http_cio_deliver_stats(ngx_http_cio_sreq_t *req,
+    ngx_http_cio_shws_t *ws);
 static ngx_uint_t ngx_http_cio_deliver_counts(ngx_http_cio_sreq_t *req);
 static ngx_uint_t ngx_http_cio_deliver_refused(ngx_http_cio_sreq_t *req,
     ngx_http_cio_batch_t *batch, char **errors);
@@ -576,6 +578,10 @@ ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req)
 
     ngx_memset(batch->acts, act, batch->n);
 
+    if (!req->aborted) {
+        ngx_http_cio_deliver_stats(req, ws);
+    }
+
     if (status == 207 && !req->aborted) {
         errors = ngx_calloc(batch->n * sizeof(char *), d->log);
 
@@ -668,6 +674,38 @@ ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req)
     }
 
     ngx_http_cio_queue_free_batch(batch);
+}
+
+
+/* for cio_status: the answer's class, its latency, and what went wrong */
+
+static void
+ngx_http_cio_deliver_stats(ngx_http_cio_sreq_t *req, ngx_http_cio_shws_t *ws)
+{
+    size_t       len;
+    const char  *err;
+
+    err = NULL;
+    len = 0;
+
+    if (req->status == 0) {
+        err = req->error;
+        len = ngx_strlen(req->error);
+
+    } else if (req->status < 200 || req->status >= 300 || req->status == 207)
+    {
+        err = req->resp ? req->resp : "";
+        len = req->resp ? ngx_min(req->resp_len, NGX_HTTP_CIO_LAST_ERROR_LEN)
+                        : 0;
+
+        if (len == 0) {
+            err = "(no body)";
+            len = sizeof("(no body)") - 1;
+        }
+    }
+
+    ngx_http_cio_stats_upstream(ngx_http_cio_deliver.zone, ws, req->status,
+                                req->total_time, err, len);
 }
 
 

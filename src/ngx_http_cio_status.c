@@ -1,0 +1,585 @@
+
+/*
+ * Copyright (C) ngx_http_cio_module authors
+ */
+
+
+/*
+ * cio_status: what the queue has seen, per workspace and in total, as JSON
+ * or in Prometheus' text format.  The counters live in the zone, so every
+ * worker reports the same numbers and they outlive reloads.
+ */
+
+
+#include "ngx_http_cio.h"
+
+
+static ngx_int_t ngx_http_cio_status_handler(ngx_http_request_t *r);
+static ngx_uint_t ngx_http_cio_status_prometheus(ngx_http_request_t *r);
+static u_char *ngx_http_cio_status_json(u_char *p,
+    ngx_http_cio_shws_t *ws, ngx_http_cio_stats_t *st);
+static u_char *ngx_http_cio_status_prom(u_char *p, ngx_http_cio_shws_t *ws,
+    ngx_uint_t n);
+static void ngx_http_cio_status_add(ngx_http_cio_shws_t *sum,
+    ngx_http_cio_shws_t *ws);
+
+
+static ngx_uint_t  ngx_http_cio_latency_bounds[NGX_HTTP_CIO_LAT_N - 1] = {
+    25, 50, 100, 250, 500, 1000, 2500, 5000, 10000
+};
+
+static const char  *ngx_http_cio_reject_names[NGX_HTTP_CIO_REJ_N] = {
+    "invalid", "unauthorized", "too_large", "full", "other"
+};
+
+static const char  *ngx_http_cio_class_names[5] = {
+    "2xx", "3xx", "4xx", "5xx", "failed"
+};
+
+
+/*
+ * Room for one workspace in either format, short of its names: about 40
+ * lines, and the last error escaped (6 bytes a byte at worst).
+ */
+#define NGX_HTTP_CIO_STATUS_WS_LEN                                            \
+    (40 * 128 + NGX_HTTP_CIO_LAST_ERROR_LEN * 6)
+
+
+void
+ngx_http_cio_stats_reject(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
+    ngx_uint_t reason, ngx_uint_t n)
+{
+    if (zone == NULL || ws == NULL || reason >= NGX_HTTP_CIO_REJ_N) {
+        return;
+    }
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+    ws->stats.rejected[reason] += n;
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+}
+
+
+void
+ngx_http_cio_stats_filtered(ngx_http_cio_zone_t *zone,
+    ngx_http_cio_shws_t *ws, ngx_uint_t n)
+{
+    if (zone == NULL || ws == NULL) {
+        return;
+    }
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+    ws->stats.filtered += n;
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+}
+
+
+/* one answer (or failure) of Customer.io: status 0 is no answer */
+
+void
+ngx_http_cio_stats_upstream(ngx_http_cio_zone_t *zone,
+    ngx_http_cio_shws_t *ws, long status, double seconds, const char *error,
+    size_t error_len)
+{
+    u_char                *p;
+    ngx_uint_t             c, i, ms;
+    ngx_http_cio_stats_t  *st;
+
+    c = (status >= 200 && status < 600) ? (ngx_uint_t) status / 100 - 2 : 4;
+    ms = (seconds > 0) ? (ngx_uint_t) (seconds * 1000) : 0;
+
+    for (i = 0; i < NGX_HTTP_CIO_LAT_N - 1; i++) {
+        if (ms <= ngx_http_cio_latency_bounds[i]) {
+            break;
+        }
+    }
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    st = &ws->stats;
+    st->requests[c]++;
+
+    if (status) {
+        st->latency[i]++;
+        st->latency_ms += ms;
+    }
+
+    if (error && error_len) {
+        st->last_error_at = ngx_http_cio_now_ms();
+
+        if (status) {
+            p = ngx_snprintf(st->last_error, NGX_HTTP_CIO_LAST_ERROR_LEN,
+                             "%l: %*s", status, error_len, error);
+
+        } else {
+            p = ngx_snprintf(st->last_error, NGX_HTTP_CIO_LAST_ERROR_LEN,
+                             "%*s", error_len, error);
+        }
+
+        st->last_error_len = p - st->last_error;
+    }
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+}
+
+
+char *
+ngx_http_cio_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_core_loc_conf_t   *clcf;
+    ngx_http_cio_main_conf_t   *mcf;
+
+    mcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_cio_module);
+
+    if (mcf->shm_zone == NULL) {
+        return "needs a \"cio_zone\" before it in the http block";
+    }
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_cio_status_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_cio_status_handler(ngx_http_request_t *r)
+{
+    size_t                     size, n;
+    u_char                    *p, *body;
+    ngx_int_t                  rc;
+    ngx_buf_t                 *b;
+    ngx_uint_t                 prom, nws;
+    ngx_chain_t                out;
+    ngx_queue_t               *q;
+    ngx_http_cio_zone_t       *zone;
+    ngx_http_cio_shws_t       *ws, sum, *copy;
+    ngx_http_cio_main_conf_t  *mcf;
+
+    if (r->method != NGX_HTTP_GET && r->method != NGX_HTTP_HEAD) {
+        return NGX_HTTP_NOT_ALLOWED;
+    }
+
+    rc = ngx_http_discard_request_body(r);
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    mcf = ngx_http_get_module_main_conf(r, ngx_http_cio_module);
+    zone = mcf->shm_zone->data;
+
+    if (zone == NULL || zone->sh == NULL) {
+        return NGX_HTTP_SERVICE_UNAVAILABLE;
+    }
+
+    prom = ngx_http_cio_status_prometheus(r);
+
+    /*
+     * A consistent snapshot: copy the workspaces under the mutex, format
+     * them after, so a slow client never holds the queue's lock.
+     */
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    nws = 0;
+
+    for (q = ngx_queue_head(&zone->sh->workspaces);
+         q != ngx_queue_sentinel(&zone->sh->workspaces);
+         q = ngx_queue_next(q))
+    {
+        nws++;
+    }
+
+    copy = ngx_palloc(r->pool, (nws + 1) * sizeof(ngx_http_cio_shws_t));
+    size = 0;
+
+    if (copy) {
+        n = 0;
+
+        for (q = ngx_queue_head(&zone->sh->workspaces);
+             q != ngx_queue_sentinel(&zone->sh->workspaces);
+             q = ngx_queue_next(q))
+        {
+            ws = ngx_queue_data(q, ngx_http_cio_shws_t, link);
+            copy[n] = *ws;
+
+            /* the strings live in the zone: copy them out too */
+            copy[n].site_id.data = ngx_pstrdup(r->pool, &ws->site_id);
+            copy[n].url.data = ngx_pstrdup(r->pool, &ws->url);
+            /* the key stays behind; the field holds the escaped label */
+            copy[n].userpwd.len = 0;
+            copy[n].userpwd.data = ngx_pnalloc(r->pool,
+                                               2 * ws->site_id.len + 1);
+
+            if (copy[n].site_id.data == NULL || copy[n].url.data == NULL
+                || copy[n].userpwd.data == NULL)
+            {
+                copy = NULL;
+                break;
+            }
+
+            size += NGX_HTTP_CIO_STATUS_WS_LEN
+                    + 40 * 2 * ws->site_id.len + 6 * ws->url.len;
+            n++;
+        }
+    }
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    if (copy == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_memzero(&sum, sizeof(ngx_http_cio_shws_t));
+
+    for (n = 0; n < nws; n++) {
+        ngx_http_cio_status_add(&sum, &copy[n]);
+    }
+
+    size += 2 * NGX_HTTP_CIO_STATUS_WS_LEN + mcf->shm_zone->shm.name.len * 6;
+
+    body = ngx_pnalloc(r->pool, size);
+    if (body == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (prom) {
+        p = ngx_sprintf(body,
+                "# HELP cio_zone_size_bytes Size of the cio_zone.\n"
+                "# TYPE cio_zone_size_bytes gauge\n"
+                "cio_zone_size_bytes{zone=\"%V\"} %uz\n",
+                &mcf->shm_zone->shm.name, mcf->shm_zone->shm.size);
+
+        p = ngx_sprintf(p,
+                "# HELP cio_zone_used_bytes Bytes of the zone in use.\n"
+                "# TYPE cio_zone_used_bytes gauge\n"
+                "cio_zone_used_bytes{zone=\"%V\"} %uz\n",
+                &mcf->shm_zone->shm.name,
+                mcf->shm_zone->shm.size
+                - zone->shpool->pfree * ngx_pagesize);
+
+        p = ngx_http_cio_status_prom(p, copy, nws);
+
+    } else {
+        p = ngx_sprintf(body,
+                "{\"zone\":{\"name\":\"%V\",\"size\":%uz,\"used\":%uz},"
+                "\"total\":",
+                &mcf->shm_zone->shm.name, mcf->shm_zone->shm.size,
+                mcf->shm_zone->shm.size
+                - zone->shpool->pfree * ngx_pagesize);
+
+        p = ngx_http_cio_status_json(p, &sum, &sum.stats);
+        p = ngx_cpymem(p, ",\"workspaces\":[", 15);
+
+        for (n = 0; n < nws; n++) {
+            if (n) {
+                *p++ = ',';
+            }
+
+            p = ngx_sprintf(p, "{\"site_id\":\"");
+            p = (u_char *) ngx_escape_json(p, copy[n].site_id.data,
+                                           copy[n].site_id.len);
+            p = ngx_sprintf(p, "\",\"url\":\"");
+            p = (u_char *) ngx_escape_json(p, copy[n].url.data,
+                                           copy[n].url.len);
+            p = ngx_sprintf(p, "\",\"stats\":");
+            p = ngx_http_cio_status_json(p, &copy[n], &copy[n].stats);
+            *p++ = '}';
+        }
+
+        p = ngx_cpymem(p, "]}\n", 3);
+    }
+
+    r->headers_out.status = NGX_HTTP_OK;
+    r->headers_out.content_length_n = p - body;
+
+    if (prom) {
+        ngx_str_set(&r->headers_out.content_type,
+                    "text/plain; version=0.0.4");
+
+    } else {
+        ngx_str_set(&r->headers_out.content_type, "application/json");
+    }
+
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    b = ngx_calloc_buf(r->pool);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b->pos = body;
+    b->last = p;
+    b->memory = 1;
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+/* "?format=prometheus", or a scraper that asks for text/plain */
+
+static ngx_uint_t
+ngx_http_cio_status_prometheus(ngx_http_request_t *r)
+{
+    ngx_str_t          v;
+    ngx_table_elt_t   *h;
+    ngx_list_part_t   *part;
+    ngx_uint_t         i;
+
+    if (ngx_http_arg(r, (u_char *) "format", 6, &v) == NGX_OK) {
+        return v.len == 10
+               && ngx_strncmp(v.data, "prometheus", 10) == 0;
+    }
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return 0;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == 6
+            && ngx_strncasecmp(h[i].key.data, (u_char *) "accept", 6) == 0)
+        {
+            return ngx_strlcasestrn(h[i].value.data,
+                                    h[i].value.data + h[i].value.len,
+                                    (u_char *) "text/plain", 10 - 1)
+                   != NULL;
+        }
+    }
+}
+
+
+static void
+ngx_http_cio_status_add(ngx_http_cio_shws_t *sum, ngx_http_cio_shws_t *ws)
+{
+    ngx_uint_t  i;
+
+    sum->npending += ws->npending;
+    sum->pending_bytes += ws->pending_bytes;
+    sum->ninflight += ws->ninflight;
+    sum->accepted += ws->accepted;
+    sum->delivered += ws->delivered;
+    sum->refused += ws->refused;
+    sum->retried += ws->retried;
+    sum->dead += ws->dead;
+    sum->stats.filtered += ws->stats.filtered;
+    sum->stats.latency_ms += ws->stats.latency_ms;
+
+    for (i = 0; i < NGX_HTTP_CIO_REJ_N; i++) {
+        sum->stats.rejected[i] += ws->stats.rejected[i];
+    }
+
+    for (i = 0; i < 5; i++) {
+        sum->stats.requests[i] += ws->stats.requests[i];
+    }
+
+    for (i = 0; i < NGX_HTTP_CIO_LAT_N; i++) {
+        sum->stats.latency[i] += ws->stats.latency[i];
+    }
+
+    if (ws->stats.last_error_at > sum->stats.last_error_at) {
+        sum->stats.last_error_at = ws->stats.last_error_at;
+        sum->stats.last_error_len = ws->stats.last_error_len;
+        ngx_memcpy(sum->stats.last_error, ws->stats.last_error,
+                   ws->stats.last_error_len);
+    }
+}
+
+
+static u_char *
+ngx_http_cio_status_json(u_char *p, ngx_http_cio_shws_t *ws,
+    ngx_http_cio_stats_t *st)
+{
+    ngx_uint_t  i;
+
+    p = ngx_sprintf(p, "{\"accepted\":%uL,\"filtered\":%uL,\"rejected\":{",
+                    ws->accepted, st->filtered);
+
+    for (i = 0; i < NGX_HTTP_CIO_REJ_N; i++) {
+        p = ngx_sprintf(p, "%s\"%s\":%uL", i ? "," : "",
+                        ngx_http_cio_reject_names[i], st->rejected[i]);
+    }
+
+    p = ngx_sprintf(p, "},\"queued\":%ui,\"queued_bytes\":%uz,"
+                    "\"in_flight\":%ui,\"delivered\":%uL,\"retried\":%uL,"
+                    "\"refused\":%uL,\"dead_lettered\":%uL,\"requests\":{",
+                    ws->npending, ws->pending_bytes, ws->ninflight,
+                    ws->delivered, ws->retried, ws->refused, ws->dead);
+
+    for (i = 0; i < 5; i++) {
+        p = ngx_sprintf(p, "%s\"%s\":%uL", i ? "," : "",
+                        ngx_http_cio_class_names[i], st->requests[i]);
+    }
+
+    p = ngx_sprintf(p, "},\"latency_ms\":{\"buckets\":[");
+
+    for (i = 0; i < NGX_HTTP_CIO_LAT_N; i++) {
+        if (i < NGX_HTTP_CIO_LAT_N - 1) {
+            p = ngx_sprintf(p, "%s{\"le\":%ui,\"count\":%uL}", i ? "," : "",
+                            ngx_http_cio_latency_bounds[i], st->latency[i]);
+
+        } else {
+            p = ngx_sprintf(p, ",{\"le\":null,\"count\":%uL}",
+                            st->latency[i]);
+        }
+    }
+
+    p = ngx_sprintf(p, "],\"sum\":%uL},\"last_error\":", st->latency_ms);
+
+    if (st->last_error_at == 0) {
+        return ngx_cpymem(p, "null}", 5);
+    }
+
+    p = ngx_sprintf(p, "{\"time_ms\":%uL,\"message\":\"", st->last_error_at);
+    p = (u_char *) ngx_escape_json(p, st->last_error, st->last_error_len);
+
+    return ngx_cpymem(p, "\"}}", 3);
+}
+
+
+/*
+ * Prometheus' text format: one family at a time (its TYPE line once),
+ * a sample per workspace.  Label values need \ and " escaped.
+ */
+
+static u_char *
+ngx_http_cio_status_prom(u_char *p, ngx_http_cio_shws_t *ws, ngx_uint_t n)
+{
+    u_char                *l;
+    size_t                 i;
+    uint64_t               cum, v;
+    ngx_str_t             *label;
+    ngx_uint_t             k, f;
+    ngx_http_cio_stats_t  *st;
+
+    static const char  *families[] = {
+        "events_accepted_total", "counter",
+        "events_filtered_total", "counter",
+        "events_queued", "gauge",
+        "queued_bytes", "gauge",
+        "events_in_flight", "gauge",
+        "events_delivered_total", "counter",
+        "events_retried_total", "counter",
+        "events_refused_total", "counter",
+        "events_dead_lettered_total", "counter",
+        "last_error_timestamp_seconds", "gauge"
+    };
+
+    /* escaped labels, kept in the pool memory of the copies' user fields */
+    for (k = 0; k < n; k++) {
+        label = &ws[k].userpwd;
+        l = label->data;
+
+        for (i = 0; i < ws[k].site_id.len; i++) {
+            if (ws[k].site_id.data[i] == '\\'
+                || ws[k].site_id.data[i] == '"')
+            {
+                *l++ = '\\';
+
+            } else if (ws[k].site_id.data[i] == '\n') {
+                continue;
+            }
+
+            *l++ = ws[k].site_id.data[i];
+        }
+
+        label->len = l - label->data;
+    }
+
+    for (f = 0; f < sizeof(families) / sizeof(families[0]); f += 2) {
+        p = ngx_sprintf(p, "# TYPE cio_%s %s\n", families[f],
+                        families[f + 1]);
+
+        for (k = 0; k < n; k++) {
+            switch (f / 2) {
+            case 0: v = ws[k].accepted; break;
+            case 1: v = ws[k].stats.filtered; break;
+            case 2: v = ws[k].npending; break;
+            case 3: v = ws[k].pending_bytes; break;
+            case 4: v = ws[k].ninflight; break;
+            case 5: v = ws[k].delivered; break;
+            case 6: v = ws[k].retried; break;
+            case 7: v = ws[k].refused; break;
+            case 8: v = ws[k].dead; break;
+            default: v = ws[k].stats.last_error_at / 1000; break;
+            }
+
+            p = ngx_sprintf(p, "cio_%s{site_id=\"%V\"} %uL\n",
+                            families[f], &ws[k].userpwd, v);
+        }
+    }
+
+    p = ngx_sprintf(p, "# TYPE cio_rejected_total counter\n");
+
+    for (k = 0; k < n; k++) {
+        for (i = 0; i < NGX_HTTP_CIO_REJ_N; i++) {
+            p = ngx_sprintf(p, "cio_rejected_total{site_id=\"%V\","
+                            "reason=\"%s\"} %uL\n", &ws[k].userpwd,
+                            ngx_http_cio_reject_names[i],
+                            ws[k].stats.rejected[i]);
+        }
+    }
+
+    p = ngx_sprintf(p, "# TYPE cio_upstream_requests_total counter\n");
+
+    for (k = 0; k < n; k++) {
+        for (i = 0; i < 5; i++) {
+            p = ngx_sprintf(p, "cio_upstream_requests_total{site_id=\"%V\","
+                            "class=\"%s\"} %uL\n", &ws[k].userpwd,
+                            ngx_http_cio_class_names[i],
+                            ws[k].stats.requests[i]);
+        }
+    }
+
+    p = ngx_sprintf(p, "# TYPE cio_upstream_latency_seconds histogram\n");
+
+    for (k = 0; k < n; k++) {
+        st = &ws[k].stats;
+        cum = 0;
+
+        for (i = 0; i < NGX_HTTP_CIO_LAT_N; i++) {
+            cum += st->latency[i];
+
+            if (i < NGX_HTTP_CIO_LAT_N - 1) {
+                p = ngx_sprintf(p, "cio_upstream_latency_seconds_bucket"
+                                "{site_id=\"%V\",le=\"%ui.%03ui\"} %uL\n",
+                                &ws[k].userpwd,
+                                ngx_http_cio_latency_bounds[i] / 1000,
+                                ngx_http_cio_latency_bounds[i] % 1000, cum);
+
+            } else {
+                p = ngx_sprintf(p, "cio_upstream_latency_seconds_bucket"
+                                "{site_id=\"%V\",le=\"+Inf\"} %uL\n",
+                                &ws[k].userpwd, cum);
+            }
+        }
+
+        p = ngx_sprintf(p, "cio_upstream_latency_seconds_sum"
+                        "{site_id=\"%V\"} %uL.%03uL\n"
+                        "cio_upstream_latency_seconds_count"
+                        "{site_id=\"%V\"} %uL\n",
+                        &ws[k].userpwd, st->latency_ms / 1000,
+                        st->latency_ms % 1000, &ws[k].userpwd, cum);
+    }
+
+    return p;
+}
