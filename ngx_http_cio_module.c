@@ -135,6 +135,8 @@ static char *ngx_http_cio_write_key(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_cio_names(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_cio_trusted_certificate(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 static char *ngx_http_cio_cors_origins(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_cio_retry_backoff(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -398,6 +400,13 @@ static ngx_command_t  ngx_http_cio_commands[] = {
       ngx_conf_set_msec_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_cio_main_conf_t, drain_timeout),
+      NULL },
+
+    { ngx_string("cio_ssl_trusted_certificate"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_cio_trusted_certificate,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
       NULL },
 
     { ngx_string("cio_lease"),
@@ -2310,6 +2319,45 @@ ngx_http_cio_names(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         }
 
         *name = (char *) value[i].data;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * The CA bundle the sender thread trusts for https endpoints (a private
+ * CA in front of Customer.io, or a test's).  Checked here, so that a typo
+ * fails "nginx -t" rather than every delivery.
+ */
+
+static char *
+ngx_http_cio_trusted_certificate(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_cio_main_conf_t *mcf = conf;
+
+    ngx_str_t  *value;
+
+    if (mcf->trusted_certificate.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    mcf->trusted_certificate = value[1];
+
+    /* ngx_conf_full_name() leaves the name NUL-terminated for libcurl */
+    if (ngx_conf_full_name(cf->cycle, &mcf->trusted_certificate, 1)
+        != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    if (access((char *) mcf->trusted_certificate.data, R_OK) != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           "cannot read \"%V\"",
+                           &mcf->trusted_certificate);
+        return NGX_CONF_ERROR;
     }
 
     return NGX_CONF_OK;

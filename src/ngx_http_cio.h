@@ -143,6 +143,8 @@ typedef struct {
     ngx_open_file_t             *dead_letter;
     ngx_str_t                    spool;
     ngx_msec_t                   drain_timeout;
+
+    ngx_str_t                    trusted_certificate;   /* NUL-ended */
 } ngx_http_cio_main_conf_t;
 
 

@@ -430,6 +430,8 @@ ngx_http_cio_deliver_send(ngx_http_cio_shws_t *ws)
     req->body_len = len;
     req->timeout_ms = (long) mcf->timeout;
     req->connect_timeout_ms = (long) mcf->connect_timeout;
+    req->cainfo = mcf->trusted_certificate.len
+                  ? (const char *) mcf->trusted_certificate.data : NULL;
     req->data = batch;
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, d->log, 0,

@@ -387,6 +387,14 @@ ngx_http_cio_sender_add(ngx_http_cio_sender_t *s, ngx_http_cio_sreq_t *req)
     /* a redirect would turn the POST into a GET and drop the batch */
     curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
 
+    /*
+     * Peer and host name verification stay on, libcurl's default: there
+     * is deliberately no way to turn them off, only to name the CAs.
+     */
+    if (req->cainfo) {
+        curl_easy_setopt(easy, CURLOPT_CAINFO, req->cainfo);
+    }
+
     if (curl_multi_add_handle(s->multi, easy) != CURLM_OK) {
         snprintf(req->error, sizeof(req->error),
                  "curl_multi_add_handle() failed");

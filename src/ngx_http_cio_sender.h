@@ -35,6 +35,7 @@ struct ngx_http_cio_sreq_s {
     size_t                body_len;
     long                  timeout_ms;
     long                  connect_timeout_ms;
+    const char           *cainfo;           /* CA bundle; NULL: system's */
     void                 *data;             /* the caller's, untouched */
 
     /* out */
