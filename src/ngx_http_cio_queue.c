@@ -624,6 +624,18 @@ ngx_http_cio_queue_settle(ngx_http_cio_zone_t *zone,
     case NGX_HTTP_CIO_RETRY:
     case NGX_HTTP_CIO_HOLD:
         ws->retried += st->requeued;
+
+        /*
+         * The other batches that were on the wire when the first of them
+         * failed come back one after another: that is one failure, not
+         * several, and must not double the pause each (8 answers of 429
+         * in a few ms would otherwise make it a minute).
+         */
+        if (ws->retry_at > now && st->retry_after_ms == 0) {
+            st->delay = ws->retry_at - now;
+            goto alert;
+        }
+
         ws->failures++;
 
         if (st->retry_after_ms) {
@@ -646,6 +658,8 @@ ngx_http_cio_queue_settle(ngx_http_cio_zone_t *zone,
         }
 
         st->delay = delay;
+
+    alert:
 
         if (st->outcome == NGX_HTTP_CIO_HOLD && now >= ws->alert_at) {
             ws->alert_at = now + NGX_HTTP_CIO_ALERT_EVERY;
