@@ -198,7 +198,7 @@ integration: clients-deps
 #                request rate limit, mapper instructions per event
 #                (callgrind), zone bytes per event and worker RSS.  Prints
 #                a table with PASS/MISS per target and writes it to
-#                bench/results.md.  About 4 to 8 minutes; BENCH_EVENTS,
+#                bench/results.md.  2 to 8 minutes; BENCH_EVENTS,
 #                BENCH_SECONDS, BENCH_ROUNDS, BENCH_RATE, BENCH_ONLY tune it.
 
 BENCH_CFLAGS = -std=gnu99 -g -O2 -fstack-protector-strong -W -Wall \

@@ -1,0 +1,40 @@
+#!/bin/sh
+# Installs, from Debian's packages, what `make bench` needs on top of the
+# build and test dependencies, and only what is missing: wrk (HTTP load),
+# valgrind (callgrind), linux-perf (profiling, optional at run time),
+# libcurl and libcjson headers (the bench drivers).
+set -eu
+
+pkgs="wrk valgrind gcc make libcjson-dev libcurl4-openssl-dev perl curl"
+# perf is only for profiling by hand (bench/README.md); install it if the
+# distribution has it, but a bench run does not need it
+optional="linux-perf"
+
+missing=""
+for p in $pkgs; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null \
+         | grep -q "install ok installed"; then
+        missing="$missing $p"
+    fi
+done
+
+if [ -n "$missing" ]; then
+    echo "bench-deps: installing$missing"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo=sudo
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends $missing
+fi
+
+if ! command -v perf >/dev/null 2>&1; then
+    for p in $optional; do
+        if apt-cache show "$p" >/dev/null 2>&1; then
+            sudo=""
+            [ "$(id -u)" -eq 0 ] || sudo=sudo
+            DEBIAN_FRONTEND=noninteractive \
+                $sudo apt-get install -y -qq --no-install-recommends "$p" \
+                || echo "bench-deps: $p not installed (optional)"
+        fi
+    done
+fi
