@@ -10,22 +10,9 @@ pkgs="wrk valgrind gcc make libcjson-dev libcurl4-openssl-dev perl curl"
 # distribution has it, but a bench run does not need it
 optional="linux-perf"
 
-missing=""
-for p in $pkgs; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null \
-         | grep -q "install ok installed"; then
-        missing="$missing $p"
-    fi
-done
-
-if [ -n "$missing" ]; then
-    echo "bench-deps: installing$missing"
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo=sudo
-    export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get update -qq
-    $sudo apt-get install -y -qq --no-install-recommends $missing
-fi
+. "$(dirname "$0")/apt-missing.sh"
+# word splitting of $pkgs is wanted: one argument per package
+apt_missing bench-deps $pkgs
 
 if ! command -v perf >/dev/null 2>&1; then
     for p in $optional; do

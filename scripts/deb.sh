@@ -22,20 +22,9 @@ sudo=""
 # nginx_mod build system); dh_auto_test runs /usr/sbin/nginx, from nginx.
 pkgs="debhelper dpkg-dev nginx nginx-dev libcurl4-openssl-dev libcjson-dev
       zlib1g-dev gcc make"
-missing=""
-for p in $pkgs; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null \
-         | grep -q "install ok installed"; then
-        missing="$missing $p"
-    fi
-done
-
-if [ -n "$missing" ]; then
-    echo "deb: installing$missing"
-    export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get update -qq
-    $sudo apt-get install -y -qq --no-install-recommends $missing
-fi
+. "$(dirname "$0")/apt-missing.sh"
+# word splitting of $pkgs is wanted: one argument per package
+apt_missing deb $pkgs
 
 # The package depends on the ABI nginx-dev declares: built against an
 # nginx-dev that is not the installed nginx's, it could not be installed

@@ -6,22 +6,9 @@ set -eu
 pkgs="nginx nginx-dev libcurl4-openssl-dev libcjson-dev zlib1g-dev gcc make
       dpkg-dev perl curl valgrind"
 
-missing=""
-for p in $pkgs; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null \
-         | grep -q "install ok installed"; then
-        missing="$missing $p"
-    fi
-done
-
-if [ -n "$missing" ]; then
-    echo "deps: installing$missing"
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo=sudo
-    export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get update -qq
-    $sudo apt-get install -y -qq --no-install-recommends $missing
-fi
+. "$(dirname "$0")/apt-missing.sh"
+# word splitting of $pkgs is wanted: one argument per package
+apt_missing deps $pkgs
 
 # A module built against other headers than the running nginx's loads but
 # misreads nginx's structures (nginx-anchors.md, the Debian ABI trap).

@@ -7,19 +7,6 @@ set -eu
 
 pkgs="clang libclang-rt-14-dev zlib1g-dev libcjson-dev"
 
-missing=""
-for p in $pkgs; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null \
-         | grep -q "install ok installed"; then
-        missing="$missing $p"
-    fi
-done
-
-if [ -n "$missing" ]; then
-    echo "fuzz-deps: installing$missing"
-    sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo=sudo
-    export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get update -qq
-    $sudo apt-get install -y -qq --no-install-recommends $missing
-fi
+. "$(dirname "$0")/apt-missing.sh"
+# word splitting of $pkgs is wanted: one argument per package
+apt_missing fuzz-deps $pkgs

@@ -100,6 +100,8 @@ static int ngx_http_cio_map_parse_time(const cJSON *v, int64_t *ms);
 static int ngx_http_cio_map_iso8601(const char *s, int64_t *ms);
 static void ngx_http_cio_map_ulid(int64_t ms, const char *seed, size_t len,
     char *out);
+static int ngx_http_cio_map_alloc_calls(ngx_http_cio_map_ctx_t *ctx,
+    const cJSON *list, const char *name, const char *unit);
 static char *ngx_http_cio_map_utf8(ngx_http_cio_map_ctx_t *ctx, char *s);
 static size_t ngx_http_cio_map_utf8_len(const unsigned char *p);
 static char *ngx_http_cio_map_cut(const char *s, size_t max, size_t *len);
@@ -217,6 +219,49 @@ ngx_http_cio_map_request(const char *body, size_t len,
 }
 
 
+/*
+ * The calls of a batch, or the events of an Amplitude body: a non-empty
+ * array within max_batch_calls.  Returns how many, with res->calls
+ * allocated for them, or -1 with res->error set.
+ */
+
+static int
+ngx_http_cio_map_alloc_calls(ngx_http_cio_map_ctx_t *ctx, const cJSON *list,
+    const char *name, const char *unit)
+{
+    int                         n;
+    ngx_http_cio_map_result_t  *res;
+
+    res = ctx->res;
+    n = cJSON_GetArraySize(list);
+
+    if (!cJSON_IsArray(list) || n == 0) {
+        snprintf(res->error, sizeof(res->error),
+                 "%s must be a non-empty array", name);
+        return -1;
+    }
+
+    if (ctx->opts->max_batch_calls
+        && (size_t) n > ctx->opts->max_batch_calls)
+    {
+        snprintf(res->error, sizeof(res->error),
+                 "too many %s in batch (max %zu)", unit,
+                 ctx->opts->max_batch_calls);
+        return -1;
+    }
+
+    res->calls = calloc(n, sizeof(ngx_http_cio_map_call_t));
+    if (res->calls == NULL) {
+        snprintf(res->error, sizeof(res->error), "out of memory");
+        return -1;
+    }
+
+    res->ncalls = n;
+
+    return n;
+}
+
+
 /* {"batch":[call,...], "sentAt", "context", "integrations"} */
 
 static int
@@ -229,30 +274,11 @@ ngx_http_cio_map_batch(ngx_http_cio_map_ctx_t *ctx, cJSON *root)
     res = ctx->res;
 
     batch = cJSON_GetObjectItemCaseSensitive(root, "batch");
-    n = cJSON_GetArraySize(batch);
+    n = ngx_http_cio_map_alloc_calls(ctx, batch, "batch", "calls");
 
-    if (!cJSON_IsArray(batch) || n == 0) {
-        snprintf(res->error, sizeof(res->error),
-                 "batch must be a non-empty array");
+    if (n < 0) {
         return -1;
     }
-
-    if (ctx->opts->max_batch_calls
-        && (size_t) n > ctx->opts->max_batch_calls)
-    {
-        snprintf(res->error, sizeof(res->error),
-                 "too many calls in batch (max %zu)",
-                 ctx->opts->max_batch_calls);
-        return -1;
-    }
-
-    res->calls = calloc(n, sizeof(ngx_http_cio_map_call_t));
-    if (res->calls == NULL) {
-        snprintf(res->error, sizeof(res->error), "out of memory");
-        return -1;
-    }
-
-    res->ncalls = n;
 
     ctx->batch_sent_at = ngx_http_cio_map_get(root, "sentAt");
     ctxo = cJSON_GetObjectItemCaseSensitive(root, "context");
@@ -373,30 +399,11 @@ ngx_http_cio_map_amplitude(ngx_http_cio_map_ctx_t *ctx, cJSON *root)
     }
 
     events = ngx_http_cio_map_get(root, "events");
-    n = cJSON_GetArraySize(events);
+    n = ngx_http_cio_map_alloc_calls(ctx, events, "events", "events");
 
-    if (!cJSON_IsArray(events) || n == 0) {
-        snprintf(res->error, sizeof(res->error),
-                 "events must be a non-empty array");
+    if (n < 0) {
         return -1;
     }
-
-    if (ctx->opts->max_batch_calls
-        && (size_t) n > ctx->opts->max_batch_calls)
-    {
-        snprintf(res->error, sizeof(res->error),
-                 "too many events in batch (max %zu)",
-                 ctx->opts->max_batch_calls);
-        return -1;
-    }
-
-    res->calls = calloc(n, sizeof(ngx_http_cio_map_call_t));
-    if (res->calls == NULL) {
-        snprintf(res->error, sizeof(res->error), "out of memory");
-        return -1;
-    }
-
-    res->ncalls = n;
 
     ctx->amplitude = 1;
     ctx->user_field = "user_id";
