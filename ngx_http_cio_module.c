@@ -81,6 +81,7 @@ static ngx_int_t ngx_http_cio_process(ngx_http_request_t *r,
     ngx_int_t route);
 static ngx_int_t ngx_http_cio_route(ngx_http_request_t *r);
 static ngx_http_cio_ctx_t *ngx_http_cio_ctx(ngx_http_request_t *r);
+static ngx_uint_t ngx_http_cio_refused_calls(ngx_http_cio_map_result_t *res);
 static void ngx_http_cio_count_reject(ngx_http_request_t *r,
     ngx_http_cio_loc_conf_t *lcf, ngx_uint_t status, ngx_uint_t n);
 static ngx_int_t ngx_http_cio_add_variables(ngx_conf_t *cf);
@@ -91,8 +92,6 @@ static ngx_int_t ngx_http_cio_variable(ngx_http_request_t *r,
 static ngx_int_t ngx_http_cio_cors(ngx_http_request_t *r,
     ngx_http_cio_loc_conf_t *lcf);
 static ngx_int_t ngx_http_cio_preflight(ngx_http_request_t *r);
-static ngx_table_elt_t *ngx_http_cio_header_in(ngx_http_request_t *r,
-    const char *name, size_t len);
 static ngx_int_t ngx_http_cio_header_out(ngx_http_request_t *r,
     const char *key, u_char *value, size_t len);
 static ngx_int_t ngx_http_cio_decode_body(ngx_http_request_t *r,
@@ -556,10 +555,9 @@ static ngx_int_t
 ngx_http_cio_process(ngx_http_request_t *r, ngx_int_t route)
 {
     size_t                      max, received;
-    u_char                     *ip;
     ngx_int_t                   rc;
     ngx_str_t                   body, key, *items;
-    ngx_uint_t                  i, j, n, authed, amplitude;
+    ngx_uint_t                  i, j, n, authed, amplitude, refused;
     ngx_http_cio_zone_t        *zone;
     ngx_http_cio_loc_conf_t    *lcf;
     ngx_http_cio_main_conf_t   *mcf;
@@ -662,16 +660,6 @@ ngx_http_cio_process(ngx_http_request_t *r, ngx_int_t route)
         opts.nconsent_deny = lcf->consent_deny->nelts;
     }
 
-    /* the client address after realip, as the hosted APIs record it */
-    ip = ngx_pnalloc(r->pool, r->connection->addr_text.len + 1);
-    if (ip == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ngx_cpystrn(ip, r->connection->addr_text.data,
-                r->connection->addr_text.len + 1);
-    opts.client_ip = (char *) ip;
-
     ngx_memzero(&res, sizeof(ngx_http_cio_map_result_t));
 
     if (ngx_http_cio_map_request((char *) body.data, body.len, &opts, &res)
@@ -723,19 +711,20 @@ ngx_http_cio_process(ngx_http_request_t *r, ngx_int_t route)
                       ? ngx_http_cio_call_name((int) route)
                       : ngx_http_cio_call_name(res.calls[0].type);
 
-    if (amplitude) {
+    refused = ngx_http_cio_refused_calls(&res);
+
+    if (amplitude && refused) {
         /*
          * Amplitude refuses a request with an invalid event as a whole and
          * names the events; its SDKs drop those and send the rest again.
          */
-        for (i = 0; i < res.ncalls; i++) {
-            if (res.calls[i].error[0]) {
-                rc = ngx_http_cio_amplitude_invalid(r, &res);
-                goto done;
-            }
-        }
+        ngx_http_cio_count_reject(r, lcf, NGX_HTTP_BAD_REQUEST, refused);
+        rc = ngx_http_cio_amplitude_invalid(r, &res);
+        goto done;
 
-    } else if (route != NGX_HTTP_CIO_CALL_BATCH && res.calls[0].error[0]) {
+    } else if (!amplitude && route != NGX_HTTP_CIO_CALL_BATCH
+               && res.calls[0].error[0])
+    {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "cio: rejected %s call: %s",
                       ngx_http_cio_call_name(res.calls[0].type),
@@ -802,12 +791,8 @@ ngx_http_cio_process(ngx_http_request_t *r, ngx_int_t route)
     }
 
     /* the calls of a batch refused one by one, in a 200 answer */
-    for (i = 0, j = 0; i < res.ncalls; i++) {
-        j += (res.calls[i].error[0] != '\0');
-    }
-
-    if (j) {
-        ngx_http_cio_count_reject(r, lcf, NGX_HTTP_BAD_REQUEST, j);
+    if (refused) {
+        ngx_http_cio_count_reject(r, lcf, NGX_HTTP_BAD_REQUEST, refused);
     }
 
     if (res.changes) {
@@ -858,6 +843,23 @@ ngx_http_cio_count_reject(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
     }
 
     ngx_http_cio_stats_reject(mcf->shm_zone->data, lcf->ws->sh, reason, n);
+}
+
+
+/* the calls the mapper refused, each with its error */
+
+static ngx_uint_t
+ngx_http_cio_refused_calls(ngx_http_cio_map_result_t *res)
+{
+    ngx_uint_t  i, n;
+
+    n = 0;
+
+    for (i = 0; i < res->ncalls; i++) {
+        n += (res->calls[i].error[0] != '\0');
+    }
+
+    return n;
 }
 
 
@@ -1148,7 +1150,7 @@ ngx_http_cio_preflight(ngx_http_request_t *r)
 
 /* nginx 1.22 has no headers_in field for these: a case-insensitive scan */
 
-static ngx_table_elt_t *
+ngx_table_elt_t *
 ngx_http_cio_header_in(ngx_http_request_t *r, const char *name, size_t len)
 {
     ngx_uint_t        i;
@@ -1567,7 +1569,6 @@ ngx_http_cio_error(ngx_http_request_t *r, ngx_uint_t status,
     lcf = ngx_http_get_module_loc_conf(r, ngx_http_cio_module);
 
     ctx = ngx_http_cio_ctx(r);
-
     len = ngx_strlen(error);
 
     ngx_http_cio_count_reject(r, lcf, status, 1);
@@ -1586,8 +1587,6 @@ ngx_http_cio_error(ngx_http_request_t *r, ngx_uint_t status,
                       : (status >= NGX_HTTP_INTERNAL_SERVER_ERROR) ? "error"
                       : "rejected";
     }
-
-    len = ngx_strlen(error);
 
     body = ngx_pnalloc(r->pool, sizeof("{\"success\":false,\"error\":\"\"}")
                                 + NGX_INT_T_LEN + len
@@ -1735,14 +1734,6 @@ ngx_http_cio_amplitude_invalid(ngx_http_request_t *r,
     ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                   "cio: rejected Amplitude request with invalid events");
 
-    for (i = 0, n = 0; i < res->ncalls; i++) {
-        n += (res->calls[i].error[0] != '\0');
-    }
-
-    ngx_http_cio_count_reject(r,
-                        ngx_http_get_module_loc_conf(r, ngx_http_cio_module),
-                        NGX_HTTP_BAD_REQUEST, n);
-
     ctx = ngx_http_cio_ctx(r);
 
     if (ctx) {
@@ -1775,13 +1766,25 @@ static ngx_int_t
 ngx_http_cio_send(ngx_http_request_t *r, ngx_uint_t status, u_char *body,
     size_t len)
 {
+    static ngx_str_t  json = ngx_string("application/json");
+
+    return ngx_http_cio_send_type(r, status, &json, body, len);
+}
+
+
+/* the whole answer from one buffer: the ingest routes' and cio_status' */
+
+ngx_int_t
+ngx_http_cio_send_type(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *type, u_char *body, size_t len)
+{
     ngx_int_t     rc;
     ngx_buf_t    *b;
     ngx_chain_t   out;
 
     r->headers_out.status = status;
     r->headers_out.content_length_n = len;
-    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type = *type;
     r->headers_out.content_type_len = r->headers_out.content_type.len;
     r->headers_out.content_type_lowcase = NULL;
 

@@ -250,6 +250,11 @@ void ngx_http_cio_stats_upstream(ngx_http_cio_zone_t *zone,
     const char *error, size_t error_len);
 char *ngx_http_cio_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 
+ngx_table_elt_t *ngx_http_cio_header_in(ngx_http_request_t *r,
+    const char *name, size_t len);
+ngx_int_t ngx_http_cio_send_type(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *type, u_char *body, size_t len);
+
 ngx_int_t ngx_http_cio_spool_init_module(ngx_cycle_t *cycle);
 void ngx_http_cio_spool_exit_master(ngx_cycle_t *cycle);
 

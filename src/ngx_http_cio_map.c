@@ -9,12 +9,11 @@
  * API v2 items, as shared/reference/mapping-spec.md promises.  No nginx
  * headers: the unit tests and the fuzzer link this file with cJSON alone.
  *
- * opts->client_ip is deliberately not written into any item: neither
- * Segment's nor RudderStack's Customer.io destination puts context.ip (or
- * RudderStack's request_ip) anywhere in what it sends (peer-mappings.md,
- * "fields the mapper provably ignores"), and the v2 items have no context
- * for it.  It stays out of the dedupe hash too, so an event resent from
- * another address keeps its id.
+ * The client address (context.ip) is deliberately not written into any
+ * item: neither Segment's nor RudderStack's Customer.io destination puts
+ * context.ip (or RudderStack's request_ip) anywhere in what it sends
+ * (peer-mappings.md, "fields the mapper provably ignores"), and the v2
+ * items have no context for it.
  */
 
 

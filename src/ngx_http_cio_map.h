@@ -48,9 +48,6 @@ typedef struct {
     const char         **device_events;    /* extra add_device names */
     size_t               ndevice_events;
 
-    /* server-side enrichment: the client address nginx saw (after realip) */
-    const char          *client_ip;        /* NULL: none */
-
     /*
      * filters: a call whose event name is not in events_allow (when set)
      * or is in events_deny, or whose context.consentManagement

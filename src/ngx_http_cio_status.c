@@ -147,13 +147,14 @@ ngx_http_cio_status_handler(ngx_http_request_t *r)
     size_t                     size, n;
     u_char                    *p, *body;
     ngx_int_t                  rc;
-    ngx_buf_t                 *b;
     ngx_uint_t                 prom, nws;
-    ngx_chain_t                out;
     ngx_queue_t               *q;
     ngx_http_cio_zone_t       *zone;
     ngx_http_cio_shws_t       *ws, sum, *copy;
     ngx_http_cio_main_conf_t  *mcf;
+
+    static ngx_str_t  json_type = ngx_string("application/json");
+    static ngx_str_t  prom_type = ngx_string("text/plain; version=0.0.4");
 
     if (r->method != NGX_HTTP_GET && r->method != NGX_HTTP_HEAD) {
         return NGX_HTTP_NOT_ALLOWED;
@@ -289,40 +290,9 @@ ngx_http_cio_status_handler(ngx_http_request_t *r)
         p = ngx_cpymem(p, "]}\n", 3);
     }
 
-    r->headers_out.status = NGX_HTTP_OK;
-    r->headers_out.content_length_n = p - body;
-
-    if (prom) {
-        ngx_str_set(&r->headers_out.content_type,
-                    "text/plain; version=0.0.4");
-
-    } else {
-        ngx_str_set(&r->headers_out.content_type, "application/json");
-    }
-
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-    b = ngx_calloc_buf(r->pool);
-    if (b == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    b->pos = body;
-    b->last = p;
-    b->memory = 1;
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
-
-    out.buf = b;
-    out.next = NULL;
-
-    return ngx_http_output_filter(r, &out);
+    return ngx_http_cio_send_type(r, NGX_HTTP_OK, prom ? &prom_type
+                                                       : &json_type,
+                                  body, p - body);
 }
 
 
@@ -331,40 +301,20 @@ ngx_http_cio_status_handler(ngx_http_request_t *r)
 static ngx_uint_t
 ngx_http_cio_status_prometheus(ngx_http_request_t *r)
 {
-    ngx_str_t          v;
-    ngx_table_elt_t   *h;
-    ngx_list_part_t   *part;
-    ngx_uint_t         i;
+    ngx_str_t         v;
+    ngx_table_elt_t  *h;
 
     if (ngx_http_arg(r, (u_char *) "format", 6, &v) == NGX_OK) {
         return v.len == 10
                && ngx_strncmp(v.data, "prometheus", 10) == 0;
     }
 
-    part = &r->headers_in.headers.part;
-    h = part->elts;
+    h = ngx_http_cio_header_in(r, "accept", 6);
 
-    for (i = 0; /* void */ ; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                return 0;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if (h[i].key.len == 6
-            && ngx_strncasecmp(h[i].key.data, (u_char *) "accept", 6) == 0)
-        {
-            return ngx_strlcasestrn(h[i].value.data,
-                                    h[i].value.data + h[i].value.len,
-                                    (u_char *) "text/plain", 10 - 1)
-                   != NULL;
-        }
-    }
+    return h != NULL
+           && ngx_strlcasestrn(h->value.data, h->value.data + h->value.len,
+                               (u_char *) "text/plain", 10 - 1)
+              != NULL;
 }
 
 

@@ -13,7 +13,7 @@
  *   byte 0   route: value % 9, the ngx_http_cio_call_e values (0 is
  *            UNKNOWN, 7 BATCH, 8 AMPLITUDE);
  *   byte 1   bit 0: the rest is gzip/zlib, inflate it first (max 1 MB);
- *            bit 1: cio_screen_views native; bit 2: a client address;
+ *            bit 1: cio_screen_views native; bit 2: unused;
  *            bit 3: deny filters; bit 4: an allow filter;
  *            bit 5: an extra device event name;
  *   rest     the body.
@@ -567,10 +567,6 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     opts.max_batch_calls = FUZZ_MAX_CALLS;
     opts.convert_timestamps = 1;
     opts.screen_native = (data[1] >> 1) & 1;
-
-    if (data[1] & 0x04) {
-        opts.client_ip = "203.0.113.7";
-    }
 
     if (data[1] & 0x08) {
         opts.events_deny = deny;
