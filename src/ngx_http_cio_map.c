@@ -6,13 +6,13 @@
 
 /*
  * Segment / RudderStack calls and Amplitude events to Customer.io Track
- * API v2 items, as shared/reference/mapping-spec.md promises.  No nginx
+ * API v2 items, as docs/mapping.md promises.  No nginx
  * headers: the unit tests and the fuzzer link this file with cJSON alone.
  *
  * The client address (context.ip) is deliberately not written into any
  * item: neither Segment's nor RudderStack's Customer.io destination puts
  * context.ip (or RudderStack's request_ip) anywhere in what it sends
- * (peer-mappings.md, "fields the mapper provably ignores"), and the v2
+ * (docs/mapping.md §10), and the v2
  * items have no context for it.
  */
 
@@ -371,7 +371,7 @@ ngx_http_cio_map_batch(ngx_http_cio_map_ctx_t *ctx, cJSON *root)
 /*
  * Amplitude HTTP V2 and Batch bodies: {"api_key", "events":[...],
  * "options"}.  Each event is turned into the Segment-shaped call it
- * stands for (ingest-apis.md §6) and mapped like one, so identity, time,
+ * stands for (docs/mapping.md §5.10) and mapped like one, so identity, time,
  * dedupe ids, limits and filters are the same code.
  */
 
@@ -1288,7 +1288,7 @@ ngx_http_cio_map_alias(cJSON *call, cJSON *item, char *err)
  * context.traits.email, else anonymousId.  *known says whether a person,
  * not an anonymous visitor, was named.  Amplitude events arrive here with
  * user_id and device_id in those places; their identity is user_id, else
- * device_id, with no e-mail fallback (mapping-spec.md).
+ * device_id, with no e-mail fallback (docs/mapping.md §2, §5.10).
  */
 
 static cJSON *

@@ -8,7 +8,7 @@
  * The event mapper: Segment / RudderStack calls in, Customer.io Track API
  * v2 items out.  Pure C on top of cJSON, with no nginx headers, so that the
  * unit tests and the fuzzer link it alone.  The contract it implements is
- * shared/reference/mapping-spec.md.
+ * docs/mapping.md.
  */
 
 

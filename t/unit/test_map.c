@@ -7,7 +7,7 @@
 /*
  * Unit tests of the event mapper, linked alone (no nginx).  Each case is a
  * request body, the route it arrived on, and the exact Customer.io items
- * (or error) that mapping-spec.md promises for it.  Items are compared as
+ * (or error) that docs/mapping.md promises for it.  Items are compared as
  * JSON values, so key order does not matter but every key and value does.
  *
  * To keep the cases readable, the JSON in them may use ' where JSON has "
@@ -1957,7 +1957,7 @@ test_amplitude(void)
 
     o = opts(NGX_HTTP_CIO_CALL_AMPLITUDE);
 
-    /* the request @amplitude/analytics-node sent (ingest-apis.md §4.5) */
+    /* the request @amplitude/analytics-node sent (as captured from the SDK) */
     expect_calls("Amplitude: track, $identify, $groupidentify, setGroup"
                  " and revenue from the node SDK",
         &o,
