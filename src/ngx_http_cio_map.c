@@ -28,12 +28,6 @@
 #include "ngx_http_cio_map.h"
 
 
-#define NGX_HTTP_CIO_MAX_NAME        100
-#define NGX_HTTP_CIO_MAX_ID          150
-#define NGX_HTTP_CIO_MAX_ATTR_NAME   150
-#define NGX_HTTP_CIO_MAX_ATTR_VALUE  1000
-#define NGX_HTTP_CIO_MAX_ATTRS       300
-#define NGX_HTTP_CIO_MAX_DEPTH       64
 
 /* 2^53: from it on, a JSON integer may have lost digits in a double */
 #define NGX_HTTP_CIO_MAX_EXACT       9007199254740992.0
@@ -1007,7 +1001,7 @@ ngx_http_cio_map_track(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
             cJSON_ArrayForEach(e, attrs) {
                 if (cJSON_GetObjectItemCaseSensitive(dattrs, e->string)
                     == NULL
-                    && cJSON_GetArraySize(dattrs) >= NGX_HTTP_CIO_MAX_ATTRS)
+                    && cJSON_GetArraySize(dattrs) >= NGX_HTTP_CIO_MAP_MAX_ATTRS)
                 {
                     ctx->res->changes++;
                     continue;
@@ -1091,7 +1085,7 @@ ngx_http_cio_map_screen(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     cJSON *item, char *err)
 {
     int           known;
-    char          buf[NGX_HTTP_CIO_MAX_NAME * 2 + 32], *x;
+    char          buf[NGX_HTTP_CIO_MAP_MAX_NAME * 2 + 32], *x;
     cJSON        *ids, *attrs;
     size_t        len, max;
     const char   *name;
@@ -1131,7 +1125,7 @@ ngx_http_cio_map_screen(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     }
 
     /* the whole "Viewed X Screen" fits the limit: X is what gets cut */
-    max = NGX_HTTP_CIO_MAX_NAME - (sizeof("Viewed  Screen") - 1);
+    max = NGX_HTTP_CIO_MAP_MAX_NAME - (sizeof("Viewed  Screen") - 1);
 
     x = ngx_http_cio_map_cut(name, max, &len);
     if (x == NULL) {
@@ -1186,9 +1180,9 @@ ngx_http_cio_map_group(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
         return -1;
     }
 
-    if (strlen(oid) > NGX_HTTP_CIO_MAX_ID) {
+    if (strlen(oid) > NGX_HTTP_CIO_MAP_MAX_ID) {
         snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
-                 "%s is longer than %d bytes", field, NGX_HTTP_CIO_MAX_ID);
+                 "%s is longer than %d bytes", field, NGX_HTTP_CIO_MAP_MAX_ID);
         return -1;
     }
 
@@ -1321,10 +1315,10 @@ ngx_http_cio_map_identity(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
         }
 
         if (ngx_http_cio_map_str(v) != NULL && v->valuestring[0] != '\0') {
-            if (strlen(v->valuestring) > NGX_HTTP_CIO_MAX_ID) {
+            if (strlen(v->valuestring) > NGX_HTTP_CIO_MAP_MAX_ID) {
                 snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
                          "email is longer than %d bytes",
-                         NGX_HTTP_CIO_MAX_ID);
+                         NGX_HTTP_CIO_MAP_MAX_ID);
                 return NULL;
             }
 
@@ -1356,10 +1350,10 @@ ngx_http_cio_map_identity(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
             s = v->valuestring;
         }
 
-        if (strlen(s) > NGX_HTTP_CIO_MAX_ID) {
+        if (strlen(s) > NGX_HTTP_CIO_MAP_MAX_ID) {
             snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
                      "%s is longer than %d bytes", ctx->anon_field,
-                     NGX_HTTP_CIO_MAX_ID);
+                     NGX_HTTP_CIO_MAP_MAX_ID);
             return NULL;
         }
 
@@ -1407,9 +1401,9 @@ ngx_http_cio_map_resolve(const cJSON *v, const char *field, char *err)
 
     s = v->valuestring;
 
-    if (strlen(s) > NGX_HTTP_CIO_MAX_ID) {
+    if (strlen(s) > NGX_HTTP_CIO_MAP_MAX_ID) {
         snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
-                 "%s is longer than %d bytes", field, NGX_HTTP_CIO_MAX_ID);
+                 "%s is longer than %d bytes", field, NGX_HTTP_CIO_MAP_MAX_ID);
         cJSON_Delete(o);
         return NULL;
     }
@@ -1497,7 +1491,7 @@ ngx_http_cio_map_anonymous(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
         return;
     }
 
-    if (strlen(s) > NGX_HTTP_CIO_MAX_ID) {
+    if (strlen(s) > NGX_HTTP_CIO_MAP_MAX_ID) {
         ctx->res->changes++;
         return;
     }
@@ -1525,7 +1519,7 @@ ngx_http_cio_map_put(ngx_http_cio_map_ctx_t *ctx, cJSON *attrs,
     if (cJSON_GetObjectItemCaseSensitive(attrs, name) != NULL) {
         cJSON_DeleteItemFromObjectCaseSensitive(attrs, name);
 
-    } else if (cJSON_GetArraySize(attrs) >= NGX_HTTP_CIO_MAX_ATTRS) {
+    } else if (cJSON_GetArraySize(attrs) >= NGX_HTTP_CIO_MAP_MAX_ATTRS) {
         last = NULL;
 
         cJSON_ArrayForEach(e, attrs) {
@@ -1606,7 +1600,7 @@ ngx_http_cio_map_event(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     const char   *seed;
     const cJSON  *mid;
 
-    cut = ngx_http_cio_map_cut(name, NGX_HTTP_CIO_MAX_NAME, &len);
+    cut = ngx_http_cio_map_cut(name, NGX_HTTP_CIO_MAP_MAX_NAME, &len);
 
     if (cut != NULL && len < strlen(name)) {
         ctx->res->changes++;
@@ -1675,8 +1669,8 @@ ngx_http_cio_map_attrs(ngx_http_cio_map_ctx_t *ctx, const cJSON *src)
             continue;
         }
 
-        if (strlen(e->string) > NGX_HTTP_CIO_MAX_ATTR_NAME
-            || n >= NGX_HTTP_CIO_MAX_ATTRS)
+        if (strlen(e->string) > NGX_HTTP_CIO_MAP_MAX_ATTR_NAME
+            || n >= NGX_HTTP_CIO_MAP_MAX_ATTRS)
         {
             ctx->res->changes++;
             continue;
@@ -1724,9 +1718,9 @@ ngx_http_cio_map_values(ngx_http_cio_map_ctx_t *ctx, cJSON *v, int depth)
             return;
         }
 
-        if (strlen(v->valuestring) > NGX_HTTP_CIO_MAX_ATTR_VALUE) {
+        if (strlen(v->valuestring) > NGX_HTTP_CIO_MAP_MAX_ATTR_VALUE) {
             cut = ngx_http_cio_map_cut(v->valuestring,
-                                       NGX_HTTP_CIO_MAX_ATTR_VALUE, &len);
+                                       NGX_HTTP_CIO_MAP_MAX_ATTR_VALUE, &len);
             if (cut != NULL) {
                 free(v->valuestring);
                 v->valuestring = cut;
@@ -1737,7 +1731,7 @@ ngx_http_cio_map_values(ngx_http_cio_map_ctx_t *ctx, cJSON *v, int depth)
         return;
     }
 
-    if (depth >= NGX_HTTP_CIO_MAX_DEPTH) {
+    if (depth >= NGX_HTTP_CIO_MAP_MAX_NESTING) {
         return;
     }
 

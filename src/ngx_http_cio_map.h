@@ -24,6 +24,20 @@
 #define NGX_HTTP_CIO_MAP_ERRLEN      160
 
 
+/*
+ * Customer.io's limits, enforced before anything is queued (docs/mapping.md
+ * §7), and the defaults the glue, the tests, the fuzzer and the bench use.
+ */
+#define NGX_HTTP_CIO_MAP_MAX_ITEM_SIZE     32768   /* serialized item */
+#define NGX_HTTP_CIO_MAP_MAX_BATCH_CALLS   2500    /* cio_max_batch_calls */
+#define NGX_HTTP_CIO_MAP_MAX_NAME          100     /* event/page/screen */
+#define NGX_HTTP_CIO_MAP_MAX_ID            150     /* any identifier */
+#define NGX_HTTP_CIO_MAP_MAX_ATTR_NAME     150
+#define NGX_HTTP_CIO_MAP_MAX_ATTR_VALUE    1000    /* string value bytes */
+#define NGX_HTTP_CIO_MAP_MAX_ATTRS         300     /* per item */
+#define NGX_HTTP_CIO_MAP_MAX_NESTING       32      /* levels in attributes */
+
+
 /* the call type a route implies; BATCH takes "type" from each call */
 typedef enum {
     NGX_HTTP_CIO_CALL_UNKNOWN = 0,
@@ -41,8 +55,8 @@ typedef enum {
 typedef struct {
     int                  route;            /* ngx_http_cio_call_e */
     int64_t              received_ms;      /* unix ms, request arrival */
-    size_t               max_item_size;    /* serialized item cap, 32768 */
-    size_t               max_batch_calls;  /* calls per batch cap, 2500 */
+    size_t               max_item_size;    /* ..._MAP_MAX_ITEM_SIZE */
+    size_t               max_batch_calls;  /* 0: no cap */
     unsigned             screen_native:1;  /* cio_screen_views native */
     unsigned             convert_timestamps:1;
     const char         **device_events;    /* extra add_device names */

@@ -56,8 +56,8 @@ opts(int route)
     memset(&o, 0, sizeof(o));
     o.route = route;
     o.received_ms = RECEIVED_MS;
-    o.max_item_size = 32768;
-    o.max_batch_calls = 2500;
+    o.max_item_size = NGX_HTTP_CIO_MAP_MAX_ITEM_SIZE;
+    o.max_batch_calls = NGX_HTTP_CIO_MAP_MAX_BATCH_CALLS;
     o.convert_timestamps = 1;
 
     return o;
