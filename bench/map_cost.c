@@ -357,7 +357,6 @@ main(int argc, char **argv)
     opts.max_batch_calls = NGX_HTTP_CIO_MAP_MAX_BATCH_CALLS;
     opts.screen_native = 0;
     opts.convert_timestamps = 1;
-    opts.client_ip = "127.0.0.1";
 
     body = slurp(argv[2], &len);
 
