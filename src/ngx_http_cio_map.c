@@ -33,10 +33,29 @@
 #define NGX_HTTP_CIO_MAX_EXACT       9007199254740992.0
 
 
+/* events are at most this far after their receipt (docs/mapping.md §3.1) */
+#define NGX_HTTP_CIO_MAP_FUTURE_MS   (366LL * 24 * 3600 * 1000)
+
+/* a number below this is unix seconds, from it on milliseconds (§3.1) */
+#define NGX_HTTP_CIO_MAP_MS_FROM     100000000000.0
+
+/* dedupe ids of calls without a time: inside 2020 (§4) */
+#define NGX_HTTP_CIO_MAP_ID_EPOCH    1577836800000LL
+#define NGX_HTTP_CIO_MAP_ID_SPAN     (366LL * 24 * 3600 * 1000)
+
+
 typedef struct {
     const ngx_http_cio_map_opts_t  *opts;
     ngx_http_cio_map_result_t      *res;
     const cJSON                    *batch_sent_at;
+    const cJSON                    *batch_integrations;
+
+    /*
+     * The body had \u0000 escapes, parsed as \u0001 (which the body did
+     * not otherwise contain): a 0x01 byte in a string is a NUL (§7.6).
+     */
+    unsigned                        nul:1;
+    int                             min_id_length;
 
     /* Amplitude events: no Segment special names, Amplitude field names */
     unsigned                        amplitude:1;
@@ -88,7 +107,7 @@ static cJSON *ngx_http_cio_map_attrs(ngx_http_cio_map_ctx_t *ctx,
 static void ngx_http_cio_map_values(ngx_http_cio_map_ctx_t *ctx, cJSON *v,
     int depth);
 static int64_t ngx_http_cio_map_time(ngx_http_cio_map_ctx_t *ctx,
-    cJSON *call, int64_t *own);
+    cJSON *call, int64_t *own, int count);
 static int ngx_http_cio_map_parse_time(const cJSON *v, int64_t *ms);
 static int ngx_http_cio_map_iso8601(const char *s, int64_t *ms);
 static void ngx_http_cio_map_ulid(int64_t ms, const char *seed, size_t len,
@@ -965,7 +984,7 @@ ngx_http_cio_map_track(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
                 cJSON_AddStringToObject(device, "platform", buf);
             }
 
-            ms = ngx_http_cio_map_time(ctx, call, NULL);
+            ms = ngx_http_cio_map_time(ctx, call, NULL, 0);
             cJSON_AddNumberToObject(device, "last_used",
                                     (double) (ms / 1000));
 
@@ -1606,11 +1625,12 @@ ngx_http_cio_map_event(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
         ctx->res->changes++;
     }
 
-    ms = ngx_http_cio_map_time(ctx, call, &own);
+    ms = ngx_http_cio_map_time(ctx, call, &own, 1);
 
     /*
      * The same call sent twice gets the same id, so Customer.io dedupes
-     * it: the id's time is the call's own, not the skew-corrected one.
+     * it: the id's time is the call's own, not the skew-corrected one,
+     * and without one it comes from the hash, not the arrival (§4).
      */
     mid = ngx_http_cio_map_get(call, "messageId");
     seed = ngx_http_cio_map_str(mid);
@@ -1627,7 +1647,7 @@ ngx_http_cio_map_event(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
         }
     }
 
-    ngx_http_cio_map_ulid(own > 0 ? own : 0, seed, strlen(seed), ulid);
+    ngx_http_cio_map_ulid(own, seed, strlen(seed), ulid);
     free(canon);
 
     ngx_http_cio_map_anonymous(ctx, call, attrs, known);
@@ -1745,16 +1765,27 @@ ngx_http_cio_map_values(ngx_http_cio_map_ctx_t *ctx, cJSON *v, int depth)
  * timestamp, else originalTimestamp, else arrival; with sentAt the
  * client's clock skew is taken out: received - (sentAt - time).  *own,
  * when asked for, is the time as the call itself states it, before that
- * correction: a resend has another sentAt and arrival, so the corrected
- * time moves by the network's jitter while this one stays.
+ * correction (-1 when it states none a ULID can hold): a resend has
+ * another sentAt and arrival, so the corrected time moves by the
+ * network's jitter while this one stays.  An event time before 1970 or
+ * more than a year past the arrival is impossible: the stated one without
+ * sentAt, the corrected one with it (a wrong client clock is what sentAt
+ * corrects, so only the result is judged).  It gives the arrival, counted
+ * as a change when count is set (docs/mapping.md §3.1).
  */
 
 static int64_t
 ngx_http_cio_map_time(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
-    int64_t *own)
+    int64_t *own, int count)
 {
-    int64_t       ms, sent;
+    int64_t       ms, sent, recv;
     const cJSON  *v, *s;
+
+    recv = ctx->opts->received_ms;
+
+    if (own) {
+        *own = -1;
+    }
 
     v = ngx_http_cio_map_get(call, "timestamp");
 
@@ -1762,15 +1793,11 @@ ngx_http_cio_map_time(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
         v = ngx_http_cio_map_get(call, "originalTimestamp");
 
         if (ngx_http_cio_map_parse_time(v, &ms) != 0) {
-            if (own) {
-                *own = ctx->opts->received_ms;
-            }
-
-            return ctx->opts->received_ms;
+            return recv;
         }
     }
 
-    if (own) {
+    if (own && ms >= 0 && ms < (1LL << 48)) {
         *own = ms;
     }
 
@@ -1781,26 +1808,57 @@ ngx_http_cio_map_time(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     }
 
     if (ngx_http_cio_map_parse_time(s, &sent) == 0) {
-        ms = ctx->opts->received_ms - (sent - ms);
+
+        /* both within the calendar, so the difference cannot overflow */
+        if (ms < -62135596800000LL || ms > 253402300799999LL
+            || sent < -62135596800000LL || sent > 253402300799999LL)
+        {
+            goto impossible;
+        }
+
+        ms = recv - (sent - ms);
     }
 
-    if (ms < 0) {
-        ms = 0;
+    if (ms < 0 || ms > recv + NGX_HTTP_CIO_MAP_FUTURE_MS) {
+        goto impossible;
     }
 
     return ms;
+
+impossible:
+
+    if (count) {
+        ctx->res->changes++;
+    }
+
+    return recv;
 }
 
+
+/*
+ * ISO-8601 text, or a number: unix seconds below 10^11, milliseconds from
+ * there on (docs/mapping.md §3.1).  A number far outside any calendar
+ * parses as an impossible time rather than as no time at all.
+ */
 
 static int
 ngx_http_cio_map_parse_time(const cJSON *v, int64_t *ms)
 {
+    double  d;
+
     if (cJSON_IsNumber(v)) {
-        if (!(v->valuedouble >= 0 && v->valuedouble < 1e15)) {
-            return -1;
+        d = v->valuedouble;
+
+        if (!(d > -1e15 && d < 1e15)) {
+            *ms = (d < 0) ? -1 : (int64_t) 1e15;
+            return 0;
         }
 
-        *ms = (int64_t) v->valuedouble;
+        if (d > -NGX_HTTP_CIO_MAP_MS_FROM && d < NGX_HTTP_CIO_MAP_MS_FROM) {
+            d *= 1000;
+        }
+
+        *ms = (int64_t) floor(d);
         return 0;
     }
 
@@ -1948,7 +2006,11 @@ ngx_http_cio_map_iso8601(const char *s, int64_t *ms)
 }
 
 
-/* a ULID: 48 bits of time, then 80 bits hashed from the seed */
+/*
+ * A ULID: 48 bits of time, then 80 bits hashed from the seed.  A negative
+ * ms (no time stated) takes a time inside 2020 from the hash: the same
+ * call, the same id, whenever it arrives, and never in the future.
+ */
 
 static void
 ngx_http_cio_map_ulid(int64_t ms, const char *seed, size_t len, char *out)
@@ -1976,6 +2038,11 @@ ngx_http_cio_map_ulid(int64_t ms, const char *seed, size_t len, char *out)
     h2 ^= h2 >> 31;
     h2 *= 0xc4ceb9fe1a85ec53ULL;
     h2 ^= h2 >> 33;
+
+    if (ms < 0) {
+        ms = NGX_HTTP_CIO_MAP_ID_EPOCH
+             + (int64_t) ((h1 ^ (h2 >> 16)) % NGX_HTTP_CIO_MAP_ID_SPAN);
+    }
 
     t = (uint64_t) ms & 0xffffffffffffULL;
 

@@ -94,6 +94,12 @@ typedef struct {
     unsigned                 changes;      /* limit adjustments made */
     size_t                   nfiltered;    /* calls with filtered set */
     char                     error[NGX_HTTP_CIO_MAP_ERRLEN];
+
+    /*
+     * Amplitude: the body field whose absence made the request unusable
+     * ("api_key"), for the answer's "missing_field"; NULL otherwise.
+     */
+    const char              *missing_field;
 } ngx_http_cio_map_result_t;
 
 

@@ -623,7 +623,7 @@ test_page_screen(void)
         "{\"anonymousId\":\"a1\",\"properties\":{\"url\":\"https://x/p\"}}",
         "[{\"type\":\"person\",\"action\":\"page\",\"identifiers\":"
         "{\"anonymous_id\":\"a1\"},\"name\":\"https://x/p\","
-        "\"id\":\"01HF7YAT00CCEZGNCA01G34EG5\",\"timestamp\":1700000000,"
+        "\"id\":\"01E0VGHMFWCCEZGNCA01G34EG5\",\"timestamp\":1700000000,"
         "\"attributes\":{\"url\":\"https://x/p\"}}]");
 
     it = first_item(NGX_HTTP_CIO_CALL_PAGE,
@@ -649,7 +649,7 @@ test_page_screen(void)
         "{\"userId\":42,\"name\":\"Home\"}",
         "[{\"type\":\"person\",\"action\":\"event\",\"identifiers\":"
         "{\"id\":42},\"name\":\"Viewed Home Screen\","
-        "\"id\":\"01HF7YAT009RD5V4BAGXBAPWZB\",\"timestamp\":1700000000,"
+        "\"id\":\"01EG33GK339RD5V4BAGXBAPWZB\",\"timestamp\":1700000000,"
         "\"attributes\":{}}]");
 
     it = first_item(NGX_HTTP_CIO_CALL_SCREEN,
@@ -745,7 +745,7 @@ test_devices(void)
         "\"en-US\",\"p\":1}}},"
         "{\"type\":\"person\",\"action\":\"event\",\"identifiers\":"
         "{\"id\":\"u\"},\"name\":\"Application Installed\","
-        "\"id\":\"01HF7YAT00JQS1RW899EPPV8FS\",\"timestamp\":1700000000,"
+        "\"id\":\"01ECDPHYYJJQS1RW899EPPV8FS\",\"timestamp\":1700000000,"
         "\"attributes\":{\"p\":1}}]");
 
     it = first_item(NGX_HTTP_CIO_CALL_TRACK,
@@ -1955,9 +1955,14 @@ test_amplitude(void)
     ngx_http_cio_map_opts_t    o;
     ngx_http_cio_map_result_t  res;
 
+    /*
+     * the request @amplitude/analytics-node sent (as captured from the
+     * SDK), received a moment after its last event: times more than a
+     * year after the receipt would be impossible
+     */
     o = opts(NGX_HTTP_CIO_CALL_AMPLITUDE);
+    o.received_ms = 1795349891000LL;
 
-    /* the request @amplitude/analytics-node sent (as captured from the SDK) */
     expect_calls("Amplitude: track, $identify, $groupidentify, setGroup"
                  " and revenue from the node SDK",
         &o,
@@ -2016,6 +2021,8 @@ test_amplitude(void)
               "amplitude") == 0
        && strcmp(ngx_http_cio_call_name(99), "unknown") == 0,
        "call names", NULL);
+
+    o = opts(NGX_HTTP_CIO_CALL_AMPLITUDE);
 
     expect_calls("Amplitude: identity rules as Segment's, device_id is"
                  " anonymous_id",
@@ -2506,6 +2513,124 @@ test_utf8(void)
 }
 
 
+/* docs/mapping.md §3.1 and §4: times and ids decided in the reviews */
+static void
+test_contract_time(void)
+{
+    size_t                    i;
+    cJSON                    *a, *b;
+    unsigned                  changes;
+    long long                 t;
+    ngx_http_cio_map_opts_t   o;
+
+    static const struct {
+        const char  *body;
+        double       want;       /* item timestamp */
+        unsigned     changes;
+        const char  *name;
+    } cases[] = {
+        { "{'userId':'u','event':'e','timestamp':'1969-12-31T23:59:59Z'}",
+          1700000000, 1, "a time before 1970 is impossible: receive time,"
+          " counted" },
+        { "{'userId':'u','event':'e','timestamp':'2026-01-01T00:00:00Z'}",
+          1700000000, 1, "a time over a year after receipt: receive time,"
+          " counted" },
+        { "{'userId':'u','event':'e','timestamp':'2024-11-01T00:00:00Z'}",
+          1730419200, 0, "a time within a year after receipt is kept" },
+        { "{'userId':'u','event':'e','timestamp':'0001-01-01T00:00:00Z'}",
+          1700000000, 1, "year 0001: receive time, counted" },
+        { "{'userId':'u','event':'e','timestamp':'9999-12-31T00:00:00Z'}",
+          1700000000, 1, "year 9999: receive time, counted" },
+        { "{'userId':'u','event':'e','timestamp':-5000}",
+          1700000000, 1, "a negative number: receive time, counted" },
+        { "{'userId':'u','event':'e','timestamp':1600000000}",
+          1600000000, 0, "a number below 10^11 is unix seconds" },
+        { "{'userId':'u','event':'e','timestamp':1600000000.75}",
+          1600000000, 0, "unix seconds with a fraction" },
+        { "{'userId':'u','event':'e','timestamp':1600000000999}",
+          1600000000, 0, "a number from 10^11 on is unix milliseconds" },
+        { "{'userId':'u','event':'e','timestamp':1e300}",
+          1700000000, 1, "a number past any calendar: receive time,"
+          " counted" },
+        { "{'userId':'u','event':'e','timestamp':'2023-11-14T22:13:00Z',"
+          "'sentAt':'0001-01-01T00:00:00Z'}",
+          1700000000, 1, "sentAt 0001 would correct to the year 4049:"
+          " receive time, counted" },
+        { "{'userId':'u','event':'e','timestamp':'0001-01-01T00:00:00Z',"
+          "'sentAt':'2023-11-14T22:13:00Z'}",
+          1700000000, 1, "a correction to before 1970: receive time,"
+          " counted" },
+        { "{'userId':'u','event':'e','timestamp':'2030-01-01T00:00:00Z',"
+          "'sentAt':'2030-01-01T00:00:30Z'}",
+          1700000000 - 30, 0, "a client clock years ahead is still"
+          " corrected by sentAt" },
+        { "{'userId':'u','event':'e','timestamp':1699999990,"
+          "'sentAt':1700000000000}",
+          1699999990, 0, "sentAt and timestamp as numbers, by magnitude" },
+    };
+
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        changes = 0;
+        a = first_item(NGX_HTTP_CIO_CALL_TRACK, cases[i].body, NULL,
+                       &changes);
+        ok(a && item_num(a, "timestamp") == cases[i].want
+           && changes == cases[i].changes, cases[i].name,
+           a ? item_str(a, "id") : "no item");
+        cJSON_Delete(a);
+    }
+
+    /* an attribute is not an event time: a birthday before 1970 stays */
+    a = first_item(NGX_HTTP_CIO_CALL_IDENTIFY,
+        "{'userId':'u','traits':{'born':'1960-01-01'}}", NULL, &changes);
+    ok(a && item_num(cJSON_GetObjectItem(a, "attributes"), "born")
+            == -315619200 && changes == 0,
+       "an attribute date before 1970 becomes negative seconds", NULL);
+    cJSON_Delete(a);
+
+    /* a resend without any time, 0.3 s later: the same id */
+    for (i = 0; i < 2; i++) {
+        const char  *body = i ? "{'userId':'u','event':'Retry'}"
+                              : "{'userId':'u','event':'Retry',"
+                                "'messageId':'m1'}";
+
+        o = opts(NGX_HTTP_CIO_CALL_TRACK);
+        a = first_item(NGX_HTTP_CIO_CALL_TRACK, body, &o, NULL);
+        o.received_ms += 300;
+        b = first_item(NGX_HTTP_CIO_CALL_TRACK, body, &o, NULL);
+        o.received_ms += 86400000;
+        cJSON_Delete(b);
+        b = first_item(NGX_HTTP_CIO_CALL_TRACK, body, &o, NULL);
+
+        t = a ? ulid_ms(item_str(a, "id")) : 0;
+
+        ok(a && b && strcmp(item_str(a, "id"), item_str(b, "id")) == 0
+           && t >= 1577836800000LL && t < 1609545600000LL
+           && item_num(a, "timestamp") == 1700000000,
+           i ? "no messageId, no time: a resend has the same id"
+             : "messageId, no time: a resend has the same id, its time"
+               " part not the receipt's",
+           a ? item_str(a, "id") : NULL);
+        cJSON_Delete(a);
+        cJSON_Delete(b);
+    }
+
+    /* an impossible stated time gives no time part either */
+    o = opts(NGX_HTTP_CIO_CALL_TRACK);
+    a = first_item(NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'u','event':'e','messageId':'m','timestamp':-1000}",
+        &o, NULL);
+    o.received_ms += 1000;
+    b = first_item(NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'u','event':'e','messageId':'m','timestamp':-1000}",
+        &o, NULL);
+    ok(a && b && strcmp(item_str(a, "id"), item_str(b, "id")) == 0,
+       "an impossible stated time: the id does not follow the receipt",
+       NULL);
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+}
+
+
 int
 main(void)
 {
@@ -2526,6 +2651,7 @@ main(void)
     test_filters();
     test_client_ip();
     test_dedupe();
+    test_contract_time();
 
     printf("%d passed, %d failed\n", passed, failed);
 
