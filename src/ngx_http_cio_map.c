@@ -74,6 +74,9 @@ static void ngx_http_cio_map_call(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     int type, ngx_http_cio_map_call_t *out);
 static int ngx_http_cio_map_filtered(ngx_http_cio_map_ctx_t *ctx,
     const cJSON *call, int type);
+static int ngx_http_cio_map_integrations(ngx_http_cio_map_ctx_t *ctx,
+    const cJSON *call);
+static int ngx_http_cio_map_is_cio(const char *key);
 static int ngx_http_cio_map_listed(const char *name, const char **list,
     size_t n);
 static int ngx_http_cio_map_identify(ngx_http_cio_map_ctx_t *ctx,
@@ -295,6 +298,7 @@ ngx_http_cio_map_batch(ngx_http_cio_map_ctx_t *ctx, cJSON *root)
     ctx->batch_sent_at = ngx_http_cio_map_get(root, "sentAt");
     ctxo = cJSON_GetObjectItemCaseSensitive(root, "context");
     intg = cJSON_GetObjectItemCaseSensitive(root, "integrations");
+    ctx->batch_integrations = cJSON_IsObject(intg) ? intg : NULL;
 
     i = 0;
 
@@ -307,40 +311,27 @@ ngx_http_cio_map_batch(ngx_http_cio_map_ctx_t *ctx, cJSON *root)
             continue;
         }
 
-        /* batch-level context and integrations: the call's own keys win */
-        if (cJSON_IsObject(ctxo) || cJSON_IsObject(intg)) {
-            const char  *keys[2] = { "context", "integrations" };
-            cJSON       *tops[2];
-            int          k;
+        /*
+         * batch-level context: the call's own keys win.  The batch's
+         * integrations are read after the call's own (docs/mapping.md §8).
+         */
+        if (cJSON_IsObject(ctxo)) {
+            cJSON  *own;
 
-            tops[0] = ctxo;
-            tops[1] = intg;
+            own = cJSON_GetObjectItemCaseSensitive(call, "context");
 
-            for (k = 0; k < 2; k++) {
-                cJSON  *own;
+            if (!cJSON_IsObject(own)) {
+                cJSON_DeleteItemFromObjectCaseSensitive(call, "context");
+                own = cJSON_AddObjectToObject(call, "context");
+            }
 
-                if (!cJSON_IsObject(tops[k])) {
-                    continue;
-                }
-
-                own = cJSON_GetObjectItemCaseSensitive(call, keys[k]);
-
-                if (!cJSON_IsObject(own)) {
-                    cJSON_DeleteItemFromObjectCaseSensitive(call, keys[k]);
-                    own = cJSON_AddObjectToObject(call, keys[k]);
-                    if (own == NULL) {
-                        continue;
-                    }
-                }
-
-                cJSON_ArrayForEach(e, tops[k]) {
-                    if (e->string != NULL
-                        && cJSON_GetObjectItemCaseSensitive(own, e->string)
-                           == NULL)
-                    {
-                        cJSON_AddItemToObject(own, e->string,
-                                              cJSON_Duplicate(e, 1));
-                    }
+            for (e = own ? ctxo->child : NULL; e != NULL; e = e->next) {
+                if (e->string != NULL
+                    && cJSON_GetObjectItemCaseSensitive(own, e->string)
+                       == NULL)
+                {
+                    cJSON_AddItemToObject(own, e->string,
+                                          cJSON_Duplicate(e, 1));
                 }
             }
         }
@@ -745,6 +736,10 @@ ngx_http_cio_map_filtered(ngx_http_cio_map_ctx_t *ctx, const cJSON *call,
 
     opts = ctx->opts;
 
+    if (!ctx->amplitude && ngx_http_cio_map_integrations(ctx, call) == 0) {
+        return 1;
+    }
+
     if (type == NGX_HTTP_CIO_CALL_TRACK) {
         name = ngx_http_cio_map_str(ngx_http_cio_map_get(call, "event"));
 
@@ -783,6 +778,90 @@ ngx_http_cio_map_filtered(ngx_http_cio_map_ctx_t *ctx, const cJSON *call,
             && ngx_http_cio_map_listed(id, opts->consent_deny,
                                        opts->nconsent_deny))
         {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/*
+ * Segment's and RudderStack's per-destination switches: 0 when the call
+ * must not reach Customer.io.  The Customer.io key decides when present,
+ * else "All"; the call's own flags are read before its batch's
+ * (docs/mapping.md §8).
+ */
+
+static int
+ngx_http_cio_map_integrations(ngx_http_cio_map_ctx_t *ctx,
+    const cJSON *call)
+{
+    int           i, k;
+    const cJSON  *sets[2], *e, *all;
+
+    sets[0] = ngx_http_cio_map_get(call, "integrations");
+    sets[1] = ctx->batch_integrations;
+
+    for (k = 0; k < 2; k++) {
+        if (!cJSON_IsObject(sets[k])) {
+            continue;
+        }
+
+        cJSON_ArrayForEach(e, sets[k]) {
+            if (e->string != NULL && ngx_http_cio_map_is_cio(e->string)) {
+                return !cJSON_IsFalse(e);
+            }
+        }
+    }
+
+    for (i = 0; i < 2; i++) {
+        all = ngx_http_cio_map_get(sets[i], "All");
+
+        if (all != NULL) {
+            return !cJSON_IsFalse(all);
+        }
+    }
+
+    return 1;
+}
+
+
+/* an integrations key naming Customer.io, ignoring case and spaces */
+
+static int
+ngx_http_cio_map_is_cio(const char *key)
+{
+    char    buf[32];
+    size_t  i, n;
+
+    static const char  *names[] = {
+        "customer.io",                    /* Segment */
+        "customer.iodatapipelines",
+        "customer.io(actions)",
+        "customerio",                     /* RudderStack: CUSTOMERIO, */
+        NULL                              /* Customer IO, customerio */
+    };
+
+    n = 0;
+
+    for (i = 0; key[i] != '\0'; i++) {
+        if (key[i] == ' ') {
+            continue;
+        }
+
+        if (n == sizeof(buf) - 1) {
+            return 0;
+        }
+
+        buf[n++] = (char) ((key[i] >= 'A' && key[i] <= 'Z')
+                           ? key[i] - 'A' + 'a' : key[i]);
+    }
+
+    buf[n] = '\0';
+
+    for (i = 0; names[i]; i++) {
+        if (strcmp(buf, names[i]) == 0) {
             return 1;
         }
     }

@@ -2631,6 +2631,64 @@ test_contract_time(void)
 }
 
 
+/* docs/mapping.md §8: Segment's and RudderStack's integrations flags */
+static void
+test_contract_integrations(void)
+{
+    ngx_http_cio_map_opts_t  o;
+
+    o = opts(NGX_HTTP_CIO_CALL_BATCH);
+
+    expect_calls("integrations: per call, per batch, the call's own first,"
+                 " keys ignoring case and spaces", &o,
+        "{'integrations':{'All':false},'batch':["
+        "{'type':'track','userId':'u','event':'a'},"
+        "{'type':'track','userId':'u','event':'b',"
+        "'integrations':{'Customer.io':true}},"
+        "{'type':'track','userId':'u','event':'c',"
+        "'integrations':{'All':true}},"
+        "{'type':'identify','userId':'u',"
+        "'integrations':{'All':true,'customer IO':false}},"
+        "{'type':'page','userId':'u','name':'p',"
+        "'integrations':{'CUSTOMERIO':false}},"
+        "{'type':'track','userId':'u','event':'f',"
+        "'integrations':{'Customer.io Data Pipelines':false}},"
+        "{'type':'track','userId':'u','event':'g',"
+        "'integrations':{'customer.io (actions)':true}},"
+        "{'type':'track','userId':'u','event':'h',"
+        "'integrations':{'Mixpanel':false,'customerio':{'x':1}}},"
+        "{'type':'track','event':'i','integrations':{'All':true}}"
+        "]}",
+        "['filtered',"
+        "[{'type':'person','action':'event','identifiers':{'id':'u'},"
+        "'name':'b','id':'*','timestamp':1700000000,'attributes':{}}],"
+        "[{'type':'person','action':'event','identifiers':{'id':'u'},"
+        "'name':'c','id':'*','timestamp':1700000000,'attributes':{}}],"
+        "'filtered','filtered','filtered',"
+        "[{'type':'person','action':'event','identifiers':{'id':'u'},"
+        "'name':'g','id':'*','timestamp':1700000000,'attributes':{}}],"
+        "[{'type':'person','action':'event','identifiers':{'id':'u'},"
+        "'name':'h','id':'*','timestamp':1700000000,'attributes':{}}],"
+        "{'error':'userId or anonymousId is required'}]");
+
+    o = opts(NGX_HTTP_CIO_CALL_TRACK);
+
+    expect_calls("integrations: a single call with Customer.io false is"
+                 " filtered", &o,
+        "{'userId':'u','event':'e','integrations':{'Customer.io':false}}",
+        "['filtered']");
+    expect_calls("integrations: All false, other destination true: filtered",
+        &o,
+        "{'userId':'u','event':'e','integrations':{'All':false,"
+        "'Amplitude':true}}",
+        "['filtered']");
+    expect_calls("integrations: another destination false: delivered", &o,
+        "{'userId':'u','event':'e','integrations':{'Amplitude':false}}",
+        "[[{'type':'person','action':'event','identifiers':{'id':'u'},"
+        "'name':'e','id':'*','timestamp':1700000000,'attributes':{}}]]");
+}
+
+
 int
 main(void)
 {
@@ -2652,6 +2710,7 @@ main(void)
     test_client_ip();
     test_dedupe();
     test_contract_time();
+    test_contract_integrations();
 
     printf("%d passed, %d failed\n", passed, failed);
 
