@@ -89,6 +89,11 @@ static int ngx_http_cio_map_screen(ngx_http_cio_map_ctx_t *ctx,
     cJSON *call, cJSON *item, char *err);
 static int ngx_http_cio_map_group(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     cJSON *item, char *err);
+static int ngx_http_cio_map_deleted(ngx_http_cio_map_ctx_t *ctx,
+    cJSON *call, cJSON *item, const char *name, char *err);
+static cJSON *ngx_http_cio_map_object(const cJSON *src, const cJSON *id,
+    const char *field, char *err);
+static int ngx_http_cio_map_present(const cJSON *v);
 static int ngx_http_cio_map_alias(cJSON *call, cJSON *item, char *err);
 static cJSON *ngx_http_cio_map_identity(ngx_http_cio_map_ctx_t *ctx,
     cJSON *call, int identify, int *known, char *err);
@@ -969,6 +974,13 @@ ngx_http_cio_map_track(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
         return -1;
     }
 
+    if (!ctx->amplitude
+        && (strcmp(name, "Object Deleted") == 0
+            || strcmp(name, "Relationship Deleted") == 0))
+    {
+        return ngx_http_cio_map_deleted(ctx, call, items[0], name, err);
+    }
+
     ids = ngx_http_cio_map_identity(ctx, call, 0, &known, err);
     if (ids == NULL) {
         return -1;
@@ -1250,69 +1262,30 @@ ngx_http_cio_map_group(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     cJSON *item, char *err)
 {
     int           known;
-    char          num[64], tnum[64];
     cJSON        *ids, *obj, *attrs, *rels, *rel;
-    const char   *otype, *oid, *field;
-    const cJSON  *gid, *traits, *t;
-
-    /* an Amplitude $groupidentify names its group in "groups" */
-    field = ctx->amplitude ? "groups" : "groupId";
+    const cJSON  *gid, *traits;
 
     gid = ngx_http_cio_map_get(call, "groupId");
 
-    if (cJSON_IsNumber(gid)) {
-        if (ngx_http_cio_map_num_id(gid, num, sizeof(num)) != 0) {
-            snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
-                     "%s is a number too large to be exact", field);
-            return -1;
-        }
-
-        oid = num;
-
-    } else {
-        oid = ngx_http_cio_map_str(gid);
-    }
-
-    if (oid == NULL || oid[0] == '\0') {
+    if (!ngx_http_cio_map_present(gid)) {
         snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, "groupId is required");
-        return -1;
-    }
-
-    if (strlen(oid) > NGX_HTTP_CIO_MAP_MAX_ID) {
-        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
-                 "%s is longer than %d bytes", field, NGX_HTTP_CIO_MAP_MAX_ID);
-        return -1;
-    }
-
-    ids = ngx_http_cio_map_identity(ctx, call, 0, &known, err);
-    if (ids == NULL) {
         return -1;
     }
 
     traits = ngx_http_cio_map_get(call, "traits");
 
-    /* object type ids are strings in v2; a number is the same id */
-    t = ngx_http_cio_map_get(traits, "object_type_id");
-
-    if (!(cJSON_IsString(t) || cJSON_IsNumber(t))) {
-        t = ngx_http_cio_map_get(traits, "objectTypeId");
+    /* an Amplitude $groupidentify names its group in "groups" */
+    obj = ngx_http_cio_map_object(traits, gid,
+                                  ctx->amplitude ? "groups" : "groupId", err);
+    if (obj == NULL) {
+        return -1;
     }
 
-    otype = ngx_http_cio_map_str(t);
-
-    if (cJSON_IsNumber(t)
-        && ngx_http_cio_map_num_id(t, tnum, sizeof(tnum)) == 0)
-    {
-        otype = tnum;
+    ids = ngx_http_cio_map_identity(ctx, call, 0, &known, err);
+    if (ids == NULL) {
+        cJSON_Delete(obj);
+        return -1;
     }
-
-    if (otype != NULL && otype[0] == '\0') {
-        otype = NULL;
-    }
-
-    obj = cJSON_CreateObject();
-    cJSON_AddStringToObject(obj, "object_type_id", otype ? otype : "1");
-    cJSON_AddStringToObject(obj, "object_id", oid);
 
     attrs = ngx_http_cio_map_attrs(ctx, cJSON_IsObject(traits) ? traits
                                                                : NULL);
@@ -1332,6 +1305,160 @@ ngx_http_cio_map_group(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     cJSON_AddItemToObject(item, "cio_relationships", rels);
 
     return 0;
+}
+
+
+/*
+ * Segment's reserved "Object Deleted" and "Relationship Deleted" track
+ * events act on the object, as Segment's Customer.io destination does;
+ * the event itself is not sent (docs/mapping.md §5.9).
+ */
+
+static int
+ngx_http_cio_map_deleted(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
+    cJSON *item, const char *name, char *err)
+{
+    int           i, known, rel;
+    cJSON        *obj, *ids, *rels, *r;
+    const cJSON  *props, *v, *from[3];
+
+    static const char  *fields[2][3] = {
+        { "properties.objectId", "groupId", "context.groupId" },
+        { "context.groupId", "groupId", "properties.objectId" }
+    };
+
+    rel = (name[0] == 'R');
+    props = ngx_http_cio_map_get(call, "properties");
+
+    from[0] = ngx_http_cio_map_get(props, "objectId");
+    from[1] = ngx_http_cio_map_get(call, "groupId");
+    from[2] = ngx_http_cio_map_path(call, "context", "groupId");
+
+    if (rel) {
+        v = from[0];
+        from[0] = from[2];
+        from[2] = v;
+    }
+
+    for (i = 0; i < 3; i++) {
+        if (ngx_http_cio_map_present(from[i])) {
+            break;
+        }
+    }
+
+    if (i == 3) {
+        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
+                 "\"%s\" needs an objectId or groupId", name);
+        return -1;
+    }
+
+    obj = ngx_http_cio_map_object(props, from[i], fields[rel][i], err);
+    if (obj == NULL) {
+        return -1;
+    }
+
+    cJSON_AddStringToObject(item, "type", "object");
+    cJSON_AddItemToObject(item, "identifiers", obj);
+
+    if (!rel) {
+        cJSON_AddStringToObject(item, "action", "delete");
+        return 0;
+    }
+
+    ids = ngx_http_cio_map_identity(ctx, call, 0, &known, err);
+    if (ids == NULL) {
+        return -1;
+    }
+
+    rels = cJSON_CreateArray();
+    r = cJSON_CreateObject();
+    cJSON_AddItemToObject(r, "identifiers", ids);
+    cJSON_AddItemToArray(rels, r);
+
+    cJSON_AddStringToObject(item, "action", "delete_relationships");
+    cJSON_AddItemToObject(item, "cio_relationships", rels);
+
+    return 0;
+}
+
+
+/*
+ * An object's identifiers: {object_type_id, object_id}, the type from
+ * src's object_type_id, else objectTypeId, else "1".  Both are strings in
+ * v2; a number is the same id as text.
+ */
+
+static cJSON *
+ngx_http_cio_map_object(const cJSON *src, const cJSON *id,
+    const char *field, char *err)
+{
+    char          num[64], tnum[64];
+    cJSON        *obj;
+    const char   *oid, *otype;
+    const cJSON  *t;
+
+    if (cJSON_IsNumber(id)) {
+        if (ngx_http_cio_map_num_id(id, num, sizeof(num)) != 0) {
+            snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
+                     "%s is a number too large to be exact", field);
+            return NULL;
+        }
+
+        oid = num;
+
+    } else {
+        oid = ngx_http_cio_map_str(id);
+    }
+
+    if (oid == NULL || oid[0] == '\0') {
+        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, "%s is required", field);
+        return NULL;
+    }
+
+    if (strlen(oid) > NGX_HTTP_CIO_MAP_MAX_ID) {
+        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, "%s is longer than %d bytes",
+                 field, NGX_HTTP_CIO_MAP_MAX_ID);
+        return NULL;
+    }
+
+    t = ngx_http_cio_map_get(src, "object_type_id");
+
+    if (!(cJSON_IsString(t) || cJSON_IsNumber(t))) {
+        t = ngx_http_cio_map_get(src, "objectTypeId");
+    }
+
+    otype = ngx_http_cio_map_str(t);
+
+    if (cJSON_IsNumber(t)
+        && ngx_http_cio_map_num_id(t, tnum, sizeof(tnum)) == 0)
+    {
+        otype = tnum;
+    }
+
+    if (otype != NULL && otype[0] == '\0') {
+        otype = NULL;
+    }
+
+    obj = cJSON_CreateObject();
+    if (obj == NULL) {
+        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, "out of memory");
+        return NULL;
+    }
+
+    cJSON_AddStringToObject(obj, "object_type_id", otype ? otype : "1");
+    cJSON_AddStringToObject(obj, "object_id", oid);
+
+    return obj;
+}
+
+
+/* a usable id value: a number, or a non-empty string */
+
+static int
+ngx_http_cio_map_present(const cJSON *v)
+{
+    return cJSON_IsNumber(v)
+           || (cJSON_IsString(v) && v->valuestring[0] != '\0');
 }
 
 

@@ -2689,6 +2689,50 @@ test_contract_integrations(void)
 }
 
 
+/* docs/mapping.md §5.9: Segment's deletion events act on the object */
+static void
+test_contract_deletions(void)
+{
+    expect_items("Object Deleted: object / delete, objectId first, the"
+                 " event not sent", NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'u','event':'Object Deleted','groupId':'g',"
+        "'properties':{'objectId':'acme','object_type_id':'2'}}",
+        "[{'type':'object','action':'delete','identifiers':"
+        "{'object_type_id':'2','object_id':'acme'}}]");
+    expect_items("Object Deleted: groupId, numeric, type 1, no person"
+                 " needed", NGX_HTTP_CIO_CALL_TRACK,
+        "{'event':'Object Deleted','groupId':42}",
+        "[{'type':'object','action':'delete','identifiers':"
+        "{'object_type_id':'1','object_id':'42'}}]");
+    expect_call_error("Object Deleted without an object is refused",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'u','event':'Object Deleted','properties':{}}",
+        "\"Object Deleted\" needs an objectId or groupId");
+    expect_items("Relationship Deleted: object / delete_relationships for"
+                 " the person, context.groupId first",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'cio_9','event':'Relationship Deleted','groupId':'x',"
+        "'context':{'groupId':'acme'},'properties':{'objectTypeId':3}}",
+        "[{'type':'object','action':'delete_relationships','identifiers':"
+        "{'object_type_id':'3','object_id':'acme'},'cio_relationships':"
+        "[{'identifiers':{'cio_id':'9'}}]}]");
+    expect_items("Relationship Deleted: an anonymous person",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'anonymousId':'a1','event':'Relationship Deleted','groupId':'g'}",
+        "[{'type':'object','action':'delete_relationships','identifiers':"
+        "{'object_type_id':'1','object_id':'g'},'cio_relationships':"
+        "[{'identifiers':{'anonymous_id':'a1'}}]}]");
+    expect_call_error("Relationship Deleted without a person is refused",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'event':'Relationship Deleted','groupId':'g'}",
+        "userId or anonymousId is required");
+    expect_call_error("anonymous User Deleted stays a 400",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'anonymousId':'a1','event':'User Deleted'}",
+        "\"User Deleted\" needs a userId");
+}
+
+
 int
 main(void)
 {
@@ -2711,6 +2755,7 @@ main(void)
     test_dedupe();
     test_contract_time();
     test_contract_integrations();
+    test_contract_deletions();
 
     printf("%d passed, %d failed\n", passed, failed);
 
