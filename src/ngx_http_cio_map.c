@@ -81,6 +81,8 @@ static int ngx_http_cio_map_listed(const char *name, const char **list,
     size_t n);
 static int ngx_http_cio_map_identify(ngx_http_cio_map_ctx_t *ctx,
     cJSON *call, cJSON *item, char *err);
+static cJSON *ngx_http_cio_map_relationship(ngx_http_cio_map_ctx_t *ctx,
+    const cJSON *traits, const cJSON *gid, char *err);
 static int ngx_http_cio_map_track(ngx_http_cio_map_ctx_t *ctx,
     cJSON *call, cJSON **items, char *err);
 static int ngx_http_cio_map_page(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
@@ -94,6 +96,8 @@ static int ngx_http_cio_map_deleted(ngx_http_cio_map_ctx_t *ctx,
 static cJSON *ngx_http_cio_map_object(const cJSON *src, const cJSON *id,
     const char *field, char *err);
 static int ngx_http_cio_map_present(const cJSON *v);
+static int ngx_http_cio_map_placeholder(const char *s);
+static int ngx_http_cio_map_user(const cJSON *v);
 static int ngx_http_cio_map_alias(cJSON *call, cJSON *item, char *err);
 static cJSON *ngx_http_cio_map_identity(ngx_http_cio_map_ctx_t *ctx,
     cJSON *call, int identify, int *known, char *err);
@@ -894,10 +898,10 @@ static int
 ngx_http_cio_map_identify(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     cJSON *item, char *err)
 {
-    int          known;
-    cJSON       *ids, *attrs;
+    int          known, i;
+    cJSON       *ids, *attrs, *rels;
     int64_t      ms;
-    const cJSON *traits, *created;
+    const cJSON *traits, *created, *gid;
 
     ids = ngx_http_cio_map_identity(ctx, call, 1, &known, err);
     if (ids == NULL) {
@@ -910,30 +914,61 @@ ngx_http_cio_map_identify(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
         traits = ngx_http_cio_map_path(call, "context", "traits");
     }
 
+    /* Segment's person action relates the person to a group it names */
+    gid = ngx_http_cio_map_get(call, "groupId");
+
+    if (!ngx_http_cio_map_present(gid)) {
+        gid = ngx_http_cio_map_path(call, "context", "groupId");
+    }
+
+    rels = NULL;
+
+    if (ngx_http_cio_map_present(gid)) {
+        rels = ngx_http_cio_map_relationship(ctx, traits, gid, err);
+        if (rels == NULL) {
+            cJSON_Delete(ids);
+            return -1;
+        }
+    }
+
     attrs = ngx_http_cio_map_attrs(ctx, cJSON_IsObject(traits) ? traits
                                                                 : NULL);
 
-    /* createdAt and created_at both become created_at, in seconds */
-    created = ngx_http_cio_map_get(attrs, "createdAt");
-
-    if (created == NULL) {
-        created = ngx_http_cio_map_get(attrs, "created_at");
+    if (rels != NULL) {
+        cJSON_DeleteItemFromObjectCaseSensitive(attrs, "object_type_id");
+        cJSON_DeleteItemFromObjectCaseSensitive(attrs, "objectTypeId");
+        cJSON_DeleteItemFromObjectCaseSensitive(attrs,
+                                                "relationshipAttributes");
     }
 
-    if (created != NULL) {
-        if (cJSON_IsNumber(created)) {
-            ms = (int64_t) created->valuedouble;
-            ms = (ms > 100000000000LL) ? ms : ms * 1000;
+    /*
+     * created_at, else createdAt, becomes created_at in seconds: it is
+     * Customer.io's own name, so it wins; an empty one is no date
+     * (docs/mapping.md §3.3).
+     */
+    for (i = 0; i < 2; i++) {
+        created = ngx_http_cio_map_get(attrs, i ? "createdAt" : "created_at");
 
-        } else if (ngx_http_cio_map_parse_time(created, &ms) != 0) {
-            ms = -1;
+        if (cJSON_IsNull(created)
+            || (cJSON_IsString(created) && created->valuestring[0] == '\0'))
+        {
+            cJSON_DeleteItemFromObjectCaseSensitive(attrs, created->string);
+            ctx->res->changes++;
         }
+    }
 
-        if (ms >= 0) {
-            cJSON_DeleteItemFromObjectCaseSensitive(attrs, "createdAt");
-            ngx_http_cio_map_put(ctx, attrs, "created_at",
-                                 cJSON_CreateNumber((double) (ms / 1000)));
-        }
+    created = ngx_http_cio_map_get(attrs, "created_at");
+
+    if (created == NULL) {
+        created = ngx_http_cio_map_get(attrs, "createdAt");
+    }
+
+    if (created != NULL
+        && ngx_http_cio_map_parse_time(created, &ms) == 0 && ms >= 0)
+    {
+        cJSON_DeleteItemFromObjectCaseSensitive(attrs, "createdAt");
+        ngx_http_cio_map_put(ctx, attrs, "created_at",
+                             cJSON_CreateNumber((double) (ms / 1000)));
     }
 
     ngx_http_cio_map_anonymous(ctx, call, attrs, known);
@@ -943,7 +978,45 @@ ngx_http_cio_map_identify(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     cJSON_AddStringToObject(item, "action", "identify");
     cJSON_AddItemToObject(item, "attributes", attrs);
 
+    if (rels != NULL) {
+        cJSON_AddItemToObject(item, "cio_relationships", rels);
+    }
+
     return 0;
+}
+
+
+/*
+ * [{"identifiers": <the object>, "relationship_attributes": ...}] for an
+ * identify that names a group (docs/mapping.md §5.1).
+ */
+
+static cJSON *
+ngx_http_cio_map_relationship(ngx_http_cio_map_ctx_t *ctx,
+    const cJSON *traits, const cJSON *gid, char *err)
+{
+    cJSON        *obj, *rels, *rel;
+    const cJSON  *ra;
+
+    obj = ngx_http_cio_map_object(traits, gid, "groupId", err);
+    if (obj == NULL) {
+        return NULL;
+    }
+
+    rels = cJSON_CreateArray();
+    rel = cJSON_CreateObject();
+    cJSON_AddItemToObject(rel, "identifiers", obj);
+
+    ra = ngx_http_cio_map_get(traits, "relationshipAttributes");
+
+    if (cJSON_IsObject(ra)) {
+        cJSON_AddItemToObject(rel, "relationship_attributes",
+                              ngx_http_cio_map_attrs(ctx, ra));
+    }
+
+    cJSON_AddItemToArray(rels, rel);
+
+    return rels;
 }
 
 
@@ -1261,9 +1334,15 @@ static int
 ngx_http_cio_map_group(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     cJSON *item, char *err)
 {
-    int           known;
+    int           known, i;
     cJSON        *ids, *obj, *attrs, *rels, *rel;
-    const cJSON  *gid, *traits;
+    const char   *action, *a;
+    const cJSON  *gid, *traits, *ra;
+
+    static const char  *actions[] = {
+        "identify", "identify_anonymous", "delete", "add_relationships",
+        "delete_relationships", NULL
+    };
 
     gid = ngx_http_cio_map_get(call, "groupId");
 
@@ -1287,21 +1366,60 @@ ngx_http_cio_map_group(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
         return -1;
     }
 
+    /* RudderStack's traits.action names the object action (§5.5) */
+    action = known ? "identify" : "identify_anonymous";
+    a = ctx->amplitude ? NULL
+                       : ngx_http_cio_map_str(ngx_http_cio_map_get(traits,
+                                                                  "action"));
+
+    for (i = 0; a != NULL && actions[i]; i++) {
+        if (strcmp(a, actions[i]) == 0) {
+            action = actions[i];
+            break;
+        }
+    }
+
     attrs = ngx_http_cio_map_attrs(ctx, cJSON_IsObject(traits) ? traits
                                                                : NULL);
     cJSON_DeleteItemFromObjectCaseSensitive(attrs, "object_type_id");
     cJSON_DeleteItemFromObjectCaseSensitive(attrs, "objectTypeId");
+    cJSON_DeleteItemFromObjectCaseSensitive(attrs, "relationshipAttributes");
+
+    if (a != NULL && actions[i] != NULL) {
+        cJSON_DeleteItemFromObjectCaseSensitive(attrs, "action");
+    }
 
     rels = cJSON_CreateArray();
     rel = cJSON_CreateObject();
     cJSON_AddItemToObject(rel, "identifiers", ids);
+
+    ra = ngx_http_cio_map_get(traits, "relationshipAttributes");
+
+    if (cJSON_IsObject(ra)) {
+        cJSON_AddItemToObject(rel, "relationship_attributes",
+                              ngx_http_cio_map_attrs(ctx, ra));
+    }
+
     cJSON_AddItemToArray(rels, rel);
 
     cJSON_AddStringToObject(item, "type", "object");
     cJSON_AddItemToObject(item, "identifiers", obj);
-    cJSON_AddStringToObject(item, "action",
-                            known ? "identify" : "identify_anonymous");
-    cJSON_AddItemToObject(item, "attributes", attrs);
+    cJSON_AddStringToObject(item, "action", action);
+
+    /* a deletion names the object only; relationship changes no attributes */
+    if (strcmp(action, "delete") == 0) {
+        cJSON_Delete(attrs);
+        cJSON_Delete(rels);
+        return 0;
+    }
+
+    if (strstr(action, "relationships") != NULL) {
+        cJSON_Delete(attrs);
+
+    } else {
+        cJSON_AddItemToObject(item, "attributes", attrs);
+    }
+
     cJSON_AddItemToObject(item, "cio_relationships", rels);
 
     return 0;
@@ -1471,12 +1589,7 @@ ngx_http_cio_map_alias(cJSON *call, cJSON *item, char *err)
     user = ngx_http_cio_map_get(call, "userId");
     prev = ngx_http_cio_map_get(call, "previousId");
 
-    if (user == NULL || prev == NULL
-        || (cJSON_IsString(user) && user->valuestring[0] == '\0')
-        || (cJSON_IsString(prev) && prev->valuestring[0] == '\0')
-        || !(cJSON_IsString(user) || cJSON_IsNumber(user))
-        || !(cJSON_IsString(prev) || cJSON_IsNumber(prev)))
-    {
+    if (!ngx_http_cio_map_user(user) || !ngx_http_cio_map_user(prev)) {
         snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
                  "alias needs userId and previousId");
         return -1;
@@ -1523,9 +1636,7 @@ ngx_http_cio_map_identity(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
 
     v = ngx_http_cio_map_get(call, "userId");
 
-    if (cJSON_IsNumber(v)
-        || (cJSON_IsString(v) && v->valuestring[0] != '\0'))
-    {
+    if (ngx_http_cio_map_user(v)) {
         return ngx_http_cio_map_resolve(v, ctx->user_field, err);
     }
 
@@ -1557,10 +1668,9 @@ ngx_http_cio_map_identity(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     *known = 0;
 
     v = ngx_http_cio_map_get(call, "anonymousId");
+    s = "";
 
-    if (cJSON_IsNumber(v)
-        || (cJSON_IsString(v) && v->valuestring[0] != '\0'))
-    {
+    if (ngx_http_cio_map_present(v)) {
         if (cJSON_IsNumber(v)) {
             if (ngx_http_cio_map_num_id(v, num, sizeof(num)) != 0) {
                 snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
@@ -1574,6 +1684,9 @@ ngx_http_cio_map_identity(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
         } else {
             s = v->valuestring;
         }
+    }
+
+    if (s[0] != '\0' && !ngx_http_cio_map_placeholder(s)) {
 
         if (strlen(s) > NGX_HTTP_CIO_MAP_MAX_ID) {
             snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
@@ -1712,7 +1825,7 @@ ngx_http_cio_map_anonymous(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
         return;
     }
 
-    if (s[0] == '\0') {
+    if (s[0] == '\0' || ngx_http_cio_map_placeholder(s)) {
         return;
     }
 
@@ -1722,6 +1835,29 @@ ngx_http_cio_map_anonymous(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     }
 
     ngx_http_cio_map_put(ctx, attrs, "anonymous_id", cJSON_CreateString(s));
+}
+
+
+/*
+ * An anonymousId made only of zeros and dashes is what some SDKs send
+ * before they have an id: every such visitor would be one person
+ * (docs/mapping.md §2).
+ */
+
+static int
+ngx_http_cio_map_placeholder(const char *s)
+{
+    return s[0] != '\0' && s[strspn(s, "0-")] == '\0';
+}
+
+
+/* a userId that names someone: "" and a bare "cio_" do not (§2) */
+
+static int
+ngx_http_cio_map_user(const cJSON *v)
+{
+    return ngx_http_cio_map_present(v)
+           && !(cJSON_IsString(v) && strcmp(v->valuestring, "cio_") == 0);
 }
 
 

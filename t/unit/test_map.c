@@ -1014,10 +1014,11 @@ test_identity_edges(void)
         "[{'type':'person','action':'identify','identifiers':"
         "{'id':'a@b@c.io'},'attributes':{}}]");
 
-    expect_items("cio_ with nothing after it is an id",
-        NGX_HTTP_CIO_CALL_IDENTIFY, "{'userId':'cio_'}",
+    /* docs/mapping.md §2: a bare cio_ names nobody */
+    expect_items("cio_ with nothing after it is no userId: the anonymousId",
+        NGX_HTTP_CIO_CALL_IDENTIFY, "{'userId':'cio_','anonymousId':'a1'}",
         "[{'type':'person','action':'identify','identifiers':"
-        "{'id':'cio_'},'attributes':{}}]");
+        "{'anonymous_id':'a1'},'attributes':{}}]");
 
     expect_items("numeric userId with a fraction stays that number",
         NGX_HTTP_CIO_CALL_IDENTIFY, "{'userId':1.5}",
@@ -1462,14 +1463,15 @@ test_peer_calls(void)
         "'attributes':{'name':''}}]");
 
     /* group */
-    expect_items("R-23: group; action in traits is only an attribute",
+    expect_items("R-23: group; traits.action names the object action and"
+                 " leaves the attributes (docs/mapping.md §5.5)",
         NGX_HTTP_CIO_CALL_GROUP,
         "{'groupId':'group@1','traits':{'domainNames':'rudderstack.com',"
         "'email':'help@rudderstack.com','name':'rudderstack','action':"
         "'identify'},'type':'group','userId':'user@1'}",
         "[{'type':'object','action':'identify','attributes':{'name':"
         "'rudderstack','email':'help@rudderstack.com','domainNames':"
-        "'rudderstack.com','action':'identify'},'identifiers':{'object_id':"
+        "'rudderstack.com'},'identifiers':{'object_id':"
         "'group@1','object_type_id':'1'},'cio_relationships':"
         "[{'identifiers':{'id':'user@1'}}]}]");
 
@@ -2733,6 +2735,115 @@ test_contract_deletions(void)
 }
 
 
+/* docs/mapping.md §2, §3.3, §5.1, §5.5: the second review's decisions */
+static void
+test_contract_people(void)
+{
+    unsigned  changes;
+    cJSON    *it;
+
+    expect_items("created_at wins over createdAt", NGX_HTTP_CIO_CALL_IDENTIFY,
+        "{'userId':'u','traits':{'createdAt':'2020-01-01T00:00:00Z',"
+        "'created_at':'2021-01-01T00:00:00Z'}}",
+        "[{'type':'person','action':'identify','identifiers':{'id':'u'},"
+        "'attributes':{'created_at':1609459200}}]");
+
+    changes = 0;
+    it = first_item(NGX_HTTP_CIO_CALL_IDENTIFY,
+        "{'userId':'u','traits':{'created_at':'','plan':'x'}}", NULL,
+        &changes);
+    ok(it && cJSON_GetObjectItem(cJSON_GetObjectItem(it, "attributes"),
+                                 "created_at") == NULL
+       && changes == 1, "an empty created_at is dropped, counted", NULL);
+    cJSON_Delete(it);
+
+    changes = 0;
+    it = first_item(NGX_HTTP_CIO_CALL_IDENTIFY,
+        "{'userId':'u','traits':{'created_at':null,"
+        "'createdAt':'2020-01-01T00:00:00Z'}}", NULL, &changes);
+    ok(it && item_num(cJSON_GetObjectItem(it, "attributes"), "created_at")
+            == 1577836800 && changes == 1,
+       "a null created_at is dropped, counted; createdAt then counts",
+       NULL);
+    cJSON_Delete(it);
+
+    expect_items("a userId of just cio_ is absent: the e-mail identifies",
+        NGX_HTTP_CIO_CALL_IDENTIFY,
+        "{'userId':'cio_','traits':{'email':'a@b.co'}}",
+        "[{'type':'person','action':'identify','identifiers':"
+        "{'email':'a@b.co'},'attributes':{'email':'a@b.co'}}]");
+    expect_call_error("alias with a userId of just cio_ is refused",
+        NGX_HTTP_CIO_CALL_ALIAS, "{'userId':'cio_','previousId':'p'}",
+        "alias needs userId and previousId");
+    expect_call_error("a User Deleted with userId cio_ is anonymous: 400",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'cio_','anonymousId':'a','event':'User Deleted'}",
+        "\"User Deleted\" needs a userId");
+
+    expect_call_error("the all-zero anonymousId is no identifier",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'anonymousId':'00000000-0000-0000-0000-000000000000',"
+        "'event':'e'}", "userId or anonymousId is required");
+    expect_call_error("a numeric anonymousId 0 is a placeholder too",
+        NGX_HTTP_CIO_CALL_PAGE, "{'anonymousId':0,'name':'p'}",
+        "userId or anonymousId is required");
+    expect_items("the all-zero anonymousId is not merged into a person",
+        NGX_HTTP_CIO_CALL_IDENTIFY,
+        "{'userId':'u','anonymousId':'00000000-0000-0000-0000-000000000000',"
+        "'traits':{}}",
+        "[{'type':'person','action':'identify','identifiers':{'id':'u'},"
+        "'attributes':{}}]");
+    expect_items("a numeric anonymousId is text", NGX_HTTP_CIO_CALL_TRACK,
+        "{'anonymousId':1234567,'event':'e'}",
+        "[{'type':'person','action':'event','identifiers':"
+        "{'anonymous_id':'1234567'},'name':'e','id':'*',"
+        "'timestamp':1700000000,'attributes':{}}]");
+
+    expect_items("identify with a groupId relates the person to the object",
+        NGX_HTTP_CIO_CALL_IDENTIFY,
+        "{'userId':'u','groupId':'acme','traits':{'plan':'pro',"
+        "'objectTypeId':'2','relationshipAttributes':{'role':'admin'}}}",
+        "[{'type':'person','action':'identify','identifiers':{'id':'u'},"
+        "'attributes':{'plan':'pro'},'cio_relationships':[{'identifiers':"
+        "{'object_type_id':'2','object_id':'acme'},"
+        "'relationship_attributes':{'role':'admin'}}]}]");
+    expect_items("identify with context.groupId", NGX_HTTP_CIO_CALL_IDENTIFY,
+        "{'userId':'u','context':{'groupId':7},'traits':{}}",
+        "[{'type':'person','action':'identify','identifiers':{'id':'u'},"
+        "'attributes':{},'cio_relationships':[{'identifiers':"
+        "{'object_type_id':'1','object_id':'7'}}]}]");
+
+    expect_items("group traits.action delete: object / delete",
+        NGX_HTTP_CIO_CALL_GROUP,
+        "{'userId':'u','groupId':'g','traits':{'action':'delete','a':1}}",
+        "[{'type':'object','action':'delete','identifiers':"
+        "{'object_type_id':'1','object_id':'g'}}]");
+    expect_items("group traits.action add_relationships, with"
+                 " relationshipAttributes", NGX_HTTP_CIO_CALL_GROUP,
+        "{'userId':'u','groupId':'g','traits':{'action':'add_relationships',"
+        "'relationshipAttributes':{'role':'x'}}}",
+        "[{'type':'object','action':'add_relationships','identifiers':"
+        "{'object_type_id':'1','object_id':'g'},'cio_relationships':"
+        "[{'identifiers':{'id':'u'},'relationship_attributes':"
+        "{'role':'x'}}]}]");
+    expect_items("group traits.action that is no object action stays an"
+                 " attribute", NGX_HTTP_CIO_CALL_GROUP,
+        "{'userId':'u','groupId':'g','traits':{'action':'upgrade'}}",
+        "[{'type':'object','action':'identify','identifiers':"
+        "{'object_type_id':'1','object_id':'g'},'attributes':"
+        "{'action':'upgrade'},'cio_relationships':[{'identifiers':"
+        "{'id':'u'}}]}]");
+    expect_items("group relationshipAttributes leave the attributes",
+        NGX_HTTP_CIO_CALL_GROUP,
+        "{'anonymousId':'a','groupId':'g','traits':{'n':1,"
+        "'relationshipAttributes':{'role':'x'}}}",
+        "[{'type':'object','action':'identify_anonymous','identifiers':"
+        "{'object_type_id':'1','object_id':'g'},'attributes':{'n':1},"
+        "'cio_relationships':[{'identifiers':{'anonymous_id':'a'},"
+        "'relationship_attributes':{'role':'x'}}]}]");
+}
+
+
 int
 main(void)
 {
@@ -2756,6 +2867,7 @@ main(void)
     test_contract_time();
     test_contract_integrations();
     test_contract_deletions();
+    test_contract_people();
 
     printf("%d passed, %d failed\n", passed, failed);
 
