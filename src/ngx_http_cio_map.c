@@ -69,6 +69,8 @@ static int ngx_http_cio_map_amplitude(ngx_http_cio_map_ctx_t *ctx,
     cJSON *root);
 static void ngx_http_cio_map_amplitude_event(ngx_http_cio_map_ctx_t *ctx,
     const cJSON *ev, ngx_http_cio_map_call_t *out);
+static int ngx_http_cio_map_amplitude_id(ngx_http_cio_map_ctx_t *ctx,
+    const cJSON *v);
 static cJSON *ngx_http_cio_map_amplitude_props(const cJSON *up);
 static void ngx_http_cio_map_call(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     int type, ngx_http_cio_map_call_t *out);
@@ -392,7 +394,7 @@ static int
 ngx_http_cio_map_amplitude(ngx_http_cio_map_ctx_t *ctx, cJSON *root)
 {
     int                         i, n;
-    const cJSON                *key, *events, *ev;
+    const cJSON                *key, *events, *ev, *v;
     ngx_http_cio_map_result_t  *res;
 
     res = ctx->res;
@@ -401,6 +403,7 @@ ngx_http_cio_map_amplitude(ngx_http_cio_map_ctx_t *ctx, cJSON *root)
 
     if (!cJSON_IsString(key) || key->valuestring[0] == '\0') {
         snprintf(res->error, sizeof(res->error), "api_key is missing");
+        res->missing_field = "api_key";
         return -1;
     }
 
@@ -420,6 +423,12 @@ ngx_http_cio_map_amplitude(ngx_http_cio_map_ctx_t *ctx, cJSON *root)
     ctx->amplitude = 1;
     ctx->user_field = "user_id";
     ctx->anon_field = "device_id";
+
+    /* Amplitude's own default, which the request's options may change */
+    v = ngx_http_cio_map_path(root, "options", "min_id_length");
+    ctx->min_id_length = (cJSON_IsNumber(v) && v->valuedouble >= 1
+                          && v->valuedouble <= 1024)
+                         ? (int) v->valuedouble : 5;
 
     i = 0;
 
@@ -463,6 +472,15 @@ ngx_http_cio_map_amplitude_event(ngx_http_cio_map_ctx_t *ctx,
         snprintf(out->error, NGX_HTTP_CIO_MAP_ERRLEN,
                  "event_type is required");
         return;
+    }
+
+    for (i = 0; i < 2; i++) {
+        s = i ? "device_id" : "user_id";
+
+        if (!ngx_http_cio_map_amplitude_id(ctx, ngx_http_cio_map_get(ev, s))) {
+            snprintf(out->error, NGX_HTTP_CIO_MAP_ERRLEN, "%s is invalid", s);
+            return;
+        }
     }
 
     call = cJSON_CreateObject();
@@ -545,6 +563,54 @@ ngx_http_cio_map_amplitude_event(ngx_http_cio_map_ctx_t *ctx,
     ngx_http_cio_map_call(ctx, call, type, out);
 
     cJSON_Delete(call);
+}
+
+
+/*
+ * Amplitude's id rules (docs/mapping.md §5.10): an id shorter than
+ * min_id_length or one of the values Amplitude refuses makes the event
+ * invalid.  0 for such an id; an absent or empty one is for the identity
+ * rules to judge.
+ */
+
+static int
+ngx_http_cio_map_amplitude_id(ngx_http_cio_map_ctx_t *ctx, const cJSON *v)
+{
+    int          i;
+    char         num[64];
+    const char  *s;
+
+    static const char  *refused[] = {
+        "anonymous", "nil", "none", "null", "n/a", "na", "undefined",
+        "unknown", "<unknown>", "0", "-1",
+        "00000000-0000-0000-0000-000000000000", NULL
+    };
+
+    if (cJSON_IsNumber(v)) {
+        if (ngx_http_cio_map_num_id(v, num, sizeof(num)) != 0) {
+            return 1;   /* refused by the identity rules, more precisely */
+        }
+
+        s = num;
+
+    } else if (cJSON_IsString(v) && v->valuestring[0] != '\0') {
+        s = v->valuestring;
+
+    } else {
+        return 1;
+    }
+
+    if (strlen(s) < (size_t) ctx->min_id_length) {
+        return 0;
+    }
+
+    for (i = 0; refused[i]; i++) {
+        if (strcasecmp(s, refused[i]) == 0) {
+            return 0;
+        }
+    }
+
+    return 1;
 }
 
 
@@ -1184,7 +1250,8 @@ ngx_http_cio_map_track(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
             cJSON_ArrayForEach(e, attrs) {
                 if (cJSON_GetObjectItemCaseSensitive(dattrs, e->string)
                     == NULL
-                    && cJSON_GetArraySize(dattrs) >= NGX_HTTP_CIO_MAP_MAX_ATTRS)
+                    && cJSON_GetArraySize(dattrs)
+                       >= NGX_HTTP_CIO_MAP_MAX_ATTRS)
                 {
                     ctx->res->changes++;
                     continue;

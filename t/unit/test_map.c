@@ -1968,7 +1968,7 @@ test_amplitude(void)
     expect_calls("Amplitude: track, $identify, $groupidentify, setGroup"
                  " and revenue from the node SDK",
         &o,
-        "{'api_key':'AMP_API_KEY_abc','events':["
+        "{'api_key':'AMP_API_KEY_abc','options':{'min_id_length':1},'events':["
         "{'time':1704164645678,'insert_id':'ins-1','event_type':"
         "'Button Clicked','user_id':'user@example.com','ip':'203.0.113.7',"
         "'event_properties':{'color':'red'},'event_id':0,'library':"
@@ -2005,7 +2005,8 @@ test_amplitude(void)
         "'timestamp':1795349890,'attributes':{'$productId':'sku-1',"
         "'$quantity':2,'$price':9.99}}]]");
 
-    map("{'api_key':'AMP_KEY','writeKey':'other','events':["
+    map("{'api_key':'AMP_KEY',"
+        "'options':{'min_id_length':1},'writeKey':'other','events':["
         "{'event_type':'a','device_id':'d'},"
         "{'event_type':'$identify','device_id':'d'},"
         "{'event_type':'$groupidentify','device_id':'d','groups':"
@@ -2029,7 +2030,7 @@ test_amplitude(void)
     expect_calls("Amplitude: identity rules as Segment's, device_id is"
                  " anonymous_id",
         &o,
-        "{'api_key':'k','events':["
+        "{'api_key':'k','options':{'min_id_length':1},'events':["
         "{'event_type':'e','device_id':'dev-1','time':1600000000000},"
         "{'event_type':'e','user_id':'cio_42','time':1600000000000},"
         "{'event_type':'e','user_id':42,'device_id':'d2','time':"
@@ -2051,7 +2052,9 @@ test_amplitude(void)
     expect_calls("Amplitude: user_properties and groups nested in the"
                  " event's attributes",
         &o,
-        "{'api_key':'k','events':[{'event_type':'Play','user_id':'u',"
+        "{'api_key':'k',"
+        "'options':{'min_id_length':1},"
+        "'events':[{'event_type':'Play','user_id':'u',"
         "'event_properties':{'song':'x','groups':'mine'},"
         "'user_properties':{'$set':{'plan':'pro'}},'groups':{'org':"
         "['a','b']}},"
@@ -2069,7 +2072,7 @@ test_amplitude(void)
                  " plain over $setOnce; other operators dropped; no"
                  " e-mail fallback",
         &o,
-        "{'api_key':'k','events':["
+        "{'api_key':'k','options':{'min_id_length':1},'events':["
         "{'event_type':'$identify','user_id':'u','user_properties':"
         "{'plan':'free','age':3}},"
         "{'event_type':'$identify','user_id':'u','user_properties':"
@@ -2089,7 +2092,7 @@ test_amplitude(void)
 
     expect_calls("Amplitude: Segment's special names are plain events",
         &o,
-        "{'api_key':'k','events':["
+        "{'api_key':'k','options':{'min_id_length':1},'events':["
         "{'event_type':'User Deleted','user_id':'u'},"
         "{'event_type':'Application Installed','user_id':'u'}]}",
         "[[{'type':'person','action':'event','identifiers':{'id':'u'},"
@@ -2102,7 +2105,9 @@ test_amplitude(void)
     expect_calls("Amplitude: $groupidentify with a numeric group and an"
                  " anonymous device",
         &o,
-        "{'api_key':'k','events':[{'event_type':'$groupidentify',"
+        "{'api_key':'k',"
+        "'options':{'min_id_length':1},"
+        "'events':[{'event_type':'$groupidentify',"
         "'device_id':'d','groups':{'company':7},'group_properties':"
         "{'size':5}}]}",
         "[[{'type':'object','action':'identify_anonymous','identifiers':"
@@ -2110,7 +2115,7 @@ test_amplitude(void)
         "'cio_relationships':[{'identifiers':{'anonymous_id':'d'}}]}]]");
 
     snprintf(body, sizeof(body),
-             "{'api_key':'k','events':["
+             "{'api_key':'k','options':{'min_id_length':1},'events':["
              "{'user_id':'u'},"
              "{'event_type':'','user_id':'u'},"
              "{'event_type':7,'user_id':'u'},"
@@ -2177,10 +2182,14 @@ test_amplitude(void)
 
     /* insert_id seeds the dedupe id, as messageId does */
     a = first_item(NGX_HTTP_CIO_CALL_AMPLITUDE,
-        "{'api_key':'k','events':[{'event_type':'e','user_id':'u',"
+        "{'api_key':'k',"
+        "'options':{'min_id_length':1},"
+        "'events':[{'event_type':'e','user_id':'u',"
         "'insert_id':'ins-1','time':1700000000000}]}", &o, NULL);
     b = first_item(NGX_HTTP_CIO_CALL_AMPLITUDE,
-        "{'api_key':'k','events':[{'event_type':'e','user_id':'u',"
+        "{'api_key':'k',"
+        "'options':{'min_id_length':1},"
+        "'events':[{'event_type':'e','user_id':'u',"
         "'insert_id':'ins-1','time':1700000000000,'event_properties':"
         "{'x':1}}]}", &o, NULL);
     ok(a && b && strcmp(item_str(a, "id"), item_str(b, "id")) == 0
@@ -2189,7 +2198,9 @@ test_amplitude(void)
     cJSON_Delete(b);
 
     b = first_item(NGX_HTTP_CIO_CALL_AMPLITUDE,
-        "{'api_key':'k','events':[{'event_type':'e','user_id':'u',"
+        "{'api_key':'k',"
+        "'options':{'min_id_length':1},"
+        "'events':[{'event_type':'e','user_id':'u',"
         "'insert_id':'ins-2','time':1700000000000}]}", &o, NULL);
     ok(a && b && strcmp(item_str(a, "id"), item_str(b, "id")) != 0,
        "Amplitude: another insert_id gives another id", NULL);
@@ -2197,11 +2208,15 @@ test_amplitude(void)
     cJSON_Delete(b);
 
     a = first_item(NGX_HTTP_CIO_CALL_AMPLITUDE,
-        "{'api_key':'k','events':[{'event_type':'e','user_id':'u',"
+        "{'api_key':'k',"
+        "'options':{'min_id_length':1},"
+        "'events':[{'event_type':'e','user_id':'u',"
         "'time':1700000000000}],'client_upload_time':"
         "'2026-11-22T12:18:10.472Z'}", &o, NULL);
     b = first_item(NGX_HTTP_CIO_CALL_AMPLITUDE,
-        "{'api_key':'k','events':[{'event_type':'e','user_id':'u',"
+        "{'api_key':'k',"
+        "'options':{'min_id_length':1},"
+        "'events':[{'event_type':'e','user_id':'u',"
         "'time':1700000000000}],'client_upload_time':"
         "'2026-11-22T12:18:11.000Z'}", &o, NULL);
     ok(a && b && strcmp(item_str(a, "id"), item_str(b, "id")) == 0,
@@ -2366,7 +2381,9 @@ test_filters(void)
     o.events_allow = allow;
     o.nevents_allow = 2;
 
-    map("{'api_key':'k','events':[{'event_type':'A','user_id':'u'},"
+    map("{'api_key':'k',"
+        "'options':{'min_id_length':1},"
+        "'events':[{'event_type':'A','user_id':'u'},"
         "{'event_type':'B','user_id':'u'},"
         "{'event_type':'$identify','user_id':'u'},"
         "{'event_type':'$groupidentify','user_id':'u','groups':"
@@ -2402,7 +2419,9 @@ test_client_ip(void)
         { NGX_HTTP_CIO_CALL_GROUP,
           "{'userId':'u','groupId':'g','context':{'ip':'10.0.0.1'}}" },
         { NGX_HTTP_CIO_CALL_AMPLITUDE,
-          "{'api_key':'k','events':[{'event_type':'e','user_id':'u',"
+          "{'api_key':'k',"
+          "'options':{'min_id_length':1},"
+          "'events':[{'event_type':'e','user_id':'u',"
           "'ip':'10.0.0.1'}]}" },
         { 0, NULL }
     };
@@ -2844,6 +2863,63 @@ test_contract_people(void)
 }
 
 
+/* docs/mapping.md §5.10: Amplitude's own id rules and missing api_key */
+static void
+test_contract_amplitude(void)
+{
+    int                        rc;
+    ngx_http_cio_map_opts_t    o;
+    ngx_http_cio_map_result_t  res;
+
+    o = opts(NGX_HTTP_CIO_CALL_AMPLITUDE);
+
+    expect_calls("Amplitude id rules: min_id_length 5 by default, refused"
+                 " values ignoring case, invalid events by index", &o,
+        "{'api_key':'k','events':["
+        "{'event_type':'e','user_id':'user-1'},"
+        "{'event_type':'e','user_id':'abcd'},"
+        "{'event_type':'e','device_id':'Anonymous'},"
+        "{'event_type':'e','user_id':'NULL','device_id':'device-1'},"
+        "{'event_type':'e','device_id':"
+        "'00000000-0000-0000-0000-000000000000'},"
+        "{'event_type':'e','user_id':'user-2','device_id':-1},"
+        "{'event_type':'e','user_id':12345}"
+        "]}",
+        "[[{'type':'person','action':'event','identifiers':{'id':'user-1'},"
+        "'name':'e','id':'*','timestamp':1700000000,'attributes':{}}],"
+        "{'error':'user_id is invalid'},"
+        "{'error':'device_id is invalid'},"
+        "{'error':'user_id is invalid'},"
+        "{'error':'device_id is invalid'},"
+        "{'error':'device_id is invalid'},"
+        "[{'type':'person','action':'event','identifiers':{'id':12345},"
+        "'name':'e','id':'*','timestamp':1700000000,'attributes':{}}]]");
+
+    expect_calls("Amplitude id rules: options.min_id_length from the"
+                 " request", &o,
+        "{'api_key':'k','options':{'min_id_length':2},'events':["
+        "{'event_type':'e','user_id':'ab'},"
+        "{'event_type':'e','user_id':'a'}]}",
+        "[[{'type':'person','action':'event','identifiers':{'id':'ab'},"
+        "'name':'e','id':'*','timestamp':1700000000,'attributes':{}}],"
+        "{'error':'user_id is invalid'}]");
+
+    memset(&res, 0, sizeof(res));
+    rc = map("{'events':[{'event_type':'e','user_id':'user-1'}]}", &o,
+             &res);
+    ok(rc == -1 && res.missing_field != NULL
+       && strcmp(res.missing_field, "api_key") == 0,
+       "Amplitude without api_key: missing_field api_key", res.error);
+    ngx_http_cio_map_result_free(&res);
+
+    rc = map("{'api_key':'k','events':[{'event_type':'e','user_id':'u-1'}]}",
+             &o, &res);
+    ok(rc == 0 && res.missing_field == NULL,
+       "Amplitude with api_key: no missing_field", res.error);
+    ngx_http_cio_map_result_free(&res);
+}
+
+
 int
 main(void)
 {
@@ -2868,6 +2944,7 @@ main(void)
     test_contract_integrations();
     test_contract_deletions();
     test_contract_people();
+    test_contract_amplitude();
 
     printf("%d passed, %d failed\n", passed, failed);
 
