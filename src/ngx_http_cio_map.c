@@ -64,6 +64,13 @@ typedef struct {
 } ngx_http_cio_map_ctx_t;
 
 
+static int ngx_http_cio_map_nul_scan(const char *body, size_t len,
+    char **copy);
+static int ngx_http_cio_map_check(ngx_http_cio_map_ctx_t *ctx,
+    const cJSON *call, char *err);
+static int ngx_http_cio_map_deep(const cJSON *v, int left);
+static int ngx_http_cio_map_nul_key(const cJSON *v);
+static void ngx_http_cio_map_nul_restore(char *s);
 static int ngx_http_cio_map_batch(ngx_http_cio_map_ctx_t *ctx, cJSON *root);
 static int ngx_http_cio_map_amplitude(ngx_http_cio_map_ctx_t *ctx,
     cJSON *root);
@@ -159,6 +166,7 @@ ngx_http_cio_map_request(const char *body, size_t len,
     const ngx_http_cio_map_opts_t *opts, ngx_http_cio_map_result_t *res)
 {
     int                      rc;
+    char                    *copy;
     cJSON                   *root;
     const char              *end;
     const cJSON             *wk;
@@ -182,6 +190,25 @@ ngx_http_cio_map_request(const char *body, size_t len,
         return -1;
     }
 
+    copy = NULL;
+
+    switch (ngx_http_cio_map_nul_scan(body, len, &copy)) {
+
+    case -1:
+        snprintf(res->error, sizeof(res->error),
+                 "\\u0000 in a string of a body that also has \\u0001");
+        return -1;
+
+    case -2:
+        snprintf(res->error, sizeof(res->error), "out of memory");
+        return -1;
+
+    case 1:
+        ctx.nul = 1;
+        body = copy;
+        break;
+    }
+
     end = NULL;
     root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
 
@@ -198,6 +225,8 @@ ngx_http_cio_map_request(const char *body, size_t len,
             root = NULL;
         }
     }
+
+    free(copy);
 
     if (root == NULL) {
         snprintf(res->error, sizeof(res->error), "invalid JSON");
@@ -217,6 +246,7 @@ ngx_http_cio_map_request(const char *body, size_t len,
         return rc;
     }
 
+    /* a key with a \u0000 escape keeps its 0x01: it matches no key */
     wk = ngx_http_cio_map_get(root, "writeKey");
 
     if (cJSON_IsString(wk)) {
@@ -242,6 +272,245 @@ ngx_http_cio_map_request(const char *body, size_t len,
     cJSON_Delete(root);
 
     return 0;
+}
+
+
+/*
+ * cJSON turns a \u0000 escape into a NUL inside a C string, which would
+ * silently end an id, a name or a key there (docs/mapping.md §7.6).  The
+ * escapes are parsed as \u0001 instead, in a copy, when the body has no
+ * 0x01 of its own (raw or escaped): a 0x01 in a parsed string then means
+ * a NUL, refused where it names someone or something and written back as
+ * \u0000 in values.  Returns 0 (no escape), 1 (*copy to parse), -1 (a
+ * body with both, refused), -2 (no memory).
+ */
+
+static int
+ngx_http_cio_map_nul_scan(const char *body, size_t len, char **copy)
+{
+    int          nul, one;
+    size_t       i;
+    const char  *p;
+
+    nul = 0;
+    one = (memchr(body, '\x01', len) != NULL);
+
+    for (p = body; (p = memchr(p, '\\', body + len - p)) != NULL; p += 2) {
+        if (body + len - p < 6) {
+            break;
+        }
+
+        if (p[1] == 'u' && p[2] == '0' && p[3] == '0' && p[4] == '0'
+            && (p[5] == '0' || p[5] == '1'))
+        {
+            nul |= (p[5] == '0');
+            one |= (p[5] == '1');
+        }
+    }
+
+    if (!nul) {
+        return 0;
+    }
+
+    if (one) {
+        return -1;
+    }
+
+    *copy = malloc(len + 1);
+    if (*copy == NULL) {
+        return -2;
+    }
+
+    memcpy(*copy, body, len);
+    (*copy)[len] = '\0';
+
+    for (i = 0; i + 5 < len; i++) {
+        if ((*copy)[i] != '\\') {
+            continue;
+        }
+
+        if (memcmp(*copy + i + 1, "u0000", 5) == 0) {
+            (*copy)[i + 5] = '1';
+        }
+
+        i++;
+    }
+
+    return 1;
+}
+
+
+/*
+ * A call's structure checked before it is mapped: no key and no field
+ * that names someone or something with a NUL in it (§7.6), and properties
+ * and traits nested at most NGX_HTTP_CIO_MAP_MAX_NESTING deep (§7.4).
+ * 0, or -1 with err set.
+ */
+
+static int
+ngx_http_cio_map_check(ngx_http_cio_map_ctx_t *ctx, const cJSON *call,
+    char *err)
+{
+    int           i;
+    const char   *s;
+    const cJSON  *v;
+
+    static const struct {
+        const char  *a, *b;       /* call[a] or call[a][b] */
+        const char  *name;        /* as the sender wrote it */
+        const char  *amplitude;
+    } named[] = {
+        { "userId", NULL, "userId", "user_id" },
+        { "anonymousId", NULL, "anonymousId", "device_id" },
+        { "previousId", NULL, "previousId", NULL },
+        { "groupId", NULL, "groupId", "groups" },
+        { "event", NULL, "event", "event_type" },
+        { "name", NULL, "name", NULL },
+        { "traits", "email", "traits.email", NULL },
+        { "traits", "object_type_id", "traits.object_type_id", NULL },
+        { "traits", "objectTypeId", "traits.objectTypeId", NULL },
+        { "traits", "action", "traits.action", NULL },
+        { "properties", "url", "properties.url", NULL },
+        { "properties", "name", "properties.name", NULL },
+        { "properties", "objectId", "properties.objectId", NULL },
+        { "properties", "object_type_id", "properties.object_type_id",
+          NULL },
+        { "properties", "objectTypeId", "properties.objectTypeId", NULL },
+        { "context", "groupId", "context.groupId", NULL },
+        { NULL, NULL, NULL, NULL }
+    };
+
+    for (i = 0; i < 3; i++) {
+        v = (i == 0) ? ngx_http_cio_map_get(call, "properties")
+            : (i == 1) ? ngx_http_cio_map_get(call, "traits")
+            : ngx_http_cio_map_path(call, "context", "traits");
+
+        if (ngx_http_cio_map_deep(v, NGX_HTTP_CIO_MAP_MAX_NESTING)) {
+            snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
+                     "%s nest deeper than %d levels",
+                     (i == 0) ? "properties" : "traits",
+                     NGX_HTTP_CIO_MAP_MAX_NESTING);
+            return -1;
+        }
+    }
+
+    if (!ctx->nul) {
+        return 0;
+    }
+
+    if (ngx_http_cio_map_nul_key(call)) {
+        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
+                 "a key contains a \\u0000 escape");
+        return -1;
+    }
+
+    for (i = 0; named[i].a; i++) {
+        v = ngx_http_cio_map_get(call, named[i].a);
+
+        if (named[i].b) {
+            v = ngx_http_cio_map_get(v, named[i].b);
+        }
+
+        s = ngx_http_cio_map_str(v);
+
+        if (s == NULL && v != NULL && named[i].b == NULL) {
+            /* an Amplitude group: {"type": "name"} */
+            v = cJSON_IsObject(v) ? v->child : NULL;
+            s = ngx_http_cio_map_str(v);
+        }
+
+        if (s != NULL && strchr(s, '\x01') != NULL) {
+            snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
+                     "%s contains a \\u0000 escape",
+                     (ctx->amplitude && named[i].amplitude)
+                     ? named[i].amplitude : named[i].name);
+            return -1;
+        }
+    }
+
+    s = ngx_http_cio_map_str(ngx_http_cio_map_get(
+            ngx_http_cio_map_path(call, "context", "traits"), "email"));
+
+    if (s == NULL) {
+        s = ngx_http_cio_map_str(ngx_http_cio_map_get(
+                ngx_http_cio_map_path(call, "context", "device"), "token"));
+    }
+
+    if (s != NULL && strchr(s, '\x01') != NULL) {
+        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
+                 "an identifier contains a \\u0000 escape");
+        return -1;
+    }
+
+    return 0;
+}
+
+
+/* whether v has an object or array more than left levels below it */
+
+static int
+ngx_http_cio_map_deep(const cJSON *v, int left)
+{
+    const cJSON  *e;
+
+    if (!cJSON_IsObject(v) && !cJSON_IsArray(v)) {
+        return 0;
+    }
+
+    if (left < 0) {
+        return 1;
+    }
+
+    cJSON_ArrayForEach(e, v) {
+        if (ngx_http_cio_map_deep(e, left - 1)) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/* whether any key in v, at any depth, holds a NUL (parsed as 0x01) */
+
+static int
+ngx_http_cio_map_nul_key(const cJSON *v)
+{
+    const cJSON  *e;
+
+    cJSON_ArrayForEach(e, v) {
+        if ((e->string != NULL && strchr(e->string, '\x01') != NULL)
+            || ngx_http_cio_map_nul_key(e))
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/*
+ * Values keep a NUL: cJSON printed each as \u0001, which the body did not
+ * otherwise contain, so each becomes \u0000 again in place.
+ */
+
+static void
+ngx_http_cio_map_nul_restore(char *s)
+{
+    for ( /* void */ ; *s; s++) {
+        if (*s != '\\') {
+            continue;
+        }
+
+        if (strncmp(s + 1, "u0001", 5) == 0) {
+            s[5] = '0';
+        }
+
+        if (*++s == '\0') {
+            break;
+        }
+    }
 }
 
 
@@ -702,7 +971,15 @@ ngx_http_cio_map_call(ngx_http_cio_map_ctx_t *ctx, cJSON *call, int type,
         return;
     }
 
+    if (ngx_http_cio_map_check(ctx, call, out->error) != 0) {
+        type = -1;
+    }
+
     switch (type) {
+
+    case -1:
+        rc = -1;
+        break;
 
     case NGX_HTTP_CIO_CALL_IDENTIFY:
         rc = ngx_http_cio_map_identify(ctx, call, items[0], out->error);
@@ -750,6 +1027,10 @@ ngx_http_cio_map_call(ngx_http_cio_map_ctx_t *ctx, cJSON *call, int type,
 
         if (s != NULL) {
             s = ngx_http_cio_map_utf8(ctx, s);
+        }
+
+        if (s != NULL && ctx->nul) {
+            ngx_http_cio_map_nul_restore(s);
         }
 
         if (s == NULL) {

@@ -2920,6 +2920,139 @@ test_contract_amplitude(void)
 }
 
 
+/* a body of n nested objects or arrays under properties.a */
+static char *
+nested(const char *call_head, int n)
+{
+    int     i;
+    char   *b, *p;
+    size_t  len;
+
+    len = strlen(call_head) + 7 * (size_t) n + 64;
+    b = malloc(len);
+    p = b + sprintf(b, "%s", call_head);
+
+    for (i = 0; i < n; i++) {
+        *p++ = (i % 2) ? '[' : '{';
+        if (i % 2 == 0) {
+            p += sprintf(p, "'k':");
+        }
+    }
+
+    p += sprintf(p, "1");
+
+    for (i = n - 1; i >= 0; i--) {
+        *p++ = (i % 2) ? ']' : '}';
+    }
+
+    sprintf(p, "}}");
+
+    return b;
+}
+
+
+/* docs/mapping.md §7.4 and §7.6: nesting and \u0000 escapes */
+static void
+test_contract_hostile(void)
+{
+    int                        rc;
+    char                      *b, *x;
+    ngx_http_cio_map_opts_t    o;
+    ngx_http_cio_map_result_t  res;
+
+    b = nested("{'userId':'u','event':'e','properties':{'a':", 32);
+    o = opts(NGX_HTTP_CIO_CALL_TRACK);
+    rc = map(b, &o, &res);
+    ok(rc == 0 && res.calls[0].nitems == 1,
+       "properties nested 32 levels are accepted", res.calls[0].error);
+    ngx_http_cio_map_result_free(&res);
+    free(b);
+
+    b = nested("{'userId':'u','event':'e','properties':{'a':", 33);
+    expect_call_error("properties nested 33 levels are refused",
+        NGX_HTTP_CIO_CALL_TRACK, b, "properties nest deeper than 32 levels");
+    free(b);
+
+    b = nested("{'userId':'u','event':'e','properties':{'a':", 997);
+    expect_call_error("properties nested 997 levels are refused",
+        NGX_HTTP_CIO_CALL_TRACK, b, "properties nest deeper than 32 levels");
+    free(b);
+
+    b = nested("{'userId':'u','traits':{'a':", 40);
+    expect_call_error("traits nested 40 levels are refused",
+        NGX_HTTP_CIO_CALL_IDENTIFY, b, "traits nest deeper than 32 levels");
+    free(b);
+
+    expect_call_error("a \\u0000 in userId is refused, never cut",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'ab\\u0000cd','event':'e'}",
+        "userId contains a \\u0000 escape");
+    expect_call_error("a \\u0000 in the identifying e-mail is refused",
+        NGX_HTTP_CIO_CALL_IDENTIFY,
+        "{'traits':{'email':'victim@x.com\\u0000evil'}}",
+        "traits.email contains a \\u0000 escape");
+    expect_call_error("a \\u0000 in anonymousId is refused",
+        NGX_HTTP_CIO_CALL_PAGE,
+        "{'anonymousId':'a\\u0000b','name':'p'}",
+        "anonymousId contains a \\u0000 escape");
+    expect_call_error("a \\u0000 in an event name is refused",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'u','event':'Sign\\u0000up'}",
+        "event contains a \\u0000 escape");
+    expect_call_error("a \\u0000 in a property key is refused",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'u','event':'e','properties':{'x':{'a\\u0000b':1}}}",
+        "a key contains a \\u0000 escape");
+    expect_call_error("a \\u0000 in previousId is refused",
+        NGX_HTTP_CIO_CALL_ALIAS,
+        "{'userId':'u','previousId':'p\\u0000q'}",
+        "previousId contains a \\u0000 escape");
+    expect_call_error("a \\u0000 in groupId is refused",
+        NGX_HTTP_CIO_CALL_GROUP,
+        "{'userId':'u','groupId':'g\\u0000h'}",
+        "groupId contains a \\u0000 escape");
+
+    o = opts(NGX_HTTP_CIO_CALL_TRACK);
+    rc = map("{'userId':'u','event':'e','properties':{'v':'x\\u0000y'}}",
+             &o, &res);
+    x = (rc == 0 && res.calls[0].nitems == 1) ? res.calls[0].item[0] : NULL;
+    ok(x && strstr(x, "\"v\":\"x\\u0000y\"") != NULL
+       && strstr(x, "u0001") == NULL,
+       "a \\u0000 in a value is forwarded intact", x);
+    ngx_http_cio_map_result_free(&res);
+
+    rc = map("{'userId':'u','event':'e','writeKey':'KEY\\u0000junk'}", &o,
+             &res);
+    ok(rc == 0 && res.write_key && strcmp(res.write_key, "KEY") != 0
+       && strncmp(res.write_key, "KEY", 3) == 0 && strlen(res.write_key) > 3,
+       "a writeKey with \\u0000 is not cut to the key before it",
+       res.write_key);
+    ngx_http_cio_map_result_free(&res);
+
+    expect_items("an escaped backslash before u0000 is no NUL",
+        NGX_HTTP_CIO_CALL_IDENTIFY, "{'userId':'ab\\\\u0000'}",
+        "[{'type':'person','action':'identify','identifiers':"
+        "{'id':'ab\\\\u0000'},'attributes':{}}]");
+
+    expect_request_error("a body with both \\u0000 and \\u0001 is refused",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'u\\u0000','event':'e\\u0001'}", 38,
+        "\\u0000 in a string of a body that also has \\u0001");
+
+    o = opts(NGX_HTTP_CIO_CALL_AMPLITUDE);
+    rc = map("{'api_key':'k','events':[{'event_type':'e','user_id':"
+             "'user-1\\u0000x'},{'event_type':'e','user_id':'user-2'}]}",
+             &o, &res);
+    ok(rc == 0 && res.ncalls == 2 && res.calls[0].nitems == 0
+       && strcmp(res.calls[0].error, "user_id contains a \\u0000 escape")
+          == 0
+       && res.calls[1].nitems == 1,
+       "Amplitude: a \\u0000 in user_id is refused by name, the other"
+       " event kept", res.ncalls ? res.calls[0].error : res.error);
+    ngx_http_cio_map_result_free(&res);
+}
+
+
 int
 main(void)
 {
@@ -2945,6 +3078,7 @@ main(void)
     test_contract_deletions();
     test_contract_people();
     test_contract_amplitude();
+    test_contract_hostile();
 
     printf("%d passed, %d failed\n", passed, failed);
 
