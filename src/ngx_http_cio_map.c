@@ -2548,7 +2548,9 @@ ngx_http_cio_map_parse_time(const cJSON *v, int64_t *ms)
             d *= 1000;
         }
 
-        *ms = (int64_t) floor(d);
+        /* toward minus infinity, without libm: the module does not link it */
+        *ms = (int64_t) d;
+        *ms -= ((double) *ms > d);
         return 0;
     }
 
