@@ -94,6 +94,8 @@ static cJSON *ngx_http_cio_map_relationship(ngx_http_cio_map_ctx_t *ctx,
     const cJSON *traits, const cJSON *gid, char *err);
 static int ngx_http_cio_map_track(ngx_http_cio_map_ctx_t *ctx,
     cJSON *call, cJSON **items, char *err);
+static cJSON *ngx_http_cio_map_device(ngx_http_cio_map_ctx_t *ctx,
+    cJSON *call, cJSON *attrs, int add, const char *token_s);
 static int ngx_http_cio_map_page(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     cJSON *item, char *err);
 static int ngx_http_cio_map_screen(ngx_http_cio_map_ctx_t *ctx,
@@ -1373,11 +1375,10 @@ ngx_http_cio_map_track(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
 {
     int           known, add, del, i;
     char         *token_s;
-    cJSON        *ids, *attrs, *device, *dattrs;
+    cJSON        *ids, *attrs, *device;
     size_t        n;
-    int64_t       ms;
-    const char   *name, *type, *action, *s;
-    const cJSON  *props, *token, *e;
+    const char   *name, *action;
+    const cJSON  *props, *token;
 
     static const char  *adds[] = {
         "Application Installed", "Application Opened",
@@ -1466,83 +1467,7 @@ ngx_http_cio_map_track(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     token_s = (char *) ngx_http_cio_map_str(token);
 
     if ((add || del) && known && token_s != NULL && token_s[0] != '\0') {
-        device = cJSON_CreateObject();
-        cJSON_AddStringToObject(device, "token", token_s);
-
-        if (add) {
-            type = ngx_http_cio_map_str(ngx_http_cio_map_get(
-                       ngx_http_cio_map_path(call, "context", "device"),
-                       "type"));
-
-            if (type != NULL) {
-                char  buf[64];
-
-                snprintf(buf, sizeof(buf), "%s", type);
-
-                for (i = 0; buf[i]; i++) {
-                    if (buf[i] >= 'A' && buf[i] <= 'Z') {
-                        buf[i] = (char) (buf[i] - 'A' + 'a');
-                    }
-                }
-
-                if (strcmp(buf, "ios") == 0 || strcmp(buf, "ipados") == 0
-                    || strcmp(buf, "watchos") == 0
-                    || strcmp(buf, "tvos") == 0)
-                {
-                    snprintf(buf, sizeof(buf), "ios");
-                }
-
-                cJSON_AddStringToObject(device, "platform", buf);
-            }
-
-            ms = ngx_http_cio_map_time(ctx, call, NULL, 0);
-            cJSON_AddNumberToObject(device, "last_used",
-                                    (double) (ms / 1000));
-
-            dattrs = cJSON_CreateObject();
-
-            s = ngx_http_cio_map_str(ngx_http_cio_map_get(
-                    ngx_http_cio_map_path(call, "context", "os"), "name"));
-            if (s) {
-                cJSON_AddStringToObject(dattrs, "device_os", s);
-            }
-
-            s = ngx_http_cio_map_str(ngx_http_cio_map_get(
-                    ngx_http_cio_map_path(call, "context", "device"),
-                    "model"));
-            if (s) {
-                cJSON_AddStringToObject(dattrs, "device_model", s);
-            }
-
-            s = ngx_http_cio_map_str(ngx_http_cio_map_get(
-                    ngx_http_cio_map_path(call, "context", "app"),
-                    "version"));
-            if (s) {
-                cJSON_AddStringToObject(dattrs, "app_version", s);
-            }
-
-            s = ngx_http_cio_map_str(ngx_http_cio_map_path(call, "context",
-                                                           "locale"));
-            if (s) {
-                cJSON_AddStringToObject(dattrs, "device_locale", s);
-            }
-
-            /* properties win over the context fields; 300 at most */
-            cJSON_ArrayForEach(e, attrs) {
-                if (cJSON_GetObjectItemCaseSensitive(dattrs, e->string)
-                    == NULL
-                    && cJSON_GetArraySize(dattrs)
-                       >= NGX_HTTP_CIO_MAP_MAX_ATTRS)
-                {
-                    ctx->res->changes++;
-                    continue;
-                }
-
-                ngx_http_cio_map_replace(dattrs, e->string, e);
-            }
-
-            cJSON_AddItemToObject(device, "attributes", dattrs);
-        }
+        device = ngx_http_cio_map_device(ctx, call, attrs, add, token_s);
 
         cJSON_AddStringToObject(items[0], "type", "person");
         cJSON_AddItemToObject(items[0], "identifiers",
@@ -1565,6 +1490,103 @@ ngx_http_cio_map_track(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     ngx_http_cio_map_event(ctx, call, items[0], "event", name, attrs, known);
 
     return 0;
+}
+
+
+/*
+ * The device of an add_device or delete_device item: the token, and for
+ * add_device the platform, last use and attributes (docs/mapping.md §5.8).
+ */
+
+static cJSON *
+ngx_http_cio_map_device(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
+    cJSON *attrs, int add, const char *token_s)
+{
+    int           i;
+    cJSON        *device, *dattrs;
+    int64_t       ms;
+    const char   *type, *s;
+    const cJSON  *e;
+
+    device = cJSON_CreateObject();
+    cJSON_AddStringToObject(device, "token", token_s);
+
+    if (add) {
+        type = ngx_http_cio_map_str(ngx_http_cio_map_get(
+                   ngx_http_cio_map_path(call, "context", "device"),
+                   "type"));
+
+        if (type != NULL) {
+            char  buf[64];
+
+            snprintf(buf, sizeof(buf), "%s", type);
+
+            for (i = 0; buf[i]; i++) {
+                if (buf[i] >= 'A' && buf[i] <= 'Z') {
+                    buf[i] = (char) (buf[i] - 'A' + 'a');
+                }
+            }
+
+            if (strcmp(buf, "ios") == 0 || strcmp(buf, "ipados") == 0
+                || strcmp(buf, "watchos") == 0
+                || strcmp(buf, "tvos") == 0)
+            {
+                snprintf(buf, sizeof(buf), "ios");
+            }
+
+            cJSON_AddStringToObject(device, "platform", buf);
+        }
+
+        ms = ngx_http_cio_map_time(ctx, call, NULL, 0);
+        cJSON_AddNumberToObject(device, "last_used",
+                                (double) (ms / 1000));
+
+        dattrs = cJSON_CreateObject();
+
+        s = ngx_http_cio_map_str(ngx_http_cio_map_get(
+                ngx_http_cio_map_path(call, "context", "os"), "name"));
+        if (s) {
+            cJSON_AddStringToObject(dattrs, "device_os", s);
+        }
+
+        s = ngx_http_cio_map_str(ngx_http_cio_map_get(
+                ngx_http_cio_map_path(call, "context", "device"),
+                "model"));
+        if (s) {
+            cJSON_AddStringToObject(dattrs, "device_model", s);
+        }
+
+        s = ngx_http_cio_map_str(ngx_http_cio_map_get(
+                ngx_http_cio_map_path(call, "context", "app"),
+                "version"));
+        if (s) {
+            cJSON_AddStringToObject(dattrs, "app_version", s);
+        }
+
+        s = ngx_http_cio_map_str(ngx_http_cio_map_path(call, "context",
+                                                       "locale"));
+        if (s) {
+            cJSON_AddStringToObject(dattrs, "device_locale", s);
+        }
+
+        /* properties win over the context fields; 300 at most */
+        cJSON_ArrayForEach(e, attrs) {
+            if (cJSON_GetObjectItemCaseSensitive(dattrs, e->string)
+                == NULL
+                && cJSON_GetArraySize(dattrs)
+                   >= NGX_HTTP_CIO_MAP_MAX_ATTRS)
+            {
+                ctx->res->changes++;
+                continue;
+            }
+
+            ngx_http_cio_map_replace(dattrs, e->string, e);
+        }
+
+        cJSON_AddItemToObject(device, "attributes", dattrs);
+    }
+
+    return device;
 }
 
 
