@@ -353,11 +353,10 @@ main(int argc, char **argv)
     /* as ngx_http_cio_process() sets them with the default directives */
     opts.route = route_of(argv[1]);
     opts.received_ms = 1715682104000LL;
-    opts.max_item_size = 32768;
-    opts.max_batch_calls = 2500;
+    opts.max_item_size = NGX_HTTP_CIO_MAP_MAX_ITEM_SIZE;
+    opts.max_batch_calls = NGX_HTTP_CIO_MAP_MAX_BATCH_CALLS;
     opts.screen_native = 0;
     opts.convert_timestamps = 1;
-    opts.client_ip = "127.0.0.1";
 
     body = slurp(argv[2], &len);
 

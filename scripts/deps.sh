@@ -11,7 +11,7 @@ pkgs="nginx nginx-dev libcurl4-openssl-dev libcjson-dev zlib1g-dev gcc make
 apt_missing deps $pkgs
 
 # A module built against other headers than the running nginx's loads but
-# misreads nginx's structures (nginx-anchors.md, the Debian ABI trap).
+# misreads nginx's structures (README, "Installing the Debian package").
 v1=$(dpkg-query -W -f='${Version}' nginx)
 v2=$(dpkg-query -W -f='${Version}' nginx-dev)
 if [ "$v1" != "$v2" ]; then

@@ -5,7 +5,7 @@
 
 
 /*
- * Bounded inflate of compressed request bodies (ingest-apis.md §0.3).
+ * Bounded inflate of compressed request bodies (README, "What a sender sees").
  * No nginx headers: the unit tests and the fuzzer link this file with
  * zlib alone.
  */

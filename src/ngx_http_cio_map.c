@@ -6,13 +6,13 @@
 
 /*
  * Segment / RudderStack calls and Amplitude events to Customer.io Track
- * API v2 items, as shared/reference/mapping-spec.md promises.  No nginx
+ * API v2 items, as docs/mapping.md promises.  No nginx
  * headers: the unit tests and the fuzzer link this file with cJSON alone.
  *
  * The client address (context.ip) is deliberately not written into any
  * item: neither Segment's nor RudderStack's Customer.io destination puts
  * context.ip (or RudderStack's request_ip) anywhere in what it sends
- * (peer-mappings.md, "fields the mapper provably ignores"), and the v2
+ * (docs/mapping.md §10), and the v2
  * items have no context for it.
  */
 
@@ -28,21 +28,34 @@
 #include "ngx_http_cio_map.h"
 
 
-#define NGX_HTTP_CIO_MAX_NAME        100
-#define NGX_HTTP_CIO_MAX_ID          150
-#define NGX_HTTP_CIO_MAX_ATTR_NAME   150
-#define NGX_HTTP_CIO_MAX_ATTR_VALUE  1000
-#define NGX_HTTP_CIO_MAX_ATTRS       300
-#define NGX_HTTP_CIO_MAX_DEPTH       64
 
 /* 2^53: from it on, a JSON integer may have lost digits in a double */
 #define NGX_HTTP_CIO_MAX_EXACT       9007199254740992.0
+
+
+/* events are at most this far after their receipt (docs/mapping.md §3.1) */
+#define NGX_HTTP_CIO_MAP_FUTURE_MS   (366LL * 24 * 3600 * 1000)
+
+/* a number below this is unix seconds, from it on milliseconds (§3.1) */
+#define NGX_HTTP_CIO_MAP_MS_FROM     100000000000.0
+
+/* dedupe ids of calls without a time: inside 2020 (§4) */
+#define NGX_HTTP_CIO_MAP_ID_EPOCH    1577836800000LL
+#define NGX_HTTP_CIO_MAP_ID_SPAN     (366LL * 24 * 3600 * 1000)
 
 
 typedef struct {
     const ngx_http_cio_map_opts_t  *opts;
     ngx_http_cio_map_result_t      *res;
     const cJSON                    *batch_sent_at;
+    const cJSON                    *batch_integrations;
+
+    /*
+     * The body had \u0000 escapes, parsed as \u0001 (which the body did
+     * not otherwise contain): a 0x01 byte in a string is a NUL (§7.6).
+     */
+    unsigned                        nul:1;
+    int                             min_id_length;
 
     /* Amplitude events: no Segment special names, Amplitude field names */
     unsigned                        amplitude:1;
@@ -51,28 +64,51 @@ typedef struct {
 } ngx_http_cio_map_ctx_t;
 
 
+static int ngx_http_cio_map_nul_scan(const char *body, size_t len,
+    char **copy);
+static int ngx_http_cio_map_check(ngx_http_cio_map_ctx_t *ctx,
+    const cJSON *call, char *err);
+static int ngx_http_cio_map_deep(const cJSON *v, int left);
+static int ngx_http_cio_map_nul_key(const cJSON *v);
+static void ngx_http_cio_map_nul_restore(char *s);
 static int ngx_http_cio_map_batch(ngx_http_cio_map_ctx_t *ctx, cJSON *root);
 static int ngx_http_cio_map_amplitude(ngx_http_cio_map_ctx_t *ctx,
     cJSON *root);
 static void ngx_http_cio_map_amplitude_event(ngx_http_cio_map_ctx_t *ctx,
     const cJSON *ev, ngx_http_cio_map_call_t *out);
+static int ngx_http_cio_map_amplitude_id(ngx_http_cio_map_ctx_t *ctx,
+    const cJSON *v);
 static cJSON *ngx_http_cio_map_amplitude_props(const cJSON *up);
 static void ngx_http_cio_map_call(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     int type, ngx_http_cio_map_call_t *out);
 static int ngx_http_cio_map_filtered(ngx_http_cio_map_ctx_t *ctx,
     const cJSON *call, int type);
+static int ngx_http_cio_map_integrations(ngx_http_cio_map_ctx_t *ctx,
+    const cJSON *call);
+static int ngx_http_cio_map_is_cio(const char *key);
 static int ngx_http_cio_map_listed(const char *name, const char **list,
     size_t n);
 static int ngx_http_cio_map_identify(ngx_http_cio_map_ctx_t *ctx,
     cJSON *call, cJSON *item, char *err);
+static cJSON *ngx_http_cio_map_relationship(ngx_http_cio_map_ctx_t *ctx,
+    const cJSON *traits, const cJSON *gid, char *err);
 static int ngx_http_cio_map_track(ngx_http_cio_map_ctx_t *ctx,
     cJSON *call, cJSON **items, char *err);
+static cJSON *ngx_http_cio_map_device(ngx_http_cio_map_ctx_t *ctx,
+    cJSON *call, cJSON *attrs, int add, const char *token_s);
 static int ngx_http_cio_map_page(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     cJSON *item, char *err);
 static int ngx_http_cio_map_screen(ngx_http_cio_map_ctx_t *ctx,
     cJSON *call, cJSON *item, char *err);
 static int ngx_http_cio_map_group(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     cJSON *item, char *err);
+static int ngx_http_cio_map_deleted(ngx_http_cio_map_ctx_t *ctx,
+    cJSON *call, cJSON *item, const char *name, char *err);
+static cJSON *ngx_http_cio_map_object(const cJSON *src, const cJSON *id,
+    const char *field, char *err);
+static int ngx_http_cio_map_present(const cJSON *v);
+static int ngx_http_cio_map_placeholder(const char *s);
+static int ngx_http_cio_map_user(const cJSON *v);
 static int ngx_http_cio_map_alias(cJSON *call, cJSON *item, char *err);
 static cJSON *ngx_http_cio_map_identity(ngx_http_cio_map_ctx_t *ctx,
     cJSON *call, int identify, int *known, char *err);
@@ -94,7 +130,7 @@ static cJSON *ngx_http_cio_map_attrs(ngx_http_cio_map_ctx_t *ctx,
 static void ngx_http_cio_map_values(ngx_http_cio_map_ctx_t *ctx, cJSON *v,
     int depth);
 static int64_t ngx_http_cio_map_time(ngx_http_cio_map_ctx_t *ctx,
-    cJSON *call, int64_t *own);
+    cJSON *call, int64_t *own, int count);
 static int ngx_http_cio_map_parse_time(const cJSON *v, int64_t *ms);
 static int ngx_http_cio_map_iso8601(const char *s, int64_t *ms);
 static void ngx_http_cio_map_ulid(int64_t ms, const char *seed, size_t len,
@@ -132,6 +168,7 @@ ngx_http_cio_map_request(const char *body, size_t len,
     const ngx_http_cio_map_opts_t *opts, ngx_http_cio_map_result_t *res)
 {
     int                      rc;
+    char                    *copy;
     cJSON                   *root;
     const char              *end;
     const cJSON             *wk;
@@ -155,6 +192,25 @@ ngx_http_cio_map_request(const char *body, size_t len,
         return -1;
     }
 
+    copy = NULL;
+
+    switch (ngx_http_cio_map_nul_scan(body, len, &copy)) {
+
+    case -1:
+        snprintf(res->error, sizeof(res->error),
+                 "\\u0000 in a string of a body that also has \\u0001");
+        return -1;
+
+    case -2:
+        snprintf(res->error, sizeof(res->error), "out of memory");
+        return -1;
+
+    case 1:
+        ctx.nul = 1;
+        body = copy;
+        break;
+    }
+
     end = NULL;
     root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
 
@@ -171,6 +227,8 @@ ngx_http_cio_map_request(const char *body, size_t len,
             root = NULL;
         }
     }
+
+    free(copy);
 
     if (root == NULL) {
         snprintf(res->error, sizeof(res->error), "invalid JSON");
@@ -190,6 +248,7 @@ ngx_http_cio_map_request(const char *body, size_t len,
         return rc;
     }
 
+    /* a key with a \u0000 escape keeps its 0x01: it matches no key */
     wk = ngx_http_cio_map_get(root, "writeKey");
 
     if (cJSON_IsString(wk)) {
@@ -215,6 +274,245 @@ ngx_http_cio_map_request(const char *body, size_t len,
     cJSON_Delete(root);
 
     return 0;
+}
+
+
+/*
+ * cJSON turns a \u0000 escape into a NUL inside a C string, which would
+ * silently end an id, a name or a key there (docs/mapping.md §7.6).  The
+ * escapes are parsed as \u0001 instead, in a copy, when the body has no
+ * 0x01 of its own (raw or escaped): a 0x01 in a parsed string then means
+ * a NUL, refused where it names someone or something and written back as
+ * \u0000 in values.  Returns 0 (no escape), 1 (*copy to parse), -1 (a
+ * body with both, refused), -2 (no memory).
+ */
+
+static int
+ngx_http_cio_map_nul_scan(const char *body, size_t len, char **copy)
+{
+    int          nul, one;
+    size_t       i;
+    const char  *p;
+
+    nul = 0;
+    one = (memchr(body, '\x01', len) != NULL);
+
+    for (p = body; (p = memchr(p, '\\', body + len - p)) != NULL; p += 2) {
+        if (body + len - p < 6) {
+            break;
+        }
+
+        if (p[1] == 'u' && p[2] == '0' && p[3] == '0' && p[4] == '0'
+            && (p[5] == '0' || p[5] == '1'))
+        {
+            nul |= (p[5] == '0');
+            one |= (p[5] == '1');
+        }
+    }
+
+    if (!nul) {
+        return 0;
+    }
+
+    if (one) {
+        return -1;
+    }
+
+    *copy = malloc(len + 1);
+    if (*copy == NULL) {
+        return -2;
+    }
+
+    memcpy(*copy, body, len);
+    (*copy)[len] = '\0';
+
+    for (i = 0; i + 5 < len; i++) {
+        if ((*copy)[i] != '\\') {
+            continue;
+        }
+
+        if (memcmp(*copy + i + 1, "u0000", 5) == 0) {
+            (*copy)[i + 5] = '1';
+        }
+
+        i++;
+    }
+
+    return 1;
+}
+
+
+/*
+ * A call's structure checked before it is mapped: no key and no field
+ * that names someone or something with a NUL in it (§7.6), and properties
+ * and traits nested at most NGX_HTTP_CIO_MAP_MAX_NESTING deep (§7.4).
+ * 0, or -1 with err set.
+ */
+
+static int
+ngx_http_cio_map_check(ngx_http_cio_map_ctx_t *ctx, const cJSON *call,
+    char *err)
+{
+    int           i;
+    const char   *s;
+    const cJSON  *v;
+
+    static const struct {
+        const char  *a, *b;       /* call[a] or call[a][b] */
+        const char  *name;        /* as the sender wrote it */
+        const char  *amplitude;
+    } named[] = {
+        { "userId", NULL, "userId", "user_id" },
+        { "anonymousId", NULL, "anonymousId", "device_id" },
+        { "previousId", NULL, "previousId", NULL },
+        { "groupId", NULL, "groupId", "groups" },
+        { "event", NULL, "event", "event_type" },
+        { "name", NULL, "name", NULL },
+        { "traits", "email", "traits.email", NULL },
+        { "traits", "object_type_id", "traits.object_type_id", NULL },
+        { "traits", "objectTypeId", "traits.objectTypeId", NULL },
+        { "traits", "action", "traits.action", NULL },
+        { "properties", "url", "properties.url", NULL },
+        { "properties", "name", "properties.name", NULL },
+        { "properties", "objectId", "properties.objectId", NULL },
+        { "properties", "object_type_id", "properties.object_type_id",
+          NULL },
+        { "properties", "objectTypeId", "properties.objectTypeId", NULL },
+        { "context", "groupId", "context.groupId", NULL },
+        { NULL, NULL, NULL, NULL }
+    };
+
+    for (i = 0; i < 3; i++) {
+        v = (i == 0) ? ngx_http_cio_map_get(call, "properties")
+            : (i == 1) ? ngx_http_cio_map_get(call, "traits")
+            : ngx_http_cio_map_path(call, "context", "traits");
+
+        if (ngx_http_cio_map_deep(v, NGX_HTTP_CIO_MAP_MAX_NESTING)) {
+            snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
+                     "%s nest deeper than %d levels",
+                     (i == 0) ? "properties" : "traits",
+                     NGX_HTTP_CIO_MAP_MAX_NESTING);
+            return -1;
+        }
+    }
+
+    if (!ctx->nul) {
+        return 0;
+    }
+
+    if (ngx_http_cio_map_nul_key(call)) {
+        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
+                 "a key contains a \\u0000 escape");
+        return -1;
+    }
+
+    for (i = 0; named[i].a; i++) {
+        v = ngx_http_cio_map_get(call, named[i].a);
+
+        if (named[i].b) {
+            v = ngx_http_cio_map_get(v, named[i].b);
+        }
+
+        s = ngx_http_cio_map_str(v);
+
+        if (s == NULL && v != NULL && named[i].b == NULL) {
+            /* an Amplitude group: {"type": "name"} */
+            v = cJSON_IsObject(v) ? v->child : NULL;
+            s = ngx_http_cio_map_str(v);
+        }
+
+        if (s != NULL && strchr(s, '\x01') != NULL) {
+            snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
+                     "%s contains a \\u0000 escape",
+                     (ctx->amplitude && named[i].amplitude)
+                     ? named[i].amplitude : named[i].name);
+            return -1;
+        }
+    }
+
+    s = ngx_http_cio_map_str(ngx_http_cio_map_get(
+            ngx_http_cio_map_path(call, "context", "traits"), "email"));
+
+    if (s == NULL) {
+        s = ngx_http_cio_map_str(ngx_http_cio_map_get(
+                ngx_http_cio_map_path(call, "context", "device"), "token"));
+    }
+
+    if (s != NULL && strchr(s, '\x01') != NULL) {
+        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
+                 "an identifier contains a \\u0000 escape");
+        return -1;
+    }
+
+    return 0;
+}
+
+
+/* whether v has an object or array more than left levels below it */
+
+static int
+ngx_http_cio_map_deep(const cJSON *v, int left)
+{
+    const cJSON  *e;
+
+    if (!cJSON_IsObject(v) && !cJSON_IsArray(v)) {
+        return 0;
+    }
+
+    if (left < 0) {
+        return 1;
+    }
+
+    cJSON_ArrayForEach(e, v) {
+        if (ngx_http_cio_map_deep(e, left - 1)) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/* whether any key in v, at any depth, holds a NUL (parsed as 0x01) */
+
+static int
+ngx_http_cio_map_nul_key(const cJSON *v)
+{
+    const cJSON  *e;
+
+    cJSON_ArrayForEach(e, v) {
+        if ((e->string != NULL && strchr(e->string, '\x01') != NULL)
+            || ngx_http_cio_map_nul_key(e))
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/*
+ * Values keep a NUL: cJSON printed each as \u0001, which the body did not
+ * otherwise contain, so each becomes \u0000 again in place.
+ */
+
+static void
+ngx_http_cio_map_nul_restore(char *s)
+{
+    for ( /* void */ ; *s; s++) {
+        if (*s != '\\') {
+            continue;
+        }
+
+        if (strncmp(s + 1, "u0001", 5) == 0) {
+            s[5] = '0';
+        }
+
+        if (*++s == '\0') {
+            break;
+        }
+    }
 }
 
 
@@ -282,6 +580,7 @@ ngx_http_cio_map_batch(ngx_http_cio_map_ctx_t *ctx, cJSON *root)
     ctx->batch_sent_at = ngx_http_cio_map_get(root, "sentAt");
     ctxo = cJSON_GetObjectItemCaseSensitive(root, "context");
     intg = cJSON_GetObjectItemCaseSensitive(root, "integrations");
+    ctx->batch_integrations = cJSON_IsObject(intg) ? intg : NULL;
 
     i = 0;
 
@@ -294,40 +593,27 @@ ngx_http_cio_map_batch(ngx_http_cio_map_ctx_t *ctx, cJSON *root)
             continue;
         }
 
-        /* batch-level context and integrations: the call's own keys win */
-        if (cJSON_IsObject(ctxo) || cJSON_IsObject(intg)) {
-            const char  *keys[2] = { "context", "integrations" };
-            cJSON       *tops[2];
-            int          k;
+        /*
+         * batch-level context: the call's own keys win.  The batch's
+         * integrations are read after the call's own (docs/mapping.md §8).
+         */
+        if (cJSON_IsObject(ctxo)) {
+            cJSON  *own;
 
-            tops[0] = ctxo;
-            tops[1] = intg;
+            own = cJSON_GetObjectItemCaseSensitive(call, "context");
 
-            for (k = 0; k < 2; k++) {
-                cJSON  *own;
+            if (!cJSON_IsObject(own)) {
+                cJSON_DeleteItemFromObjectCaseSensitive(call, "context");
+                own = cJSON_AddObjectToObject(call, "context");
+            }
 
-                if (!cJSON_IsObject(tops[k])) {
-                    continue;
-                }
-
-                own = cJSON_GetObjectItemCaseSensitive(call, keys[k]);
-
-                if (!cJSON_IsObject(own)) {
-                    cJSON_DeleteItemFromObjectCaseSensitive(call, keys[k]);
-                    own = cJSON_AddObjectToObject(call, keys[k]);
-                    if (own == NULL) {
-                        continue;
-                    }
-                }
-
-                cJSON_ArrayForEach(e, tops[k]) {
-                    if (e->string != NULL
-                        && cJSON_GetObjectItemCaseSensitive(own, e->string)
-                           == NULL)
-                    {
-                        cJSON_AddItemToObject(own, e->string,
-                                              cJSON_Duplicate(e, 1));
-                    }
+            for (e = own ? ctxo->child : NULL; e != NULL; e = e->next) {
+                if (e->string != NULL
+                    && cJSON_GetObjectItemCaseSensitive(own, e->string)
+                       == NULL)
+                {
+                    cJSON_AddItemToObject(own, e->string,
+                                          cJSON_Duplicate(e, 1));
                 }
             }
         }
@@ -371,7 +657,7 @@ ngx_http_cio_map_batch(ngx_http_cio_map_ctx_t *ctx, cJSON *root)
 /*
  * Amplitude HTTP V2 and Batch bodies: {"api_key", "events":[...],
  * "options"}.  Each event is turned into the Segment-shaped call it
- * stands for (ingest-apis.md §6) and mapped like one, so identity, time,
+ * stands for (docs/mapping.md §5.10) and mapped like one, so identity, time,
  * dedupe ids, limits and filters are the same code.
  */
 
@@ -379,7 +665,7 @@ static int
 ngx_http_cio_map_amplitude(ngx_http_cio_map_ctx_t *ctx, cJSON *root)
 {
     int                         i, n;
-    const cJSON                *key, *events, *ev;
+    const cJSON                *key, *events, *ev, *v;
     ngx_http_cio_map_result_t  *res;
 
     res = ctx->res;
@@ -388,6 +674,7 @@ ngx_http_cio_map_amplitude(ngx_http_cio_map_ctx_t *ctx, cJSON *root)
 
     if (!cJSON_IsString(key) || key->valuestring[0] == '\0') {
         snprintf(res->error, sizeof(res->error), "api_key is missing");
+        res->missing_field = "api_key";
         return -1;
     }
 
@@ -407,6 +694,12 @@ ngx_http_cio_map_amplitude(ngx_http_cio_map_ctx_t *ctx, cJSON *root)
     ctx->amplitude = 1;
     ctx->user_field = "user_id";
     ctx->anon_field = "device_id";
+
+    /* Amplitude's own default, which the request's options may change */
+    v = ngx_http_cio_map_path(root, "options", "min_id_length");
+    ctx->min_id_length = (cJSON_IsNumber(v) && v->valuedouble >= 1
+                          && v->valuedouble <= 1024)
+                         ? (int) v->valuedouble : 5;
 
     i = 0;
 
@@ -450,6 +743,15 @@ ngx_http_cio_map_amplitude_event(ngx_http_cio_map_ctx_t *ctx,
         snprintf(out->error, NGX_HTTP_CIO_MAP_ERRLEN,
                  "event_type is required");
         return;
+    }
+
+    for (i = 0; i < 2; i++) {
+        s = i ? "device_id" : "user_id";
+
+        if (!ngx_http_cio_map_amplitude_id(ctx, ngx_http_cio_map_get(ev, s))) {
+            snprintf(out->error, NGX_HTTP_CIO_MAP_ERRLEN, "%s is invalid", s);
+            return;
+        }
     }
 
     call = cJSON_CreateObject();
@@ -532,6 +834,54 @@ ngx_http_cio_map_amplitude_event(ngx_http_cio_map_ctx_t *ctx,
     ngx_http_cio_map_call(ctx, call, type, out);
 
     cJSON_Delete(call);
+}
+
+
+/*
+ * Amplitude's id rules (docs/mapping.md §5.10): an id shorter than
+ * min_id_length or one of the values Amplitude refuses makes the event
+ * invalid.  0 for such an id; an absent or empty one is for the identity
+ * rules to judge.
+ */
+
+static int
+ngx_http_cio_map_amplitude_id(ngx_http_cio_map_ctx_t *ctx, const cJSON *v)
+{
+    int          i;
+    char         num[64];
+    const char  *s;
+
+    static const char  *refused[] = {
+        "anonymous", "nil", "none", "null", "n/a", "na", "undefined",
+        "unknown", "<unknown>", "0", "-1",
+        "00000000-0000-0000-0000-000000000000", NULL
+    };
+
+    if (cJSON_IsNumber(v)) {
+        if (ngx_http_cio_map_num_id(v, num, sizeof(num)) != 0) {
+            return 1;   /* refused by the identity rules, more precisely */
+        }
+
+        s = num;
+
+    } else if (cJSON_IsString(v) && v->valuestring[0] != '\0') {
+        s = v->valuestring;
+
+    } else {
+        return 1;
+    }
+
+    if (strlen(s) < (size_t) ctx->min_id_length) {
+        return 0;
+    }
+
+    for (i = 0; refused[i]; i++) {
+        if (strcasecmp(s, refused[i]) == 0) {
+            return 0;
+        }
+    }
+
+    return 1;
 }
 
 
@@ -623,7 +973,15 @@ ngx_http_cio_map_call(ngx_http_cio_map_ctx_t *ctx, cJSON *call, int type,
         return;
     }
 
+    if (ngx_http_cio_map_check(ctx, call, out->error) != 0) {
+        type = -1;
+    }
+
     switch (type) {
+
+    case -1:
+        rc = -1;
+        break;
 
     case NGX_HTTP_CIO_CALL_IDENTIFY:
         rc = ngx_http_cio_map_identify(ctx, call, items[0], out->error);
@@ -671,6 +1029,10 @@ ngx_http_cio_map_call(ngx_http_cio_map_ctx_t *ctx, cJSON *call, int type,
 
         if (s != NULL) {
             s = ngx_http_cio_map_utf8(ctx, s);
+        }
+
+        if (s != NULL && ctx->nul) {
+            ngx_http_cio_map_nul_restore(s);
         }
 
         if (s == NULL) {
@@ -732,6 +1094,10 @@ ngx_http_cio_map_filtered(ngx_http_cio_map_ctx_t *ctx, const cJSON *call,
 
     opts = ctx->opts;
 
+    if (!ctx->amplitude && ngx_http_cio_map_integrations(ctx, call) == 0) {
+        return 1;
+    }
+
     if (type == NGX_HTTP_CIO_CALL_TRACK) {
         name = ngx_http_cio_map_str(ngx_http_cio_map_get(call, "event"));
 
@@ -778,6 +1144,90 @@ ngx_http_cio_map_filtered(ngx_http_cio_map_ctx_t *ctx, const cJSON *call,
 }
 
 
+/*
+ * Segment's and RudderStack's per-destination switches: 0 when the call
+ * must not reach Customer.io.  The Customer.io key decides when present,
+ * else "All"; the call's own flags are read before its batch's
+ * (docs/mapping.md §8).
+ */
+
+static int
+ngx_http_cio_map_integrations(ngx_http_cio_map_ctx_t *ctx,
+    const cJSON *call)
+{
+    int           i, k;
+    const cJSON  *sets[2], *e, *all;
+
+    sets[0] = ngx_http_cio_map_get(call, "integrations");
+    sets[1] = ctx->batch_integrations;
+
+    for (k = 0; k < 2; k++) {
+        if (!cJSON_IsObject(sets[k])) {
+            continue;
+        }
+
+        cJSON_ArrayForEach(e, sets[k]) {
+            if (e->string != NULL && ngx_http_cio_map_is_cio(e->string)) {
+                return !cJSON_IsFalse(e);
+            }
+        }
+    }
+
+    for (i = 0; i < 2; i++) {
+        all = ngx_http_cio_map_get(sets[i], "All");
+
+        if (all != NULL) {
+            return !cJSON_IsFalse(all);
+        }
+    }
+
+    return 1;
+}
+
+
+/* an integrations key naming Customer.io, ignoring case and spaces */
+
+static int
+ngx_http_cio_map_is_cio(const char *key)
+{
+    char    buf[32];
+    size_t  i, n;
+
+    static const char  *names[] = {
+        "customer.io",                    /* Segment */
+        "customer.iodatapipelines",
+        "customer.io(actions)",
+        "customerio",                     /* RudderStack: CUSTOMERIO, */
+        NULL                              /* Customer IO, customerio */
+    };
+
+    n = 0;
+
+    for (i = 0; key[i] != '\0'; i++) {
+        if (key[i] == ' ') {
+            continue;
+        }
+
+        if (n == sizeof(buf) - 1) {
+            return 0;
+        }
+
+        buf[n++] = (char) ((key[i] >= 'A' && key[i] <= 'Z')
+                           ? key[i] - 'A' + 'a' : key[i]);
+    }
+
+    buf[n] = '\0';
+
+    for (i = 0; names[i]; i++) {
+        if (strcmp(buf, names[i]) == 0) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
 static int
 ngx_http_cio_map_listed(const char *name, const char **list, size_t n)
 {
@@ -797,10 +1247,10 @@ static int
 ngx_http_cio_map_identify(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     cJSON *item, char *err)
 {
-    int          known;
-    cJSON       *ids, *attrs;
+    int          known, i;
+    cJSON       *ids, *attrs, *rels;
     int64_t      ms;
-    const cJSON *traits, *created;
+    const cJSON *traits, *created, *gid;
 
     ids = ngx_http_cio_map_identity(ctx, call, 1, &known, err);
     if (ids == NULL) {
@@ -813,30 +1263,61 @@ ngx_http_cio_map_identify(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
         traits = ngx_http_cio_map_path(call, "context", "traits");
     }
 
+    /* Segment's person action relates the person to a group it names */
+    gid = ngx_http_cio_map_get(call, "groupId");
+
+    if (!ngx_http_cio_map_present(gid)) {
+        gid = ngx_http_cio_map_path(call, "context", "groupId");
+    }
+
+    rels = NULL;
+
+    if (ngx_http_cio_map_present(gid)) {
+        rels = ngx_http_cio_map_relationship(ctx, traits, gid, err);
+        if (rels == NULL) {
+            cJSON_Delete(ids);
+            return -1;
+        }
+    }
+
     attrs = ngx_http_cio_map_attrs(ctx, cJSON_IsObject(traits) ? traits
                                                                 : NULL);
 
-    /* createdAt and created_at both become created_at, in seconds */
-    created = ngx_http_cio_map_get(attrs, "createdAt");
-
-    if (created == NULL) {
-        created = ngx_http_cio_map_get(attrs, "created_at");
+    if (rels != NULL) {
+        cJSON_DeleteItemFromObjectCaseSensitive(attrs, "object_type_id");
+        cJSON_DeleteItemFromObjectCaseSensitive(attrs, "objectTypeId");
+        cJSON_DeleteItemFromObjectCaseSensitive(attrs,
+                                                "relationshipAttributes");
     }
 
-    if (created != NULL) {
-        if (cJSON_IsNumber(created)) {
-            ms = (int64_t) created->valuedouble;
-            ms = (ms > 100000000000LL) ? ms : ms * 1000;
+    /*
+     * created_at, else createdAt, becomes created_at in seconds: it is
+     * Customer.io's own name, so it wins; an empty one is no date
+     * (docs/mapping.md §3.3).
+     */
+    for (i = 0; i < 2; i++) {
+        created = ngx_http_cio_map_get(attrs, i ? "createdAt" : "created_at");
 
-        } else if (ngx_http_cio_map_parse_time(created, &ms) != 0) {
-            ms = -1;
+        if (cJSON_IsNull(created)
+            || (cJSON_IsString(created) && created->valuestring[0] == '\0'))
+        {
+            cJSON_DeleteItemFromObjectCaseSensitive(attrs, created->string);
+            ctx->res->changes++;
         }
+    }
 
-        if (ms >= 0) {
-            cJSON_DeleteItemFromObjectCaseSensitive(attrs, "createdAt");
-            ngx_http_cio_map_put(ctx, attrs, "created_at",
-                                 cJSON_CreateNumber((double) (ms / 1000)));
-        }
+    created = ngx_http_cio_map_get(attrs, "created_at");
+
+    if (created == NULL) {
+        created = ngx_http_cio_map_get(attrs, "createdAt");
+    }
+
+    if (created != NULL
+        && ngx_http_cio_map_parse_time(created, &ms) == 0 && ms >= 0)
+    {
+        cJSON_DeleteItemFromObjectCaseSensitive(attrs, "createdAt");
+        ngx_http_cio_map_put(ctx, attrs, "created_at",
+                             cJSON_CreateNumber((double) (ms / 1000)));
     }
 
     ngx_http_cio_map_anonymous(ctx, call, attrs, known);
@@ -846,7 +1327,45 @@ ngx_http_cio_map_identify(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     cJSON_AddStringToObject(item, "action", "identify");
     cJSON_AddItemToObject(item, "attributes", attrs);
 
+    if (rels != NULL) {
+        cJSON_AddItemToObject(item, "cio_relationships", rels);
+    }
+
     return 0;
+}
+
+
+/*
+ * [{"identifiers": <the object>, "relationship_attributes": ...}] for an
+ * identify that names a group (docs/mapping.md §5.1).
+ */
+
+static cJSON *
+ngx_http_cio_map_relationship(ngx_http_cio_map_ctx_t *ctx,
+    const cJSON *traits, const cJSON *gid, char *err)
+{
+    cJSON        *obj, *rels, *rel;
+    const cJSON  *ra;
+
+    obj = ngx_http_cio_map_object(traits, gid, "groupId", err);
+    if (obj == NULL) {
+        return NULL;
+    }
+
+    rels = cJSON_CreateArray();
+    rel = cJSON_CreateObject();
+    cJSON_AddItemToObject(rel, "identifiers", obj);
+
+    ra = ngx_http_cio_map_get(traits, "relationshipAttributes");
+
+    if (cJSON_IsObject(ra)) {
+        cJSON_AddItemToObject(rel, "relationship_attributes",
+                              ngx_http_cio_map_attrs(ctx, ra));
+    }
+
+    cJSON_AddItemToArray(rels, rel);
+
+    return rels;
 }
 
 
@@ -856,11 +1375,10 @@ ngx_http_cio_map_track(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
 {
     int           known, add, del, i;
     char         *token_s;
-    cJSON        *ids, *attrs, *device, *dattrs;
+    cJSON        *ids, *attrs, *device;
     size_t        n;
-    int64_t       ms;
-    const char   *name, *type, *action, *s;
-    const cJSON  *props, *token, *e;
+    const char   *name, *action;
+    const cJSON  *props, *token;
 
     static const char  *adds[] = {
         "Application Installed", "Application Opened",
@@ -875,6 +1393,13 @@ ngx_http_cio_map_track(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     if (name == NULL || name[0] == '\0') {
         snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, "event is required");
         return -1;
+    }
+
+    if (!ctx->amplitude
+        && (strcmp(name, "Object Deleted") == 0
+            || strcmp(name, "Relationship Deleted") == 0))
+    {
+        return ngx_http_cio_map_deleted(ctx, call, items[0], name, err);
     }
 
     ids = ngx_http_cio_map_identity(ctx, call, 0, &known, err);
@@ -942,82 +1467,7 @@ ngx_http_cio_map_track(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     token_s = (char *) ngx_http_cio_map_str(token);
 
     if ((add || del) && known && token_s != NULL && token_s[0] != '\0') {
-        device = cJSON_CreateObject();
-        cJSON_AddStringToObject(device, "token", token_s);
-
-        if (add) {
-            type = ngx_http_cio_map_str(ngx_http_cio_map_get(
-                       ngx_http_cio_map_path(call, "context", "device"),
-                       "type"));
-
-            if (type != NULL) {
-                char  buf[64];
-
-                snprintf(buf, sizeof(buf), "%s", type);
-
-                for (i = 0; buf[i]; i++) {
-                    if (buf[i] >= 'A' && buf[i] <= 'Z') {
-                        buf[i] = (char) (buf[i] - 'A' + 'a');
-                    }
-                }
-
-                if (strcmp(buf, "ios") == 0 || strcmp(buf, "ipados") == 0
-                    || strcmp(buf, "watchos") == 0
-                    || strcmp(buf, "tvos") == 0)
-                {
-                    snprintf(buf, sizeof(buf), "ios");
-                }
-
-                cJSON_AddStringToObject(device, "platform", buf);
-            }
-
-            ms = ngx_http_cio_map_time(ctx, call, NULL);
-            cJSON_AddNumberToObject(device, "last_used",
-                                    (double) (ms / 1000));
-
-            dattrs = cJSON_CreateObject();
-
-            s = ngx_http_cio_map_str(ngx_http_cio_map_get(
-                    ngx_http_cio_map_path(call, "context", "os"), "name"));
-            if (s) {
-                cJSON_AddStringToObject(dattrs, "device_os", s);
-            }
-
-            s = ngx_http_cio_map_str(ngx_http_cio_map_get(
-                    ngx_http_cio_map_path(call, "context", "device"),
-                    "model"));
-            if (s) {
-                cJSON_AddStringToObject(dattrs, "device_model", s);
-            }
-
-            s = ngx_http_cio_map_str(ngx_http_cio_map_get(
-                    ngx_http_cio_map_path(call, "context", "app"),
-                    "version"));
-            if (s) {
-                cJSON_AddStringToObject(dattrs, "app_version", s);
-            }
-
-            s = ngx_http_cio_map_str(ngx_http_cio_map_path(call, "context",
-                                                           "locale"));
-            if (s) {
-                cJSON_AddStringToObject(dattrs, "device_locale", s);
-            }
-
-            /* properties win over the context fields; 300 at most */
-            cJSON_ArrayForEach(e, attrs) {
-                if (cJSON_GetObjectItemCaseSensitive(dattrs, e->string)
-                    == NULL
-                    && cJSON_GetArraySize(dattrs) >= NGX_HTTP_CIO_MAX_ATTRS)
-                {
-                    ctx->res->changes++;
-                    continue;
-                }
-
-                ngx_http_cio_map_replace(dattrs, e->string, e);
-            }
-
-            cJSON_AddItemToObject(device, "attributes", dattrs);
-        }
+        device = ngx_http_cio_map_device(ctx, call, attrs, add, token_s);
 
         cJSON_AddStringToObject(items[0], "type", "person");
         cJSON_AddItemToObject(items[0], "identifiers",
@@ -1040,6 +1490,103 @@ ngx_http_cio_map_track(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     ngx_http_cio_map_event(ctx, call, items[0], "event", name, attrs, known);
 
     return 0;
+}
+
+
+/*
+ * The device of an add_device or delete_device item: the token, and for
+ * add_device the platform, last use and attributes (docs/mapping.md §5.8).
+ */
+
+static cJSON *
+ngx_http_cio_map_device(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
+    cJSON *attrs, int add, const char *token_s)
+{
+    int           i;
+    cJSON        *device, *dattrs;
+    int64_t       ms;
+    const char   *type, *s;
+    const cJSON  *e;
+
+    device = cJSON_CreateObject();
+    cJSON_AddStringToObject(device, "token", token_s);
+
+    if (add) {
+        type = ngx_http_cio_map_str(ngx_http_cio_map_get(
+                   ngx_http_cio_map_path(call, "context", "device"),
+                   "type"));
+
+        if (type != NULL) {
+            char  buf[64];
+
+            snprintf(buf, sizeof(buf), "%s", type);
+
+            for (i = 0; buf[i]; i++) {
+                if (buf[i] >= 'A' && buf[i] <= 'Z') {
+                    buf[i] = (char) (buf[i] - 'A' + 'a');
+                }
+            }
+
+            if (strcmp(buf, "ios") == 0 || strcmp(buf, "ipados") == 0
+                || strcmp(buf, "watchos") == 0
+                || strcmp(buf, "tvos") == 0)
+            {
+                snprintf(buf, sizeof(buf), "ios");
+            }
+
+            cJSON_AddStringToObject(device, "platform", buf);
+        }
+
+        ms = ngx_http_cio_map_time(ctx, call, NULL, 0);
+        cJSON_AddNumberToObject(device, "last_used",
+                                (double) (ms / 1000));
+
+        dattrs = cJSON_CreateObject();
+
+        s = ngx_http_cio_map_str(ngx_http_cio_map_get(
+                ngx_http_cio_map_path(call, "context", "os"), "name"));
+        if (s) {
+            cJSON_AddStringToObject(dattrs, "device_os", s);
+        }
+
+        s = ngx_http_cio_map_str(ngx_http_cio_map_get(
+                ngx_http_cio_map_path(call, "context", "device"),
+                "model"));
+        if (s) {
+            cJSON_AddStringToObject(dattrs, "device_model", s);
+        }
+
+        s = ngx_http_cio_map_str(ngx_http_cio_map_get(
+                ngx_http_cio_map_path(call, "context", "app"),
+                "version"));
+        if (s) {
+            cJSON_AddStringToObject(dattrs, "app_version", s);
+        }
+
+        s = ngx_http_cio_map_str(ngx_http_cio_map_path(call, "context",
+                                                       "locale"));
+        if (s) {
+            cJSON_AddStringToObject(dattrs, "device_locale", s);
+        }
+
+        /* properties win over the context fields; 300 at most */
+        cJSON_ArrayForEach(e, attrs) {
+            if (cJSON_GetObjectItemCaseSensitive(dattrs, e->string)
+                == NULL
+                && cJSON_GetArraySize(dattrs)
+                   >= NGX_HTTP_CIO_MAP_MAX_ATTRS)
+            {
+                ctx->res->changes++;
+                continue;
+            }
+
+            ngx_http_cio_map_replace(dattrs, e->string, e);
+        }
+
+        cJSON_AddItemToObject(device, "attributes", dattrs);
+    }
+
+    return device;
 }
 
 
@@ -1091,7 +1638,7 @@ ngx_http_cio_map_screen(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     cJSON *item, char *err)
 {
     int           known;
-    char          buf[NGX_HTTP_CIO_MAX_NAME * 2 + 32], *x;
+    char          buf[NGX_HTTP_CIO_MAP_MAX_NAME * 2 + 32], *x;
     cJSON        *ids, *attrs;
     size_t        len, max;
     const char   *name;
@@ -1131,7 +1678,7 @@ ngx_http_cio_map_screen(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     }
 
     /* the whole "Viewed X Screen" fits the limit: X is what gets cut */
-    max = NGX_HTTP_CIO_MAX_NAME - (sizeof("Viewed  Screen") - 1);
+    max = NGX_HTTP_CIO_MAP_MAX_NAME - (sizeof("Viewed  Screen") - 1);
 
     x = ngx_http_cio_map_cut(name, max, &len);
     if (x == NULL) {
@@ -1157,39 +1704,153 @@ static int
 ngx_http_cio_map_group(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     cJSON *item, char *err)
 {
-    int           known;
-    char          num[64], tnum[64];
+    int           known, i;
     cJSON        *ids, *obj, *attrs, *rels, *rel;
-    const char   *otype, *oid, *field;
-    const cJSON  *gid, *traits, *t;
+    const char   *action, *a;
+    const cJSON  *gid, *traits, *ra;
 
-    /* an Amplitude $groupidentify names its group in "groups" */
-    field = ctx->amplitude ? "groups" : "groupId";
+    static const char  *actions[] = {
+        "identify", "identify_anonymous", "delete", "add_relationships",
+        "delete_relationships", NULL
+    };
 
     gid = ngx_http_cio_map_get(call, "groupId");
 
-    if (cJSON_IsNumber(gid)) {
-        if (ngx_http_cio_map_num_id(gid, num, sizeof(num)) != 0) {
-            snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
-                     "%s is a number too large to be exact", field);
-            return -1;
-        }
-
-        oid = num;
-
-    } else {
-        oid = ngx_http_cio_map_str(gid);
-    }
-
-    if (oid == NULL || oid[0] == '\0') {
+    if (!ngx_http_cio_map_present(gid)) {
         snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, "groupId is required");
         return -1;
     }
 
-    if (strlen(oid) > NGX_HTTP_CIO_MAX_ID) {
-        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
-                 "%s is longer than %d bytes", field, NGX_HTTP_CIO_MAX_ID);
+    traits = ngx_http_cio_map_get(call, "traits");
+
+    /* an Amplitude $groupidentify names its group in "groups" */
+    obj = ngx_http_cio_map_object(traits, gid,
+                                  ctx->amplitude ? "groups" : "groupId", err);
+    if (obj == NULL) {
         return -1;
+    }
+
+    ids = ngx_http_cio_map_identity(ctx, call, 0, &known, err);
+    if (ids == NULL) {
+        cJSON_Delete(obj);
+        return -1;
+    }
+
+    /* RudderStack's traits.action names the object action (§5.5) */
+    action = known ? "identify" : "identify_anonymous";
+    a = ctx->amplitude ? NULL
+                       : ngx_http_cio_map_str(ngx_http_cio_map_get(traits,
+                                                                  "action"));
+
+    for (i = 0; a != NULL && actions[i]; i++) {
+        if (strcmp(a, actions[i]) == 0) {
+            action = actions[i];
+            break;
+        }
+    }
+
+    attrs = ngx_http_cio_map_attrs(ctx, cJSON_IsObject(traits) ? traits
+                                                               : NULL);
+    cJSON_DeleteItemFromObjectCaseSensitive(attrs, "object_type_id");
+    cJSON_DeleteItemFromObjectCaseSensitive(attrs, "objectTypeId");
+    cJSON_DeleteItemFromObjectCaseSensitive(attrs, "relationshipAttributes");
+
+    if (a != NULL && actions[i] != NULL) {
+        cJSON_DeleteItemFromObjectCaseSensitive(attrs, "action");
+    }
+
+    rels = cJSON_CreateArray();
+    rel = cJSON_CreateObject();
+    cJSON_AddItemToObject(rel, "identifiers", ids);
+
+    ra = ngx_http_cio_map_get(traits, "relationshipAttributes");
+
+    if (cJSON_IsObject(ra)) {
+        cJSON_AddItemToObject(rel, "relationship_attributes",
+                              ngx_http_cio_map_attrs(ctx, ra));
+    }
+
+    cJSON_AddItemToArray(rels, rel);
+
+    cJSON_AddStringToObject(item, "type", "object");
+    cJSON_AddItemToObject(item, "identifiers", obj);
+    cJSON_AddStringToObject(item, "action", action);
+
+    /* a deletion names the object only; relationship changes no attributes */
+    if (strcmp(action, "delete") == 0) {
+        cJSON_Delete(attrs);
+        cJSON_Delete(rels);
+        return 0;
+    }
+
+    if (strstr(action, "relationships") != NULL) {
+        cJSON_Delete(attrs);
+
+    } else {
+        cJSON_AddItemToObject(item, "attributes", attrs);
+    }
+
+    cJSON_AddItemToObject(item, "cio_relationships", rels);
+
+    return 0;
+}
+
+
+/*
+ * Segment's reserved "Object Deleted" and "Relationship Deleted" track
+ * events act on the object, as Segment's Customer.io destination does;
+ * the event itself is not sent (docs/mapping.md §5.9).
+ */
+
+static int
+ngx_http_cio_map_deleted(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
+    cJSON *item, const char *name, char *err)
+{
+    int           i, known, rel;
+    cJSON        *obj, *ids, *rels, *r;
+    const cJSON  *props, *v, *from[3];
+
+    static const char  *fields[2][3] = {
+        { "properties.objectId", "groupId", "context.groupId" },
+        { "context.groupId", "groupId", "properties.objectId" }
+    };
+
+    rel = (name[0] == 'R');
+    props = ngx_http_cio_map_get(call, "properties");
+
+    from[0] = ngx_http_cio_map_get(props, "objectId");
+    from[1] = ngx_http_cio_map_get(call, "groupId");
+    from[2] = ngx_http_cio_map_path(call, "context", "groupId");
+
+    if (rel) {
+        v = from[0];
+        from[0] = from[2];
+        from[2] = v;
+    }
+
+    for (i = 0; i < 3; i++) {
+        if (ngx_http_cio_map_present(from[i])) {
+            break;
+        }
+    }
+
+    if (i == 3) {
+        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
+                 "\"%s\" needs an objectId or groupId", name);
+        return -1;
+    }
+
+    obj = ngx_http_cio_map_object(props, from[i], fields[rel][i], err);
+    if (obj == NULL) {
+        return -1;
+    }
+
+    cJSON_AddStringToObject(item, "type", "object");
+    cJSON_AddItemToObject(item, "identifiers", obj);
+
+    if (!rel) {
+        cJSON_AddStringToObject(item, "action", "delete");
+        return 0;
     }
 
     ids = ngx_http_cio_map_identity(ctx, call, 0, &known, err);
@@ -1197,13 +1858,61 @@ ngx_http_cio_map_group(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
         return -1;
     }
 
-    traits = ngx_http_cio_map_get(call, "traits");
+    rels = cJSON_CreateArray();
+    r = cJSON_CreateObject();
+    cJSON_AddItemToObject(r, "identifiers", ids);
+    cJSON_AddItemToArray(rels, r);
 
-    /* object type ids are strings in v2; a number is the same id */
-    t = ngx_http_cio_map_get(traits, "object_type_id");
+    cJSON_AddStringToObject(item, "action", "delete_relationships");
+    cJSON_AddItemToObject(item, "cio_relationships", rels);
+
+    return 0;
+}
+
+
+/*
+ * An object's identifiers: {object_type_id, object_id}, the type from
+ * src's object_type_id, else objectTypeId, else "1".  Both are strings in
+ * v2; a number is the same id as text.
+ */
+
+static cJSON *
+ngx_http_cio_map_object(const cJSON *src, const cJSON *id,
+    const char *field, char *err)
+{
+    char          num[64], tnum[64];
+    cJSON        *obj;
+    const char   *oid, *otype;
+    const cJSON  *t;
+
+    if (cJSON_IsNumber(id)) {
+        if (ngx_http_cio_map_num_id(id, num, sizeof(num)) != 0) {
+            snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
+                     "%s is a number too large to be exact", field);
+            return NULL;
+        }
+
+        oid = num;
+
+    } else {
+        oid = ngx_http_cio_map_str(id);
+    }
+
+    if (oid == NULL || oid[0] == '\0') {
+        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, "%s is required", field);
+        return NULL;
+    }
+
+    if (strlen(oid) > NGX_HTTP_CIO_MAP_MAX_ID) {
+        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, "%s is longer than %d bytes",
+                 field, NGX_HTTP_CIO_MAP_MAX_ID);
+        return NULL;
+    }
+
+    t = ngx_http_cio_map_get(src, "object_type_id");
 
     if (!(cJSON_IsString(t) || cJSON_IsNumber(t))) {
-        t = ngx_http_cio_map_get(traits, "objectTypeId");
+        t = ngx_http_cio_map_get(src, "objectTypeId");
     }
 
     otype = ngx_http_cio_map_str(t);
@@ -1219,27 +1928,25 @@ ngx_http_cio_map_group(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     }
 
     obj = cJSON_CreateObject();
+    if (obj == NULL) {
+        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, "out of memory");
+        return NULL;
+    }
+
     cJSON_AddStringToObject(obj, "object_type_id", otype ? otype : "1");
     cJSON_AddStringToObject(obj, "object_id", oid);
 
-    attrs = ngx_http_cio_map_attrs(ctx, cJSON_IsObject(traits) ? traits
-                                                               : NULL);
-    cJSON_DeleteItemFromObjectCaseSensitive(attrs, "object_type_id");
-    cJSON_DeleteItemFromObjectCaseSensitive(attrs, "objectTypeId");
+    return obj;
+}
 
-    rels = cJSON_CreateArray();
-    rel = cJSON_CreateObject();
-    cJSON_AddItemToObject(rel, "identifiers", ids);
-    cJSON_AddItemToArray(rels, rel);
 
-    cJSON_AddStringToObject(item, "type", "object");
-    cJSON_AddItemToObject(item, "identifiers", obj);
-    cJSON_AddStringToObject(item, "action",
-                            known ? "identify" : "identify_anonymous");
-    cJSON_AddItemToObject(item, "attributes", attrs);
-    cJSON_AddItemToObject(item, "cio_relationships", rels);
+/* a usable id value: a number, or a non-empty string */
 
-    return 0;
+static int
+ngx_http_cio_map_present(const cJSON *v)
+{
+    return cJSON_IsNumber(v)
+           || (cJSON_IsString(v) && v->valuestring[0] != '\0');
 }
 
 
@@ -1252,12 +1959,7 @@ ngx_http_cio_map_alias(cJSON *call, cJSON *item, char *err)
     user = ngx_http_cio_map_get(call, "userId");
     prev = ngx_http_cio_map_get(call, "previousId");
 
-    if (user == NULL || prev == NULL
-        || (cJSON_IsString(user) && user->valuestring[0] == '\0')
-        || (cJSON_IsString(prev) && prev->valuestring[0] == '\0')
-        || !(cJSON_IsString(user) || cJSON_IsNumber(user))
-        || !(cJSON_IsString(prev) || cJSON_IsNumber(prev)))
-    {
+    if (!ngx_http_cio_map_user(user) || !ngx_http_cio_map_user(prev)) {
         snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
                  "alias needs userId and previousId");
         return -1;
@@ -1288,7 +1990,7 @@ ngx_http_cio_map_alias(cJSON *call, cJSON *item, char *err)
  * context.traits.email, else anonymousId.  *known says whether a person,
  * not an anonymous visitor, was named.  Amplitude events arrive here with
  * user_id and device_id in those places; their identity is user_id, else
- * device_id, with no e-mail fallback (mapping-spec.md).
+ * device_id, with no e-mail fallback (docs/mapping.md §2, §5.10).
  */
 
 static cJSON *
@@ -1304,9 +2006,7 @@ ngx_http_cio_map_identity(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
 
     v = ngx_http_cio_map_get(call, "userId");
 
-    if (cJSON_IsNumber(v)
-        || (cJSON_IsString(v) && v->valuestring[0] != '\0'))
-    {
+    if (ngx_http_cio_map_user(v)) {
         return ngx_http_cio_map_resolve(v, ctx->user_field, err);
     }
 
@@ -1321,10 +2021,10 @@ ngx_http_cio_map_identity(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
         }
 
         if (ngx_http_cio_map_str(v) != NULL && v->valuestring[0] != '\0') {
-            if (strlen(v->valuestring) > NGX_HTTP_CIO_MAX_ID) {
+            if (strlen(v->valuestring) > NGX_HTTP_CIO_MAP_MAX_ID) {
                 snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
                          "email is longer than %d bytes",
-                         NGX_HTTP_CIO_MAX_ID);
+                         NGX_HTTP_CIO_MAP_MAX_ID);
                 return NULL;
             }
 
@@ -1338,10 +2038,9 @@ ngx_http_cio_map_identity(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     *known = 0;
 
     v = ngx_http_cio_map_get(call, "anonymousId");
+    s = "";
 
-    if (cJSON_IsNumber(v)
-        || (cJSON_IsString(v) && v->valuestring[0] != '\0'))
-    {
+    if (ngx_http_cio_map_present(v)) {
         if (cJSON_IsNumber(v)) {
             if (ngx_http_cio_map_num_id(v, num, sizeof(num)) != 0) {
                 snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
@@ -1355,11 +2054,14 @@ ngx_http_cio_map_identity(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
         } else {
             s = v->valuestring;
         }
+    }
 
-        if (strlen(s) > NGX_HTTP_CIO_MAX_ID) {
+    if (s[0] != '\0' && !ngx_http_cio_map_placeholder(s)) {
+
+        if (strlen(s) > NGX_HTTP_CIO_MAP_MAX_ID) {
             snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
                      "%s is longer than %d bytes", ctx->anon_field,
-                     NGX_HTTP_CIO_MAX_ID);
+                     NGX_HTTP_CIO_MAP_MAX_ID);
             return NULL;
         }
 
@@ -1407,9 +2109,9 @@ ngx_http_cio_map_resolve(const cJSON *v, const char *field, char *err)
 
     s = v->valuestring;
 
-    if (strlen(s) > NGX_HTTP_CIO_MAX_ID) {
+    if (strlen(s) > NGX_HTTP_CIO_MAP_MAX_ID) {
         snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
-                 "%s is longer than %d bytes", field, NGX_HTTP_CIO_MAX_ID);
+                 "%s is longer than %d bytes", field, NGX_HTTP_CIO_MAP_MAX_ID);
         cJSON_Delete(o);
         return NULL;
     }
@@ -1493,16 +2195,39 @@ ngx_http_cio_map_anonymous(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
         return;
     }
 
-    if (s[0] == '\0') {
+    if (s[0] == '\0' || ngx_http_cio_map_placeholder(s)) {
         return;
     }
 
-    if (strlen(s) > NGX_HTTP_CIO_MAX_ID) {
+    if (strlen(s) > NGX_HTTP_CIO_MAP_MAX_ID) {
         ctx->res->changes++;
         return;
     }
 
     ngx_http_cio_map_put(ctx, attrs, "anonymous_id", cJSON_CreateString(s));
+}
+
+
+/*
+ * An anonymousId made only of zeros and dashes is what some SDKs send
+ * before they have an id: every such visitor would be one person
+ * (docs/mapping.md §2).
+ */
+
+static int
+ngx_http_cio_map_placeholder(const char *s)
+{
+    return s[0] != '\0' && s[strspn(s, "0-")] == '\0';
+}
+
+
+/* a userId that names someone: "" and a bare "cio_" do not (§2) */
+
+static int
+ngx_http_cio_map_user(const cJSON *v)
+{
+    return ngx_http_cio_map_present(v)
+           && !(cJSON_IsString(v) && strcmp(v->valuestring, "cio_") == 0);
 }
 
 
@@ -1525,7 +2250,7 @@ ngx_http_cio_map_put(ngx_http_cio_map_ctx_t *ctx, cJSON *attrs,
     if (cJSON_GetObjectItemCaseSensitive(attrs, name) != NULL) {
         cJSON_DeleteItemFromObjectCaseSensitive(attrs, name);
 
-    } else if (cJSON_GetArraySize(attrs) >= NGX_HTTP_CIO_MAX_ATTRS) {
+    } else if (cJSON_GetArraySize(attrs) >= NGX_HTTP_CIO_MAP_MAX_ATTRS) {
         last = NULL;
 
         cJSON_ArrayForEach(e, attrs) {
@@ -1606,17 +2331,18 @@ ngx_http_cio_map_event(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     const char   *seed;
     const cJSON  *mid;
 
-    cut = ngx_http_cio_map_cut(name, NGX_HTTP_CIO_MAX_NAME, &len);
+    cut = ngx_http_cio_map_cut(name, NGX_HTTP_CIO_MAP_MAX_NAME, &len);
 
     if (cut != NULL && len < strlen(name)) {
         ctx->res->changes++;
     }
 
-    ms = ngx_http_cio_map_time(ctx, call, &own);
+    ms = ngx_http_cio_map_time(ctx, call, &own, 1);
 
     /*
      * The same call sent twice gets the same id, so Customer.io dedupes
-     * it: the id's time is the call's own, not the skew-corrected one.
+     * it: the id's time is the call's own, not the skew-corrected one,
+     * and without one it comes from the hash, not the arrival (§4).
      */
     mid = ngx_http_cio_map_get(call, "messageId");
     seed = ngx_http_cio_map_str(mid);
@@ -1633,7 +2359,7 @@ ngx_http_cio_map_event(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
         }
     }
 
-    ngx_http_cio_map_ulid(own > 0 ? own : 0, seed, strlen(seed), ulid);
+    ngx_http_cio_map_ulid(own, seed, strlen(seed), ulid);
     free(canon);
 
     ngx_http_cio_map_anonymous(ctx, call, attrs, known);
@@ -1675,8 +2401,8 @@ ngx_http_cio_map_attrs(ngx_http_cio_map_ctx_t *ctx, const cJSON *src)
             continue;
         }
 
-        if (strlen(e->string) > NGX_HTTP_CIO_MAX_ATTR_NAME
-            || n >= NGX_HTTP_CIO_MAX_ATTRS)
+        if (strlen(e->string) > NGX_HTTP_CIO_MAP_MAX_ATTR_NAME
+            || n >= NGX_HTTP_CIO_MAP_MAX_ATTRS)
         {
             ctx->res->changes++;
             continue;
@@ -1724,9 +2450,9 @@ ngx_http_cio_map_values(ngx_http_cio_map_ctx_t *ctx, cJSON *v, int depth)
             return;
         }
 
-        if (strlen(v->valuestring) > NGX_HTTP_CIO_MAX_ATTR_VALUE) {
+        if (strlen(v->valuestring) > NGX_HTTP_CIO_MAP_MAX_ATTR_VALUE) {
             cut = ngx_http_cio_map_cut(v->valuestring,
-                                       NGX_HTTP_CIO_MAX_ATTR_VALUE, &len);
+                                       NGX_HTTP_CIO_MAP_MAX_ATTR_VALUE, &len);
             if (cut != NULL) {
                 free(v->valuestring);
                 v->valuestring = cut;
@@ -1737,7 +2463,7 @@ ngx_http_cio_map_values(ngx_http_cio_map_ctx_t *ctx, cJSON *v, int depth)
         return;
     }
 
-    if (depth >= NGX_HTTP_CIO_MAX_DEPTH) {
+    if (depth >= NGX_HTTP_CIO_MAP_MAX_NESTING) {
         return;
     }
 
@@ -1751,16 +2477,27 @@ ngx_http_cio_map_values(ngx_http_cio_map_ctx_t *ctx, cJSON *v, int depth)
  * timestamp, else originalTimestamp, else arrival; with sentAt the
  * client's clock skew is taken out: received - (sentAt - time).  *own,
  * when asked for, is the time as the call itself states it, before that
- * correction: a resend has another sentAt and arrival, so the corrected
- * time moves by the network's jitter while this one stays.
+ * correction (-1 when it states none a ULID can hold): a resend has
+ * another sentAt and arrival, so the corrected time moves by the
+ * network's jitter while this one stays.  An event time before 1970 or
+ * more than a year past the arrival is impossible: the stated one without
+ * sentAt, the corrected one with it (a wrong client clock is what sentAt
+ * corrects, so only the result is judged).  It gives the arrival, counted
+ * as a change when count is set (docs/mapping.md §3.1).
  */
 
 static int64_t
 ngx_http_cio_map_time(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
-    int64_t *own)
+    int64_t *own, int count)
 {
-    int64_t       ms, sent;
+    int64_t       ms, sent, recv;
     const cJSON  *v, *s;
+
+    recv = ctx->opts->received_ms;
+
+    if (own) {
+        *own = -1;
+    }
 
     v = ngx_http_cio_map_get(call, "timestamp");
 
@@ -1768,15 +2505,11 @@ ngx_http_cio_map_time(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
         v = ngx_http_cio_map_get(call, "originalTimestamp");
 
         if (ngx_http_cio_map_parse_time(v, &ms) != 0) {
-            if (own) {
-                *own = ctx->opts->received_ms;
-            }
-
-            return ctx->opts->received_ms;
+            return recv;
         }
     }
 
-    if (own) {
+    if (own && ms >= 0 && ms < (1LL << 48)) {
         *own = ms;
     }
 
@@ -1787,26 +2520,59 @@ ngx_http_cio_map_time(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     }
 
     if (ngx_http_cio_map_parse_time(s, &sent) == 0) {
-        ms = ctx->opts->received_ms - (sent - ms);
+
+        /* both within the calendar, so the difference cannot overflow */
+        if (ms < -62135596800000LL || ms > 253402300799999LL
+            || sent < -62135596800000LL || sent > 253402300799999LL)
+        {
+            goto impossible;
+        }
+
+        ms = recv - (sent - ms);
     }
 
-    if (ms < 0) {
-        ms = 0;
+    if (ms < 0 || ms > recv + NGX_HTTP_CIO_MAP_FUTURE_MS) {
+        goto impossible;
     }
 
     return ms;
+
+impossible:
+
+    if (count) {
+        ctx->res->changes++;
+    }
+
+    return recv;
 }
 
+
+/*
+ * ISO-8601 text, or a number: unix seconds below 10^11, milliseconds from
+ * there on (docs/mapping.md §3.1).  A number far outside any calendar
+ * parses as an impossible time rather than as no time at all.
+ */
 
 static int
 ngx_http_cio_map_parse_time(const cJSON *v, int64_t *ms)
 {
+    double  d;
+
     if (cJSON_IsNumber(v)) {
-        if (!(v->valuedouble >= 0 && v->valuedouble < 1e15)) {
-            return -1;
+        d = v->valuedouble;
+
+        if (!(d > -1e15 && d < 1e15)) {
+            *ms = (d < 0) ? -1 : (int64_t) 1e15;
+            return 0;
         }
 
-        *ms = (int64_t) v->valuedouble;
+        if (d > -NGX_HTTP_CIO_MAP_MS_FROM && d < NGX_HTTP_CIO_MAP_MS_FROM) {
+            d *= 1000;
+        }
+
+        /* toward minus infinity, without libm: the module does not link it */
+        *ms = (int64_t) d;
+        *ms -= ((double) *ms > d);
         return 0;
     }
 
@@ -1954,7 +2720,11 @@ ngx_http_cio_map_iso8601(const char *s, int64_t *ms)
 }
 
 
-/* a ULID: 48 bits of time, then 80 bits hashed from the seed */
+/*
+ * A ULID: 48 bits of time, then 80 bits hashed from the seed.  A negative
+ * ms (no time stated) takes a time inside 2020 from the hash: the same
+ * call, the same id, whenever it arrives, and never in the future.
+ */
 
 static void
 ngx_http_cio_map_ulid(int64_t ms, const char *seed, size_t len, char *out)
@@ -1982,6 +2752,11 @@ ngx_http_cio_map_ulid(int64_t ms, const char *seed, size_t len, char *out)
     h2 ^= h2 >> 31;
     h2 *= 0xc4ceb9fe1a85ec53ULL;
     h2 ^= h2 >> 33;
+
+    if (ms < 0) {
+        ms = NGX_HTTP_CIO_MAP_ID_EPOCH
+             + (int64_t) ((h1 ^ (h2 >> 16)) % NGX_HTTP_CIO_MAP_ID_SPAN);
+    }
 
     t = (uint64_t) ms & 0xffffffffffffULL;
 

@@ -8,7 +8,7 @@
  * The event mapper: Segment / RudderStack calls in, Customer.io Track API
  * v2 items out.  Pure C on top of cJSON, with no nginx headers, so that the
  * unit tests and the fuzzer link it alone.  The contract it implements is
- * shared/reference/mapping-spec.md.
+ * docs/mapping.md.
  */
 
 
@@ -22,6 +22,20 @@
 
 #define NGX_HTTP_CIO_MAP_MAX_ITEMS   2
 #define NGX_HTTP_CIO_MAP_ERRLEN      160
+
+
+/*
+ * Customer.io's limits, enforced before anything is queued (docs/mapping.md
+ * §7), and the defaults the glue, the tests, the fuzzer and the bench use.
+ */
+#define NGX_HTTP_CIO_MAP_MAX_ITEM_SIZE     32768   /* serialized item */
+#define NGX_HTTP_CIO_MAP_MAX_BATCH_CALLS   2500    /* cio_max_batch_calls */
+#define NGX_HTTP_CIO_MAP_MAX_NAME          100     /* event/page/screen */
+#define NGX_HTTP_CIO_MAP_MAX_ID            150     /* any identifier */
+#define NGX_HTTP_CIO_MAP_MAX_ATTR_NAME     150
+#define NGX_HTTP_CIO_MAP_MAX_ATTR_VALUE    1000    /* string value bytes */
+#define NGX_HTTP_CIO_MAP_MAX_ATTRS         300     /* per item */
+#define NGX_HTTP_CIO_MAP_MAX_NESTING       32      /* levels in attributes */
 
 
 /* the call type a route implies; BATCH takes "type" from each call */
@@ -41,8 +55,8 @@ typedef enum {
 typedef struct {
     int                  route;            /* ngx_http_cio_call_e */
     int64_t              received_ms;      /* unix ms, request arrival */
-    size_t               max_item_size;    /* serialized item cap, 32768 */
-    size_t               max_batch_calls;  /* calls per batch cap, 2500 */
+    size_t               max_item_size;    /* ..._MAP_MAX_ITEM_SIZE */
+    size_t               max_batch_calls;  /* 0: no cap */
     unsigned             screen_native:1;  /* cio_screen_views native */
     unsigned             convert_timestamps:1;
     const char         **device_events;    /* extra add_device names */
@@ -80,6 +94,12 @@ typedef struct {
     unsigned                 changes;      /* limit adjustments made */
     size_t                   nfiltered;    /* calls with filtered set */
     char                     error[NGX_HTTP_CIO_MAP_ERRLEN];
+
+    /*
+     * Amplitude: the body field whose absence made the request unusable
+     * ("api_key"), for the answer's "missing_field"; NULL otherwise.
+     */
+    const char              *missing_field;
 } ngx_http_cio_map_result_t;
 
 

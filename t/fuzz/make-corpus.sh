@@ -97,6 +97,16 @@ seed batch-limits 7 0 <<'EOF'
 {"batch":[{"type":"track","userId":"u-1","event":"User Suppressed"},{"type":"track","userId":"u-1","event":"User Unsuppressed"},{"type":"track","anonymousId":"a","event":"User Deleted"},{"type":"identify","userId":12345678901234567890},{"type":"track","anonymousId":98765432109876543210,"event":"e"},{"type":"identify","userId":"iiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiii"},{"type":"track","userId":"u","event":"e","properties":{"nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn":1}},{"type":"group","userId":"u","groupId":"g","traits":{"object_type_id":3}}]}
 EOF
 
+# the decisions of docs/mapping.md §11: integrations, deletions, group
+# actions, placeholder ids, impossible times, \u0000 escapes, nesting
+seed batch-contract 7 0 <<'EOF'
+{"integrations":{"All":false},"sentAt":"0001-01-01T00:00:00Z","batch":[{"type":"track","userId":"u","event":"Object Deleted","properties":{"objectId":"o","objectTypeId":2},"integrations":{"Customer IO":true}},{"type":"track","anonymousId":"a","event":"Relationship Deleted","context":{"groupId":7}},{"type":"group","userId":"cio_","anonymousId":"00000000-0000-0000-0000-000000000000","groupId":"g","traits":{"action":"delete_relationships","relationshipAttributes":{"r":1}}},{"type":"identify","userId":"u","groupId":"g","traits":{"created_at":"","createdAt":1600000000}},{"type":"track","userId":"u","event":"e","timestamp":-5,"properties":{"a":[[[[{"b":"x\u0000y"}]]]]}},{"type":"track","userId":"u\u0000v","event":"e"}]}
+EOF
+
+seed amplitude-ids 8 0 <<'EOF'
+{"api_key":"key","options":{"min_id_length":3},"events":[{"user_id":"ab","event_type":"e"},{"device_id":"null","event_type":"e"},{"user_id":"abc","event_type":"e","time":1700000000}]}
+EOF
+
 # 2501 calls: one over max_batch_calls
 printf '{"batch":[%s0]}' "$(printf '0,%.0s' $(seq 2500))" \
     | seed batch-too-many 7 0

@@ -7,7 +7,7 @@
 /*
  * Unit tests of the event mapper, linked alone (no nginx).  Each case is a
  * request body, the route it arrived on, and the exact Customer.io items
- * (or error) that mapping-spec.md promises for it.  Items are compared as
+ * (or error) that docs/mapping.md promises for it.  Items are compared as
  * JSON values, so key order does not matter but every key and value does.
  *
  * To keep the cases readable, the JSON in them may use ' where JSON has "
@@ -56,8 +56,8 @@ opts(int route)
     memset(&o, 0, sizeof(o));
     o.route = route;
     o.received_ms = RECEIVED_MS;
-    o.max_item_size = 32768;
-    o.max_batch_calls = 2500;
+    o.max_item_size = NGX_HTTP_CIO_MAP_MAX_ITEM_SIZE;
+    o.max_batch_calls = NGX_HTTP_CIO_MAP_MAX_BATCH_CALLS;
     o.convert_timestamps = 1;
 
     return o;
@@ -623,7 +623,7 @@ test_page_screen(void)
         "{\"anonymousId\":\"a1\",\"properties\":{\"url\":\"https://x/p\"}}",
         "[{\"type\":\"person\",\"action\":\"page\",\"identifiers\":"
         "{\"anonymous_id\":\"a1\"},\"name\":\"https://x/p\","
-        "\"id\":\"01HF7YAT00CCEZGNCA01G34EG5\",\"timestamp\":1700000000,"
+        "\"id\":\"01E0VGHMFWCCEZGNCA01G34EG5\",\"timestamp\":1700000000,"
         "\"attributes\":{\"url\":\"https://x/p\"}}]");
 
     it = first_item(NGX_HTTP_CIO_CALL_PAGE,
@@ -649,7 +649,7 @@ test_page_screen(void)
         "{\"userId\":42,\"name\":\"Home\"}",
         "[{\"type\":\"person\",\"action\":\"event\",\"identifiers\":"
         "{\"id\":42},\"name\":\"Viewed Home Screen\","
-        "\"id\":\"01HF7YAT009RD5V4BAGXBAPWZB\",\"timestamp\":1700000000,"
+        "\"id\":\"01EG33GK339RD5V4BAGXBAPWZB\",\"timestamp\":1700000000,"
         "\"attributes\":{}}]");
 
     it = first_item(NGX_HTTP_CIO_CALL_SCREEN,
@@ -745,7 +745,7 @@ test_devices(void)
         "\"en-US\",\"p\":1}}},"
         "{\"type\":\"person\",\"action\":\"event\",\"identifiers\":"
         "{\"id\":\"u\"},\"name\":\"Application Installed\","
-        "\"id\":\"01HF7YAT00JQS1RW899EPPV8FS\",\"timestamp\":1700000000,"
+        "\"id\":\"01ECDPHYYJJQS1RW899EPPV8FS\",\"timestamp\":1700000000,"
         "\"attributes\":{\"p\":1}}]");
 
     it = first_item(NGX_HTTP_CIO_CALL_TRACK,
@@ -1014,10 +1014,11 @@ test_identity_edges(void)
         "[{'type':'person','action':'identify','identifiers':"
         "{'id':'a@b@c.io'},'attributes':{}}]");
 
-    expect_items("cio_ with nothing after it is an id",
-        NGX_HTTP_CIO_CALL_IDENTIFY, "{'userId':'cio_'}",
+    /* docs/mapping.md §2: a bare cio_ names nobody */
+    expect_items("cio_ with nothing after it is no userId: the anonymousId",
+        NGX_HTTP_CIO_CALL_IDENTIFY, "{'userId':'cio_','anonymousId':'a1'}",
         "[{'type':'person','action':'identify','identifiers':"
-        "{'id':'cio_'},'attributes':{}}]");
+        "{'anonymous_id':'a1'},'attributes':{}}]");
 
     expect_items("numeric userId with a fraction stays that number",
         NGX_HTTP_CIO_CALL_IDENTIFY, "{'userId':1.5}",
@@ -1462,14 +1463,15 @@ test_peer_calls(void)
         "'attributes':{'name':''}}]");
 
     /* group */
-    expect_items("R-23: group; action in traits is only an attribute",
+    expect_items("R-23: group; traits.action names the object action and"
+                 " leaves the attributes (docs/mapping.md §5.5)",
         NGX_HTTP_CIO_CALL_GROUP,
         "{'groupId':'group@1','traits':{'domainNames':'rudderstack.com',"
         "'email':'help@rudderstack.com','name':'rudderstack','action':"
         "'identify'},'type':'group','userId':'user@1'}",
         "[{'type':'object','action':'identify','attributes':{'name':"
         "'rudderstack','email':'help@rudderstack.com','domainNames':"
-        "'rudderstack.com','action':'identify'},'identifiers':{'object_id':"
+        "'rudderstack.com'},'identifiers':{'object_id':"
         "'group@1','object_type_id':'1'},'cio_relationships':"
         "[{'identifiers':{'id':'user@1'}}]}]");
 
@@ -1955,13 +1957,18 @@ test_amplitude(void)
     ngx_http_cio_map_opts_t    o;
     ngx_http_cio_map_result_t  res;
 
+    /*
+     * the request @amplitude/analytics-node sent (as captured from the
+     * SDK), received a moment after its last event: times more than a
+     * year after the receipt would be impossible
+     */
     o = opts(NGX_HTTP_CIO_CALL_AMPLITUDE);
+    o.received_ms = 1795349891000LL;
 
-    /* the request @amplitude/analytics-node sent (ingest-apis.md §4.5) */
     expect_calls("Amplitude: track, $identify, $groupidentify, setGroup"
                  " and revenue from the node SDK",
         &o,
-        "{'api_key':'AMP_API_KEY_abc','events':["
+        "{'api_key':'AMP_API_KEY_abc','options':{'min_id_length':1},'events':["
         "{'time':1704164645678,'insert_id':'ins-1','event_type':"
         "'Button Clicked','user_id':'user@example.com','ip':'203.0.113.7',"
         "'event_properties':{'color':'red'},'event_id':0,'library':"
@@ -1998,7 +2005,8 @@ test_amplitude(void)
         "'timestamp':1795349890,'attributes':{'$productId':'sku-1',"
         "'$quantity':2,'$price':9.99}}]]");
 
-    map("{'api_key':'AMP_KEY','writeKey':'other','events':["
+    map("{'api_key':'AMP_KEY',"
+        "'options':{'min_id_length':1},'writeKey':'other','events':["
         "{'event_type':'a','device_id':'d'},"
         "{'event_type':'$identify','device_id':'d'},"
         "{'event_type':'$groupidentify','device_id':'d','groups':"
@@ -2017,10 +2025,12 @@ test_amplitude(void)
        && strcmp(ngx_http_cio_call_name(99), "unknown") == 0,
        "call names", NULL);
 
+    o = opts(NGX_HTTP_CIO_CALL_AMPLITUDE);
+
     expect_calls("Amplitude: identity rules as Segment's, device_id is"
                  " anonymous_id",
         &o,
-        "{'api_key':'k','events':["
+        "{'api_key':'k','options':{'min_id_length':1},'events':["
         "{'event_type':'e','device_id':'dev-1','time':1600000000000},"
         "{'event_type':'e','user_id':'cio_42','time':1600000000000},"
         "{'event_type':'e','user_id':42,'device_id':'d2','time':"
@@ -2042,7 +2052,9 @@ test_amplitude(void)
     expect_calls("Amplitude: user_properties and groups nested in the"
                  " event's attributes",
         &o,
-        "{'api_key':'k','events':[{'event_type':'Play','user_id':'u',"
+        "{'api_key':'k',"
+        "'options':{'min_id_length':1},"
+        "'events':[{'event_type':'Play','user_id':'u',"
         "'event_properties':{'song':'x','groups':'mine'},"
         "'user_properties':{'$set':{'plan':'pro'}},'groups':{'org':"
         "['a','b']}},"
@@ -2060,7 +2072,7 @@ test_amplitude(void)
                  " plain over $setOnce; other operators dropped; no"
                  " e-mail fallback",
         &o,
-        "{'api_key':'k','events':["
+        "{'api_key':'k','options':{'min_id_length':1},'events':["
         "{'event_type':'$identify','user_id':'u','user_properties':"
         "{'plan':'free','age':3}},"
         "{'event_type':'$identify','user_id':'u','user_properties':"
@@ -2080,7 +2092,7 @@ test_amplitude(void)
 
     expect_calls("Amplitude: Segment's special names are plain events",
         &o,
-        "{'api_key':'k','events':["
+        "{'api_key':'k','options':{'min_id_length':1},'events':["
         "{'event_type':'User Deleted','user_id':'u'},"
         "{'event_type':'Application Installed','user_id':'u'}]}",
         "[[{'type':'person','action':'event','identifiers':{'id':'u'},"
@@ -2093,7 +2105,9 @@ test_amplitude(void)
     expect_calls("Amplitude: $groupidentify with a numeric group and an"
                  " anonymous device",
         &o,
-        "{'api_key':'k','events':[{'event_type':'$groupidentify',"
+        "{'api_key':'k',"
+        "'options':{'min_id_length':1},"
+        "'events':[{'event_type':'$groupidentify',"
         "'device_id':'d','groups':{'company':7},'group_properties':"
         "{'size':5}}]}",
         "[[{'type':'object','action':'identify_anonymous','identifiers':"
@@ -2101,7 +2115,7 @@ test_amplitude(void)
         "'cio_relationships':[{'identifiers':{'anonymous_id':'d'}}]}]]");
 
     snprintf(body, sizeof(body),
-             "{'api_key':'k','events':["
+             "{'api_key':'k','options':{'min_id_length':1},'events':["
              "{'user_id':'u'},"
              "{'event_type':'','user_id':'u'},"
              "{'event_type':7,'user_id':'u'},"
@@ -2168,10 +2182,14 @@ test_amplitude(void)
 
     /* insert_id seeds the dedupe id, as messageId does */
     a = first_item(NGX_HTTP_CIO_CALL_AMPLITUDE,
-        "{'api_key':'k','events':[{'event_type':'e','user_id':'u',"
+        "{'api_key':'k',"
+        "'options':{'min_id_length':1},"
+        "'events':[{'event_type':'e','user_id':'u',"
         "'insert_id':'ins-1','time':1700000000000}]}", &o, NULL);
     b = first_item(NGX_HTTP_CIO_CALL_AMPLITUDE,
-        "{'api_key':'k','events':[{'event_type':'e','user_id':'u',"
+        "{'api_key':'k',"
+        "'options':{'min_id_length':1},"
+        "'events':[{'event_type':'e','user_id':'u',"
         "'insert_id':'ins-1','time':1700000000000,'event_properties':"
         "{'x':1}}]}", &o, NULL);
     ok(a && b && strcmp(item_str(a, "id"), item_str(b, "id")) == 0
@@ -2180,7 +2198,9 @@ test_amplitude(void)
     cJSON_Delete(b);
 
     b = first_item(NGX_HTTP_CIO_CALL_AMPLITUDE,
-        "{'api_key':'k','events':[{'event_type':'e','user_id':'u',"
+        "{'api_key':'k',"
+        "'options':{'min_id_length':1},"
+        "'events':[{'event_type':'e','user_id':'u',"
         "'insert_id':'ins-2','time':1700000000000}]}", &o, NULL);
     ok(a && b && strcmp(item_str(a, "id"), item_str(b, "id")) != 0,
        "Amplitude: another insert_id gives another id", NULL);
@@ -2188,11 +2208,15 @@ test_amplitude(void)
     cJSON_Delete(b);
 
     a = first_item(NGX_HTTP_CIO_CALL_AMPLITUDE,
-        "{'api_key':'k','events':[{'event_type':'e','user_id':'u',"
+        "{'api_key':'k',"
+        "'options':{'min_id_length':1},"
+        "'events':[{'event_type':'e','user_id':'u',"
         "'time':1700000000000}],'client_upload_time':"
         "'2026-11-22T12:18:10.472Z'}", &o, NULL);
     b = first_item(NGX_HTTP_CIO_CALL_AMPLITUDE,
-        "{'api_key':'k','events':[{'event_type':'e','user_id':'u',"
+        "{'api_key':'k',"
+        "'options':{'min_id_length':1},"
+        "'events':[{'event_type':'e','user_id':'u',"
         "'time':1700000000000}],'client_upload_time':"
         "'2026-11-22T12:18:11.000Z'}", &o, NULL);
     ok(a && b && strcmp(item_str(a, "id"), item_str(b, "id")) == 0,
@@ -2357,7 +2381,9 @@ test_filters(void)
     o.events_allow = allow;
     o.nevents_allow = 2;
 
-    map("{'api_key':'k','events':[{'event_type':'A','user_id':'u'},"
+    map("{'api_key':'k',"
+        "'options':{'min_id_length':1},"
+        "'events':[{'event_type':'A','user_id':'u'},"
         "{'event_type':'B','user_id':'u'},"
         "{'event_type':'$identify','user_id':'u'},"
         "{'event_type':'$groupidentify','user_id':'u','groups':"
@@ -2393,7 +2419,9 @@ test_client_ip(void)
         { NGX_HTTP_CIO_CALL_GROUP,
           "{'userId':'u','groupId':'g','context':{'ip':'10.0.0.1'}}" },
         { NGX_HTTP_CIO_CALL_AMPLITUDE,
-          "{'api_key':'k','events':[{'event_type':'e','user_id':'u',"
+          "{'api_key':'k',"
+          "'options':{'min_id_length':1},"
+          "'events':[{'event_type':'e','user_id':'u',"
           "'ip':'10.0.0.1'}]}" },
         { 0, NULL }
     };
@@ -2506,6 +2534,525 @@ test_utf8(void)
 }
 
 
+/* docs/mapping.md §3.1 and §4: times and ids decided in the reviews */
+static void
+test_contract_time(void)
+{
+    size_t                    i;
+    cJSON                    *a, *b;
+    unsigned                  changes;
+    long long                 t;
+    ngx_http_cio_map_opts_t   o;
+
+    static const struct {
+        const char  *body;
+        double       want;       /* item timestamp */
+        unsigned     changes;
+        const char  *name;
+    } cases[] = {
+        { "{'userId':'u','event':'e','timestamp':'1969-12-31T23:59:59Z'}",
+          1700000000, 1, "a time before 1970 is impossible: receive time,"
+          " counted" },
+        { "{'userId':'u','event':'e','timestamp':'2026-01-01T00:00:00Z'}",
+          1700000000, 1, "a time over a year after receipt: receive time,"
+          " counted" },
+        { "{'userId':'u','event':'e','timestamp':'2024-11-01T00:00:00Z'}",
+          1730419200, 0, "a time within a year after receipt is kept" },
+        { "{'userId':'u','event':'e','timestamp':'0001-01-01T00:00:00Z'}",
+          1700000000, 1, "year 0001: receive time, counted" },
+        { "{'userId':'u','event':'e','timestamp':'9999-12-31T00:00:00Z'}",
+          1700000000, 1, "year 9999: receive time, counted" },
+        { "{'userId':'u','event':'e','timestamp':-5000}",
+          1700000000, 1, "a negative number: receive time, counted" },
+        { "{'userId':'u','event':'e','timestamp':1600000000}",
+          1600000000, 0, "a number below 10^11 is unix seconds" },
+        { "{'userId':'u','event':'e','timestamp':1600000000.75}",
+          1600000000, 0, "unix seconds with a fraction" },
+        { "{'userId':'u','event':'e','timestamp':1600000000999}",
+          1600000000, 0, "a number from 10^11 on is unix milliseconds" },
+        { "{'userId':'u','event':'e','timestamp':1e300}",
+          1700000000, 1, "a number past any calendar: receive time,"
+          " counted" },
+        { "{'userId':'u','event':'e','timestamp':'2023-11-14T22:13:00Z',"
+          "'sentAt':'0001-01-01T00:00:00Z'}",
+          1700000000, 1, "sentAt 0001 would correct to the year 4049:"
+          " receive time, counted" },
+        { "{'userId':'u','event':'e','timestamp':'0001-01-01T00:00:00Z',"
+          "'sentAt':'2023-11-14T22:13:00Z'}",
+          1700000000, 1, "a correction to before 1970: receive time,"
+          " counted" },
+        { "{'userId':'u','event':'e','timestamp':'2030-01-01T00:00:00Z',"
+          "'sentAt':'2030-01-01T00:00:30Z'}",
+          1700000000 - 30, 0, "a client clock years ahead is still"
+          " corrected by sentAt" },
+        { "{'userId':'u','event':'e','timestamp':1699999990,"
+          "'sentAt':1700000000000}",
+          1699999990, 0, "sentAt and timestamp as numbers, by magnitude" },
+    };
+
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        changes = 0;
+        a = first_item(NGX_HTTP_CIO_CALL_TRACK, cases[i].body, NULL,
+                       &changes);
+        ok(a && item_num(a, "timestamp") == cases[i].want
+           && changes == cases[i].changes, cases[i].name,
+           a ? item_str(a, "id") : "no item");
+        cJSON_Delete(a);
+    }
+
+    /* an attribute is not an event time: a birthday before 1970 stays */
+    a = first_item(NGX_HTTP_CIO_CALL_IDENTIFY,
+        "{'userId':'u','traits':{'born':'1960-01-01'}}", NULL, &changes);
+    ok(a && item_num(cJSON_GetObjectItem(a, "attributes"), "born")
+            == -315619200 && changes == 0,
+       "an attribute date before 1970 becomes negative seconds", NULL);
+    cJSON_Delete(a);
+
+    /* a resend without any time, 0.3 s later: the same id */
+    for (i = 0; i < 2; i++) {
+        const char  *body = i ? "{'userId':'u','event':'Retry'}"
+                              : "{'userId':'u','event':'Retry',"
+                                "'messageId':'m1'}";
+
+        o = opts(NGX_HTTP_CIO_CALL_TRACK);
+        a = first_item(NGX_HTTP_CIO_CALL_TRACK, body, &o, NULL);
+        o.received_ms += 300;
+        b = first_item(NGX_HTTP_CIO_CALL_TRACK, body, &o, NULL);
+        o.received_ms += 86400000;
+        cJSON_Delete(b);
+        b = first_item(NGX_HTTP_CIO_CALL_TRACK, body, &o, NULL);
+
+        t = a ? ulid_ms(item_str(a, "id")) : 0;
+
+        ok(a && b && strcmp(item_str(a, "id"), item_str(b, "id")) == 0
+           && t >= 1577836800000LL && t < 1609545600000LL
+           && item_num(a, "timestamp") == 1700000000,
+           i ? "no messageId, no time: a resend has the same id"
+             : "messageId, no time: a resend has the same id, its time"
+               " part not the receipt's",
+           a ? item_str(a, "id") : NULL);
+        cJSON_Delete(a);
+        cJSON_Delete(b);
+    }
+
+    /* an impossible stated time gives no time part either */
+    o = opts(NGX_HTTP_CIO_CALL_TRACK);
+    a = first_item(NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'u','event':'e','messageId':'m','timestamp':-1000}",
+        &o, NULL);
+    o.received_ms += 1000;
+    b = first_item(NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'u','event':'e','messageId':'m','timestamp':-1000}",
+        &o, NULL);
+    ok(a && b && strcmp(item_str(a, "id"), item_str(b, "id")) == 0,
+       "an impossible stated time: the id does not follow the receipt",
+       NULL);
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+}
+
+
+/* docs/mapping.md §8: Segment's and RudderStack's integrations flags */
+static void
+test_contract_integrations(void)
+{
+    ngx_http_cio_map_opts_t  o;
+
+    o = opts(NGX_HTTP_CIO_CALL_BATCH);
+
+    expect_calls("integrations: per call, per batch, the call's own first,"
+                 " keys ignoring case and spaces", &o,
+        "{'integrations':{'All':false},'batch':["
+        "{'type':'track','userId':'u','event':'a'},"
+        "{'type':'track','userId':'u','event':'b',"
+        "'integrations':{'Customer.io':true}},"
+        "{'type':'track','userId':'u','event':'c',"
+        "'integrations':{'All':true}},"
+        "{'type':'identify','userId':'u',"
+        "'integrations':{'All':true,'customer IO':false}},"
+        "{'type':'page','userId':'u','name':'p',"
+        "'integrations':{'CUSTOMERIO':false}},"
+        "{'type':'track','userId':'u','event':'f',"
+        "'integrations':{'Customer.io Data Pipelines':false}},"
+        "{'type':'track','userId':'u','event':'g',"
+        "'integrations':{'customer.io (actions)':true}},"
+        "{'type':'track','userId':'u','event':'h',"
+        "'integrations':{'Mixpanel':false,'customerio':{'x':1}}},"
+        "{'type':'track','event':'i','integrations':{'All':true}}"
+        "]}",
+        "['filtered',"
+        "[{'type':'person','action':'event','identifiers':{'id':'u'},"
+        "'name':'b','id':'*','timestamp':1700000000,'attributes':{}}],"
+        "[{'type':'person','action':'event','identifiers':{'id':'u'},"
+        "'name':'c','id':'*','timestamp':1700000000,'attributes':{}}],"
+        "'filtered','filtered','filtered',"
+        "[{'type':'person','action':'event','identifiers':{'id':'u'},"
+        "'name':'g','id':'*','timestamp':1700000000,'attributes':{}}],"
+        "[{'type':'person','action':'event','identifiers':{'id':'u'},"
+        "'name':'h','id':'*','timestamp':1700000000,'attributes':{}}],"
+        "{'error':'userId or anonymousId is required'}]");
+
+    o = opts(NGX_HTTP_CIO_CALL_TRACK);
+
+    expect_calls("integrations: a single call with Customer.io false is"
+                 " filtered", &o,
+        "{'userId':'u','event':'e','integrations':{'Customer.io':false}}",
+        "['filtered']");
+    expect_calls("integrations: All false, other destination true: filtered",
+        &o,
+        "{'userId':'u','event':'e','integrations':{'All':false,"
+        "'Amplitude':true}}",
+        "['filtered']");
+    expect_calls("integrations: another destination false: delivered", &o,
+        "{'userId':'u','event':'e','integrations':{'Amplitude':false}}",
+        "[[{'type':'person','action':'event','identifiers':{'id':'u'},"
+        "'name':'e','id':'*','timestamp':1700000000,'attributes':{}}]]");
+}
+
+
+/* docs/mapping.md §5.9: Segment's deletion events act on the object */
+static void
+test_contract_deletions(void)
+{
+    expect_items("Object Deleted: object / delete, objectId first, the"
+                 " event not sent", NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'u','event':'Object Deleted','groupId':'g',"
+        "'properties':{'objectId':'acme','object_type_id':'2'}}",
+        "[{'type':'object','action':'delete','identifiers':"
+        "{'object_type_id':'2','object_id':'acme'}}]");
+    expect_items("Object Deleted: groupId, numeric, type 1, no person"
+                 " needed", NGX_HTTP_CIO_CALL_TRACK,
+        "{'event':'Object Deleted','groupId':42}",
+        "[{'type':'object','action':'delete','identifiers':"
+        "{'object_type_id':'1','object_id':'42'}}]");
+    expect_call_error("Object Deleted without an object is refused",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'u','event':'Object Deleted','properties':{}}",
+        "\"Object Deleted\" needs an objectId or groupId");
+    expect_items("Relationship Deleted: object / delete_relationships for"
+                 " the person, context.groupId first",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'cio_9','event':'Relationship Deleted','groupId':'x',"
+        "'context':{'groupId':'acme'},'properties':{'objectTypeId':3}}",
+        "[{'type':'object','action':'delete_relationships','identifiers':"
+        "{'object_type_id':'3','object_id':'acme'},'cio_relationships':"
+        "[{'identifiers':{'cio_id':'9'}}]}]");
+    expect_items("Relationship Deleted: an anonymous person",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'anonymousId':'a1','event':'Relationship Deleted','groupId':'g'}",
+        "[{'type':'object','action':'delete_relationships','identifiers':"
+        "{'object_type_id':'1','object_id':'g'},'cio_relationships':"
+        "[{'identifiers':{'anonymous_id':'a1'}}]}]");
+    expect_call_error("Relationship Deleted without a person is refused",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'event':'Relationship Deleted','groupId':'g'}",
+        "userId or anonymousId is required");
+    expect_call_error("anonymous User Deleted stays a 400",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'anonymousId':'a1','event':'User Deleted'}",
+        "\"User Deleted\" needs a userId");
+}
+
+
+/* docs/mapping.md §2, §3.3, §5.1, §5.5: the second review's decisions */
+static void
+test_contract_people(void)
+{
+    unsigned  changes;
+    cJSON    *it;
+
+    expect_items("created_at wins over createdAt", NGX_HTTP_CIO_CALL_IDENTIFY,
+        "{'userId':'u','traits':{'createdAt':'2020-01-01T00:00:00Z',"
+        "'created_at':'2021-01-01T00:00:00Z'}}",
+        "[{'type':'person','action':'identify','identifiers':{'id':'u'},"
+        "'attributes':{'created_at':1609459200}}]");
+
+    changes = 0;
+    it = first_item(NGX_HTTP_CIO_CALL_IDENTIFY,
+        "{'userId':'u','traits':{'created_at':'','plan':'x'}}", NULL,
+        &changes);
+    ok(it && cJSON_GetObjectItem(cJSON_GetObjectItem(it, "attributes"),
+                                 "created_at") == NULL
+       && changes == 1, "an empty created_at is dropped, counted", NULL);
+    cJSON_Delete(it);
+
+    changes = 0;
+    it = first_item(NGX_HTTP_CIO_CALL_IDENTIFY,
+        "{'userId':'u','traits':{'created_at':null,"
+        "'createdAt':'2020-01-01T00:00:00Z'}}", NULL, &changes);
+    ok(it && item_num(cJSON_GetObjectItem(it, "attributes"), "created_at")
+            == 1577836800 && changes == 1,
+       "a null created_at is dropped, counted; createdAt then counts",
+       NULL);
+    cJSON_Delete(it);
+
+    expect_items("a userId of just cio_ is absent: the e-mail identifies",
+        NGX_HTTP_CIO_CALL_IDENTIFY,
+        "{'userId':'cio_','traits':{'email':'a@b.co'}}",
+        "[{'type':'person','action':'identify','identifiers':"
+        "{'email':'a@b.co'},'attributes':{'email':'a@b.co'}}]");
+    expect_call_error("alias with a userId of just cio_ is refused",
+        NGX_HTTP_CIO_CALL_ALIAS, "{'userId':'cio_','previousId':'p'}",
+        "alias needs userId and previousId");
+    expect_call_error("a User Deleted with userId cio_ is anonymous: 400",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'cio_','anonymousId':'a','event':'User Deleted'}",
+        "\"User Deleted\" needs a userId");
+
+    expect_call_error("the all-zero anonymousId is no identifier",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'anonymousId':'00000000-0000-0000-0000-000000000000',"
+        "'event':'e'}", "userId or anonymousId is required");
+    expect_call_error("a numeric anonymousId 0 is a placeholder too",
+        NGX_HTTP_CIO_CALL_PAGE, "{'anonymousId':0,'name':'p'}",
+        "userId or anonymousId is required");
+    expect_items("the all-zero anonymousId is not merged into a person",
+        NGX_HTTP_CIO_CALL_IDENTIFY,
+        "{'userId':'u','anonymousId':'00000000-0000-0000-0000-000000000000',"
+        "'traits':{}}",
+        "[{'type':'person','action':'identify','identifiers':{'id':'u'},"
+        "'attributes':{}}]");
+    expect_items("a numeric anonymousId is text", NGX_HTTP_CIO_CALL_TRACK,
+        "{'anonymousId':1234567,'event':'e'}",
+        "[{'type':'person','action':'event','identifiers':"
+        "{'anonymous_id':'1234567'},'name':'e','id':'*',"
+        "'timestamp':1700000000,'attributes':{}}]");
+
+    expect_items("identify with a groupId relates the person to the object",
+        NGX_HTTP_CIO_CALL_IDENTIFY,
+        "{'userId':'u','groupId':'acme','traits':{'plan':'pro',"
+        "'objectTypeId':'2','relationshipAttributes':{'role':'admin'}}}",
+        "[{'type':'person','action':'identify','identifiers':{'id':'u'},"
+        "'attributes':{'plan':'pro'},'cio_relationships':[{'identifiers':"
+        "{'object_type_id':'2','object_id':'acme'},"
+        "'relationship_attributes':{'role':'admin'}}]}]");
+    expect_items("identify with context.groupId", NGX_HTTP_CIO_CALL_IDENTIFY,
+        "{'userId':'u','context':{'groupId':7},'traits':{}}",
+        "[{'type':'person','action':'identify','identifiers':{'id':'u'},"
+        "'attributes':{},'cio_relationships':[{'identifiers':"
+        "{'object_type_id':'1','object_id':'7'}}]}]");
+
+    expect_items("group traits.action delete: object / delete",
+        NGX_HTTP_CIO_CALL_GROUP,
+        "{'userId':'u','groupId':'g','traits':{'action':'delete','a':1}}",
+        "[{'type':'object','action':'delete','identifiers':"
+        "{'object_type_id':'1','object_id':'g'}}]");
+    expect_items("group traits.action add_relationships, with"
+                 " relationshipAttributes", NGX_HTTP_CIO_CALL_GROUP,
+        "{'userId':'u','groupId':'g','traits':{'action':'add_relationships',"
+        "'relationshipAttributes':{'role':'x'}}}",
+        "[{'type':'object','action':'add_relationships','identifiers':"
+        "{'object_type_id':'1','object_id':'g'},'cio_relationships':"
+        "[{'identifiers':{'id':'u'},'relationship_attributes':"
+        "{'role':'x'}}]}]");
+    expect_items("group traits.action that is no object action stays an"
+                 " attribute", NGX_HTTP_CIO_CALL_GROUP,
+        "{'userId':'u','groupId':'g','traits':{'action':'upgrade'}}",
+        "[{'type':'object','action':'identify','identifiers':"
+        "{'object_type_id':'1','object_id':'g'},'attributes':"
+        "{'action':'upgrade'},'cio_relationships':[{'identifiers':"
+        "{'id':'u'}}]}]");
+    expect_items("group relationshipAttributes leave the attributes",
+        NGX_HTTP_CIO_CALL_GROUP,
+        "{'anonymousId':'a','groupId':'g','traits':{'n':1,"
+        "'relationshipAttributes':{'role':'x'}}}",
+        "[{'type':'object','action':'identify_anonymous','identifiers':"
+        "{'object_type_id':'1','object_id':'g'},'attributes':{'n':1},"
+        "'cio_relationships':[{'identifiers':{'anonymous_id':'a'},"
+        "'relationship_attributes':{'role':'x'}}]}]");
+}
+
+
+/* docs/mapping.md §5.10: Amplitude's own id rules and missing api_key */
+static void
+test_contract_amplitude(void)
+{
+    int                        rc;
+    ngx_http_cio_map_opts_t    o;
+    ngx_http_cio_map_result_t  res;
+
+    o = opts(NGX_HTTP_CIO_CALL_AMPLITUDE);
+
+    expect_calls("Amplitude id rules: min_id_length 5 by default, refused"
+                 " values ignoring case, invalid events by index", &o,
+        "{'api_key':'k','events':["
+        "{'event_type':'e','user_id':'user-1'},"
+        "{'event_type':'e','user_id':'abcd'},"
+        "{'event_type':'e','device_id':'Anonymous'},"
+        "{'event_type':'e','user_id':'NULL','device_id':'device-1'},"
+        "{'event_type':'e','device_id':"
+        "'00000000-0000-0000-0000-000000000000'},"
+        "{'event_type':'e','user_id':'user-2','device_id':-1},"
+        "{'event_type':'e','user_id':12345}"
+        "]}",
+        "[[{'type':'person','action':'event','identifiers':{'id':'user-1'},"
+        "'name':'e','id':'*','timestamp':1700000000,'attributes':{}}],"
+        "{'error':'user_id is invalid'},"
+        "{'error':'device_id is invalid'},"
+        "{'error':'user_id is invalid'},"
+        "{'error':'device_id is invalid'},"
+        "{'error':'device_id is invalid'},"
+        "[{'type':'person','action':'event','identifiers':{'id':12345},"
+        "'name':'e','id':'*','timestamp':1700000000,'attributes':{}}]]");
+
+    expect_calls("Amplitude id rules: options.min_id_length from the"
+                 " request", &o,
+        "{'api_key':'k','options':{'min_id_length':2},'events':["
+        "{'event_type':'e','user_id':'ab'},"
+        "{'event_type':'e','user_id':'a'}]}",
+        "[[{'type':'person','action':'event','identifiers':{'id':'ab'},"
+        "'name':'e','id':'*','timestamp':1700000000,'attributes':{}}],"
+        "{'error':'user_id is invalid'}]");
+
+    memset(&res, 0, sizeof(res));
+    rc = map("{'events':[{'event_type':'e','user_id':'user-1'}]}", &o,
+             &res);
+    ok(rc == -1 && res.missing_field != NULL
+       && strcmp(res.missing_field, "api_key") == 0,
+       "Amplitude without api_key: missing_field api_key", res.error);
+    ngx_http_cio_map_result_free(&res);
+
+    rc = map("{'api_key':'k','events':[{'event_type':'e','user_id':'u-1'}]}",
+             &o, &res);
+    ok(rc == 0 && res.missing_field == NULL,
+       "Amplitude with api_key: no missing_field", res.error);
+    ngx_http_cio_map_result_free(&res);
+}
+
+
+/* a body of n nested objects or arrays under properties.a */
+static char *
+nested(const char *call_head, int n)
+{
+    int     i;
+    char   *b, *p;
+    size_t  len;
+
+    len = strlen(call_head) + 7 * (size_t) n + 64;
+    b = malloc(len);
+    p = b + sprintf(b, "%s", call_head);
+
+    for (i = 0; i < n; i++) {
+        *p++ = (i % 2) ? '[' : '{';
+        if (i % 2 == 0) {
+            p += sprintf(p, "'k':");
+        }
+    }
+
+    p += sprintf(p, "1");
+
+    for (i = n - 1; i >= 0; i--) {
+        *p++ = (i % 2) ? ']' : '}';
+    }
+
+    sprintf(p, "}}");
+
+    return b;
+}
+
+
+/* docs/mapping.md §7.4 and §7.6: nesting and \u0000 escapes */
+static void
+test_contract_hostile(void)
+{
+    int                        rc;
+    char                      *b, *x;
+    ngx_http_cio_map_opts_t    o;
+    ngx_http_cio_map_result_t  res;
+
+    b = nested("{'userId':'u','event':'e','properties':{'a':", 32);
+    o = opts(NGX_HTTP_CIO_CALL_TRACK);
+    rc = map(b, &o, &res);
+    ok(rc == 0 && res.calls[0].nitems == 1,
+       "properties nested 32 levels are accepted", res.calls[0].error);
+    ngx_http_cio_map_result_free(&res);
+    free(b);
+
+    b = nested("{'userId':'u','event':'e','properties':{'a':", 33);
+    expect_call_error("properties nested 33 levels are refused",
+        NGX_HTTP_CIO_CALL_TRACK, b, "properties nest deeper than 32 levels");
+    free(b);
+
+    b = nested("{'userId':'u','event':'e','properties':{'a':", 997);
+    expect_call_error("properties nested 997 levels are refused",
+        NGX_HTTP_CIO_CALL_TRACK, b, "properties nest deeper than 32 levels");
+    free(b);
+
+    b = nested("{'userId':'u','traits':{'a':", 40);
+    expect_call_error("traits nested 40 levels are refused",
+        NGX_HTTP_CIO_CALL_IDENTIFY, b, "traits nest deeper than 32 levels");
+    free(b);
+
+    expect_call_error("a \\u0000 in userId is refused, never cut",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'ab\\u0000cd','event':'e'}",
+        "userId contains a \\u0000 escape");
+    expect_call_error("a \\u0000 in the identifying e-mail is refused",
+        NGX_HTTP_CIO_CALL_IDENTIFY,
+        "{'traits':{'email':'victim@x.com\\u0000evil'}}",
+        "traits.email contains a \\u0000 escape");
+    expect_call_error("a \\u0000 in anonymousId is refused",
+        NGX_HTTP_CIO_CALL_PAGE,
+        "{'anonymousId':'a\\u0000b','name':'p'}",
+        "anonymousId contains a \\u0000 escape");
+    expect_call_error("a \\u0000 in an event name is refused",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'u','event':'Sign\\u0000up'}",
+        "event contains a \\u0000 escape");
+    expect_call_error("a \\u0000 in a property key is refused",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'u','event':'e','properties':{'x':{'a\\u0000b':1}}}",
+        "a key contains a \\u0000 escape");
+    expect_call_error("a \\u0000 in previousId is refused",
+        NGX_HTTP_CIO_CALL_ALIAS,
+        "{'userId':'u','previousId':'p\\u0000q'}",
+        "previousId contains a \\u0000 escape");
+    expect_call_error("a \\u0000 in groupId is refused",
+        NGX_HTTP_CIO_CALL_GROUP,
+        "{'userId':'u','groupId':'g\\u0000h'}",
+        "groupId contains a \\u0000 escape");
+
+    o = opts(NGX_HTTP_CIO_CALL_TRACK);
+    rc = map("{'userId':'u','event':'e','properties':{'v':'x\\u0000y'}}",
+             &o, &res);
+    x = (rc == 0 && res.calls[0].nitems == 1) ? res.calls[0].item[0] : NULL;
+    ok(x && strstr(x, "\"v\":\"x\\u0000y\"") != NULL
+       && strstr(x, "u0001") == NULL,
+       "a \\u0000 in a value is forwarded intact", x);
+    ngx_http_cio_map_result_free(&res);
+
+    rc = map("{'userId':'u','event':'e','writeKey':'KEY\\u0000junk'}", &o,
+             &res);
+    ok(rc == 0 && res.write_key && strcmp(res.write_key, "KEY") != 0
+       && strncmp(res.write_key, "KEY", 3) == 0 && strlen(res.write_key) > 3,
+       "a writeKey with \\u0000 is not cut to the key before it",
+       res.write_key);
+    ngx_http_cio_map_result_free(&res);
+
+    expect_items("an escaped backslash before u0000 is no NUL",
+        NGX_HTTP_CIO_CALL_IDENTIFY, "{'userId':'ab\\\\u0000'}",
+        "[{'type':'person','action':'identify','identifiers':"
+        "{'id':'ab\\\\u0000'},'attributes':{}}]");
+
+    expect_request_error("a body with both \\u0000 and \\u0001 is refused",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'u\\u0000','event':'e\\u0001'}", 38,
+        "\\u0000 in a string of a body that also has \\u0001");
+
+    o = opts(NGX_HTTP_CIO_CALL_AMPLITUDE);
+    rc = map("{'api_key':'k','events':[{'event_type':'e','user_id':"
+             "'user-1\\u0000x'},{'event_type':'e','user_id':'user-2'}]}",
+             &o, &res);
+    ok(rc == 0 && res.ncalls == 2 && res.calls[0].nitems == 0
+       && strcmp(res.calls[0].error, "user_id contains a \\u0000 escape")
+          == 0
+       && res.calls[1].nitems == 1,
+       "Amplitude: a \\u0000 in user_id is refused by name, the other"
+       " event kept", res.ncalls ? res.calls[0].error : res.error);
+    ngx_http_cio_map_result_free(&res);
+}
+
+
 int
 main(void)
 {
@@ -2526,6 +3073,12 @@ main(void)
     test_filters();
     test_client_ip();
     test_dedupe();
+    test_contract_time();
+    test_contract_integrations();
+    test_contract_deletions();
+    test_contract_people();
+    test_contract_amplitude();
+    test_contract_hostile();
 
     printf("%d passed, %d failed\n", passed, failed);
 
