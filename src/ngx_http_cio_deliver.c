@@ -32,6 +32,17 @@
 /* an absurd Retry-After must not stall a workspace for a day */
 #define NGX_HTTP_CIO_MAX_RETRY_AFTER 3600
 
+/*
+ * How much of an answer is read: a 207 names every refused item with its
+ * batch_index, reason, field and message, some hundred bytes each, so an
+ * answer for a batch of n items fits in n KB and a margin.  A longer one
+ * is not taken for a whole one: its batch is retried.
+ */
+#define NGX_HTTP_CIO_ANSWER_BASE     65536
+#define NGX_HTTP_CIO_ANSWER_PER_ITEM 1024
+/* at most this much of an answer in each dead letter */
+#define NGX_HTTP_CIO_ANSWER_KEEP     65536
+
 
 typedef struct {
     ngx_http_cio_main_conf_t    *mcf;
@@ -63,8 +74,16 @@ static void ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req);
 static void ngx_http_cio_deliver_stats(ngx_http_cio_sreq_t *req,
     ngx_http_cio_shws_t *ws);
 static ngx_uint_t ngx_http_cio_deliver_counts(ngx_http_cio_sreq_t *req);
-static ngx_uint_t ngx_http_cio_deliver_refused(ngx_http_cio_sreq_t *req,
-    ngx_http_cio_batch_t *batch, char **errors);
+static ngx_uint_t ngx_http_cio_deliver_classify(ngx_http_cio_sreq_t *req,
+    ngx_http_cio_settle_t *st, const char **reason);
+static void ngx_http_cio_deliver_multi(ngx_http_cio_sreq_t *req,
+    ngx_http_cio_batch_t *batch, ngx_http_cio_settle_t *st, char ***errors,
+    ngx_uint_t *refused);
+static const char *ngx_http_cio_deliver_refused(ngx_http_cio_sreq_t *req,
+    ngx_http_cio_batch_t *batch, char **errors, ngx_uint_t *refused);
+static void ngx_http_cio_deliver_log_dead(ngx_http_cio_sreq_t *req,
+    ngx_http_cio_batch_t *batch, ngx_http_cio_settle_t *st,
+    ngx_uint_t refused);
 static char *ngx_http_cio_deliver_answer(ngx_http_cio_sreq_t *req);
 static void ngx_http_cio_deliver_bury(ngx_http_cio_sreq_t *req,
     ngx_http_cio_batch_t *batch, char **errors, char *answer,
@@ -433,6 +452,8 @@ ngx_http_cio_deliver_send(ngx_http_cio_shws_t *ws)
     req->cainfo = mcf->trusted_certificate.len
                   ? (const char *) mcf->trusted_certificate.data : NULL;
     req->data = batch;
+    req->resp_max = NGX_HTTP_CIO_ANSWER_BASE
+                    + batch->n * NGX_HTTP_CIO_ANSWER_PER_ITEM;
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, d->log, 0,
                    "cio: sending %ui events, %uz bytes, to \"%V\"",
@@ -500,7 +521,8 @@ ngx_http_cio_deliver_results(void)
  * What an answer means for the items of a batch:
  *
  *   2xx          delivered; a 207 names the refused ones, which are
- *                dead-lettered
+ *                dead-lettered; a 207 that cannot be read in full is
+ *                retried like a 500: it must never count as delivered
  *   401, 403,    credentials or endpoint are wrong: everything waits,
  *   404, 405,    the workspace pauses, an alert says so once a minute,
  *   3xx          and no attempt is counted: a wrong key must not throw
@@ -518,7 +540,6 @@ ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req)
     char                      *answer, **errors;
     long                       status;
     u_char                     act;
-    ngx_str_t                  where;
     ngx_uint_t                 i, level, refused;
     const char                *reason;
     ngx_http_cio_shws_t       *ws;
@@ -534,7 +555,6 @@ ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req)
     status = req->status;
     errors = NULL;
     refused = 0;
-    reason = "retries exhausted";
 
     d->inflight--;
 
@@ -543,40 +563,7 @@ ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req)
     st.backoff_max = mcf->backoff_max;
     st.retry_max = mcf->retry_max;
 
-    if (req->aborted) {
-        st.outcome = NGX_HTTP_CIO_RETURN;
-        act = NGX_HTTP_CIO_ACT_RETURN;
-
-    } else if (status >= 200 && status < 300) {
-        st.outcome = NGX_HTTP_CIO_DONE;
-        act = NGX_HTTP_CIO_ACT_DONE;
-
-    } else if ((status >= 300 && status < 400)
-               || status == 401 || status == 403
-               || status == 404 || status == 405)
-    {
-        st.outcome = NGX_HTTP_CIO_HOLD;
-        act = NGX_HTTP_CIO_ACT_RETURN;
-
-    } else if (status == 0 || status == 408 || status == 429
-               || status >= 500)
-    {
-        st.outcome = NGX_HTTP_CIO_RETRY;
-        act = ngx_http_cio_deliver_counts(req) ? NGX_HTTP_CIO_ACT_RETRY
-                                               : NGX_HTTP_CIO_ACT_RETURN;
-
-        if (req->retry_after > 0) {
-            st.retry_after_ms = (uint64_t) ngx_min(req->retry_after,
-                                              NGX_HTTP_CIO_MAX_RETRY_AFTER)
-                                * 1000;
-        }
-
-    } else {
-        /* Customer.io will never take these: retrying cannot help */
-        st.outcome = NGX_HTTP_CIO_DONE;
-        act = NGX_HTTP_CIO_ACT_DEAD;
-        reason = "batch rejected";
-    }
+    act = ngx_http_cio_deliver_classify(req, &st, &reason);
 
     ngx_memset(batch->acts, act, batch->n);
 
@@ -585,12 +572,9 @@ ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req)
     }
 
     if (status == 207 && !req->aborted) {
-        errors = ngx_calloc(batch->n * sizeof(char *), d->log);
-
-        if (errors) {
-            refused = ngx_http_cio_deliver_refused(req, batch, errors);
-            reason = "refused";
-        }
+        ngx_http_cio_deliver_multi(req, batch, &st, &errors, &refused);
+        reason = (st.outcome == NGX_HTTP_CIO_DONE) ? "refused"
+                                                   : "retries exhausted";
     }
 
     ngx_http_cio_queue_settle(d->zone, batch, &st);
@@ -599,37 +583,7 @@ ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req)
         answer = (status == 207) ? NULL : ngx_http_cio_deliver_answer(req);
 
         ngx_http_cio_deliver_bury(req, batch, errors, answer, reason);
-
-        if (mcf->dead_letter) {
-            where = mcf->dead_letter->name;
-
-        } else {
-            ngx_str_set(&where, "the error log (no cio_dead_letter)");
-        }
-
-        if (status == 207) {
-            ngx_log_error(NGX_LOG_ERR, d->log, 0,
-                          "cio: Customer.io refused %ui of %ui events for "
-                          "site \"%V\" (207), %ui dead-lettered to %V",
-                          refused, batch->n, &ws->site_id, st.dead, &where);
-
-        } else if (act == NGX_HTTP_CIO_ACT_DEAD) {
-            ngx_log_error(NGX_LOG_ERR, d->log, 0,
-                          "cio: Customer.io rejected a batch of %ui events "
-                          "for site \"%V\" with %l: %s; %ui dead-lettered "
-                          "to %V",
-                          batch->n, &ws->site_id, status,
-                          req->resp ? req->resp : "", st.dead, &where);
-
-        } else {
-            ngx_log_error(NGX_LOG_ERR, d->log, 0,
-                          "cio: gave up on %ui events for site \"%V\" after "
-                          "%ui retries (cio_retry_max), the last got %l%s%s; "
-                          "dead-lettered to %V",
-                          st.dead, &ws->site_id, mcf->retry_max, status,
-                          status ? "" : ": ", status ? "" : req->error,
-                          &where);
-        }
+        ngx_http_cio_deliver_log_dead(req, batch, &st, refused);
 
         if (answer) {
             cJSON_free(answer);
@@ -676,6 +630,164 @@ ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req)
     }
 
     ngx_http_cio_queue_free_batch(batch);
+}
+
+
+/* the outcome an answer's status gives, and what it does to every item */
+
+static ngx_uint_t
+ngx_http_cio_deliver_classify(ngx_http_cio_sreq_t *req,
+    ngx_http_cio_settle_t *st, const char **reason)
+{
+    long  status;
+
+    status = req->status;
+    *reason = "retries exhausted";
+
+    if (req->aborted) {
+        st->outcome = NGX_HTTP_CIO_RETURN;
+        return NGX_HTTP_CIO_ACT_RETURN;
+    }
+
+    if (status >= 200 && status < 300) {
+        st->outcome = NGX_HTTP_CIO_DONE;
+        return NGX_HTTP_CIO_ACT_DONE;
+    }
+
+    if ((status >= 300 && status < 400)
+        || status == 401 || status == 403 || status == 404 || status == 405)
+    {
+        st->outcome = NGX_HTTP_CIO_HOLD;
+        return NGX_HTTP_CIO_ACT_RETURN;
+    }
+
+    if (status == 0 || status == 408 || status == 429 || status >= 500) {
+        st->outcome = NGX_HTTP_CIO_RETRY;
+
+        if (req->retry_after > 0) {
+            st->retry_after_ms = (uint64_t) ngx_min(req->retry_after,
+                                                NGX_HTTP_CIO_MAX_RETRY_AFTER)
+                                 * 1000;
+        }
+
+        return ngx_http_cio_deliver_counts(req) ? NGX_HTTP_CIO_ACT_RETRY
+                                                : NGX_HTTP_CIO_ACT_RETURN;
+    }
+
+    /* Customer.io will never take these: retrying cannot help */
+    st->outcome = NGX_HTTP_CIO_DONE;
+    *reason = "batch rejected";
+
+    return NGX_HTTP_CIO_ACT_DEAD;
+}
+
+
+/*
+ * A 207: the items it names are dead, the others delivered.  When the
+ * answer cannot be read in full, only the items it does name are known
+ * refused: the others are retried, as after a 500, since nothing says
+ * they were taken.
+ */
+
+static void
+ngx_http_cio_deliver_multi(ngx_http_cio_sreq_t *req,
+    ngx_http_cio_batch_t *batch, ngx_http_cio_settle_t *st, char ***errors,
+    ngx_uint_t *refused)
+{
+    ngx_uint_t               i;
+    const char              *why;
+    ngx_http_cio_deliver_t  *d;
+
+    d = &ngx_http_cio_deliver;
+
+    *errors = ngx_calloc(batch->n * sizeof(char *), d->log);
+
+    if (*errors == NULL) {
+        why = "out of memory";
+
+    } else {
+        why = ngx_http_cio_deliver_refused(req, batch, *errors, refused);
+    }
+
+    if (why == NULL) {
+        return;
+    }
+
+    st->outcome = NGX_HTTP_CIO_RETRY;
+
+    for (i = 0; i < batch->n; i++) {
+        if (batch->acts[i] != NGX_HTTP_CIO_ACT_DEAD) {
+            batch->acts[i] = NGX_HTTP_CIO_ACT_RETRY;
+        }
+    }
+
+    ngx_log_error(NGX_LOG_WARN, d->log, 0,
+                  "cio: site \"%V\" answered 207 for %ui events with an "
+                  "answer of %uz%s bytes that cannot be used (%s); %ui "
+                  "refused events it names are dead-lettered, the others "
+                  "are sent again",
+                  &batch->ws->site_id, batch->n, req->resp_len,
+                  req->resp_cut ? "+" : "", why, *refused);
+}
+
+
+static void
+ngx_http_cio_deliver_log_dead(ngx_http_cio_sreq_t *req,
+    ngx_http_cio_batch_t *batch, ngx_http_cio_settle_t *st,
+    ngx_uint_t refused)
+{
+    long                       status;
+    ngx_str_t                  where;
+    ngx_http_cio_shws_t       *ws;
+    ngx_http_cio_deliver_t    *d;
+    ngx_http_cio_main_conf_t  *mcf;
+
+    d = &ngx_http_cio_deliver;
+    mcf = d->mcf;
+    ws = batch->ws;
+    status = req->status;
+
+    if (mcf->dead_letter) {
+        where = mcf->dead_letter->name;
+
+    } else {
+        ngx_str_set(&where, "the error log (no cio_dead_letter)");
+    }
+
+    if (status == 207 && refused) {
+        ngx_log_error(NGX_LOG_ERR, d->log, 0,
+                      "cio: Customer.io refused %ui of %ui events for "
+                      "site \"%V\" (207), %ui dead-lettered to %V",
+                      refused, batch->n, &ws->site_id,
+                      ngx_min(st->dead, refused), &where);
+
+        if (st->dead <= refused) {
+            return;
+        }
+    }
+
+    if (status == 207 && st->outcome == NGX_HTTP_CIO_DONE) {
+        return;
+    }
+
+    if (st->outcome == NGX_HTTP_CIO_DONE) {
+        ngx_log_error(NGX_LOG_ERR, d->log, 0,
+                      "cio: Customer.io rejected a batch of %ui events "
+                      "for site \"%V\" with %l: %s; %ui dead-lettered "
+                      "to %V",
+                      batch->n, &ws->site_id, status,
+                      req->resp ? req->resp : "", st->dead, &where);
+
+    } else {
+        ngx_log_error(NGX_LOG_ERR, d->log, 0,
+                      "cio: gave up on %ui events for site \"%V\" after "
+                      "%ui retries (cio_retry_max), the last got %l%s%s; "
+                      "dead-lettered to %V",
+                      st->dead - ngx_min(st->dead, refused), &ws->site_id,
+                      mcf->retry_max,
+                      status, status ? "" : ": ", status ? "" : req->error,
+                      &where);
+    }
 }
 
 
@@ -727,23 +839,39 @@ ngx_http_cio_deliver_counts(ngx_http_cio_sreq_t *req)
 
 /*
  * A 207 names the refused items by their index in the batch: those become
- * dead, the others stay delivered.  errors[i] gets the error object
- * Customer.io gave for item i, as JSON text.
+ * dead.  errors[i] gets the error object Customer.io gave for item i, as
+ * JSON text.  Returns NULL when the answer names every refused item, or
+ * why it cannot be relied on.
  */
 
-static ngx_uint_t
+static const char *
 ngx_http_cio_deliver_refused(ngx_http_cio_sreq_t *req,
-    ngx_http_cio_batch_t *batch, char **errors)
+    ngx_http_cio_batch_t *batch, char **errors, ngx_uint_t *refused)
 {
     int          i, n;
     cJSON       *root, *list, *e, *idx;
-    ngx_uint_t   refused, k;
+    ngx_uint_t   k;
+    const char  *why;
 
-    refused = 0;
+    *refused = 0;
+
+    if (req->curl_code != 0) {
+        return "the transfer failed";
+    }
+
+    if (req->resp_cut) {
+        return "it is longer than the batch can need";
+    }
 
     root = cJSON_ParseWithLength(req->resp ? req->resp : "", req->resp_len);
     list = cJSON_GetObjectItemCaseSensitive(root, "errors");
 
+    if (!cJSON_IsArray(list)) {
+        cJSON_Delete(root);
+        return "no \"errors\" array";
+    }
+
+    why = NULL;
     n = cJSON_GetArraySize(list);
 
     for (i = 0; i < n; i++) {
@@ -751,8 +879,10 @@ ngx_http_cio_deliver_refused(ngx_http_cio_sreq_t *req,
         idx = cJSON_GetObjectItemCaseSensitive(e, "batch_index");
 
         if (!cJSON_IsNumber(idx) || idx->valuedouble < 0
-            || idx->valuedouble >= (double) batch->n)
+            || idx->valuedouble >= (double) batch->n
+            || idx->valuedouble != (double) (ngx_uint_t) idx->valuedouble)
         {
+            why = "an error without a usable batch_index";
             continue;
         }
 
@@ -764,20 +894,16 @@ ngx_http_cio_deliver_refused(ngx_http_cio_sreq_t *req,
 
         batch->acts[k] = NGX_HTTP_CIO_ACT_DEAD;
         errors[k] = cJSON_PrintUnformatted(e);
-        refused++;
-    }
-
-    if (refused == 0) {
-        /* a 207 that names nobody: the batch is in, the answer is odd */
-        ngx_log_error(NGX_LOG_WARN, ngx_http_cio_deliver.log, 0,
-                      "cio: site \"%V\" answered 207 without a usable "
-                      "batch_index: %s",
-                      &batch->ws->site_id, req->resp ? req->resp : "");
+        (*refused)++;
     }
 
     cJSON_Delete(root);
 
-    return refused;
+    if (why == NULL && *refused == 0) {
+        why = "it names no item";
+    }
+
+    return why;
 }
 
 
@@ -791,7 +917,18 @@ ngx_http_cio_deliver_answer(ngx_http_cio_sreq_t *req)
 
     json = NULL;
 
-    if (req->resp_len) {
+    if (req->resp_len > NGX_HTTP_CIO_ANSWER_KEEP) {
+        /* not copied whole into every dead letter of the batch */
+        s = ngx_alloc(NGX_HTTP_CIO_ANSWER_KEEP + 1, ngx_cycle->log);
+
+        if (s) {
+            ngx_memcpy(s, req->resp, NGX_HTTP_CIO_ANSWER_KEEP);
+            s[NGX_HTTP_CIO_ANSWER_KEEP] = '\0';
+            json = cJSON_CreateString(s);
+            ngx_free(s);
+        }
+
+    } else if (req->resp_len) {
         json = cJSON_ParseWithLength(req->resp, req->resp_len);
 
         if (json == NULL) {
@@ -826,6 +963,7 @@ ngx_http_cio_deliver_bury(ngx_http_cio_sreq_t *req,
 {
     char                    *a;
     ngx_uint_t               i;
+    const char              *r;
     ngx_http_cio_deliver_t  *d;
 
     d = &ngx_http_cio_deliver;
@@ -836,10 +974,18 @@ ngx_http_cio_deliver_bury(ngx_http_cio_sreq_t *req,
             continue;
         }
 
-        a = (errors && errors[i]) ? errors[i] : answer;
+        /* a 207 that could not be read in full still names some */
+        if (errors && errors[i]) {
+            a = errors[i];
+            r = "refused";
+
+        } else {
+            a = answer;
+            r = reason;
+        }
 
         ngx_http_cio_dead_letter(d->mcf, d->log, batch->ws, batch, i,
-                                 (u_char *) req->body, req->status, reason,
+                                 (u_char *) req->body, req->status, r,
                                  (u_char *) a, a ? ngx_strlen(a) : 0);
     }
 
