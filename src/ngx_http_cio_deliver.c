@@ -43,6 +43,53 @@
 /* at most this much of an answer in each dead letter */
 #define NGX_HTTP_CIO_ANSWER_KEEP     65536
 
+/*
+ * A batch Customer.io rejects whole is sent again in halves, and a half
+ * it rejects in halves again, to find the items at fault: one bad item in
+ * a batch of n costs 2 log2(n) requests.  So that a batch where every
+ * item is bad does not cost 2n, at most this many pieces are sent; a piece
+ * still rejected then is dead-lettered whole.
+ */
+#define NGX_HTTP_CIO_SPLIT_MAX       64
+
+/* why an item of a split batch died: the reason of its dead letter */
+#define NGX_HTTP_CIO_WHY_REFUSED     0
+#define NGX_HTTP_CIO_WHY_REJECTED    1
+#define NGX_HTTP_CIO_WHY_RETRIES     2
+
+
+typedef struct ngx_http_cio_piece_s  ngx_http_cio_piece_t;
+
+
+typedef struct {
+    ngx_http_cio_batch_t        *batch;
+    char                        *body;      /* the batch's: offs[] index it */
+    char                        *url;
+    char                        *userpwd;
+
+    /* per item */
+    char                       **errors;    /* its answer, if dead */
+    long                        *status;    /* the answer that decided */
+    u_char                      *why;       /* NGX_HTTP_CIO_WHY_* */
+
+    char                       **answers;   /* what errors[] point into */
+    ngx_uint_t                   nanswers;
+
+    ngx_uint_t                   parts;     /* pieces out or waiting */
+    ngx_uint_t                   made;      /* pieces made so far */
+    ngx_uint_t                   together;  /* dead in rejected pieces */
+    long                         first;     /* the status that began it */
+    ngx_http_cio_settle_t        st;        /* the worst outcome of all */
+} ngx_http_cio_split_t;
+
+
+struct ngx_http_cio_piece_s {
+    ngx_http_cio_piece_t        *next;      /* waiting to be sent */
+    ngx_http_cio_split_t        *split;
+    ngx_uint_t                   lo;
+    ngx_uint_t                   n;
+};
+
 
 typedef struct {
     ngx_http_cio_main_conf_t    *mcf;
@@ -52,6 +99,8 @@ typedef struct {
     ngx_event_t                  timer;
     ngx_event_t                  kick;
     ngx_uint_t                   inflight;
+    ngx_http_cio_piece_t        *waiting;
+    ngx_http_cio_piece_t       **waiting_tail;
     uint64_t                     reclaimed_at;
     ngx_log_t                   *log;
     ngx_uint_t                   generation;
@@ -80,11 +129,24 @@ static void ngx_http_cio_deliver_multi(ngx_http_cio_sreq_t *req,
     ngx_http_cio_batch_t *batch, ngx_http_cio_settle_t *st, char ***errors,
     ngx_uint_t *refused);
 static const char *ngx_http_cio_deliver_refused(ngx_http_cio_sreq_t *req,
-    ngx_http_cio_batch_t *batch, char **errors, ngx_uint_t *refused);
+    ngx_http_cio_batch_t *batch, ngx_uint_t lo, ngx_uint_t n, char **errors,
+    ngx_uint_t *refused);
 static void ngx_http_cio_deliver_log_dead(ngx_http_cio_sreq_t *req,
     ngx_http_cio_batch_t *batch, ngx_http_cio_settle_t *st,
     ngx_uint_t refused);
 static char *ngx_http_cio_deliver_answer(ngx_http_cio_sreq_t *req);
+static ngx_int_t ngx_http_cio_deliver_split(ngx_http_cio_sreq_t *req);
+static void ngx_http_cio_deliver_piece_add(ngx_http_cio_split_t *sp,
+    ngx_uint_t lo, ngx_uint_t n);
+static void ngx_http_cio_deliver_pieces(void);
+static ngx_int_t ngx_http_cio_deliver_piece_send(ngx_http_cio_piece_t *pc);
+static void ngx_http_cio_deliver_piece_answer(ngx_http_cio_sreq_t *req);
+static void ngx_http_cio_deliver_piece_mark(ngx_http_cio_split_t *sp,
+    ngx_uint_t lo, ngx_uint_t n, u_char act, long status, u_char why);
+static void ngx_http_cio_deliver_piece_done(ngx_http_cio_piece_t *pc);
+static void ngx_http_cio_deliver_merge(ngx_http_cio_settle_t *into,
+    ngx_http_cio_settle_t *from);
+static void ngx_http_cio_deliver_split_end(ngx_http_cio_split_t *sp);
 static void ngx_http_cio_deliver_bury(ngx_http_cio_sreq_t *req,
     ngx_http_cio_batch_t *batch, char **errors, char *answer,
     const char *reason);
@@ -109,6 +171,7 @@ ngx_http_cio_deliver_init(ngx_cycle_t *cycle, ngx_http_cio_main_conf_t *mcf)
     d->mcf = mcf;
     d->zone = mcf->shm_zone->data;
     d->log = cycle->log;
+    d->waiting_tail = &d->waiting;
 
     fd = eventfd(0, EFD_NONBLOCK|EFD_CLOEXEC);
     if (fd == -1) {
@@ -192,9 +255,12 @@ ngx_http_cio_deliver_exit(ngx_cycle_t *cycle)
     {
         /* answered batches settle as usual, unanswered ones go back */
         ngx_http_cio_deliver_results();
+        ngx_http_cio_deliver_pieces();
         ngx_http_cio_sender_destroy(d->sender);
 
     } else {
+        ngx_http_cio_deliver_pieces();
+
         ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
                       "cio: sender thread did not stop in %d ms, "
                       "its %ui batches come back when their lease expires",
@@ -369,6 +435,9 @@ ngx_http_cio_deliver_drain(void)
                           "expired, sending them again", reclaimed);
         }
     }
+
+    /* the pieces of a rejected batch first: their items wait leased */
+    ngx_http_cio_deliver_pieces();
 
     if (d->inflight >= d->mcf->max_inflight) {
         return;
@@ -558,6 +627,11 @@ ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req)
 
     d->inflight--;
 
+    if (req->part) {
+        ngx_http_cio_deliver_piece_answer(req);
+        return;
+    }
+
     ngx_memzero(&st, sizeof(ngx_http_cio_settle_t));
     st.backoff_min = mcf->backoff_min;
     st.backoff_max = mcf->backoff_max;
@@ -569,6 +643,13 @@ ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req)
 
     if (!req->aborted) {
         ngx_http_cio_deliver_stats(req, ws);
+    }
+
+    if (act == NGX_HTTP_CIO_ACT_DEAD && batch->n > 1 && !d->exiting
+        && ngx_http_cio_deliver_split(req) == NGX_OK)
+    {
+        /* the batch is the split's now */
+        return;
     }
 
     if (status == 207 && !req->aborted) {
@@ -706,7 +787,8 @@ ngx_http_cio_deliver_multi(ngx_http_cio_sreq_t *req,
         why = "out of memory";
 
     } else {
-        why = ngx_http_cio_deliver_refused(req, batch, *errors, refused);
+        why = ngx_http_cio_deliver_refused(req, batch, 0, batch->n, *errors,
+                                           refused);
     }
 
     if (why == NULL) {
@@ -791,6 +873,430 @@ ngx_http_cio_deliver_log_dead(ngx_http_cio_sreq_t *req,
 }
 
 
+/*
+ * A batch Customer.io rejected whole (a 400 for one malformed item) is
+ * sent again in two halves; what was rejected of it is split again until
+ * the items at fault are found, alone, and dead-lettered; the others are
+ * delivered.  The items stay leased meanwhile and the batch is settled
+ * once, when every piece is answered.  Pieces are not counted against
+ * cio_rate: they are few, and sent within cio_max_inflight.
+ */
+
+static ngx_int_t
+ngx_http_cio_deliver_split(ngx_http_cio_sreq_t *req)
+{
+    u_char                  *p;
+    size_t                   size;
+    ngx_uint_t               n;
+    ngx_http_cio_split_t    *sp;
+    ngx_http_cio_batch_t    *batch;
+    ngx_http_cio_deliver_t  *d;
+
+    d = &ngx_http_cio_deliver;
+    batch = req->data;
+    n = batch->n;
+
+    size = sizeof(ngx_http_cio_split_t)
+           + (2 * n + NGX_HTTP_CIO_SPLIT_MAX) * sizeof(char *)
+           + n * (sizeof(long) + 1);
+
+    p = ngx_calloc(size, d->log);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    sp = (ngx_http_cio_split_t *) p;
+    sp->errors = (char **) (sp + 1);
+    sp->answers = sp->errors + n;
+    sp->status = (long *) (sp->answers + n + NGX_HTTP_CIO_SPLIT_MAX);
+    sp->why = (u_char *) (sp->status + n);
+
+    sp->batch = batch;
+    sp->body = req->body;
+    sp->url = req->url;
+    sp->userpwd = req->userpwd;
+    req->body = NULL;
+    req->url = NULL;
+    req->userpwd = NULL;
+
+    sp->first = req->status;
+    sp->st.outcome = NGX_HTTP_CIO_DONE;
+    sp->st.backoff_min = d->mcf->backoff_min;
+    sp->st.backoff_max = d->mcf->backoff_max;
+    sp->st.retry_max = d->mcf->retry_max;
+
+    ngx_memset(batch->acts, NGX_HTTP_CIO_ACT_DONE, n);
+
+    ngx_log_error(NGX_LOG_WARN, d->log, 0,
+                  "cio: Customer.io rejected a batch of %ui events for "
+                  "site \"%V\" with %l: %s; sending it again in halves to "
+                  "find the events at fault",
+                  n, &batch->ws->site_id, req->status,
+                  req->resp ? req->resp : "");
+
+    ngx_http_cio_deliver_piece_add(sp, 0, n / 2);
+    ngx_http_cio_deliver_piece_add(sp, n / 2, n - n / 2);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_cio_deliver_piece_add(ngx_http_cio_split_t *sp, ngx_uint_t lo,
+    ngx_uint_t n)
+{
+    ngx_http_cio_piece_t    *pc;
+    ngx_http_cio_deliver_t  *d;
+
+    d = &ngx_http_cio_deliver;
+
+    sp->parts++;
+    sp->made++;
+
+    pc = ngx_calloc(sizeof(ngx_http_cio_piece_t), d->log);
+
+    if (pc == NULL) {
+        /* back to the queue: a later batch is split again */
+        ngx_http_cio_deliver_piece_mark(sp, lo, n, NGX_HTTP_CIO_ACT_RETURN,
+                                        0, NGX_HTTP_CIO_WHY_RETRIES);
+        sp->parts--;
+        return;
+    }
+
+    pc->split = sp;
+    pc->lo = lo;
+    pc->n = n;
+
+    *d->waiting_tail = pc;
+    d->waiting_tail = &pc->next;
+}
+
+
+/* sends the waiting pieces; when exiting, gives them back to the queue */
+
+static void
+ngx_http_cio_deliver_pieces(void)
+{
+    ngx_http_cio_piece_t    *pc;
+    ngx_http_cio_settle_t    back;
+    ngx_http_cio_deliver_t  *d;
+
+    d = &ngx_http_cio_deliver;
+
+    ngx_memzero(&back, sizeof(ngx_http_cio_settle_t));
+    back.outcome = NGX_HTTP_CIO_RETURN;
+
+    while (d->waiting
+           && (d->exiting || d->inflight < d->mcf->max_inflight))
+    {
+        pc = d->waiting;
+        d->waiting = pc->next;
+
+        if (d->waiting == NULL) {
+            d->waiting_tail = &d->waiting;
+        }
+
+        if (d->exiting || ngx_http_cio_deliver_piece_send(pc) != NGX_OK) {
+            ngx_http_cio_deliver_piece_mark(pc->split, pc->lo, pc->n,
+                                            NGX_HTTP_CIO_ACT_RETURN, 0,
+                                            NGX_HTTP_CIO_WHY_RETRIES);
+            ngx_http_cio_deliver_merge(&pc->split->st, &back);
+            ngx_http_cio_deliver_piece_done(pc);
+        }
+    }
+}
+
+
+static ngx_int_t
+ngx_http_cio_deliver_piece_send(ngx_http_cio_piece_t *pc)
+{
+    u_char                    *p;
+    size_t                     len;
+    ngx_uint_t                 i;
+    ngx_http_cio_sreq_t       *req;
+    ngx_http_cio_split_t      *sp;
+    ngx_http_cio_batch_t      *batch;
+    ngx_http_cio_deliver_t    *d;
+    ngx_http_cio_main_conf_t  *mcf;
+
+    d = &ngx_http_cio_deliver;
+    mcf = d->mcf;
+    sp = pc->split;
+    batch = sp->batch;
+
+    len = sizeof(NGX_HTTP_CIO_BATCH_HEAD) - 1
+          + sizeof(NGX_HTTP_CIO_BATCH_TAIL) - 1 + pc->n - 1;
+
+    for (i = pc->lo; i < pc->lo + pc->n; i++) {
+        len += batch->lens[i];
+    }
+
+    req = ngx_http_cio_sreq_alloc();
+    if (req == NULL) {
+        return NGX_ERROR;
+    }
+
+    req->body = malloc(len);
+    req->url = strdup(sp->url);
+    req->userpwd = strdup(sp->userpwd);
+
+    if (req->body == NULL || req->url == NULL || req->userpwd == NULL) {
+        ngx_http_cio_sreq_free(req);
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(req->body, NGX_HTTP_CIO_BATCH_HEAD,
+                   sizeof(NGX_HTTP_CIO_BATCH_HEAD) - 1);
+
+    for (i = pc->lo; i < pc->lo + pc->n; i++) {
+        if (i > pc->lo) {
+            *p++ = ',';
+        }
+
+        p = ngx_cpymem(p, sp->body + batch->offs[i], batch->lens[i]);
+    }
+
+    ngx_memcpy(p, NGX_HTTP_CIO_BATCH_TAIL,
+               sizeof(NGX_HTTP_CIO_BATCH_TAIL) - 1);
+
+    req->body_len = len;
+    req->timeout_ms = (long) mcf->timeout;
+    req->connect_timeout_ms = (long) mcf->connect_timeout;
+    req->cainfo = mcf->trusted_certificate.len
+                  ? (const char *) mcf->trusted_certificate.data : NULL;
+    req->data = batch;
+    req->part = pc;
+    req->resp_max = NGX_HTTP_CIO_ANSWER_BASE
+                    + pc->n * NGX_HTTP_CIO_ANSWER_PER_ITEM;
+
+    if (ngx_http_cio_sender_submit(d->sender, req) != 0) {
+        ngx_http_cio_sreq_free(req);
+        return NGX_ERROR;
+    }
+
+    d->inflight++;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_cio_deliver_piece_answer(ngx_http_cio_sreq_t *req)
+{
+    char                    *a;
+    u_char                   act;
+    ngx_uint_t               i, refused, n, lo;
+    const char              *reason, *why;
+    ngx_http_cio_piece_t    *pc;
+    ngx_http_cio_split_t    *sp;
+    ngx_http_cio_batch_t    *batch;
+    ngx_http_cio_settle_t    st;
+    ngx_http_cio_deliver_t  *d;
+
+    d = &ngx_http_cio_deliver;
+    pc = req->part;
+    sp = pc->split;
+    batch = sp->batch;
+    lo = pc->lo;
+    n = pc->n;
+
+    if (!req->aborted) {
+        ngx_http_cio_deliver_stats(req, batch->ws);
+    }
+
+    ngx_memzero(&st, sizeof(ngx_http_cio_settle_t));
+
+    act = ngx_http_cio_deliver_classify(req, &st, &reason);
+
+    if (act == NGX_HTTP_CIO_ACT_DEAD && n > 1 && d->exiting) {
+        /* the next worker splits it again */
+        act = NGX_HTTP_CIO_ACT_RETURN;
+        st.outcome = NGX_HTTP_CIO_RETURN;
+    }
+
+    if (act == NGX_HTTP_CIO_ACT_DEAD) {
+
+        if (n > 1 && sp->made + 2 <= NGX_HTTP_CIO_SPLIT_MAX) {
+            ngx_http_cio_deliver_piece_add(sp, lo, n / 2);
+            ngx_http_cio_deliver_piece_add(sp, lo + n / 2, n - n / 2);
+            ngx_http_cio_deliver_piece_done(pc);
+            return;
+        }
+
+        if (n > 1) {
+            sp->together += n;
+        }
+
+        a = ngx_http_cio_deliver_answer(req);
+
+        if (a) {
+            sp->answers[sp->nanswers++] = a;
+        }
+
+        ngx_http_cio_deliver_piece_mark(sp, lo, n, NGX_HTTP_CIO_ACT_DEAD,
+                                        req->status,
+                                        NGX_HTTP_CIO_WHY_REJECTED);
+
+        for (i = lo; i < lo + n; i++) {
+            sp->errors[i] = a;
+        }
+
+    } else if (act == NGX_HTTP_CIO_ACT_DONE && req->status == 207) {
+        refused = 0;
+        why = ngx_http_cio_deliver_refused(req, batch, lo, n, sp->errors,
+                                           &refused);
+
+        for (i = lo; i < lo + n; i++) {
+            if (sp->errors[i]) {
+                sp->answers[sp->nanswers++] = sp->errors[i];
+                sp->status[i] = 207;
+                sp->why[i] = NGX_HTTP_CIO_WHY_REFUSED;
+
+            } else if (why) {
+                batch->acts[i] = NGX_HTTP_CIO_ACT_RETRY;
+                sp->status[i] = 207;
+                sp->why[i] = NGX_HTTP_CIO_WHY_RETRIES;
+            }
+        }
+
+        if (why) {
+            st.outcome = NGX_HTTP_CIO_RETRY;
+
+            ngx_log_error(NGX_LOG_WARN, d->log, 0,
+                          "cio: site \"%V\" answered 207 for %ui events "
+                          "with an answer of %uz%s bytes that cannot be "
+                          "used (%s); %ui refused events it names are "
+                          "dead-lettered, the others are sent again",
+                          &batch->ws->site_id, n, req->resp_len,
+                          req->resp_cut ? "+" : "", why, refused);
+        }
+
+    } else {
+        ngx_http_cio_deliver_piece_mark(sp, lo, n, act, req->status,
+                                        NGX_HTTP_CIO_WHY_RETRIES);
+    }
+
+    ngx_http_cio_deliver_merge(&sp->st, &st);
+    ngx_http_cio_deliver_piece_done(pc);
+}
+
+
+static void
+ngx_http_cio_deliver_piece_mark(ngx_http_cio_split_t *sp, ngx_uint_t lo,
+    ngx_uint_t n, u_char act, long status, u_char why)
+{
+    ngx_uint_t  i;
+
+    for (i = lo; i < lo + n; i++) {
+        sp->batch->acts[i] = act;
+        sp->status[i] = status;
+        sp->why[i] = why;
+    }
+}
+
+
+static void
+ngx_http_cio_deliver_piece_done(ngx_http_cio_piece_t *pc)
+{
+    ngx_http_cio_split_t  *sp;
+
+    sp = pc->split;
+
+    ngx_free(pc);
+
+    if (--sp->parts == 0) {
+        ngx_http_cio_deliver_split_end(sp);
+    }
+}
+
+
+/* the batch's outcome is the worst of its pieces' */
+
+static void
+ngx_http_cio_deliver_merge(ngx_http_cio_settle_t *into,
+    ngx_http_cio_settle_t *from)
+{
+    static ngx_uint_t  rank[] = { 0, 2, 1, 3 };   /* by outcome */
+
+    if (rank[from->outcome] > rank[into->outcome]) {
+        into->outcome = from->outcome;
+    }
+
+    into->retry_after_ms = ngx_max(into->retry_after_ms,
+                                   from->retry_after_ms);
+}
+
+
+static void
+ngx_http_cio_deliver_split_end(ngx_http_cio_split_t *sp)
+{
+    char                      *a;
+    ngx_str_t                  where;
+    ngx_uint_t                 i, level;
+    const char                *reason;
+    ngx_http_cio_batch_t      *batch;
+    ngx_http_cio_deliver_t    *d;
+    ngx_http_cio_main_conf_t  *mcf;
+
+    static const char  *reasons[] = {
+        "refused", "batch rejected", "retries exhausted"
+    };
+
+    d = &ngx_http_cio_deliver;
+    mcf = d->mcf;
+    batch = sp->batch;
+
+    ngx_http_cio_queue_settle(d->zone, batch, &sp->st);
+
+    for (i = 0; i < batch->n; i++) {
+
+        if (batch->acts[i] != NGX_HTTP_CIO_ACT_DEAD) {
+            continue;
+        }
+
+        a = sp->errors[i];
+        reason = reasons[sp->why[i]];
+
+        ngx_http_cio_dead_letter(mcf, d->log, batch->ws, batch, i,
+                                 (u_char *) sp->body, sp->status[i], reason,
+                                 (u_char *) a, a ? ngx_strlen(a) : 0);
+    }
+
+    if (sp->st.dead) {
+        (void) ngx_http_cio_queue_bury(d->zone, batch);
+    }
+
+    if (mcf->dead_letter) {
+        where = mcf->dead_letter->name;
+
+    } else {
+        ngx_str_set(&where, "the error log (no cio_dead_letter)");
+    }
+
+    level = sp->st.dead ? NGX_LOG_ERR : NGX_LOG_WARN;
+
+    ngx_log_error(level, d->log, 0,
+                  "cio: the batch of %ui events for site \"%V\" rejected "
+                  "with %l was sent again in %ui pieces: %ui delivered, "
+                  "%ui dead-lettered to %V, %ui queued again%s",
+                  batch->n, &batch->ws->site_id, sp->first, sp->made,
+                  sp->st.done, sp->st.dead, &where, sp->st.requeued,
+                  sp->together ? "; the pieces still rejected at the "
+                                 "limit of pieces were dead-lettered whole"
+                               : "");
+
+    for (i = 0; i < sp->nanswers; i++) {
+        cJSON_free(sp->answers[i]);
+    }
+
+    ngx_free(sp->body);
+    free(sp->url);
+    free(sp->userpwd);
+    ngx_http_cio_queue_free_batch(batch);
+    ngx_free(sp);
+}
+
+
 /* for cio_status: the answer's class, its latency, and what went wrong */
 
 static void
@@ -838,17 +1344,19 @@ ngx_http_cio_deliver_counts(ngx_http_cio_sreq_t *req)
 
 
 /*
- * A 207 names the refused items by their index in the batch: those become
- * dead.  errors[i] gets the error object Customer.io gave for item i, as
- * JSON text.  Returns NULL when the answer names every refused item, or
- * why it cannot be relied on.
+ * A 207 names the refused items by their index in what was sent (the n
+ * items of the batch from lo on): those become dead.  errors[i] gets the
+ * error object Customer.io gave for item i, as JSON text.  Returns NULL
+ * when the answer names every refused item, or why it cannot be relied
+ * on.
  */
 
 static const char *
 ngx_http_cio_deliver_refused(ngx_http_cio_sreq_t *req,
-    ngx_http_cio_batch_t *batch, char **errors, ngx_uint_t *refused)
+    ngx_http_cio_batch_t *batch, ngx_uint_t lo, ngx_uint_t n, char **errors,
+    ngx_uint_t *refused)
 {
-    int          i, n;
+    int          i, nerr;
     cJSON       *root, *list, *e, *idx;
     ngx_uint_t   k;
     const char  *why;
@@ -872,21 +1380,21 @@ ngx_http_cio_deliver_refused(ngx_http_cio_sreq_t *req,
     }
 
     why = NULL;
-    n = cJSON_GetArraySize(list);
+    nerr = cJSON_GetArraySize(list);
 
-    for (i = 0; i < n; i++) {
+    for (i = 0; i < nerr; i++) {
         e = cJSON_GetArrayItem(list, i);
         idx = cJSON_GetObjectItemCaseSensitive(e, "batch_index");
 
         if (!cJSON_IsNumber(idx) || idx->valuedouble < 0
-            || idx->valuedouble >= (double) batch->n
+            || idx->valuedouble >= (double) n
             || idx->valuedouble != (double) (ngx_uint_t) idx->valuedouble)
         {
             why = "an error without a usable batch_index";
             continue;
         }
 
-        k = (ngx_uint_t) idx->valuedouble;
+        k = lo + (ngx_uint_t) idx->valuedouble;
 
         if (batch->acts[k] == NGX_HTTP_CIO_ACT_DEAD) {
             continue;

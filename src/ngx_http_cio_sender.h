@@ -37,6 +37,7 @@ struct ngx_http_cio_sreq_s {
     long                  connect_timeout_ms;
     const char           *cainfo;           /* CA bundle; NULL: system's */
     void                 *data;             /* the caller's, untouched */
+    void                 *part;             /* the caller's, untouched */
     size_t                resp_max;         /* keep at most this much */
 
     /* out */

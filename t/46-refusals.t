@@ -2,7 +2,8 @@
 
 # Refusals that must not vanish: a 207 longer than 64 KB still names every
 # refused item, and an answer that cannot be read in full never counts a
-# batch as delivered.
+# batch as delivered.  A batch Customer.io rejects whole for one bad item
+# is split until that item is found: the others are delivered.
 
 use strict;
 use warnings;
@@ -101,7 +102,58 @@ is(stats()->{delivered}, 0, 'nothing was counted as delivered');
 
 $cio->mode({ refuse_match => undef, pad_207 => undef });
 
-is_deeply(missing([ @accepted, @long ], $cio->names,
+# --- a 400 for a whole batch: only the item at fault is dead-lettered --------
+
+# Customer.io answers 400 for a batch that holds one malformed item: the
+# poisoned event and the other requests' events queue together while it
+# answers 503, then go out in one batch
+
+$cio->mode({ status => 503 });
+my @poisoned = post_events($t, '/cio', 'poison', 1);
+my @bystanders = post_events($t, '/cio', 'bystander', 9);
+ok(wait_until(sub { grep { $_->{status} == 503 } @{ $cio->requests } }, 10),
+    'Customer.io is busy while they queue');
+my $before = @{ $cio->requests };
+$cio->mode({ status => undef, poison_match => '^poison-' });
+
+is_deeply($cio->wait_names(\@bystanders, 10), [],
+    'every other event is delivered');
+ok(wait_until(sub { @{ dead_names(qr/^poison-/) } }, 10),
+    'the poisoned one is dead-lettered');
+is_deeply(dead_names(qr/^(?:poison|bystander)-/), ['poison-1'],
+    'and only it');
+my @sent = @{ $cio->requests }[$before .. $#{ $cio->requests }];
+is($sent[0]{items}, 10, 'they had gone out in one batch');
+is($sent[0]{status}, 400, 'which Customer.io rejected whole');
+cmp_ok(scalar @sent, '<=', 1 + 2 * 4, 'found in few requests')
+    or diag(scalar @sent);
+$d = (grep { $_->{item}{name} eq 'poison-1' } @{ dead_letters($file) })[0];
+is($d->{status}, 400, 'its dead letter has the status');
+is($d->{reason}, 'batch rejected', 'the reason');
+is($d->{answer}{errors}[0]{message}, 'refused by the stand-in (poison_match)',
+    'and Customer.io\'s answer to it alone');
+ok(wait_until(sub { $t->log_lines(qr/\[error\].*cio: the batch of 10 events for site "site1" rejected with 400 was sent again in \d+ pieces: 9 delivered, 1 dead-lettered to \Q$file\E, 0 queued again/) }, 5),
+    'the log says what became of the batch');
+ok($t->log_lines(qr/\[warn\].*cio: Customer\.io rejected a batch of 10 events for site "site1" with 400: .*; sending it again in halves/),
+    'and why it was split');
+
+# every item bad: the split stops after a bounded number of requests
+
+$before = @{ $cio->requests };
+my @all_bad = post_batch($t, '/cio', [ map { "poison-all-$_" } 1 .. 200 ]);
+is(scalar @all_bad, 200, 'a batch of 200 poisoned events accepted');
+ok(wait_until(sub { @{ dead_names(qr/^poison-all-/) } >= 200 }, 20),
+    'all of them are dead-lettered');
+is_deeply(dead_names(qr/^poison-all-/), [ sort @all_bad ], 'each once');
+@sent = @{ $cio->requests }[$before .. $#{ $cio->requests }];
+cmp_ok(scalar @sent, '<=', 1 + 64, 'in at most 65 requests');
+ok($t->log_lines(qr/\[error\].*cio: the batch of 200 events for site "site1" rejected with 400 was sent again in 64 pieces: 0 delivered, 200 dead-lettered to \Q$file\E, 0 queued again; the pieces still rejected at the limit of pieces were dead-lettered whole/),
+    'the log says the rest was dead-lettered whole');
+
+$cio->mode({ poison_match => undef });
+
+is_deeply(missing([ @accepted, @long, @poisoned, @bystanders, @all_bad ],
+                  $cio->names,
                   map { $_->{item}{name} } @{ dead_letters($file) }), [],
     'every accepted event was delivered or dead-lettered');
 

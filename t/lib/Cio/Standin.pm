@@ -25,7 +25,9 @@ package Cio::Standin;
 #                          retry_after}, {close_rate}, {slow_rate,
 #                          slow_ms}, {refuse_match: regex on item names,
 #                          answered 207}, {pad_207: bytes added to a 207
-#                          answer}, {rate, burst}, {seed}; a key set
+#                          answer}, {poison_match: regex on item names, the
+#                          whole batch answered 400}, {rate, burst},
+#                          {seed}; a key set
 #                          to null is cleared
 #   GET /__standin/stats   counters
 
@@ -470,6 +472,12 @@ sub accept_items {
     return $invalid->('batch', 'batch must be a non-empty array')
         unless ref $items eq 'ARRAY' && @$items;
     $sum->{items} = @$items;
+
+    # poison_match: one item so named makes the whole batch a 400
+    my $poison = $self->{mode}{poison_match};
+    return $invalid->('batch', 'refused by the stand-in (poison_match)')
+        if defined $poison && grep { ref $_ eq 'HASH' && is_str($_->{name})
+            && $_->{name} =~ /$poison/ } @$items;
 
     my %refuse = map { $_ => 1 } @{ $refuse || [] };
     my $match = $self->{mode}{refuse_match};
