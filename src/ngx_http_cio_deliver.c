@@ -111,6 +111,7 @@ typedef struct {
 } ngx_http_cio_deliver_t;
 
 
+static void ngx_http_cio_deliver_forget(ngx_connection_t *c);
 static void ngx_http_cio_deliver_timer(ngx_event_t *ev);
 static ngx_int_t ngx_http_cio_deliver_drain_start(void);
 static ngx_uint_t ngx_http_cio_deliver_drain_done(void);
@@ -258,19 +259,51 @@ ngx_http_cio_deliver_exit(ngx_cycle_t *cycle)
         ngx_http_cio_deliver_pieces();
         ngx_http_cio_sender_destroy(d->sender);
 
+        ngx_close_connection(d->notify);
+
     } else {
         ngx_http_cio_deliver_pieces();
 
         ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
                       "cio: sender thread did not stop in %d ms, "
-                      "its %ui batches come back when their lease expires",
+                      "its %ui batches come back when their lease expires; "
+                      "its eventfd stays open until the process exits",
                       NGX_HTTP_CIO_STOP_TIMEOUT, d->inflight);
+
+        ngx_http_cio_deliver_forget(d->notify);
     }
 
     d->sender = NULL;
-
-    ngx_close_connection(d->notify);
     d->notify = NULL;
+}
+
+
+/*
+ * The thread may still write to the eventfd, and would write to whatever
+ * file its number is reused for: it is left open, and only taken out of
+ * the event loop.  The connection goes back, with no fd, so that nginx
+ * does not take it for a socket left open.
+ */
+
+static void
+ngx_http_cio_deliver_forget(ngx_connection_t *c)
+{
+    if (c->read->posted) {
+        ngx_delete_posted_event(c->read);
+    }
+
+    if (c->read->active || c->read->disabled) {
+        if (ngx_del_conn) {
+            ngx_del_conn(c, 0);
+
+        } else {
+            ngx_del_event(c->read, NGX_READ_EVENT, 0);
+        }
+    }
+
+    c->fd = (ngx_socket_t) -1;
+
+    ngx_free_connection(c);
 }
 
 
