@@ -129,6 +129,9 @@ static ngx_uint_t ngx_http_cio_deliver_classify(ngx_http_cio_sreq_t *req,
 static void ngx_http_cio_deliver_multi(ngx_http_cio_sreq_t *req,
     ngx_http_cio_batch_t *batch, ngx_http_cio_settle_t *st, char ***errors,
     ngx_uint_t *refused);
+static void ngx_http_cio_deliver_unusable(ngx_http_cio_sreq_t *req,
+    ngx_http_cio_shws_t *ws, ngx_uint_t n, const char *why,
+    ngx_uint_t refused);
 static const char *ngx_http_cio_deliver_refused(ngx_http_cio_sreq_t *req,
     ngx_http_cio_batch_t *batch, ngx_uint_t lo, ngx_uint_t n, char **errors,
     ngx_uint_t *refused);
@@ -836,13 +839,22 @@ ngx_http_cio_deliver_multi(ngx_http_cio_sreq_t *req,
         }
     }
 
-    ngx_log_error(NGX_LOG_WARN, d->log, 0,
+    ngx_http_cio_deliver_unusable(req, batch->ws, batch->n, why, *refused);
+}
+
+
+static void
+ngx_http_cio_deliver_unusable(ngx_http_cio_sreq_t *req,
+    ngx_http_cio_shws_t *ws, ngx_uint_t n, const char *why,
+    ngx_uint_t refused)
+{
+    ngx_log_error(NGX_LOG_WARN, ngx_http_cio_deliver.log, 0,
                   "cio: site \"%V\" answered 207 for %ui events with an "
                   "answer of %uz%s bytes that cannot be used (%s); %ui "
                   "refused events it names are dead-lettered, the others "
                   "are sent again",
-                  &batch->ws->site_id, batch->n, req->resp_len,
-                  req->resp_cut ? "+" : "", why, *refused);
+                  &ws->site_id, n, req->resp_len, req->resp_cut ? "+" : "",
+                  why, refused);
 }
 
 
@@ -1195,13 +1207,7 @@ ngx_http_cio_deliver_piece_answer(ngx_http_cio_sreq_t *req)
         if (why) {
             st.outcome = NGX_HTTP_CIO_RETRY;
 
-            ngx_log_error(NGX_LOG_WARN, d->log, 0,
-                          "cio: site \"%V\" answered 207 for %ui events "
-                          "with an answer of %uz%s bytes that cannot be "
-                          "used (%s); %ui refused events it names are "
-                          "dead-lettered, the others are sent again",
-                          &batch->ws->site_id, n, req->resp_len,
-                          req->resp_cut ? "+" : "", why, refused);
+            ngx_http_cio_deliver_unusable(req, batch->ws, n, why, refused);
         }
 
     } else {
