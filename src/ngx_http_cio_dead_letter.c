@@ -23,6 +23,12 @@
 #define NGX_HTTP_CIO_LOG_ITEM  1024
 
 
+static ngx_int_t ngx_http_cio_dead_letter_write(ngx_open_file_t *file,
+    u_char *line, size_t len, ngx_log_t *log);
+static void ngx_http_cio_dead_letter_lost(ngx_http_cio_main_conf_t *mcf,
+    ngx_log_t *log, ngx_err_t err, ngx_http_cio_shws_t *ws,
+    ngx_http_cio_batch_t *batch, ngx_uint_t i, u_char *item, long status,
+    const char *reason);
 static u_char *ngx_http_cio_dead_letter_str(u_char *p, const char *key,
     u_char *s, size_t len);
 
@@ -43,7 +49,6 @@ ngx_http_cio_dead_letter(ngx_http_cio_main_conf_t *mcf, ngx_log_t *log,
 {
     size_t      len, rlen, ilen;
     u_char     *line, *p, *item;
-    ssize_t     n;
     ngx_str_t   tm;
 
     item = body + batch->offs[i];
@@ -56,14 +61,8 @@ ngx_http_cio_dead_letter(ngx_http_cio_main_conf_t *mcf, ngx_log_t *log,
     }
 
     if (mcf->dead_letter == NULL) {
-        len = ngx_min(ilen, NGX_HTTP_CIO_LOG_ITEM);
-
-        ngx_log_error(NGX_LOG_ERR, log, 0,
-                      "cio: site \"%V\" gave up on an event (%s, status "
-                      "%l, %uD attempts), no cio_dead_letter file to keep "
-                      "it: %*s%s",
-                      &ws->site_id, reason, status, batch->attempts[i],
-                      len, item, len < ilen ? "..." : "");
+        ngx_http_cio_dead_letter_lost(mcf, log, 0, ws, batch, i, item, status,
+                                      reason);
         return;
     }
 
@@ -81,6 +80,8 @@ ngx_http_cio_dead_letter(ngx_http_cio_main_conf_t *mcf, ngx_log_t *log,
 
     line = ngx_alloc(len, log);
     if (line == NULL) {
+        ngx_http_cio_dead_letter_lost(mcf, log, NGX_ENOMEM, ws, batch, i,
+                                      item, status, reason);
         return;
     }
 
@@ -98,19 +99,133 @@ ngx_http_cio_dead_letter(ngx_http_cio_main_conf_t *mcf, ngx_log_t *log,
     *p++ = '}';
     *p++ = '\n';
 
-    n = ngx_write_fd(mcf->dead_letter->fd, line, p - line);
-
-    if (n != p - line) {
-        len = ngx_min(ilen, NGX_HTTP_CIO_LOG_ITEM);
-
-        ngx_log_error(NGX_LOG_CRIT, log, ngx_errno,
-                      "cio: writing to the dead-letter file \"%V\" failed, "
-                      "site \"%V\" loses an event (%s): %*s%s",
-                      &mcf->dead_letter->name, &ws->site_id, reason,
-                      len, item, len < ilen ? "..." : "");
+    if (ngx_http_cio_dead_letter_write(mcf->dead_letter, line, p - line, log)
+        != NGX_OK)
+    {
+        ngx_http_cio_dead_letter_lost(mcf, log, ngx_errno, ws, batch, i,
+                                      item, status, reason);
     }
 
     ngx_free(line);
+}
+
+
+/*
+ * A line is written whole or not at all: a short write (a full disk) is
+ * cut off again, or the next line, of this worker or another, would be
+ * glued to a broken one.  O_APPEND puts a write at the end of the file and
+ * the offset after it, so the broken tail is [offset - n, offset), and it
+ * is cut only while it is still the end of the file, so as not to cut
+ * another worker's line after it.
+ */
+
+static ngx_int_t
+ngx_http_cio_dead_letter_write(ngx_open_file_t *file, u_char *line,
+    size_t len, ngx_log_t *log)
+{
+    off_t            end;
+    ssize_t          n;
+    ngx_fd_t         fd;
+    ngx_file_info_t  fi;
+
+    fd = file->fd;
+
+    n = ngx_write_fd(fd, line, len);
+
+    if (n == (ssize_t) len) {
+        return NGX_OK;
+    }
+
+    if (n <= 0) {
+        if (n == 0) {
+            ngx_set_errno(NGX_ENOSPC);
+        }
+
+        return NGX_ERROR;
+    }
+
+    ngx_set_errno(0);
+
+    end = lseek(fd, 0, SEEK_CUR);
+
+    if (end == -1
+        || ngx_fd_info(fd, &fi) == NGX_FILE_ERROR
+        || ngx_file_size(&fi) != end
+        || ftruncate(fd, end - n) == -1)
+    {
+        ngx_log_error(NGX_LOG_CRIT, log, ngx_errno,
+                      "cio: the dead-letter file \"%V\" keeps the first "
+                      "%z of %uz bytes of a line that could not be written "
+                      "whole", &file->name, n, len);
+    }
+
+    /* a short write sets no errno: a full disk or a file size limit */
+    ngx_set_errno(NGX_ENOSPC);
+
+    return NGX_ERROR;
+}
+
+
+/*
+ * An item that could not be kept is logged, at most once a second: a
+ * full disk under a stream of refusals must not flood the error log too.
+ * The next line says how many were not logged.
+ */
+
+static void
+ngx_http_cio_dead_letter_lost(ngx_http_cio_main_conf_t *mcf, ngx_log_t *log,
+    ngx_err_t err, ngx_http_cio_shws_t *ws, ngx_http_cio_batch_t *batch,
+    ngx_uint_t i, u_char *item, long status, const char *reason)
+{
+    size_t       len, ilen;
+    u_char       more[NGX_INT_T_LEN + 48], cut[2 * NGX_SIZE_T_LEN + 48];
+    u_char      *m, *c;
+
+    static time_t      logged;
+    static ngx_uint_t  unlogged;
+
+    if (ngx_time() == logged) {
+        unlogged++;
+        return;
+    }
+
+    logged = ngx_time();
+
+    m = more;
+
+    if (unlogged) {
+        m = ngx_sprintf(more, " (and %ui more since the last such line)",
+                        unlogged);
+        unlogged = 0;
+    }
+
+    ilen = batch->lens[i];
+    len = ngx_min(ilen, NGX_HTTP_CIO_LOG_ITEM);
+
+    c = cut;
+
+    if (len < ilen) {
+        c = ngx_sprintf(cut, "... (the first %uz of %uz bytes)", len, ilen);
+    }
+
+    if (mcf->dead_letter) {
+        ngx_log_error(NGX_LOG_CRIT, log, err,
+                      "cio: writing to the dead-letter file \"%V\" failed, "
+                      "site \"%V\" loses an event%*s (%s, status %l, %uD "
+                      "attempts): %*s%*s",
+                      &mcf->dead_letter->name, &ws->site_id,
+                      (size_t) (m - more), more, reason, status,
+                      batch->attempts[i], len, item, (size_t) (c - cut), cut);
+
+    } else {
+        ngx_log_error(NGX_LOG_ERR, log, err,
+                      "cio: site \"%V\" gave up on an event%*s (%s, status "
+                      "%l, %uD attempts), no cio_dead_letter file to keep "
+                      "it: %*s%*s",
+                      &ws->site_id, (size_t) (m - more), more, reason,
+                      status, batch->attempts[i], len, item,
+                      (size_t) (c - cut), cut);
+    }
 }
 
 

@@ -32,6 +32,64 @@
 /* an absurd Retry-After must not stall a workspace for a day */
 #define NGX_HTTP_CIO_MAX_RETRY_AFTER 3600
 
+/*
+ * How much of an answer is read: a 207 names every refused item with its
+ * batch_index, reason, field and message, some hundred bytes each, so an
+ * answer for a batch of n items fits in n KB and a margin.  A longer one
+ * is not taken for a whole one: its batch is retried.
+ */
+#define NGX_HTTP_CIO_ANSWER_BASE     65536
+#define NGX_HTTP_CIO_ANSWER_PER_ITEM 1024
+/* at most this much of an answer in each dead letter */
+#define NGX_HTTP_CIO_ANSWER_KEEP     65536
+
+/*
+ * A batch Customer.io rejects whole is sent again in halves, and a half
+ * it rejects in halves again, to find the items at fault: one bad item in
+ * a batch of n costs 2 log2(n) requests.  So that a batch where every
+ * item is bad does not cost 2n, at most this many pieces are sent; a piece
+ * still rejected then is dead-lettered whole.
+ */
+#define NGX_HTTP_CIO_SPLIT_MAX       64
+
+/* why an item of a split batch died: the reason of its dead letter */
+#define NGX_HTTP_CIO_WHY_REFUSED     0
+#define NGX_HTTP_CIO_WHY_REJECTED    1
+#define NGX_HTTP_CIO_WHY_RETRIES     2
+
+
+typedef struct ngx_http_cio_piece_s  ngx_http_cio_piece_t;
+
+
+typedef struct {
+    ngx_http_cio_batch_t        *batch;
+    char                        *body;      /* the batch's: offs[] index it */
+    char                        *url;
+    char                        *userpwd;
+
+    /* per item */
+    char                       **errors;    /* its answer, if dead */
+    long                        *status;    /* the answer that decided */
+    u_char                      *why;       /* NGX_HTTP_CIO_WHY_* */
+
+    char                       **answers;   /* what errors[] point into */
+    ngx_uint_t                   nanswers;
+
+    ngx_uint_t                   parts;     /* pieces out or waiting */
+    ngx_uint_t                   made;      /* pieces made so far */
+    ngx_uint_t                   together;  /* dead in rejected pieces */
+    long                         first;     /* the status that began it */
+    ngx_http_cio_settle_t        st;        /* the worst outcome of all */
+} ngx_http_cio_split_t;
+
+
+struct ngx_http_cio_piece_s {
+    ngx_http_cio_piece_t        *next;      /* waiting to be sent */
+    ngx_http_cio_split_t        *split;
+    ngx_uint_t                   lo;
+    ngx_uint_t                   n;
+};
+
 
 typedef struct {
     ngx_http_cio_main_conf_t    *mcf;
@@ -41,6 +99,8 @@ typedef struct {
     ngx_event_t                  timer;
     ngx_event_t                  kick;
     ngx_uint_t                   inflight;
+    ngx_http_cio_piece_t        *waiting;
+    ngx_http_cio_piece_t       **waiting_tail;
     uint64_t                     reclaimed_at;
     ngx_log_t                   *log;
     ngx_uint_t                   generation;
@@ -51,6 +111,7 @@ typedef struct {
 } ngx_http_cio_deliver_t;
 
 
+static void ngx_http_cio_deliver_forget(ngx_connection_t *c);
 static void ngx_http_cio_deliver_timer(ngx_event_t *ev);
 static ngx_int_t ngx_http_cio_deliver_drain_start(void);
 static ngx_uint_t ngx_http_cio_deliver_drain_done(void);
@@ -63,9 +124,33 @@ static void ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req);
 static void ngx_http_cio_deliver_stats(ngx_http_cio_sreq_t *req,
     ngx_http_cio_shws_t *ws);
 static ngx_uint_t ngx_http_cio_deliver_counts(ngx_http_cio_sreq_t *req);
-static ngx_uint_t ngx_http_cio_deliver_refused(ngx_http_cio_sreq_t *req,
-    ngx_http_cio_batch_t *batch, char **errors);
+static ngx_uint_t ngx_http_cio_deliver_classify(ngx_http_cio_sreq_t *req,
+    ngx_http_cio_settle_t *st, const char **reason);
+static void ngx_http_cio_deliver_multi(ngx_http_cio_sreq_t *req,
+    ngx_http_cio_batch_t *batch, ngx_http_cio_settle_t *st, char ***errors,
+    ngx_uint_t *refused);
+static void ngx_http_cio_deliver_unusable(ngx_http_cio_sreq_t *req,
+    ngx_http_cio_shws_t *ws, ngx_uint_t n, const char *why,
+    ngx_uint_t refused);
+static const char *ngx_http_cio_deliver_refused(ngx_http_cio_sreq_t *req,
+    ngx_http_cio_batch_t *batch, ngx_uint_t lo, ngx_uint_t n, char **errors,
+    ngx_uint_t *refused);
+static void ngx_http_cio_deliver_log_dead(ngx_http_cio_sreq_t *req,
+    ngx_http_cio_batch_t *batch, ngx_http_cio_settle_t *st,
+    ngx_uint_t refused);
 static char *ngx_http_cio_deliver_answer(ngx_http_cio_sreq_t *req);
+static ngx_int_t ngx_http_cio_deliver_split(ngx_http_cio_sreq_t *req);
+static void ngx_http_cio_deliver_piece_add(ngx_http_cio_split_t *sp,
+    ngx_uint_t lo, ngx_uint_t n);
+static void ngx_http_cio_deliver_pieces(void);
+static ngx_int_t ngx_http_cio_deliver_piece_send(ngx_http_cio_piece_t *pc);
+static void ngx_http_cio_deliver_piece_answer(ngx_http_cio_sreq_t *req);
+static void ngx_http_cio_deliver_piece_mark(ngx_http_cio_split_t *sp,
+    ngx_uint_t lo, ngx_uint_t n, u_char act, long status, u_char why);
+static void ngx_http_cio_deliver_piece_done(ngx_http_cio_piece_t *pc);
+static void ngx_http_cio_deliver_merge(ngx_http_cio_settle_t *into,
+    ngx_http_cio_settle_t *from);
+static void ngx_http_cio_deliver_split_end(ngx_http_cio_split_t *sp);
 static void ngx_http_cio_deliver_bury(ngx_http_cio_sreq_t *req,
     ngx_http_cio_batch_t *batch, char **errors, char *answer,
     const char *reason);
@@ -90,6 +175,7 @@ ngx_http_cio_deliver_init(ngx_cycle_t *cycle, ngx_http_cio_main_conf_t *mcf)
     d->mcf = mcf;
     d->zone = mcf->shm_zone->data;
     d->log = cycle->log;
+    d->waiting_tail = &d->waiting;
 
     fd = eventfd(0, EFD_NONBLOCK|EFD_CLOEXEC);
     if (fd == -1) {
@@ -173,19 +259,54 @@ ngx_http_cio_deliver_exit(ngx_cycle_t *cycle)
     {
         /* answered batches settle as usual, unanswered ones go back */
         ngx_http_cio_deliver_results();
+        ngx_http_cio_deliver_pieces();
         ngx_http_cio_sender_destroy(d->sender);
 
+        ngx_close_connection(d->notify);
+
     } else {
+        ngx_http_cio_deliver_pieces();
+
         ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
                       "cio: sender thread did not stop in %d ms, "
-                      "its %ui batches come back when their lease expires",
+                      "its %ui batches come back when their lease expires; "
+                      "its eventfd stays open until the process exits",
                       NGX_HTTP_CIO_STOP_TIMEOUT, d->inflight);
+
+        ngx_http_cio_deliver_forget(d->notify);
     }
 
     d->sender = NULL;
-
-    ngx_close_connection(d->notify);
     d->notify = NULL;
+}
+
+
+/*
+ * The thread may still write to the eventfd, and would write to whatever
+ * file its number is reused for: it is left open, and only taken out of
+ * the event loop.  The connection goes back, with no fd, so that nginx
+ * does not take it for a socket left open.
+ */
+
+static void
+ngx_http_cio_deliver_forget(ngx_connection_t *c)
+{
+    if (c->read->posted) {
+        ngx_delete_posted_event(c->read);
+    }
+
+    if (c->read->active || c->read->disabled) {
+        if (ngx_del_conn) {
+            ngx_del_conn(c, 0);
+
+        } else {
+            ngx_del_event(c->read, NGX_READ_EVENT, 0);
+        }
+    }
+
+    c->fd = (ngx_socket_t) -1;
+
+    ngx_free_connection(c);
 }
 
 
@@ -351,6 +472,9 @@ ngx_http_cio_deliver_drain(void)
         }
     }
 
+    /* the pieces of a rejected batch first: their items wait leased */
+    ngx_http_cio_deliver_pieces();
+
     if (d->inflight >= d->mcf->max_inflight) {
         return;
     }
@@ -433,6 +557,8 @@ ngx_http_cio_deliver_send(ngx_http_cio_shws_t *ws)
     req->cainfo = mcf->trusted_certificate.len
                   ? (const char *) mcf->trusted_certificate.data : NULL;
     req->data = batch;
+    req->resp_max = NGX_HTTP_CIO_ANSWER_BASE
+                    + batch->n * NGX_HTTP_CIO_ANSWER_PER_ITEM;
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, d->log, 0,
                    "cio: sending %ui events, %uz bytes, to \"%V\"",
@@ -500,7 +626,8 @@ ngx_http_cio_deliver_results(void)
  * What an answer means for the items of a batch:
  *
  *   2xx          delivered; a 207 names the refused ones, which are
- *                dead-lettered
+ *                dead-lettered; a 207 that cannot be read in full is
+ *                retried like a 500: it must never count as delivered
  *   401, 403,    credentials or endpoint are wrong: everything waits,
  *   404, 405,    the workspace pauses, an alert says so once a minute,
  *   3xx          and no attempt is counted: a wrong key must not throw
@@ -518,7 +645,6 @@ ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req)
     char                      *answer, **errors;
     long                       status;
     u_char                     act;
-    ngx_str_t                  where;
     ngx_uint_t                 i, level, refused;
     const char                *reason;
     ngx_http_cio_shws_t       *ws;
@@ -534,49 +660,20 @@ ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req)
     status = req->status;
     errors = NULL;
     refused = 0;
-    reason = "retries exhausted";
 
     d->inflight--;
+
+    if (req->part) {
+        ngx_http_cio_deliver_piece_answer(req);
+        return;
+    }
 
     ngx_memzero(&st, sizeof(ngx_http_cio_settle_t));
     st.backoff_min = mcf->backoff_min;
     st.backoff_max = mcf->backoff_max;
     st.retry_max = mcf->retry_max;
 
-    if (req->aborted) {
-        st.outcome = NGX_HTTP_CIO_RETURN;
-        act = NGX_HTTP_CIO_ACT_RETURN;
-
-    } else if (status >= 200 && status < 300) {
-        st.outcome = NGX_HTTP_CIO_DONE;
-        act = NGX_HTTP_CIO_ACT_DONE;
-
-    } else if ((status >= 300 && status < 400)
-               || status == 401 || status == 403
-               || status == 404 || status == 405)
-    {
-        st.outcome = NGX_HTTP_CIO_HOLD;
-        act = NGX_HTTP_CIO_ACT_RETURN;
-
-    } else if (status == 0 || status == 408 || status == 429
-               || status >= 500)
-    {
-        st.outcome = NGX_HTTP_CIO_RETRY;
-        act = ngx_http_cio_deliver_counts(req) ? NGX_HTTP_CIO_ACT_RETRY
-                                               : NGX_HTTP_CIO_ACT_RETURN;
-
-        if (req->retry_after > 0) {
-            st.retry_after_ms = (uint64_t) ngx_min(req->retry_after,
-                                              NGX_HTTP_CIO_MAX_RETRY_AFTER)
-                                * 1000;
-        }
-
-    } else {
-        /* Customer.io will never take these: retrying cannot help */
-        st.outcome = NGX_HTTP_CIO_DONE;
-        act = NGX_HTTP_CIO_ACT_DEAD;
-        reason = "batch rejected";
-    }
+    act = ngx_http_cio_deliver_classify(req, &st, &reason);
 
     ngx_memset(batch->acts, act, batch->n);
 
@@ -584,13 +681,17 @@ ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req)
         ngx_http_cio_deliver_stats(req, ws);
     }
 
-    if (status == 207 && !req->aborted) {
-        errors = ngx_calloc(batch->n * sizeof(char *), d->log);
+    if (act == NGX_HTTP_CIO_ACT_DEAD && batch->n > 1 && !d->exiting
+        && ngx_http_cio_deliver_split(req) == NGX_OK)
+    {
+        /* the batch is the split's now */
+        return;
+    }
 
-        if (errors) {
-            refused = ngx_http_cio_deliver_refused(req, batch, errors);
-            reason = "refused";
-        }
+    if (status == 207 && !req->aborted) {
+        ngx_http_cio_deliver_multi(req, batch, &st, &errors, &refused);
+        reason = (st.outcome == NGX_HTTP_CIO_DONE) ? "refused"
+                                                   : "retries exhausted";
     }
 
     ngx_http_cio_queue_settle(d->zone, batch, &st);
@@ -599,37 +700,7 @@ ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req)
         answer = (status == 207) ? NULL : ngx_http_cio_deliver_answer(req);
 
         ngx_http_cio_deliver_bury(req, batch, errors, answer, reason);
-
-        if (mcf->dead_letter) {
-            where = mcf->dead_letter->name;
-
-        } else {
-            ngx_str_set(&where, "the error log (no cio_dead_letter)");
-        }
-
-        if (status == 207) {
-            ngx_log_error(NGX_LOG_ERR, d->log, 0,
-                          "cio: Customer.io refused %ui of %ui events for "
-                          "site \"%V\" (207), %ui dead-lettered to %V",
-                          refused, batch->n, &ws->site_id, st.dead, &where);
-
-        } else if (act == NGX_HTTP_CIO_ACT_DEAD) {
-            ngx_log_error(NGX_LOG_ERR, d->log, 0,
-                          "cio: Customer.io rejected a batch of %ui events "
-                          "for site \"%V\" with %l: %s; %ui dead-lettered "
-                          "to %V",
-                          batch->n, &ws->site_id, status,
-                          req->resp ? req->resp : "", st.dead, &where);
-
-        } else {
-            ngx_log_error(NGX_LOG_ERR, d->log, 0,
-                          "cio: gave up on %ui events for site \"%V\" after "
-                          "%ui retries (cio_retry_max), the last got %l%s%s; "
-                          "dead-lettered to %V",
-                          st.dead, &ws->site_id, mcf->retry_max, status,
-                          status ? "" : ": ", status ? "" : req->error,
-                          &where);
-        }
+        ngx_http_cio_deliver_log_dead(req, batch, &st, refused);
 
         if (answer) {
             cJSON_free(answer);
@@ -676,6 +747,592 @@ ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req)
     }
 
     ngx_http_cio_queue_free_batch(batch);
+}
+
+
+/* the outcome an answer's status gives, and what it does to every item */
+
+static ngx_uint_t
+ngx_http_cio_deliver_classify(ngx_http_cio_sreq_t *req,
+    ngx_http_cio_settle_t *st, const char **reason)
+{
+    long  status;
+
+    status = req->status;
+    *reason = "retries exhausted";
+
+    if (req->aborted) {
+        st->outcome = NGX_HTTP_CIO_RETURN;
+        return NGX_HTTP_CIO_ACT_RETURN;
+    }
+
+    if (status >= 200 && status < 300) {
+        st->outcome = NGX_HTTP_CIO_DONE;
+        return NGX_HTTP_CIO_ACT_DONE;
+    }
+
+    if ((status >= 300 && status < 400)
+        || status == 401 || status == 403 || status == 404 || status == 405)
+    {
+        st->outcome = NGX_HTTP_CIO_HOLD;
+        return NGX_HTTP_CIO_ACT_RETURN;
+    }
+
+    if (status == 0 || status == 408 || status == 429 || status >= 500) {
+        st->outcome = NGX_HTTP_CIO_RETRY;
+
+        if (req->retry_after > 0) {
+            st->retry_after_ms = (uint64_t) ngx_min(req->retry_after,
+                                                NGX_HTTP_CIO_MAX_RETRY_AFTER)
+                                 * 1000;
+        }
+
+        return ngx_http_cio_deliver_counts(req) ? NGX_HTTP_CIO_ACT_RETRY
+                                                : NGX_HTTP_CIO_ACT_RETURN;
+    }
+
+    /* Customer.io will never take these: retrying cannot help */
+    st->outcome = NGX_HTTP_CIO_DONE;
+    *reason = "batch rejected";
+
+    return NGX_HTTP_CIO_ACT_DEAD;
+}
+
+
+/*
+ * A 207: the items it names are dead, the others delivered.  When the
+ * answer cannot be read in full, only the items it does name are known
+ * refused: the others are retried, as after a 500, since nothing says
+ * they were taken.
+ */
+
+static void
+ngx_http_cio_deliver_multi(ngx_http_cio_sreq_t *req,
+    ngx_http_cio_batch_t *batch, ngx_http_cio_settle_t *st, char ***errors,
+    ngx_uint_t *refused)
+{
+    ngx_uint_t               i;
+    const char              *why;
+    ngx_http_cio_deliver_t  *d;
+
+    d = &ngx_http_cio_deliver;
+
+    *errors = ngx_calloc(batch->n * sizeof(char *), d->log);
+
+    if (*errors == NULL) {
+        why = "out of memory";
+
+    } else {
+        why = ngx_http_cio_deliver_refused(req, batch, 0, batch->n, *errors,
+                                           refused);
+    }
+
+    if (why == NULL) {
+        return;
+    }
+
+    st->outcome = NGX_HTTP_CIO_RETRY;
+
+    for (i = 0; i < batch->n; i++) {
+        if (batch->acts[i] != NGX_HTTP_CIO_ACT_DEAD) {
+            batch->acts[i] = NGX_HTTP_CIO_ACT_RETRY;
+        }
+    }
+
+    ngx_http_cio_deliver_unusable(req, batch->ws, batch->n, why, *refused);
+}
+
+
+static void
+ngx_http_cio_deliver_unusable(ngx_http_cio_sreq_t *req,
+    ngx_http_cio_shws_t *ws, ngx_uint_t n, const char *why,
+    ngx_uint_t refused)
+{
+    ngx_log_error(NGX_LOG_WARN, ngx_http_cio_deliver.log, 0,
+                  "cio: site \"%V\" answered 207 for %ui events with an "
+                  "answer of %uz%s bytes that cannot be used (%s); %ui "
+                  "refused events it names are dead-lettered, the others "
+                  "are sent again",
+                  &ws->site_id, n, req->resp_len, req->resp_cut ? "+" : "",
+                  why, refused);
+}
+
+
+static void
+ngx_http_cio_deliver_log_dead(ngx_http_cio_sreq_t *req,
+    ngx_http_cio_batch_t *batch, ngx_http_cio_settle_t *st,
+    ngx_uint_t refused)
+{
+    long                       status;
+    ngx_str_t                  where;
+    ngx_http_cio_shws_t       *ws;
+    ngx_http_cio_deliver_t    *d;
+    ngx_http_cio_main_conf_t  *mcf;
+
+    d = &ngx_http_cio_deliver;
+    mcf = d->mcf;
+    ws = batch->ws;
+    status = req->status;
+
+    if (mcf->dead_letter) {
+        where = mcf->dead_letter->name;
+
+    } else {
+        ngx_str_set(&where, "the error log (no cio_dead_letter)");
+    }
+
+    if (status == 207 && refused) {
+        ngx_log_error(NGX_LOG_ERR, d->log, 0,
+                      "cio: Customer.io refused %ui of %ui events for "
+                      "site \"%V\" (207), %ui dead-lettered to %V",
+                      refused, batch->n, &ws->site_id,
+                      ngx_min(st->dead, refused), &where);
+
+        if (st->dead <= refused) {
+            return;
+        }
+    }
+
+    if (status == 207 && st->outcome == NGX_HTTP_CIO_DONE) {
+        return;
+    }
+
+    if (st->outcome == NGX_HTTP_CIO_DONE) {
+        ngx_log_error(NGX_LOG_ERR, d->log, 0,
+                      "cio: Customer.io rejected a batch of %ui events "
+                      "for site \"%V\" with %l: %s; %ui dead-lettered "
+                      "to %V",
+                      batch->n, &ws->site_id, status,
+                      req->resp ? req->resp : "", st->dead, &where);
+
+    } else {
+        ngx_log_error(NGX_LOG_ERR, d->log, 0,
+                      "cio: gave up on %ui events for site \"%V\" after "
+                      "%ui retries (cio_retry_max), the last got %l%s%s; "
+                      "dead-lettered to %V",
+                      st->dead - ngx_min(st->dead, refused), &ws->site_id,
+                      mcf->retry_max,
+                      status, status ? "" : ": ", status ? "" : req->error,
+                      &where);
+    }
+}
+
+
+/*
+ * A batch Customer.io rejected whole (a 400 for one malformed item) is
+ * sent again in two halves; what was rejected of it is split again until
+ * the items at fault are found, alone, and dead-lettered; the others are
+ * delivered.  The items stay leased meanwhile and the batch is settled
+ * once, when every piece is answered.  Pieces are not counted against
+ * cio_rate: they are few, and sent within cio_max_inflight.
+ */
+
+static ngx_int_t
+ngx_http_cio_deliver_split(ngx_http_cio_sreq_t *req)
+{
+    u_char                  *p;
+    size_t                   size;
+    ngx_uint_t               n;
+    ngx_http_cio_split_t    *sp;
+    ngx_http_cio_batch_t    *batch;
+    ngx_http_cio_deliver_t  *d;
+
+    d = &ngx_http_cio_deliver;
+    batch = req->data;
+    n = batch->n;
+
+    size = sizeof(ngx_http_cio_split_t)
+           + (2 * n + NGX_HTTP_CIO_SPLIT_MAX) * sizeof(char *)
+           + n * (sizeof(long) + 1);
+
+    p = ngx_calloc(size, d->log);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    sp = (ngx_http_cio_split_t *) p;
+    sp->errors = (char **) (sp + 1);
+    sp->answers = sp->errors + n;
+    sp->status = (long *) (sp->answers + n + NGX_HTTP_CIO_SPLIT_MAX);
+    sp->why = (u_char *) (sp->status + n);
+
+    sp->batch = batch;
+    sp->body = req->body;
+    sp->url = req->url;
+    sp->userpwd = req->userpwd;
+    req->body = NULL;
+    req->url = NULL;
+    req->userpwd = NULL;
+
+    sp->first = req->status;
+    sp->st.outcome = NGX_HTTP_CIO_DONE;
+    sp->st.backoff_min = d->mcf->backoff_min;
+    sp->st.backoff_max = d->mcf->backoff_max;
+    sp->st.retry_max = d->mcf->retry_max;
+
+    ngx_memset(batch->acts, NGX_HTTP_CIO_ACT_DONE, n);
+
+    ngx_log_error(NGX_LOG_WARN, d->log, 0,
+                  "cio: Customer.io rejected a batch of %ui events for "
+                  "site \"%V\" with %l: %s; sending it again in halves to "
+                  "find the events at fault",
+                  n, &batch->ws->site_id, req->status,
+                  req->resp ? req->resp : "");
+
+    ngx_http_cio_deliver_piece_add(sp, 0, n / 2);
+    ngx_http_cio_deliver_piece_add(sp, n / 2, n - n / 2);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_cio_deliver_piece_add(ngx_http_cio_split_t *sp, ngx_uint_t lo,
+    ngx_uint_t n)
+{
+    ngx_http_cio_piece_t    *pc;
+    ngx_http_cio_deliver_t  *d;
+
+    d = &ngx_http_cio_deliver;
+
+    sp->parts++;
+    sp->made++;
+
+    pc = ngx_calloc(sizeof(ngx_http_cio_piece_t), d->log);
+
+    if (pc == NULL) {
+        /* back to the queue: a later batch is split again */
+        ngx_http_cio_deliver_piece_mark(sp, lo, n, NGX_HTTP_CIO_ACT_RETURN,
+                                        0, NGX_HTTP_CIO_WHY_RETRIES);
+        sp->parts--;
+        return;
+    }
+
+    pc->split = sp;
+    pc->lo = lo;
+    pc->n = n;
+
+    *d->waiting_tail = pc;
+    d->waiting_tail = &pc->next;
+}
+
+
+/* sends the waiting pieces; when exiting, gives them back to the queue */
+
+static void
+ngx_http_cio_deliver_pieces(void)
+{
+    ngx_http_cio_piece_t    *pc;
+    ngx_http_cio_settle_t    back;
+    ngx_http_cio_deliver_t  *d;
+
+    d = &ngx_http_cio_deliver;
+
+    ngx_memzero(&back, sizeof(ngx_http_cio_settle_t));
+    back.outcome = NGX_HTTP_CIO_RETURN;
+
+    while (d->waiting
+           && (d->exiting || d->inflight < d->mcf->max_inflight))
+    {
+        pc = d->waiting;
+        d->waiting = pc->next;
+
+        if (d->waiting == NULL) {
+            d->waiting_tail = &d->waiting;
+        }
+
+        if (d->exiting || ngx_http_cio_deliver_piece_send(pc) != NGX_OK) {
+            ngx_http_cio_deliver_piece_mark(pc->split, pc->lo, pc->n,
+                                            NGX_HTTP_CIO_ACT_RETURN, 0,
+                                            NGX_HTTP_CIO_WHY_RETRIES);
+            ngx_http_cio_deliver_merge(&pc->split->st, &back);
+            ngx_http_cio_deliver_piece_done(pc);
+        }
+    }
+}
+
+
+static ngx_int_t
+ngx_http_cio_deliver_piece_send(ngx_http_cio_piece_t *pc)
+{
+    u_char                    *p;
+    size_t                     len;
+    ngx_uint_t                 i;
+    ngx_http_cio_sreq_t       *req;
+    ngx_http_cio_split_t      *sp;
+    ngx_http_cio_batch_t      *batch;
+    ngx_http_cio_deliver_t    *d;
+    ngx_http_cio_main_conf_t  *mcf;
+
+    d = &ngx_http_cio_deliver;
+    mcf = d->mcf;
+    sp = pc->split;
+    batch = sp->batch;
+
+    len = sizeof(NGX_HTTP_CIO_BATCH_HEAD) - 1
+          + sizeof(NGX_HTTP_CIO_BATCH_TAIL) - 1 + pc->n - 1;
+
+    for (i = pc->lo; i < pc->lo + pc->n; i++) {
+        len += batch->lens[i];
+    }
+
+    req = ngx_http_cio_sreq_alloc();
+    if (req == NULL) {
+        return NGX_ERROR;
+    }
+
+    req->body = malloc(len);
+    req->url = strdup(sp->url);
+    req->userpwd = strdup(sp->userpwd);
+
+    if (req->body == NULL || req->url == NULL || req->userpwd == NULL) {
+        ngx_http_cio_sreq_free(req);
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(req->body, NGX_HTTP_CIO_BATCH_HEAD,
+                   sizeof(NGX_HTTP_CIO_BATCH_HEAD) - 1);
+
+    for (i = pc->lo; i < pc->lo + pc->n; i++) {
+        if (i > pc->lo) {
+            *p++ = ',';
+        }
+
+        p = ngx_cpymem(p, sp->body + batch->offs[i], batch->lens[i]);
+    }
+
+    ngx_memcpy(p, NGX_HTTP_CIO_BATCH_TAIL,
+               sizeof(NGX_HTTP_CIO_BATCH_TAIL) - 1);
+
+    req->body_len = len;
+    req->timeout_ms = (long) mcf->timeout;
+    req->connect_timeout_ms = (long) mcf->connect_timeout;
+    req->cainfo = mcf->trusted_certificate.len
+                  ? (const char *) mcf->trusted_certificate.data : NULL;
+    req->data = batch;
+    req->part = pc;
+    req->resp_max = NGX_HTTP_CIO_ANSWER_BASE
+                    + pc->n * NGX_HTTP_CIO_ANSWER_PER_ITEM;
+
+    if (ngx_http_cio_sender_submit(d->sender, req) != 0) {
+        ngx_http_cio_sreq_free(req);
+        return NGX_ERROR;
+    }
+
+    d->inflight++;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_cio_deliver_piece_answer(ngx_http_cio_sreq_t *req)
+{
+    char                    *a;
+    u_char                   act;
+    ngx_uint_t               i, refused, n, lo;
+    const char              *reason, *why;
+    ngx_http_cio_piece_t    *pc;
+    ngx_http_cio_split_t    *sp;
+    ngx_http_cio_batch_t    *batch;
+    ngx_http_cio_settle_t    st;
+    ngx_http_cio_deliver_t  *d;
+
+    d = &ngx_http_cio_deliver;
+    pc = req->part;
+    sp = pc->split;
+    batch = sp->batch;
+    lo = pc->lo;
+    n = pc->n;
+
+    if (!req->aborted) {
+        ngx_http_cio_deliver_stats(req, batch->ws);
+    }
+
+    ngx_memzero(&st, sizeof(ngx_http_cio_settle_t));
+
+    act = ngx_http_cio_deliver_classify(req, &st, &reason);
+
+    if (act == NGX_HTTP_CIO_ACT_DEAD && n > 1 && d->exiting) {
+        /* the next worker splits it again */
+        act = NGX_HTTP_CIO_ACT_RETURN;
+        st.outcome = NGX_HTTP_CIO_RETURN;
+    }
+
+    if (act == NGX_HTTP_CIO_ACT_DEAD) {
+
+        if (n > 1 && sp->made + 2 <= NGX_HTTP_CIO_SPLIT_MAX) {
+            ngx_http_cio_deliver_piece_add(sp, lo, n / 2);
+            ngx_http_cio_deliver_piece_add(sp, lo + n / 2, n - n / 2);
+            ngx_http_cio_deliver_piece_done(pc);
+            return;
+        }
+
+        if (n > 1) {
+            sp->together += n;
+        }
+
+        a = ngx_http_cio_deliver_answer(req);
+
+        if (a) {
+            sp->answers[sp->nanswers++] = a;
+        }
+
+        ngx_http_cio_deliver_piece_mark(sp, lo, n, NGX_HTTP_CIO_ACT_DEAD,
+                                        req->status,
+                                        NGX_HTTP_CIO_WHY_REJECTED);
+
+        for (i = lo; i < lo + n; i++) {
+            sp->errors[i] = a;
+        }
+
+    } else if (act == NGX_HTTP_CIO_ACT_DONE && req->status == 207) {
+        refused = 0;
+        why = ngx_http_cio_deliver_refused(req, batch, lo, n, sp->errors,
+                                           &refused);
+
+        for (i = lo; i < lo + n; i++) {
+            if (sp->errors[i]) {
+                sp->answers[sp->nanswers++] = sp->errors[i];
+                sp->status[i] = 207;
+                sp->why[i] = NGX_HTTP_CIO_WHY_REFUSED;
+
+            } else if (why) {
+                batch->acts[i] = NGX_HTTP_CIO_ACT_RETRY;
+                sp->status[i] = 207;
+                sp->why[i] = NGX_HTTP_CIO_WHY_RETRIES;
+            }
+        }
+
+        if (why) {
+            st.outcome = NGX_HTTP_CIO_RETRY;
+
+            ngx_http_cio_deliver_unusable(req, batch->ws, n, why, refused);
+        }
+
+    } else {
+        ngx_http_cio_deliver_piece_mark(sp, lo, n, act, req->status,
+                                        NGX_HTTP_CIO_WHY_RETRIES);
+    }
+
+    ngx_http_cio_deliver_merge(&sp->st, &st);
+    ngx_http_cio_deliver_piece_done(pc);
+}
+
+
+static void
+ngx_http_cio_deliver_piece_mark(ngx_http_cio_split_t *sp, ngx_uint_t lo,
+    ngx_uint_t n, u_char act, long status, u_char why)
+{
+    ngx_uint_t  i;
+
+    for (i = lo; i < lo + n; i++) {
+        sp->batch->acts[i] = act;
+        sp->status[i] = status;
+        sp->why[i] = why;
+    }
+}
+
+
+static void
+ngx_http_cio_deliver_piece_done(ngx_http_cio_piece_t *pc)
+{
+    ngx_http_cio_split_t  *sp;
+
+    sp = pc->split;
+
+    ngx_free(pc);
+
+    if (--sp->parts == 0) {
+        ngx_http_cio_deliver_split_end(sp);
+    }
+}
+
+
+/* the batch's outcome is the worst of its pieces' */
+
+static void
+ngx_http_cio_deliver_merge(ngx_http_cio_settle_t *into,
+    ngx_http_cio_settle_t *from)
+{
+    static ngx_uint_t  rank[] = { 0, 2, 1, 3 };   /* by outcome */
+
+    if (rank[from->outcome] > rank[into->outcome]) {
+        into->outcome = from->outcome;
+    }
+
+    into->retry_after_ms = ngx_max(into->retry_after_ms,
+                                   from->retry_after_ms);
+}
+
+
+static void
+ngx_http_cio_deliver_split_end(ngx_http_cio_split_t *sp)
+{
+    char                      *a;
+    ngx_str_t                  where;
+    ngx_uint_t                 i, level;
+    const char                *reason;
+    ngx_http_cio_batch_t      *batch;
+    ngx_http_cio_deliver_t    *d;
+    ngx_http_cio_main_conf_t  *mcf;
+
+    static const char  *reasons[] = {
+        "refused", "batch rejected", "retries exhausted"
+    };
+
+    d = &ngx_http_cio_deliver;
+    mcf = d->mcf;
+    batch = sp->batch;
+
+    ngx_http_cio_queue_settle(d->zone, batch, &sp->st);
+
+    for (i = 0; i < batch->n; i++) {
+
+        if (batch->acts[i] != NGX_HTTP_CIO_ACT_DEAD) {
+            continue;
+        }
+
+        a = sp->errors[i];
+        reason = reasons[sp->why[i]];
+
+        ngx_http_cio_dead_letter(mcf, d->log, batch->ws, batch, i,
+                                 (u_char *) sp->body, sp->status[i], reason,
+                                 (u_char *) a, a ? ngx_strlen(a) : 0);
+    }
+
+    if (sp->st.dead) {
+        (void) ngx_http_cio_queue_bury(d->zone, batch);
+    }
+
+    if (mcf->dead_letter) {
+        where = mcf->dead_letter->name;
+
+    } else {
+        ngx_str_set(&where, "the error log (no cio_dead_letter)");
+    }
+
+    level = sp->st.dead ? NGX_LOG_ERR : NGX_LOG_WARN;
+
+    ngx_log_error(level, d->log, 0,
+                  "cio: the batch of %ui events for site \"%V\" rejected "
+                  "with %l was sent again in %ui pieces: %ui delivered, "
+                  "%ui dead-lettered to %V, %ui queued again%s",
+                  batch->n, &batch->ws->site_id, sp->first, sp->made,
+                  sp->st.done, sp->st.dead, &where, sp->st.requeued,
+                  sp->together ? "; the pieces still rejected at the "
+                                 "limit of pieces were dead-lettered whole"
+                               : "");
+
+    for (i = 0; i < sp->nanswers; i++) {
+        cJSON_free(sp->answers[i]);
+    }
+
+    ngx_free(sp->body);
+    free(sp->url);
+    free(sp->userpwd);
+    ngx_http_cio_queue_free_batch(batch);
+    ngx_free(sp);
 }
 
 
@@ -726,37 +1383,57 @@ ngx_http_cio_deliver_counts(ngx_http_cio_sreq_t *req)
 
 
 /*
- * A 207 names the refused items by their index in the batch: those become
- * dead, the others stay delivered.  errors[i] gets the error object
- * Customer.io gave for item i, as JSON text.
+ * A 207 names the refused items by their index in what was sent (the n
+ * items of the batch from lo on): those become dead.  errors[i] gets the
+ * error object Customer.io gave for item i, as JSON text.  Returns NULL
+ * when the answer names every refused item, or why it cannot be relied
+ * on.
  */
 
-static ngx_uint_t
+static const char *
 ngx_http_cio_deliver_refused(ngx_http_cio_sreq_t *req,
-    ngx_http_cio_batch_t *batch, char **errors)
+    ngx_http_cio_batch_t *batch, ngx_uint_t lo, ngx_uint_t n, char **errors,
+    ngx_uint_t *refused)
 {
-    int          i, n;
+    int          i, nerr;
     cJSON       *root, *list, *e, *idx;
-    ngx_uint_t   refused, k;
+    ngx_uint_t   k;
+    const char  *why;
 
-    refused = 0;
+    *refused = 0;
+
+    if (req->curl_code != 0) {
+        return "the transfer failed";
+    }
+
+    if (req->resp_cut) {
+        return "it is longer than the batch can need";
+    }
 
     root = cJSON_ParseWithLength(req->resp ? req->resp : "", req->resp_len);
     list = cJSON_GetObjectItemCaseSensitive(root, "errors");
 
-    n = cJSON_GetArraySize(list);
+    if (!cJSON_IsArray(list)) {
+        cJSON_Delete(root);
+        return "no \"errors\" array";
+    }
 
-    for (i = 0; i < n; i++) {
+    why = NULL;
+    nerr = cJSON_GetArraySize(list);
+
+    for (i = 0; i < nerr; i++) {
         e = cJSON_GetArrayItem(list, i);
         idx = cJSON_GetObjectItemCaseSensitive(e, "batch_index");
 
         if (!cJSON_IsNumber(idx) || idx->valuedouble < 0
-            || idx->valuedouble >= (double) batch->n)
+            || idx->valuedouble >= (double) n
+            || idx->valuedouble != (double) (ngx_uint_t) idx->valuedouble)
         {
+            why = "an error without a usable batch_index";
             continue;
         }
 
-        k = (ngx_uint_t) idx->valuedouble;
+        k = lo + (ngx_uint_t) idx->valuedouble;
 
         if (batch->acts[k] == NGX_HTTP_CIO_ACT_DEAD) {
             continue;
@@ -764,20 +1441,16 @@ ngx_http_cio_deliver_refused(ngx_http_cio_sreq_t *req,
 
         batch->acts[k] = NGX_HTTP_CIO_ACT_DEAD;
         errors[k] = cJSON_PrintUnformatted(e);
-        refused++;
-    }
-
-    if (refused == 0) {
-        /* a 207 that names nobody: the batch is in, the answer is odd */
-        ngx_log_error(NGX_LOG_WARN, ngx_http_cio_deliver.log, 0,
-                      "cio: site \"%V\" answered 207 without a usable "
-                      "batch_index: %s",
-                      &batch->ws->site_id, req->resp ? req->resp : "");
+        (*refused)++;
     }
 
     cJSON_Delete(root);
 
-    return refused;
+    if (why == NULL && *refused == 0) {
+        why = "it names no item";
+    }
+
+    return why;
 }
 
 
@@ -791,7 +1464,18 @@ ngx_http_cio_deliver_answer(ngx_http_cio_sreq_t *req)
 
     json = NULL;
 
-    if (req->resp_len) {
+    if (req->resp_len > NGX_HTTP_CIO_ANSWER_KEEP) {
+        /* not copied whole into every dead letter of the batch */
+        s = ngx_alloc(NGX_HTTP_CIO_ANSWER_KEEP + 1, ngx_cycle->log);
+
+        if (s) {
+            ngx_memcpy(s, req->resp, NGX_HTTP_CIO_ANSWER_KEEP);
+            s[NGX_HTTP_CIO_ANSWER_KEEP] = '\0';
+            json = cJSON_CreateString(s);
+            ngx_free(s);
+        }
+
+    } else if (req->resp_len) {
         json = cJSON_ParseWithLength(req->resp, req->resp_len);
 
         if (json == NULL) {
@@ -826,6 +1510,7 @@ ngx_http_cio_deliver_bury(ngx_http_cio_sreq_t *req,
 {
     char                    *a;
     ngx_uint_t               i;
+    const char              *r;
     ngx_http_cio_deliver_t  *d;
 
     d = &ngx_http_cio_deliver;
@@ -836,10 +1521,18 @@ ngx_http_cio_deliver_bury(ngx_http_cio_sreq_t *req,
             continue;
         }
 
-        a = (errors && errors[i]) ? errors[i] : answer;
+        /* a 207 that could not be read in full still names some */
+        if (errors && errors[i]) {
+            a = errors[i];
+            r = "refused";
+
+        } else {
+            a = answer;
+            r = reason;
+        }
 
         ngx_http_cio_dead_letter(d->mcf, d->log, batch->ws, batch, i,
-                                 (u_char *) req->body, req->status, reason,
+                                 (u_char *) req->body, req->status, r,
                                  (u_char *) a, a ? ngx_strlen(a) : 0);
     }
 

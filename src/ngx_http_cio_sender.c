@@ -22,7 +22,9 @@
 #include "ngx_http_cio_sender.h"
 
 
+/* the default for resp_max; the buffer grows by doubling up to it */
 #define NGX_HTTP_CIO_SENDER_MAX_RESP  65536
+#define NGX_HTTP_CIO_SENDER_MIN_BUF   4096
 #define NGX_HTTP_CIO_SENDER_POLL_MS   1000
 
 
@@ -72,6 +74,7 @@ ngx_http_cio_sreq_alloc(void)
     }
 
     req->retry_after = -1;
+    req->resp_max = NGX_HTTP_CIO_SENDER_MAX_RESP;
     req->timeout_ms = 10000;
     req->connect_timeout_ms = 5000;
 
@@ -504,26 +507,42 @@ ngx_http_cio_sender_write(char *ptr, size_t size, size_t nmemb, void *data)
     ngx_http_cio_sreq_t  *req = data;
 
     char    *p;
-    size_t   n, keep;
+    size_t   n, keep, want;
 
     n = size * nmemb;
     keep = n;
 
-    if (req->resp_len + keep > NGX_HTTP_CIO_SENDER_MAX_RESP) {
-        keep = NGX_HTTP_CIO_SENDER_MAX_RESP - req->resp_len;
+    if (req->resp_len + keep > req->resp_max) {
+        /* the caller must not take a cut answer for a whole one */
+        req->resp_cut = 1;
+        keep = req->resp_max - req->resp_len;
     }
 
     if (keep == 0) {
         return n;
     }
 
-    p = realloc(req->resp, req->resp_len + keep + 1);
-    if (p == NULL) {
-        return 0;
+    if (req->resp_len + keep + 1 > req->resp_size) {
+        want = req->resp_size ? req->resp_size : NGX_HTTP_CIO_SENDER_MIN_BUF;
+
+        while (want < req->resp_len + keep + 1) {
+            want *= 2;
+        }
+
+        if (want > req->resp_max + 1) {
+            want = req->resp_max + 1;
+        }
+
+        p = realloc(req->resp, want);
+        if (p == NULL) {
+            return 0;
+        }
+
+        req->resp = p;
+        req->resp_size = want;
     }
 
-    memcpy(p + req->resp_len, ptr, keep);
-    req->resp = p;
+    memcpy(req->resp + req->resp_len, ptr, keep);
     req->resp_len += keep;
     req->resp[req->resp_len] = '\0';
 

@@ -37,16 +37,20 @@ struct ngx_http_cio_sreq_s {
     long                  connect_timeout_ms;
     const char           *cainfo;           /* CA bundle; NULL: system's */
     void                 *data;             /* the caller's, untouched */
+    void                 *part;             /* the caller's, untouched */
+    size_t                resp_max;         /* keep at most this much */
 
     /* out */
     long                  status;           /* HTTP status, 0 if none */
     int                   curl_code;        /* CURLcode */
     unsigned              aborted:1;        /* stopped before an answer */
     unsigned              unsent:1;         /* never left: no connection */
+    unsigned              resp_cut:1;       /* answer longer than resp_max */
     long                  retry_after;      /* seconds, -1 if absent */
     double                total_time;       /* seconds */
     char                 *resp;             /* answer body, NUL-ended */
     size_t                resp_len;
+    size_t                resp_size;        /* the sender's own */
     char                  error[256];
 
     void                 *handle;           /* the sender's own */

@@ -2,8 +2,9 @@
 
 # Partial failure and the dead-letter file: a 207 marks only the items it
 # names, which go to cio_dead_letter with the answer and the time; a 400
-# for a whole batch does the same for all of it; an item that fails more
-# than cio_retry_max times goes there too.  Everything accepted is either
+# for a whole batch and for each of its items alone does the same for all
+# of it (t/46-refusals.t: for the items at fault only); an item that fails
+# more than cio_retry_max times goes there too.  Everything accepted is either
 # recorded by the stand-in or in the file, and scripts/cio-replay.pl sends
 # the fixed lines again.  Without cio_dead_letter, the error log keeps them.
 
@@ -91,17 +92,18 @@ $cio->mode({ refuse_match => undef });
 
 # --- 400 for the whole batch -------------------------------------------------
 
-$cio->control({ status => 400, count => 1 });
+$cio->mode({ status => 400 });
 my @rejected = post_batch($t, '/cio', [ map { "rejected-$_" } 1 .. 3 ]);
 is(scalar @rejected, 3, 'a batch of 3 accepted');
 ok(wait_until(sub { @{ dead_letters($file) } >= 8 }, 10),
-    'a 400 dead-letters the whole batch');
+    'a batch rejected with 400, and each of its items alone, is dead-lettered');
+$cio->mode({ status => undef });
 my @r = grep { $_->{item}{name} =~ /^rejected/ } @{ dead_letters($file) };
 is(scalar @r, 3, 'all three of it');
 is($r[0]{status}, 400, 'with the status');
 is($r[0]{reason}, 'batch rejected', 'the reason');
 is($r[0]{answer}{errors}[0]{message}, 'injected fault 400', 'the answer');
-ok($t->log_lines(qr/\[error\].*cio: Customer\.io rejected a batch of 3 events for site "site1" with 400/),
+ok($t->log_lines(qr/\[error\].*cio: the batch of 3 events for site "site1" rejected with 400 was sent again in \d+ pieces: 0 delivered, 3 dead-lettered to/),
     'and a log line');
 
 # --- more than cio_retry_max failures --------------------------------------

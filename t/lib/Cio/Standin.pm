@@ -24,7 +24,10 @@ package Cio::Standin;
 #                          503: down), {fail_rate, fail_status,
 #                          retry_after}, {close_rate}, {slow_rate,
 #                          slow_ms}, {refuse_match: regex on item names,
-#                          answered 207}, {rate, burst}, {seed}; a key set
+#                          answered 207}, {pad_207: bytes added to a 207
+#                          answer}, {poison_match: regex on item names, the
+#                          whole batch answered 400}, {rate, burst},
+#                          {seed}; a key set
 #                          to null is cleared
 #   GET /__standin/stats   counters
 
@@ -470,6 +473,12 @@ sub accept_items {
         unless ref $items eq 'ARRAY' && @$items;
     $sum->{items} = @$items;
 
+    # poison_match: one item so named makes the whole batch a 400
+    my $poison = $self->{mode}{poison_match};
+    return $invalid->('batch', 'refused by the stand-in (poison_match)')
+        if defined $poison && grep { ref $_ eq 'HASH' && is_str($_->{name})
+            && $_->{name} =~ /$poison/ } @$items;
+
     my %refuse = map { $_ => 1 } @{ $refuse || [] };
     my $match = $self->{mode}{refuse_match};
     my $now_ms = int(time * 1000);
@@ -497,7 +506,9 @@ sub accept_items {
     $sum->{accepted} = @accepted;
     $self->{stats}{items_accepted} += @accepted;
     $self->{stats}{items_refused} += @errors;
-    return @errors ? (207, { errors => \@errors }) : (200, {});
+    # pad_207: N bytes more in every 207 answer, a test of long answers
+    return @errors ? (207, { errors => \@errors, $self->{mode}{pad_207}
+        ? (padding => 'x' x $self->{mode}{pad_207}) : () }) : (200, {});
 }
 
 # --- item rules (v2 spec, customerio-api.md §2 and §5) ---------------------
