@@ -459,8 +459,13 @@ sub start {
     my @args = ('--listen', '127.0.0.1:' . ($self->{port} // 0),
         '--record', $self->{record}, '--control');
     push @args, map { ('--workspace', $_) } @{ $self->{workspaces} };
-    push @args, '--rate', $self->{rate} if $self->{rate};
+    # the stand-in limits the rate as Customer.io does unless rate => 0
+    push @args, '--rate', $self->{rate} if defined $self->{rate};
     push @args, '--burst', $self->{burst} if $self->{burst};
+    push @args, '--anonymous-id', $self->{anonymous_id}
+        if defined $self->{anonymous_id};
+    push @args, '--nested-limits', $self->{nested_limits}
+        if defined $self->{nested_limits};
     push @args, '--quiet' unless $ENV{CIO_TEST_VERBOSE};
 
     pipe(my $r, my $w) or die "pipe: $!";
