@@ -22,7 +22,7 @@ my $json = $t->json;
 my $url = $cio->url;
 
 $t->config(http => <<"END")->run;
-    cio_zone name=cio size=4m;
+    %%ZONE:4m%%
     cio_flush_interval 20ms;
 
     log_format cio '\$status \$cio_status \$cio_event_type \$cio_events '

@@ -18,7 +18,7 @@ my $json = $t->json;
 my $url = $cio->url;
 
 $t->config(http => <<"END")->run;
-    cio_zone name=cio size=4m;
+    %%ZONE:4m%%
     cio_flush_interval 20ms;
     cio_retry_backoff 50ms 200ms;
     cio_endpoint $url;

@@ -28,7 +28,7 @@ sub names {
     my $cio = $t->standin(workspaces => ['site1:key1', 'site2:key2']);
 
     $t->config(http => <<"END")->run;
-    cio_zone name=cio size=1m;
+    %%ZONE%%
     cio_flush_interval 20ms;
     cio_endpoint ${\ $cio->url };
     cio_write_key wk;
@@ -79,7 +79,7 @@ END
     my $cio = $t->standin(workspaces => ['site1:key1']);
 
     $t->config(http => <<"END")->run;
-    cio_zone name=cio size=1m;
+    %%ZONE%%
     cio_flush_interval 20ms;
     cio_retry_backoff 50ms 300ms;
     cio_connect_timeout 1s;
@@ -129,7 +129,7 @@ END
     my $port = Cio::Test::free_port();
 
     $t->config(http => <<"END")->run;
-    cio_zone name=cio size=32k;
+    %%ZONE:32k%%
     cio_flush_interval 20ms;
     cio_retry_backoff 50ms 200ms;
 
@@ -190,7 +190,7 @@ END
     my $cio = $t->standin(workspaces => ['site1:key1']);
 
     $t->config(http => <<"END")->run;
-    cio_zone name=cio size=1m;
+    %%ZONE%%
     cio_flush_interval 20ms;
 
     server {

@@ -18,7 +18,7 @@ use lib "$FindBin::Bin/lib";
 
 use Test::More;
 use Time::Local qw(timegm);
-use Cio::Test;
+use Cio::Test qw(ulid_ok);
 
 my $CLIENTS = "$FindBin::Bin/clients";
 
@@ -57,7 +57,7 @@ END
 my $http = sub {
     my ($amp) = @_;
     return <<"END";
-    cio_zone name=cio size=4m;
+    %%ZONE:4m%%
     cio_flush_interval 20ms;
     cio_retry_backoff 50ms 500ms;
 
@@ -134,11 +134,6 @@ sub logged {
     my ($path) = @_;
     return [ grep { (split / /)[1] =~ m{^\Q$path\E} }
              split /\n/, $t->read_file('clients.log') ];
-}
-
-sub ulid_ok {
-    my ($id) = @_;
-    return defined $id && $id =~ /^[0-9A-HJKMNP-TV-Z]{26}$/;
 }
 
 # Checks what one SDK run did.  %o: name, path (location), res (driver

@@ -21,7 +21,7 @@ use lib "$FindBin::Bin/lib";
 
 use Test::More;
 use Time::Local qw(timegm);
-use Cio::Test;
+use Cio::Test qw(ulid_ok);
 
 my $CLIENTS = "$FindBin::Bin/clients";
 my $CHROMIUM = $ENV{CIO_CHROMIUM} || '/usr/bin/chromium';
@@ -67,7 +67,7 @@ sub settings {
 }
 
 $t->config(http => <<"END")->run;
-    cio_zone name=cio size=4m;
+    %%ZONE:4m%%
     cio_flush_interval 20ms;
     cio_retry_backoff 50ms 500ms;
 
@@ -149,11 +149,6 @@ sub browse {
                  console => [], page => undef };
     }
     return $res;
-}
-
-sub ulid_ok {
-    my ($id) = @_;
-    return defined $id && $id =~ /^[0-9A-HJKMNP-TV-Z]{26}$/;
 }
 
 sub check_items {

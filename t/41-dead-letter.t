@@ -19,22 +19,11 @@ use Cio::Load qw(post_events post_batch dead_letters missing);
 
 sub conf {
     my ($url, $dead) = @_;
-    return <<"END";
-    cio_zone name=cio size=4m;
-    cio_flush_interval 20ms;
-    cio_retry_backoff 20ms 100ms;
-    cio_retry_max 2;
-    $dead
-
-    server {
-        listen 127.0.0.1:%%PORT%%;
-        location /cio/ {
-            cio_ingest segment;
-            cio_site_id site1;
-            cio_api_key key1;
-            cio_endpoint $url;
-        }
-    }
+    return Cio::Test::ingest_http(endpoint => $url, http => <<"END");
+cio_flush_interval 20ms;
+cio_retry_backoff 20ms 100ms;
+cio_retry_max 2;
+$dead
 END
 }
 

@@ -19,24 +19,13 @@ use Cio::Load qw(post_events dead_letters);
 sub conf {
     my ($url, $rate) = @_;
     my $max = $rate =~ /cio_retry_max/ ? '' : 'cio_retry_max 0;';
-    return <<"END";
-    cio_zone name=cio size=4m;
-    cio_flush_interval 5ms;
-    cio_retry_backoff 50ms 200ms;
-    $max
-    cio_max_inflight 4;
-    $rate
-    cio_dead_letter %%TESTDIR%%/dead.jsonl;
-
-    server {
-        listen 127.0.0.1:%%PORT%%;
-        location /cio/ {
-            cio_ingest segment;
-            cio_site_id site1;
-            cio_api_key key1;
-            cio_endpoint $url;
-        }
-    }
+    return Cio::Test::ingest_http(endpoint => $url, http => <<"END");
+cio_flush_interval 5ms;
+cio_retry_backoff 50ms 200ms;
+$max
+cio_max_inflight 4;
+$rate
+cio_dead_letter %%TESTDIR%%/dead.jsonl;
 END
 }
 

@@ -25,27 +25,16 @@ my $KILLED = qr/\[alert\].*worker process \d+ exited on signal 9/;
 
 sub conf {
     my ($url, $extra, $size) = @_;
-    $size //= '4m';
-    return <<"END";
-    cio_zone name=cio size=$size;
-    cio_flush_interval 20ms;
-    cio_retry_backoff 50ms 200ms;
-    cio_timeout 10s;
-    cio_connect_timeout 1s;
-    cio_drain_timeout 30s;
-    cio_spool %%TESTDIR%%/spool.jsonl;
-    cio_dead_letter %%TESTDIR%%/dead.jsonl;
-    $extra
-
-    server {
-        listen 127.0.0.1:%%PORT%%;
-        location /cio/ {
-            cio_ingest segment;
-            cio_site_id site1;
-            cio_api_key key1;
-            cio_endpoint $url;
-        }
-    }
+    return Cio::Test::ingest_http(endpoint => $url, zone => $size,
+        http => <<"END");
+cio_flush_interval 20ms;
+cio_retry_backoff 50ms 200ms;
+cio_timeout 10s;
+cio_connect_timeout 1s;
+cio_drain_timeout 30s;
+cio_spool %%TESTDIR%%/spool.jsonl;
+cio_dead_letter %%TESTDIR%%/dead.jsonl;
+$extra
 END
 }
 

@@ -20,24 +20,13 @@ use Cio::Load qw(post_events post_batch);
 
 sub conf {
     my ($port, %o) = @_;
-    my $size = $o{size} // '4m';
-    return <<"END";
-    cio_zone name=cio size=$size;
-    cio_flush_interval 20ms;
-    cio_retry_backoff 300ms 300ms;
-    cio_connect_timeout 500ms;
-    cio_drain_timeout 1s;
-    cio_spool %%TESTDIR%%/spool.jsonl;
-
-    server {
-        listen 127.0.0.1:%%PORT%%;
-        location /cio/ {
-            cio_ingest segment;
-            cio_site_id site1;
-            cio_api_key key1;
-            cio_endpoint http://127.0.0.1:$port;
-        }
-    }
+    return Cio::Test::ingest_http(endpoint => "http://127.0.0.1:$port",
+        zone => $o{size}, http => <<'END');
+cio_flush_interval 20ms;
+cio_retry_backoff 300ms 300ms;
+cio_connect_timeout 500ms;
+cio_drain_timeout 1s;
+cio_spool %%TESTDIR%%/spool.jsonl;
 END
 }
 

@@ -21,7 +21,7 @@ my $cio = $t->standin(workspaces => ['site1:secret_api_key_1']);
 my $json = $t->json;
 
 $t->config(http => <<"END")->run;
-    cio_zone name=cio size=8m;
+    %%ZONE:8m%%
     cio_flush_interval 20ms;
 
     server {

@@ -160,7 +160,7 @@ http {
     include /etc/nginx/conf.d/*.conf;
     include /etc/nginx/sites-enabled/*;
 
-    cio_zone name=cio size=1m;
+    @{[ Cio::Test::zone() ]}
 
     server {
         listen 127.0.0.1:$port;
@@ -194,7 +194,7 @@ unlike($check, qr/unknown directive/, 'nginx -t: the cio_* directives known');
     my $cio = $t->standin(workspaces => ['site1:key1']);
 
     $t->config(http => <<"END")->run;
-    cio_zone name=cio size=1m;
+    @{[ Cio::Test::zone() ]}
     cio_flush_interval 20ms;
 
     server {

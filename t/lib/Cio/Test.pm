@@ -26,7 +26,7 @@ use Test::More;
 use Time::HiRes qw(sleep time);
 
 use Exporter qw(import);
-our @EXPORT_OK = qw(wait_until free_port basic);
+our @EXPORT_OK = qw(wait_until free_port basic zone ingest_http ulid_ok);
 
 
 my $TOP = abs_path(dirname(__FILE__) . '/../../..');
@@ -63,6 +63,13 @@ sub free_port {
     my $port = $s->sockport;
     close $s;
     return $port;
+}
+
+# a Customer.io dedupe id: a ULID in Crockford's base32, its time part in
+# range (the first character at most 7)
+sub ulid_ok {
+    my ($id) = @_;
+    return defined $id && !ref $id && $id =~ /^[0-7][0-9A-HJKMNP-TV-Z]{25}$/;
 }
 
 sub basic {
@@ -121,8 +128,57 @@ sub standin {
 
 # --- nginx ----------------------------------------------------------------
 
+# The cio_zone directive: the one place that knows its syntax.
+sub zone {
+    my ($size, $name) = @_;
+    return 'cio_zone name=' . ($name // 'cio') . ' size=' . ($size // '1m')
+        . ';';
+}
+
+# The inside of http{} for the common case: a zone, one server on %%PORT%%
+# with one ingest location sending to the stand-in.  Options, with their
+# defaults:
+#   zone => '4m'          its size
+#   http => ''            more directives at http level (cio_retry_max ...)
+#   endpoint => undef     cio_endpoint (the stand-in's url); none if undef
+#   site => 'site1', key => 'key1'   cio_site_id, cio_api_key
+#   ingest => 'segment', location => '/cio/'
+#   write_key => undef    cio_write_key's arguments
+#   directives => ''      more directives inside the location
+#   server => ''          more inside the server (other locations)
+sub ingest_http {
+    my (%o) = @_;
+    my $loc = join "\n", grep { length }
+        "cio_ingest " . ($o{ingest} // 'segment') . ';',
+        'cio_site_id ' . ($o{site} // 'site1') . ';',
+        'cio_api_key ' . ($o{key} // 'key1') . ';',
+        (defined $o{endpoint} ? "cio_endpoint $o{endpoint};" : ''),
+        (defined $o{write_key} ? "cio_write_key $o{write_key};" : ''),
+        $o{directives} // '';
+    $loc =~ s/^[ \t]*/            /mg;
+    my $http = join "\n", grep { length } zone($o{zone} // '4m'),
+        $o{http} // '';
+    $http =~ s/^[ \t]*/    /mg;
+    my $server = $o{server} // '';
+    $server =~ s/^[ \t]*/        /mg;
+    my $location = $o{location} // '/cio/';
+    return <<"END";
+$http
+
+    server {
+        listen 127.0.0.1:%%PORT%%;
+$server
+        location $location {
+$loc
+        }
+    }
+END
+}
+
 # http => the inside of the http{} block; %%PORT%% is the listening port,
-# %%PORT_n%% further free ports, %%TESTDIR%% the test directory.
+# %%PORT_n%% further free ports, %%TESTDIR%% the test directory, %%ZONE%%
+# the cio_zone directive (%%ZONE:8k%%, %%ZONE:1m:name%% with a size, a
+# name).
 sub config {
     my ($self, %opts) = @_;
 
@@ -160,6 +216,7 @@ $opts{http}
 }
 EOF
 
+    $conf =~ s/%%ZONE(?::([^:%]+))?(?::([^:%]+))?%%/zone($1, $2)/ge;
     $conf =~ s/%%TESTDIR%%/$self->{dir}/g;
     $conf =~ s/%%PORT%%/$self->{port}/g;
     $conf =~ s/%%PORT_(\d+)%%/$self->{ports}{$1} \/\/= free_port()/ge;
