@@ -61,7 +61,10 @@ sub lines {
     my $line = decode_json($spool->[0]);
     is($line->{site_id}, 'site1', 'a spool line has the site');
     is($line->{url}, "http://127.0.0.1:$port/api/v2/batch", 'the endpoint');
-    ok($line->{attempts} >= 0, 'the attempts');
+    # a refused connection says nothing about the items: not counted
+    is_deeply([ grep { !defined $_->{attempts} || $_->{attempts} ne '0' }
+                map { decode_json($_) } @$spool ], [],
+        'the attempts: 0 on every line, Customer.io was never reached');
     is($line->{item}{type}, 'person', 'and the item');
 
     # nginx -t must not consume it
@@ -113,6 +116,39 @@ sub lines {
     ok($t->log_lines(qr/cio: stopping, the queue is delivered/),
         'and said so');
     ok(!-e $t->dir . '/spool.jsonl', 'nothing was left to spool');
+
+    $t->done_part;
+}
+
+# --- the attempts survive a spool and a load --------------------------------
+
+{
+    my $t = Cio::Test->new(workers => 1);
+    my $cio = $t->standin(workspaces => ['site1:key1']);
+    $cio->mode({ status => 500 });
+    $t->config(http => conf($cio->port))->run;
+
+    my @names = post_events($t, '/cio', 'worn', 5);
+    # counted once nginx has taken the answer in, which it logs
+    my $tries = sub { scalar $t->log_lines(qr/got 500.*retrying in/) };
+    ok(wait_until(sub { $tries->() >= 2 }, 10), 'two 500s answered');
+    ok($t->stop('TERM'), 'stopped');
+
+    my %first = map { my $l = decode_json($_); ($l->{item}{name} =>
+        $l->{attempts}) } @{ lines($t, 'spool.jsonl') };
+    is_deeply([ sort keys %first ], [ sort @names ], 'all 5 spooled');
+    is_deeply([ grep { ($first{$_} // 0) < 2 } sort keys %first ], [],
+        'each with the 500s counted (at least 2 attempts)');
+
+    my $before = $tries->();
+    $t->run;
+    ok(wait_until(sub { $tries->() > $before }, 10),
+        'loaded and tried once more');
+    ok($t->stop('TERM'), 'stopped again');
+    my %again = map { my $l = decode_json($_); ($l->{item}{name} =>
+        $l->{attempts}) } @{ lines($t, 'spool.jsonl') };
+    is_deeply([ grep { ($again{$_} // 0) <= $first{$_} } sort keys %first ],
+        [], 'the count went on from the spooled one, it did not start over');
 
     $t->done_part;
 }

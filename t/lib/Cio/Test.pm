@@ -430,6 +430,42 @@ sub raw_http {
 
 sub json { $JSON }
 
+# --- exact accounting ---------------------------------------------------------
+
+# The settle barrier: posts a sentinel event after everything the test sent
+# and waits until the stand-in records it, so that what was sent before has
+# had its chance to arrive, or to arrive twice.  Returns the sentinel's name,
+# or undef when it did not arrive in time.  %o: path (default
+# /cio/v1/track), headers, timeout.
+sub settle {
+    my ($self, $cio, %o) = @_;
+    my $name = 'settle-' . ++$self->{settles};
+    my ($st) = $self->post($o{path} // '/cio/v1/track',
+        { userId => 'settle', event => $name }, %{ $o{headers} || {} });
+    return undef unless $st == 200;
+    my $missing = $cio->wait_names([$name], $o{timeout} // 15);
+    return @$missing ? undef : $name;
+}
+
+# After a settle: every name in %$want (name => times recorded; an array of
+# names means once each) was recorded that many times, each name under a
+# single dedupe id that is a ULID, and no other name (sentinels aside).
+sub delivered_exactly {
+    my ($self, $cio, $want, $what, %o) = @_;
+    $want = { map { $_ => 1 } @$want } if ref $want eq 'ARRAY';
+    my $settled = $self->settle($cio, %o);
+    ok($settled, "$what: the settle barrier arrived");
+    my $seen = $cio->names($o{site});
+    my %got = map { $_ => scalar @{ $seen->{$_} } }
+        grep { !/^settle-\d+$/ } keys %$seen;
+    is_deeply(\%got, $want, "$what: every name recorded exactly as often as "
+        . 'sent, nothing else') or diag(explain(\%got));
+    my @bad = grep { my %u = map { $_ => 1 } @{ $seen->{$_} };
+                     keys %u != 1 || !ulid_ok((keys %u)[0]) } sort keys %got;
+    is_deeply(\@bad, [], "$what: one ULID dedupe id per name");
+    return \%got;
+}
+
 # --- the end of a test file ------------------------------------------------
 
 # lines a test expects at [alert], e.g. the alert for a wrong API key
@@ -598,9 +634,9 @@ sub stats {
 
 # recorded event names: { name => [ids...] }, one id per time recorded
 sub names {
-    my ($self) = @_;
+    my ($self, $site) = @_;
     my %seen;
-    for my $item (@{ $self->items }) {
+    for my $item (@{ $self->items($site) }) {
         next unless defined $item->{name};
         push @{ $seen{ $item->{name} } }, $item->{id} // '';
     }
