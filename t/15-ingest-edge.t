@@ -160,8 +160,12 @@ ok(arrives('Beacon'), 'writeKey in the query: arrived');
 
 ($st) = $t->post('/cio/beacon/v1/batch?writeKey=nope',
     $json->encode({ batch => [ { type => 'track', userId => 'u-1',
-                                 event => 'Beacon' } ] }));
+                                 event => 'Beacon refused' } ] }));
 is($st, 401, 'a wrong writeKey in the query: 401');
+ok($t->settle($cio, headers => { Authorization => basic('wk_test') }),
+    'settled');
+is_deeply([ named('Beacon refused') ], [],
+    'a wrong writeKey in the query: nothing sent');
 
 # --- CORS -----------------------------------------------------------------
 
