@@ -93,6 +93,15 @@ $t->config(http => <<"END")->run;
             cio_write_key wk_browser;
         }
 
+        # the tests' settle barrier, not a browser's: not in api.log
+        location /settle/ {
+            access_log off;
+            cio_ingest segment;
+            cio_site_id site_web;
+            cio_api_key key_web;
+            cio_endpoint ${\ $cio->url };
+        }
+
         # only another site may post here
         location /list/ {
             cio_ingest segment;
@@ -208,7 +217,9 @@ sub check_items {
         my $i = $mine->();
         return @$i >= @want ? $i : undef;
     }, $ok ? 10 : 2);
-    Cio::Test::wait_until(sub { @{ $mine->() } > @want }, 0.3);
+    # the settle barrier: anything unexpected that would follow is in
+    ok($t->settle($cio, path => '/settle/v1/track',
+        headers => { port => $t->port(1) }), "$name: settled");
     $items = $mine->();
 
     is(scalar @$items, scalar @want,
