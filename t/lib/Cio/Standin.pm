@@ -80,7 +80,6 @@ use constant {
     MAX_ATTRS  => 300,         # attributes per item
     RATE       => 1_000,       # requests a second, per workspace
     BURST      => 3_000,
-    MAX_DEPTH  => 64,          # deeper nesting is refused, not walked
 };
 
 my $JSON = JSON::PP->new->utf8->canonical->allow_nonref;
@@ -744,7 +743,6 @@ sub attrs_error {
         return ($path, 'attribute values must be at most ' . MAX_VALUE
             . ' bytes') if is_str($v) && byte_len($v) > MAX_VALUE;
         next unless $nested && ref $v;
-        return ($path, 'nested too deeply') if $depth >= MAX_DEPTH;
         if (ref $v eq 'HASH') {
             push @walk, map { [ "$path.$_", $_, $v->{$_}, $depth + 1 ] }
                 sort keys %$v;
