@@ -36,6 +36,11 @@ END
 
 my %auth = (Authorization => basic('wk'));
 
+# the nested-limit finding (see the TODO below): the stand-in refuses two
+# items, which the module logs at [error]
+$t->allow_log(qr/\[error\].*cio: site "site1" gave up on an event \(refused, status 207, 0 attempts\).*"identifiers":\{"id":"nest-[12]"\}/,
+    qr/\[error\].*cio: Customer\.io refused [12] of \d+ events for site "site1" \(207\), [12] dead-lettered to the error log/);
+
 sub iso {
     my ($s) = @_;
     my $ms = int(($s - int $s) * 1000 + 0.5);
@@ -375,7 +380,7 @@ TODO: {
         . 'strict stand-in refuses (issue 16 finding)';
     for my $c (@nested) {
         my ($label, undef, undef, $want) = @$c;
-        my ($got) = grep { $_->{identifiers}{id} =~ /^nest-/
+        my ($got) = grep { ($_->{identifiers}{id} // '') =~ /^nest-/
             && $_->{name} eq $c->[2]{event} } @items;
         ok($got, "$label: the item arrives");
         next unless $got && $want;

@@ -31,6 +31,12 @@ my $t = Cio::Test->new;
 my $cio = $t->standin(workspaces => ['site1:key1']);
 my $file = $t->dir . '/dead.jsonl';
 
+# what this file provokes, at [error]: each is asserted below
+$t->allow_log(
+    qr/\[error\].*cio: Customer\.io refused \d+ of \d+ events for site "site1" \(207\), \d+ dead-lettered to /,
+    qr/\[error\].*cio: Customer\.io rejected a batch of 3 events for site "site1" with 400: /,
+    qr/\[error\].*cio: gave up on 1 events for site "site1" after 2 retries \(cio_retry_max\)/);
+
 $t->config(http => conf($cio->url, "cio_dead_letter $file;"))->run;
 
 sub dead_names {
@@ -155,6 +161,9 @@ $t->done_part;
     my $t = Cio::Test->new;
     my $cio = $t->standin(workspaces => ['site1:key1']);
     $t->config(http => conf($cio->url, ''))->run;
+    $t->allow_log(
+        qr/\[error\].*cio: site "site1" gave up on an event \(refused, status 207, 0 attempts\), no cio_dead_letter file to keep it: \{.*"name":"bad-1"/,
+        qr/\[error\].*cio: Customer\.io refused 1 of 2 events for site "site1" \(207\), 1 dead-lettered to the error log/);
 
     $cio->mode({ refuse_match => '^bad-' });
     post_batch($t, '/cio', [ 'ok-1', 'bad-1' ]);

@@ -47,7 +47,8 @@ END
     $t->allow_alert($KILLED);
 
     # the batch hangs, then is dropped unrecorded: only a resend delivers
-    $cio->control({ delay_ms => 8000, close => 1, count => 1 });
+    my $hang = Cio::Test::scale(8);
+    $cio->control({ delay_ms => $hang * 1000, close => 1, count => 1 });
 
     my @names = post_batch($t, '/cio', [ map { "lease-$_" } 1 .. 10 ]);
     is(scalar @names, 10, 'a batch of 10 accepted');
@@ -139,7 +140,8 @@ SKIP: {
     my $cio = $t->standin(workspaces => ['site1:key1']);
     $t->config(http => conf($cio->url, ''))->run;
 
-    $cio->control({ delay_ms => 8000, close => 1, count => 1 });
+    my $hang = Cio::Test::scale(8);
+    $cio->control({ delay_ms => $hang * 1000, close => 1, count => 1 });
 
     my @names = post_batch($t, '/cio', [ map { "reload-$_" } 1 .. 10 ]);
     ok(wait_until(sub { ($cio->stats // {})->{requests} }, 5),
@@ -148,13 +150,13 @@ SKIP: {
     my $start = time;
     ok($t->reload, 'reloaded');
     my $took = time - $start;
-    ok($took < 5, sprintf('the old workers left at once (%.1f s), without '
+    ok($took < Cio::Test::scale(5), sprintf('the old workers left at once (%.1f s), without '
         . 'draining for cio_drain_timeout', $took));
 
     # the lease is 41 s here: only the handback can make this quick
     is_deeply($cio->wait_names(\@names, 10), [],
         'the batch in flight came back to the queue and was delivered');
-    ok(time - $start < 8, 'before the hung request even ended');
+    ok(time - $start < $hang, 'before the hung request even ended');
     ok($t->log_lines(qr/cio: reloaded, the new workers deliver the queue/),
         'the old workers said why they did not drain');
     ok(!-e $t->dir . '/spool.jsonl', 'a reload writes no spool');

@@ -4,7 +4,9 @@ package Cio::Test;
 # nginx with a generated configuration on free loopback ports, starts the
 # Customer.io stand-in, talks HTTP to both, waits on conditions with
 # deadlines, and at the end fails the test file when the error log holds
-# an [alert], an [emerg] or a sanitizer report.
+# an [error], a [crit], an [alert], an [emerg] the test did not expect
+# (allow_log), or when error.log, the master's early stderr (nginx.out) or
+# "nginx -t" holds a sanitizer report.
 #
 #   CIO_TEST_LEAVE=1    keep the test directory
 #   CIO_TEST_CATLOG=1   print error.log at the end
@@ -81,7 +83,7 @@ sub basic {
 sub wait_until {
     my ($cond, $timeout) = @_;
     # Valgrind slows nginx down some twentyfold
-    my $deadline = time() + ($timeout // 10) * ($ENV{CIO_VALGRIND} ? 6 : 1);
+    my $deadline = time() + scale($timeout // 10);
 
     while (time() < $deadline) {
         my $v = $cond->();
@@ -232,12 +234,31 @@ sub port {
     return $self->{ports}{$n} //= free_port();
 }
 
-# nginx -t on the written configuration: (exit code, output)
+# nginx -t on the written configuration: (exit code, output); a sanitizer
+# report in the output fails the test there and then
 sub check_config {
     my ($self) = @_;
     local $ENV{LD_PRELOAD} = $ENV{CIO_PRELOAD} if $ENV{CIO_PRELOAD};
     my $out = `$self->{nginx} -t -p $self->{dir}/ -c nginx.conf -e $self->{dir}/error.log 2>&1`;
-    return ($? >> 8, $out);
+    my $rc = $? >> 8;
+    my @san = sanitizer_reports($out);
+    if (@san) {
+        fail('nginx -t: no sanitizer report');
+        diag(join "\n", @san);
+    }
+    return ($rc, $out);
+}
+
+sub sanitizer_reports {
+    my ($text) = @_;
+    return grep { /Sanitizer|runtime error:/ } split /\n/, $text // '';
+}
+
+# Scales a time bound for a slow run: Valgrind slows nginx down some
+# twentyfold, ASan some twofold.
+sub scale {
+    my ($seconds) = @_;
+    return $seconds * ($ENV{CIO_VALGRIND} ? 6 : $ENV{CIO_PRELOAD} ? 2 : 1);
 }
 
 sub run {
@@ -468,22 +489,29 @@ sub delivered_exactly {
 
 # --- the end of a test file ------------------------------------------------
 
-# lines a test expects at [alert], e.g. the alert for a wrong API key
-sub allow_alert {
-    my ($self, $re) = @_;
-    push @{ $self->{allowed} }, $re;
+# Lines a test expects at [error], [crit], [alert] or [emerg], e.g. the
+# alert for a wrong API key or the error for a refused item: every other
+# line at those levels fails the test file at done/done_part.
+sub allow_log {
+    my ($self, @re) = @_;
+    push @{ $self->{allowed} }, @re;
     return $self;
 }
+
+# (the older name, for the alerts it was made for)
+sub allow_alert { shift->allow_log(@_) }
 
 sub errors_in_log {
     my ($self) = @_;
     my $log = $self->read_file('error.log');
     my @allowed = @{ $self->{allowed} || [] };
-    return grep {
+    return (grep {
         my $line = $_;
-        /\[(alert|emerg)\]|Sanitizer|runtime error:/
+        /\[(error|crit|alert|emerg)\]|Sanitizer|runtime error:/
             && !grep { $line =~ $_ } @allowed
-    } split /\n/, $log;
+    } split /\n/, $log),
+    # the master's stderr before error.log is open
+    (map { "nginx.out: $_" } sanitizer_reports($self->read_file('nginx.out')));
 }
 
 sub done {
@@ -500,7 +528,8 @@ sub done_part {
     $_->stop for @{ $self->{standins} };
 
     my @bad = $self->errors_in_log;
-    ok(!@bad, 'no alert, emerg or sanitizer report in error.log')
+    ok(!@bad, 'no unexpected error, crit, alert, emerg or sanitizer report '
+        . 'in error.log or nginx.out')
         or diag(join "\n", @bad);
 
     if ($ENV{CIO_VALGRIND}) {
