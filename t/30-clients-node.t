@@ -22,15 +22,17 @@ use Cio::Test qw(ulid_ok);
 
 my $CLIENTS = "$FindBin::Bin/clients";
 
+my $NODE = Cio::Test::node_bin();
+
+# missing, they skip the file; under CI they fail it (Cio::Test::ci)
 BEGIN {
     my $nm = "$FindBin::Bin/clients/node_modules";
-    plan skip_all => "$nm is absent: run scripts/clients-deps.sh"
-        unless -d $nm;
-    plan skip_all => 'node is not installed'
-        unless grep { -x "$_/node" } split /:/, $ENV{PATH} // '';
-    my $v = `node -p process.versions.node 2>/dev/null` // '';
-    plan skip_all => "the SDKs need Node >= 20, not $v"
-        unless $v =~ /^(\d+)\./ && $1 >= 20;
+    my $node = Cio::Test::node_bin();
+    Cio::Test::prerequisite(-d $nm,
+        "$nm is absent: run scripts/clients-deps.sh");
+    my $v = `'$node' -p process.versions.node 2>/dev/null` // '';
+    Cio::Test::prerequisite($v =~ /^(\d+)\./ && $1 >= 20,
+        "the SDKs need Node >= 20, not '$v': run scripts/clients-deps.sh");
 }
 
 my $t = Cio::Test->new;
@@ -124,7 +126,7 @@ my $base = 'http://127.0.0.1:' . $t->port;
 sub drive {
     my ($sdk, $path, $key, $prefix, @more) = @_;
     my $err = $t->dir . "/node-$prefix.err";
-    my @cmd = ('timeout', '60', 'node', "$CLIENTS/node-sdk.js", $sdk,
+    my @cmd = ('timeout', '60', $NODE, "$CLIENTS/node-sdk.js", $sdk,
                "$base$path", $key, $prefix, @more);
     my $cmd = join(' ', map { "'$_'" } @cmd) . " 2>'$err'";
     my $raw = `$cmd`;

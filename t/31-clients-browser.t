@@ -26,17 +26,20 @@ use Cio::Test qw(ulid_ok);
 my $CLIENTS = "$FindBin::Bin/clients";
 my $CHROMIUM = $ENV{CIO_CHROMIUM} || '/usr/bin/chromium';
 
+my $NODE = Cio::Test::node_bin();
+
+# missing, they skip the file; under CI they fail it (Cio::Test::ci)
 BEGIN {
     my $nm = "$FindBin::Bin/clients/node_modules";
-    plan skip_all => "$nm is absent: run scripts/clients-deps.sh"
-        unless -d "$nm/playwright-core" && -d "$nm/\@segment/analytics-next";
-    plan skip_all => 'node is not installed'
-        unless grep { -x "$_/node" } split /:/, $ENV{PATH} // '';
-    my $v = `node -p process.versions.node 2>/dev/null` // '';
-    plan skip_all => "the SDKs need Node >= 20, not $v"
-        unless $v =~ /^(\d+)\./ && $1 >= 20;
-    plan skip_all => 'chromium is not installed: run scripts/clients-deps.sh'
-        unless -x ($ENV{CIO_CHROMIUM} || '/usr/bin/chromium');
+    my $node = Cio::Test::node_bin();
+    Cio::Test::prerequisite(
+        -d "$nm/playwright-core" && -d "$nm/\@segment/analytics-next",
+        "$nm is absent: run scripts/clients-deps.sh");
+    my $v = `'$node' -p process.versions.node 2>/dev/null` // '';
+    Cio::Test::prerequisite($v =~ /^(\d+)\./ && $1 >= 20,
+        "the SDKs need Node >= 20, not '$v': run scripts/clients-deps.sh");
+    Cio::Test::prerequisite(-x ($ENV{CIO_CHROMIUM} || '/usr/bin/chromium'),
+        'chromium is not installed: run scripts/clients-deps.sh');
 }
 
 my $t = Cio::Test->new;
@@ -150,7 +153,7 @@ sub browse {
     my $url = "$page_origin/index.html?wk=$wk&prefix=$prefix"
         . "&mode=$mode";
     my $err = $t->dir . "/browser-$prefix.err";
-    my $raw = `timeout 90 node '$CLIENTS/browser.js' '$url' '$api_origin' $posts 2>'$err'`;
+    my $raw = `timeout 90 '$NODE' '$CLIENTS/browser.js' '$url' '$api_origin' $posts 2>'$err'`;
     my $res = eval { $json->decode((split /\n/, $raw)[-1] // '') };
     unless ($res) {
         diag("no report from browser.js: $raw\n" . $t->read_file($err));

@@ -58,6 +58,39 @@ sub new {
 sub dir { $_[0]->{dir} }
 sub top { $TOP }
 
+# --- prerequisites ------------------------------------------------------------
+
+# CI runs with CI=true: there every prerequisite must be present, and a
+# missing one fails the test instead of skipping it.
+sub ci { ($ENV{CI} // '') =~ /^(?:1|true|yes)$/i ? 1 : 0 }
+
+# For a whole file: returns when $ok, else skips the file, or fails it
+# under CI.  (Usable in BEGIN, before any plan.)
+sub prerequisite {
+    my ($ok, $why) = @_;
+    return 1 if $ok;
+    if (ci()) {
+        plan(tests => 1);
+        fail("a prerequisite is missing under CI: $why");
+        exit 1;
+    }
+    plan(skip_all => $why);
+}
+
+# For a SKIP: block: skips $n tests, and under CI fails first.
+sub skip_unless_ci {
+    my ($why, $n) = @_;
+    fail("a prerequisite is missing under CI: $why") if ci();
+    skip($why, $n);
+}
+
+# The node the client tests run: the Node 20 that scripts/clients-deps.sh
+# put into t/clients/.node when the system's is older, else the system's.
+sub node_bin {
+    my $local = "$TOP/t/clients/.node/bin/node";
+    return -x $local ? $local : 'node';
+}
+
 sub free_port {
     my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
         Proto => 'tcp', Listen => 1, ReuseAddr => 1)
