@@ -126,6 +126,11 @@ $t->config(http => <<"END")->run;
             root $CLIENTS/browser;
         }
 
+        # the browser asks for it; a site without one is not an error
+        location = /favicon.ico {
+            return 204;
+        }
+
         location /analytics-next/bundles/ {
             alias $umd;
         }
