@@ -536,15 +536,17 @@ sub allow_alert { shift->allow_log(@_) }
 
 sub errors_in_log {
     my ($self) = @_;
-    my $log = $self->read_file('error.log');
     my @allowed = @{ $self->{allowed} || [] };
-    return (grep {
-        my $line = $_;
-        /\[(error|crit|alert|emerg)\]|Sanitizer|runtime error:/
-            && !grep { $line =~ $_ } @allowed
-    } split /\n/, $log),
-    # the master's stderr before error.log is open
-    (map { "nginx.out: $_" } sanitizer_reports($self->read_file('nginx.out')));
+    my $bad = sub {
+        my ($line) = @_;
+        return $line =~ /\[(error|crit|alert|emerg)\]|Sanitizer|runtime error:/
+            && !grep { $line =~ $_ } @allowed;
+    };
+    # error.log, and the stderr of nginx (before error.log is open, and
+    # what a sanitizer writes)
+    return (grep { $bad->($_) } split /\n/, $self->read_file('error.log')),
+        (map { "nginx.out: $_" } grep { $bad->($_) } split /\n/,
+             $self->read_file('nginx.out'));
 }
 
 sub done {
