@@ -2,47 +2,69 @@
 # Installs what the client SDK tests (t/30-clients-node.t,
 # t/31-clients-browser.t) need, and only what is missing:
 #   - Debian's nodejs, npm, chromium and chromium-driver;
+#   - Node 20 when the system's node is older (Debian 12's nodejs is 18):
+#     the npm registry's own build, package node-linux-<arch>, into
+#     t/clients/.node, which the tests run first (Cio::Test::node_bin);
 #   - the SDKs pinned in t/clients/package-lock.json, with `npm ci`, when
 #     t/clients/node_modules is absent or older than the lock file.
 # A machine that has it all is left untouched.  Idempotent; run as root or
-# with sudo.
+# with sudo.  Under CI (CI=true) anything that cannot be installed is an
+# error: the client tests must run there, not skip.
 set -eu
 
 top=$(cd "$(dirname "$0")/.." && pwd)
 clients="$top/t/clients"
+need=20
 
-sudo=""
-[ "$(id -u)" -eq 0 ] || sudo=sudo
+. "$top/scripts/apt-missing.sh"
 
-installed() {
-    dpkg-query -W -f='${Status}' "$1" 2>/dev/null \
-        | grep -q "install ok installed"
+ci=0
+case "${CI:-}" in 1|true|TRUE|True|yes) ci=1 ;; esac
+
+# not under CI a missing prerequisite is a warning: the tests skip
+give_up() {
+    echo "clients-deps: $*" >&2
+    [ "$ci" -eq 0 ] || exit 1
+    echo "clients-deps: the client SDK tests will be skipped" >&2
+    exit 0
 }
 
-missing=""
-# Node 20 from another source (e.g. NodeSource's nodejs) counts as present
-command -v node >/dev/null 2>&1 || missing="$missing nodejs"
-command -v npm >/dev/null 2>&1 || installed npm || missing="$missing npm"
-for p in chromium chromium-driver; do
-    installed "$p" || missing="$missing $p"
-done
+pkgs="chromium chromium-driver"
+# Node from another source (e.g. NodeSource's nodejs) counts as present
+command -v node >/dev/null 2>&1 || pkgs="$pkgs nodejs"
+command -v npm >/dev/null 2>&1 || pkgs="$pkgs npm"
+# word splitting of $pkgs is wanted: one argument per package
+apt_missing clients-deps $pkgs
 
-if [ -n "$missing" ]; then
-    echo "clients-deps: installing$missing"
-    export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get update -qq
-    $sudo apt-get install -y -qq --no-install-recommends $missing
+major() {
+    "$1" -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0
+}
+
+# @segment/analytics-node 3 and playwright-core need Node >= 20
+node="$clients/.node/bin/node"
+[ -x "$node" ] || node=$(command -v node)
+if [ "$(major "$node")" -lt "$need" ]; then
+    case $(uname -m) in
+    x86_64) arch=x64 ;;
+    aarch64) arch=arm64 ;;
+    *) give_up "no Node $need build on the npm registry for $(uname -m)" ;;
+    esac
+    echo "clients-deps: node $("$node" -v) is older than $need:" \
+         "node-linux-$arch@$need from the npm registry into t/clients/.node"
+    mkdir -p "$clients/.node/bin"
+    npm install --prefix "$clients/.node" --no-audit --no-fund \
+        --no-save --loglevel=error "node-linux-$arch@$need" \
+        || give_up "npm could not install node-linux-$arch@$need"
+    ln -sf "../node_modules/node-linux-$arch/bin/node" \
+        "$clients/.node/bin/node"
+    node="$clients/.node/bin/node"
+    [ "$(major "$node")" -ge "$need" ] \
+        || give_up "$node is not Node $need"
 fi
 
-# @segment/analytics-node 3 and playwright-core need Node >= 20.  Debian
-# 12's own nodejs is 18: there the SDKs are not installed and the client
-# tests skip, saying why.  (The project's machines have Node 20.)
-major=$(node -p 'process.versions.node.split(".")[0]')
-if [ "$major" -lt 20 ]; then
-    echo "clients-deps: node $(node -v) is older than 20: the client SDK" \
-         "tests will be skipped" >&2
-    exit 0
-fi
+# npm itself is a node script: run it with that node
+PATH="$(dirname "$node"):$PATH"
+export PATH
 
 # npm ci when node_modules is missing, or older than the lock file (npm
 # writes node_modules/.package-lock.json on every install)

@@ -19,6 +19,7 @@ use MIME::Base64 qw(encode_base64);
 use POSIX qw(:sys_wait_h);
 use Test::More;
 use Time::HiRes qw(sleep time);
+use Cio::Test;
 
 my $JSON = JSON::PP->new->canonical;
 my $dir = tempdir('cio-standin-XXXXXX', TMPDIR => 1, CLEANUP => 1);
@@ -117,14 +118,13 @@ sub read_response {
     }
 }
 
-# One request on its own connection.
+# One request on its own connection, through the suite's own client; the
+# framing tests below speak raw HTTP on sockets of their own.
 sub http {
     my ($port, $method, $path, $body, %h) = @_;
-    my $s = connect_to($port);
-    print $s request_text($method, $path, $body, Connection => 'close', %h);
-    my @r = read_response($s);
-    close $s;
-    return @r;
+    my ($st, $head, $b) = Cio::Test::raw_http($port,
+        request_text($method, $path, $body, Connection => 'close', %h));
+    return $st ? ($st, $head, $b) : ();
 }
 
 sub batch {
@@ -186,8 +186,9 @@ ok($seq1 >= 1 && !grep({ $_->{seq} != $seq1 } @$rec), 'one seq per request');
 
 my $req = lines("$cio->{rec}.requests");
 is(scalar @$req, 1, 'one request summary');
-is_deeply([ @{ $req->[0] }{qw(seq site_id status items accepted)} ],
-    [$seq1, 'site1', 200, 3, 3], 'seq, site, status, items, accepted');
+is_deeply([ @{ $req->[0] }{qw(seq request site_id status items accepted)} ],
+    [$seq1, 'POST /api/v2/batch', 'site1', 200, 3, 3],
+    'seq, request, site, status, items, accepted');
 is($req->[0]{bytes}, length $JSON->encode({ batch => \@good }),
     'bytes of the body');
 
@@ -298,6 +299,70 @@ my @cases = (
         name => 'opened' }, undef ],
     [ ev('x', attributes => { pad => 'p' x 33000 }), '' ],
     [ 'a string', '' ],
+
+    # unknown keys, at the top and inside a device or a relationship
+    [ ev('x', data => {}), 'data' ],
+    [ ev('x', anonymous_id => 'a'), 'anonymous_id' ],
+    [ { type => 'person', identifiers => { id => 'u' }, action => 'identify',
+        timestamp => 1700000000, name => 'x' }, 'name' ],
+    [ { type => 'person', identifiers => { id => 'u' }, action => 'add_device',
+        device => { token => 't', id => 't' } }, 'device.id' ],
+    [ { type => 'object', identifiers => { object_type_id => '1',
+        object_id => 'acme' }, action => 'identify',
+        cio_relationships => [ { identifiers => { id => 'u' }, role => 1 } ] },
+      'cio_relationships.0.role' ],
+    [ { type => 'delivery', identifiers => { id => 'd1', email => 'e' },
+        action => 'event', name => 'opened' }, 'identifiers.id' ],
+
+    # limits on event data, at every depth, and on other attributes
+    [ ev('x', attributes => { v => 'v' x 1001 }), 'attributes.v' ],
+    [ ev('x', attributes => { v => 'v' x 1000 }), undef ],
+    [ ev('x', attributes => { 'k' x 151 => 1 }), 'attributes.' . 'k' x 151 ],
+    [ ev('x', attributes => { map { ("a$_" => $_) } 1 .. 301 }), 'attributes' ],
+    [ ev('x', attributes => { map { ("a$_" => $_) } 1 .. 300 }), undef ],
+    [ ev('x', attributes => { o => { p => [ 1, 'v' x 1001 ] } }),
+      'attributes.o.p.1' ],
+    [ ev('x', attributes => { o => { 'k' x 151 => 1 } }),
+      'attributes.o.' . 'k' x 151 ],
+    [ ev('x', attributes => { o => { p => [ 'é' x 500 ] } }), undef ],
+    [ { type => 'person', identifiers => { id => 'u' }, action => 'identify',
+        attributes => { o => { v => 'v' x 1001 } } }, 'attributes.o.v' ],
+    [ { type => 'person', identifiers => { id => 'u' }, action => 'add_device',
+        device => { token => 't', attributes => { v => 'v' x 1001 } } },
+      'device.attributes.v' ],
+    [ { type => 'object', identifiers => { object_type_id => '1',
+        object_id => 'acme' }, action => 'identify',
+        attributes => { 'k' x 151 => 1 } }, 'attributes.' . 'k' x 151 ],
+    [ { type => 'object', identifiers => { object_type_id => '1',
+        object_id => 'acme' }, action => 'identify',
+        cio_relationships => [ { identifiers => { id => 'u' },
+            relationship_attributes => { r => 'r' x 1001 } } ] },
+      'cio_relationships.0.relationship_attributes.r' ],
+    [ { type => 'object', identifiers => { object_type_id => '1',
+        object_id => 'acme' }, action => 'identify',
+        cio_relationships => [ { identifiers => { id => 'u' x 151 } } ] },
+      'cio_relationships.0.identifiers.id' ],
+    [ { type => 'person', identifiers => { id => 'u' }, action => 'identify',
+        cio_relationships => [ { identifiers => { id => 'u2' } } ] },
+      'cio_relationships.0.identifiers' ],
+
+    # integer seconds wherever the API takes a time
+    [ { type => 'person', identifiers => { id => 'u' }, action => 'identify',
+        attributes => { created_at => 1700000000 } }, undef ],
+    [ { type => 'person', identifiers => { id => 'u' }, action => 'identify',
+        attributes => { created_at => 1700000000000 } },
+      'attributes.created_at' ],
+    [ { type => 'person', identifiers => { id => 'u' }, action => 'identify',
+        attributes => { created_at => '2023-11-14T22:13:20Z' } },
+      'attributes.created_at' ],
+    [ { type => 'person', identifiers => { id => 'u' }, action => 'identify',
+        attributes => { _timestamp => 1700000000.5 } },
+      'attributes._timestamp' ],
+    [ { type => 'person', identifiers => { id => 'u' }, action => 'add_device',
+        device => { token => 't', last_used => 1700000000 } }, undef ],
+    [ { type => 'person', identifiers => { id => 'u' }, action => 'add_device',
+        device => { token => 't', last_used => 1700000000000 } },
+      'device.last_used' ],
 );
 
 ($st, undef, $b) = batch($port, [ map { $_->[0] } @cases ]);
@@ -335,6 +400,8 @@ is_deeply([ @{ lines("$cio->{rec}.requests")->[-1] }{qw(status items accepted)} 
     $JSON->encode(ev('single')), %A);
 is_deeply([$st, $b], [200, '{}'], 'entity: 200 {}');
 is(lines($cio->{rec})->[-1]{item}{name}, 'single', 'entity recorded');
+is(lines("$cio->{rec}.requests")->[-1]{request}, 'POST /api/v2/entity',
+    'the summary names the path');
 ($st, undef, $b) = http($port, 'POST', '/api/v2/entity',
     $JSON->encode(ev('n' x 101)), %A);
 is($st, 400, 'an invalid entity: 400');
@@ -506,11 +573,33 @@ is($st, 200, 'reset cleared the pending faults');
 
 is(fault([1]), 400, 'a fault that is not an object: 400');
 
+# the switches for what the real API has not confirmed
+{
+    my $anon = ev('anon', identifiers => { anonymous_id => 'a-1' });
+    my $deep = ev('deep', attributes => { o => { v => 'v' x 1001 } });
+    my @st;
+    push @st, (batch($port, [ $anon, $deep ]))[0];
+    http($port, 'POST', '/__standin/mode',
+        $JSON->encode({ anonymous_id => 0, nested_limits => 0 }));
+    ($st, undef, $b) = batch($port, [ $anon, $deep ]);
+    push @st, $st;
+    is_deeply(\@st, [207, 207], 'the switches flip what is refused');
+    is_deeply([ map { $_->{field} } @{ $b->{errors} } ], ['identifiers'],
+        'anonymous_id 0: {anonymous_id} refused; nested_limits 0: '
+        . 'a long nested value accepted');
+    http($port, 'POST', '/__standin/mode',
+        $JSON->encode({ anonymous_id => undef, nested_limits => undef }));
+    is((batch($port, [ $anon ]))[0], 200, 'cleared: anonymous_id accepted');
+}
+
+is_deeply([ @{ stats() }{qw(rate burst)} ], [1000, 3000],
+    'a rate limit is on by default: 1000/s, bursts of 3000');
+
 my $after = stats();
-is($after->{requests} - $before->{requests}, 9, 'stats: requests');
+is($after->{requests} - $before->{requests}, 12, 'stats: requests');
 is($after->{by_status}{500} - ($before->{by_status}{500} // 0), 2,
     'stats: by_status');
-is($after->{items_accepted} - $before->{items_accepted}, 7,
+is($after->{items_accepted} - $before->{items_accepted}, 10,
     'stats: items_accepted');
 
 ok(stop($cio), 'SIGTERM stops it');
@@ -548,7 +637,10 @@ like(do { local (@ARGV, $/) = $rl->{log}; <> },
     qr{^standin: POST /api/v2/batch 200 items=1 bytes=\d+$}m,
     'one log line per request on stderr');
 
-my $q = start('quiet', '--workspace', 'site1:key1', '--quiet');
+my $q = start('quiet', '--workspace', 'site1:key1', '--quiet', '--control',
+    '--rate', 0);
+is_deeply([ @{ $JSON->decode((http($q->{port}, 'GET', '/__standin/stats'))[2]) }{
+    qw(rate burst)} ], [0, 0], '--rate 0: no rate limit');
 batch($q->{port}, [ ev('q') ]);
 ok(stop($q), 'quiet stand-in stopped');
 is(-s $q->{log}, 0, '--quiet logs nothing');

@@ -14,7 +14,7 @@ use Cio::Test;
 
 my @cases = (
     [ 'a minimal ingest location', 0, qr/test is successful/, <<'END' ],
-    cio_zone name=cio size=1m;
+    %%ZONE%%
     server {
         listen 127.0.0.1:%%PORT%%;
         location /cio/ {
@@ -30,7 +30,7 @@ my @cases = (
 END
     [ 'credentials inherited from http and server', 0,
       qr/test is successful/, <<'END' ],
-    cio_zone name=cio size=1m;
+    %%ZONE%%
     cio_site_id site1;
     cio_region eu;
     server {
@@ -42,7 +42,7 @@ END
 END
     [ 'an empty device event name', 1,
       qr/invalid name "", it must be 1 to 150 bytes/, <<'END' ],
-    cio_zone name=cio size=1m;
+    %%ZONE%%
     server {
         listen 127.0.0.1:%%PORT%%;
         location /cio/ {
@@ -60,7 +60,7 @@ END
     }
 END
     [ 'no site id', 1, qr/needs "cio_site_id" and "cio_api_key"/, <<'END' ],
-    cio_zone name=cio size=1m;
+    %%ZONE%%
     server {
         listen 127.0.0.1:%%PORT%%;
         location /cio/ { cio_ingest segment; cio_api_key k; }
@@ -68,19 +68,19 @@ END
 END
     [ 'unknown ingest kind', 1,
       qr/invalid value "rudder", it must be "segment"/, <<'END' ],
-    cio_zone name=cio size=1m;
+    %%ZONE%%
     server {
         listen 127.0.0.1:%%PORT%%;
         location /cio/ { cio_ingest rudder; cio_site_id s; cio_api_key k; }
     }
 END
     [ 'bad region', 1, qr/invalid value "asia"/, <<'END' ],
-    cio_zone name=cio size=1m;
+    %%ZONE%%
     cio_region asia;
 END
     [ 'endpoint that is not http(s)', 1,
       qr{"cio_endpoint" must be an http:// or https:// URL}, <<'END' ],
-    cio_zone name=cio size=1m;
+    %%ZONE%%
     server {
         listen 127.0.0.1:%%PORT%%;
         location /cio/ {
@@ -90,23 +90,23 @@ END
     }
 END
     [ 'zone too small', 1, qr/zone "cio" is too small/, <<'END' ],
-    cio_zone name=cio size=8k;
+    %%ZONE:8k%%
 END
     [ 'zone without size', 1, qr/must have "name=" and "size="/, <<'END' ],
     cio_zone name=cio;
 END
     [ 'two zones', 1, qr/"cio_zone" directive is duplicate/, <<'END' ],
-    cio_zone name=a size=1m;
-    cio_zone name=b size=1m;
+    %%ZONE:1m:a%%
+    %%ZONE:1m:b%%
 END
     [ 'batch size over the API limit', 1, qr/must not be over 500000/,
       <<'END' ],
-    cio_zone name=cio size=1m;
+    %%ZONE%%
     cio_batch_size 600k;
 END
     [ 'cio_ingest outside a location', 1,
       qr/"cio_ingest" directive is not allowed here/, <<'END' ],
-    cio_zone name=cio size=1m;
+    %%ZONE%%
     server { listen 127.0.0.1:%%PORT%%; cio_ingest segment; }
 END
 );

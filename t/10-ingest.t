@@ -19,7 +19,7 @@ my $cio = $t->standin(workspaces => ['site1:key1']);
 my $json = $t->json;
 
 $t->config(http => <<"END")->run;
-    cio_zone name=cio size=4m;
+    %%ZONE:4m%%
     cio_flush_interval 20ms;
     cio_retry_backoff 50ms 500ms;
 

@@ -22,7 +22,7 @@ my $json = $t->json;
 my $url = $cio->url;
 
 $t->config(http => <<"END")->run;
-    cio_zone name=cio size=4m;
+    %%ZONE:4m%%
     cio_flush_interval 20ms;
 
     log_format cio '\$status \$cio_status \$cio_event_type \$cio_events '
@@ -160,8 +160,12 @@ ok(arrives('Beacon'), 'writeKey in the query: arrived');
 
 ($st) = $t->post('/cio/beacon/v1/batch?writeKey=nope',
     $json->encode({ batch => [ { type => 'track', userId => 'u-1',
-                                 event => 'Beacon' } ] }));
+                                 event => 'Beacon refused' } ] }));
 is($st, 401, 'a wrong writeKey in the query: 401');
+ok($t->settle($cio, headers => { Authorization => basic('wk_test') }),
+    'settled');
+is_deeply([ named('Beacon refused') ], [],
+    'a wrong writeKey in the query: nothing sent');
 
 # --- CORS -----------------------------------------------------------------
 

@@ -18,7 +18,7 @@ my $json = $t->json;
 my $url = $cio->url;
 
 $t->config(http => <<"END")->run;
-    cio_zone name=cio size=4m;
+    %%ZONE:4m%%
     cio_flush_interval 20ms;
     cio_retry_backoff 50ms 200ms;
     cio_endpoint $url;
@@ -42,6 +42,7 @@ $t->config(http => <<"END")->run;
 
         location = /cio-status {
             cio_status;
+            add_header X-Worker \$pid always;
             allow 127.0.0.1;
             deny all;
         }
@@ -112,12 +113,18 @@ is($s->{zone}{name}, 'cio', 'the zone');
 ok($s->{zone}{used} > 0 && $s->{zone}{used} <= $s->{zone}{size},
     'its use');
 
-# the same numbers from every worker: ask enough times to reach both
-my %seen;
-for (1 .. 20) {
-    my (undef, undef, $x) = status();
+# the same numbers from every worker: ask until each has answered (bounded
+# in count and time), knowing which one did from X-Worker
+my (%seen, %by);
+my $deadline = time + 10;
+for (1 .. 400) {
+    my (undef, $xh, $x) = status();
+    $by{ $xh->{'x-worker'} // '?' }++;
     $seen{ $json->encode($x->{total}) }++;
+    last if keys %by >= 2 || time > $deadline;
 }
+is_deeply([ sort { $a <=> $b } keys %by ], [ $t->worker_pids ],
+    'both workers answered the status page');
 is(scalar keys %seen, 1, 'every worker reports the same totals');
 
 # Prometheus

@@ -28,7 +28,7 @@ sub names {
     my $cio = $t->standin(workspaces => ['site1:key1', 'site2:key2']);
 
     $t->config(http => <<"END")->run;
-    cio_zone name=cio size=1m;
+    %%ZONE%%
     cio_flush_interval 20ms;
     cio_endpoint ${\ $cio->url };
     cio_write_key wk;
@@ -60,14 +60,23 @@ END
     }
 
     $cio->wait_items(6, 10);
+    ok($t->settle($cio, path => '/two/v1/track', headers => \%auth),
+        'settled');
 
     is_deeply(names($cio->items('site1')), [qw(one-1 one-2 one-3)],
         'site1 received exactly its events');
-    is_deeply(names($cio->items('site2')), [qw(two-1 two-2 two-3)],
+    is_deeply(names([ grep { $_->{name} !~ /^settle-/ }
+                      @{ $cio->items('site2') } ]), [qw(two-1 two-2 two-3)],
         'site2 received exactly its events');
 
-    my @auth = map { $_->{site_id} } @{ $cio->requests };
-    ok(@auth >= 2, 'each workspace was sent with its own credentials');
+    # the stand-in knows a request's workspace only from its credentials
+    my @sent = @{ $cio->requests };
+    is_deeply([ grep { $_->{status} != 200 } @sent ], [],
+        'every request was answered 200 (no 401)');
+    is_deeply({ map { $_->{site_id} => 1 } @sent }, { site1 => 1, site2 => 1 },
+        'each workspace was sent with its own credentials');
+    is_deeply([ grep { $_->{request} ne 'POST /api/v2/batch' } @sent ], [],
+        'every request was POST /api/v2/batch');
 
     $t->done_part;
 }
@@ -79,7 +88,7 @@ END
     my $cio = $t->standin(workspaces => ['site1:key1']);
 
     $t->config(http => <<"END")->run;
-    cio_zone name=cio size=1m;
+    %%ZONE%%
     cio_flush_interval 20ms;
     cio_retry_backoff 50ms 300ms;
     cio_connect_timeout 1s;
@@ -115,9 +124,9 @@ END
 
     $cio->start;
 
-    my $items = $cio->wait_items(6, 15);
-    is_deeply(names($items), [map { "down-$_" } 1 .. 6],
-        'all events arrived once Customer.io was back, across the reload');
+    $cio->wait_names([map { "down-$_" } 1 .. 6], 15);
+    $t->delivered_exactly($cio, [map { "down-$_" } 1 .. 6],
+        'once Customer.io was back, across the reload');
 
     $t->done_part;
 }
@@ -129,7 +138,7 @@ END
     my $port = Cio::Test::free_port();
 
     $t->config(http => <<"END")->run;
-    cio_zone name=cio size=32k;
+    %%ZONE:32k%%
     cio_flush_interval 20ms;
     cio_retry_backoff 50ms 200ms;
 
@@ -169,8 +178,8 @@ END
         'the refusal is logged');
 
     my $cio = $t->standin(workspaces => ['site1:key1'], port => $port);
-    my $items = $cio->wait_items($accepted, 15);
-    is(scalar @$items, $accepted, 'every accepted event was delivered');
+    is_deeply($cio->wait_names([map { "e-$_" } 1 .. $accepted], 15), [],
+        'every accepted event was delivered');
 
     # the stand-in has them; the zone frees them once the answer is back
     my $st;
@@ -179,6 +188,9 @@ END
         return $st == 200;
     }, 10);
     is($st, 200, 'the drained queue accepts again');
+    $t->delivered_exactly($cio, { (map { ("e-$_" => 1) } 1 .. $accepted),
+        after => 1 },
+        'the accepted events, once each; the refused one never');
 
     $t->done_part;
 }
@@ -190,7 +202,7 @@ END
     my $cio = $t->standin(workspaces => ['site1:key1']);
 
     $t->config(http => <<"END")->run;
-    cio_zone name=cio size=1m;
+    %%ZONE%%
     cio_flush_interval 20ms;
 
     server {
@@ -219,8 +231,9 @@ END
         qr/a client request body is buffered to a temporary file/,
         'nginx did buffer it to a file');
 
-    my $items = $cio->wait_items(20, 10);
-    is(scalar @$items, 20, 'all 20 calls arrived');
+    $cio->wait_items(20, 10);
+    $t->delivered_exactly($cio, [map { "file-$_" } 1 .. 20],
+        'a body from a temporary file');
 
     $t->done_part;
 }

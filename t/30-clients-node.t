@@ -18,19 +18,21 @@ use lib "$FindBin::Bin/lib";
 
 use Test::More;
 use Time::Local qw(timegm);
-use Cio::Test;
+use Cio::Test qw(ulid_ok);
 
 my $CLIENTS = "$FindBin::Bin/clients";
 
+my $NODE = Cio::Test::node_bin();
+
+# missing, they skip the file; under CI they fail it (Cio::Test::ci)
 BEGIN {
     my $nm = "$FindBin::Bin/clients/node_modules";
-    plan skip_all => "$nm is absent: run scripts/clients-deps.sh"
-        unless -d $nm;
-    plan skip_all => 'node is not installed'
-        unless grep { -x "$_/node" } split /:/, $ENV{PATH} // '';
-    my $v = `node -p process.versions.node 2>/dev/null` // '';
-    plan skip_all => "the SDKs need Node >= 20, not $v"
-        unless $v =~ /^(\d+)\./ && $1 >= 20;
+    my $node = Cio::Test::node_bin();
+    Cio::Test::prerequisite(-d $nm,
+        "$nm is absent: run scripts/clients-deps.sh");
+    my $v = `'$node' -p process.versions.node 2>/dev/null` // '';
+    Cio::Test::prerequisite($v =~ /^(\d+)\./ && $1 >= 20,
+        "the SDKs need Node >= 20, not '$v': run scripts/clients-deps.sh");
 }
 
 my $t = Cio::Test->new;
@@ -57,7 +59,7 @@ END
 my $http = sub {
     my ($amp) = @_;
     return <<"END";
-    cio_zone name=cio size=4m;
+    %%ZONE:4m%%
     cio_flush_interval 20ms;
     cio_retry_backoff 50ms 500ms;
 
@@ -93,6 +95,15 @@ $common
 $common
         }
 
+        # the tests' settle barrier, not an SDK's: not in clients.log
+        location /settle/ {
+            access_log off;
+            cio_ingest segment;
+            cio_site_id site_seg;
+            cio_api_key key_seg;
+$common
+        }
+
 ${\ ($amp ? $amplitude_location : '') }
     }
 END
@@ -115,7 +126,7 @@ my $base = 'http://127.0.0.1:' . $t->port;
 sub drive {
     my ($sdk, $path, $key, $prefix, @more) = @_;
     my $err = $t->dir . "/node-$prefix.err";
-    my @cmd = ('timeout', '60', 'node', "$CLIENTS/node-sdk.js", $sdk,
+    my @cmd = ('timeout', '60', $NODE, "$CLIENTS/node-sdk.js", $sdk,
                "$base$path", $key, $prefix, @more);
     my $cmd = join(' ', map { "'$_'" } @cmd) . " 2>'$err'";
     my $raw = `$cmd`;
@@ -134,11 +145,6 @@ sub logged {
     my ($path) = @_;
     return [ grep { (split / /)[1] =~ m{^\Q$path\E} }
              split /\n/, $t->read_file('clients.log') ];
-}
-
-sub ulid_ok {
-    my ($id) = @_;
-    return defined $id && $id =~ /^[0-9A-HJKMNP-TV-Z]{26}$/;
 }
 
 # Checks what one SDK run did.  %o: name, path (location), res (driver
@@ -181,7 +187,8 @@ sub check_run {
     my @want = @{ $o{want} };
     # only this run's items: those that name its prefix, when told
     my $mine = sub {
-        my $all = $cio->items($o{site});
+        my $all = [ grep { ($_->{name} // '') !~ /^settle-\d+$/ }
+                    @{ $cio->items($o{site}) } ];
         return $all unless defined $o{only};
         return [ grep { index($json->encode($_), $o{only}) >= 0 } @$all ];
     };
@@ -189,8 +196,8 @@ sub check_run {
         my $i = $mine->();
         return @$i >= @want ? $i : undef;
     }, 10 * $patience);
-    # a moment for anything unexpected that would follow
-    Cio::Test::wait_until(sub { @{ $mine->() } > @want }, 0.3);
+    # the settle barrier: anything unexpected that would follow is in
+    ok($t->settle($cio, path => '/settle/v1/track'), "$name: settled");
     $items = $mine->();
 
     is(scalar @$items, scalar @want,

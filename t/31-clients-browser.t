@@ -21,22 +21,25 @@ use lib "$FindBin::Bin/lib";
 
 use Test::More;
 use Time::Local qw(timegm);
-use Cio::Test;
+use Cio::Test qw(ulid_ok);
 
 my $CLIENTS = "$FindBin::Bin/clients";
 my $CHROMIUM = $ENV{CIO_CHROMIUM} || '/usr/bin/chromium';
 
+my $NODE = Cio::Test::node_bin();
+
+# missing, they skip the file; under CI they fail it (Cio::Test::ci)
 BEGIN {
     my $nm = "$FindBin::Bin/clients/node_modules";
-    plan skip_all => "$nm is absent: run scripts/clients-deps.sh"
-        unless -d "$nm/playwright-core" && -d "$nm/\@segment/analytics-next";
-    plan skip_all => 'node is not installed'
-        unless grep { -x "$_/node" } split /:/, $ENV{PATH} // '';
-    my $v = `node -p process.versions.node 2>/dev/null` // '';
-    plan skip_all => "the SDKs need Node >= 20, not $v"
-        unless $v =~ /^(\d+)\./ && $1 >= 20;
-    plan skip_all => 'chromium is not installed: run scripts/clients-deps.sh'
-        unless -x ($ENV{CIO_CHROMIUM} || '/usr/bin/chromium');
+    my $node = Cio::Test::node_bin();
+    Cio::Test::prerequisite(
+        -d "$nm/playwright-core" && -d "$nm/\@segment/analytics-next",
+        "$nm is absent: run scripts/clients-deps.sh");
+    my $v = `'$node' -p process.versions.node 2>/dev/null` // '';
+    Cio::Test::prerequisite($v =~ /^(\d+)\./ && $1 >= 20,
+        "the SDKs need Node >= 20, not '$v': run scripts/clients-deps.sh");
+    Cio::Test::prerequisite(-x ($ENV{CIO_CHROMIUM} || '/usr/bin/chromium'),
+        'chromium is not installed: run scripts/clients-deps.sh');
 }
 
 my $t = Cio::Test->new;
@@ -67,7 +70,7 @@ sub settings {
 }
 
 $t->config(http => <<"END")->run;
-    cio_zone name=cio size=4m;
+    %%ZONE:4m%%
     cio_flush_interval 20ms;
     cio_retry_backoff 50ms 500ms;
 
@@ -93,6 +96,15 @@ $t->config(http => <<"END")->run;
             cio_write_key wk_browser;
         }
 
+        # the tests' settle barrier, not a browser's: not in api.log
+        location /settle/ {
+            access_log off;
+            cio_ingest segment;
+            cio_site_id site_web;
+            cio_api_key key_web;
+            cio_endpoint ${\ $cio->url };
+        }
+
         # only another site may post here
         location /list/ {
             cio_ingest segment;
@@ -112,6 +124,11 @@ $t->config(http => <<"END")->run;
 
         location / {
             root $CLIENTS/browser;
+        }
+
+        # the browser asks for it; a site without one is not an error
+        location = /favicon.ico {
+            return 204;
         }
 
         location /analytics-next/bundles/ {
@@ -141,7 +158,7 @@ sub browse {
     my $url = "$page_origin/index.html?wk=$wk&prefix=$prefix"
         . "&mode=$mode";
     my $err = $t->dir . "/browser-$prefix.err";
-    my $raw = `timeout 90 node '$CLIENTS/browser.js' '$url' '$api_origin' $posts 2>'$err'`;
+    my $raw = `timeout 90 '$NODE' '$CLIENTS/browser.js' '$url' '$api_origin' $posts 2>'$err'`;
     my $res = eval { $json->decode((split /\n/, $raw)[-1] // '') };
     unless ($res) {
         diag("no report from browser.js: $raw\n" . $t->read_file($err));
@@ -149,11 +166,6 @@ sub browse {
                  console => [], page => undef };
     }
     return $res;
-}
-
-sub ulid_ok {
-    my ($id) = @_;
-    return defined $id && $id =~ /^[0-9A-HJKMNP-TV-Z]{26}$/;
 }
 
 sub check_items {
@@ -213,7 +225,9 @@ sub check_items {
         my $i = $mine->();
         return @$i >= @want ? $i : undef;
     }, $ok ? 10 : 2);
-    Cio::Test::wait_until(sub { @{ $mine->() } > @want }, 0.3);
+    # the settle barrier: anything unexpected that would follow is in
+    ok($t->settle($cio, path => '/settle/v1/track',
+        headers => { port => $t->port(1) }), "$name: settled");
     $items = $mine->();
 
     is(scalar @$items, scalar @want,

@@ -21,25 +21,14 @@ my $HOLD = qr/\[alert\].*cio: Customer\.io answered 401 for site "site1"/;
 
 sub conf {
     my ($url, %o) = @_;
-    my $key = $o{key} // 'key1';
-    return <<"END";
-    cio_zone name=cio size=4m;
-    cio_flush_interval 20ms;
-    cio_retry_backoff $o{backoff};
-    cio_retry_max $o{retry_max};
-    cio_timeout $o{timeout};
-    cio_connect_timeout 500ms;
-    cio_dead_letter %%TESTDIR%%/dead.jsonl;
-
-    server {
-        listen 127.0.0.1:%%PORT%%;
-        location /cio/ {
-            cio_ingest segment;
-            cio_site_id site1;
-            cio_api_key $key;
-            cio_endpoint $url;
-        }
-    }
+    return Cio::Test::ingest_http(endpoint => $url, key => $o{key},
+        http => <<"END");
+cio_flush_interval 20ms;
+cio_retry_backoff $o{backoff};
+cio_retry_max $o{retry_max};
+cio_timeout $o{timeout};
+cio_connect_timeout 500ms;
+cio_dead_letter %%TESTDIR%%/dead.jsonl;
 END
 }
 

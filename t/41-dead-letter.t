@@ -20,28 +20,23 @@ use Cio::Load qw(post_events post_batch dead_letters missing);
 
 sub conf {
     my ($url, $dead) = @_;
-    return <<"END";
-    cio_zone name=cio size=4m;
-    cio_flush_interval 20ms;
-    cio_retry_backoff 20ms 100ms;
-    cio_retry_max 2;
-    $dead
-
-    server {
-        listen 127.0.0.1:%%PORT%%;
-        location /cio/ {
-            cio_ingest segment;
-            cio_site_id site1;
-            cio_api_key key1;
-            cio_endpoint $url;
-        }
-    }
+    return Cio::Test::ingest_http(endpoint => $url, http => <<"END");
+cio_flush_interval 20ms;
+cio_retry_backoff 20ms 100ms;
+cio_retry_max 2;
+$dead
 END
 }
 
 my $t = Cio::Test->new;
 my $cio = $t->standin(workspaces => ['site1:key1']);
 my $file = $t->dir . '/dead.jsonl';
+
+# what this file provokes, at [error]: each is asserted below
+$t->allow_log(
+    qr/\[error\].*cio: Customer\.io refused \d+ of \d+ events for site "site1" \(207\), \d+ dead-lettered to /,
+    qr/\[error\].*cio: Customer\.io rejected a batch of 3 events for site "site1" with 400: /,
+    qr/\[error\].*cio: gave up on 1 events for site "site1" after 2 retries \(cio_retry_max\)/);
 
 $t->config(http => conf($cio->url, "cio_dead_letter $file;"))->run;
 
@@ -119,8 +114,10 @@ is($d->{reason}, 'retries exhausted', 'as it says');
 is($d->{status}, 500, 'with the last status');
 ok($t->log_lines(qr/\[error\].*cio: gave up on 1 events for site "site1" after 2 retries \(cio_retry_max\), the last got 500; dead-lettered to/),
     'a clear log line');
-my $seen = $cio->names;
-ok(!$seen->{'tired-1'}, 'it was not sent a fourth time');
+
+# exact accounting: after a barrier event, the good ones once each, none of
+# the refused, rejected or dead-lettered ones (not sent a fourth time)
+$t->delivered_exactly($cio, \@good, 'before the replay');
 
 # nothing vanished: every accepted event is delivered or dead-lettered
 is_deeply(missing([@accepted, @rejected, @tired], $cio->names,
@@ -166,6 +163,9 @@ $t->done_part;
     my $t = Cio::Test->new;
     my $cio = $t->standin(workspaces => ['site1:key1']);
     $t->config(http => conf($cio->url, ''))->run;
+    $t->allow_log(
+        qr/\[error\].*cio: site "site1" gave up on an event \(refused, status 207, 0 attempts\), no cio_dead_letter file to keep it: \{.*"name":"bad-1"/,
+        qr/\[error\].*cio: Customer\.io refused 1 of 2 events for site "site1" \(207\), 1 dead-lettered to the error log/);
 
     $cio->mode({ refuse_match => '^bad-' });
     post_batch($t, '/cio', [ 'ok-1', 'bad-1' ]);

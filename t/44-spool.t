@@ -20,24 +20,13 @@ use Cio::Load qw(post_events post_batch);
 
 sub conf {
     my ($port, %o) = @_;
-    my $size = $o{size} // '4m';
-    return <<"END";
-    cio_zone name=cio size=$size;
-    cio_flush_interval 20ms;
-    cio_retry_backoff 300ms 300ms;
-    cio_connect_timeout 500ms;
-    cio_drain_timeout 1s;
-    cio_spool %%TESTDIR%%/spool.jsonl;
-
-    server {
-        listen 127.0.0.1:%%PORT%%;
-        location /cio/ {
-            cio_ingest segment;
-            cio_site_id site1;
-            cio_api_key key1;
-            cio_endpoint http://127.0.0.1:$port;
-        }
-    }
+    return Cio::Test::ingest_http(endpoint => "http://127.0.0.1:$port",
+        zone => $o{size}, http => <<'END');
+cio_flush_interval 20ms;
+cio_retry_backoff 300ms 300ms;
+cio_connect_timeout 500ms;
+cio_drain_timeout 1s;
+cio_spool %%TESTDIR%%/spool.jsonl;
 END
 }
 
@@ -59,7 +48,7 @@ sub lines {
     my $start = time;
     ok($t->stop('QUIT'), 'nginx -s quit');
     my $took = time - $start;
-    ok($took >= 0.9 && $took < 10, sprintf('the workers drained for about '
+    ok($took >= 0.9 && $took < Cio::Test::scale(10), sprintf('the workers drained for about '
         . 'cio_drain_timeout first (%.1f s)', $took));
     ok($t->log_lines(qr/cio: stopping, delivering the \d+ queued events for up to 1000 ms/),
         'the drain is logged');
@@ -72,7 +61,10 @@ sub lines {
     my $line = decode_json($spool->[0]);
     is($line->{site_id}, 'site1', 'a spool line has the site');
     is($line->{url}, "http://127.0.0.1:$port/api/v2/batch", 'the endpoint');
-    ok($line->{attempts} >= 0, 'the attempts');
+    # a refused connection says nothing about the items: not counted
+    is_deeply([ grep { !defined $_->{attempts} || $_->{attempts} ne '0' }
+                map { decode_json($_) } @$spool ], [],
+        'the attempts: 0 on every line, Customer.io was never reached');
     is($line->{item}{type}, 'person', 'and the item');
 
     # nginx -t must not consume it
@@ -124,6 +116,39 @@ sub lines {
     ok($t->log_lines(qr/cio: stopping, the queue is delivered/),
         'and said so');
     ok(!-e $t->dir . '/spool.jsonl', 'nothing was left to spool');
+
+    $t->done_part;
+}
+
+# --- the attempts survive a spool and a load --------------------------------
+
+{
+    my $t = Cio::Test->new(workers => 1);
+    my $cio = $t->standin(workspaces => ['site1:key1']);
+    $cio->mode({ status => 500 });
+    $t->config(http => conf($cio->port))->run;
+
+    my @names = post_events($t, '/cio', 'worn', 5);
+    # counted once nginx has taken the answer in, which it logs
+    my $tries = sub { scalar $t->log_lines(qr/got 500.*retrying in/) };
+    ok(wait_until(sub { $tries->() >= 2 }, 10), 'two 500s answered');
+    ok($t->stop('TERM'), 'stopped');
+
+    my %first = map { my $l = decode_json($_); ($l->{item}{name} =>
+        $l->{attempts}) } @{ lines($t, 'spool.jsonl') };
+    is_deeply([ sort keys %first ], [ sort @names ], 'all 5 spooled');
+    is_deeply([ grep { ($first{$_} // 0) < 2 } sort keys %first ], [],
+        'each with the 500s counted (at least 2 attempts)');
+
+    my $before = $tries->();
+    $t->run;
+    ok(wait_until(sub { $tries->() > $before }, 10),
+        'loaded and tried once more');
+    ok($t->stop('TERM'), 'stopped again');
+    my %again = map { my $l = decode_json($_); ($l->{item}{name} =>
+        $l->{attempts}) } @{ lines($t, 'spool.jsonl') };
+    is_deeply([ grep { ($again{$_} // 0) <= $first{$_} } sort keys %first ],
+        [], 'the count went on from the spooled one, it did not start over');
 
     $t->done_part;
 }
@@ -204,10 +229,12 @@ sub lines {
     my $rest = 40 - ($loaded // 0);
     ok($t->log_lines(qr/\[warn\].*cio: $rest spooled events did not fit in cio_zone, they stay in/),
         'the rest stay in the spool, and the log says so');
-    ok($t->log_lines(qr/\[error\].*cio: 1 spooled events are for a site and endpoint no cio_ingest location uses/),
-        'the orphaned line is reported');
-    ok($t->log_lines(qr/\[error\].*cio: 1 lines of the spool are damaged/),
-        'the damaged line is reported');
+    my @expected = (
+        qr/\[error\].*cio: 1 spooled events are for a site and endpoint no cio_ingest location uses/,
+        qr/\[error\].*cio: 1 lines of the spool are damaged/);
+    ok($t->log_lines($expected[0]), 'the orphaned line is reported');
+    ok($t->log_lines($expected[1]), 'the damaged line is reported');
+    $t->allow_log(@expected);
 
     my $left = lines($t, 'spool.jsonl');
     is(scalar @$left, 2 + 40 - $loaded, 'they all stay in the spool');

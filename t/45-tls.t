@@ -47,7 +47,7 @@ sub conf {
     my $port = $cio->url =~ s{.*:}{}r;
 
     return <<"END";
-    cio_zone name=cio size=1m;
+    %%ZONE%%
     cio_flush_interval 20ms;
     cio_retry_backoff 100ms 200ms;
     cio_write_key wk;
@@ -150,7 +150,7 @@ sub names {
 {
     my $t = Cio::Test->new;
     $t->config(http => <<'END');
-    cio_zone name=cio size=1m;
+    %%ZONE%%
     cio_ssl_trusted_certificate /nonexistent/ca.crt;
 END
     my ($rc, $out) = $t->check_config;

@@ -1,16 +1,41 @@
 package Cio::Standin;
 
-# A local stand-in for Customer.io's Track API v2 (customerio-api.md §2, §4,
-# §5): POST /api/v2/batch and /api/v2/entity with Basic auth, the v2 item
-# rules and size limits, 207 for refused items, 429 over an optional rate.
-# Every accepted item is appended to a JSON-lines file that tests poll.
+# A local stand-in for Customer.io's Track API v2: POST /api/v2/batch and
+# /api/v2/entity with Basic auth, the v2 item rules and size limits, 207 for
+# refused items, 429 over its rate.  Every accepted item is appended to a
+# JSON-lines file that tests poll, every request to a summary file with its
+# method and path.
+#
+# It is as strict as Customer.io documents the API, and a little stricter
+# where that is the safe reading, so that what passes here passes there:
+#  - keys: an item, a device, a relationship may carry only the keys the
+#    v2 spec lists for its type and action; any other key refuses the item;
+#  - limits at every depth: names (of attributes, and of keys nested in
+#    their values) at most 150 bytes, string values at most 1000 bytes,
+#    at most 300 attributes, event names at most 100 bytes, identifiers at
+#    most 150 bytes, an item at most 32 kb, event data at most 100000;
+#  - times: timestamp, attributes.created_at and _timestamp,
+#    device.last_used are integer unix seconds;
+#  - a rate limit is on by default: 1000 requests a second with a burst of
+#    3000 per workspace, the published "3000 requests per 3 seconds";
+#    rate => 0 turns it off.
+#
+# What the real API does is not confirmed everywhere; each such choice is a
+# switch, named here and nowhere else:
+#   anonymous_id => 1    accept {anonymous_id} as a v2 person identifier
+#                        (the v2 spec does not list it; Segment's Customer.io
+#                        destination sends it). 0 refuses it.
+#   nested_limits => 1   apply the name and value limits inside nested
+#                        attribute values too (documented only for
+#                        top-level attributes). 0 checks the top level.
 #
 # One process, one IO::Select loop, non-blocking sockets with a buffer per
 # connection: a slow client or a delayed answer never holds up the others.
 # (select(2) caps it near 1000 connections, plenty for tests and the demo.)
 #
 #   Cio::Standin::run(listen => '127.0.0.1:0', workspaces => ['site:key'],
-#       record => $file, rate => N, burst => N, control => 1, quiet => 1);
+#       record => $file, rate => N, burst => N, control => 1, quiet => 1,
+#       anonymous_id => 0|1, nested_limits => 0|1);
 #
 # With control => 1, faults can be injected (t/lib/Cio/Test.pm wraps them):
 #
@@ -27,8 +52,8 @@ package Cio::Standin;
 #                          answered 207}, {pad_207: bytes added to a 207
 #                          answer}, {poison_match: regex on item names, the
 #                          whole batch answered 400}, {rate, burst},
-#                          {seed}; a key set
-#                          to null is cleared
+#                          {seed}, {anonymous_id}, {nested_limits}; a key
+#                          set to null is cleared
 #   GET /__standin/stats   counters
 
 use strict;
@@ -50,6 +75,13 @@ use constant {
     MAX_DATA   => 100_000,     # event data (attributes), serialized
     MAX_HEAD   => 65_536,      # request line and headers
     HARD_CAP   => 8_000_000,   # a body larger than this is not even read
+    MAX_NAME   => 100,         # event, page, screen name
+    MAX_ID     => 150,         # person and object identifiers
+    MAX_KEY    => 150,         # attribute names
+    MAX_VALUE  => 1_000,       # attribute string values
+    MAX_ATTRS  => 300,         # attributes per item
+    RATE       => 1_000,       # requests a second, per workspace
+    BURST      => 3_000,
 };
 
 my $JSON = JSON::PP->new->utf8->canonical->allow_nonref;
@@ -69,11 +101,43 @@ my %ACTIONS = (
     delivery => [qw(event)],
 );
 
-# anonymous_id is not among the v2 spec's person identifiers, but Segment's
-# production Customer.io destination sends it, so it is accepted here
-# (customerio-api.md §2, §8; mapping-spec.md "Identity").
-my @PERSON_IDS = qw(id email cio_id phone anonymous_id);
+# anonymous_id is the unconfirmed one, see the anonymous_id switch above
+my @PERSON_IDS = qw(id email cio_id phone);
 my @MERGE_IDS = qw(id email cio_id);
+
+# the keys an item may carry beside type and action, by type and action
+my %KEYS;
+{
+    my @event = qw(identifiers name id timestamp attributes);
+    my %person = (identify => [qw(identifiers attributes cio_relationships
+                                  timestamp)],
+        delete => [qw(identifiers timestamp)],
+        event => \@event, screen => \@event, page => \@event,
+        add_relationships => [qw(identifiers cio_relationships timestamp)],
+        delete_relationships => [qw(identifiers cio_relationships
+                                    timestamp)],
+        add_device => [qw(identifiers device timestamp)],
+        delete_device => [qw(identifiers device timestamp)],
+        merge => [qw(primary secondary timestamp)],
+        suppress => [qw(identifiers timestamp)],
+        unsuppress => [qw(identifiers timestamp)]);
+    my %object = (identify => $person{identify},
+        identify_anonymous => $person{identify},
+        delete => $person{delete},
+        add_relationships => $person{add_relationships},
+        delete_relationships => $person{delete_relationships});
+    my %delivery = (event => \@event);
+    for my $t ([person => \%person], [object => \%object],
+               [delivery => \%delivery]) {
+        for my $a (keys %{ $t->[1] }) {
+            $KEYS{ $t->[0] }{$a} = { map { $_ => 1 } qw(type action),
+                @{ $t->[1]{$a} } };
+        }
+    }
+}
+my %DEVICE_KEYS = map { $_ => 1 } qw(token platform last_used attributes);
+my %RELATION_KEYS = map { $_ => 1 } qw(identifiers relationship_attributes);
+my %SECONDS = map { $_ => 1 } qw(created_at _timestamp);
 
 my %EVENTISH = map { $_ => 1 } qw(event page screen);
 
@@ -85,6 +149,12 @@ sub run {
         faults => [], buckets => {}, seq => 0,
         stats => { requests => 0, items_accepted => 0, items_refused => 0,
                    by_status => {} } }, __PACKAGE__;
+
+    # the real API limits its rate; rate => 0 is no limit
+    $opts{rate} //= RATE;
+    $opts{burst} //= $opts{rate} == RATE ? BURST : undef;
+    $opts{anonymous_id} //= 1;
+    $opts{nested_limits} //= 1;
 
     # what "reset" goes back to
     @$self{qw(rate0 burst0)} = @opts{qw(rate burst)};
@@ -389,6 +459,7 @@ sub track {
     my $entity = $req->{path} eq '/api/v2/entity';
     my $bytes = $req->{too_large} ? $req->{length} : length $req->{body};
     my %sum = (seq => $req->{seq} //= ++$self->{seq}, site_id => undef,
+        request => "$req->{method} $req->{path}",
         status => 0, items => 0, accepted => 0, bytes => $bytes);
     $self->{stats}{requests}++ unless $req->{delayed};
 
@@ -488,7 +559,7 @@ sub accept_items {
         my @e = $refuse{$i} ? ('', 'refused by the stand-in (fault)')
             : defined $match && is_str($name) && $name =~ /$match/
             ? ('name', 'refused by the stand-in (refuse_match)')
-            : item_error($items->[$i]);
+            : $self->item_error($items->[$i]);
         if (@e) {
             push @errors, { batch_index => $i, reason => 'invalid',
                 field => $e[0], message => $e[1] };
@@ -513,9 +584,16 @@ sub accept_items {
 
 # --- item rules (v2 spec, customerio-api.md §2 and §5) ---------------------
 
+# a switch of the unconfirmed rules: the standing mode, else the option
+sub switch {
+    my ($self, $name) = @_;
+    my $m = $self->{mode} || {};
+    return exists $m->{$name} ? $m->{$name} : $self->{opts}{$name};
+}
+
 # Returns (field, message) for an invalid item, () for a valid one.
 sub item_error {
-    my ($item) = @_;
+    my ($self, $item) = @_;
     return ('', 'item must be an object') unless ref $item eq 'HASH';
     my $size = length $JSON->encode($item);
     return ('', "item must be at most 32kb, it is $size bytes")
@@ -527,31 +605,25 @@ sub item_error {
     return ('action', 'action ' . ($JSON->encode($action // undef))
         . " is not valid for type $type")
         unless is_str($action) && grep { $_ eq $action } @{ $ACTIONS{$type} };
+    for my $k (sort keys %$item) {
+        return ($k, "unknown key \"$k\" for $type $action")
+            unless $KEYS{$type}{$action}{$k};
+    }
 
+    my @ids = (@PERSON_IDS,
+        $self->switch('anonymous_id') ? ('anonymous_id') : ());
     my @e;
     if ($type eq 'person' && $action eq 'merge') {
         @e = ids_error($item->{primary}, 'primary', \@MERGE_IDS);
         @e = ids_error($item->{secondary}, 'secondary', \@MERGE_IDS) unless @e;
     } elsif ($type eq 'person') {
-        @e = ids_error($item->{identifiers}, 'identifiers', \@PERSON_IDS);
+        @e = ids_error($item->{identifiers}, 'identifiers', \@ids);
     } elsif ($type eq 'object') {
-        my $ids = $item->{identifiers};
-        my @keys = ref $ids eq 'HASH' ? sort keys %$ids : ();
-        if ("@keys" eq 'cio_object_id') {
-            @e = ('identifiers.cio_object_id', 'cio_object_id must be a non-empty string')
-                unless is_str($ids->{cio_object_id}) && length $ids->{cio_object_id};
-        } elsif ("@keys" eq 'object_id object_type_id') {
-            @e = ('identifiers.object_type_id', 'object_type_id must be a non-empty string')
-                unless is_str($ids->{object_type_id}) && length $ids->{object_type_id};
-            @e = ('identifiers.object_id', 'object_id must be a non-empty string of at most 150 bytes')
-                unless @e || (is_str($ids->{object_id}) && length $ids->{object_id}
-                    && byte_len($ids->{object_id}) <= 150);
-        } else {
-            @e = ('identifiers', 'object identifiers must be {object_type_id, object_id} or {cio_object_id}');
-        }
+        @e = object_ids_error($item->{identifiers}, 'identifiers');
     } else {
         @e = ('identifiers.id', 'delivery identifiers must be {id}')
             unless ref $item->{identifiers} eq 'HASH'
+                && join(',', keys %{ $item->{identifiers} }) eq 'id'
                 && is_str($item->{identifiers}{id}) && length $item->{identifiers}{id};
     }
     return @e if @e;
@@ -567,37 +639,127 @@ sub item_error {
             : 'attributes must be an object');
     }
     my $attrs = $item->{attributes} || {};
+    my $nested = $self->switch('nested_limits');
 
     if ($EVENTISH{$action}) {
         my $name = $item->{name};
         return ('name', 'event name is required')
             unless is_str($name) && length $name;
         return ('name', 'event name cannot be longer than 100 bytes')
-            if byte_len($name) > 100;
+            if byte_len($name) > MAX_NAME;
         return ('id', 'id must be a ULID')
             if exists $item->{id} && !(is_str($item->{id})
                 && $item->{id} =~ /^[0-7][0-9A-HJKMNP-TV-Z]{25}$/i);
         # unreachable inside a 32 kb item, kept for the documented limit
         return ('attributes', 'event data must be at most 100000 bytes')
             if length $JSON->encode($attrs) > MAX_DATA;
+        @e = attrs_error($attrs, 'attributes', $nested);
     } elsif ($action eq 'identify' || $action eq 'identify_anonymous') {
-        return ('attributes', 'at most 300 attributes') if keys %$attrs > 300;
-        for my $k (sort keys %$attrs) {
-            return ("attributes.$k", 'attribute names must be at most 150 bytes')
-                if byte_len($k) > 150;
-            return ("attributes.$k", 'attribute values must be at most 1000 bytes')
-                if is_str($attrs->{$k}) && byte_len($attrs->{$k}) > 1000;
+        @e = attrs_error($attrs, 'attributes', $nested);
+        for my $k (grep { exists $attrs->{$_} } sort keys %SECONDS) {
+            last if @e;
+            @e = seconds_error($attrs->{$k}, "attributes.$k");
         }
     } elsif ($action eq 'add_device' || $action eq 'delete_device') {
         my $d = $item->{device};
         return ('device.token', 'device.token is required')
             unless ref $d eq 'HASH' && is_str($d->{token}) && length $d->{token};
+        for my $k (sort keys %$d) {
+            return ("device.$k", "unknown key \"$k\" in device")
+                unless $DEVICE_KEYS{$k};
+        }
         return ('device.platform', 'device.platform must be a string')
             if exists $d->{platform} && !is_str($d->{platform});
-    } elsif ($action =~ /_relationships$/) {
+        @e = seconds_error($d->{last_used}, 'device.last_used')
+            if exists $d->{last_used};
+        return @e if @e;
+        if (exists $d->{attributes}) {
+            return ('device.attributes', 'device.attributes must be an object')
+                unless ref $d->{attributes} eq 'HASH';
+            @e = attrs_error($d->{attributes}, 'device.attributes', $nested);
+        }
+    }
+    return @e if @e;
+
+    if ($action =~ /_relationships$/ || exists $item->{cio_relationships}) {
+        my $rel = $item->{cio_relationships};
         return ('cio_relationships', 'cio_relationships must be a non-empty array')
-            unless ref $item->{cio_relationships} eq 'ARRAY'
-                && @{ $item->{cio_relationships} };
+            unless ref $rel eq 'ARRAY' && @$rel;
+        for my $i (0 .. $#$rel) {
+            my $r = $rel->[$i];
+            my $f = "cio_relationships.$i";
+            return ($f, 'a relationship must be an object')
+                unless ref $r eq 'HASH';
+            for my $k (sort keys %$r) {
+                return ("$f.$k", "unknown key \"$k\" in a relationship")
+                    unless $RELATION_KEYS{$k};
+            }
+            # a person's relationships name objects, an object's people
+            @e = $type eq 'object'
+                ? ids_error($r->{identifiers}, "$f.identifiers", \@ids)
+                : object_ids_error($r->{identifiers}, "$f.identifiers");
+            return @e if @e;
+            if (exists $r->{relationship_attributes}) {
+                return ("$f.relationship_attributes", 'must be an object')
+                    unless ref $r->{relationship_attributes} eq 'HASH';
+                @e = attrs_error($r->{relationship_attributes},
+                    "$f.relationship_attributes", $nested);
+                return @e if @e;
+            }
+        }
+    }
+    return ();
+}
+
+sub object_ids_error {
+    my ($ids, $field) = @_;
+    my @keys = ref $ids eq 'HASH' ? sort keys %$ids : ();
+    if ("@keys" eq 'cio_object_id') {
+        return ("$field.cio_object_id", 'cio_object_id must be a non-empty string')
+            unless is_str($ids->{cio_object_id}) && length $ids->{cio_object_id};
+    } elsif ("@keys" eq 'object_id object_type_id') {
+        return ("$field.object_type_id", 'object_type_id must be a non-empty string')
+            unless is_str($ids->{object_type_id}) && length $ids->{object_type_id};
+        return ("$field.object_id", 'object_id must be a non-empty string of at most 150 bytes')
+            unless is_str($ids->{object_id}) && length $ids->{object_id}
+                && byte_len($ids->{object_id}) <= MAX_ID;
+    } else {
+        return ($field, 'object identifiers must be {object_type_id, object_id} or {cio_object_id}');
+    }
+    return ();
+}
+
+# integer unix seconds (0 .. year 5138)
+sub seconds_error {
+    my ($v, $field) = @_;
+    return () if !defined $v;       # null removes the attribute
+    return ($field, "$field must be an integer of unix seconds")
+        unless is_num($v) && $v == int($v) && $v >= 0
+            && $v < 100_000_000_000;
+    return ();
+}
+
+# Attribute names, values and count; with $nested also the keys and string
+# values inside nested objects and arrays.
+sub attrs_error {
+    my ($attrs, $field, $nested) = @_;
+    return ($field, 'at most ' . MAX_ATTRS . ' attributes')
+        if keys %$attrs > MAX_ATTRS;
+    my @walk = map { [ "$field.$_", $_, $attrs->{$_}, 0 ] } sort keys %$attrs;
+    while (my $w = shift @walk) {
+        my ($path, $key, $v, $depth) = @$w;
+        return ($path, 'attribute names must be at most ' . MAX_KEY . ' bytes')
+            if defined $key && byte_len($key) > MAX_KEY;
+        return ($path, 'attribute values must be at most ' . MAX_VALUE
+            . ' bytes') if is_str($v) && byte_len($v) > MAX_VALUE;
+        next unless $nested && ref $v;
+        if (ref $v eq 'HASH') {
+            push @walk, map { [ "$path.$_", $_, $v->{$_}, $depth + 1 ] }
+                sort keys %$v;
+        } elsif (ref $v eq 'ARRAY') {
+            push @walk, map { [ "$path.$_", undef, $v->[$_], $depth + 1 ] }
+                0 .. $#$v;
+        }
     }
     return ();
 }
@@ -612,7 +774,8 @@ sub ids_error {
     return ("$field.$k", "$k must be a non-empty string"
         . ($k eq 'id' ? ' or a number' : ''))
         unless (is_str($v) && length $v) || ($k eq 'id' && is_num($v));
-    return ("$field.$k", "$k must be at most 150 bytes") if byte_len($v) > 150;
+    return ("$field.$k", "$k must be at most 150 bytes")
+        if byte_len($v) > MAX_ID;
     return ();
 }
 
@@ -671,6 +834,8 @@ sub control {
     my ($self, $c, $req, $route) = @_;
     if ($route eq 'GET /__standin/stats') {
         return $self->respond($c, $req, 200, { %{ $self->{stats} },
+            rate => $self->{opts}{rate} || 0,
+            burst => $self->{opts}{burst} || $self->{opts}{rate} || 0,
             faults => scalar @{ $self->{faults} },
             mode => $self->{mode} || {} });
     }

@@ -4,7 +4,9 @@ package Cio::Test;
 # nginx with a generated configuration on free loopback ports, starts the
 # Customer.io stand-in, talks HTTP to both, waits on conditions with
 # deadlines, and at the end fails the test file when the error log holds
-# an [alert], an [emerg] or a sanitizer report.
+# an [error], a [crit], an [alert], an [emerg] the test did not expect
+# (allow_log), or when error.log, the master's early stderr (nginx.out) or
+# "nginx -t" holds a sanitizer report.
 #
 #   CIO_TEST_LEAVE=1    keep the test directory
 #   CIO_TEST_CATLOG=1   print error.log at the end
@@ -26,7 +28,7 @@ use Test::More;
 use Time::HiRes qw(sleep time);
 
 use Exporter qw(import);
-our @EXPORT_OK = qw(wait_until free_port basic);
+our @EXPORT_OK = qw(wait_until free_port basic zone ingest_http ulid_ok);
 
 
 my $TOP = abs_path(dirname(__FILE__) . '/../../..');
@@ -56,6 +58,39 @@ sub new {
 sub dir { $_[0]->{dir} }
 sub top { $TOP }
 
+# --- prerequisites ------------------------------------------------------------
+
+# CI runs with CI=true: there every prerequisite must be present, and a
+# missing one fails the test instead of skipping it.
+sub ci { ($ENV{CI} // '') =~ /^(?:1|true|yes)$/i ? 1 : 0 }
+
+# For a whole file: returns when $ok, else skips the file, or fails it
+# under CI.  (Usable in BEGIN, before any plan.)
+sub prerequisite {
+    my ($ok, $why) = @_;
+    return 1 if $ok;
+    if (ci()) {
+        plan(tests => 1);
+        fail("a prerequisite is missing under CI: $why");
+        exit 1;
+    }
+    plan(skip_all => $why);
+}
+
+# For a SKIP: block: skips $n tests, and under CI fails first.
+sub skip_unless_ci {
+    my ($why, $n) = @_;
+    fail("a prerequisite is missing under CI: $why") if ci();
+    skip($why, $n);
+}
+
+# The node the client tests run: the Node 20 that scripts/clients-deps.sh
+# put into t/clients/.node when the system's is older, else the system's.
+sub node_bin {
+    my $local = "$TOP/t/clients/.node/bin/node";
+    return -x $local ? $local : 'node';
+}
+
 sub free_port {
     my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
         Proto => 'tcp', Listen => 1, ReuseAddr => 1)
@@ -63,6 +98,13 @@ sub free_port {
     my $port = $s->sockport;
     close $s;
     return $port;
+}
+
+# a Customer.io dedupe id: a ULID in Crockford's base32, its time part in
+# range (the first character at most 7)
+sub ulid_ok {
+    my ($id) = @_;
+    return defined $id && !ref $id && $id =~ /^[0-7][0-9A-HJKMNP-TV-Z]{25}$/;
 }
 
 sub basic {
@@ -74,7 +116,7 @@ sub basic {
 sub wait_until {
     my ($cond, $timeout) = @_;
     # Valgrind slows nginx down some twentyfold
-    my $deadline = time() + ($timeout // 10) * ($ENV{CIO_VALGRIND} ? 6 : 1);
+    my $deadline = time() + scale($timeout // 10);
 
     while (time() < $deadline) {
         my $v = $cond->();
@@ -121,8 +163,57 @@ sub standin {
 
 # --- nginx ----------------------------------------------------------------
 
+# The cio_zone directive: the one place that knows its syntax.
+sub zone {
+    my ($size, $name) = @_;
+    return 'cio_zone name=' . ($name // 'cio') . ' size=' . ($size // '1m')
+        . ';';
+}
+
+# The inside of http{} for the common case: a zone, one server on %%PORT%%
+# with one ingest location sending to the stand-in.  Options, with their
+# defaults:
+#   zone => '4m'          its size
+#   http => ''            more directives at http level (cio_retry_max ...)
+#   endpoint => undef     cio_endpoint (the stand-in's url); none if undef
+#   site => 'site1', key => 'key1'   cio_site_id, cio_api_key
+#   ingest => 'segment', location => '/cio/'
+#   write_key => undef    cio_write_key's arguments
+#   directives => ''      more directives inside the location
+#   server => ''          more inside the server (other locations)
+sub ingest_http {
+    my (%o) = @_;
+    my $loc = join "\n", grep { length }
+        "cio_ingest " . ($o{ingest} // 'segment') . ';',
+        'cio_site_id ' . ($o{site} // 'site1') . ';',
+        'cio_api_key ' . ($o{key} // 'key1') . ';',
+        (defined $o{endpoint} ? "cio_endpoint $o{endpoint};" : ''),
+        (defined $o{write_key} ? "cio_write_key $o{write_key};" : ''),
+        $o{directives} // '';
+    $loc =~ s/^[ \t]*/            /mg;
+    my $http = join "\n", grep { length } zone($o{zone} // '4m'),
+        $o{http} // '';
+    $http =~ s/^[ \t]*/    /mg;
+    my $server = $o{server} // '';
+    $server =~ s/^[ \t]*/        /mg;
+    my $location = $o{location} // '/cio/';
+    return <<"END";
+$http
+
+    server {
+        listen 127.0.0.1:%%PORT%%;
+$server
+        location $location {
+$loc
+        }
+    }
+END
+}
+
 # http => the inside of the http{} block; %%PORT%% is the listening port,
-# %%PORT_n%% further free ports, %%TESTDIR%% the test directory.
+# %%PORT_n%% further free ports, %%TESTDIR%% the test directory, %%ZONE%%
+# the cio_zone directive (%%ZONE:8k%%, %%ZONE:1m:name%% with a size, a
+# name).
 sub config {
     my ($self, %opts) = @_;
 
@@ -160,6 +251,7 @@ $opts{http}
 }
 EOF
 
+    $conf =~ s/%%ZONE(?::([^:%]+))?(?::([^:%]+))?%%/zone($1, $2)/ge;
     $conf =~ s/%%TESTDIR%%/$self->{dir}/g;
     $conf =~ s/%%PORT%%/$self->{port}/g;
     $conf =~ s/%%PORT_(\d+)%%/$self->{ports}{$1} \/\/= free_port()/ge;
@@ -175,12 +267,31 @@ sub port {
     return $self->{ports}{$n} //= free_port();
 }
 
-# nginx -t on the written configuration: (exit code, output)
+# nginx -t on the written configuration: (exit code, output); a sanitizer
+# report in the output fails the test there and then
 sub check_config {
     my ($self) = @_;
     local $ENV{LD_PRELOAD} = $ENV{CIO_PRELOAD} if $ENV{CIO_PRELOAD};
     my $out = `$self->{nginx} -t -p $self->{dir}/ -c nginx.conf -e $self->{dir}/error.log 2>&1`;
-    return ($? >> 8, $out);
+    my $rc = $? >> 8;
+    my @san = sanitizer_reports($out);
+    if (@san) {
+        fail('nginx -t: no sanitizer report');
+        diag(join "\n", @san);
+    }
+    return ($rc, $out);
+}
+
+sub sanitizer_reports {
+    my ($text) = @_;
+    return grep { /Sanitizer|runtime error:/ } split /\n/, $text // '';
+}
+
+# Scales a time bound for a slow run: Valgrind slows nginx down some
+# twentyfold, ASan some twofold.
+sub scale {
+    my ($seconds) = @_;
+    return $seconds * ($ENV{CIO_VALGRIND} ? 6 : $ENV{CIO_PRELOAD} ? 2 : 1);
 }
 
 sub run {
@@ -373,24 +484,69 @@ sub raw_http {
 
 sub json { $JSON }
 
+# --- exact accounting ---------------------------------------------------------
+
+# The settle barrier: posts a sentinel event after everything the test sent
+# and waits until the stand-in records it, so that what was sent before has
+# had its chance to arrive, or to arrive twice.  Returns the sentinel's name,
+# or undef when it did not arrive in time.  %o: path (default
+# /cio/v1/track), headers, timeout.
+sub settle {
+    my ($self, $cio, %o) = @_;
+    my $name = 'settle-' . ++$self->{settles};
+    my ($st) = $self->post($o{path} // '/cio/v1/track',
+        { userId => 'settle', event => $name }, %{ $o{headers} || {} });
+    return undef unless $st == 200;
+    my $missing = $cio->wait_names([$name], $o{timeout} // 15);
+    return @$missing ? undef : $name;
+}
+
+# After a settle: every name in %$want (name => times recorded; an array of
+# names means once each) was recorded that many times, each name under a
+# single dedupe id that is a ULID, and no other name (sentinels aside).
+sub delivered_exactly {
+    my ($self, $cio, $want, $what, %o) = @_;
+    $want = { map { $_ => 1 } @$want } if ref $want eq 'ARRAY';
+    my $settled = $self->settle($cio, %o);
+    ok($settled, "$what: the settle barrier arrived");
+    my $seen = $cio->names($o{site});
+    my %got = map { $_ => scalar @{ $seen->{$_} } }
+        grep { !/^settle-\d+$/ } keys %$seen;
+    is_deeply(\%got, $want, "$what: every name recorded exactly as often as "
+        . 'sent, nothing else') or diag(explain(\%got));
+    my @bad = grep { my %u = map { $_ => 1 } @{ $seen->{$_} };
+                     keys %u != 1 || !ulid_ok((keys %u)[0]) } sort keys %got;
+    is_deeply(\@bad, [], "$what: one ULID dedupe id per name");
+    return \%got;
+}
+
 # --- the end of a test file ------------------------------------------------
 
-# lines a test expects at [alert], e.g. the alert for a wrong API key
-sub allow_alert {
-    my ($self, $re) = @_;
-    push @{ $self->{allowed} }, $re;
+# Lines a test expects at [error], [crit], [alert] or [emerg], e.g. the
+# alert for a wrong API key or the error for a refused item: every other
+# line at those levels fails the test file at done/done_part.
+sub allow_log {
+    my ($self, @re) = @_;
+    push @{ $self->{allowed} }, @re;
     return $self;
 }
 
+# (the older name, for the alerts it was made for)
+sub allow_alert { shift->allow_log(@_) }
+
 sub errors_in_log {
     my ($self) = @_;
-    my $log = $self->read_file('error.log');
     my @allowed = @{ $self->{allowed} || [] };
-    return grep {
-        my $line = $_;
-        /\[(alert|emerg)\]|Sanitizer|runtime error:/
-            && !grep { $line =~ $_ } @allowed
-    } split /\n/, $log;
+    my $bad = sub {
+        my ($line) = @_;
+        return $line =~ /\[(error|crit|alert|emerg)\]|Sanitizer|runtime error:/
+            && !grep { $line =~ $_ } @allowed;
+    };
+    # error.log, and the stderr of nginx (before error.log is open, and
+    # what a sanitizer writes)
+    return (grep { $bad->($_) } split /\n/, $self->read_file('error.log')),
+        (map { "nginx.out: $_" } grep { $bad->($_) } split /\n/,
+             $self->read_file('nginx.out'));
 }
 
 sub done {
@@ -407,7 +563,8 @@ sub done_part {
     $_->stop for @{ $self->{standins} };
 
     my @bad = $self->errors_in_log;
-    ok(!@bad, 'no alert, emerg or sanitizer report in error.log')
+    ok(!@bad, 'no unexpected error, crit, alert, emerg or sanitizer report '
+        . 'in error.log or nginx.out')
         or diag(join "\n", @bad);
 
     if ($ENV{CIO_VALGRIND}) {
@@ -459,8 +616,13 @@ sub start {
     my @args = ('--listen', '127.0.0.1:' . ($self->{port} // 0),
         '--record', $self->{record}, '--control');
     push @args, map { ('--workspace', $_) } @{ $self->{workspaces} };
-    push @args, '--rate', $self->{rate} if $self->{rate};
+    # the stand-in limits the rate as Customer.io does unless rate => 0
+    push @args, '--rate', $self->{rate} if defined $self->{rate};
     push @args, '--burst', $self->{burst} if $self->{burst};
+    push @args, '--anonymous-id', $self->{anonymous_id}
+        if defined $self->{anonymous_id};
+    push @args, '--nested-limits', $self->{nested_limits}
+        if defined $self->{nested_limits};
     push @args, '--quiet' unless $ENV{CIO_TEST_VERBOSE};
 
     pipe(my $r, my $w) or die "pipe: $!";
@@ -536,9 +698,9 @@ sub stats {
 
 # recorded event names: { name => [ids...] }, one id per time recorded
 sub names {
-    my ($self) = @_;
+    my ($self, $site) = @_;
     my %seen;
-    for my $item (@{ $self->items }) {
+    for my $item (@{ $self->items($site) }) {
         next unless defined $item->{name};
         push @{ $seen{ $item->{name} } }, $item->{id} // '';
     }
