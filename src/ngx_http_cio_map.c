@@ -2434,7 +2434,7 @@ ngx_http_cio_map_values(ngx_http_cio_map_ctx_t *ctx, cJSON *v, int depth)
     char     *cut;
     size_t    len;
     int64_t   ms;
-    cJSON    *e;
+    cJSON    *e, *next;
 
     if (cJSON_IsString(v)) {
         if (ctx->opts->convert_timestamps
@@ -2467,7 +2467,18 @@ ngx_http_cio_map_values(ngx_http_cio_map_ctx_t *ctx, cJSON *v, int depth)
         return;
     }
 
-    cJSON_ArrayForEach(e, v) {
+    for (e = v->child; e != NULL; e = next) {
+        next = e->next;
+
+        /* the name limit holds at every depth, as the value limit does */
+        if (cJSON_IsObject(v) && e->string != NULL
+            && strlen(e->string) > NGX_HTTP_CIO_MAP_MAX_ATTR_NAME)
+        {
+            cJSON_Delete(cJSON_DetachItemViaPointer(v, e));
+            ctx->res->changes++;
+            continue;
+        }
+
         ngx_http_cio_map_values(ctx, e, depth + 1);
     }
 }

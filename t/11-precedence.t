@@ -36,11 +36,6 @@ END
 
 my %auth = (Authorization => basic('wk'));
 
-# the nested-limit finding (see the TODO below): the stand-in refuses two
-# items, which the module logs at [error]
-$t->allow_log(qr/\[error\].*cio: site "site1" gave up on an event \(refused, status 207, 0 attempts\).*"identifiers":\{"id":"nest-[12]"\}/,
-    qr/\[error\].*cio: Customer\.io refused [12] of \d+ events for site "site1" \(207\), [12] dead-lettered to the error log/);
-
 sub iso {
     my ($s) = @_;
     my $ms = int(($s - int $s) * 1000 + 0.5);
@@ -269,14 +264,13 @@ push @cases,
       { type => 'person', identifiers => { id => 'i' x 150 },
         action => 'event', name => 'LongId', attributes => {} }, $T1 ];
 
-# Beyond what the module limits today, and what the strict stand-in
-# refuses (its nested_limits rule): a key over 150 bytes inside a nested
-# value is sent as it is, and so is a string over 1000 bytes nested deeper
-# than the mapper walks (64 levels).  Either the module drops or cuts them
-# too, or Customer.io is found to accept them and the stand-in's rule goes;
-# until that is decided these are TODO (see the report of issue 16).
+# The name and value limits hold at every depth (docs/mapping.md §7.2),
+# which is what the strict stand-in's nested_limits rule checks; deeper
+# than 32 levels a call is refused at the edge (§7.4).
 my $deep = 'd' x 1001;
-$deep = { d => $deep } for 1 .. 70;
+$deep = { d => $deep } for 1 .. 30;
+my $cut = 'd' x 1000;
+$cut = { d => $cut } for 1 .. 30;
 my @nested = (
     [ 'limit: nested attribute names over 150 bytes are dropped',
       '/cio/v1/track',
@@ -285,10 +279,12 @@ my @nested = (
       { type => 'person', identifiers => { id => 'nest-1' },
         action => 'event', name => 'Nested',
         attributes => { o => { ok => 2 } } }, $T1 ],
-    [ 'limit: values are cut however deep they are', '/cio/v1/track',
+    [ 'limit: values are cut 31 levels deep', '/cio/v1/track',
       { userId => 'nest-2', event => 'Deep', timestamp => iso($T1),
         properties => { deep => $deep } },
-      undef, $T1 ],
+      { type => 'person', identifiers => { id => 'nest-2' },
+        action => 'event', name => 'Deep',
+        attributes => { deep => $cut } }, $T1 ],
 );
 
 # --- send ----------------------------------------------------------------
@@ -375,32 +371,31 @@ for my $c (@cases) {
 ok(!grep({ ($_->{name} // '') =~ /^TooLongId|TooBig$/ } @items),
     'limit: the refused calls were not sent');
 
-TODO: {
-    local $TODO = 'nested names and deep values: the module sends what the '
-        . 'strict stand-in refuses (issue 16 finding)';
-    for my $c (@nested) {
-        my ($label, undef, undef, $want) = @$c;
-        my ($got) = grep { ($_->{identifiers}{id} // '') =~ /^nest-/
-            && $_->{name} eq $c->[2]{event} } @items;
-        ok($got, "$label: the item arrives");
-        next unless $got && $want;
-        delete @$got{qw(id timestamp)};
-        is_deeply($got, $want, "$label: exact item");
-    }
+for my $c (@nested) {
+    my ($label, undef, undef, $want) = @$c;
+    my ($got) = grep { ($_->{identifiers}{id} // '') =~ /^nest-/
+        && $_->{name} eq $c->[2]{event} } @items;
+    ok($got, "$label: the item arrives");
+    next unless $got;
+    delete @$got{qw(id timestamp)};
+    is_deeply($got, $want, "$label: exact item");
 }
 
-TODO: {
-    # The decided rule (created_at wins over createdAt, whichever comes
-    # first) is being put into the mapper concurrently; the integrator
-    # removes this TODO once it is merged.
-    local $TODO = 'created_at wins over createdAt: the mapper change lands '
-        . 'separately';
-    for my $c (['created_at first', 'ca-1'], ['createdAt first', 'ca-2']) {
-        my ($got) = @{ $by{ $json->encode({ id => $c->[1] }) } || [] };
-        is_deeply($got && $got->{attributes},
-            { created_at => timegm(0, 0, 0, 1, 0, 2024) },
-            "created_at: $c->[0]: created_at wins over createdAt");
-    }
+{
+    my $d33 = 1;
+    $d33 = { d => $d33 } for 1 .. 34;
+    my ($st, undef, $b) = $t->post('/cio/v1/track',
+        { userId => 'nest-3', event => 'TooDeep', properties => $d33 },
+        %auth);
+    is($st, 400, 'limit: properties nested 34 levels deep: 400');
+    like($b, qr/nest deeper than 32 levels/, 'limit: saying why');
+}
+
+for my $c (['created_at first', 'ca-1'], ['createdAt first', 'ca-2']) {
+    my ($got) = @{ $by{ $json->encode({ id => $c->[1] }) } || [] };
+    is_deeply($got && $got->{attributes},
+        { created_at => timegm(0, 0, 0, 1, 0, 2024) },
+        "created_at: $c->[0]: created_at wins over createdAt");
 }
 
 $t->done;

@@ -35,7 +35,7 @@ my $file = $t->dir . '/dead.jsonl';
 # what this file provokes, at [error]: each is asserted below
 $t->allow_log(
     qr/\[error\].*cio: Customer\.io refused \d+ of \d+ events for site "site1" \(207\), \d+ dead-lettered to /,
-    qr/\[error\].*cio: Customer\.io rejected a batch of 3 events for site "site1" with 400: /,
+    qr/\[error\].*cio: the batch of 3 events for site "site1" rejected with 400 was sent again in \d+ pieces: 0 delivered, 3 dead-lettered to /,
     qr/\[error\].*cio: gave up on 1 events for site "site1" after 2 retries \(cio_retry_max\)/);
 
 $t->config(http => conf($cio->url, "cio_dead_letter $file;"))->run;

@@ -20,6 +20,12 @@ my $cio = $t->standin(workspaces => ['site1:key1']);
 my $file = $t->dir . '/dead.jsonl';
 my $json = $t->json;
 
+# what this file provokes, at [error]: each is asserted below
+$t->allow_log(
+    qr/\[error\].*cio: Customer\.io refused 2000 of 2000 events for site "site1" \(207\), 2000 dead-lettered to /,
+    qr/\[error\].*cio: gave up on 1 events for site "site1" after 1 retries \(cio_retry_max\), the last got 207; dead-lettered to /,
+    qr/\[error\].*cio: the batch of \d+ events for site "site1" rejected with 400 was sent again in \d+ pieces: /);
+
 $t->config(http => <<"END")->run;
     cio_zone name=cio size=16m;
     cio_flush_interval 20ms;

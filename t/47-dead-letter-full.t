@@ -33,6 +33,12 @@ END { system('umount', '-l', $mnt) if $mounted && defined $mnt; }
 my $cio = $t->standin(workspaces => ['site1:key1']);
 my $file = "$mnt/dead.jsonl";
 
+# a full disk: the refusals and the failed writes, at [error] and [crit],
+# are what this file is about
+$t->allow_log(
+    qr/\[error\].*cio: Customer\.io refused \d+ of \d+ events for site "site1" \(207\)/,
+    qr/\[crit\].*cio: writing to the dead-letter file ".*" failed, site "site1" loses an event/);
+
 $t->config(http => <<"END")->run;
     cio_zone name=cio size=4m;
     cio_flush_interval 20ms;

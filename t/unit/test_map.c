@@ -852,6 +852,23 @@ test_limits(void)
        NULL);
     cJSON_Delete(it);
 
+    /* the same inside a nested value (docs/mapping.md §7.2) */
+    p = body + sprintf(body, "{\"userId\":\"u\",\"event\":\"e\","
+                       "\"properties\":{\"o\":[{\"");
+    memset(p, 'k', 151);
+    p += 151;
+    sprintf(p, "\":1,\"ok\":2}]}}");
+
+    changes = 0;
+    it = first_item(NGX_HTTP_CIO_CALL_TRACK, body, NULL, &changes);
+    attrs = cJSON_GetObjectItem(it, "attributes");
+    v = cJSON_GetArrayItem(cJSON_GetObjectItem(attrs, "o"), 0);
+    ok(it && cJSON_GetArraySize(v) == 1 && cJSON_GetObjectItem(v, "ok")
+       && changes == 1,
+       "nested attribute name over 150 bytes dropped, change counted",
+       NULL);
+    cJSON_Delete(it);
+
     /* 310 attributes → the first 300 kept */
     p = body + sprintf(body, "{\"userId\":\"u\",\"event\":\"e\","
                        "\"properties\":{");
