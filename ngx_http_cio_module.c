@@ -760,8 +760,7 @@ ngx_http_cio_process(ngx_http_request_t *r, ngx_int_t route)
     if (n) {
         zone = mcf->shm_zone->data;
 
-        rc = ngx_http_cio_queue_push(zone, lcf->ws->sh, items, n,
-                                     mcf->max_events);
+        rc = ngx_http_cio_queue_push(zone, lcf->ws->sh, items, n);
 
         if (rc == NGX_BUSY) {
             ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
@@ -1852,7 +1851,6 @@ ngx_http_cio_create_main_conf(ngx_conf_t *cf)
      * set by ngx_pcalloc():
      *
      *     mcf->shm_zone = NULL;
-     *     mcf->max_events = 0;
      *     mcf->spool = { 0, NULL };
      */
 

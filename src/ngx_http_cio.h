@@ -14,7 +14,7 @@
 
 
 /* bump when the layout of anything in the zone changes */
-#define NGX_HTTP_CIO_SHM_MAGIC      0x43494f04
+#define NGX_HTTP_CIO_SHM_MAGIC      0x43494f05
 
 #define NGX_HTTP_CIO_BATCH_HEAD     "{\"batch\":["
 #define NGX_HTTP_CIO_BATCH_TAIL     "]}"
@@ -95,8 +95,6 @@ typedef struct {
     ngx_queue_t                  inflight;
     uint64_t                     next_id;
     ngx_uint_t                   count;
-    size_t                       bytes;
-    uint64_t                     rejected_full;
 
     /* bumped on every reload that keeps the zone */
     ngx_uint_t                   generation;
@@ -135,7 +133,6 @@ typedef struct {
     ngx_msec_t                   backoff_min;
     ngx_msec_t                   backoff_max;
     ngx_msec_t                   lease;
-    ngx_uint_t                   max_events;
 
     ngx_uint_t                   retry_max;
     ngx_uint_t                   rate;       /* milli-requests a second */
@@ -162,7 +159,6 @@ typedef struct {
     ngx_uint_t                   n;
     ngx_http_cio_node_t        **nodes;
     uint64_t                    *ids;
-    size_t                       bytes;
 
     /* where each item is in the request body, for dead letters */
     size_t                      *offs;
@@ -209,8 +205,7 @@ ngx_int_t ngx_http_cio_queue_init_zone(ngx_shm_zone_t *shm_zone,
 ngx_int_t ngx_http_cio_queue_intern(ngx_http_cio_zone_t *zone,
     ngx_http_cio_ws_t *ws, ngx_log_t *log);
 ngx_int_t ngx_http_cio_queue_push(ngx_http_cio_zone_t *zone,
-    ngx_http_cio_shws_t *ws, ngx_str_t *items, ngx_uint_t n,
-    ngx_uint_t max_events);
+    ngx_http_cio_shws_t *ws, ngx_str_t *items, ngx_uint_t n);
 ngx_http_cio_batch_t *ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone,
     ngx_http_cio_shws_t *ws, ngx_http_cio_main_conf_t *mcf,
     u_char **body, size_t *body_len);
@@ -221,13 +216,12 @@ ngx_uint_t ngx_http_cio_queue_bury(ngx_http_cio_zone_t *zone,
 ngx_uint_t ngx_http_cio_queue_reclaim(ngx_http_cio_zone_t *zone);
 void ngx_http_cio_queue_free_batch(ngx_http_cio_batch_t *batch);
 ngx_int_t ngx_http_cio_queue_append(ngx_http_cio_zone_t *zone,
-    ngx_http_cio_shws_t *ws, u_char *data, size_t len, uint32_t attempts,
-    ngx_uint_t max_events);
+    ngx_http_cio_shws_t *ws, u_char *data, size_t len, uint32_t attempts);
 ngx_http_cio_shws_t *ngx_http_cio_queue_lookup(ngx_http_cio_zone_t *zone,
     ngx_str_t *url, ngx_str_t *site_id);
 ngx_uint_t ngx_http_cio_queue_generation(ngx_http_cio_zone_t *zone);
 ngx_uint_t ngx_http_cio_queue_migrate(ngx_http_cio_zone_t *from,
-    ngx_http_cio_zone_t *to, ngx_uint_t max_events, ngx_uint_t *left);
+    ngx_http_cio_zone_t *to, ngx_uint_t *left);
 ngx_uint_t ngx_http_cio_queue_busy(ngx_http_cio_zone_t *zone);
 uint64_t ngx_http_cio_now_ms(void);
 

@@ -263,7 +263,7 @@ ngx_http_cio_queue_copy_str(ngx_slab_pool_t *shpool, ngx_str_t *dst,
 
 ngx_int_t
 ngx_http_cio_queue_push(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
-    ngx_str_t *items, ngx_uint_t n, ngx_uint_t max_events)
+    ngx_str_t *items, ngx_uint_t n)
 {
     size_t                bytes;
     ngx_uint_t            i;
@@ -278,10 +278,6 @@ ngx_http_cio_queue_push(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
     bytes = 0;
 
     ngx_shmtx_lock(&zone->shpool->mutex);
-
-    if (max_events && zone->sh->count + n > max_events) {
-        goto full;
-    }
 
     for (i = 0; i < n; i++) {
         node = ngx_slab_alloc_locked(zone->shpool,
@@ -309,7 +305,6 @@ ngx_http_cio_queue_push(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
     ws->pending_bytes += bytes;
     ws->accepted += n;
     zone->sh->count += n;
-    zone->sh->bytes += bytes;
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
 
@@ -323,8 +318,6 @@ full:
         ngx_slab_free_locked(zone->shpool,
                              ngx_queue_data(q, ngx_http_cio_node_t, link));
     }
-
-    zone->sh->rejected_full++;
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
 
@@ -490,7 +483,6 @@ unlock:
 
     batch->ws = ws;
     batch->n = n;
-    batch->bytes = p - buf;
 
     *body = buf;
     *body_len = p - buf;
@@ -589,7 +581,6 @@ ngx_http_cio_queue_settle(ngx_http_cio_zone_t *zone,
             ngx_queue_remove(&node->link);
             ws->ninflight--;
             zone->sh->count--;
-            zone->sh->bytes -= node->len;
             node->id = 0;
             ngx_slab_free_locked(zone->shpool, node);
             st->done++;
@@ -709,7 +700,6 @@ ngx_http_cio_queue_bury(ngx_http_cio_zone_t *zone,
         ngx_queue_remove(&node->link);
         ws->ninflight--;
         zone->sh->count--;
-        zone->sh->bytes -= node->len;
         node->id = 0;
         ngx_slab_free_locked(zone->shpool, node);
         n++;
@@ -727,15 +717,11 @@ ngx_http_cio_queue_bury(ngx_http_cio_zone_t *zone,
 
 ngx_int_t
 ngx_http_cio_queue_append(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
-    u_char *data, size_t len, uint32_t attempts, ngx_uint_t max_events)
+    u_char *data, size_t len, uint32_t attempts)
 {
     ngx_http_cio_node_t  *node;
 
     ngx_shmtx_lock(&zone->shpool->mutex);
-
-    if (max_events && zone->sh->count >= max_events) {
-        goto full;
-    }
 
     node = ngx_slab_alloc_locked(zone->shpool,
                                  offsetof(ngx_http_cio_node_t, data) + len);
@@ -756,7 +742,6 @@ ngx_http_cio_queue_append(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
     ws->npending++;
     ws->pending_bytes += len;
     zone->sh->count++;
-    zone->sh->bytes += len;
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
 
@@ -779,7 +764,7 @@ full:
 
 ngx_uint_t
 ngx_http_cio_queue_migrate(ngx_http_cio_zone_t *from,
-    ngx_http_cio_zone_t *to, ngx_uint_t max_events, ngx_uint_t *left)
+    ngx_http_cio_zone_t *to, ngx_uint_t *left)
 {
     ngx_uint_t            moved;
     ngx_queue_t          *q, *wq;
@@ -806,7 +791,7 @@ ngx_http_cio_queue_migrate(ngx_http_cio_zone_t *from,
 
             if (nws == NULL
                 || ngx_http_cio_queue_append(to, nws, node->data, node->len,
-                                             node->attempts, max_events)
+                                             node->attempts)
                    != NGX_OK)
             {
                 /* the old workers deliver the rest */
@@ -818,7 +803,6 @@ ngx_http_cio_queue_migrate(ngx_http_cio_zone_t *from,
             ws->npending--;
             ws->pending_bytes -= node->len;
             from->sh->count--;
-            from->sh->bytes -= node->len;
             node->id = 0;
             ngx_slab_free_locked(from->shpool, node);
             moved++;

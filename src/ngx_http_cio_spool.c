@@ -24,9 +24,9 @@
  */
 
 
-#include <cjson/cJSON.h>
-
 #include "ngx_http_cio.h"
+
+#include <cjson/cJSON.h>
 
 
 #define NGX_HTTP_CIO_SPOOL_BUF  65536
@@ -90,8 +90,7 @@ ngx_http_cio_spool_init_module(ngx_cycle_t *cycle)
         /* a reload replaced the zone: its queue moves to the new one */
 
         if (zone) {
-            moved = ngx_http_cio_queue_migrate(ozone, zone, mcf->max_events,
-                                               &left);
+            moved = ngx_http_cio_queue_migrate(ozone, zone, &left);
             level = left ? NGX_LOG_WARN : NGX_LOG_NOTICE;
 
             ngx_log_error(level, cycle->log, 0,
@@ -408,8 +407,7 @@ ngx_http_cio_spool_line(ngx_http_cio_main_conf_t *mcf,
     }
 
     if (end <= item
-        || ngx_http_cio_queue_append(zone, ws, item, end - item, n,
-                                     mcf->max_events)
+        || ngx_http_cio_queue_append(zone, ws, item, end - item, n)
            != NGX_OK)
     {
         stats->full++;
