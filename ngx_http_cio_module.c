@@ -1290,6 +1290,13 @@ ngx_http_cio_init_process(ngx_cycle_t *cycle)
     }
 
     /*
+     * A zone kept over a reload learns of new workspaces (and new API
+     * keys) here, from the worker, which may wait for the lock: the
+     * master may not (queue.c).  A workspace without room answers 503.
+     */
+    (void) ngx_http_cio_queue_workspaces(mcf->shm_zone->data, cycle->log);
+
+    /*
      * a worker that cannot send still queues; the others deliver, and
      * failing here would keep nginx from ever respawning it
      */

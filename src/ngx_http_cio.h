@@ -106,11 +106,14 @@ typedef struct {
     uint64_t                     next_id;
     ngx_uint_t                   count;
 
-    /* bumped on every reload that keeps the zone */
-    ngx_uint_t                   generation;
+    /*
+     * bumped on every reload that keeps the zone; both are written by the
+     * master without the lock (see ngx_http_cio_queue_start)
+     */
+    ngx_atomic_t                 generation;
 
     /* a reload resized the zone: its pending items moved to the new one */
-    ngx_uint_t                   orphaned;
+    ngx_atomic_t                 orphaned;
 } ngx_http_cio_shctx_t;
 
 
@@ -263,6 +266,8 @@ ngx_int_t ngx_http_cio_header_out(ngx_http_request_t *r, const char *key,
 /* ngx_http_cio_queue.c: the zone and everything in it */
 ngx_int_t ngx_http_cio_queue_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
+ngx_int_t ngx_http_cio_queue_workspaces(ngx_http_cio_zone_t *zone,
+    ngx_log_t *log);
 ngx_uint_t ngx_http_cio_queue_start(ngx_http_cio_zone_t *zone,
     ngx_http_cio_zone_t *ozone, ngx_log_t *log);
 ngx_int_t ngx_http_cio_queue_push(ngx_http_cio_zone_t *zone,

@@ -550,8 +550,14 @@ ngx_http_cio_enqueue(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
         }
     }
 
-    rc = ngx_http_cio_queue_push(mcf->shm_zone->data, lcf->ws->sh, items, n,
-                                 res->nfiltered, refused);
+    if (lcf->ws->sh == NULL) {
+        /* the zone had no room for the workspace when the worker started */
+        rc = NGX_BUSY;
+
+    } else {
+        rc = ngx_http_cio_queue_push(mcf->shm_zone->data, lcf->ws->sh,
+                                     items, n, res->nfiltered, refused);
+    }
 
     if (rc == NGX_BUSY) {
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,

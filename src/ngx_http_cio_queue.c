@@ -33,13 +33,16 @@
 #define NGX_HTTP_CIO_MIN_ITEM     48
 #define NGX_HTTP_CIO_ALERT_EVERY  60000
 
+/* how long the master tries for the old zone's lock on a resize */
+#define NGX_HTTP_CIO_MIGRATE_WAIT 200
+
 
 static ngx_int_t ngx_http_cio_queue_attach(ngx_shm_zone_t *shm_zone,
     void *data);
 static ngx_int_t ngx_http_cio_queue_intern(ngx_http_cio_zone_t *zone,
     ngx_http_cio_ws_t *ws, ngx_log_t *log);
-static ngx_uint_t ngx_http_cio_queue_migrate(ngx_http_cio_zone_t *from,
-    ngx_http_cio_zone_t *to, ngx_uint_t *left);
+static ngx_int_t ngx_http_cio_queue_migrate(ngx_http_cio_zone_t *from,
+    ngx_http_cio_zone_t *to, ngx_uint_t *moved, ngx_uint_t *left);
 static ngx_http_cio_shws_t *ngx_http_cio_queue_find(
     ngx_http_cio_shctx_t *sh, ngx_str_t *url, ngx_str_t *site_id);
 static ngx_int_t ngx_http_cio_queue_token(ngx_http_cio_shws_t *ws,
@@ -66,13 +69,19 @@ ngx_http_cio_now_ms(void)
 }
 
 
-/* the zone, new or reused, and each configured workspace in it */
+/*
+ * The zone, new or reused.  The master never waits for the lock of a zone
+ * that workers share: it reloads with its signals blocked, so a worker
+ * that died holding the lock would never be unlocked (nginx unlocks a dead
+ * owner's mutexes when it reaps it) and the master would wait for good.
+ * So a zone this cycle created, which no other process maps yet, gets its
+ * workspaces here; a reused one gets them from each new worker, in
+ * init_process (ngx_http_cio_queue_workspaces).
+ */
 
 ngx_int_t
 ngx_http_cio_queue_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 {
-    ngx_uint_t            i;
-    ngx_http_cio_ws_t   **ws;
     ngx_http_cio_zone_t  *zone;
 
     if (ngx_http_cio_queue_attach(shm_zone, data) != NGX_OK) {
@@ -80,11 +89,27 @@ ngx_http_cio_queue_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     }
 
     zone = shm_zone->data;
+
+    if (!zone->fresh) {
+        return NGX_OK;
+    }
+
+    return ngx_http_cio_queue_workspaces(zone, shm_zone->shm.log);
+}
+
+
+/* each configured workspace into the zone, and its place there into ws */
+
+ngx_int_t
+ngx_http_cio_queue_workspaces(ngx_http_cio_zone_t *zone, ngx_log_t *log)
+{
+    ngx_uint_t            i;
+    ngx_http_cio_ws_t   **ws;
+
     ws = zone->workspaces->elts;
 
     for (i = 0; i < zone->workspaces->nelts; i++) {
-        if (ngx_http_cio_queue_intern(zone, ws[i], shm_zone->shm.log)
-            != NGX_OK)
+        if (ngx_http_cio_queue_intern(zone, ws[i], log) != NGX_OK)
         {
             return NGX_ERROR;
         }
@@ -313,23 +338,24 @@ ngx_http_cio_queue_copy_str(ngx_slab_pool_t *shpool, ngx_str_t *dst,
  * is answered 503 (counted as a full-queue refusal) and its sender
  * retries it whole.  The calls a filter dropped and those the mapper
  * refused are counted under the same lock, so a request takes it once.
+ *
+ * Each node goes onto the workspace's list, counted, as soon as it is
+ * allocated, and a failure takes them off again: a worker killed in the
+ * middle leaves what it pushed so far in the queue, to be delivered,
+ * rather than on a list of its own that nobody would ever free.
  */
 
 ngx_int_t
 ngx_http_cio_queue_push(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
     ngx_str_t *items, ngx_uint_t n, ngx_uint_t filtered, ngx_uint_t refused)
 {
-    size_t                bytes;
     ngx_uint_t            i;
-    ngx_queue_t           added, *q;
+    ngx_queue_t          *q;
     ngx_http_cio_node_t  *node;
 
     if (n == 0 && filtered == 0 && refused == 0) {
         return NGX_OK;
     }
-
-    ngx_queue_init(&added);
-    bytes = 0;
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
@@ -349,17 +375,13 @@ ngx_http_cio_queue_push(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
         node->len = (uint32_t) items[i].len;
         ngx_memcpy(node->data, items[i].data, items[i].len);
 
-        ngx_queue_insert_tail(&added, &node->link);
-        bytes += items[i].len;
+        ngx_queue_insert_tail(&ws->pending, &node->link);
+        ws->npending++;
+        ws->pending_bytes += node->len;
+        zone->sh->count++;
     }
 
-    ngx_queue_add(&ws->pending, &added);
-
-    ws->npending += n;
-    ws->pending_bytes += bytes;
     ws->accepted += n;
-    zone->sh->count += n;
-
     ws->stats.filtered += filtered;
     ws->stats.rejected[NGX_HTTP_CIO_REJ_INVALID] += refused;
 
@@ -369,11 +391,19 @@ ngx_http_cio_queue_push(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
 
 full:
 
-    while (!ngx_queue_empty(&added)) {
-        q = ngx_queue_head(&added);
+    /* the i nodes of this request are the tail of the list */
+
+    while (i--) {
+        q = ngx_queue_last(&ws->pending);
+        node = ngx_queue_data(q, ngx_http_cio_node_t, link);
+
         ngx_queue_remove(q);
-        ngx_slab_free_locked(zone->shpool,
-                             ngx_queue_data(q, ngx_http_cio_node_t, link));
+        ws->npending--;
+        ws->pending_bytes -= node->len;
+        zone->sh->count--;
+
+        node->id = 0;
+        ngx_slab_free_locked(zone->shpool, node);
     }
 
     ws->stats.rejected[NGX_HTTP_CIO_REJ_FULL]++;
@@ -836,22 +866,36 @@ full:
  * pending items of the old one into it, oldest first, while it still maps
  * both.  Items in flight stay: their old worker settles them, and drains
  * what comes back before it exits.
+ *
+ * The master only tries the old zone's lock, for a short while (see
+ * ngx_http_cio_queue_init_zone for why it never waits for it): when a
+ * worker holds it that long, the old workers deliver the whole queue.
+ * The new zone's lock is uncontended: no other process maps it yet.
+ * NGX_BUSY: nothing moved.
  */
 
-static ngx_uint_t
+static ngx_int_t
 ngx_http_cio_queue_migrate(ngx_http_cio_zone_t *from,
-    ngx_http_cio_zone_t *to, ngx_uint_t *left)
+    ngx_http_cio_zone_t *to, ngx_uint_t *moved, ngx_uint_t *left)
 {
-    ngx_uint_t            moved;
+    ngx_uint_t            waited;
     ngx_queue_t          *q, *wq;
     ngx_http_cio_shws_t  *ws, *nws;
     ngx_http_cio_node_t  *node;
 
-    moved = 0;
+    *moved = 0;
     *left = 0;
 
-    /* the new zone's lock is taken inside: nobody holds both otherwise */
-    ngx_shmtx_lock(&from->shpool->mutex);
+    for (waited = 0; !ngx_shmtx_trylock(&from->shpool->mutex); waited++) {
+
+        if (waited == NGX_HTTP_CIO_MIGRATE_WAIT) {
+            from->sh->orphaned = 1;
+            *left = from->sh->count;    /* a guess, for the log */
+            return NGX_BUSY;
+        }
+
+        ngx_msleep(1);
+    }
 
     for (wq = ngx_queue_head(&from->sh->workspaces);
          wq != ngx_queue_sentinel(&from->sh->workspaces);
@@ -881,7 +925,7 @@ ngx_http_cio_queue_migrate(ngx_http_cio_zone_t *from,
             from->sh->count--;
             node->id = 0;
             ngx_slab_free_locked(from->shpool, node);
-            moved++;
+            (*moved)++;
         }
 
         *left += ws->ninflight;
@@ -891,20 +935,16 @@ ngx_http_cio_queue_migrate(ngx_http_cio_zone_t *from,
 
     ngx_shmtx_unlock(&from->shpool->mutex);
 
-    return moved;
+    return NGX_OK;
 }
 
+
+/* an atomic word: the master bumps it without the lock */
 
 ngx_uint_t
 ngx_http_cio_queue_generation(ngx_http_cio_zone_t *zone)
 {
-    ngx_uint_t  g;
-
-    ngx_shmtx_lock(&zone->shpool->mutex);
-    g = zone->sh->generation;
-    ngx_shmtx_unlock(&zone->shpool->mutex);
-
-    return g;
+    return (ngx_uint_t) zone->sh->generation;
 }
 
 
@@ -992,6 +1032,10 @@ ngx_http_cio_queue_free_batch(ngx_http_cio_batch_t *batch)
  * queue on; a reload that kept the zone bumps its generation, which tells
  * the old workers not to drain (deliver.c).  Returns 1 when the zone is
  * new to this master, so that the spool is loaded into it.
+ *
+ * It waits for no lock of a zone the workers use (see init_zone): the
+ * flags the old workers read are atomic words, and the counts logged are
+ * read without the lock, as a guess.
  */
 
 ngx_uint_t
@@ -1003,8 +1047,10 @@ ngx_http_cio_queue_start(ngx_http_cio_zone_t *zone,
     if (ozone && ozone->sh && ozone->sh->magic == NGX_HTTP_CIO_SHM_MAGIC
         && (zone == NULL || ozone->shpool != zone->shpool))
     {
-        if (zone) {
-            moved = ngx_http_cio_queue_migrate(ozone, zone, &left);
+        if (zone
+            && ngx_http_cio_queue_migrate(ozone, zone, &moved, &left)
+               == NGX_OK)
+        {
             level = left ? NGX_LOG_WARN : NGX_LOG_NOTICE;
 
             ngx_log_error(level, log, 0,
@@ -1012,11 +1058,16 @@ ngx_http_cio_queue_start(ngx_http_cio_zone_t *zone,
                           "moved to the new one, %ui left to the old "
                           "workers to deliver", moved, left);
 
+        } else if (zone) {
+            ngx_log_error(NGX_LOG_WARN, log, 0,
+                          "cio: the zone was resized, but a worker held the "
+                          "old zone's lock too long to move its queue: the "
+                          "old workers deliver its %ui queued events for up "
+                          "to cio_drain_timeout", left);
+
         } else {
-            ngx_shmtx_lock(&ozone->shpool->mutex);
             ozone->sh->orphaned = 1;
             left = ozone->sh->count;
-            ngx_shmtx_unlock(&ozone->shpool->mutex);
 
             if (left) {
                 ngx_log_error(NGX_LOG_WARN, log, 0,
@@ -1032,10 +1083,7 @@ ngx_http_cio_queue_start(ngx_http_cio_zone_t *zone,
     }
 
     if (!zone->fresh) {
-        ngx_shmtx_lock(&zone->shpool->mutex);
-        zone->sh->generation++;
-        ngx_shmtx_unlock(&zone->shpool->mutex);
-
+        (void) ngx_atomic_fetch_add(&zone->sh->generation, 1);
         return 0;
     }
 
