@@ -134,7 +134,7 @@ sub event {
     plan(skip_all => "gdb cannot attach to a worker here: $out") unless $ok;
 }
 
-# --- a reload while a dead worker held the lock --------------------------------
+# --- a reload while a dead worker held the lock ------------------------------
 
 {
     my $t = Cio::Test->new(workers => 1);
@@ -174,7 +174,7 @@ sub event {
     $t->done_part;
 }
 
-# --- a worker killed inside a push ---------------------------------------------
+# --- a worker killed inside a push -------------------------------------------
 
 {
     my $t = Cio::Test->new(workers => 1);
