@@ -2,18 +2,32 @@
 #
 #   make test      install what is missing, build, run every test
 #   make demo      build, start nginx + the Customer.io stand-in, send events
-#   make build     build/ngx_http_cio_module.so against Debian's nginx-dev
+#   make build     $(BUILD)/ngx_http_cio_module.so against Debian's nginx-dev
+#   make deps      install the build and test dependencies that are missing
 #   make unit      the mapper's unit tests
+#   make unit-inflate  the body inflater's unit tests (and under Valgrind)
+#   make fuzz      libFuzzer on the body path for FUZZ_TIME seconds
+#   make fuzz-regress  the fuzz target over t/fuzz/corpus once
+#   make fuzz-deps clang and libFuzzer when missing
 #   make valgrind  the mapper's unit tests under Valgrind, then the nginx
 #                  end-to-end tests with nginx itself under Valgrind
+#   make integration  the end-to-end tests (t/*.t)
 #   make san       the end-to-end tests with ASan + UBSan in the module
 #                  (part of make test)
 #   make test SAN=1  the whole suite with ASan + UBSan in the module
+#                  (everything goes to build-san/ instead of build/)
 #   make soak      60 s of load and faults, reloads, kills, a restart;
 #                  prints accepted vs delivered vs dead-lettered
 #                  (SOAK_ARGS="--duration 120 --rate 50 --seed 3")
 #   make replay FILE=dead.jsonl KEYS=site:key [ENDPOINT=https://...]
 #                  sends dead-lettered items again (scripts/cio-replay.pl)
+#   make deb       the Debian package, build/deb/libnginx-mod-http-cio_*.deb
+#   make clients-deps  Node, npm and Chromium for the client SDK tests
+#   make bench     the performance suite (bench/README.md), not in make test
+#   make bench-deps  what the benchmarks need
+#   make clean     remove build/ and build-san/
+#
+# Each of the later sections says more about its targets.
 
 SHELL := /bin/bash
 
@@ -58,7 +72,7 @@ unit: deps $(BUILD)/test_map
 	$(BUILD)/test_map
 
 valgrind: deps $(BUILD)/test_map $(BUILD)/ngx_http_cio_module.so
-	valgrind -q --leak-check=full --error-exitcode=1 build/test_map
+	valgrind -q --leak-check=full --error-exitcode=1 $(BUILD)/test_map
 	CIO_VALGRIND=1 prove -I t/lib t/10-ingest.t t/15-ingest-edge.t \
 		t/20-delivery.t t/41-dead-letter.t t/43-crash.t t/44-spool.t \
 		t/16-status.t t/50-hostile.t

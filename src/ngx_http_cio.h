@@ -12,9 +12,19 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
+#include "ngx_http_cio_map.h"
+
 
 /* bump when the layout of anything in the zone changes */
-#define NGX_HTTP_CIO_SHM_MAGIC      0x43494f04
+#define NGX_HTTP_CIO_SHM_MAGIC      0x43494f05
+
+#define NGX_HTTP_CIO_INGEST_OFF       0
+#define NGX_HTTP_CIO_INGEST_SEGMENT   1
+#define NGX_HTTP_CIO_INGEST_AMPLITUDE 2
+
+#define NGX_HTTP_CIO_CORS_ANY         0
+#define NGX_HTTP_CIO_CORS_LIST        1
+#define NGX_HTTP_CIO_CORS_OFF         2
 
 #define NGX_HTTP_CIO_BATCH_HEAD     "{\"batch\":["
 #define NGX_HTTP_CIO_BATCH_TAIL     "]}"
@@ -95,14 +105,15 @@ typedef struct {
     ngx_queue_t                  inflight;
     uint64_t                     next_id;
     ngx_uint_t                   count;
-    size_t                       bytes;
-    uint64_t                     rejected_full;
 
-    /* bumped on every reload that keeps the zone */
-    ngx_uint_t                   generation;
+    /*
+     * bumped on every reload that keeps the zone; both are written by the
+     * master without the lock (see ngx_http_cio_queue_start)
+     */
+    ngx_atomic_t                 generation;
 
     /* a reload resized the zone: its pending items moved to the new one */
-    ngx_uint_t                   orphaned;
+    ngx_atomic_t                 orphaned;
 } ngx_http_cio_shctx_t;
 
 
@@ -135,7 +146,6 @@ typedef struct {
     ngx_msec_t                   backoff_min;
     ngx_msec_t                   backoff_max;
     ngx_msec_t                   lease;
-    ngx_uint_t                   max_events;
 
     ngx_uint_t                   retry_max;
     ngx_uint_t                   rate;       /* milli-requests a second */
@@ -146,6 +156,32 @@ typedef struct {
 
     ngx_str_t                    trusted_certificate;   /* NUL-ended */
 } ngx_http_cio_main_conf_t;
+
+
+/* an ingest location */
+typedef struct {
+    ngx_uint_t                   ingest;
+    ngx_str_t                    site_id;
+    ngx_str_t                    api_key;
+    ngx_uint_t                   region;
+    ngx_str_t                    endpoint;
+    ngx_array_t                 *write_keys;
+    ngx_uint_t                   screen_views;
+    ngx_flag_t                   convert_timestamps;
+    ngx_array_t                 *device_events;    /* of char *, NUL-ended */
+    ngx_array_t                 *events_allow;     /* of char * */
+    ngx_array_t                 *events_deny;      /* of char * */
+    ngx_array_t                 *consent_deny;     /* of char * */
+    ngx_uint_t                   cors;
+    ngx_array_t                 *cors_origins;     /* of ngx_str_t */
+    size_t                       max_call_size;
+    size_t                       max_batch_size;
+    ngx_uint_t                   max_batch_calls;
+    ngx_http_cio_ws_t           *ws;
+
+    /* what the mapper is told, short of the route and the arrival time */
+    ngx_http_cio_map_opts_t      map_opts;
+} ngx_http_cio_loc_conf_t;
 
 
 /* what becomes of one item of a batch once its answer is in */
@@ -162,7 +198,6 @@ typedef struct {
     ngx_uint_t                   n;
     ngx_http_cio_node_t        **nodes;
     uint64_t                    *ids;
-    size_t                       bytes;
 
     /* where each item is in the request body, for dead letters */
     size_t                      *offs;
@@ -202,18 +237,50 @@ typedef struct {
 
 
 extern ngx_module_t  ngx_http_cio_module;
+extern ngx_uint_t    ngx_http_cio_latency_bounds[NGX_HTTP_CIO_LAT_N - 1];
 
 
+/* ngx_http_cio_handler.c: the ingest location */
+ngx_int_t ngx_http_cio_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_cio_add_variables(ngx_conf_t *cf);
+ngx_int_t ngx_http_cio_log_handler(ngx_http_request_t *r);
+
+/* ngx_http_cio_reply.c: answers */
+ngx_int_t ngx_http_cio_reply_ok(ngx_http_request_t *r,
+    ngx_http_cio_map_result_t *res);
+ngx_int_t ngx_http_cio_reply_error(ngx_http_request_t *r, ngx_uint_t status,
+    const char *error, ngx_uint_t amplitude);
+ngx_int_t ngx_http_cio_reply_amplitude(ngx_http_request_t *r,
+    ngx_http_cio_map_result_t *res, size_t received);
+ngx_int_t ngx_http_cio_reply_amplitude_invalid(ngx_http_request_t *r,
+    ngx_http_cio_map_result_t *res);
+ngx_int_t ngx_http_cio_send(ngx_http_request_t *r, ngx_uint_t status,
+    u_char *body, size_t len);
+ngx_int_t ngx_http_cio_send_type(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *type, u_char *body, size_t len);
+ngx_table_elt_t *ngx_http_cio_header_in(ngx_http_request_t *r,
+    const char *name, size_t len);
+ngx_int_t ngx_http_cio_header_out(ngx_http_request_t *r, const char *key,
+    u_char *value, size_t len);
+
+/* ngx_http_cio_queue.c: the zone and everything in it */
 ngx_int_t ngx_http_cio_queue_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
-ngx_int_t ngx_http_cio_queue_intern(ngx_http_cio_zone_t *zone,
-    ngx_http_cio_ws_t *ws, ngx_log_t *log);
+ngx_int_t ngx_http_cio_queue_workspaces(ngx_http_cio_zone_t *zone,
+    ngx_log_t *log);
+ngx_uint_t ngx_http_cio_queue_start(ngx_http_cio_zone_t *zone,
+    ngx_http_cio_zone_t *ozone, ngx_log_t *log);
 ngx_int_t ngx_http_cio_queue_push(ngx_http_cio_zone_t *zone,
     ngx_http_cio_shws_t *ws, ngx_str_t *items, ngx_uint_t n,
-    ngx_uint_t max_events);
+    ngx_uint_t filtered, ngx_uint_t refused);
 ngx_http_cio_batch_t *ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone,
     ngx_http_cio_shws_t *ws, ngx_http_cio_main_conf_t *mcf,
     u_char **body, size_t *body_len);
+/*
+ * Settle, then the dead letters (deliver.c), then bury: an item refused
+ * for good stays leased until its dead letter is written, so a crash in
+ * between sends it again rather than loses it.
+ */
 void ngx_http_cio_queue_settle(ngx_http_cio_zone_t *zone,
     ngx_http_cio_batch_t *batch, ngx_http_cio_settle_t *st);
 ngx_uint_t ngx_http_cio_queue_bury(ngx_http_cio_zone_t *zone,
@@ -221,49 +288,42 @@ ngx_uint_t ngx_http_cio_queue_bury(ngx_http_cio_zone_t *zone,
 ngx_uint_t ngx_http_cio_queue_reclaim(ngx_http_cio_zone_t *zone);
 void ngx_http_cio_queue_free_batch(ngx_http_cio_batch_t *batch);
 ngx_int_t ngx_http_cio_queue_append(ngx_http_cio_zone_t *zone,
-    ngx_http_cio_shws_t *ws, u_char *data, size_t len, uint32_t attempts,
-    ngx_uint_t max_events);
+    ngx_http_cio_shws_t *ws, u_char *data, size_t len, uint32_t attempts);
 ngx_http_cio_shws_t *ngx_http_cio_queue_lookup(ngx_http_cio_zone_t *zone,
     ngx_str_t *url, ngx_str_t *site_id);
 ngx_uint_t ngx_http_cio_queue_generation(ngx_http_cio_zone_t *zone);
-ngx_uint_t ngx_http_cio_queue_migrate(ngx_http_cio_zone_t *from,
-    ngx_http_cio_zone_t *to, ngx_uint_t max_events, ngx_uint_t *left);
 ngx_uint_t ngx_http_cio_queue_busy(ngx_http_cio_zone_t *zone);
+ngx_uint_t ngx_http_cio_queue_walk(ngx_http_cio_zone_t *zone,
+    void (*handler)(void *data, ngx_http_cio_node_t *node), void *data);
+ngx_http_cio_shws_t *ngx_http_cio_queue_snapshot(ngx_http_cio_zone_t *zone,
+    ngx_pool_t *pool, ngx_uint_t *n, size_t *nfree);
+void ngx_http_cio_queue_reject(ngx_http_cio_zone_t *zone,
+    ngx_http_cio_shws_t *ws, ngx_uint_t reason, ngx_uint_t n);
+void ngx_http_cio_stats_upstream(ngx_http_cio_zone_t *zone,
+    ngx_http_cio_shws_t *ws, long status, double seconds,
+    const char *error, size_t error_len);
 uint64_t ngx_http_cio_now_ms(void);
 
+/* ngx_http_cio_deliver.c: the worker's side of delivery */
 ngx_int_t ngx_http_cio_deliver_init(ngx_cycle_t *cycle,
     ngx_http_cio_main_conf_t *mcf);
 void ngx_http_cio_deliver_exit(ngx_cycle_t *cycle);
 void ngx_http_cio_deliver_kick(void);
 
+/* ngx_http_cio_dead_letter.c */
 void ngx_http_cio_dead_letter(ngx_http_cio_main_conf_t *mcf,
     ngx_log_t *log, ngx_http_cio_shws_t *ws, ngx_http_cio_batch_t *batch,
     ngx_uint_t i, u_char *body, long status, const char *reason,
     u_char *answer, size_t answer_len);
 
-void ngx_http_cio_stats_reject(ngx_http_cio_zone_t *zone,
-    ngx_http_cio_shws_t *ws, ngx_uint_t reason, ngx_uint_t n);
-void ngx_http_cio_stats_filtered(ngx_http_cio_zone_t *zone,
-    ngx_http_cio_shws_t *ws, ngx_uint_t n);
-void ngx_http_cio_stats_upstream(ngx_http_cio_zone_t *zone,
-    ngx_http_cio_shws_t *ws, long status, double seconds,
-    const char *error, size_t error_len);
-char *ngx_http_cio_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+/* ngx_http_cio_spool.c: the master's spool file */
+void ngx_http_cio_spool_load(ngx_cycle_t *cycle, ngx_str_t *path,
+    ngx_http_cio_zone_t *zone);
+void ngx_http_cio_spool_save(ngx_cycle_t *cycle, ngx_str_t *path,
+    ngx_http_cio_zone_t *zone);
 
-ngx_table_elt_t *ngx_http_cio_header_in(ngx_http_request_t *r,
-    const char *name, size_t len);
-ngx_int_t ngx_http_cio_send_type(ngx_http_request_t *r, ngx_uint_t status,
-    ngx_str_t *type, u_char *body, size_t len);
-
-ngx_int_t ngx_http_cio_spool_init_module(ngx_cycle_t *cycle);
-void ngx_http_cio_spool_exit_master(ngx_cycle_t *cycle);
-
-char *ngx_http_cio_rate_slot(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf);
-char *ngx_http_cio_dead_letter_slot(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf);
-char *ngx_http_cio_spool_slot(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf);
+/* ngx_http_cio_status.c: the cio_status location */
+ngx_int_t ngx_http_cio_status_handler(ngx_http_request_t *r);
 
 
 #endif /* _NGX_HTTP_CIO_H_INCLUDED_ */

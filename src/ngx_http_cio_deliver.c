@@ -18,12 +18,12 @@
  */
 
 
+#include "ngx_http_cio.h"
+#include "ngx_http_cio_sender.h"
+
 #include <sys/eventfd.h>
 
 #include <cjson/cJSON.h>
-
-#include "ngx_http_cio.h"
-#include "ngx_http_cio_sender.h"
 
 
 #define NGX_HTTP_CIO_MAX_WS          256
@@ -116,7 +116,7 @@ static void ngx_http_cio_deliver_timer(ngx_event_t *ev);
 static ngx_int_t ngx_http_cio_deliver_drain_start(void);
 static ngx_uint_t ngx_http_cio_deliver_drain_done(void);
 static void ngx_http_cio_deliver_kick_handler(ngx_event_t *ev);
-static void ngx_http_cio_deliver_drain(void);
+static void ngx_http_cio_deliver_round(void);
 static ngx_int_t ngx_http_cio_deliver_send(ngx_http_cio_shws_t *ws);
 static void ngx_http_cio_deliver_notified(ngx_event_t *ev);
 static void ngx_http_cio_deliver_results(void);
@@ -347,7 +347,7 @@ ngx_http_cio_deliver_timer(ngx_event_t *ev)
         }
     }
 
-    ngx_http_cio_deliver_drain();
+    ngx_http_cio_deliver_round();
 
     ngx_add_timer(ev, d->mcf->flush_interval);
 }
@@ -437,12 +437,12 @@ ngx_http_cio_deliver_drain_done(void)
 static void
 ngx_http_cio_deliver_kick_handler(ngx_event_t *ev)
 {
-    ngx_http_cio_deliver_drain();
+    ngx_http_cio_deliver_round();
 }
 
 
 static void
-ngx_http_cio_deliver_drain(void)
+ngx_http_cio_deliver_round(void)
 {
     uint64_t                 now;
     ngx_uint_t               i, n, sent, reclaimed;
@@ -601,7 +601,7 @@ ngx_http_cio_deliver_notified(ngx_event_t *ev)
     }
 
     ngx_http_cio_deliver_results();
-    ngx_http_cio_deliver_drain();
+    ngx_http_cio_deliver_round();
 }
 
 

@@ -5,10 +5,20 @@
 
 
 /*
- * The queue in the cio_zone shared memory.  Every function here runs on a
- * worker's (or the master's) event loop thread, never on the sender
- * thread, and holds shpool->mutex only for list and copy work: the master
- * force-unlocks that very mutex when a worker dies holding it.
+ * The cio_zone shared memory and everything in it: its creation, reuse
+ * and resizing on reload, the queue (push, lease, settle, bury, reclaim),
+ * the token bucket each workspace's requests draw from, and every counter
+ * cio_status shows.  Nothing else writes the zone (deliver.c only scans
+ * it, under the lock, for workspaces with work).  Each operation takes
+ * shpool->mutex once, for list and copy work only, and runs on a worker's
+ * (or the master's) event loop thread, never on the sender thread: the
+ * master force-unlocks that very mutex when a worker dies holding it.
+ *
+ * An item refused for good goes settle -> dead letter -> bury: settle
+ * keeps it leased to this worker, deliver.c writes its dead letter, and
+ * only then does bury free it.  A crash in between loses nothing: the
+ * lease runs out and the item is sent again (at worst it is written to
+ * the dead-letter file twice).
  *
  * A node is pending (on its workspace's list, oldest first) or in flight
  * (on sh->inflight, owned by a worker until its lease expires).  A worker
@@ -23,12 +33,29 @@
 #define NGX_HTTP_CIO_MIN_ITEM     48
 #define NGX_HTTP_CIO_ALERT_EVERY  60000
 
+/* how long the master tries for the old zone's lock on a resize */
+#define NGX_HTTP_CIO_MIGRATE_WAIT 200
 
+
+static ngx_int_t ngx_http_cio_queue_attach(ngx_shm_zone_t *shm_zone,
+    void *data);
+static ngx_int_t ngx_http_cio_queue_intern(ngx_http_cio_zone_t *zone,
+    ngx_http_cio_ws_t *ws, ngx_log_t *log);
+static ngx_int_t ngx_http_cio_queue_migrate(ngx_http_cio_zone_t *from,
+    ngx_http_cio_zone_t *to, ngx_uint_t *moved, ngx_uint_t *left);
 static ngx_http_cio_shws_t *ngx_http_cio_queue_find(
     ngx_http_cio_shctx_t *sh, ngx_str_t *url, ngx_str_t *site_id);
+static ngx_int_t ngx_http_cio_queue_token(ngx_http_cio_shws_t *ws,
+    ngx_http_cio_main_conf_t *mcf, uint64_t now);
 static char *ngx_http_cio_queue_dup(ngx_str_t *s);
 static ngx_int_t ngx_http_cio_queue_copy_str(ngx_slab_pool_t *shpool,
     ngx_str_t *dst, ngx_str_t *src);
+
+
+/* the upper bounds of the latency histogram's buckets, in ms */
+ngx_uint_t  ngx_http_cio_latency_bounds[NGX_HTTP_CIO_LAT_N - 1] = {
+    25, 50, 100, 250, 500, 1000, 2500, 5000, 10000
+};
 
 
 uint64_t
@@ -42,8 +69,58 @@ ngx_http_cio_now_ms(void)
 }
 
 
+/*
+ * The zone, new or reused.  The master never waits for the lock of a zone
+ * that workers share: it reloads with its signals blocked, so a worker
+ * that died holding the lock would never be unlocked (nginx unlocks a dead
+ * owner's mutexes when it reaps it) and the master would wait for good.
+ * So a zone this cycle created, which no other process maps yet, gets its
+ * workspaces here; a reused one gets them from each new worker, in
+ * init_process (ngx_http_cio_queue_workspaces).
+ */
+
 ngx_int_t
 ngx_http_cio_queue_init_zone(ngx_shm_zone_t *shm_zone, void *data)
+{
+    ngx_http_cio_zone_t  *zone;
+
+    if (ngx_http_cio_queue_attach(shm_zone, data) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    zone = shm_zone->data;
+
+    if (!zone->fresh) {
+        return NGX_OK;
+    }
+
+    return ngx_http_cio_queue_workspaces(zone, shm_zone->shm.log);
+}
+
+
+/* each configured workspace into the zone, and its place there into ws */
+
+ngx_int_t
+ngx_http_cio_queue_workspaces(ngx_http_cio_zone_t *zone, ngx_log_t *log)
+{
+    ngx_uint_t            i;
+    ngx_http_cio_ws_t   **ws;
+
+    ws = zone->workspaces->elts;
+
+    for (i = 0; i < zone->workspaces->nelts; i++) {
+        if (ngx_http_cio_queue_intern(zone, ws[i], log) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_cio_queue_attach(ngx_shm_zone_t *shm_zone, void *data)
 {
     ngx_http_cio_zone_t  *ozone = data;
 
@@ -111,7 +188,7 @@ ngx_http_cio_queue_init_zone(ngx_shm_zone_t *shm_zone, void *data)
  * key are sent with the corrected one, at once.
  */
 
-ngx_int_t
+static ngx_int_t
 ngx_http_cio_queue_intern(ngx_http_cio_zone_t *zone, ngx_http_cio_ws_t *ws,
     ngx_log_t *log)
 {
@@ -258,30 +335,29 @@ ngx_http_cio_queue_copy_str(ngx_slab_pool_t *shpool, ngx_str_t *dst,
 
 /*
  * All or nothing: a request's calls are queued together, or the request
- * is answered 503 and its sender retries it whole.
+ * is answered 503 (counted as a full-queue refusal) and its sender
+ * retries it whole.  The calls a filter dropped and those the mapper
+ * refused are counted under the same lock, so a request takes it once.
+ *
+ * Each node goes onto the workspace's list, counted, as soon as it is
+ * allocated, and a failure takes them off again: a worker killed in the
+ * middle leaves what it pushed so far in the queue, to be delivered,
+ * rather than on a list of its own that nobody would ever free.
  */
 
 ngx_int_t
 ngx_http_cio_queue_push(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
-    ngx_str_t *items, ngx_uint_t n, ngx_uint_t max_events)
+    ngx_str_t *items, ngx_uint_t n, ngx_uint_t filtered, ngx_uint_t refused)
 {
-    size_t                bytes;
     ngx_uint_t            i;
-    ngx_queue_t           added, *q;
+    ngx_queue_t          *q;
     ngx_http_cio_node_t  *node;
 
-    if (n == 0) {
+    if (n == 0 && filtered == 0 && refused == 0) {
         return NGX_OK;
     }
 
-    ngx_queue_init(&added);
-    bytes = 0;
-
     ngx_shmtx_lock(&zone->shpool->mutex);
-
-    if (max_events && zone->sh->count + n > max_events) {
-        goto full;
-    }
 
     for (i = 0; i < n; i++) {
         node = ngx_slab_alloc_locked(zone->shpool,
@@ -299,17 +375,15 @@ ngx_http_cio_queue_push(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
         node->len = (uint32_t) items[i].len;
         ngx_memcpy(node->data, items[i].data, items[i].len);
 
-        ngx_queue_insert_tail(&added, &node->link);
-        bytes += items[i].len;
+        ngx_queue_insert_tail(&ws->pending, &node->link);
+        ws->npending++;
+        ws->pending_bytes += node->len;
+        zone->sh->count++;
     }
 
-    ngx_queue_add(&ws->pending, &added);
-
-    ws->npending += n;
-    ws->pending_bytes += bytes;
     ws->accepted += n;
-    zone->sh->count += n;
-    zone->sh->bytes += bytes;
+    ws->stats.filtered += filtered;
+    ws->stats.rejected[NGX_HTTP_CIO_REJ_INVALID] += refused;
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
 
@@ -317,14 +391,22 @@ ngx_http_cio_queue_push(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
 
 full:
 
-    while (!ngx_queue_empty(&added)) {
-        q = ngx_queue_head(&added);
+    /* the i nodes of this request are the tail of the list */
+
+    while (i--) {
+        q = ngx_queue_last(&ws->pending);
+        node = ngx_queue_data(q, ngx_http_cio_node_t, link);
+
         ngx_queue_remove(q);
-        ngx_slab_free_locked(zone->shpool,
-                             ngx_queue_data(q, ngx_http_cio_node_t, link));
+        ws->npending--;
+        ws->pending_bytes -= node->len;
+        zone->sh->count--;
+
+        node->id = 0;
+        ngx_slab_free_locked(zone->shpool, node);
     }
 
-    zone->sh->rejected_full++;
+    ws->stats.rejected[NGX_HTTP_CIO_REJ_FULL]++;
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
 
@@ -346,7 +428,7 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
 {
     size_t                 size, need, max_bytes;
     u_char                *p, *buf, *mem;
-    uint64_t               now, tokens, burst;
+    uint64_t               now;
     ngx_uint_t             n, cap;
     ngx_queue_t           *q;
     ngx_http_cio_node_t   *node;
@@ -390,39 +472,8 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
         goto unlock;
     }
 
-    if (mcf->rate) {
-        /* in millionths of a request: no rounding lost per refill */
-        burst = (uint64_t) mcf->burst * 1000000;
-
-        if (ws->rate_at == 0) {
-            ws->rate_at = now;
-            ws->rate_tokens = burst;
-
-        } else if (now > ws->rate_at) {
-            /* a long idle time fills the bucket, and must not overflow */
-            if (now - ws->rate_at > burst / mcf->rate) {
-                ws->rate_tokens = burst;
-
-            } else {
-                ws->rate_tokens += (now - ws->rate_at) * mcf->rate;
-            }
-
-            ws->rate_at = now;
-        }
-
-        /*
-         * else another worker's cached time is ahead of ours: no refill,
-         * or workers a few milliseconds apart would refill it over again
-         */
-
-        tokens = ngx_min(ws->rate_tokens, burst);
-
-        if (tokens < 1000000) {
-            ws->rate_tokens = tokens;
-            goto unlock;
-        }
-
-        ws->rate_tokens = tokens - 1000000;
+    if (mcf->rate && ngx_http_cio_queue_token(ws, mcf, now) != NGX_OK) {
+        goto unlock;
     }
 
     batch->url = ngx_http_cio_queue_dup(&ws->url);
@@ -490,7 +541,6 @@ unlock:
 
     batch->ws = ws;
     batch->n = n;
-    batch->bytes = p - buf;
 
     *body = buf;
     *body_len = p - buf;
@@ -507,6 +557,54 @@ failed:
     ngx_free(mem);
 
     return NULL;
+}
+
+
+/*
+ * The workspace's token bucket, which all workers share: a request costs
+ * a token, in millionths so that no rounding is lost per refill.  Called
+ * with the lock held.  NGX_DECLINED: none left, the items wait.
+ */
+
+static ngx_int_t
+ngx_http_cio_queue_token(ngx_http_cio_shws_t *ws,
+    ngx_http_cio_main_conf_t *mcf, uint64_t now)
+{
+    uint64_t  tokens, burst;
+
+    burst = (uint64_t) mcf->burst * 1000000;
+
+    if (ws->rate_at == 0) {
+        ws->rate_at = now;
+        ws->rate_tokens = burst;
+
+    } else if (now > ws->rate_at) {
+        /* a long idle time fills the bucket, and must not overflow */
+        if (now - ws->rate_at > burst / mcf->rate) {
+            ws->rate_tokens = burst;
+
+        } else {
+            ws->rate_tokens += (now - ws->rate_at) * mcf->rate;
+        }
+
+        ws->rate_at = now;
+    }
+
+    /*
+     * else another worker's cached time is ahead of ours: no refill,
+     * or workers a few milliseconds apart would refill it over again
+     */
+
+    tokens = ngx_min(ws->rate_tokens, burst);
+
+    if (tokens < 1000000) {
+        ws->rate_tokens = tokens;
+        return NGX_DECLINED;
+    }
+
+    ws->rate_tokens = tokens - 1000000;
+
+    return NGX_OK;
 }
 
 
@@ -589,7 +687,6 @@ ngx_http_cio_queue_settle(ngx_http_cio_zone_t *zone,
             ngx_queue_remove(&node->link);
             ws->ninflight--;
             zone->sh->count--;
-            zone->sh->bytes -= node->len;
             node->id = 0;
             ngx_slab_free_locked(zone->shpool, node);
             st->done++;
@@ -709,7 +806,6 @@ ngx_http_cio_queue_bury(ngx_http_cio_zone_t *zone,
         ngx_queue_remove(&node->link);
         ws->ninflight--;
         zone->sh->count--;
-        zone->sh->bytes -= node->len;
         node->id = 0;
         ngx_slab_free_locked(zone->shpool, node);
         n++;
@@ -727,15 +823,11 @@ ngx_http_cio_queue_bury(ngx_http_cio_zone_t *zone,
 
 ngx_int_t
 ngx_http_cio_queue_append(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
-    u_char *data, size_t len, uint32_t attempts, ngx_uint_t max_events)
+    u_char *data, size_t len, uint32_t attempts)
 {
     ngx_http_cio_node_t  *node;
 
     ngx_shmtx_lock(&zone->shpool->mutex);
-
-    if (max_events && zone->sh->count >= max_events) {
-        goto full;
-    }
 
     node = ngx_slab_alloc_locked(zone->shpool,
                                  offsetof(ngx_http_cio_node_t, data) + len);
@@ -756,7 +848,6 @@ ngx_http_cio_queue_append(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
     ws->npending++;
     ws->pending_bytes += len;
     zone->sh->count++;
-    zone->sh->bytes += len;
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
 
@@ -775,22 +866,36 @@ full:
  * pending items of the old one into it, oldest first, while it still maps
  * both.  Items in flight stay: their old worker settles them, and drains
  * what comes back before it exits.
+ *
+ * The master only tries the old zone's lock, for a short while (see
+ * ngx_http_cio_queue_init_zone for why it never waits for it): when a
+ * worker holds it that long, the old workers deliver the whole queue.
+ * The new zone's lock is uncontended: no other process maps it yet.
+ * NGX_BUSY: nothing moved.
  */
 
-ngx_uint_t
+static ngx_int_t
 ngx_http_cio_queue_migrate(ngx_http_cio_zone_t *from,
-    ngx_http_cio_zone_t *to, ngx_uint_t max_events, ngx_uint_t *left)
+    ngx_http_cio_zone_t *to, ngx_uint_t *moved, ngx_uint_t *left)
 {
-    ngx_uint_t            moved;
+    ngx_uint_t            waited;
     ngx_queue_t          *q, *wq;
     ngx_http_cio_shws_t  *ws, *nws;
     ngx_http_cio_node_t  *node;
 
-    moved = 0;
+    *moved = 0;
     *left = 0;
 
-    /* the new zone's lock is taken inside: nobody holds both otherwise */
-    ngx_shmtx_lock(&from->shpool->mutex);
+    for (waited = 0; !ngx_shmtx_trylock(&from->shpool->mutex); waited++) {
+
+        if (waited == NGX_HTTP_CIO_MIGRATE_WAIT) {
+            from->sh->orphaned = 1;
+            *left = from->sh->count;    /* a guess, for the log */
+            return NGX_BUSY;
+        }
+
+        ngx_msleep(1);
+    }
 
     for (wq = ngx_queue_head(&from->sh->workspaces);
          wq != ngx_queue_sentinel(&from->sh->workspaces);
@@ -806,7 +911,7 @@ ngx_http_cio_queue_migrate(ngx_http_cio_zone_t *from,
 
             if (nws == NULL
                 || ngx_http_cio_queue_append(to, nws, node->data, node->len,
-                                             node->attempts, max_events)
+                                             node->attempts)
                    != NGX_OK)
             {
                 /* the old workers deliver the rest */
@@ -818,10 +923,9 @@ ngx_http_cio_queue_migrate(ngx_http_cio_zone_t *from,
             ws->npending--;
             ws->pending_bytes -= node->len;
             from->sh->count--;
-            from->sh->bytes -= node->len;
             node->id = 0;
             ngx_slab_free_locked(from->shpool, node);
-            moved++;
+            (*moved)++;
         }
 
         *left += ws->ninflight;
@@ -831,20 +935,16 @@ ngx_http_cio_queue_migrate(ngx_http_cio_zone_t *from,
 
     ngx_shmtx_unlock(&from->shpool->mutex);
 
-    return moved;
+    return NGX_OK;
 }
 
+
+/* an atomic word: the master bumps it without the lock */
 
 ngx_uint_t
 ngx_http_cio_queue_generation(ngx_http_cio_zone_t *zone)
 {
-    ngx_uint_t  g;
-
-    ngx_shmtx_lock(&zone->shpool->mutex);
-    g = zone->sh->generation;
-    ngx_shmtx_unlock(&zone->shpool->mutex);
-
-    return g;
+    return (ngx_uint_t) zone->sh->generation;
 }
 
 
@@ -923,4 +1023,247 @@ ngx_http_cio_queue_free_batch(ngx_http_cio_batch_t *batch)
     free(batch->url);
     free(batch->userpwd);
     ngx_free(batch);
+}
+
+
+/*
+ * Runs in the master once a cycle's zones are set up (init_module): a
+ * reload that resized the zone, or dropped cio_zone, hands the old zone's
+ * queue on; a reload that kept the zone bumps its generation, which tells
+ * the old workers not to drain (deliver.c).  Returns 1 when the zone is
+ * new to this master, so that the spool is loaded into it.
+ *
+ * It waits for no lock of a zone the workers use (see init_zone): the
+ * flags the old workers read are atomic words, and the counts logged are
+ * read without the lock, as a guess.
+ */
+
+ngx_uint_t
+ngx_http_cio_queue_start(ngx_http_cio_zone_t *zone,
+    ngx_http_cio_zone_t *ozone, ngx_log_t *log)
+{
+    ngx_uint_t  moved, left, level;
+
+    if (ozone && ozone->sh && ozone->sh->magic == NGX_HTTP_CIO_SHM_MAGIC
+        && (zone == NULL || ozone->shpool != zone->shpool))
+    {
+        if (zone
+            && ngx_http_cio_queue_migrate(ozone, zone, &moved, &left)
+               == NGX_OK)
+        {
+            level = left ? NGX_LOG_WARN : NGX_LOG_NOTICE;
+
+            ngx_log_error(level, log, 0,
+                          "cio: the zone was resized, %ui queued events "
+                          "moved to the new one, %ui left to the old "
+                          "workers to deliver", moved, left);
+
+        } else if (zone) {
+            ngx_log_error(NGX_LOG_WARN, log, 0,
+                          "cio: the zone was resized, but a worker held the "
+                          "old zone's lock too long to move its queue: the "
+                          "old workers deliver its %ui queued events for up "
+                          "to cio_drain_timeout", left);
+
+        } else {
+            ozone->sh->orphaned = 1;
+            left = ozone->sh->count;
+
+            if (left) {
+                ngx_log_error(NGX_LOG_WARN, log, 0,
+                              "cio: cio_zone is no longer configured, the "
+                              "old workers deliver its %ui queued events "
+                              "for up to cio_drain_timeout", left);
+            }
+        }
+    }
+
+    if (zone == NULL) {
+        return 0;
+    }
+
+    if (!zone->fresh) {
+        (void) ngx_atomic_fetch_add(&zone->sh->generation, 1);
+        return 0;
+    }
+
+    zone->fresh = 0;
+
+    return 1;
+}
+
+
+/*
+ * Every item, in flight first (they are older), then each workspace's
+ * pending ones, oldest first.  Without the lock: only the master calls
+ * this, once every worker has exited, and a worker killed while holding
+ * the lock must not hang the stop.  Returns the number of items.
+ */
+
+ngx_uint_t
+ngx_http_cio_queue_walk(ngx_http_cio_zone_t *zone,
+    void (*handler)(void *data, ngx_http_cio_node_t *node), void *data)
+{
+    ngx_uint_t            n;
+    ngx_queue_t          *q, *wq;
+    ngx_http_cio_shws_t  *ws;
+
+    if (zone == NULL || zone->sh == NULL) {
+        return 0;
+    }
+
+    if (handler == NULL) {
+        return zone->sh->count;
+    }
+
+    n = 0;
+
+    for (q = ngx_queue_head(&zone->sh->inflight);
+         q != ngx_queue_sentinel(&zone->sh->inflight);
+         q = ngx_queue_next(q))
+    {
+        handler(data, ngx_queue_data(q, ngx_http_cio_node_t, link));
+        n++;
+    }
+
+    for (wq = ngx_queue_head(&zone->sh->workspaces);
+         wq != ngx_queue_sentinel(&zone->sh->workspaces);
+         wq = ngx_queue_next(wq))
+    {
+        ws = ngx_queue_data(wq, ngx_http_cio_shws_t, link);
+
+        for (q = ngx_queue_head(&ws->pending);
+             q != ngx_queue_sentinel(&ws->pending);
+             q = ngx_queue_next(q))
+        {
+            handler(data, ngx_queue_data(q, ngx_http_cio_node_t, link));
+            n++;
+        }
+    }
+
+    return n;
+}
+
+
+/*
+ * A consistent copy of every workspace for cio_status, its strings in the
+ * pool, the API key left behind (userpwd is empty in the copies), so that
+ * formatting and a slow client never hold the lock; *nfree: the zone's
+ * free bytes.
+ */
+
+ngx_http_cio_shws_t *
+ngx_http_cio_queue_snapshot(ngx_http_cio_zone_t *zone, ngx_pool_t *pool,
+    ngx_uint_t *n, size_t *nfree)
+{
+    ngx_uint_t            i, nws;
+    ngx_queue_t          *q;
+    ngx_http_cio_shws_t  *ws, *copy;
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    nws = 0;
+
+    for (q = ngx_queue_head(&zone->sh->workspaces);
+         q != ngx_queue_sentinel(&zone->sh->workspaces);
+         q = ngx_queue_next(q))
+    {
+        nws++;
+    }
+
+    copy = ngx_palloc(pool, (nws + 1) * sizeof(ngx_http_cio_shws_t));
+
+    if (copy) {
+        i = 0;
+
+        for (q = ngx_queue_head(&zone->sh->workspaces);
+             q != ngx_queue_sentinel(&zone->sh->workspaces);
+             q = ngx_queue_next(q))
+        {
+            ws = ngx_queue_data(q, ngx_http_cio_shws_t, link);
+            copy[i] = *ws;
+
+            copy[i].site_id.data = ngx_pstrdup(pool, &ws->site_id);
+            copy[i].url.data = ngx_pstrdup(pool, &ws->url);
+            ngx_str_null(&copy[i].userpwd);
+
+            if (copy[i].site_id.data == NULL || copy[i].url.data == NULL) {
+                copy = NULL;
+                break;
+            }
+
+            i++;
+        }
+    }
+
+    *nfree = zone->shpool->pfree * ngx_pagesize;
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    *n = nws;
+
+    return copy;
+}
+
+
+void
+ngx_http_cio_queue_reject(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
+    ngx_uint_t reason, ngx_uint_t n)
+{
+    if (zone == NULL || ws == NULL || reason >= NGX_HTTP_CIO_REJ_N) {
+        return;
+    }
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+    ws->stats.rejected[reason] += n;
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+}
+
+
+/* one answer (or failure) of Customer.io: status 0 is no answer */
+
+void
+ngx_http_cio_stats_upstream(ngx_http_cio_zone_t *zone,
+    ngx_http_cio_shws_t *ws, long status, double seconds, const char *error,
+    size_t error_len)
+{
+    u_char                *p;
+    ngx_uint_t             c, i, ms;
+    ngx_http_cio_stats_t  *st;
+
+    c = (status >= 200 && status < 600) ? (ngx_uint_t) status / 100 - 2 : 4;
+    ms = (seconds > 0) ? (ngx_uint_t) (seconds * 1000) : 0;
+
+    for (i = 0; i < NGX_HTTP_CIO_LAT_N - 1; i++) {
+        if (ms <= ngx_http_cio_latency_bounds[i]) {
+            break;
+        }
+    }
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    st = &ws->stats;
+    st->requests[c]++;
+
+    if (status) {
+        st->latency[i]++;
+        st->latency_ms += ms;
+    }
+
+    if (error && error_len) {
+        st->last_error_at = ngx_http_cio_now_ms();
+
+        if (status) {
+            p = ngx_snprintf(st->last_error, NGX_HTTP_CIO_LAST_ERROR_LEN,
+                             "%l: %*s", status, error_len, error);
+
+        } else {
+            p = ngx_snprintf(st->last_error, NGX_HTTP_CIO_LAST_ERROR_LEN,
+                             "%*s", error_len, error);
+        }
+
+        st->last_error_len = p - st->last_error;
+    }
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
 }

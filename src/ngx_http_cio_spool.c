@@ -5,8 +5,9 @@
 
 
 /*
- * The spool: what the queue still holds when nginx stops goes to a file,
- * and the next start loads it back.  Only the master touches the file:
+ * The spool file: what the queue still holds when nginx stops goes to a
+ * file, and the next start loads it back.  File I/O only: the zone is
+ * read and filled through queue.c.  Only the master touches the file:
  *
  *   - it writes it in exit_master, which runs on "nginx -s quit" and
  *     "-s stop" once every worker has exited (after their drain), and
@@ -24,9 +25,9 @@
  */
 
 
-#include <cjson/cJSON.h>
-
 #include "ngx_http_cio.h"
+
+#include <cjson/cJSON.h>
 
 
 #define NGX_HTTP_CIO_SPOOL_BUF  65536
@@ -42,6 +43,12 @@ typedef struct {
 
 
 typedef struct {
+    ngx_http_cio_spool_writer_t *w;
+    ngx_log_t                   *log;
+} ngx_http_cio_spool_walk_t;
+
+
+typedef struct {
     ngx_uint_t                   loaded;
     ngx_uint_t                   unmatched;
     ngx_uint_t                   full;
@@ -49,168 +56,60 @@ typedef struct {
 } ngx_http_cio_spool_stats_t;
 
 
-static ngx_int_t ngx_http_cio_spool_load(ngx_cycle_t *cycle,
-    ngx_http_cio_main_conf_t *mcf, ngx_http_cio_zone_t *zone);
-static ngx_int_t ngx_http_cio_spool_line(ngx_http_cio_main_conf_t *mcf,
-    ngx_http_cio_zone_t *zone, u_char *line, size_t len,
+static ngx_int_t ngx_http_cio_spool_read(ngx_cycle_t *cycle,
+    ngx_str_t *spool, ngx_http_cio_zone_t *zone);
+static ngx_int_t ngx_http_cio_spool_slurp(ngx_cycle_t *cycle,
+    ngx_str_t *spool, u_char **data, u_char **last);
+static void ngx_http_cio_spool_report(ngx_log_t *log, ngx_str_t *spool,
     ngx_http_cio_spool_stats_t *stats);
-static ngx_uint_t ngx_http_cio_spool_node(ngx_http_cio_spool_writer_t *w,
-    ngx_http_cio_node_t *node);
+static ngx_int_t ngx_http_cio_spool_line(ngx_http_cio_zone_t *zone,
+    u_char *line, size_t len, ngx_http_cio_spool_stats_t *stats);
+static void ngx_http_cio_spool_node(void *data, ngx_http_cio_node_t *node);
 static void ngx_http_cio_spool_put(ngx_http_cio_spool_writer_t *w,
     u_char *p, size_t len);
 static void ngx_http_cio_spool_flush(ngx_http_cio_spool_writer_t *w);
 
 
-ngx_int_t
-ngx_http_cio_spool_init_module(ngx_cycle_t *cycle)
+/* a spool that cannot be read stays where it is: nginx starts anyway */
+
+void
+ngx_http_cio_spool_load(ngx_cycle_t *cycle, ngx_str_t *spool,
+    ngx_http_cio_zone_t *zone)
 {
-    ngx_uint_t                 moved, left, level;
-    ngx_http_cio_zone_t       *zone, *ozone;
-    ngx_http_cio_main_conf_t  *mcf, *omcf;
-
-    /* "nginx -t" creates a zone too, and must leave the file alone */
-    if (ngx_test_config) {
-        return NGX_OK;
+    if (spool->len) {
+        (void) ngx_http_cio_spool_read(cycle, spool, zone);
     }
-
-    mcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_cio_module);
-    zone = (mcf && mcf->shm_zone) ? mcf->shm_zone->data : NULL;
-
-    /* ngx_cycle is still the cycle being replaced, if any */
-
-    omcf = ngx_is_init_cycle(ngx_cycle)
-           ? NULL
-           : ngx_http_cycle_get_module_main_conf(ngx_cycle,
-                                                 ngx_http_cio_module);
-    ozone = (omcf && omcf->shm_zone) ? omcf->shm_zone->data : NULL;
-
-    if (ozone && ozone->sh && ozone->sh->magic == NGX_HTTP_CIO_SHM_MAGIC
-        && (zone == NULL || ozone->shpool != zone->shpool))
-    {
-        /* a reload replaced the zone: its queue moves to the new one */
-
-        if (zone) {
-            moved = ngx_http_cio_queue_migrate(ozone, zone, mcf->max_events,
-                                               &left);
-            level = left ? NGX_LOG_WARN : NGX_LOG_NOTICE;
-
-            ngx_log_error(level, cycle->log, 0,
-                          "cio: the zone was resized, %ui queued events "
-                          "moved to the new one, %ui left to the old "
-                          "workers to deliver", moved, left);
-
-        } else {
-            ngx_shmtx_lock(&ozone->shpool->mutex);
-            ozone->sh->orphaned = 1;
-            left = ozone->sh->count;
-            ngx_shmtx_unlock(&ozone->shpool->mutex);
-
-            if (left) {
-                ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
-                              "cio: cio_zone is no longer configured, the "
-                              "old workers deliver its %ui queued events "
-                              "for up to cio_drain_timeout", left);
-            }
-        }
-    }
-
-    if (zone == NULL) {
-        return NGX_OK;
-    }
-
-    if (!zone->fresh) {
-        /* a reload: tells the old workers not to drain (deliver.c) */
-        ngx_shmtx_lock(&zone->shpool->mutex);
-        zone->sh->generation++;
-        ngx_shmtx_unlock(&zone->shpool->mutex);
-
-        return NGX_OK;
-    }
-
-    zone->fresh = 0;
-
-    if (mcf->spool.len == 0) {
-        return NGX_OK;
-    }
-
-    /* a spool that cannot be read stays where it is: nginx starts anyway */
-    (void) ngx_http_cio_spool_load(cycle, mcf, zone);
-
-    return NGX_OK;
 }
 
 
 static ngx_int_t
-ngx_http_cio_spool_load(ngx_cycle_t *cycle, ngx_http_cio_main_conf_t *mcf,
+ngx_http_cio_spool_read(ngx_cycle_t *cycle, ngx_str_t *spool,
     ngx_http_cio_zone_t *zone)
 {
     u_char                      *data, *p, *last, *nl, *tmp, *loaded;
-    size_t                       size;
-    ssize_t                      n;
-    ngx_fd_t                     fd;
+    ngx_int_t                    rc;
     ngx_uint_t                   kept;
-    ngx_file_info_t              fi;
     ngx_http_cio_spool_stats_t   stats;
     ngx_http_cio_spool_writer_t  w;
 
-    data = NULL;
-    tmp = NULL;
+    rc = ngx_http_cio_spool_slurp(cycle, spool, &data, &last);
+
+    if (rc != NGX_OK) {
+        return (rc == NGX_DECLINED) ? NGX_OK : NGX_ERROR;
+    }
+
     ngx_memzero(&w, sizeof(ngx_http_cio_spool_writer_t));
     w.fd = NGX_INVALID_FILE;
 
-    fd = ngx_open_file(mcf->spool.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    tmp = ngx_alloc(spool->len + sizeof(".loaded"), cycle->log);
+    loaded = ngx_alloc(spool->len + sizeof(".loaded"), cycle->log);
 
-    if (fd == NGX_INVALID_FILE) {
-        if (ngx_errno == NGX_ENOENT) {
-            return NGX_OK;
-        }
-
-        ngx_log_error(NGX_LOG_ALERT, cycle->log, ngx_errno,
-                      "cio: cannot open the spool \"%V\", its events are "
-                      "not loaded", &mcf->spool);
-        return NGX_ERROR;
-    }
-
-    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR) {
-        ngx_log_error(NGX_LOG_ALERT, cycle->log, ngx_errno,
-                      ngx_fd_info_n " \"%V\" failed", &mcf->spool);
+    if (tmp == NULL || loaded == NULL) {
         goto failed;
     }
 
-    size = (size_t) ngx_file_size(&fi);
-
-    data = ngx_alloc(size + 1, cycle->log);
-    tmp = ngx_alloc(mcf->spool.len + sizeof(".loaded"), cycle->log);
-    loaded = ngx_alloc(mcf->spool.len + sizeof(".loaded"), cycle->log);
-
-    if (data == NULL || tmp == NULL || loaded == NULL) {
-        ngx_free(loaded);
-        goto failed;
-    }
-
-    for (p = data; p < data + size; p += n) {
-        n = ngx_read_fd(fd, p, data + size - p);
-
-        if (n == -1) {
-            ngx_log_error(NGX_LOG_ALERT, cycle->log, ngx_errno,
-                          "cio: reading the spool \"%V\" failed",
-                          &mcf->spool);
-            ngx_free(loaded);
-            goto failed;
-        }
-
-        if (n == 0) {
-            break;
-        }
-    }
-
-    last = p;
-
-    ngx_close_file(fd);
-    fd = NGX_INVALID_FILE;
-
-    ngx_sprintf(tmp, "%V.new%Z", &mcf->spool);
-    ngx_sprintf(loaded, "%V.loaded%Z", &mcf->spool);
+    ngx_sprintf(tmp, "%V.new%Z", spool);
+    ngx_sprintf(loaded, "%V.loaded%Z", spool);
 
     ngx_memzero(&stats, sizeof(ngx_http_cio_spool_stats_t));
     kept = 0;
@@ -227,7 +126,7 @@ ngx_http_cio_spool_load(ngx_cycle_t *cycle, ngx_http_cio_main_conf_t *mcf,
             continue;
         }
 
-        if (ngx_http_cio_spool_line(mcf, zone, p, nl - p, &stats) == NGX_OK)
+        if (ngx_http_cio_spool_line(zone, p, nl - p, &stats) == NGX_OK)
         {
             continue;
         }
@@ -242,8 +141,7 @@ ngx_http_cio_spool_load(ngx_cycle_t *cycle, ngx_http_cio_main_conf_t *mcf,
             if (w.fd == NGX_INVALID_FILE || w.buf == NULL) {
                 ngx_log_error(NGX_LOG_ALERT, cycle->log, ngx_errno,
                               "cio: cannot write \"%s\", the spool \"%V\" "
-                              "is left as it is", tmp, &mcf->spool);
-                ngx_free(loaded);
+                              "is left as it is", tmp, spool);
                 goto failed;
             }
 
@@ -264,90 +162,163 @@ ngx_http_cio_spool_load(ngx_cycle_t *cycle, ngx_http_cio_main_conf_t *mcf,
         }
 
         ngx_close_file(w.fd);
-        ngx_free(w.buf);
+        w.fd = NGX_INVALID_FILE;
 
         if (w.failed) {
             ngx_log_error(NGX_LOG_ALERT, cycle->log, w.failed,
                           "cio: writing \"%s\" failed, the spool \"%V\" is "
                           "left as it is: its %ui loaded events will be "
-                          "loaded again", tmp, &mcf->spool, stats.loaded);
-            ngx_free(loaded);
-            ngx_free(tmp);
-            ngx_free(data);
-            return NGX_ERROR;
+                          "loaded again", tmp, spool, stats.loaded);
+            rc = NGX_ERROR;
+            goto done;
         }
     }
 
-    if (ngx_rename_file(mcf->spool.data, loaded) == NGX_FILE_ERROR) {
+    if (ngx_rename_file(spool->data, loaded) == NGX_FILE_ERROR) {
         ngx_log_error(NGX_LOG_ALERT, cycle->log, ngx_errno,
                       "cio: renaming the spool \"%V\" failed, its %ui "
                       "events will be loaded again at the next start",
-                      &mcf->spool, stats.loaded);
+                      spool, stats.loaded);
 
     } else if (kept
-               && ngx_rename_file(tmp, mcf->spool.data) == NGX_FILE_ERROR)
+               && ngx_rename_file(tmp, spool->data) == NGX_FILE_ERROR)
     {
         ngx_log_error(NGX_LOG_ALERT, cycle->log, ngx_errno,
                       "cio: renaming \"%s\" to \"%V\" failed, the %ui lines "
                       "not loaded are in \"%s\"",
-                      tmp, &mcf->spool, kept, tmp);
+                      tmp, spool, kept, tmp);
     }
 
-    ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
-                  "cio: loaded %ui events from the spool \"%V\"",
-                  stats.loaded, &mcf->spool);
+    ngx_http_cio_spool_report(cycle->log, spool, &stats);
 
-    if (stats.full) {
-        ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
-                      "cio: %ui spooled events did not fit in cio_zone, "
-                      "they stay in \"%V\" for the next start",
-                      stats.full, &mcf->spool);
-    }
-
-    if (stats.unmatched) {
-        ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
-                      "cio: %ui spooled events are for a site and endpoint "
-                      "no cio_ingest location uses, they stay in \"%V\"",
-                      stats.unmatched, &mcf->spool);
-    }
-
-    if (stats.damaged) {
-        ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
-                      "cio: %ui lines of the spool are damaged, they stay "
-                      "in \"%V\" to be fixed by hand",
-                      stats.damaged, &mcf->spool);
-    }
-
-    ngx_free(loaded);
-    ngx_free(tmp);
-    ngx_free(data);
-
-    return NGX_OK;
+    rc = NGX_OK;
+    goto done;
 
 failed:
-
-    if (fd != NGX_INVALID_FILE) {
-        ngx_close_file(fd);
-    }
 
     if (w.fd != NGX_INVALID_FILE) {
         ngx_close_file(w.fd);
         (void) ngx_delete_file(tmp);
     }
 
+    rc = NGX_ERROR;
+
+done:
+
     ngx_free(w.buf);
+    ngx_free(loaded);
     ngx_free(tmp);
     ngx_free(data);
 
+    return rc;
+}
+
+
+/* the whole file in memory; NGX_DECLINED: there is none */
+
+static ngx_int_t
+ngx_http_cio_spool_slurp(ngx_cycle_t *cycle, ngx_str_t *spool,
+    u_char **data, u_char **last)
+{
+    u_char           *p;
+    size_t            size;
+    ssize_t           n;
+    ngx_fd_t          fd;
+    ngx_file_info_t   fi;
+
+    *data = NULL;
+
+    fd = ngx_open_file(spool->data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+
+    if (fd == NGX_INVALID_FILE) {
+        if (ngx_errno == NGX_ENOENT) {
+            return NGX_DECLINED;
+        }
+
+        ngx_log_error(NGX_LOG_ALERT, cycle->log, ngx_errno,
+                      "cio: cannot open the spool \"%V\", its events are "
+                      "not loaded", spool);
+        return NGX_ERROR;
+    }
+
+    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR) {
+        ngx_log_error(NGX_LOG_ALERT, cycle->log, ngx_errno,
+                      ngx_fd_info_n " \"%V\" failed", spool);
+        goto failed;
+    }
+
+    size = (size_t) ngx_file_size(&fi);
+
+    *data = ngx_alloc(size + 1, cycle->log);
+    if (*data == NULL) {
+        goto failed;
+    }
+
+    for (p = *data; p < *data + size; p += n) {
+        n = ngx_read_fd(fd, p, *data + size - p);
+
+        if (n == -1) {
+            ngx_log_error(NGX_LOG_ALERT, cycle->log, ngx_errno,
+                          "cio: reading the spool \"%V\" failed", spool);
+            goto failed;
+        }
+
+        if (n == 0) {
+            break;
+        }
+    }
+
+    *last = p;
+
+    ngx_close_file(fd);
+
+    return NGX_OK;
+
+failed:
+
+    ngx_close_file(fd);
+    ngx_free(*data);
+    *data = NULL;
+
     return NGX_ERROR;
+}
+
+
+static void
+ngx_http_cio_spool_report(ngx_log_t *log, ngx_str_t *spool,
+    ngx_http_cio_spool_stats_t *stats)
+{
+    ngx_log_error(NGX_LOG_NOTICE, log, 0,
+                  "cio: loaded %ui events from the spool \"%V\"",
+                  stats->loaded, spool);
+
+    if (stats->full) {
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "cio: %ui spooled events did not fit in cio_zone, "
+                      "they stay in \"%V\" for the next start",
+                      stats->full, spool);
+    }
+
+    if (stats->unmatched) {
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "cio: %ui spooled events are for a site and endpoint "
+                      "no cio_ingest location uses, they stay in \"%V\"",
+                      stats->unmatched, spool);
+    }
+
+    if (stats->damaged) {
+        ngx_log_error(NGX_LOG_ERR, log, 0,
+                      "cio: %ui lines of the spool are damaged, they stay "
+                      "in \"%V\" to be fixed by hand",
+                      stats->damaged, spool);
+    }
 }
 
 
 /* NGX_OK: loaded; NGX_DECLINED: to keep in the spool */
 
 static ngx_int_t
-ngx_http_cio_spool_line(ngx_http_cio_main_conf_t *mcf,
-    ngx_http_cio_zone_t *zone, u_char *line, size_t len,
+ngx_http_cio_spool_line(ngx_http_cio_zone_t *zone, u_char *line, size_t len,
     ngx_http_cio_spool_stats_t *stats)
 {
     u_char               *item, *end;
@@ -408,8 +379,7 @@ ngx_http_cio_spool_line(ngx_http_cio_main_conf_t *mcf,
     }
 
     if (end <= item
-        || ngx_http_cio_queue_append(zone, ws, item, end - item, n,
-                                     mcf->max_events)
+        || ngx_http_cio_queue_append(zone, ws, item, end - item, n)
            != NGX_OK)
     {
         stats->full++;
@@ -423,86 +393,58 @@ ngx_http_cio_spool_line(ngx_http_cio_main_conf_t *mcf,
 
 
 /*
- * Runs in the master once every worker has exited: nothing else touches
- * the zone any more, so it is read without the lock (a worker killed while
- * holding it was unlocked by the master already, but a half-done update
- * must not hang the stop).  In-flight items come first: they are older.
+ * Runs in the master once every worker has exited (exit_master): nothing
+ * else touches the zone any more, and queue.c walks it without the lock.
  */
 
 void
-ngx_http_cio_spool_exit_master(ngx_cycle_t *cycle)
+ngx_http_cio_spool_save(ngx_cycle_t *cycle, ngx_str_t *spool,
+    ngx_http_cio_zone_t *zone)
 {
     ngx_uint_t                    n, failed;
-    ngx_queue_t                  *q, *wq;
-    ngx_http_cio_zone_t          *zone;
-    ngx_http_cio_shws_t          *ws;
-    ngx_http_cio_main_conf_t     *mcf;
+    ngx_http_cio_spool_walk_t     walk;
     ngx_http_cio_spool_writer_t   w;
 
-    mcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_cio_module);
+    n = ngx_http_cio_queue_walk(zone, NULL, NULL);
 
-    if (mcf == NULL || mcf->shm_zone == NULL) {
+    if (n == 0) {
         return;
     }
 
-    zone = mcf->shm_zone->data;
-
-    if (zone == NULL || zone->sh == NULL || zone->sh->count == 0) {
-        return;
-    }
-
-    if (mcf->spool.len == 0) {
+    if (spool->len == 0) {
         ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
                       "cio: %ui undelivered events are lost with the zone: "
-                      "set cio_spool to keep them across a stop",
-                      zone->sh->count);
+                      "set cio_spool to keep them across a stop", n);
         return;
     }
 
     ngx_memzero(&w, sizeof(ngx_http_cio_spool_writer_t));
 
-    w.fd = ngx_open_file(mcf->spool.data, NGX_FILE_APPEND,
+    w.fd = ngx_open_file(spool->data, NGX_FILE_APPEND,
                          NGX_FILE_CREATE_OR_OPEN, NGX_FILE_DEFAULT_ACCESS);
     w.buf = ngx_alloc(NGX_HTTP_CIO_SPOOL_BUF, cycle->log);
 
     if (w.fd == NGX_INVALID_FILE || w.buf == NULL) {
         ngx_log_error(NGX_LOG_ALERT, cycle->log, ngx_errno,
                       "cio: cannot open the spool \"%V\", %ui undelivered "
-                      "events are lost", &mcf->spool, zone->sh->count);
+                      "events are lost", spool, n);
 
         if (w.fd != NGX_INVALID_FILE) {
             ngx_close_file(w.fd);
         }
+
+        ngx_free(w.buf);
 
         return;
     }
 
     w.pos = w.buf;
     w.end = w.buf + NGX_HTTP_CIO_SPOOL_BUF;
-    n = 0;
 
-    for (q = ngx_queue_head(&zone->sh->inflight);
-         q != ngx_queue_sentinel(&zone->sh->inflight);
-         q = ngx_queue_next(q))
-    {
-        n += ngx_http_cio_spool_node(&w,
-                               ngx_queue_data(q, ngx_http_cio_node_t, link));
-    }
+    walk.w = &w;
+    walk.log = cycle->log;
 
-    for (wq = ngx_queue_head(&zone->sh->workspaces);
-         wq != ngx_queue_sentinel(&zone->sh->workspaces);
-         wq = ngx_queue_next(wq))
-    {
-        ws = ngx_queue_data(wq, ngx_http_cio_shws_t, link);
-
-        for (q = ngx_queue_head(&ws->pending);
-             q != ngx_queue_sentinel(&ws->pending);
-             q = ngx_queue_next(q))
-        {
-            n += ngx_http_cio_spool_node(&w,
-                               ngx_queue_data(q, ngx_http_cio_node_t, link));
-        }
-    }
+    n = ngx_http_cio_queue_walk(zone, ngx_http_cio_spool_node, &walk);
 
     ngx_http_cio_spool_flush(&w);
 
@@ -518,33 +460,36 @@ ngx_http_cio_spool_exit_master(ngx_cycle_t *cycle)
     if (failed) {
         ngx_log_error(NGX_LOG_ALERT, cycle->log, failed,
                       "cio: writing the spool \"%V\" failed, some of its "
-                      "%ui events may be lost", &mcf->spool, n);
+                      "%ui events may be lost", spool, n);
         return;
     }
 
     ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
                   "cio: %ui undelivered events spooled to \"%V\"",
-                  n, &mcf->spool);
+                  n, spool);
 }
 
 
-static ngx_uint_t
-ngx_http_cio_spool_node(ngx_http_cio_spool_writer_t *w,
-    ngx_http_cio_node_t *node)
+static void
+ngx_http_cio_spool_node(void *data, ngx_http_cio_node_t *node)
 {
-    u_char               *p, *head;
-    size_t                len;
-    ngx_http_cio_shws_t  *ws;
+    ngx_http_cio_spool_walk_t *walk = data;
 
+    u_char                       *p, *head;
+    size_t                        len;
+    ngx_http_cio_shws_t          *ws;
+    ngx_http_cio_spool_writer_t  *w;
+
+    w = walk->w;
     ws = node->ws;
 
     len = sizeof("{\"site_id\":\"\",\"url\":\"\",\"attempts\":,\"item\":")
           + 2 * ws->site_id.len + 2 * ws->url.len + NGX_INT32_LEN;
 
-    head = ngx_alloc(len, ngx_cycle->log);
+    head = ngx_alloc(len, walk->log);
     if (head == NULL) {
         w->failed = NGX_ENOMEM;
-        return 0;
+        return;
     }
 
     p = ngx_cpymem(head, "{\"site_id\":\"", sizeof("{\"site_id\":\"") - 1);
@@ -558,8 +503,6 @@ ngx_http_cio_spool_node(ngx_http_cio_spool_writer_t *w,
     ngx_http_cio_spool_put(w, (u_char *) "}\n", 2);
 
     ngx_free(head);
-
-    return 1;
 }
 
 
@@ -598,34 +541,4 @@ ngx_http_cio_spool_flush(ngx_http_cio_spool_writer_t *w)
     }
 
     w->pos = w->buf;
-}
-
-
-char *
-ngx_http_cio_spool_slot(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
-{
-    ngx_http_cio_main_conf_t *mcf = conf;
-
-    ngx_str_t  *value;
-
-    if (mcf->spool.data) {
-        return "is duplicate";
-    }
-
-    value = cf->args->elts;
-
-    if (ngx_strcmp(value[1].data, "off") == 0) {
-        ngx_str_set(&mcf->spool, "");
-        mcf->spool.len = 0;
-        return NGX_CONF_OK;
-    }
-
-    mcf->spool = value[1];
-
-    /* relative to the prefix, as nginx's own paths are */
-    if (ngx_conf_full_name(cf->cycle, &mcf->spool, 0) != NGX_OK) {
-        return NGX_CONF_ERROR;
-    }
-
-    return NGX_CONF_OK;
 }

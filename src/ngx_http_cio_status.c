@@ -6,27 +6,25 @@
 
 /*
  * cio_status: what the queue has seen, per workspace and in total, as JSON
- * or in Prometheus' text format.  The counters live in the zone, so every
- * worker reports the same numbers and they outlive reloads.
+ * or in Prometheus' text format.  The counters live in the zone (queue.c
+ * keeps them), so every worker reports the same numbers and they outlive
+ * reloads; this file only formats a snapshot of them.
  */
 
 
 #include "ngx_http_cio.h"
 
 
-static ngx_int_t ngx_http_cio_status_handler(ngx_http_request_t *r);
 static ngx_uint_t ngx_http_cio_status_prometheus(ngx_http_request_t *r);
 static u_char *ngx_http_cio_status_json(u_char *p,
     ngx_http_cio_shws_t *ws, ngx_http_cio_stats_t *st);
 static u_char *ngx_http_cio_status_prom(u_char *p, ngx_http_cio_shws_t *ws,
-    ngx_uint_t n);
+    ngx_str_t *labels, ngx_uint_t n);
+static ngx_str_t *ngx_http_cio_status_labels(ngx_pool_t *pool,
+    ngx_http_cio_shws_t *ws, ngx_uint_t n);
 static void ngx_http_cio_status_add(ngx_http_cio_shws_t *sum,
     ngx_http_cio_shws_t *ws);
 
-
-static ngx_uint_t  ngx_http_cio_latency_bounds[NGX_HTTP_CIO_LAT_N - 1] = {
-    25, 50, 100, 250, 500, 1000, 2500, 5000, 10000
-};
 
 static const char  *ngx_http_cio_reject_names[NGX_HTTP_CIO_REJ_N] = {
     "invalid", "unauthorized", "too_large", "full", "other"
@@ -45,112 +43,16 @@ static const char  *ngx_http_cio_class_names[5] = {
     (40 * 128 + NGX_HTTP_CIO_LAST_ERROR_LEN * 6)
 
 
-void
-ngx_http_cio_stats_reject(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
-    ngx_uint_t reason, ngx_uint_t n)
-{
-    if (zone == NULL || ws == NULL || reason >= NGX_HTTP_CIO_REJ_N) {
-        return;
-    }
-
-    ngx_shmtx_lock(&zone->shpool->mutex);
-    ws->stats.rejected[reason] += n;
-    ngx_shmtx_unlock(&zone->shpool->mutex);
-}
-
-
-void
-ngx_http_cio_stats_filtered(ngx_http_cio_zone_t *zone,
-    ngx_http_cio_shws_t *ws, ngx_uint_t n)
-{
-    if (zone == NULL || ws == NULL) {
-        return;
-    }
-
-    ngx_shmtx_lock(&zone->shpool->mutex);
-    ws->stats.filtered += n;
-    ngx_shmtx_unlock(&zone->shpool->mutex);
-}
-
-
-/* one answer (or failure) of Customer.io: status 0 is no answer */
-
-void
-ngx_http_cio_stats_upstream(ngx_http_cio_zone_t *zone,
-    ngx_http_cio_shws_t *ws, long status, double seconds, const char *error,
-    size_t error_len)
-{
-    u_char                *p;
-    ngx_uint_t             c, i, ms;
-    ngx_http_cio_stats_t  *st;
-
-    c = (status >= 200 && status < 600) ? (ngx_uint_t) status / 100 - 2 : 4;
-    ms = (seconds > 0) ? (ngx_uint_t) (seconds * 1000) : 0;
-
-    for (i = 0; i < NGX_HTTP_CIO_LAT_N - 1; i++) {
-        if (ms <= ngx_http_cio_latency_bounds[i]) {
-            break;
-        }
-    }
-
-    ngx_shmtx_lock(&zone->shpool->mutex);
-
-    st = &ws->stats;
-    st->requests[c]++;
-
-    if (status) {
-        st->latency[i]++;
-        st->latency_ms += ms;
-    }
-
-    if (error && error_len) {
-        st->last_error_at = ngx_http_cio_now_ms();
-
-        if (status) {
-            p = ngx_snprintf(st->last_error, NGX_HTTP_CIO_LAST_ERROR_LEN,
-                             "%l: %*s", status, error_len, error);
-
-        } else {
-            p = ngx_snprintf(st->last_error, NGX_HTTP_CIO_LAST_ERROR_LEN,
-                             "%*s", error_len, error);
-        }
-
-        st->last_error_len = p - st->last_error;
-    }
-
-    ngx_shmtx_unlock(&zone->shpool->mutex);
-}
-
-
-char *
-ngx_http_cio_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
-{
-    ngx_http_core_loc_conf_t   *clcf;
-    ngx_http_cio_main_conf_t   *mcf;
-
-    mcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_cio_module);
-
-    if (mcf->shm_zone == NULL) {
-        return "needs a \"cio_zone\" before it in the http block";
-    }
-
-    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
-    clcf->handler = ngx_http_cio_status_handler;
-
-    return NGX_CONF_OK;
-}
-
-
-static ngx_int_t
+ngx_int_t
 ngx_http_cio_status_handler(ngx_http_request_t *r)
 {
-    size_t                     size, n;
+    size_t                     size, n, used, nfree;
     u_char                    *p, *body;
     ngx_int_t                  rc;
     ngx_uint_t                 prom, nws;
-    ngx_queue_t               *q;
+    ngx_str_t                 *labels;
     ngx_http_cio_zone_t       *zone;
-    ngx_http_cio_shws_t       *ws, sum, *copy;
+    ngx_http_cio_shws_t        sum, *copy;
     ngx_http_cio_main_conf_t  *mcf;
 
     static ngx_str_t  json_type = ngx_string("application/json");
@@ -175,59 +77,18 @@ ngx_http_cio_status_handler(ngx_http_request_t *r)
 
     prom = ngx_http_cio_status_prometheus(r);
 
-    /*
-     * A consistent snapshot: copy the workspaces under the mutex, format
-     * them after, so a slow client never holds the queue's lock.
-     */
-    ngx_shmtx_lock(&zone->shpool->mutex);
-
-    nws = 0;
-
-    for (q = ngx_queue_head(&zone->sh->workspaces);
-         q != ngx_queue_sentinel(&zone->sh->workspaces);
-         q = ngx_queue_next(q))
-    {
-        nws++;
-    }
-
-    copy = ngx_palloc(r->pool, (nws + 1) * sizeof(ngx_http_cio_shws_t));
-    size = 0;
-
-    if (copy) {
-        n = 0;
-
-        for (q = ngx_queue_head(&zone->sh->workspaces);
-             q != ngx_queue_sentinel(&zone->sh->workspaces);
-             q = ngx_queue_next(q))
-        {
-            ws = ngx_queue_data(q, ngx_http_cio_shws_t, link);
-            copy[n] = *ws;
-
-            /* the strings live in the zone: copy them out too */
-            copy[n].site_id.data = ngx_pstrdup(r->pool, &ws->site_id);
-            copy[n].url.data = ngx_pstrdup(r->pool, &ws->url);
-            /* the key stays behind; the field holds the escaped label */
-            copy[n].userpwd.len = 0;
-            copy[n].userpwd.data = ngx_pnalloc(r->pool,
-                                               2 * ws->site_id.len + 1);
-
-            if (copy[n].site_id.data == NULL || copy[n].url.data == NULL
-                || copy[n].userpwd.data == NULL)
-            {
-                copy = NULL;
-                break;
-            }
-
-            size += NGX_HTTP_CIO_STATUS_WS_LEN
-                    + 40 * 2 * ws->site_id.len + 6 * ws->url.len;
-            n++;
-        }
-    }
-
-    ngx_shmtx_unlock(&zone->shpool->mutex);
+    copy = ngx_http_cio_queue_snapshot(zone, r->pool, &nws, &nfree);
 
     if (copy == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    used = mcf->shm_zone->shm.size - nfree;
+    size = 0;
+
+    for (n = 0; n < nws; n++) {
+        size += NGX_HTTP_CIO_STATUS_WS_LEN
+                + 40 * 2 * copy[n].site_id.len + 6 * copy[n].url.len;
     }
 
     ngx_memzero(&sum, sizeof(ngx_http_cio_shws_t));
@@ -254,19 +115,20 @@ ngx_http_cio_status_handler(ngx_http_request_t *r)
                 "# HELP cio_zone_used_bytes Bytes of the zone in use.\n"
                 "# TYPE cio_zone_used_bytes gauge\n"
                 "cio_zone_used_bytes{zone=\"%V\"} %uz\n",
-                &mcf->shm_zone->shm.name,
-                mcf->shm_zone->shm.size
-                - zone->shpool->pfree * ngx_pagesize);
+                &mcf->shm_zone->shm.name, used);
 
-        p = ngx_http_cio_status_prom(p, copy, nws);
+        labels = ngx_http_cio_status_labels(r->pool, copy, nws);
+        if (labels == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        p = ngx_http_cio_status_prom(p, copy, labels, nws);
 
     } else {
         p = ngx_sprintf(body,
                 "{\"zone\":{\"name\":\"%V\",\"size\":%uz,\"used\":%uz},"
                 "\"total\":",
-                &mcf->shm_zone->shm.name, mcf->shm_zone->shm.size,
-                mcf->shm_zone->shm.size
-                - zone->shpool->pfree * ngx_pagesize);
+                &mcf->shm_zone->shm.name, mcf->shm_zone->shm.size, used);
 
         p = ngx_http_cio_status_json(p, &sum, &sum.stats);
         p = ngx_cpymem(p, ",\"workspaces\":[", 15);
@@ -412,12 +274,11 @@ ngx_http_cio_status_json(u_char *p, ngx_http_cio_shws_t *ws,
  */
 
 static u_char *
-ngx_http_cio_status_prom(u_char *p, ngx_http_cio_shws_t *ws, ngx_uint_t n)
+ngx_http_cio_status_prom(u_char *p, ngx_http_cio_shws_t *ws,
+    ngx_str_t *labels, ngx_uint_t n)
 {
-    u_char                *l;
     size_t                 i;
     uint64_t               cum, v;
-    ngx_str_t             *label;
     ngx_uint_t             k, f;
     ngx_http_cio_stats_t  *st;
 
@@ -433,27 +294,6 @@ ngx_http_cio_status_prom(u_char *p, ngx_http_cio_shws_t *ws, ngx_uint_t n)
         "events_dead_lettered_total", "counter",
         "last_error_timestamp_seconds", "gauge"
     };
-
-    /* escaped labels, kept in the pool memory of the copies' user fields */
-    for (k = 0; k < n; k++) {
-        label = &ws[k].userpwd;
-        l = label->data;
-
-        for (i = 0; i < ws[k].site_id.len; i++) {
-            if (ws[k].site_id.data[i] == '\\'
-                || ws[k].site_id.data[i] == '"')
-            {
-                *l++ = '\\';
-
-            } else if (ws[k].site_id.data[i] == '\n') {
-                continue;
-            }
-
-            *l++ = ws[k].site_id.data[i];
-        }
-
-        label->len = l - label->data;
-    }
 
     for (f = 0; f < sizeof(families) / sizeof(families[0]); f += 2) {
         p = ngx_sprintf(p, "# TYPE cio_%s %s\n", families[f],
@@ -474,7 +314,7 @@ ngx_http_cio_status_prom(u_char *p, ngx_http_cio_shws_t *ws, ngx_uint_t n)
             }
 
             p = ngx_sprintf(p, "cio_%s{site_id=\"%V\"} %uL\n",
-                            families[f], &ws[k].userpwd, v);
+                            families[f], &labels[k], v);
         }
     }
 
@@ -483,7 +323,7 @@ ngx_http_cio_status_prom(u_char *p, ngx_http_cio_shws_t *ws, ngx_uint_t n)
     for (k = 0; k < n; k++) {
         for (i = 0; i < NGX_HTTP_CIO_REJ_N; i++) {
             p = ngx_sprintf(p, "cio_rejected_total{site_id=\"%V\","
-                            "reason=\"%s\"} %uL\n", &ws[k].userpwd,
+                            "reason=\"%s\"} %uL\n", &labels[k],
                             ngx_http_cio_reject_names[i],
                             ws[k].stats.rejected[i]);
         }
@@ -494,7 +334,7 @@ ngx_http_cio_status_prom(u_char *p, ngx_http_cio_shws_t *ws, ngx_uint_t n)
     for (k = 0; k < n; k++) {
         for (i = 0; i < 5; i++) {
             p = ngx_sprintf(p, "cio_upstream_requests_total{site_id=\"%V\","
-                            "class=\"%s\"} %uL\n", &ws[k].userpwd,
+                            "class=\"%s\"} %uL\n", &labels[k],
                             ngx_http_cio_class_names[i],
                             ws[k].stats.requests[i]);
         }
@@ -512,14 +352,14 @@ ngx_http_cio_status_prom(u_char *p, ngx_http_cio_shws_t *ws, ngx_uint_t n)
             if (i < NGX_HTTP_CIO_LAT_N - 1) {
                 p = ngx_sprintf(p, "cio_upstream_latency_seconds_bucket"
                                 "{site_id=\"%V\",le=\"%ui.%03ui\"} %uL\n",
-                                &ws[k].userpwd,
+                                &labels[k],
                                 ngx_http_cio_latency_bounds[i] / 1000,
                                 ngx_http_cio_latency_bounds[i] % 1000, cum);
 
             } else {
                 p = ngx_sprintf(p, "cio_upstream_latency_seconds_bucket"
                                 "{site_id=\"%V\",le=\"+Inf\"} %uL\n",
-                                &ws[k].userpwd, cum);
+                                &labels[k], cum);
             }
         }
 
@@ -527,9 +367,53 @@ ngx_http_cio_status_prom(u_char *p, ngx_http_cio_shws_t *ws, ngx_uint_t n)
                         "{site_id=\"%V\"} %uL.%03uL\n"
                         "cio_upstream_latency_seconds_count"
                         "{site_id=\"%V\"} %uL\n",
-                        &ws[k].userpwd, st->latency_ms / 1000,
-                        st->latency_ms % 1000, &ws[k].userpwd, cum);
+                        &labels[k], st->latency_ms / 1000,
+                        st->latency_ms % 1000, &labels[k], cum);
     }
 
     return p;
+}
+
+
+/* site ids as label values: \ and " escaped, new lines dropped */
+
+static ngx_str_t *
+ngx_http_cio_status_labels(ngx_pool_t *pool, ngx_http_cio_shws_t *ws,
+    ngx_uint_t n)
+{
+    u_char      *l;
+    size_t       i;
+    ngx_str_t   *labels;
+    ngx_uint_t   k;
+
+    labels = ngx_palloc(pool, (n + 1) * sizeof(ngx_str_t));
+    if (labels == NULL) {
+        return NULL;
+    }
+
+    for (k = 0; k < n; k++) {
+        l = ngx_pnalloc(pool, 2 * ws[k].site_id.len + 1);
+        if (l == NULL) {
+            return NULL;
+        }
+
+        labels[k].data = l;
+
+        for (i = 0; i < ws[k].site_id.len; i++) {
+            if (ws[k].site_id.data[i] == '\\'
+                || ws[k].site_id.data[i] == '"')
+            {
+                *l++ = '\\';
+
+            } else if (ws[k].site_id.data[i] == '\n') {
+                continue;
+            }
+
+            *l++ = ws[k].site_id.data[i];
+        }
+
+        labels[k].len = l - labels[k].data;
+    }
+
+    return labels;
 }

@@ -1,0 +1,244 @@
+#!/usr/bin/perl
+
+# A worker that dies while it holds the zone's lock:
+#  - during a reload: the master never waits for the lock while it
+#    reloads (its signals are blocked then, so it could never learn that
+#    the owner died and unlock it); nginx answers again once the worker is
+#    gone;
+#  - inside a push: the items it had taken out of the zone are on the
+#    workspace's list already, so nothing the dead worker held stays
+#    allocated; they are delivered, and the zone's memory comes back.
+#
+# gdb stops the worker at the moment wanted: attached, it runs the worker
+# to a breakpoint and holds it there while the test sends its signals.
+# Skipped without gdb or ptrace.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use POSIX qw(:sys_wait_h);
+use Test::More;
+use Time::HiRes qw(time sleep);
+use Cio::Test qw(wait_until);
+
+my ($GDB) = grep { -x $_ } map { "$_/gdb" } split /:/, $ENV{PATH};
+plan(skip_all => 'gdb is not installed') unless $GDB;
+plan(skip_all => 'not under Valgrind') if $ENV{CIO_VALGRIND};
+
+my $KILLED = qr/\[alert\].*worker process \d+ exited on signal 9/;
+my $UNLOCKED = qr/\[alert\].*shared memory zone "cio" was locked by \d+/;
+
+sub conf {
+    my ($url, $extra) = @_;
+    $extra //= '';
+    return <<"END";
+    cio_zone name=cio size=1m;
+    cio_flush_interval 20ms;
+    cio_retry_backoff 50ms 200ms;
+    cio_lease 1s;
+    cio_drain_timeout 0;
+    $extra
+
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location /cio/ {
+            cio_ingest segment;
+            cio_site_id site1;
+            cio_api_key key1;
+            cio_endpoint $url;
+        }
+        location = /status {
+            cio_status;
+        }
+    }
+END
+}
+
+sub proc_field {
+    my ($pid, $field) = @_;
+    open my $fh, '<', "/proc/$pid/status" or return undef;
+    while (<$fh>) {
+        return $1 if /^\Q$field\E:\s*(\S+)/;
+    }
+    return undef;
+}
+
+# Attaches gdb to $pid in the background and runs it to $break ($skip hits
+# ignored); gdb then holds it there, stopped, until release() is called.
+# Returns gdb's pid.
+sub stop_at {
+    my ($t, $pid, $break, $skip) = @_;
+
+    my $dir = $t->dir;
+    unlink "$dir/gdb.stopped", "$dir/gdb.go";
+
+    my @ex = ('set pagination off', "break $break");
+    push @ex, "ignore 1 $skip" if $skip;
+    push @ex, 'continue', "shell touch $dir/gdb.stopped",
+        "shell while [ ! -e $dir/gdb.go ]; do sleep 0.05; done",
+        'detach', 'quit';
+
+    my $gdb = fork();
+    die "fork: $!" unless defined $gdb;
+
+    if ($gdb == 0) {
+        open STDOUT, '>>', "$dir/gdb.log";
+        open STDERR, '>&', \*STDOUT;
+        open STDIN, '<', '/dev/null';
+        exec $GDB, '-nx', '-batch', '-p', $pid, map { ('-ex', $_) } @ex;
+        exit 127;
+    }
+
+    return $gdb;
+}
+
+# waits until gdb holds the process at its breakpoint
+sub stopped {
+    my ($t, $gdb, $timeout) = @_;
+    return wait_until(sub {
+        -e $t->dir . '/gdb.stopped' || waitpid($gdb, WNOHANG) == $gdb
+    }, $timeout) && -e $t->dir . '/gdb.stopped';
+}
+
+# lets gdb go on (a killed process is only reaped by its parent once its
+# tracer has seen it die) and waits for gdb to exit
+sub release {
+    my ($t, $gdb) = @_;
+    open my $fh, '>', $t->dir . '/gdb.go' or die "gdb.go: $!";
+    close $fh;
+    unless (wait_until(sub { waitpid($gdb, WNOHANG) == $gdb }, 20)) {
+        kill 'KILL', $gdb;
+        waitpid($gdb, 0);
+    }
+}
+
+sub event {
+    my ($name, $pad) = @_;
+    return { type => 'track', userId => 'u1', event => $name,
+             messageId => "m-$name",
+             properties => { pad => 'x' x ($pad // 10) } };
+}
+
+# can gdb attach here at all (a container may forbid ptrace)?
+{
+    my $t = Cio::Test->new(workers => 1);
+    my $cio = $t->standin(workspaces => ['site1:key1']);
+    $t->config(http => conf($cio->url))->run;
+    my ($w) = $t->worker_pids;
+    my $out = `$GDB -nx -batch -p $w -ex 'detach' 2>&1`;
+    my $ok = $? == 0 && $out !~ /ptrace: Operation not permitted/;
+    undef $t;
+    plan(skip_all => "gdb cannot attach to a worker here: $out") unless $ok;
+}
+
+# --- a reload while a dead worker held the lock ------------------------------
+
+{
+    my $t = Cio::Test->new(workers => 1);
+    my $cio = $t->standin(workspaces => ['site1:key1']);
+    $t->config(http => conf($cio->url))->run;
+    $t->allow_alert($KILLED)->allow_alert($UNLOCKED);
+
+    my ($st) = $t->post('/cio/v1/track', event('before'));
+    is($st, 200, 'an event accepted');
+    is_deeply($cio->wait_names(['before']), [], 'and delivered');
+
+    # every send round takes the zone's lock: the breakpoint is reached
+    # within a flush interval, with the lock held
+    my ($w) = $t->worker_pids;
+    my $gdb = stop_at($t, $w, 'ngx_shmtx_unlock');
+    ok(stopped($t, $gdb, 20), 'the worker is stopped holding the lock')
+        or diag($t->read_file('gdb.log'));
+
+    kill 'HUP', $t->master_pid;
+    ok(wait_until(sub { $t->log_lines(qr/reconfiguring/) }, 10),
+        'the master began to reload');
+
+    # a master that waited for the lock would be waiting by now
+    sleep 0.5;
+
+    kill 'KILL', $w;
+    release($t, $gdb);
+
+    my $answered = wait_until(sub {
+        my ($s) = $t->post('/cio/v1/track', event('after'));
+        return defined $s && $s == 200;
+    }, 15);
+    ok($answered, 'nginx answers again once the lock holder is dead');
+    is_deeply($cio->wait_names(['after'], 10), [], 'and delivers');
+    ok(!grep({ $_ == $w } $t->worker_pids), 'the stopped worker is gone');
+
+    $t->done_part;
+}
+
+# --- a worker killed inside a push -------------------------------------------
+
+{
+    my $t = Cio::Test->new(workers => 1);
+    my $cio = $t->standin(workspaces => ['site1:key1']);
+    $t->config(http => conf($cio->url))->run;
+    $t->allow_alert($KILLED)->allow_alert($UNLOCKED);
+
+    my $status = sub {
+        my ($s, undef, $body) = $t->http('GET', '/status');
+        return $s && $s == 200 ? $t->json->decode($body) : undef;
+    };
+    my $idle = sub {
+        my $j = $status->() or return 0;
+        return $j->{total}{queued} == 0 && $j->{total}{in_flight} == 0;
+    };
+
+    # items over half a page: each is a page of the zone of its own
+    my $batch = sub {
+        my ($prefix) = @_;
+        return { batch => [ map { event("$prefix-$_", 3000) } 1 .. 10 ] };
+    };
+
+    my ($st) = $t->post('/cio/v1/batch', $batch->('warm'));
+    is($st, 200, 'a batch of 10 large events accepted');
+    is_deeply($cio->wait_names([ map { "warm-$_" } 1 .. 10 ]), [],
+        'and delivered');
+    ok(wait_until($idle, 10), 'the zone is empty');
+    my $before = $status->()->{zone}{used};
+
+    # the 5th allocation of the push: 4 items are out of the slab already
+    my ($w) = $t->worker_pids;
+    my $gdb = stop_at($t, $w, 'ngx_slab_alloc_locked', 4);
+    ok(wait_until(sub {
+        (proc_field($w, 'TracerPid') // 0) == $gdb
+    }, 20), 'gdb attached to the worker');
+
+    my $client = fork();
+    die "fork: $!" unless defined $client;
+    if ($client == 0) {
+        $t->post('/cio/v1/batch', $batch->('cut'));
+        POSIX::_exit(0);
+    }
+
+    ok(stopped($t, $gdb, 20), 'the worker is stopped inside the push')
+        or diag($t->read_file('gdb.log'));
+
+    kill 'KILL', $w;
+    release($t, $gdb);
+    waitpid($client, 0);
+
+    ok(wait_until(sub { my @p = $t->worker_pids; @p && $p[0] != $w }, 10),
+        'a new worker took over');
+
+    ($st) = $t->post('/cio/v1/batch', $batch->('next'));
+    is($st, 200, 'the next batch accepted');
+    is_deeply($cio->wait_names([ map { "next-$_" } 1 .. 10 ]), [],
+        'and delivered');
+
+    ok(wait_until($idle, 10), 'the zone is empty again');
+    my $after = $status->()->{zone}{used};
+    is($after, $before, 'and uses as much memory as before the kill')
+        or diag("before $before, after $after");
+
+    $t->done_part;
+}
+
+done_testing();
