@@ -178,7 +178,8 @@ sub check_items {
     my $now = [ $t0 - 1, time + 1 ];
 
     my @want = (
-        [ 'identify', sub { $_[0]{action} eq 'identify' },
+        [ 'identify', sub { $_[0]{type} eq 'person'
+                          && $_[0]{action} eq 'identify' },
           { type => 'person', identifiers => $user, action => 'identify',
             attributes => { email => "$p\@example.com", plan => 'pro',
                             created_at => timegm(5, 4, 3, 2, 0, 2024),

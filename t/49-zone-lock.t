@@ -25,7 +25,8 @@ use Time::HiRes qw(time sleep);
 use Cio::Test qw(wait_until);
 
 my ($GDB) = grep { -x $_ } map { "$_/gdb" } split /:/, $ENV{PATH};
-plan(skip_all => 'gdb is not installed') unless $GDB;
+Cio::Test::prerequisite($GDB,
+    'gdb is needed to stop a worker holding the lock (scripts/deps.sh)');
 plan(skip_all => 'not under Valgrind') if $ENV{CIO_VALGRIND};
 
 my $KILLED = qr/\[alert\].*worker process \d+ exited on signal 9/;
