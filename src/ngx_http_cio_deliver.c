@@ -18,11 +18,12 @@
  */
 
 
+#include "ngx_http_cio.h"
+
 #include <sys/eventfd.h>
 
 #include <cjson/cJSON.h>
 
-#include "ngx_http_cio.h"
 #include "ngx_http_cio_sender.h"
 
 
