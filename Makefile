@@ -3,6 +3,9 @@
 #   make test      install what is missing, build, run every test
 #   make demo      build, start nginx + the Customer.io stand-in, send events
 #   make build     build/ngx_http_cio_module.so against Debian's nginx-dev
+#   make build NGINX_SRC=/path/to/nginx-x.y.z [NGINX=/path/to/nginx]
+#                  the same for any nginx, from the upstream sources of its
+#                  version, configured as its "nginx -V" shows
 #   make unit      the mapper's unit tests
 #   make valgrind  the mapper's unit tests under Valgrind, then the nginx
 #                  end-to-end tests with nginx itself under Valgrind
@@ -36,17 +39,23 @@ endif
 SRCS := config ngx_http_cio_module.c $(wildcard src/*.c src/*.h)
 
 .PHONY: all deps build unit valgrind test integration san demo soak \
-	replay clean
+	replay clean FORCE
 
 all: build
 
 deps:
 	@scripts/deps.sh
 
-build: deps $(BUILD)/ngx_http_cio_module.so
+# Debian's nginx-dev, or NGINX_SRC: nothing to install from Debian then
+build: $(if $(NGINX_SRC),,deps) $(BUILD)/ngx_http_cio_module.so
 
-$(BUILD)/ngx_http_cio_module.so: $(SRCS) scripts/build.sh
-	@SAN=$(filter 1,$(SAN)) scripts/build.sh
+# always asks scripts/build.sh, which rebuilds only what changed: the same
+# file is built for Debian's nginx or for NGINX_SRC's
+$(BUILD)/ngx_http_cio_module.so: FORCE
+	@SAN=$(filter 1,$(SAN)) NGINX_SRC=$(NGINX_SRC) NGINX=$(NGINX) \
+		scripts/build.sh
+
+FORCE:
 
 $(BUILD)/test_map: t/unit/test_map.c src/ngx_http_cio_map.c \
 		src/ngx_http_cio_map.h
