@@ -6,6 +6,9 @@
 #   make build NGINX_SRC=/path/to/nginx-x.y.z [NGINX=/path/to/nginx]
 #                  the same for any nginx, from the upstream sources of its
 #                  version, configured as its "nginx -V" shows
+#   make matrix    upstream nginx from Debian's archive (trixie's, sid's
+#                  when newer), the module dynamic and static against each,
+#                  the end-to-end tests against them (part of make test)
 #   make unit      the mapper's unit tests
 #   make valgrind  the mapper's unit tests under Valgrind, then the nginx
 #                  end-to-end tests with nginx itself under Valgrind
@@ -39,7 +42,7 @@ endif
 SRCS := config ngx_http_cio_module.c $(wildcard src/*.c src/*.h)
 
 .PHONY: all deps build unit valgrind test integration san demo soak \
-	replay clean FORCE
+	replay clean matrix FORCE
 
 all: build
 
@@ -89,7 +92,12 @@ san: deps
 
 # Valgrind and the sanitizers do not run together
 test: unit unit-inflate fuzz-regress $(if $(filter 1,$(SAN)),,valgrind) \
-      integration $(if $(filter 1,$(SAN)),,san)
+      integration $(if $(filter 1,$(SAN)),,san matrix)
+
+# scripts/matrix.sh; the sources and the nginx builds are cached in
+# NGINX_CACHE (default /var/cache/ngx-cio-src)
+matrix:
+	@NGINX_CACHE=$(NGINX_CACHE) scripts/matrix.sh
 
 demo: build
 	@scripts/demo.sh
