@@ -4,6 +4,7 @@
 # served), each built with
 #
 #   --with-compat --with-threads --with-http_v2_module --with-http_ssl_module
+#   --with-http_realip_module
 #
 # and warnings as errors; the module against each, dynamic (the README's
 # "make build NGINX_SRC=... NGINX=..." recipe, so that it keeps working)
@@ -26,9 +27,11 @@ set -euo pipefail
 
 top=$(cd "$(dirname "$0")/.." && pwd)
 jobs=${MATRIX_JOBS:-2}
-tests=${MATRIX_TESTS:-t/10-ingest.t t/20-delivery.t t/43-crash.t t/50-hostile.t}
+tests=${MATRIX_TESTS:-t/02-examples.t t/10-ingest.t t/20-delivery.t
+                      t/43-crash.t t/50-hostile.t}
+# and realip, which one of the examples uses, as every packaging has it
 flags=(--with-compat --with-threads --with-http_v2_module
-       --with-http_ssl_module)
+       --with-http_ssl_module --with-http_realip_module)
 ccopt="-g -O2 -Werror"
 
 log() { echo "matrix: $*" >&2; }
@@ -51,9 +54,10 @@ build_nginx() {
 
     exec 8> "$dir.lock"
     flock 8
+    [ ! -d "$dir" ] || touch "$dir"
 
-    if [ ! -f "$dir/.configured" ] || [ "$(cat "$dir/.configured")" != "$want" ]
-    then
+    if [ ! -f "$dir/.configured" ] \
+       || [ "$(cat "$dir/.configured")" != "$want" ]; then
         rm -rf "$dir"
         cp -r "$src" "$dir"
         (cd "$dir" && ./configure "$@") > "$dir/configure.log" 2>&1 || {
@@ -71,6 +75,10 @@ build_nginx() {
     }
     exec 8>&-
 }
+
+# builds no run has used for two weeks: older versions, flags, checkouts
+find "$cache/build" -mindepth 1 -maxdepth 1 -type d -mtime +14 \
+    -exec rm -rf {} +
 
 cc_v=$(${CC:-cc} --version | head -1)
 results=()
