@@ -107,6 +107,8 @@ sub nginx_t {
     my $dir = $t->dir;
     my $cmd = "$t->{nginx} -t -p $dir/ -c $dir/nginx.conf"
         . " -e $dir/error.log";
+    # an ASan build of the module needs its runtime loaded first
+    local $ENV{LD_PRELOAD} = $ENV{CIO_PRELOAD} if $ENV{CIO_PRELOAD};
     my $out = `$cmd 2>&1`;
     is($? >> 8, 0, "$name: nginx -t passes in Debian's layout")
         or diag($out);
