@@ -80,6 +80,13 @@ build_nginx() {
 find "$cache/build" -mindepth 1 -maxdepth 1 -type d -mtime +14 \
     -exec rm -rf {} +
 
+# results of versions this run does not build
+for d in "$top"/build/matrix/*/; do
+    [ -d "$d" ] || continue
+    v=$(basename "$d")
+    printf '%s\n' "${sources[@]}" | grep -q "^$v " || rm -rf "$d"
+done
+
 cc_v=$(${CC:-cc} --version | head -1)
 results=()
 newest=""
