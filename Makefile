@@ -3,6 +3,12 @@
 #   make test      install what is missing, build, run every test
 #   make demo      build, start nginx + the Customer.io stand-in, send events
 #   make build     $(BUILD)/ngx_http_cio_module.so against Debian's nginx-dev
+#   make build NGINX_SRC=/path/to/nginx-x.y.z [NGINX=/path/to/nginx]
+#                  the same for any nginx, from the upstream sources of its
+#                  version, configured as its "nginx -V" shows
+#   make matrix    upstream nginx from Debian's archive (trixie's, sid's
+#                  when newer), the module dynamic and static against each,
+#                  the end-to-end tests against them (part of make test)
 #   make deps      install the build and test dependencies that are missing
 #   make unit      the mapper's unit tests
 #   make unit-inflate  the body inflater's unit tests (and under Valgrind)
@@ -50,17 +56,23 @@ endif
 SRCS := config ngx_http_cio_module.c $(wildcard src/*.c src/*.h)
 
 .PHONY: all deps build unit valgrind test integration san demo soak \
-	replay clean
+	replay clean matrix FORCE
 
 all: build
 
 deps:
 	@scripts/deps.sh
 
-build: deps $(BUILD)/ngx_http_cio_module.so
+# Debian's nginx-dev, or NGINX_SRC: nothing to install from Debian then
+build: $(if $(NGINX_SRC),,deps) $(BUILD)/ngx_http_cio_module.so
 
-$(BUILD)/ngx_http_cio_module.so: $(SRCS) scripts/build.sh
-	@SAN=$(filter 1,$(SAN)) scripts/build.sh
+# always asks scripts/build.sh, which rebuilds only what changed: the same
+# file is built for Debian's nginx or for NGINX_SRC's
+$(BUILD)/ngx_http_cio_module.so: FORCE
+	@SAN=$(filter 1,$(SAN)) NGINX_SRC=$(NGINX_SRC) NGINX=$(NGINX) \
+		scripts/build.sh
+
+FORCE:
 
 $(BUILD)/test_map: t/unit/test_map.c src/ngx_http_cio_map.c \
 		src/ngx_http_cio_map.h
@@ -94,7 +106,12 @@ san: deps
 
 # Valgrind and the sanitizers do not run together
 test: unit unit-inflate fuzz-regress $(if $(filter 1,$(SAN)),,valgrind) \
-      integration $(if $(filter 1,$(SAN)),,san)
+      integration $(if $(filter 1,$(SAN)),,san matrix)
+
+# scripts/matrix.sh; the sources and the nginx builds are cached in
+# NGINX_CACHE (default /var/cache/ngx-cio-src)
+matrix:
+	@NGINX_CACHE=$(NGINX_CACHE) scripts/matrix.sh
 
 demo: build
 	@scripts/demo.sh

@@ -4,12 +4,24 @@
 # sources are copied so that nothing is written under /usr/share.
 #
 #   SAN=1  builds with AddressSanitizer and UndefinedBehaviorSanitizer
+#
+# Any other nginx: the sources of its exact version, configured with the
+# arguments its "nginx -V" shows, plus --with-compat:
+#
+#   NGINX_SRC=dir   an nginx-x.y.z source tree (nginx.org's tarball)
+#   NGINX=path      the nginx binary the module is for (default: nginx
+#                   in PATH, then /usr/sbin/nginx)
+#   CIO_BUILD_DIR   where the build and the .so go (default build/)
 set -eu
 
 top=$(cd "$(dirname "$0")/.." && pwd)
 src=/usr/share/nginx/src
-out="$top/build${SAN:+-san}"
+out=${CIO_BUILD_DIR:-$top/build${SAN:+-san}}
 stamp="$out/.configured"
+
+if [ -n "${NGINX_SRC:-}" ]; then
+    exec "$top/scripts/build-any.sh"
+fi
 
 cflags="$(dpkg-buildflags --get CFLAGS) -fPIC $(dpkg-buildflags --get CPPFLAGS)"
 ldflags="$(dpkg-buildflags --get LDFLAGS) -fPIC"
@@ -38,8 +50,4 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 fi
 
 make -s -f "$out/objs/Makefile" -C "$out/nginx" modules
-# a rename, not a copy over the old file: an nginx running from it would
-# crash if its mapped pages changed under it
-cp "$out/objs/ngx_http_cio_module.so" "$out/.ngx_http_cio_module.so.tmp"
-mv -f "$out/.ngx_http_cio_module.so.tmp" "$out/ngx_http_cio_module.so"
-echo "built $out/ngx_http_cio_module.so"
+"$top/scripts/install-so.sh" "$out"

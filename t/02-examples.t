@@ -1,7 +1,10 @@
 #!/usr/bin/perl
 
-# Every file in conf-examples/ passes "nginx -t" with the module built here,
-# so the examples the README points to cannot rot.
+# Every snippet in conf-examples/ passes "nginx -t" with the module built
+# here (or CIO_NGINX with CIO_MODULE), so the examples the README points
+# to cannot rot: each conf.d/ file included in http {} on its own, and the
+# location snippet inside a server {}.  t/03-snippets.t puts them into
+# Debian's stock /etc/nginx.
 
 use strict;
 use warnings;
@@ -12,36 +15,48 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use Cio::Test;
 
-my @examples = glob(Cio::Test->top . '/conf-examples/*.conf');
-ok(@examples >= 6, 'the examples are there') or diag("@examples");
+my $ex = Cio::Test->top . '/conf-examples';
 
-for my $file (@examples) {
-    my ($name) = $file =~ m{([^/]+)$};
+my @snippets = glob("$ex/conf.d/*.conf");
+ok(@snippets >= 8, 'the conf.d snippets are there') or diag("@snippets");
+
+sub check {
+    my ($name, $http) = @_;
+
     my $t = Cio::Test->new;
-    my $dir = $t->dir;
-
-    open my $fh, '<', $file or die "$file: $!";
-    my $conf = do { local $/; <$fh> };
-    close $fh;
-
-    # the module built here; every file nginx writes inside the test dir
-    $conf =~ s{^load_module \S+;}{load_module $t->{module};\n}m
-        or fail("$name: has no load_module line");
-    $conf =~ s{^(events \{)}{pid $dir/nginx.pid;\n$1}m;
-    $conf =~ s{^(http \{)}{$1
-    access_log $dir/access.log;
-    client_body_temp_path $dir/client_body_temp;
-    proxy_temp_path $dir/proxy_temp;
-    fastcgi_temp_path $dir/fastcgi_temp;
-    uwsgi_temp_path $dir/uwsgi_temp;
-    scgi_temp_path $dir/scgi_temp;
-}m;
-
-    $t->write_file('nginx.conf', $conf);
+    $t->config(http => $http);
 
     my ($rc, $out) = $t->check_config;
     is($rc, 0, "$name: nginx -t passes") or diag($out);
     like($out, qr/test is successful/, "$name: test is successful");
 }
+
+for my $file (@snippets) {
+    my ($name) = $file =~ m{(conf\.d/[^/]+)$};
+
+    open my $fh, '<', $file or die "$file: $!";
+    my $conf = do { local $/; <$fh> };
+    close $fh;
+
+    # read inside http {}: a main-context directive there is an error
+    unlike($conf, qr/^\s*(load_module|events|worker_\w+)\b/m,
+        "$name: nothing that belongs outside http {}");
+    # the site already running keeps the requests that are not ours
+    unlike($conf, qr/^[^#]*default_server/m,
+        "$name: takes no default_server");
+
+    check($name, "    include $file;\n");
+}
+
+check('snippets/cio-location.conf', <<"EOF");
+    include $ex/conf.d/cio-zone.conf;
+
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        server_name www.example.com;
+
+        include $ex/snippets/cio-location.conf;
+    }
+EOF
 
 done_testing();

@@ -10,7 +10,8 @@ package Cio::Test;
 #
 #   CIO_TEST_LEAVE=1    keep the test directory
 #   CIO_TEST_CATLOG=1   print error.log at the end
-#   CIO_MODULE=path     the module to load (default build/...so)
+#   CIO_MODULE=path     the module to load (default build/...so);
+#                       "static": compiled into CIO_NGINX, no load_module
 #   CIO_NGINX=path      the nginx binary (default /usr/sbin/nginx)
 #   CIO_VALGRIND=1      run nginx (master and workers) under Valgrind
 
@@ -224,8 +225,11 @@ sub config {
     my $master = $opts{master} // 'on';
     my $main = $opts{main} // '';
 
+    my $load = $self->{module} eq 'static'
+        ? '' : "load_module $self->{module};";
+
     my $conf = <<"EOF";
-load_module $self->{module};
+$load
 $user
 daemon off;
 master_process $master;
