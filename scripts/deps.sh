@@ -4,7 +4,7 @@
 set -eu
 
 pkgs="nginx nginx-dev libcurl4-openssl-dev libcjson-dev zlib1g-dev gcc make
-      dpkg-dev perl curl valgrind"
+      dpkg-dev perl curl valgrind gdb"
 
 . "$(dirname "$0")/apt-missing.sh"
 # word splitting of $pkgs is wanted: one argument per package
