@@ -284,7 +284,7 @@ sub nginx_start {
     my (%o) = @_;
     my $t = Cio::Test->new(workers => $o{workers});
     my $http = <<"EOF";
-    cio_zone name=bench size=$o{zone};
+    cio_zone zone=bench:$o{zone};
     cio_timeout $o{timeout};
     cio_connect_timeout 5s;
 

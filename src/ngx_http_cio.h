@@ -179,6 +179,10 @@ typedef struct {
     ngx_uint_t                   max_batch_calls;
     ngx_http_cio_ws_t           *ws;
 
+    /* where cio_ingest is, for what merge finds missing there */
+    u_char                      *ingest_file;
+    ngx_uint_t                   ingest_line;
+
     /* what the mapper is told, short of the route and the arrival time */
     ngx_http_cio_map_opts_t      map_opts;
 } ngx_http_cio_loc_conf_t;

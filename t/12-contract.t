@@ -20,7 +20,7 @@ my $cio = $t->standin(workspaces => ['site1:key1']);
 my $json = $t->json;
 
 $t->config(http => <<"END")->run;
-    cio_zone name=cio size=4m;
+    cio_zone zone=cio:4m;
     cio_flush_interval 20ms;
 
     server {

@@ -40,7 +40,7 @@ $t->allow_log(
     qr/\[crit\].*cio: writing to the dead-letter file ".*" failed, site "site1" loses an event/);
 
 $t->config(http => <<"END")->run;
-    cio_zone name=cio size=4m;
+    cio_zone zone=cio:4m;
     cio_flush_interval 20ms;
     cio_dead_letter $file;
 

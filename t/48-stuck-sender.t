@@ -121,7 +121,7 @@ local $ENV{CIO_PRELOAD} = join ' ', grep { $_ } $ENV{CIO_PRELOAD},
 my $port = Cio::Test::free_port();
 
 $t->config(http => <<"END")->run;
-    cio_zone name=cio size=4m;
+    cio_zone zone=cio:4m;
     cio_flush_interval 20ms;
     cio_drain_timeout 0;
 

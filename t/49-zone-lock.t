@@ -36,7 +36,7 @@ sub conf {
     my ($url, $extra) = @_;
     $extra //= '';
     return <<"END";
-    cio_zone name=cio size=1m;
+    cio_zone zone=cio:1m;
     cio_flush_interval 20ms;
     cio_retry_backoff 50ms 200ms;
     cio_lease 1s;

@@ -167,8 +167,7 @@ sub standin {
 # The cio_zone directive: the one place that knows its syntax.
 sub zone {
     my ($size, $name) = @_;
-    return 'cio_zone name=' . ($name // 'cio') . ' size=' . ($size // '1m')
-        . ';';
+    return 'cio_zone zone=' . ($name // 'cio') . ':' . ($size // '1m') . ';';
 }
 
 # The inside of http{} for the common case: a zone, one server on %%PORT%%
