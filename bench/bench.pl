@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # The benchmark suite behind `make bench` (bench/README.md): everything
 # measured side by side in one run on this machine, printed as a table

@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # Soak: a steady load of events through nginx to the Customer.io stand-in
 # while everything goes wrong in turn: 500s, timeouts, 429s, Customer.io

@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # Bad configuration fails "nginx -t" with a message that names the problem;
 # good configuration passes.

@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # The contract's decided points, end to end (docs/mapping.md §11): for
 # each, what the sender sees and the exact item Customer.io receives.

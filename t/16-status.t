@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # cio_status: the counters an operator reads, in JSON and in Prometheus'
 # text format, the same whichever worker answers, and kept over a reload.

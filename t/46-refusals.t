@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # Refusals that must not vanish: a 207 longer than 64 KB still names every
 # refused item, and an answer that cannot be read in full never counts a

@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # The dead-letter file on a full disk (a 64 KB tmpfs): a line is written
 # whole or not at all, so that the lines after the disk has room again are

@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # A worker that exits while its sender thread is stuck: after 2 s it goes
 # without the thread, and leaves the thread's eventfd open, so that the

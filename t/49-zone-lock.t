@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # A worker that dies while it holds the zone's lock:
 #  - during a reload: the master never waits for the lock while it

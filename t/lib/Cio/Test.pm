@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-2-Clause
 package Cio::Test;
 
 # A small harness in the manner of nginx-tests' Test::Nginx: it starts
