@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-2-Clause
 # ngx_http_cio_module
 #
 #   make test      install what is missing, build, run every test

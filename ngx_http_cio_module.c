@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 
 /*
  * Copyright (C) ngx_http_cio_module authors
@@ -47,7 +48,11 @@ static char *ngx_http_cio_merge_loc_conf(ngx_conf_t *cf, void *parent,
 static void ngx_http_cio_map_options(ngx_http_cio_loc_conf_t *lcf);
 static ngx_int_t ngx_http_cio_workspace(ngx_conf_t *cf,
     ngx_http_cio_loc_conf_t *lcf);
+static void ngx_http_cio_check_body_size(ngx_conf_t *cf,
+    ngx_http_cio_loc_conf_t *lcf);
 static char *ngx_http_cio_zone(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_cio_enum(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_cio_ingest(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
@@ -109,7 +114,7 @@ static ngx_conf_post_t  ngx_http_cio_batch_size_post = {
 static ngx_command_t  ngx_http_cio_commands[] = {
 
     { ngx_string("cio_zone"),
-      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
       ngx_http_cio_zone,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
@@ -180,7 +185,7 @@ static ngx_command_t  ngx_http_cio_commands[] = {
 
     { ngx_string("cio_region"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_enum_slot,
+      ngx_http_cio_enum,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_cio_loc_conf_t, region),
       &ngx_http_cio_regions },
@@ -201,7 +206,7 @@ static ngx_command_t  ngx_http_cio_commands[] = {
 
     { ngx_string("cio_screen_views"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_enum_slot,
+      ngx_http_cio_enum,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_cio_loc_conf_t, screen_views),
       &ngx_http_cio_screen_views },
@@ -550,6 +555,8 @@ ngx_http_cio_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_ERROR;
     }
 
+    ngx_http_cio_check_body_size(cf, conf);
+
     return NGX_CONF_OK;
 }
 
@@ -605,25 +612,37 @@ ngx_http_cio_workspace(ngx_conf_t *cf, ngx_http_cio_loc_conf_t *lcf)
 
     mcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_cio_module);
 
+    /*
+     * Merging runs at the end of the http block, wherever the location
+     * is: what is missing is reported at the cio_ingest that needs it.
+     */
+
     if (mcf->shm_zone == NULL) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"cio_ingest\" needs a \"cio_zone\" "
-                           "at the http level");
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "no \"cio_zone\" is defined in the http block for "
+                      "the \"cio_ingest\" directive in %s:%ui",
+                      lcf->ingest_file, lcf->ingest_line);
         return NGX_ERROR;
     }
 
     if (lcf->site_id.len == 0 || lcf->api_key.len == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"cio_ingest\" needs \"cio_site_id\" and "
-                           "\"cio_api_key\"");
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "no %s defined for the \"cio_ingest\" directive "
+                      "(in its location, server or http block) in %s:%ui",
+                      lcf->api_key.len ? "\"cio_site_id\" is"
+                      : lcf->site_id.len ? "\"cio_api_key\" is"
+                      : "\"cio_site_id\" and \"cio_api_key\" are",
+                      lcf->ingest_file, lcf->ingest_line);
         return NGX_ERROR;
     }
 
     if (ngx_strlchr(lcf->site_id.data, lcf->site_id.data + lcf->site_id.len,
                     ':'))
     {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"cio_site_id\" cannot contain \":\"");
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"cio_site_id\" \"%V\" of the \"cio_ingest\" "
+                      "directive contains \":\" in %s:%ui",
+                      &lcf->site_id, lcf->ingest_file, lcf->ingest_line);
         return NGX_ERROR;
     }
 
@@ -636,9 +655,11 @@ ngx_http_cio_workspace(ngx_conf_t *cf, ngx_http_cio_loc_conf_t *lcf)
                                                  (u_char *) "https://", 8)
                                  == 0))
         {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "\"cio_endpoint\" must be an http:// or "
-                               "https:// URL, not \"%V\"", &base);
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "\"cio_endpoint\" must be an http:// or https:// "
+                          "URL, not \"%V\", for the \"cio_ingest\" "
+                          "directive in %s:%ui",
+                          &base, lcf->ingest_file, lcf->ingest_line);
             return NGX_ERROR;
         }
 
@@ -704,11 +725,43 @@ ngx_http_cio_workspace(ngx_conf_t *cf, ngx_http_cio_loc_conf_t *lcf)
 }
 
 
+/*
+ * A batch nginx refuses before the handler sees it gets nginx's own 413
+ * page instead of Segment's answer: worth a word, not an error, since
+ * client_max_body_size may be lowered on purpose.
+ */
+
+static void
+ngx_http_cio_check_body_size(ngx_conf_t *cf, ngx_http_cio_loc_conf_t *lcf)
+{
+    ngx_http_core_loc_conf_t  *clcf;
+
+    /* nginx merges the core module's locations before any other module's */
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (clcf->client_max_body_size
+        && (off_t) lcf->max_batch_size > clcf->client_max_body_size)
+    {
+        ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                      "\"cio_max_batch_size\" %uz is over "
+                      "\"client_max_body_size\" %O: nginx answers larger "
+                      "batches with its own 413 page, raise "
+                      "\"client_max_body_size\" for the \"cio_ingest\" "
+                      "directive in %s:%ui",
+                      lcf->max_batch_size, clcf->client_max_body_size,
+                      lcf->ingest_file, lcf->ingest_line);
+    }
+}
+
+
+/* "cio_zone zone=NAME:SIZE;", as limit_req_zone and keyval_zone have it */
+
 static char *
 ngx_http_cio_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_cio_main_conf_t *mcf = conf;
 
+    u_char               *p;
     ssize_t               size;
     ngx_str_t            *value, name, s;
     ngx_uint_t            i;
@@ -716,7 +769,8 @@ ngx_http_cio_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_http_cio_zone_t  *zone;
 
     if (mcf->shm_zone) {
-        return "is duplicate";
+        return "is duplicate: one zone serves all the locations, "
+               "declare it once in the http block";
     }
 
     value = cf->args->elts;
@@ -726,15 +780,24 @@ ngx_http_cio_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     for (i = 1; i < cf->args->nelts; i++) {
 
-        if (ngx_strncmp(value[i].data, "name=", 5) == 0) {
+        if (name.len == 0
+            && ngx_strncmp(value[i].data, "zone=", 5) == 0)
+        {
             name.data = value[i].data + 5;
-            name.len = value[i].len - 5;
-            continue;
-        }
 
-        if (ngx_strncmp(value[i].data, "size=", 5) == 0) {
-            s.data = value[i].data + 5;
-            s.len = value[i].len - 5;
+            p = (u_char *) ngx_strchr(name.data, ':');
+
+            if (p == NULL || p == name.data) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid zone \"%V\", it must be like "
+                                   "\"zone=cio:64m\"", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            name.len = p - name.data;
+
+            s.data = p + 1;
+            s.len = value[i].data + value[i].len - s.data;
 
             size = ngx_parse_size(&s);
 
@@ -756,14 +819,15 @@ ngx_http_cio_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         }
 
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid parameter \"%V\"", &value[i]);
+                           "invalid parameter \"%V\", the zone is "
+                           "given as \"zone=NAME:SIZE\"", &value[i]);
         return NGX_CONF_ERROR;
     }
 
-    if (name.len == 0 || size == 0) {
+    if (name.len == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"%V\" must have \"name=\" and \"size=\" "
-                           "parameters", &cmd->name);
+                           "\"%V\" must have the \"zone=NAME:SIZE\" "
+                           "parameter", &cmd->name);
         return NGX_CONF_ERROR;
     }
 
@@ -821,10 +885,61 @@ ngx_http_cio_ingest(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
+    lcf->ingest_file = cf->conf_file->file.name.data;
+    lcf->ingest_line = cf->conf_file->line;
+
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
     clcf->handler = ngx_http_cio_handler;
 
     return NGX_CONF_OK;
+}
+
+
+/* ngx_conf_set_enum_slot() that names the values it accepts */
+
+static char *
+ngx_http_cio_enum(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    char  *p = conf;
+
+    u_char           *last, *q;
+    ngx_str_t        *value;
+    ngx_uint_t       *np, i;
+    ngx_conf_enum_t  *e;
+    u_char            list[256];
+
+    np = (ngx_uint_t *) (p + cmd->offset);
+
+    if (*np != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    e = cmd->post;
+
+    for (i = 0; e[i].name.len != 0; i++) {
+        if (e[i].name.len == value[1].len
+            && ngx_strcasecmp(e[i].name.data, value[1].data) == 0)
+        {
+            *np = e[i].value;
+            return NGX_CONF_OK;
+        }
+    }
+
+    q = list;
+    last = list + sizeof(list);
+
+    for (i = 0; e[i].name.len != 0; i++) {
+        q = ngx_slprintf(q, last, "%s\"%V\"",
+                         i == 0 ? "" : e[i + 1].name.len ? ", " : " or ",
+                         &e[i].name);
+    }
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid value \"%V\", it must be %*s",
+                       &value[1], (size_t) (q - list), list);
+
+    return NGX_CONF_ERROR;
 }
 
 

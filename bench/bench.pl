@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # The benchmark suite behind `make bench` (bench/README.md): everything
 # measured side by side in one run on this machine, printed as a table
@@ -284,7 +285,7 @@ sub nginx_start {
     my (%o) = @_;
     my $t = Cio::Test->new(workers => $o{workers});
     my $http = <<"EOF";
-    cio_zone name=bench size=$o{zone};
+    cio_zone zone=bench:$o{zone};
     cio_timeout $o{timeout};
     cio_connect_timeout 5s;
 

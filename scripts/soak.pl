@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # Soak: a steady load of events through nginx to the Customer.io stand-in
 # while everything goes wrong in turn: 500s, timeouts, 429s, Customer.io
@@ -42,7 +43,7 @@ my $port = Cio::Test::free_port();
 my $cio = $t->standin(workspaces => ['site1:key1'], port => $port);
 
 my $conf = <<"END";
-    cio_zone name=cio size=16m;
+    cio_zone zone=cio:16m;
     cio_flush_interval 50ms;
     cio_retry_backoff 100ms 1s;
     cio_retry_max 8;

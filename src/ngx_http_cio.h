@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 
 /*
  * Copyright (C) ngx_http_cio_module authors
@@ -16,7 +17,7 @@
 
 
 /* bump when the layout of anything in the zone changes */
-#define NGX_HTTP_CIO_SHM_MAGIC      0x43494f05
+#define NGX_HTTP_CIO_SHM_MAGIC      0x43494f06
 
 #define NGX_HTTP_CIO_INGEST_OFF       0
 #define NGX_HTTP_CIO_INGEST_SEGMENT   1
@@ -30,7 +31,7 @@
 #define NGX_HTTP_CIO_BATCH_TAIL     "]}"
 
 
-/* why a request (or a call of a batch) was refused, for cio_status */
+/* why a request was refused, for cio_status */
 #define NGX_HTTP_CIO_REJ_INVALID       0    /* 400 */
 #define NGX_HTTP_CIO_REJ_UNAUTHORIZED  1    /* 401 */
 #define NGX_HTTP_CIO_REJ_TOO_LARGE     2    /* 413 */
@@ -46,8 +47,9 @@
 
 /* counters every worker adds to, under the zone's mutex */
 typedef struct {
-    uint64_t                     filtered;
-    uint64_t                     rejected[NGX_HTTP_CIO_REJ_N];
+    uint64_t                     filtered;   /* calls */
+    uint64_t                     invalid;    /* calls the mapper refused */
+    uint64_t                     rejected[NGX_HTTP_CIO_REJ_N]; /* requests */
     uint64_t                     requests[5]; /* 2xx 3xx 4xx 5xx failed */
     uint64_t                     latency[NGX_HTTP_CIO_LAT_N];
     uint64_t                     latency_ms;  /* sum */
@@ -179,6 +181,10 @@ typedef struct {
     ngx_uint_t                   max_batch_calls;
     ngx_http_cio_ws_t           *ws;
 
+    /* where cio_ingest is, for what merge finds missing there */
+    u_char                      *ingest_file;
+    ngx_uint_t                   ingest_line;
+
     /* what the mapper is told, short of the route and the arrival time */
     ngx_http_cio_map_opts_t      map_opts;
 } ngx_http_cio_loc_conf_t;
@@ -297,8 +303,9 @@ ngx_uint_t ngx_http_cio_queue_walk(ngx_http_cio_zone_t *zone,
     void (*handler)(void *data, ngx_http_cio_node_t *node), void *data);
 ngx_http_cio_shws_t *ngx_http_cio_queue_snapshot(ngx_http_cio_zone_t *zone,
     ngx_pool_t *pool, ngx_uint_t *n, size_t *nfree);
+/* a refused request, and the calls in it the mapper refused */
 void ngx_http_cio_queue_reject(ngx_http_cio_zone_t *zone,
-    ngx_http_cio_shws_t *ws, ngx_uint_t reason, ngx_uint_t n);
+    ngx_http_cio_shws_t *ws, ngx_uint_t reason, ngx_uint_t invalid);
 void ngx_http_cio_stats_upstream(ngx_http_cio_zone_t *zone,
     ngx_http_cio_shws_t *ws, long status, double seconds,
     const char *error, size_t error_len);

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 
 /*
  * Copyright (C) ngx_http_cio_module authors
@@ -67,7 +68,7 @@ static ngx_int_t ngx_http_cio_route(ngx_http_request_t *r);
 static ngx_http_cio_ctx_t *ngx_http_cio_ctx(ngx_http_request_t *r);
 static ngx_uint_t ngx_http_cio_refused_calls(ngx_http_cio_map_result_t *res);
 static void ngx_http_cio_count_reject(ngx_http_request_t *r,
-    ngx_http_cio_loc_conf_t *lcf, ngx_uint_t status, ngx_uint_t n);
+    ngx_http_cio_loc_conf_t *lcf, ngx_uint_t status, ngx_uint_t invalid);
 static ngx_int_t ngx_http_cio_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_cio_cors(ngx_http_request_t *r,
@@ -500,8 +501,10 @@ ngx_http_cio_screen(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
                   ngx_http_cio_call_name(res->calls[0].type),
                   res->calls[0].error);
 
-    *answer = ngx_http_cio_error(r, NGX_HTTP_BAD_REQUEST,
-                                 res->calls[0].error);
+    ngx_http_cio_count_reject(r, lcf, NGX_HTTP_BAD_REQUEST, 1);
+
+    *answer = ngx_http_cio_refuse(r, NGX_HTTP_BAD_REQUEST,
+                                  res->calls[0].error);
 
     return NGX_DONE;
 }
@@ -593,9 +596,11 @@ ngx_http_cio_enqueue(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
 }
 
 
+/* a refused request, and the calls in it the mapper refused */
+
 static void
 ngx_http_cio_count_reject(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
-    ngx_uint_t status, ngx_uint_t n)
+    ngx_uint_t status, ngx_uint_t invalid)
 {
     ngx_uint_t                 reason;
     ngx_http_cio_main_conf_t  *mcf;
@@ -623,7 +628,8 @@ ngx_http_cio_count_reject(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
         reason = NGX_HTTP_CIO_REJ_OTHER;
     }
 
-    ngx_http_cio_queue_reject(mcf->shm_zone->data, lcf->ws->sh, reason, n);
+    ngx_http_cio_queue_reject(mcf->shm_zone->data, lcf->ws->sh, reason,
+                              invalid);
 }
 
 
@@ -1201,7 +1207,7 @@ ngx_http_cio_error(ngx_http_request_t *r, ngx_uint_t status,
 
     lcf = ngx_http_get_module_loc_conf(r, ngx_http_cio_module);
 
-    ngx_http_cio_count_reject(r, lcf, status, 1);
+    ngx_http_cio_count_reject(r, lcf, status, 0);
 
     return ngx_http_cio_refuse(r, status, error);
 }

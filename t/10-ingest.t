@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # What a sender sees (status, body) and what Customer.io receives for each
 # call type, end to end: SDK-shaped request -> nginx -> zone -> sender

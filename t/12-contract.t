@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # The contract's decided points, end to end (docs/mapping.md §11): for
 # each, what the sender sees and the exact item Customer.io receives.
@@ -20,7 +21,7 @@ my $cio = $t->standin(workspaces => ['site1:key1']);
 my $json = $t->json;
 
 $t->config(http => <<"END")->run;
-    cio_zone name=cio size=4m;
+    cio_zone zone=cio:4m;
     cio_flush_interval 20ms;
 
     server {

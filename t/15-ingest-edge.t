@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # Ingest as real clients send it: compressed and chunked bodies, any
 # Content-Type, CORS preflights, the key in the query, Amplitude's HTTP V2

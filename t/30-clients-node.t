@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # Real, unmodified Node SDKs through the module: @segment/analytics-node,
 # @customerio/cdp-analytics-node, @rudderstack/rudder-sdk-node (gzip on, as

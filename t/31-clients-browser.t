@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # The real, unmodified @segment/analytics-next (its UMD build, as a CDN
 # serves it) in headless Chromium: the page comes from one loopback origin,

@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # Stop and start: "nginx -s quit" drains the queue for up to
 # cio_drain_timeout, then the master writes what is left to cio_spool, and

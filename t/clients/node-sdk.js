@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+// SPDX-License-Identifier: BSD-2-Clause
 'use strict';
 
 // Drives one real, unmodified Node SDK through the module, for

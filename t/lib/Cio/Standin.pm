@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-2-Clause
 package Cio::Standin;
 
 # A local stand-in for Customer.io's Track API v2: POST /api/v2/batch and
