@@ -11,6 +11,8 @@
 #                  when newer), the module dynamic and static against each,
 #                  the end-to-end tests against them (part of make test)
 #   make deps      install the build and test dependencies that are missing
+#   make check-includes  nginx's headers first in every file that uses
+#                  nginx (part of make test)
 #   make unit      the mapper's unit tests
 #   make unit-inflate  the body inflater's unit tests (and under Valgrind)
 #   make fuzz      libFuzzer on the body path for FUZZ_TIME seconds
@@ -57,7 +59,11 @@ endif
 SRCS := config ngx_http_cio_module.c $(wildcard src/*.c src/*.h)
 
 .PHONY: all deps build unit valgrind test integration san demo soak \
-	replay clean matrix FORCE
+	replay clean matrix check-includes FORCE
+
+# nginx's headers before any system header, in every file that uses nginx
+check-includes:
+	@scripts/check-includes.sh
 
 all: build
 
@@ -106,7 +112,7 @@ san: deps
 	prove -I t/lib $(SAN_TESTS)
 
 # Valgrind and the sanitizers do not run together
-test: unit unit-inflate fuzz-regress $(if $(filter 1,$(SAN)),,valgrind) \
+test: check-includes unit unit-inflate fuzz-regress $(if $(filter 1,$(SAN)),,valgrind) \
       integration $(if $(filter 1,$(SAN)),,san matrix)
 
 # scripts/matrix.sh; the sources and the nginx builds are cached in
