@@ -466,7 +466,7 @@ ngx_http_cio_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_ptr_value(mcf->dead_letter, NULL);
     ngx_conf_init_msec_value(mcf->drain_timeout, 5000);
 
-    /* Customer.io's conservative guidance (customerio-api.md, limits) */
+    /* Customer.io's conservative guidance: 100 requests a second */
     if (mcf->rate == NGX_CONF_UNSET_UINT) {
         mcf->rate = 100 * 1000;
         mcf->burst = 100;
