@@ -384,6 +384,14 @@ ngx_http_cio_init(ngx_conf_t *cf)
     ngx_memmove(&h[1], &h[0], (a->nelts - 1) * sizeof(ngx_http_handler_pt));
     h[0] = ngx_http_cio_log_handler;
 
+    /* before any line nginx logs with the request line in it */
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_POST_READ_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_cio_post_read_handler;
+
     return NGX_OK;
 }
 
@@ -514,6 +522,9 @@ ngx_http_cio_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_cio_loc_conf_t *prev = parent;
     ngx_http_cio_loc_conf_t *conf = child;
 
+    ngx_http_cio_loc_conf_t   *slcf;
+    ngx_http_core_srv_conf_t  *cscf;
+
     ngx_conf_merge_str_value(conf->site_id, prev->site_id, "");
     ngx_conf_merge_str_value(conf->api_key, prev->api_key, "");
     ngx_conf_merge_str_value(conf->endpoint, prev->endpoint, "");
@@ -549,6 +560,15 @@ ngx_http_cio_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     if (ngx_http_cio_workspace(cf, conf) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
+
+    /*
+     * The server learns that it has an ingest location: requests nginx
+     * answers before choosing a location keep the write key out of the
+     * logs too (ngx_http_cio_log_handler).
+     */
+    cscf = ngx_http_conf_get_module_srv_conf(cf, ngx_http_core_module);
+    slcf = cscf->ctx->loc_conf[ngx_http_cio_module.ctx_index];
+    slcf->server_ingest = 1;
 
     return NGX_CONF_OK;
 }

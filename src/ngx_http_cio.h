@@ -181,6 +181,9 @@ typedef struct {
 
     /* what the mapper is told, short of the route and the arrival time */
     ngx_http_cio_map_opts_t      map_opts;
+
+    /* a server's own configuration: one of its locations ingests */
+    unsigned                     server_ingest:1;
 } ngx_http_cio_loc_conf_t;
 
 
@@ -244,6 +247,7 @@ extern ngx_uint_t    ngx_http_cio_latency_bounds[NGX_HTTP_CIO_LAT_N - 1];
 ngx_int_t ngx_http_cio_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_cio_add_variables(ngx_conf_t *cf);
 ngx_int_t ngx_http_cio_log_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_cio_post_read_handler(ngx_http_request_t *r);
 
 /* ngx_http_cio_reply.c: answers */
 ngx_int_t ngx_http_cio_reply_ok(ngx_http_request_t *r,

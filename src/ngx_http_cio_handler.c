@@ -88,6 +88,8 @@ static ngx_int_t ngx_http_cio_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *error);
 static ngx_int_t ngx_http_cio_refuse(ngx_http_request_t *r,
     ngx_uint_t status, const char *error);
+static ngx_int_t ngx_http_cio_hide_key(ngx_http_request_t *r, ngx_str_t *s,
+    ngx_uint_t uri);
 
 
 static ngx_http_cio_route_t  ngx_http_cio_routes[] = {
@@ -687,22 +689,183 @@ ngx_http_cio_add_variables(ngx_conf_t *cf)
 
 /*
  * The write key is the Basic user name, which $remote_user (in nginx's
- * default "combined" format) would write to every access log line, also
- * for answers nginx gives itself (413 over client_max_body_size, 408).
- * It is a credential: in cio locations the variable is always empty.
+ * default "combined" format) would write to every access log line, and
+ * RudderStack's beacon puts it in the query, which $request writes.  It is
+ * a credential: in cio locations, and for requests of a server with cio
+ * locations that never reached a location (nginx refuses a duplicate
+ * Authorization header or TRACE before choosing one), $remote_user is
+ * empty and "writeKey=" values in $request, $request_uri and $args read
+ * "***".  Other locations keep theirs: an auth_basic user is no secret.
  */
 
 ngx_int_t
 ngx_http_cio_log_handler(ngx_http_request_t *r)
 {
+    u_char                    *p;
+    ngx_http_cio_loc_conf_t   *lcf;
+    ngx_http_core_srv_conf_t  *cscf;
+
+    lcf = ngx_http_get_module_loc_conf(r, ngx_http_cio_module);
+
+    if (lcf == NULL) {
+        return NGX_OK;
+    }
+
+    if (lcf->ingest == NGX_HTTP_CIO_INGEST_OFF) {
+        cscf = ngx_http_get_module_srv_conf(r, ngx_http_core_module);
+
+        /* the server's own configuration: no location was chosen */
+        if (!lcf->server_ingest || cscf == NULL
+            || r->loc_conf != cscf->ctx->loc_conf)
+        {
+            return NGX_OK;
+        }
+    }
+
+    ngx_str_set(&r->headers_in.user, "");
+    r->headers_in.user.len = 0;
+
+    if (r->request_line.data == NULL && r->request_start && r->header_in) {
+        /* as $request finds it when the line was never parsed whole */
+        for (p = r->request_start; p < r->header_in->last; p++) {
+            if (*p == CR || *p == LF) {
+                break;
+            }
+        }
+
+        r->request_line.len = p - r->request_start;
+        r->request_line.data = r->request_start;
+    }
+
+    if (ngx_http_cio_hide_key(r, &r->request_line, 1) != NGX_OK
+        || ngx_http_cio_hide_key(r, &r->unparsed_uri, 1) != NGX_OK
+        || ngx_http_cio_hide_key(r, &r->args, 0) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * In a server with cio locations the request line loses its write key
+ * before nginx or the module write a line with the request line in it
+ * (every error line of a request ends with it).  The handler reads the key
+ * from r->args, which keeps it until the log phase.
+ */
+
+ngx_int_t
+ngx_http_cio_post_read_handler(ngx_http_request_t *r)
+{
     ngx_http_cio_loc_conf_t  *lcf;
 
     lcf = ngx_http_get_module_loc_conf(r, ngx_http_cio_module);
 
-    if (lcf != NULL && lcf->ingest != NGX_HTTP_CIO_INGEST_OFF) {
-        ngx_str_set(&r->headers_in.user, "");
-        r->headers_in.user.len = 0;
+    if (lcf != NULL && (lcf->server_ingest
+                        || lcf->ingest != NGX_HTTP_CIO_INGEST_OFF))
+    {
+        if (ngx_http_cio_hide_key(r, &r->request_line, 1) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
     }
+
+    return NGX_DECLINED;
+}
+
+
+/*
+ * "writeKey=" values of a query (in a URI or a request line, after the
+ * "?", when "uri" is set) replaced with "***", in a copy: the original
+ * bytes are nginx's header buffer.  Names match as ngx_http_arg() matches
+ * them, without regard to case.
+ */
+
+static ngx_int_t
+ngx_http_cio_hide_key(ngx_http_request_t *r, ngx_str_t *s, ngx_uint_t uri)
+{
+    u_char      *p, *q, *start, *end, *last, *out, *o;
+    ngx_uint_t   n;
+
+    static u_char  mask[] = "***";
+
+    if (s->len == 0) {
+        return NGX_OK;
+    }
+
+    start = s->data;
+    last = s->data + s->len;
+    end = last;
+
+    if (uri) {
+        start = ngx_strlchr(s->data, last, '?');
+
+        if (start == NULL) {
+            return NGX_OK;
+        }
+
+        start++;
+
+        /* a request line ends in " HTTP/1.1" (" HTTP/2.0" for HTTP/2) */
+        if (end - start >= 9 && ngx_strncmp(end - 9, " HTTP/", 6) == 0) {
+            end -= 9;
+        }
+    }
+
+    /* values to hide, other than "***" already */
+
+    n = 0;
+
+    for (p = start; p < end; p = q + 1) {
+        q = ngx_strlchr(p, end, '&');
+        if (q == NULL) {
+            q = end;
+        }
+
+        if (q - p >= 9 && ngx_strncasecmp(p, (u_char *) "writeKey=", 9) == 0
+            && !((size_t) (q - p - 9) == sizeof(mask) - 1
+                 && ngx_strncmp(p + 9, mask, sizeof(mask) - 1) == 0))
+        {
+            n++;
+        }
+    }
+
+    if (n == 0) {
+        return NGX_OK;
+    }
+
+    /* an empty value grows by the mask */
+    out = ngx_pnalloc(r->pool, s->len + n * (sizeof(mask) - 1));
+    if (out == NULL) {
+        return NGX_ERROR;
+    }
+
+    o = ngx_cpymem(out, s->data, start - s->data);
+
+    for (p = start; p < end; p = q + 1) {
+        q = ngx_strlchr(p, end, '&');
+        if (q == NULL) {
+            q = end;
+        }
+
+        if (q - p >= 9 && ngx_strncasecmp(p, (u_char *) "writeKey=", 9) == 0)
+        {
+            o = ngx_cpymem(o, p, 9);
+            o = ngx_cpymem(o, mask, sizeof(mask) - 1);
+
+        } else {
+            o = ngx_cpymem(o, p, q - p);
+        }
+
+        if (q < end) {
+            *o++ = '&';
+        }
+    }
+
+    o = ngx_cpymem(o, end, last - end);
+
+    s->data = out;
+    s->len = o - out;
 
     return NGX_OK;
 }

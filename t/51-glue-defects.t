@@ -1,0 +1,170 @@
+#!/usr/bin/perl
+
+# Defects of the ingest location found under attack (issue 11): the write
+# key in log lines, the key and the size checked before the body is read,
+# CORS without credentials unless asked for, answers a sender can act on.
+# Each part failed on the code before its fix.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use Test::More;
+use IO::Socket::INET;
+use MIME::Base64 qw(encode_base64);
+use Time::HiRes qw(time);
+use Cio::Test qw(basic wait_until);
+
+my $t = Cio::Test->new;
+my $cio = $t->standin(workspaces => ['site1:key1']);
+my $json = $t->json;
+my $url = $cio->url;
+
+my $good = 'wk_good_5e1b';
+my $wrong_basic = 'wrong_basic_k3y';
+my $wrong_query = 'wrong_query_k3y';
+
+mkdir $t->dir . '/www';
+mkdir $t->dir . '/www/private';
+$t->write_file('www/private/index.html', "private\n");
+$t->write_file('htpasswd', "alice:{PLAIN}alicepw\n");
+
+$t->config(http => <<"END")->run;
+    %%ZONE:4m%%
+    cio_flush_interval 20ms;
+
+    server {
+        listen 127.0.0.1:%%PORT%%;
+
+        cio_site_id site1;
+        cio_api_key key1;
+        cio_endpoint $url;
+        cio_write_key $good;
+
+        location /cio/ {
+            cio_ingest segment;
+        }
+
+        location /small/ {
+            cio_ingest segment;
+            client_max_body_size 1k;
+        }
+
+        location /private/ {
+            root %%TESTDIR%%/www;
+            auth_basic "private";
+            auth_basic_user_file %%TESTDIR%%/htpasswd;
+        }
+    }
+END
+
+# nginx's own line for its client_max_body_size
+$t->allow_log(qr/\[error\].*client intended to send too large body/);
+
+my $port = $t->port;
+
+sub raw {
+    my ($req) = @_;
+    return Cio::Test::raw_http($port, $req);
+}
+
+sub access_lines {
+    return grep { length } split /\n/, $t->read_file('access.log');
+}
+
+my $track = $json->encode({ userId => 'u-1', event => 'Key Test' });
+my $batch = $json->encode({ batch => [ { type => 'track', userId => 'u-1',
+                                         event => 'Key Test' } ] });
+
+# --- 11.7: no write key in any log line ---------------------------------------
+
+my ($st, $h, $r);
+my $n = 0;
+
+($st) = $t->post('/cio/v1/track', $track,
+    Authorization => basic($wrong_basic));
+is($st, 401, 'a wrong key in Basic auth: 401');
+$n++;
+
+($st) = $t->post('/cio/v1/track', $track, Authorization => basic($good));
+is($st, 200, 'the right key in Basic auth: 200');
+$n++;
+
+($st) = $t->post("/cio/beacon/v1/batch?writeKey=$wrong_query", $batch);
+is($st, 401, 'a wrong ?writeKey=: 401');
+$n++;
+
+($st) = $t->post("/cio/beacon/v1/batch?a=1&writeKey=$good&b=2", $batch);
+is($st, 200, 'the right ?writeKey=: 200');
+$n++;
+
+my $auth = basic($good);
+($st) = raw("POST /cio/v1/track HTTP/1.1\r\nHost: localhost\r\n"
+    . "Authorization: $auth\r\nAuthorization: $auth\r\n"
+    . "Connection: close\r\nContent-Length: " . length($track) . "\r\n\r\n"
+    . $track);
+is($st, 400, 'a duplicate Authorization header: 400 from nginx');
+$n++;
+
+($st) = raw("TRACE /cio/v1/track HTTP/1.1\r\nHost: localhost\r\n"
+    . "Authorization: $auth\r\nConnection: close\r\n\r\n");
+is($st, 405, 'TRACE: 405 from nginx');
+$n++;
+
+my $big = $json->encode({ userId => 'u-1', event => 'Big',
+                          properties => { p => 'x' x 40000 } });
+($st) = $t->post("/cio/v1/track?writeKey=$good", $big,
+    Authorization => basic($good));
+is($st, 413, 'a call over cio_max_call_size: 413');
+$n++;
+
+($st) = $t->post("/small/v1/track?writeKey=$good",
+    $json->encode({ userId => 'u-1', event => 'x' x 2000 }),
+    Authorization => basic($good));
+is($st, 413, 'a body over client_max_body_size: 413 from nginx');
+$n++;
+
+($st) = $t->http('GET', '/private/', undef,
+    Authorization => basic('alice', 'alicepw'));
+is($st, 200, 'an auth_basic location of the same server: 200');
+$n++;
+
+ok(wait_until(sub { access_lines() >= $n }, 10),
+    "every request has its access log line ($n)");
+
+my @secrets = ($good, $wrong_basic, $wrong_query);
+my @encoded = map { encode_base64("$_:", '') } $good, $wrong_basic;
+
+for my $file ('access.log', 'error.log') {
+    my @lines = split /\n/, $t->read_file($file);
+
+    for my $s (@secrets) {
+        my @bad = grep { index($_, $s) >= 0 } @lines;
+        is_deeply(\@bad, [], "$file: no line holds the key $s");
+    }
+
+    # nginx's own info line for a duplicate header quotes both headers
+    # (README, Security): the only place a Basic credential may be
+    for my $s (@encoded) {
+        my @bad = grep { index($_, $s) >= 0
+                         && !/client sent duplicate header line/ } @lines;
+        is_deeply(\@bad, [], "$file: no line holds the credential $s");
+    }
+}
+
+my @access = access_lines();
+is(scalar(grep { /"(?:POST|TRACE) \/(?:cio|small)\// && !/^\S+ - - \[/ }
+              @access), 0,
+    'access.log: $remote_user is "-" for every cio request, also those '
+    . 'nginx refused before choosing a location');
+ok((grep { /writeKey=\*\*\*&b=2/ } @access),
+    'access.log: the query key reads "***", the other arguments stay');
+ok((grep { /^\S+ - alice \[.*GET \/private\// } @access),
+    'access.log: the auth_basic user of another location is logged')
+    or diag(join "\n", @access);
+ok($t->log_lines(qr/cio: invalid write key .*request: "POST \/cio\/beacon\/v1\/batch\?writeKey=\*\*\* HTTP\/1\.1"/),
+    'error.log: the invalid key line shows the request, its key hidden');
+
+$t->done;
