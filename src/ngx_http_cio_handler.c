@@ -41,13 +41,17 @@ typedef struct {
     const char                  *reason;       /* the error sent back */
     ngx_uint_t                   events;       /* calls in the request */
     ngx_int_t                    route;        /* for the body handler */
+    unsigned                     authed:1;     /* no body key needed */
     unsigned                     logged:1;     /* the variables are set */
 } ngx_http_cio_ctx_t;
 
 
 static void ngx_http_cio_body_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_cio_process(ngx_http_request_t *r,
-    ngx_int_t route);
+    ngx_int_t route, ngx_uint_t authed);
+static ngx_int_t ngx_http_cio_too_large(ngx_http_request_t *r,
+    ngx_http_cio_loc_conf_t *lcf, ngx_int_t route, off_t len,
+    ngx_int_t *answer);
 static ngx_int_t ngx_http_cio_auth_header(ngx_http_request_t *r,
     ngx_http_cio_loc_conf_t *lcf, ngx_uint_t amplitude, ngx_uint_t *authed,
     ngx_int_t *answer);
@@ -146,6 +150,7 @@ ngx_int_t
 ngx_http_cio_handler(ngx_http_request_t *r)
 {
     ngx_int_t                 rc, route;
+    ngx_uint_t                authed;
     ngx_http_cio_ctx_t       *ctx;
     ngx_http_cio_loc_conf_t  *lcf;
 
@@ -158,10 +163,6 @@ ngx_http_cio_handler(ngx_http_request_t *r)
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        if (ngx_http_discard_request_body(r) != NGX_OK) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
         return ngx_http_cio_error(r, NGX_HTTP_FORBIDDEN,
                                   "origin not allowed");
     }
@@ -169,11 +170,6 @@ ngx_http_cio_handler(ngx_http_request_t *r)
     route = ngx_http_cio_route(r);
 
     if (route == NGX_HTTP_CIO_ROUTE_NONE) {
-        rc = ngx_http_discard_request_body(r);
-        if (rc != NGX_OK) {
-            return rc;
-        }
-
         return ngx_http_cio_error(r, NGX_HTTP_NOT_FOUND, "unknown route");
     }
 
@@ -187,11 +183,6 @@ ngx_http_cio_handler(ngx_http_request_t *r)
     }
 
     if (r->method != NGX_HTTP_POST) {
-        rc = ngx_http_discard_request_body(r);
-        if (rc != NGX_OK) {
-            return rc;
-        }
-
         return ngx_http_cio_error(r, NGX_HTTP_NOT_ALLOWED,
                                   "method not allowed, use POST");
     }
@@ -208,6 +199,22 @@ ngx_http_cio_handler(ngx_http_request_t *r)
                                  sizeof("{\"success\":true}") - 1);
     }
 
+    /*
+     * A key in the header or the query, and the size the sender declares,
+     * are checked before the body is read: a wrong key or too large a body
+     * is answered without "100 Continue" and never read into memory or a
+     * temporary file.
+     */
+    if (ngx_http_cio_auth_header(r, lcf, route == NGX_HTTP_CIO_CALL_AMPLITUDE,
+                                 &authed, &rc)
+        != NGX_OK
+        || ngx_http_cio_too_large(r, lcf, route,
+                                  r->headers_in.content_length_n, &rc)
+           != NGX_OK)
+    {
+        return rc;
+    }
+
     /* the route, once: the body handler finds it here */
     ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_cio_ctx_t));
     if (ctx == NULL) {
@@ -215,6 +222,7 @@ ngx_http_cio_handler(ngx_http_request_t *r)
     }
 
     ctx->route = route;
+    ctx->authed = authed;
     ngx_http_set_ctx(r, ctx, ngx_http_cio_module);
 
     rc = ngx_http_read_client_request_body(r, ngx_http_cio_body_handler);
@@ -234,17 +242,19 @@ ngx_http_cio_body_handler(ngx_http_request_t *r)
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_cio_module);
 
-    ngx_http_finalize_request(r, ngx_http_cio_process(r, ctx->route));
+    ngx_http_finalize_request(r, ngx_http_cio_process(r, ctx->route,
+                                                      ctx->authed));
 }
 
 
 static ngx_int_t
-ngx_http_cio_process(ngx_http_request_t *r, ngx_int_t route)
+ngx_http_cio_process(ngx_http_request_t *r, ngx_int_t route,
+    ngx_uint_t authed)
 {
     size_t                      received;
     ngx_int_t                   rc;
     ngx_str_t                   body;
-    ngx_uint_t                  authed, amplitude, refused, queued;
+    ngx_uint_t                  amplitude, refused, queued;
     ngx_http_cio_ctx_t         *ctx;
     ngx_http_cio_loc_conf_t    *lcf;
     ngx_http_cio_map_opts_t     opts;
@@ -254,9 +264,7 @@ ngx_http_cio_process(ngx_http_request_t *r, ngx_int_t route)
 
     amplitude = (route == NGX_HTTP_CIO_CALL_AMPLITUDE);
 
-    if (ngx_http_cio_auth_header(r, lcf, amplitude, &authed, &rc) != NGX_OK
-        || ngx_http_cio_body(r, lcf, route, &body, &received, &rc) != NGX_OK)
-    {
+    if (ngx_http_cio_body(r, lcf, route, &body, &received, &rc) != NGX_OK) {
         return rc;
     }
 
@@ -340,7 +348,7 @@ done:
 /*
  * A key in the Authorization header, or in the query (RudderStack's
  * beacon route, /beacon/v1/batch?writeKey=...), is checked before the body
- * is mapped; Amplitude has no header credential, its api_key is in the
+ * is read; Amplitude has no header credential, its api_key is in the
  * body.  *authed: no key is needed any more.  NGX_DONE: answered, *answer
  * is what to finalize the request with.
  */
@@ -411,16 +419,16 @@ ngx_http_cio_check_key(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
 
 /*
  * The body in one piece and inflated, within the route's limit, which
- * applies to what the body inflates to, as rudder-server does.
- * *received: its size as sent.  NGX_DONE: answered with *answer.
+ * applies to what the body inflates to, as rudder-server does, and to the
+ * bytes sent.  *received: its size as sent.  NGX_DONE: answered with
+ * *answer.
  */
 
 static ngx_int_t
 ngx_http_cio_body(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
     ngx_int_t route, ngx_str_t *body, size_t *received, ngx_int_t *answer)
 {
-    size_t      max;
-    ngx_uint_t  batch;
+    size_t  max;
 
     if (ngx_http_cio_read_body(r, body) != NGX_OK) {
         *answer = NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -429,13 +437,20 @@ ngx_http_cio_body(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
 
     *received = body->len;
 
-    batch = (route == NGX_HTTP_CIO_CALL_BATCH
-             || route == NGX_HTTP_CIO_CALL_AMPLITUDE);
-    max = batch ? lcf->max_batch_size : lcf->max_call_size;
+    /* a chunked body had no Content-Length to check before */
+    if (ngx_http_cio_too_large(r, lcf, route, body->len, answer) != NGX_OK) {
+        return NGX_DONE;
+    }
+
+    max = (route == NGX_HTTP_CIO_CALL_BATCH
+           || route == NGX_HTTP_CIO_CALL_AMPLITUDE)
+          ? lcf->max_batch_size : lcf->max_call_size;
 
     if (ngx_http_cio_decode_body(r, body, max, answer) != NGX_OK) {
         return NGX_DONE;
     }
+
+    /* inflating stopped at the limit: the body is within it now */
 
     if (body->len == 0) {
         *answer = ngx_http_cio_error(r, NGX_HTTP_BAD_REQUEST,
@@ -443,17 +458,40 @@ ngx_http_cio_body(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
         return NGX_DONE;
     }
 
-    if (body->len > max) {
-        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "cio: request body of %uz bytes is over the %uz "
-                      "bytes limit", body->len, max);
-        *answer = ngx_http_cio_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
-                                     batch ? "batch is larger than the limit"
-                                           : "call is larger than the limit");
-        return NGX_DONE;
+    return NGX_OK;
+}
+
+
+/*
+ * The route's limit applies to the bytes on the wire as well as to what
+ * they inflate to: a body declared larger is refused before it is read.
+ * len < 0: not known (chunked).  NGX_DONE: answered with *answer (413).
+ */
+
+static ngx_int_t
+ngx_http_cio_too_large(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
+    ngx_int_t route, off_t len, ngx_int_t *answer)
+{
+    size_t      max;
+    ngx_uint_t  batch;
+
+    batch = (route == NGX_HTTP_CIO_CALL_BATCH
+             || route == NGX_HTTP_CIO_CALL_AMPLITUDE);
+    max = batch ? lcf->max_batch_size : lcf->max_call_size;
+
+    if (len <= (off_t) max) {
+        return NGX_OK;
     }
 
-    return NGX_OK;
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "cio: request body of %O bytes is over the %uz bytes "
+                  "limit", len, max);
+
+    *answer = ngx_http_cio_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                 batch ? "batch is larger than the limit"
+                                       : "call is larger than the limit");
+
+    return NGX_DONE;
 }
 
 
@@ -1382,6 +1420,18 @@ ngx_http_cio_refuse(ngx_http_request_t *r, ngx_uint_t status,
     ngx_http_cio_loc_conf_t  *lcf;
 
     lcf = ngx_http_get_module_loc_conf(r, ngx_http_cio_module);
+
+    if (r->request_body == NULL) {
+        /*
+         * Refused before the body was read: it is thrown away unread, and
+         * without "100 Continue", as nginx does for its own error pages.
+         */
+        r->expect_tested = 1;
+
+        if (ngx_http_discard_request_body(r) != NGX_OK) {
+            r->keepalive = 0;
+        }
+    }
 
     ctx = ngx_http_cio_ctx(r);
 

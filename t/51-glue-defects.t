@@ -167,4 +167,84 @@ ok((grep { /^\S+ - alice \[.*GET \/private\// } @access),
 ok($t->log_lines(qr/cio: invalid write key .*request: "POST \/cio\/beacon\/v1\/batch\?writeKey=\*\*\* HTTP\/1\.1"/),
     'error.log: the invalid key line shows the request, its key hidden');
 
+# --- 11.8: the key and the size before the body ----------------------------
+
+# Sends the head of a request, reads the first head of an answer (an
+# interim "100 Continue" or the final one), waiting 5 s at most:
+# (everything read, its status)
+sub head_only {
+    my ($head) = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port",
+        Timeout => 5) or die "connect: $!";
+    $s->autoflush(1);
+    print $s $head;
+    my $got = '';
+    my $deadline = time() + 5;
+    while ($got !~ /\r\n\r\n/ && time() < $deadline) {
+        my $rin = '';
+        vec($rin, fileno($s), 1) = 1;
+        next unless select(my $rout = $rin, undef, undef, 0.1) > 0;
+        my $n = sysread($s, my $buf, 65536);
+        last unless $n;
+        $got .= $buf;
+    }
+    close $s;
+    my ($status) = $got =~ m{\AHTTP/1\.1 (\d+)};
+    return ($got, $status // 0);
+}
+
+my $expect = "Expect: 100-continue\r\nContent-Type: application/json\r\n"
+    . "Host: localhost\r\nConnection: close\r\n";
+
+my ($got, $status) = head_only("POST /cio/v1/batch HTTP/1.1\r\n$expect"
+    . 'Authorization: ' . basic($wrong_basic) . "\r\n"
+    . "Content-Length: 100000\r\n\r\n");
+is($status, 401, 'Expect: 100-continue with a wrong Basic key: 401');
+unlike($got, qr/100 Continue/, 'and no "100 Continue" before it');
+
+($got, $status) = head_only(
+    "POST /cio/beacon/v1/batch?writeKey=$wrong_query HTTP/1.1\r\n$expect"
+    . "Content-Length: 100000\r\n\r\n");
+is($status, 401, 'Expect: 100-continue with a wrong ?writeKey=: 401');
+unlike($got, qr/100 Continue/, 'and no "100 Continue" before it');
+
+($got, $status) = head_only("POST /cio/v1/batch HTTP/1.1\r\n$expect"
+    . 'Authorization: ' . basic($good) . "\r\n"
+    . "Content-Length: 600000\r\n\r\n");
+is($status, 413, 'Expect: 100-continue, Content-Length over '
+    . 'cio_max_batch_size: 413');
+unlike($got, qr/100 Continue/, 'and no "100 Continue" before it');
+
+($got, $status) = head_only("POST /cio/v1/track HTTP/1.1\r\n$expect"
+    . 'Authorization: ' . basic($good) . "\r\n"
+    . "Content-Length: 40000\r\n\r\n");
+is($status, 413, 'Content-Length over cio_max_call_size: 413 before the '
+    . 'body');
+
+($got, $status) = head_only("POST /cio/v1/track HTTP/1.1\r\n$expect"
+    . 'Authorization: ' . basic($good) . "\r\n"
+    . "Content-Length: 100\r\n\r\n");
+is($status, 100, 'the right key within the limit: "100 Continue", the '
+    . 'body is wanted');
+
+# a wrong key with the body sent at once: nginx throws it away unread
+my $upload = $json->encode({ batch => [ map { { type => 'track',
+    userId => 'u-1', event => 'Unread', properties => { p => 'x' x 1000 } } }
+    1 .. 150 ] });
+my $before = () = $t->log_lines(qr/buffered to a temporary file/);
+($st, undef, $r) = $t->post('/cio/v1/batch', $upload,
+    Authorization => basic($wrong_basic));
+is($st, 401, 'a wrong key with a 150 KB body: 401');
+my $after = () = $t->log_lines(qr/buffered to a temporary file/);
+is($after, $before, 'a wrong key: the body was not buffered to a '
+    . 'temporary file');
+
+my $chunked = $json->encode({ userId => 'u-1', event => 'Chunked',
+                              properties => { p => 'x' x 40000 } });
+($st) = $t->http('POST', '/cio/v1/track',
+    sprintf("%x\r\n%s\r\n0\r\n\r\n", length $chunked, $chunked),
+    Authorization => basic($good), 'Transfer-Encoding' => 'chunked');
+is($st, 413, 'a chunked call over cio_max_call_size (no length to check '
+    . 'before): 413 once read');
+
 $t->done;
