@@ -255,6 +255,13 @@ static ngx_command_t  ngx_http_cio_commands[] = {
       0,
       NULL },
 
+    { ngx_string("cio_cors_credentials"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_cio_loc_conf_t, cors_credentials),
+      NULL },
+
     { ngx_string("cio_max_call_size"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_size_slot,
@@ -508,6 +515,7 @@ ngx_http_cio_create_loc_conf(ngx_conf_t *cf)
     lcf->events_deny = NGX_CONF_UNSET_PTR;
     lcf->consent_deny = NGX_CONF_UNSET_PTR;
     lcf->cors = NGX_CONF_UNSET_UINT;
+    lcf->cors_credentials = NGX_CONF_UNSET;
     lcf->max_call_size = NGX_CONF_UNSET_SIZE;
     lcf->max_batch_size = NGX_CONF_UNSET_SIZE;
     lcf->max_batch_calls = NGX_CONF_UNSET_UINT;
@@ -544,6 +552,7 @@ ngx_http_cio_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                      ? NGX_HTTP_CIO_CORS_ANY : prev->cors;
         conf->cors_origins = prev->cors_origins;
     }
+    ngx_conf_merge_value(conf->cors_credentials, prev->cors_credentials, 0);
     ngx_conf_merge_size_value(conf->max_call_size, prev->max_call_size,
                               32 * 1024);
     ngx_conf_merge_size_value(conf->max_batch_size, prev->max_batch_size,
@@ -555,6 +564,14 @@ ngx_http_cio_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     if (conf->ingest == NGX_HTTP_CIO_INGEST_OFF) {
         return NGX_CONF_OK;
+    }
+
+    /* credentials for any origin would let every site act as the user */
+    if (conf->cors_credentials && conf->cors != NGX_HTTP_CIO_CORS_LIST) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"cio_cors_credentials on\" needs a list of "
+                           "origins in \"cio_cors_origins\"");
+        return NGX_CONF_ERROR;
     }
 
     if (ngx_http_cio_workspace(cf, conf) != NGX_OK) {

@@ -174,6 +174,7 @@ typedef struct {
     ngx_array_t                 *consent_deny;     /* of char * */
     ngx_uint_t                   cors;
     ngx_array_t                 *cors_origins;     /* of ngx_str_t */
+    ngx_flag_t                   cors_credentials;
     size_t                       max_call_size;
     size_t                       max_batch_size;
     ngx_uint_t                   max_batch_calls;

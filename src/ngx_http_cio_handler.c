@@ -22,6 +22,16 @@
 
 #define NGX_HTTP_CIO_CORS_MAX_AGE     "86400"
 
+/*
+ * What the SDKs send: analytics.js Authorization (and X-Retry-Count on
+ * retries), RudderStack's JS SDK AnonymousId, SentAt and its Rsa-* retry
+ * headers, Amplitude's Content-Type, gzip senders Content-Encoding.
+ */
+#define NGX_HTTP_CIO_CORS_HEADERS                                           \
+    "authorization, content-type, content-encoding, anonymousid, sentat, "  \
+    "x-retry-count, rsa-retry-attempt, rsa-since-last-attempt, "            \
+    "rsa-since-first-attempt, rsa-retry-reason, rsa-recovered"
+
 /* where a write key was found: an index into ngx_http_cio_key_errors */
 #define NGX_HTTP_CIO_KEY_HEADER       0    /* Authorization or ?writeKey= */
 #define NGX_HTTP_CIO_KEY_BODY         1    /* "writeKey" */
@@ -76,7 +86,8 @@ static ngx_int_t ngx_http_cio_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_cio_cors(ngx_http_request_t *r,
     ngx_http_cio_loc_conf_t *lcf);
-static ngx_int_t ngx_http_cio_preflight(ngx_http_request_t *r);
+static ngx_int_t ngx_http_cio_preflight(ngx_http_request_t *r,
+    ngx_http_cio_loc_conf_t *lcf);
 static ngx_int_t ngx_http_cio_decode_body(ngx_http_request_t *r,
     ngx_str_t *body, size_t max, ngx_int_t *answer);
 static void ngx_http_cio_free(void *data);
@@ -179,7 +190,7 @@ ngx_http_cio_handler(ngx_http_request_t *r)
             return rc;
         }
 
-        return ngx_http_cio_preflight(r);
+        return ngx_http_cio_preflight(r, lcf);
     }
 
     if (r->method != NGX_HTTP_POST) {
@@ -1009,9 +1020,10 @@ ngx_http_cio_route(ngx_http_request_t *r)
 
 
 /*
- * CORS for the browser SDKs.  An allowed Origin is echoed with credentials
- * allowed (analytics-next sends an Authorization header, so "*" would not
- * do); NGX_DECLINED: the origin is not on the cio_cors_origins list.
+ * CORS for the browser SDKs.  An allowed Origin is echoed; their calls
+ * carry no cookies, so credentials are allowed only when asked for, with
+ * a list of origins (cio_cors_credentials).  NGX_DECLINED: the origin is
+ * not on the cio_cors_origins list.
  */
 
 static ngx_int_t
@@ -1054,9 +1066,10 @@ ngx_http_cio_cors(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf)
     if (ngx_http_cio_header_out(r, "Access-Control-Allow-Origin",
                                 origin->value.data, origin->value.len)
         != NGX_OK
-        || ngx_http_cio_header_out(r, "Access-Control-Allow-Credentials",
-                                   (u_char *) "true", 4)
-           != NGX_OK
+        || (lcf->cors_credentials
+            && ngx_http_cio_header_out(r, "Access-Control-Allow-Credentials",
+                                       (u_char *) "true", 4)
+               != NGX_OK)
         || ngx_http_cio_header_out(r, "Vary", (u_char *) "Origin", 6)
            != NGX_OK)
     {
@@ -1068,30 +1081,27 @@ ngx_http_cio_cors(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf)
 
 
 static ngx_int_t
-ngx_http_cio_preflight(ngx_http_request_t *r)
+ngx_http_cio_preflight(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf)
 {
-    ngx_table_elt_t  *h;
+    if (ngx_http_cio_header_out(r, "Allow", (u_char *) "POST, OPTIONS", 13)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
-    h = ngx_http_cio_header_in(r, "access-control-request-headers", 30);
-
-    /*
-     * Echoing the requested headers covers what each SDK adds:
-     * authorization, content-type, anonymousid, sentat, rsa-*.
-     */
-    if ((h && h->value.len
-         && ngx_http_cio_header_out(r, "Access-Control-Allow-Headers",
-                                    h->value.data, h->value.len)
-            != NGX_OK)
-        || ngx_http_cio_header_out(r, "Access-Control-Allow-Methods",
-                                   (u_char *) "POST, OPTIONS", 13)
-           != NGX_OK
-        || ngx_http_cio_header_out(r, "Access-Control-Max-Age",
-                                   (u_char *) NGX_HTTP_CIO_CORS_MAX_AGE,
-                                   sizeof(NGX_HTTP_CIO_CORS_MAX_AGE) - 1)
-           != NGX_OK
-        || ngx_http_cio_header_out(r, "Allow", (u_char *) "POST, OPTIONS",
-                                   13)
-           != NGX_OK)
+    /* a list, not the requested headers echoed */
+    if (lcf->cors != NGX_HTTP_CIO_CORS_OFF
+        && (ngx_http_cio_header_out(r, "Access-Control-Allow-Headers",
+                                    (u_char *) NGX_HTTP_CIO_CORS_HEADERS,
+                                    sizeof(NGX_HTTP_CIO_CORS_HEADERS) - 1)
+            != NGX_OK
+            || ngx_http_cio_header_out(r, "Access-Control-Allow-Methods",
+                                       (u_char *) "POST, OPTIONS", 13)
+               != NGX_OK
+            || ngx_http_cio_header_out(r, "Access-Control-Max-Age",
+                                       (u_char *) NGX_HTTP_CIO_CORS_MAX_AGE,
+                                       sizeof(NGX_HTTP_CIO_CORS_MAX_AGE) - 1)
+               != NGX_OK))
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }

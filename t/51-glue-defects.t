@@ -52,6 +52,12 @@ $t->config(http => <<"END")->run;
             client_max_body_size 1k;
         }
 
+        location /creds/ {
+            cio_ingest segment;
+            cio_cors_origins https://app.example;
+            cio_cors_credentials on;
+        }
+
         location /private/ {
             root %%TESTDIR%%/www;
             auth_basic "private";
@@ -246,5 +252,63 @@ my $chunked = $json->encode({ userId => 'u-1', event => 'Chunked',
     Authorization => basic($good), 'Transfer-Encoding' => 'chunked');
 is($st, 413, 'a chunked call over cio_max_call_size (no length to check '
     . 'before): 413 once read');
+
+# --- 11.9: CORS without credentials, a list of headers ------------------------
+
+($st, $h) = $t->http('OPTIONS', '/cio/v1/t', '',
+    Origin => 'https://any.example',
+    'Access-Control-Request-Method' => 'POST',
+    'Access-Control-Request-Headers' => 'authorization,x-evil-header');
+is($st, 204, 'preflight from any origin: 204');
+is($h->{'access-control-allow-origin'}, 'https://any.example',
+    'preflight: the origin is allowed');
+ok(!exists $h->{'access-control-allow-credentials'},
+    'preflight: no Access-Control-Allow-Credentials by default');
+my @allowed = split /,\s*/, $h->{'access-control-allow-headers'} // '';
+is_deeply([ sort @allowed ], [ sort qw(authorization content-type
+    content-encoding anonymousid sentat x-retry-count rsa-retry-attempt
+    rsa-since-last-attempt rsa-since-first-attempt rsa-retry-reason
+    rsa-recovered) ],
+    'preflight: the headers the SDKs send, not the requested ones echoed');
+
+($st, $h) = $t->post('/cio/v1/t', $track, Authorization => basic($good),
+    Origin => 'https://any.example');
+is($st, 200, 'POST from any origin: 200');
+ok(!exists $h->{'access-control-allow-credentials'},
+    'POST: no Access-Control-Allow-Credentials by default');
+
+($st, $h) = $t->http('OPTIONS', '/creds/v1/t', '',
+    Origin => 'https://app.example',
+    'Access-Control-Request-Method' => 'POST');
+is($h->{'access-control-allow-credentials'}, 'true',
+    'cio_cors_credentials on: the listed origin gets credentials');
+($st, $h) = $t->post('/creds/v1/t', $track, Authorization => basic($good),
+    Origin => 'https://app.example');
+is($st, 200, 'cio_cors_credentials on: POST 200');
+is($h->{'access-control-allow-credentials'}, 'true',
+    'cio_cors_credentials on: and its POST too');
+
+for my $c ([ 'without cio_cors_origins', '' ],
+           [ 'with cio_cors_origins *', 'cio_cors_origins *;' ])
+{
+    my $u = Cio::Test->new;
+    $u->config(http => <<"END");
+    %%ZONE:1m%%
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location /cio/ {
+            cio_ingest segment;
+            cio_site_id s;
+            cio_api_key k;
+            $c->[1]
+            cio_cors_credentials on;
+        }
+    }
+END
+    my ($rc, $out) = $u->check_config;
+    isnt($rc, 0, "cio_cors_credentials on $c->[0]: nginx -t fails");
+    like($out, qr/"cio_cors_credentials on" needs a list of origins in "cio_cors_origins"/,
+        "cio_cors_credentials on $c->[0]: and says why");
+}
 
 $t->done;
