@@ -80,6 +80,8 @@ static ngx_int_t ngx_http_cio_enqueue(ngx_http_request_t *r,
 static ngx_int_t ngx_http_cio_route(ngx_http_request_t *r);
 static ngx_http_cio_ctx_t *ngx_http_cio_ctx(ngx_http_request_t *r);
 static ngx_uint_t ngx_http_cio_refused_calls(ngx_http_cio_map_result_t *res);
+static ngx_uint_t ngx_http_cio_never_fits(ngx_http_request_t *r,
+    ngx_http_cio_zone_t *zone, ngx_str_t *items, ngx_uint_t n);
 static void ngx_http_cio_count_reject(ngx_http_request_t *r,
     ngx_http_cio_loc_conf_t *lcf, ngx_uint_t status, ngx_uint_t n);
 static ngx_int_t ngx_http_cio_variable(ngx_http_request_t *r,
@@ -368,8 +370,9 @@ static ngx_int_t
 ngx_http_cio_auth_header(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
     ngx_uint_t amplitude, ngx_uint_t *authed, ngx_int_t *answer)
 {
-    ngx_int_t  rc;
-    ngx_str_t  key;
+    u_char     *src, *dst;
+    ngx_int_t   rc;
+    ngx_str_t   key;
 
     *authed = (lcf->write_keys == NULL);
 
@@ -382,6 +385,18 @@ ngx_http_cio_auth_header(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
     if (rc == NGX_DECLINED
         && ngx_http_arg(r, (u_char *) "writeKey", 8, &key) == NGX_OK)
     {
+        /* a key with "%5F" for "_" is the same key */
+        src = key.data;
+        dst = ngx_pnalloc(r->pool, key.len + 1);
+        if (dst == NULL) {
+            *answer = NGX_HTTP_INTERNAL_SERVER_ERROR;
+            return NGX_DONE;
+        }
+
+        key.data = dst;
+        ngx_unescape_uri(&dst, &src, key.len, 0);
+        key.len = dst - key.data;
+
         rc = NGX_OK;
     }
 
@@ -601,6 +616,15 @@ ngx_http_cio_enqueue(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
         }
     }
 
+    if (lcf->ws->sh != NULL
+        && ngx_http_cio_never_fits(r, mcf->shm_zone->data, items, n))
+    {
+        *answer = ngx_http_cio_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                     "request is larger than the queue can "
+                                     "ever hold");
+        return NGX_DONE;
+    }
+
     if (lcf->ws->sh == NULL) {
         /* the zone had no room for the workspace when the worker started */
         rc = NGX_BUSY;
@@ -641,6 +665,51 @@ ngx_http_cio_enqueue(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
     *queued = n;
 
     return NGX_OK;
+}
+
+
+/*
+ * Items that need more than all of the zone's pages, at the least the
+ * slab allocator takes for them (a power of two up to half a page, whole
+ * pages above), can never be queued, empty as the queue may be: a 503
+ * would have the sender retry them for ever.
+ */
+
+static ngx_uint_t
+ngx_http_cio_never_fits(ngx_http_request_t *r, ngx_http_cio_zone_t *zone,
+    ngx_str_t *items, ngx_uint_t n)
+{
+    size_t      size, slab, need, total;
+    ngx_uint_t  i;
+
+    total = zone->shpool->end - zone->shpool->start;
+    need = 0;
+
+    for (i = 0; i < n; i++) {
+        size = offsetof(ngx_http_cio_node_t, data) + items[i].len;
+
+        if (size > ngx_pagesize / 2) {
+            slab = ngx_align(size, ngx_pagesize);
+
+        } else {
+            for (slab = 8; slab < size; slab <<= 1) {
+                /* void */
+            }
+        }
+
+        need += slab;
+    }
+
+    if (need <= total) {
+        return 0;
+    }
+
+    ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                  "cio: %ui events need at least %uz bytes of the queue, "
+                  "which has %uz in all: refused with 413 (a larger "
+                  "\"cio_zone\" size would hold them)", n, need, total);
+
+    return 1;
 }
 
 

@@ -311,4 +311,58 @@ END
         "cio_cors_credentials on $c->[0]: and says why");
 }
 
+# --- 11.11: answers a sender can act on ----------------------------------------
+
+($st) = $t->post('/cio/beacon/v1/batch?writeKey=wk%5Fgood%5f5e1b',
+    $json->encode({ batch => [ { type => 'track', userId => 'u-1',
+                                 event => 'Encoded Key' } ] }));
+is($st, 200, 'a percent-encoded ?writeKey=: decoded, 200');
+ok(!@{ $cio->wait_names(['Encoded Key'], 10) },
+    'a percent-encoded ?writeKey=: delivered');
+ok(wait_until(sub { grep { /writeKey=\*\*\* / } access_lines() }, 5),
+    'a percent-encoded ?writeKey=: hidden in the access log too');
+
+{
+    # a zone of 16 pages; each call below takes a page of it
+    my $u = Cio::Test->new;
+    my $uc = $u->standin(workspaces => ['site1:key1']);
+    my $uurl = $uc->url;
+    $u->config(http => <<"END")->run;
+    %%ZONE:64k%%
+    cio_flush_interval 20ms;
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location /cio/ {
+            cio_ingest segment;
+            cio_site_id site1;
+            cio_api_key key1;
+            cio_endpoint $uurl;
+        }
+    }
+END
+
+    my $calls = sub {
+        my ($n, $name) = @_;
+        return $json->encode({ batch => [ map { { type => 'track',
+            userId => 'u-1', event => "$name $_",
+            properties => { p => 'x' x 3000 } } } 1 .. $n ] });
+    };
+
+    my ($ust, $uh, $ur) = $u->post('/cio/v1/batch', $calls->(40, 'Huge'));
+    is($ust, 413, 'a batch larger than the whole zone: 413, not 503');
+    ok(!exists $uh->{'retry-after'}, 'and no Retry-After');
+    is(eval { $json->decode($ur)->{error} },
+        'request is larger than the queue can ever hold',
+        'and a reason that says why');
+    ok($u->log_lines(qr/\[warn\].*cio: 40 events need at least \d+ bytes of the queue, which has \d+ in all: refused with 413/),
+        'and a warn line that says what to change');
+
+    ($ust) = $u->post('/cio/v1/batch', $calls->(3, 'Fits'));
+    is($ust, 200, 'a batch that fits: 200');
+    ok(!@{ $uc->wait_names([ map { "Fits $_" } 1 .. 3 ], 10) },
+        'and it is delivered');
+
+    $u->done_part;
+}
+
 $t->done;
