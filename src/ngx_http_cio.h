@@ -259,6 +259,8 @@ ngx_int_t ngx_http_cio_reply_amplitude(ngx_http_request_t *r,
     ngx_http_cio_map_result_t *res, size_t received);
 ngx_int_t ngx_http_cio_reply_amplitude_invalid(ngx_http_request_t *r,
     ngx_http_cio_map_result_t *res);
+ngx_int_t ngx_http_cio_reply_amplitude_missing(ngx_http_request_t *r,
+    const char *error, const char *field);
 ngx_int_t ngx_http_cio_send(ngx_http_request_t *r, ngx_uint_t status,
     u_char *body, size_t len);
 ngx_int_t ngx_http_cio_send_type(ngx_http_request_t *r, ngx_uint_t status,

@@ -105,6 +105,8 @@ static ngx_int_t ngx_http_cio_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *error);
 static ngx_int_t ngx_http_cio_refuse(ngx_http_request_t *r,
     ngx_uint_t status, const char *error);
+static ngx_int_t ngx_http_cio_note(ngx_http_request_t *r, ngx_uint_t status,
+    const char *error);
 static ngx_int_t ngx_http_cio_hide_key(ngx_http_request_t *r, ngx_str_t *s,
     ngx_uint_t uri);
 
@@ -302,6 +304,17 @@ ngx_http_cio_process(ngx_http_request_t *r, ngx_int_t route,
         if (!authed && !amplitude) {
             rc = ngx_http_cio_error(r, NGX_HTTP_UNAUTHORIZED,
                                     "write key is missing or invalid");
+
+        } else if (amplitude && res.missing_field) {
+            /* as Amplitude answers a request without its api_key */
+            ngx_http_cio_count_reject(r, lcf, NGX_HTTP_BAD_REQUEST, 1);
+            rc = ngx_http_cio_note(r, NGX_HTTP_BAD_REQUEST, res.error);
+
+            if (rc == NGX_OK) {
+                rc = ngx_http_cio_reply_amplitude_missing(r, res.error,
+                                                          res.missing_field);
+            }
+
         } else {
             rc = ngx_http_cio_error(r, NGX_HTTP_BAD_REQUEST, res.error);
         }
@@ -1493,12 +1506,35 @@ static ngx_int_t
 ngx_http_cio_refuse(ngx_http_request_t *r, ngx_uint_t status,
     const char *error)
 {
-    u_char                   *p;
-    size_t                    len;
-    ngx_http_cio_ctx_t       *ctx;
+    ngx_int_t                 rc;
     ngx_http_cio_loc_conf_t  *lcf;
 
     lcf = ngx_http_get_module_loc_conf(r, ngx_http_cio_module);
+
+    rc = ngx_http_cio_note(r, status, error);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    return ngx_http_cio_reply_error(r, status, error,
+                                    lcf->ingest
+                                    == NGX_HTTP_CIO_INGEST_AMPLITUDE);
+}
+
+
+/*
+ * What a refusal leaves for the access log ($cio_status,
+ * $cio_reject_reason), and the body of a request refused before it was
+ * read thrown away.
+ */
+
+static ngx_int_t
+ngx_http_cio_note(ngx_http_request_t *r, ngx_uint_t status,
+    const char *error)
+{
+    u_char              *p;
+    size_t               len;
+    ngx_http_cio_ctx_t  *ctx;
 
     if (r->request_body == NULL) {
         /*
@@ -1531,7 +1567,5 @@ ngx_http_cio_refuse(ngx_http_request_t *r, ngx_uint_t status,
                       : "rejected";
     }
 
-    return ngx_http_cio_reply_error(r, status, error,
-                                    lcf->ingest
-                                    == NGX_HTTP_CIO_INGEST_AMPLITUDE);
+    return NGX_OK;
 }

@@ -140,6 +140,43 @@ ngx_http_cio_reply_error(ngx_http_request_t *r, ngx_uint_t status,
 }
 
 
+/*
+ * Amplitude's answer to a request without a required field (its api_key):
+ * its SDKs drop the whole request when "missing_field" is set, rather than
+ * send it again.
+ */
+
+ngx_int_t
+ngx_http_cio_reply_amplitude_missing(ngx_http_request_t *r,
+    const char *error, const char *field)
+{
+    size_t   len, flen;
+    u_char  *p, *body;
+
+    len = ngx_strlen(error);
+    flen = ngx_strlen(field);
+
+    body = ngx_pnalloc(r->pool,
+                       sizeof("{\"code\":400,\"error\":\"\","
+                              "\"missing_field\":\"\"}")
+                       + len + ngx_escape_json(NULL, (u_char *) error, len)
+                       + flen + ngx_escape_json(NULL, (u_char *) field, flen));
+    if (body == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_cpymem(body, "{\"code\":400,\"error\":\"",
+                   sizeof("{\"code\":400,\"error\":\"") - 1);
+    p = (u_char *) ngx_escape_json(p, (u_char *) error, len);
+    p = ngx_cpymem(p, "\",\"missing_field\":\"",
+                   sizeof("\",\"missing_field\":\"") - 1);
+    p = (u_char *) ngx_escape_json(p, (u_char *) field, flen);
+    p = ngx_cpymem(p, "\"}", 2);
+
+    return ngx_http_cio_send(r, NGX_HTTP_BAD_REQUEST, body, p - body);
+}
+
+
 /* Amplitude's HTTP V2 success answer; "code" is what its SDKs check */
 
 ngx_int_t

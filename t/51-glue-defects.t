@@ -58,6 +58,10 @@ $t->config(http => <<"END")->run;
             cio_cors_credentials on;
         }
 
+        location /amp/ {
+            cio_ingest amplitude;
+        }
+
         location /private/ {
             root %%TESTDIR%%/www;
             auth_basic "private";
@@ -364,5 +368,15 @@ END
 
     $u->done_part;
 }
+
+# --- the mapper's leftovers: Amplitude's answers -------------------------------
+
+($st, undef, $r) = $t->post('/amp/2/httpapi',
+    { events => [ { user_id => 'amp-user-1', event_type => 'E' } ] });
+is($st, 400, 'Amplitude without api_key: 400');
+is_deeply(eval { $json->decode($r) }, { code => 400,
+    error => 'api_key is missing', missing_field => 'api_key' },
+    'Amplitude without api_key: missing_field, as Amplitude answers')
+    or diag($r);
 
 $t->done;
