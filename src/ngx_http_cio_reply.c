@@ -217,16 +217,22 @@ ngx_http_cio_reply_amplitude_invalid(ngx_http_request_t *r,
 {
     size_t               len;
     u_char              *body, *p;
-    ngx_uint_t           i, f, k, n, first;
+    ngx_uint_t           i, f, k, n, first, nfields;
     const char          *e;
 
-    static const char  *fields[] = { "event_type", "user_id", "event" };
+    /* ngx_http_cio_amplitude_field() files each error under one of them */
+    static const char  *fields[] = {
+        "event_type", "user_id", "device_id", "event"
+    };
 
+    nfields = sizeof(fields) / sizeof(fields[0]);
+
+    /* each index once, each field at most once in each of the two */
     len = sizeof("{\"code\":400,\"error\":\"Request has invalid events\","
                  "\"events_with_missing_fields\":{},"
                  "\"events_with_invalid_fields\":{}}")
           + res->ncalls * (NGX_INT_T_LEN + 1)
-          + 6 * sizeof("\"event_type\":[],");
+          + 2 * nfields * sizeof(",\"event_type\":[]");
 
     body = ngx_pnalloc(r->pool, len);
     if (body == NULL) {
@@ -243,7 +249,7 @@ ngx_http_cio_reply_amplitude_invalid(ngx_http_request_t *r,
                                   : ",\"events_with_invalid_fields\":{");
         first = 1;
 
-        for (f = 0; f < 3; f++) {
+        for (f = 0; f < nfields; f++) {
             n = 0;
 
             for (i = 0; i < res->ncalls; i++) {
@@ -295,7 +301,11 @@ ngx_http_cio_amplitude_field(const char *error)
         return 1;
     }
 
-    return 2;
+    if (ngx_strncmp(error, "device_id", 9) == 0) {
+        return 2;
+    }
+
+    return 3;
 }
 
 

@@ -371,6 +371,21 @@ END
 
 # --- the mapper's leftovers: Amplitude's answers -------------------------------
 
+($st, undef, $r) = $t->post('/amp/2/httpapi', { api_key => $good, events => [
+    { user_id => 'amp-user-1', event_type => 'E', time => time() * 1000 },
+    { device_id => 'abc', event_type => 'E', time => time() * 1000 },
+    { user_id => 'amp-user-2', device_id => 'null',
+      event_type => 'E', time => time() * 1000 },
+    { user_id => 'amp-user-3', time => time() * 1000 },
+] });
+is($st, 400, 'Amplitude, invalid device_ids: 400');
+my $a = eval { $json->decode($r) } // {};
+is_deeply($a->{events_with_invalid_fields}, { device_id => [ 1, 2 ] },
+    'Amplitude: invalid device_ids named under device_id, not event')
+    or diag($r);
+is_deeply($a->{events_with_missing_fields}, { event_type => [ 3 ] },
+    'Amplitude: a missing event_type under event_type') or diag($r);
+
 ($st, undef, $r) = $t->post('/amp/2/httpapi',
     { events => [ { user_id => 'amp-user-1', event_type => 'E' } ] });
 is($st, 400, 'Amplitude without api_key: 400');
