@@ -30,13 +30,6 @@
 #define NGX_HTTP_CIO_MAX_BATCH        500000
 #define NGX_HTTP_CIO_MIN_BATCH        40000
 
-/*
- * Customer.io's limits on an item and on the calls of a batch; local until
- * ngx_http_cio_map.h names them
- */
-#define NGX_HTTP_CIO_MAX_ITEM_SIZE    32768
-#define NGX_HTTP_CIO_MAX_BATCH_CALLS  2500
-
 
 static ngx_int_t ngx_http_cio_init(ngx_conf_t *cf);
 static void *ngx_http_cio_create_main_conf(ngx_conf_t *cf);
@@ -558,7 +551,7 @@ ngx_http_cio_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_size_value(conf->max_batch_size, prev->max_batch_size,
                               500 * 1024);
     ngx_conf_merge_uint_value(conf->max_batch_calls, prev->max_batch_calls,
-                              NGX_HTTP_CIO_MAX_BATCH_CALLS);
+                              NGX_HTTP_CIO_MAP_MAX_BATCH_CALLS);
 
     ngx_http_cio_map_options(conf);
 
@@ -602,7 +595,7 @@ ngx_http_cio_map_options(ngx_http_cio_loc_conf_t *lcf)
 
     ngx_memzero(opts, sizeof(ngx_http_cio_map_opts_t));
 
-    opts->max_item_size = NGX_HTTP_CIO_MAX_ITEM_SIZE;
+    opts->max_item_size = NGX_HTTP_CIO_MAP_MAX_ITEM_SIZE;
     opts->max_batch_calls = lcf->max_batch_calls;
     opts->screen_native = lcf->screen_views;
     opts->convert_timestamps = lcf->convert_timestamps;
