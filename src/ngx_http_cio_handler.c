@@ -1374,9 +1374,11 @@ ngx_http_cio_read_body(ngx_http_request_t *r, ngx_str_t *body)
 
 
 /*
- * Names cut and attributes dropped to fit Customer.io's limits change what
- * the user sent, so they are never silent; but one line per request would
- * flood the log, so a worker sums them and writes at most a line a second.
+ * The mapper's changes (docs/mapping.md section 7: names and values cut,
+ * attributes dropped, impossible times replaced, empty created_at dropped)
+ * alter what the user sent, so they are never silent; but one line per
+ * request would flood the log, so a worker sums them and writes at most a
+ * line a second.
  */
 
 static void
@@ -1392,10 +1394,10 @@ ngx_http_cio_log_changes(ngx_http_request_t *r, ngx_uint_t changes)
     }
 
     ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                  "cio: %ui names or attributes cut or dropped to fit "
-                  "Customer.io's limits since the last such line (names "
-                  "100 bytes, attribute names 150, values 1000, "
-                  "300 attributes)", pending);
+                  "cio: %ui changes to calls to fit Customer.io's limits "
+                  "and rules since the last such line: names or values "
+                  "cut, attributes dropped, impossible times replaced "
+                  "(docs/mapping.md, section 7)", pending);
 
     logged = ngx_time();
     pending = 0;
