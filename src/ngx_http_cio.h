@@ -317,8 +317,8 @@ ngx_int_t ngx_http_cio_deliver_init(ngx_cycle_t *cycle,
 void ngx_http_cio_deliver_exit(ngx_cycle_t *cycle);
 void ngx_http_cio_deliver_kick(void);
 
-/* ngx_http_cio_dead_letter.c */
-void ngx_http_cio_dead_letter(ngx_http_cio_main_conf_t *mcf,
+/* ngx_http_cio_dead_letter.c: NGX_OK when the item was kept */
+ngx_int_t ngx_http_cio_dead_letter(ngx_http_cio_main_conf_t *mcf,
     ngx_log_t *log, ngx_http_cio_shws_t *ws, ngx_http_cio_batch_t *batch,
     ngx_uint_t i, u_char *body, long status, const char *reason,
     u_char *answer, size_t answer_len);

@@ -394,4 +394,57 @@ is_deeply(eval { $json->decode($r) }, { code => 400,
     'Amplitude without api_key: missing_field, as Amplitude answers')
     or diag($r);
 
+# --- dead letters that could not be written are not counted as written ----
+
+{
+    # /dev/full: every write fails with ENOSPC
+    my $u = Cio::Test->new(workers => 1);
+    my $uc = $u->standin(workspaces => ['site1:key1']);
+    my $uurl = $uc->url;
+    $u->allow_log(
+        qr/\[error\].*cio: Customer\.io refused \d+ of \d+ events for site "site1" \(207\)/,
+        qr/\[error\].*cio: the batch of \d+ events for site "site1" rejected with 400/,
+        qr/\[crit\].*cio: writing to the dead-letter file "\/dev\/full" failed/);
+    $u->config(http => <<"END")->run;
+    %%ZONE:1m%%
+    cio_flush_interval 20ms;
+    cio_dead_letter /dev/full;
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location /cio/ {
+            cio_ingest segment;
+            cio_site_id site1;
+            cio_api_key key1;
+            cio_endpoint $uurl;
+        }
+    }
+END
+
+    my $calls = sub {
+        return $json->encode({ batch => [ map { { type => 'track',
+            userId => 'u-1', event => $_ } } @_ ] });
+    };
+
+    $uc->mode({ refuse_match => '^lost-' });
+    my ($ust) = $u->post('/cio/v1/batch', $calls->(map { "lost-$_" } 1 .. 3));
+    is($ust, 200, 'three events to be refused: 200');
+    ok(wait_until(sub { $u->log_lines(qr/Customer\.io refused 3 of 3 events/) },
+                  10), 'Customer.io refused them (207)');
+    ok($u->log_lines(qr/\[error\].*cio: Customer\.io refused 3 of 3 events for site "site1" \(207\), 0 dead-lettered to \/dev\/full, 3 lost \(write failed\)$/),
+        'the 207 line counts the lost dead letters apart')
+        or diag(join "\n", $u->log_lines(qr/refused 3 of 3/));
+
+    $uc->mode({ refuse_match => undef, poison_match => '^poison-' });
+    ($ust) = $u->post('/cio/v1/batch',
+        $calls->('poison-1', map { "fine-$_" } 1 .. 3));
+    is($ust, 200, 'a batch with a poisoned event: 200');
+    ok(wait_until(sub { $u->log_lines(qr/cio: the batch of 4 events/) }, 10),
+        'Customer.io rejected it whole, it was split');
+    ok($u->log_lines(qr/\[error\].*cio: the batch of 4 events for site "site1" rejected with 400 was sent again in \d+ pieces: 3 delivered, 0 dead-lettered to \/dev\/full, 1 lost \(write failed\), 0 queued again/),
+        'the split line counts the lost dead letter apart')
+        or diag(join "\n", $u->log_lines(qr/the batch of 4/));
+
+    $u->done_part;
+}
+
 $t->done;
