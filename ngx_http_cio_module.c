@@ -31,13 +31,6 @@
 #define NGX_HTTP_CIO_MAX_BATCH        500000
 #define NGX_HTTP_CIO_MIN_BATCH        40000
 
-/*
- * Customer.io's limits on an item and on the calls of a batch; local until
- * ngx_http_cio_map.h names them
- */
-#define NGX_HTTP_CIO_MAX_ITEM_SIZE    32768
-#define NGX_HTTP_CIO_MAX_BATCH_CALLS  2500
-
 
 static ngx_int_t ngx_http_cio_init(ngx_conf_t *cf);
 static void *ngx_http_cio_create_main_conf(ngx_conf_t *cf);
@@ -260,6 +253,13 @@ static ngx_command_t  ngx_http_cio_commands[] = {
       0,
       NULL },
 
+    { ngx_string("cio_cors_credentials"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_cio_loc_conf_t, cors_credentials),
+      NULL },
+
     { ngx_string("cio_max_call_size"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_size_slot,
@@ -389,6 +389,14 @@ ngx_http_cio_init(ngx_conf_t *cf)
     ngx_memmove(&h[1], &h[0], (a->nelts - 1) * sizeof(ngx_http_handler_pt));
     h[0] = ngx_http_cio_log_handler;
 
+    /* before any line nginx logs with the request line in it */
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_POST_READ_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_cio_post_read_handler;
+
     return NGX_OK;
 }
 
@@ -505,6 +513,7 @@ ngx_http_cio_create_loc_conf(ngx_conf_t *cf)
     lcf->events_deny = NGX_CONF_UNSET_PTR;
     lcf->consent_deny = NGX_CONF_UNSET_PTR;
     lcf->cors = NGX_CONF_UNSET_UINT;
+    lcf->cors_credentials = NGX_CONF_UNSET;
     lcf->max_call_size = NGX_CONF_UNSET_SIZE;
     lcf->max_batch_size = NGX_CONF_UNSET_SIZE;
     lcf->max_batch_calls = NGX_CONF_UNSET_UINT;
@@ -518,6 +527,9 @@ ngx_http_cio_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 {
     ngx_http_cio_loc_conf_t *prev = parent;
     ngx_http_cio_loc_conf_t *conf = child;
+
+    ngx_http_cio_loc_conf_t   *slcf;
+    ngx_http_core_srv_conf_t  *cscf;
 
     ngx_conf_merge_str_value(conf->site_id, prev->site_id, "");
     ngx_conf_merge_str_value(conf->api_key, prev->api_key, "");
@@ -538,12 +550,13 @@ ngx_http_cio_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                      ? NGX_HTTP_CIO_CORS_ANY : prev->cors;
         conf->cors_origins = prev->cors_origins;
     }
+    ngx_conf_merge_value(conf->cors_credentials, prev->cors_credentials, 0);
     ngx_conf_merge_size_value(conf->max_call_size, prev->max_call_size,
                               32 * 1024);
     ngx_conf_merge_size_value(conf->max_batch_size, prev->max_batch_size,
                               500 * 1024);
     ngx_conf_merge_uint_value(conf->max_batch_calls, prev->max_batch_calls,
-                              NGX_HTTP_CIO_MAX_BATCH_CALLS);
+                              NGX_HTTP_CIO_MAP_MAX_BATCH_CALLS);
 
     ngx_http_cio_map_options(conf);
 
@@ -551,11 +564,28 @@ ngx_http_cio_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_OK;
     }
 
+    /* credentials for any origin would let every site act as the user */
+    if (conf->cors_credentials && conf->cors != NGX_HTTP_CIO_CORS_LIST) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"cio_cors_credentials on\" needs a list of "
+                           "origins in \"cio_cors_origins\"");
+        return NGX_CONF_ERROR;
+    }
+
     if (ngx_http_cio_workspace(cf, conf) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
 
     ngx_http_cio_check_body_size(cf, conf);
+
+    /*
+     * The server learns that it has an ingest location: requests nginx
+     * answers before choosing a location keep the write key out of the
+     * logs too (ngx_http_cio_log_handler).
+     */
+    cscf = ngx_http_conf_get_module_srv_conf(cf, ngx_http_core_module);
+    slcf = cscf->ctx->loc_conf[ngx_http_cio_module.ctx_index];
+    slcf->server_ingest = 1;
 
     return NGX_CONF_OK;
 }
@@ -572,7 +602,7 @@ ngx_http_cio_map_options(ngx_http_cio_loc_conf_t *lcf)
 
     ngx_memzero(opts, sizeof(ngx_http_cio_map_opts_t));
 
-    opts->max_item_size = NGX_HTTP_CIO_MAX_ITEM_SIZE;
+    opts->max_item_size = NGX_HTTP_CIO_MAP_MAX_ITEM_SIZE;
     opts->max_batch_calls = lcf->max_batch_calls;
     opts->screen_native = lcf->screen_views;
     opts->convert_timestamps = lcf->convert_timestamps;

@@ -176,6 +176,7 @@ typedef struct {
     ngx_array_t                 *consent_deny;     /* of char * */
     ngx_uint_t                   cors;
     ngx_array_t                 *cors_origins;     /* of ngx_str_t */
+    ngx_flag_t                   cors_credentials;
     size_t                       max_call_size;
     size_t                       max_batch_size;
     ngx_uint_t                   max_batch_calls;
@@ -187,6 +188,9 @@ typedef struct {
 
     /* what the mapper is told, short of the route and the arrival time */
     ngx_http_cio_map_opts_t      map_opts;
+
+    /* a server's own configuration: one of its locations ingests */
+    unsigned                     server_ingest:1;
 } ngx_http_cio_loc_conf_t;
 
 
@@ -250,6 +254,7 @@ extern ngx_uint_t    ngx_http_cio_latency_bounds[NGX_HTTP_CIO_LAT_N - 1];
 ngx_int_t ngx_http_cio_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_cio_add_variables(ngx_conf_t *cf);
 ngx_int_t ngx_http_cio_log_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_cio_post_read_handler(ngx_http_request_t *r);
 
 /* ngx_http_cio_reply.c: answers */
 ngx_int_t ngx_http_cio_reply_ok(ngx_http_request_t *r,
@@ -260,6 +265,8 @@ ngx_int_t ngx_http_cio_reply_amplitude(ngx_http_request_t *r,
     ngx_http_cio_map_result_t *res, size_t received);
 ngx_int_t ngx_http_cio_reply_amplitude_invalid(ngx_http_request_t *r,
     ngx_http_cio_map_result_t *res);
+ngx_int_t ngx_http_cio_reply_amplitude_missing(ngx_http_request_t *r,
+    const char *error, const char *field);
 ngx_int_t ngx_http_cio_send(ngx_http_request_t *r, ngx_uint_t status,
     u_char *body, size_t len);
 ngx_int_t ngx_http_cio_send_type(ngx_http_request_t *r, ngx_uint_t status,
@@ -317,8 +324,8 @@ ngx_int_t ngx_http_cio_deliver_init(ngx_cycle_t *cycle,
 void ngx_http_cio_deliver_exit(ngx_cycle_t *cycle);
 void ngx_http_cio_deliver_kick(void);
 
-/* ngx_http_cio_dead_letter.c */
-void ngx_http_cio_dead_letter(ngx_http_cio_main_conf_t *mcf,
+/* ngx_http_cio_dead_letter.c: NGX_OK when the item was kept */
+ngx_int_t ngx_http_cio_dead_letter(ngx_http_cio_main_conf_t *mcf,
     ngx_log_t *log, ngx_http_cio_shws_t *ws, ngx_http_cio_batch_t *batch,
     ngx_uint_t i, u_char *body, long status, const char *reason,
     u_char *answer, size_t answer_len);
