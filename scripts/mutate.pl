@@ -28,8 +28,9 @@
 # Each mutation: name, file, from (the exact original text, found exactly
 # once in the file), to (its replacement), tests (t/*.t files, or "unit"
 # for build/test_map, tried in order), and what a user would notice.  The
-# first nine are the audit of issue 16; every one of them must be caught
-# by an end-to-end test (t/*.t), not only by the unit tests.  When one is
+# first nine (audit => 1) are the audit of issue 16; every one of them
+# must be caught by an end-to-end test (t/*.t), not only by the unit
+# tests, so they list no "unit".  When one is
 # not caught, the finding is a missing test: add the end-to-end test that
 # shows what the user would see, not a weaker mutation.
 
@@ -64,6 +65,7 @@ my @MUTATIONS = (
 
     {
         name => 'screen-props-name',
+        audit => 1,
         what => "a screen is named from properties.name over the call's name",
         file => $MAP,
         from => q~    name = ngx_http_cio_map_str(ngx_http_cio_map_get(call, "name"));
@@ -80,6 +82,7 @@ my @MUTATIONS = (
     },
     {
         name => 'spool-attempts-key',
+        audit => 1,
         what => "the spool's attempts key misspelled: retry counts reset "
             . 'on load',
         file => $SPOOL,
@@ -89,6 +92,7 @@ my @MUTATIONS = (
     },
     {
         name => 'no-value-cut',
+        audit => 1,
         what => 'attribute values over 1000 bytes are not cut',
         file => $MAP,
         from => q~        if (strlen(v->valuestring) > NGX_HTTP_CIO_MAP_MAX_ATTR_VALUE) {~,
@@ -97,6 +101,7 @@ my @MUTATIONS = (
     },
     {
         name => 'no-sentat-skew',
+        audit => 1,
         what => "sentAt does not correct the client's clock skew",
         file => $MAP,
         from => q~        ms = recv - (sent - ms);~,
@@ -105,6 +110,7 @@ my @MUTATIONS = (
     },
     {
         name => 'created-at-ms',
+        audit => 1,
         what => 'created_at is sent in milliseconds',
         file => $MAP,
         from => q~cJSON_CreateNumber((double) (ms / 1000)));~,
@@ -113,6 +119,7 @@ my @MUTATIONS = (
     },
     {
         name => 'settle-leaves-one',
+        audit => 1,
         what => 'a settled batch leaves its first item in the zone',
         file => $QUEUE,
         from => q~    for (i = (ngx_int_t) batch->n - 1; i >= 0; i--) {~,
@@ -121,6 +128,7 @@ my @MUTATIONS = (
     },
     {
         name => '429-delivered',
+        audit => 1,
         what => 'a 429 counts as delivered',
         file => $DELIVER,
         from => q~    if (status >= 200 && status < 300) {
@@ -131,6 +139,7 @@ my @MUTATIONS = (
     },
     {
         name => 'retry-after-ignored',
+        audit => 1,
         what => "Customer.io's Retry-After is ignored",
         file => $DELIVER,
         from => q~        if (req->retry_after > 0) {~,
@@ -139,6 +148,7 @@ my @MUTATIONS = (
     },
     {
         name => 'query-write-key-unchecked',
+        audit => 1,
         what => 'a ?writeKey= in the query is taken without a check',
         file => $HANDLER,
         from => q~        && ngx_http_arg(r, (u_char *) "writeKey", 8, &key) == NGX_OK)
@@ -210,6 +220,23 @@ my @MUTATIONS = (
         tests => [qw(t/11-precedence.t t/12-contract.t)],
     },
 
+    {
+        name => 'page-url-first',
+        what => "a page is named from properties.url over the call's name",
+        file => $MAP,
+        from => q~    name = ngx_http_cio_map_str(ngx_http_cio_map_get(call, "name"));
+
+    if (name == NULL || name[0] == '\0') {
+        name = ngx_http_cio_map_str(ngx_http_cio_map_get(props, "url"));
+    }~,
+        to => q~    name = ngx_http_cio_map_str(ngx_http_cio_map_get(props, "url"));
+
+    if (name == NULL || name[0] == '\0') {
+        name = ngx_http_cio_map_str(ngx_http_cio_map_get(call, "name"));
+    }~,
+        tests => [qw(t/11-precedence.t)],
+    },
+
     # --- the zone --------------------------------------------------------------
 
     {
@@ -231,6 +258,25 @@ my @MUTATIONS = (
                    != NGX_OK)~,
         to => q~                || 0)~,
         tests => [qw(t/43-crash.t)],
+    },
+
+    {
+        name => 'lease-never-expires',
+        what => "a killed worker's batch is never sent again",
+        file => $QUEUE,
+        from => q~        if (node->lease > now) {~,
+        to => q~        if (node->lease > now || now) {~,
+        tests => [qw(t/43-crash.t)],
+    },
+    {
+        name => 'reload-new-zone',
+        what => 'a reload that keeps the zone starts it afresh',
+        file => $QUEUE,
+        from => q~    if (ozone) {
+        zone->sh = ozone->sh;~,
+        to => q~    if (0) {
+        zone->sh = ozone->sh;~,
+        tests => [qw(t/20-delivery.t t/43-crash.t t/16-status.t)],
     },
 
     # --- delivery --------------------------------------------------------------
@@ -411,6 +457,8 @@ sub problem {
     return "its snippet is found $n times in $m->{file}, not once" if $n != 1;
     for my $t (@{ $m->{tests} }) {
         return "test $t is missing" unless $t eq 'unit' || -f "$top/$t";
+        return 'an audit row must be caught end to end, not by unit'
+            if $t eq 'unit' && $m->{audit};
     }
     return '';
 }
@@ -499,6 +547,7 @@ sub first_assertion {
     my $s = slurp($log) // '';
     my ($name, $file, $line) = $s =~
         /^#\s+Failed test (?:'(.*?)'\n#\s+)?at (\S+) line (\d+)/m;
+    $file =~ s{^\Q$TOP\E/build/mutate/slot\d+/}{} if $file;
     return "$file:$line: " . ($name // '') if $file;
     my ($bad) = $s =~ /^((?:FAIL|not ok|.*Sanitizer|Bailout).*)$/m;
     return $bad // '';
