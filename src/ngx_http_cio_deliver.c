@@ -677,13 +677,19 @@ ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req)
 
     act = ngx_http_cio_deliver_classify(req, &st, &reason);
 
+    if (act == NGX_HTTP_CIO_ACT_DEAD && batch->n > 1 && d->exiting) {
+        /* as a piece: the next worker splits it, the good items live */
+        act = NGX_HTTP_CIO_ACT_RETURN;
+        st.outcome = NGX_HTTP_CIO_RETURN;
+    }
+
     ngx_memset(batch->acts, act, batch->n);
 
     if (!req->aborted) {
         ngx_http_cio_deliver_stats(req, ws);
     }
 
-    if (act == NGX_HTTP_CIO_ACT_DEAD && batch->n > 1 && !d->exiting
+    if (act == NGX_HTTP_CIO_ACT_DEAD && batch->n > 1
         && ngx_http_cio_deliver_split(req) == NGX_OK)
     {
         /* the batch is the split's now */
