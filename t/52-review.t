@@ -2,11 +2,13 @@
 # SPDX-License-Identifier: BSD-2-Clause
 
 # Defects found by a review of the C code; each part failed on the code
-# before its fix:
+# before its fix (the dead-letter one under ASan or Valgrind):
 #  - a batch Customer.io rejected whole, whose answer a worker only reads
 #    as it exits, goes back to the queue to be split by the next worker,
 #    as a piece of a split does, rather than to the dead-letter file whole
-#    with the good events in it.
+#    with the good events in it;
+#  - a dead letter of a site id with control characters fits its line
+#    (they are escaped to six bytes each).
 
 use strict;
 use warnings;
@@ -144,4 +146,29 @@ SKIP: {
     $t->done_part;
 }
 
-done_testing();
+# --- control characters in a site id and a dead letter -----------------------
+
+{
+    my $site = 's' . ("\x01" x 80);
+    my $t = Cio::Test->new;
+    my $cio = $t->standin(workspaces => ['site1:key1']);
+    my $file = $t->dir . '/dead.jsonl';
+    $t->config(http => conf($cio->url, $site,
+        "cio_dead_letter $file;\n    cio_retry_max 0;"))->run;
+    $t->allow_log(
+        qr/\[error\].*cio: Customer\.io rejected a batch of 1 events for site/);
+
+    $cio->mode({ status => 400 });
+
+    my ($st) = $t->post('/cio/v1/track', event('ctl-1'));
+    is($st, 200, 'an event accepted');
+    ok(wait_until(sub { @{ dead_letters($file) } >= 1 }, 10),
+        'its batch, rejected with 400, is dead-lettered');
+    $cio->mode({ status => undef });
+
+    my $d = dead_letters($file)->[0];
+    is($d->{site_id}, $site, 'with the site id, control characters escaped');
+    is($d->{item}{name}, 'ctl-1', 'and the item');
+
+    $t->done;
+}
