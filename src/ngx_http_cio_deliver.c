@@ -1029,6 +1029,11 @@ ngx_http_cio_deliver_split(ngx_http_cio_sreq_t *req)
     ngx_http_cio_deliver_piece_add(sp, 0, n / 2);
     ngx_http_cio_deliver_piece_add(sp, n / 2, n - n / 2);
 
+    if (sp->parts == 0) {
+        /* no piece could be made: nothing would ever settle the batch */
+        ngx_http_cio_deliver_split_end(sp);
+    }
+
     return NGX_OK;
 }
 
