@@ -7,6 +7,9 @@
 #    as it exits, goes back to the queue to be split by the next worker,
 #    as a piece of a split does, rather than to the dead-letter file whole
 #    with the good events in it;
+#  - a request nginx refuses in a cio location and sends to an error page
+#    (a body over client_max_body_size, error_page 413) is logged without
+#    its write key as $remote_user;
 #  - a dead letter of a site id with control characters fits its line
 #    (they are escaped to six bytes each).
 
@@ -18,7 +21,7 @@ use lib "$FindBin::Bin/lib";
 
 use POSIX qw(:sys_wait_h);
 use Test::More;
-use Cio::Test qw(wait_until);
+use Cio::Test qw(basic wait_until);
 use Cio::Load qw(dead_letters);
 
 my ($GDB) = grep { -x $_ } map { "$_/gdb" } split /:/, $ENV{PATH};
@@ -142,6 +145,51 @@ SKIP: {
         'the poisoned one is dead-lettered');
     is_deeply([ map { $_->{item}{name} } @{ dead_letters($file) } ],
         ['poison-1'], 'and only it');
+
+    $t->done_part;
+}
+
+# --- the write key of a request sent to an error page -------------------------
+
+{
+    my $t = Cio::Test->new;
+    my $cio = $t->standin(workspaces => ['site1:key1']);
+    my $url = $cio->url;
+    my $key = 'wk_review_7c2d';
+    $t->config(http => <<"END")->run;
+    cio_zone zone=cio:1m;
+
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        cio_site_id site1;
+        cio_api_key key1;
+        cio_endpoint $url;
+        cio_write_key $key;
+
+        error_page 413 /too-large.json;
+
+        location = /too-large.json {
+            return 413 '{"success":false}';
+        }
+
+        location /small/ {
+            cio_ingest segment;
+            client_max_body_size 10;
+        }
+    }
+END
+    $t->allow_log(qr/\[error\].*client intended to send too large body/);
+
+    my ($st) = $t->post("/small/v1/track?writeKey=$key",
+        { userId => 'u1', event => 'too large for nginx' },
+        Authorization => basic($key));
+    is($st, 413, 'nginx refuses a body over client_max_body_size: 413');
+
+    my $log = '';
+    ok(wait_until(sub { ($log = $t->read_file('access.log')) =~ /" 413 / },
+                  10), 'the request is in the access log');
+    unlike($log, qr/\Q$key\E/,
+        'without the write key, though it went to an error page');
 
     $t->done_part;
 }
