@@ -101,9 +101,9 @@ sub release {
 # --- a whole-batch 400 read by a worker that exits ---------------------------
 
 SKIP: {
-    skip 'gdb cannot attach under Valgrind', 6 if $ENV{CIO_VALGRIND};
+    skip 'gdb cannot attach under Valgrind', 8 if $ENV{CIO_VALGRIND};
     Cio::Test::skip_unless_ci('gdb is needed to stop the sender thread '
-        . 'with an answer in hand (scripts/deps.sh)', 6) unless $GDB;
+        . 'with an answer in hand (scripts/deps.sh)', 8) unless $GDB;
 
     my $t = Cio::Test->new(workers => 1);
     my $cio = $t->standin(workspaces => ['site1:key1']);
