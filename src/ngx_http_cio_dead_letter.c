@@ -71,10 +71,12 @@ ngx_http_cio_dead_letter(ngx_http_cio_main_conf_t *mcf, ngx_log_t *log,
     len = sizeof("{\"time\":\"\",\"site_id\":\"\",\"url\":\"\",\"status\":"
                  ",\"attempts\":,\"reason\":\"\",\"answer\":,\"item\":}\n")
           + tm.len
-          + 2 * ws->site_id.len
-          + 2 * ws->url.len
+          /* a control character is escaped to six bytes, not two */
+          + ws->site_id.len
+          + ngx_escape_json(NULL, ws->site_id.data, ws->site_id.len)
+          + ws->url.len + ngx_escape_json(NULL, ws->url.data, ws->url.len)
           + NGX_INT_T_LEN + NGX_INT32_LEN
-          + 2 * rlen
+          + rlen + ngx_escape_json(NULL, (u_char *) reason, rlen)
           + answer_len
           + ilen;
 

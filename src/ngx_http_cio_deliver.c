@@ -677,13 +677,19 @@ ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req)
 
     act = ngx_http_cio_deliver_classify(req, &st, &reason);
 
+    if (act == NGX_HTTP_CIO_ACT_DEAD && batch->n > 1 && d->exiting) {
+        /* as a piece: the next worker splits it, the good items live */
+        act = NGX_HTTP_CIO_ACT_RETURN;
+        st.outcome = NGX_HTTP_CIO_RETURN;
+    }
+
     ngx_memset(batch->acts, act, batch->n);
 
     if (!req->aborted) {
         ngx_http_cio_deliver_stats(req, ws);
     }
 
-    if (act == NGX_HTTP_CIO_ACT_DEAD && batch->n > 1 && !d->exiting
+    if (act == NGX_HTTP_CIO_ACT_DEAD && batch->n > 1
         && ngx_http_cio_deliver_split(req) == NGX_OK)
     {
         /* the batch is the split's now */
@@ -1022,6 +1028,11 @@ ngx_http_cio_deliver_split(ngx_http_cio_sreq_t *req)
 
     ngx_http_cio_deliver_piece_add(sp, 0, n / 2);
     ngx_http_cio_deliver_piece_add(sp, n / 2, n - n / 2);
+
+    if (sp->parts == 0) {
+        /* no piece could be made: nothing would ever settle the batch */
+        ngx_http_cio_deliver_split_end(sp);
+    }
 
     return NGX_OK;
 }

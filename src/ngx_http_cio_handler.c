@@ -832,14 +832,16 @@ ngx_http_cio_add_variables(ngx_conf_t *cf)
  * locations that never reached a location (nginx refuses a duplicate
  * Authorization header or TRACE before choosing one), $remote_user is
  * empty and "writeKey=" values in $request, $request_uri and $args read
- * "***".  Other locations keep theirs: an auth_basic user is no secret.
+ * "***"; so do error pages of such a server, which a request refused in
+ * a cio location may have been sent to.  Other locations keep theirs: an
+ * auth_basic user is no secret.
  */
 
 ngx_int_t
 ngx_http_cio_log_handler(ngx_http_request_t *r)
 {
     u_char                    *p;
-    ngx_http_cio_loc_conf_t   *lcf;
+    ngx_http_cio_loc_conf_t   *lcf, *slcf;
     ngx_http_core_srv_conf_t  *cscf;
 
     lcf = ngx_http_get_module_loc_conf(r, ngx_http_cio_module);
@@ -850,10 +852,17 @@ ngx_http_cio_log_handler(ngx_http_request_t *r)
 
     if (lcf->ingest == NGX_HTTP_CIO_INGEST_OFF) {
         cscf = ngx_http_get_module_srv_conf(r, ngx_http_core_module);
+        slcf = cscf ? cscf->ctx->loc_conf[ngx_http_cio_module.ctx_index]
+                    : NULL;
 
-        /* the server's own configuration: no location was chosen */
-        if (!lcf->server_ingest || cscf == NULL
-            || r->loc_conf != cscf->ctx->loc_conf)
+        /*
+         * The server's own configuration: no location was chosen.  Or an
+         * error page, where a request nginx refused in a cio location
+         * before the handler ran (a body over client_max_body_size) is
+         * logged from.
+         */
+        if (slcf == NULL || !slcf->server_ingest
+            || (r->loc_conf != cscf->ctx->loc_conf && !r->error_page))
         {
             return NGX_OK;
         }

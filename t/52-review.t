@@ -1,0 +1,222 @@
+#!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
+
+# Defects found by a review of the C code; each part failed on the code
+# before its fix (the dead-letter one under ASan or Valgrind):
+#  - a batch Customer.io rejected whole, whose answer a worker only reads
+#    as it exits, goes back to the queue to be split by the next worker,
+#    as a piece of a split does, rather than to the dead-letter file whole
+#    with the good events in it;
+#  - a request nginx refuses in a cio location and sends to an error page
+#    (a body over client_max_body_size, error_page 413) is logged without
+#    its write key as $remote_user;
+#  - a dead letter of a site id with control characters fits its line
+#    (they are escaped to six bytes each).
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use POSIX qw(:sys_wait_h);
+use Test::More;
+use Cio::Test qw(basic wait_until);
+use Cio::Load qw(dead_letters);
+
+my ($GDB) = grep { -x $_ } map { "$_/gdb" } split /:/, $ENV{PATH};
+
+sub conf {
+    my ($url, $site, $extra) = @_;
+    return <<"END";
+    cio_zone zone=cio:1m;
+    cio_flush_interval 20ms;
+    cio_retry_backoff 20ms 100ms;
+    cio_drain_timeout 0;
+    $extra
+
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location /cio/ {
+            cio_ingest segment;
+            cio_site_id "$site";
+            cio_api_key key1;
+            cio_endpoint $url;
+        }
+    }
+END
+}
+
+sub event {
+    my ($name) = @_;
+    return { type => 'track', userId => 'u1', event => $name,
+             messageId => "m-$name" };
+}
+
+sub proc_field {
+    my ($pid, $field) = @_;
+    open my $fh, '<', "/proc/$pid/status" or return undef;
+    while (<$fh>) {
+        return $1 if /^\Q$field\E:\s*(\S+)/;
+    }
+    return undef;
+}
+
+# gdb runs $pid to $break and holds it there until release() (t/49)
+sub stop_at {
+    my ($t, $pid, $break) = @_;
+
+    my $dir = $t->dir;
+    unlink "$dir/gdb.stopped", "$dir/gdb.go";
+
+    my @ex = ('set pagination off', "break $break", 'continue',
+        "shell touch $dir/gdb.stopped",
+        "shell while [ ! -e $dir/gdb.go ]; do sleep 0.05; done",
+        'detach', 'quit');
+
+    my $gdb = fork();
+    die "fork: $!" unless defined $gdb;
+
+    if ($gdb == 0) {
+        open STDOUT, '>>', "$dir/gdb.log";
+        open STDERR, '>&', \*STDOUT;
+        open STDIN, '<', '/dev/null';
+        exec $GDB, '-nx', '-batch', '-p', $pid, map { ('-ex', $_) } @ex;
+        exit 127;
+    }
+
+    return $gdb;
+}
+
+sub release {
+    my ($t, $gdb) = @_;
+    open my $fh, '>', $t->dir . '/gdb.go' or die "gdb.go: $!";
+    close $fh;
+    unless (wait_until(sub { waitpid($gdb, WNOHANG) == $gdb }, 20)) {
+        kill 'KILL', $gdb;
+        waitpid($gdb, 0);
+    }
+}
+
+# --- a whole-batch 400 read by a worker that exits ---------------------------
+
+SKIP: {
+    skip 'gdb cannot attach under Valgrind', 8 if $ENV{CIO_VALGRIND};
+    Cio::Test::skip_unless_ci('gdb is needed to stop the sender thread '
+        . 'with an answer in hand (scripts/deps.sh)', 8) unless $GDB;
+
+    my $t = Cio::Test->new(workers => 1);
+    my $cio = $t->standin(workspaces => ['site1:key1']);
+    my $file = $t->dir . '/dead.jsonl';
+    $t->config(http => conf($cio->url, 'site1', "cio_dead_letter $file;"))
+        ->run;
+    $t->allow_log(
+        qr/\[error\].*cio: the batch of 2 events for site "site1" rejected with 400 was sent again in \d+ pieces: 1 delivered, 1 dead-lettered to /,
+        qr/\[error\].*cio: Customer\.io rejected a batch of 2 events for site "site1" with 400/);
+
+    $cio->mode({ poison_match => '^poison' });
+
+    my ($w) = $t->worker_pids;
+    my $gdb = stop_at($t, $w, 'ngx_http_cio_sender_finish');
+    ok(wait_until(sub {
+        (proc_field($w, 'TracerPid') // 0) == $gdb
+    }, 20), 'gdb attached to the worker') or diag($t->read_file('gdb.log'));
+
+    my ($st) = $t->post('/cio/v1/batch',
+        { batch => [ event('good-1'), event('poison-1') ] });
+    is($st, 200, 'a batch of a good and a poisoned event accepted');
+
+    # the sender thread has the 400, the event loop has not seen it yet
+    ok(wait_until(sub { -e $t->dir . '/gdb.stopped'
+                        || waitpid($gdb, WNOHANG) == $gdb }, 20)
+       && -e $t->dir . '/gdb.stopped',
+       'the worker is stopped with the answer in hand')
+        or diag($t->read_file('gdb.log'));
+
+    kill 'TERM', $w;
+    release($t, $gdb);
+
+    ok(wait_until(sub { my @p = $t->worker_pids; @p && $p[0] != $w }, 15),
+        'the worker exited and another took its place');
+
+    is_deeply($cio->wait_names(['good-1'], 15), [],
+        'the good event is delivered by the next worker');
+    ok(wait_until(sub { @{ dead_letters($file) } >= 1 }, 10),
+        'the poisoned one is dead-lettered');
+    is_deeply([ map { $_->{item}{name} } @{ dead_letters($file) } ],
+        ['poison-1'], 'and only it');
+
+    $t->done_part;
+}
+
+# --- the write key of a request sent to an error page -------------------------
+
+{
+    my $t = Cio::Test->new;
+    my $cio = $t->standin(workspaces => ['site1:key1']);
+    my $url = $cio->url;
+    my $key = 'wk_review_7c2d';
+    $t->config(http => <<"END")->run;
+    cio_zone zone=cio:1m;
+
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        cio_site_id site1;
+        cio_api_key key1;
+        cio_endpoint $url;
+        cio_write_key $key;
+
+        error_page 413 /too-large.json;
+
+        location = /too-large.json {
+            return 413 '{"success":false}';
+        }
+
+        location /small/ {
+            cio_ingest segment;
+            client_max_body_size 10;
+        }
+    }
+END
+    $t->allow_log(qr/\[error\].*client intended to send too large body/);
+
+    my ($st) = $t->post("/small/v1/track?writeKey=$key",
+        { userId => 'u1', event => 'too large for nginx' },
+        Authorization => basic($key));
+    is($st, 413, 'nginx refuses a body over client_max_body_size: 413');
+
+    my $log = '';
+    ok(wait_until(sub { ($log = $t->read_file('access.log')) =~ /" 413 / },
+                  10), 'the request is in the access log');
+    unlike($log, qr/\Q$key\E/,
+        'without the write key, though it went to an error page');
+
+    $t->done_part;
+}
+
+# --- control characters in a site id and a dead letter -----------------------
+
+{
+    my $site = 's' . ("\x01" x 80);
+    my $t = Cio::Test->new;
+    my $cio = $t->standin(workspaces => ['site1:key1']);
+    my $file = $t->dir . '/dead.jsonl';
+    $t->config(http => conf($cio->url, $site,
+        "cio_dead_letter $file;\n    cio_retry_max 0;"))->run;
+    $t->allow_log(
+        qr/\[error\].*cio: Customer\.io rejected a batch of 1 events for site/);
+
+    $cio->mode({ status => 400 });
+
+    my ($st) = $t->post('/cio/v1/track', event('ctl-1'));
+    is($st, 200, 'an event accepted');
+    ok(wait_until(sub { @{ dead_letters($file) } >= 1 }, 10),
+        'its batch, rejected with 400, is dead-lettered');
+    $cio->mode({ status => undef });
+
+    my $d = dead_letters($file)->[0];
+    is($d->{site_id}, $site, 'with the site id, control characters escaped');
+    is($d->{item}{name}, 'ctl-1', 'and the item');
+
+    $t->done;
+}
