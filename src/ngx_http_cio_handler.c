@@ -518,6 +518,7 @@ ngx_http_cio_enqueue(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
     ngx_http_cio_map_result_t *res, ngx_uint_t refused, ngx_uint_t *queued,
     ngx_int_t *answer)
 {
+    uint64_t                  *jrefs;
     ngx_int_t                  rc;
     ngx_str_t                 *items;
     ngx_uint_t                 i, j, n;
@@ -550,13 +551,34 @@ ngx_http_cio_enqueue(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
         }
     }
 
+    jrefs = NULL;
+
+    /* on disk before in the queue: a 200 is never for less (journal.c) */
+    if (mcf->journal && n && lcf->ws->sh
+        && ngx_http_cio_journal_write(mcf->journal, lcf->ws, items, n,
+                                      r->pool, r->connection->log, &jrefs)
+           != NGX_OK)
+    {
+        ngx_http_cio_queue_reject(mcf->shm_zone->data, lcf->ws->sh,
+                                  NGX_HTTP_CIO_REJ_FULL, 1);
+        *answer = ngx_http_cio_refuse(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                      "journal cannot take it, retry later");
+        return NGX_DONE;
+    }
+
     if (lcf->ws->sh == NULL) {
         /* the zone had no room for the workspace when the worker started */
         rc = NGX_BUSY;
 
     } else {
         rc = ngx_http_cio_queue_push(mcf->shm_zone->data, lcf->ws->sh,
-                                     items, n, res->nfiltered, refused);
+                                     items, n, res->nfiltered, refused,
+                                     jrefs);
+    }
+
+    if (rc != NGX_OK && jrefs) {
+        /* refused after all: nothing to replay */
+        ngx_http_cio_journal_settled(jrefs, NULL, n, 0);
     }
 
     if (rc == NGX_BUSY) {

@@ -379,7 +379,7 @@ ngx_http_cio_spool_line(ngx_http_cio_zone_t *zone, u_char *line, size_t len,
     }
 
     if (end <= item
-        || ngx_http_cio_queue_append(zone, ws, item, end - item, n)
+        || ngx_http_cio_queue_append(zone, ws, item, end - item, n, 0)
            != NGX_OK)
     {
         stats->full++;
