@@ -175,4 +175,31 @@ sub crash_rounds {
     $t->done_part;
 }
 
+# --- an orderly stop: the journal keeps the queue, no spool needed -----------
+
+{
+    my $t = Cio::Test->new(workers => 2);
+    my $port = Cio::Test::free_port();
+    my $url = "http://127.0.0.1:$port";
+
+    $t->config(http => conf($url, "cio_journal %%TESTDIR%%/journal;\n"
+        . "cio_drain_timeout 0;"))->run;
+
+    my @names = map { "stop-$_" } 1 .. 20;
+    my @ok = grep { ($t->post('/cio/v1/track', event($_)))[0] == 200 } @names;
+    is(scalar @ok, 20, '20 events answered 200, Customer.io away');
+
+    ok($t->stop, 'nginx -s quit');
+    ok(!$t->log_lines(qr/lost with the zone/),
+        'no alert that the queue is lost: the journal holds it');
+
+    my $cio = $t->standin(workspaces => ['site1:key1'], port => $port);
+    $t->run;
+    ok($t->log_lines(qr/cio: journal ".*": 20 records in 1 segments, 0 settled, 20 queued again/),
+        'the start queued them again from the journal');
+    is_deeply($cio->wait_names(\@ok, 10), [], 'and they were delivered');
+
+    $t->done_part;
+}
+
 done_testing();
