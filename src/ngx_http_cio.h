@@ -138,6 +138,15 @@ typedef struct {
 typedef struct ngx_http_cio_journal_s  ngx_http_cio_journal_t;
 
 
+/* a request waiting for cio_journal's sync (sync=always) */
+typedef struct {
+    ngx_queue_t                  link;
+    uint64_t                     seq;
+    ngx_int_t                    rc;         /* NGX_OK: synced */
+    ngx_event_t                  ev;         /* posted when it is over */
+} ngx_http_cio_jwait_t;
+
+
 typedef struct {
     ngx_shm_zone_t              *shm_zone;
     ngx_array_t                  workspaces; /* ngx_http_cio_ws_t * */
@@ -343,6 +352,8 @@ ngx_int_t ngx_http_cio_journal_write(ngx_http_cio_journal_t *j,
     ngx_log_t *log, uint64_t **jrefs);
 void ngx_http_cio_journal_settled(uint64_t *jrefs, u_char *acts,
     ngx_uint_t n, u_char act);
+ngx_int_t ngx_http_cio_journal_wait(ngx_http_cio_journal_t *j,
+    ngx_http_cio_jwait_t *w);
 
 /* ngx_http_cio_status.c: the cio_status location */
 ngx_int_t ngx_http_cio_status_handler(ngx_http_request_t *r);

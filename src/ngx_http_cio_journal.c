@@ -114,6 +114,9 @@ typedef struct {
     ngx_fd_t                     old[NGX_HTTP_CIO_J_OLD_FDS];
     ngx_uint_t                   nold;       /* written, to sync, close */
     ngx_event_t                  timer;
+    uint64_t                     wseq;       /* writes so far */
+    uint32_t                     end;        /* after the last, in no */
+    ngx_queue_t                  waiting;    /* ngx_http_cio_jwait_t */
     unsigned                     dirty:1;
     unsigned                     syncing:1;
 #if (NGX_THREADS)
@@ -127,6 +130,9 @@ typedef struct {
     ngx_fd_t                     fds[NGX_HTTP_CIO_J_OLD_FDS + 1];
     ngx_uint_t                   n;
     ngx_err_t                    err;
+    uint64_t                     seq;        /* the last write it covers */
+    uint32_t                     no;         /* for the debug line */
+    uint32_t                     end;
 } ngx_http_cio_jsync_t;
 
 
@@ -170,11 +176,12 @@ static void ngx_http_cio_journal_delete(ngx_http_cio_journal_t *j,
 static void ngx_http_cio_journal_ack(ngx_http_cio_jseg_t *seg,
     uint32_t *offs, ngx_uint_t n);
 static void ngx_http_cio_journal_timer(ngx_event_t *ev);
-static void ngx_http_cio_journal_sync(ngx_uint_t wait);
-#if (NGX_THREADS)
+static void ngx_http_cio_journal_sync(void);
 static void ngx_http_cio_journal_sync_thread(void *data, ngx_log_t *log);
+#if (NGX_THREADS)
 static void ngx_http_cio_journal_sync_done(ngx_event_t *ev);
 #endif
+static void ngx_http_cio_journal_synced(ngx_http_cio_jsync_t *t);
 static int ngx_libc_cdecl ngx_http_cio_journal_cmp(const void *a,
     const void *b);
 
@@ -264,14 +271,8 @@ ngx_http_cio_journal_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             }
 
             if (s.len == 6 && ngx_strncmp(s.data, "always", 6) == 0) {
-                /*
-                 * not yet: the answer waiting for the sync is to come;
-                 * until then "always" is refused rather than pretended
-                 */
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "\"sync=always\" is not supported yet, "
-                                   "use \"sync=TIME\"");
-                return NGX_CONF_ERROR;
+                j->sync = NGX_HTTP_CIO_J_SYNC_ALWAYS;
+                continue;
             }
 
             ms = ngx_parse_time(&s, 0);
@@ -324,7 +325,7 @@ ngx_http_cio_journal_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_str_t  tp = ngx_string("cio_journal");
 
     /* "thread_pool cio_journal threads=N;" before http, else "default" */
-    if (j->sync == NGX_HTTP_CIO_J_SYNC_TIMER) {
+    if (j->sync != NGX_HTTP_CIO_J_SYNC_OFF) {
         j->tp = ngx_thread_pool_get(cf->cycle, &tp);
 
         if (j->tp == NULL) {
@@ -941,6 +942,7 @@ ngx_http_cio_journal_init_process(ngx_cycle_t *cycle,
     jw->log = cycle->log;
     jw->fd = NGX_INVALID_FILE;
     jw->ack_fd = NGX_INVALID_FILE;
+    ngx_queue_init(&jw->waiting);
 
     if (j == NULL || j->sync != NGX_HTTP_CIO_J_SYNC_TIMER) {
         return;
@@ -1153,6 +1155,8 @@ ngx_http_cio_journal_write(ngx_http_cio_journal_t *j, ngx_http_cio_ws_t *ws,
     ngx_http_cio_journal_delete(j, gone, log);
 
     ngx_http_cio_jw.dirty = 1;
+    ngx_http_cio_jw.wseq++;
+    ngx_http_cio_jw.end = off + (uint32_t) len;
 
     for (i = 0; i < n; i++) {
         (*jrefs)[i] = (uint64_t) no << 32 | (off + offs[i]);
@@ -1442,7 +1446,7 @@ ngx_http_cio_journal_timer(ngx_event_t *ev)
         return;
     }
 
-    ngx_http_cio_journal_sync(0);
+    ngx_http_cio_journal_sync();
 
     ngx_add_timer(ev, jw->j->interval);
 }
@@ -1451,14 +1455,15 @@ ngx_http_cio_journal_timer(ngx_event_t *ev)
 /*
  * fdatasync() of what this worker wrote since the last one: in the thread
  * pool, so that the event loop does not wait for the disk, or right here
- * when nginx has no threads or the worker exits (wait).
+ * when nginx has no threads or the pool refuses the task.  One sync covers
+ * every write this worker finished before it began: the requests waiting
+ * for any of them (sync=always) are answered together, a group commit.
  */
 
 static void
-ngx_http_cio_journal_sync(ngx_uint_t wait)
+ngx_http_cio_journal_sync(void)
 {
-    ngx_uint_t               i;
-    ngx_http_cio_jsync_t     js, *t;
+    ngx_http_cio_jsync_t     js;
     ngx_http_cio_jworker_t  *jw;
 
     jw = &ngx_http_cio_jw;
@@ -1469,18 +1474,22 @@ ngx_http_cio_journal_sync(ngx_uint_t wait)
 
     js.n = 0;
     js.err = 0;
+    js.seq = jw->wseq;
+    js.no = jw->no;
+    js.end = jw->end;
 
-    for (i = 0; i < jw->nold; i++) {
-        js.fds[js.n++] = jw->old[i];
+    while (jw->nold) {
+        js.fds[js.n++] = jw->old[--jw->nold];
     }
-
-    jw->nold = 0;
 
     if (jw->dirty && jw->fd != NGX_INVALID_FILE) {
         js.fds[js.n] = dup(jw->fd);
 
         if (js.fds[js.n] != NGX_INVALID_FILE) {
             js.n++;
+
+        } else {
+            js.err = ngx_errno;
         }
     }
 
@@ -1488,7 +1497,7 @@ ngx_http_cio_journal_sync(ngx_uint_t wait)
 
 #if (NGX_THREADS)
 
-    if (!wait && jw->j->tp) {
+    if (jw->j->tp) {
 
         if (jw->task == NULL) {
             jw->task = ngx_thread_task_alloc(ngx_cycle->pool,
@@ -1496,8 +1505,7 @@ ngx_http_cio_journal_sync(ngx_uint_t wait)
         }
 
         if (jw->task) {
-            t = jw->task->ctx;
-            *t = js;
+            *(ngx_http_cio_jsync_t *) jw->task->ctx = js;
 
             jw->task->handler = ngx_http_cio_journal_sync_thread;
             jw->task->event.handler = ngx_http_cio_journal_sync_done;
@@ -1511,35 +1519,12 @@ ngx_http_cio_journal_sync(ngx_uint_t wait)
         }
     }
 
-    ngx_http_cio_journal_sync_thread(&js, jw->log);
-
-    if (js.err) {
-        ngx_http_cio_journal_write_failed(jw->j, jw->log, js.err,
-                                          "syncing");
-    }
-
-#else
-
-    t = &js;
-
-    for (i = 0; i < t->n; i++) {
-        if (fdatasync(t->fds[i]) == -1 && t->err == 0) {
-            t->err = ngx_errno;
-        }
-
-        (void) close(t->fds[i]);
-    }
-
-    if (t->err) {
-        ngx_http_cio_journal_write_failed(jw->j, jw->log, t->err,
-                                          "syncing");
-    }
-
 #endif
+
+    ngx_http_cio_journal_sync_thread(&js, jw->log);
+    ngx_http_cio_journal_synced(&js);
 }
 
-
-#if (NGX_THREADS)
 
 /* in a thread of the pool: no nginx call but the system's */
 
@@ -1562,26 +1547,99 @@ ngx_http_cio_journal_sync_thread(void *data, ngx_log_t *log)
 }
 
 
+#if (NGX_THREADS)
+
 static void
 ngx_http_cio_journal_sync_done(ngx_event_t *ev)
 {
-    ngx_thread_task_t       *task;
-    ngx_http_cio_jsync_t    *t;
-    ngx_http_cio_jworker_t  *jw;
+    ngx_thread_task_t  *task;
 
     task = ev->data;
-    t = task->ctx;
-    jw = &ngx_http_cio_jw;
 
-    jw->syncing = 0;
+    ngx_http_cio_jw.syncing = 0;
 
-    if (t->err && jw->j) {
-        ngx_http_cio_journal_write_failed(jw->j, jw->log, t->err,
-                                          "syncing");
-    }
-
-    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ev->log, 0,
-                   "cio: journal synced");
+    ngx_http_cio_journal_synced(task->ctx);
 }
 
 #endif
+
+
+/*
+ * A sync is over: the requests that waited for a write it covers are
+ * answered (503 if it failed: their items are queued all the same, and
+ * the client's retry makes a duplicate, not a loss); those that wrote
+ * since wait for the next one, which starts at once.
+ */
+
+static void
+ngx_http_cio_journal_synced(ngx_http_cio_jsync_t *t)
+{
+    ngx_queue_t             *q, *next;
+    ngx_http_cio_jwait_t    *w;
+    ngx_http_cio_jworker_t  *jw;
+
+    jw = &ngx_http_cio_jw;
+
+    if (jw->j == NULL) {
+        return;
+    }
+
+    if (t->err) {
+        ngx_http_cio_journal_write_failed(jw->j, jw->log, t->err,
+                                          "syncing");
+
+    } else {
+        /* a power loss keeps at least this much: what tests cut back to */
+        ngx_log_debug3(NGX_LOG_DEBUG_HTTP, jw->log, 0,
+                       "cio: journal synced: segment %08xD up to %uD "
+                       "bytes, write %uL", t->no, t->end, t->seq);
+    }
+
+    for (q = ngx_queue_head(&jw->waiting);
+         q != ngx_queue_sentinel(&jw->waiting);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        w = ngx_queue_data(q, ngx_http_cio_jwait_t, link);
+
+        if (w->seq > t->seq) {
+            continue;
+        }
+
+        ngx_queue_remove(q);
+        w->rc = t->err ? NGX_ERROR : NGX_OK;
+        ngx_post_event(&w->ev, &ngx_posted_events);
+    }
+
+    if (!ngx_queue_empty(&jw->waiting)) {
+        ngx_http_cio_journal_sync();
+    }
+}
+
+
+/*
+ * sync=always: NGX_AGAIN, and w->ev is posted once this worker's last
+ * write (the caller's) is synced, w->rc telling how it went; NGX_OK: no
+ * wait (another sync= policy).
+ */
+
+ngx_int_t
+ngx_http_cio_journal_wait(ngx_http_cio_journal_t *j, ngx_http_cio_jwait_t *w)
+{
+    ngx_http_cio_jworker_t  *jw;
+
+    jw = &ngx_http_cio_jw;
+
+    if (j->sync != NGX_HTTP_CIO_J_SYNC_ALWAYS || jw->j == NULL) {
+        return NGX_OK;
+    }
+
+    w->seq = jw->wseq;
+    w->rc = NGX_AGAIN;
+
+    ngx_queue_insert_tail(&jw->waiting, &w->link);
+
+    ngx_http_cio_journal_sync();
+
+    return NGX_AGAIN;
+}
