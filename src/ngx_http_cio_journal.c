@@ -43,7 +43,10 @@
  * death of every nginx process, not of the machine); sync=TIME has each
  * worker fdatasync() what it wrote every TIME, in nginx's thread pool
  * "cio_journal" if one is configured, else "default", when nginx has
- * threads, so that the event loop never waits for the disk.
+ * threads, so that the event loop never waits for the disk; sync=always
+ * has the request wait (ngx_http_cio_journal_wait) for the sync that
+ * covers its write, and a sync covers every write of the worker before
+ * it began: the requests that came while one ran share the next.
  */
 
 
