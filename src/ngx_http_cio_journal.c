@@ -203,8 +203,8 @@ ngx_http_cio_journal_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_cio_main_conf_t *mcf = conf;
 
+    off_t                    size;
     u_char                  *p;
-    ssize_t                  size;
     ngx_str_t               *value, s, name;
     ngx_msec_t               ms;
     ngx_uint_t               i;
@@ -251,7 +251,7 @@ ngx_http_cio_journal_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             s.data = value[i].data + 9;
             s.len = value[i].len - 9;
 
-            size = ngx_parse_size(&s);
+            size = ngx_parse_offset(&s);
 
             if (size == NGX_ERROR || size < 2 * NGX_HTTP_CIO_J_MIN_SEG) {
                 ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
