@@ -65,6 +65,17 @@
 #define NGX_HTTP_CIO_J_OLD_FDS     16
 #define NGX_HTTP_CIO_J_NAME_LEN    sizeof("/00000000.seg")
 
+/*
+ * A jref: the journal's id (8 bits), the segment's number (24), the
+ * record's offset (32).  The id tells the records of the journal a reload
+ * replaced from this one's, whose segment numbers may be the same.
+ */
+#define NGX_HTTP_CIO_J_MAX_NO      0xffffff
+#define ngx_http_cio_jref(id, no, off)                                       \
+    ((uint64_t) (id) << 56 | (uint64_t) (no) << 32 | (uint32_t) (off))
+#define ngx_http_cio_jref_id(jref)   ((uint32_t) ((jref) >> 56))
+#define ngx_http_cio_jref_no(jref)   ((uint32_t) ((jref) >> 32) & 0xffffff)
+
 #define NGX_HTTP_CIO_J_SYNC_OFF    0
 #define NGX_HTTP_CIO_J_SYNC_TIMER  1
 #define NGX_HTTP_CIO_J_SYNC_ALWAYS 2
@@ -81,6 +92,7 @@ typedef struct {
 
 typedef struct {
     uint32_t                     magic;
+    uint32_t                     id;         /* 1 .. 255, in the jrefs */
     uint32_t                     active;     /* written to; 0: none yet */
     uint32_t                     last;       /* the highest number used */
     uint64_t                     total;      /* bytes of live segments */
@@ -376,6 +388,7 @@ ngx_http_cio_journal_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     }
 
     j->sh->magic = NGX_HTTP_CIO_J_MAGIC;
+    j->sh->id = 1;
     j->shpool->data = j->sh;
     j->fresh = 1;
 
@@ -411,6 +424,24 @@ ngx_http_cio_journal_start(ngx_cycle_t *cycle, ngx_http_cio_journal_t *j,
     }
 
     j->fresh = 0;
+
+    /*
+     * A journal that replaces another on a reload takes the next id: the
+     * items queued from the other keep their jrefs, which must not settle
+     * this one's records.  ngx_cycle is still the old cycle here.
+     */
+    if (!ngx_is_init_cycle(ngx_cycle)) {
+        ngx_http_cio_main_conf_t  *omcf;
+
+        omcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                                   ngx_http_cio_module);
+
+        if (omcf && omcf->journal && omcf->journal->sh
+            && omcf->journal->sh != j->sh)
+        {
+            j->sh->id = omcf->journal->sh->id % 255 + 1;
+        }
+    }
 
     if (ngx_create_dir(j->path.data, 0700) == NGX_FILE_ERROR
         && ngx_errno != NGX_EEXIST)
@@ -520,8 +551,9 @@ ngx_http_cio_journal_replay(ngx_cycle_t *cycle, ngx_http_cio_journal_t *j,
 
         no = (uint32_t) ngx_hextoi(name, 8);
 
-        if (no == 0 || (ngx_strncmp(name + 8, ".seg", 4) != 0
-                        && ngx_strncmp(name + 8, ".ack", 4) != 0))
+        if (no == 0 || no > NGX_HTTP_CIO_J_MAX_NO
+            || (ngx_strncmp(name + 8, ".seg", 4) != 0
+                && ngx_strncmp(name + 8, ".ack", 4) != 0))
         {
             continue;
         }
@@ -675,7 +707,8 @@ ngx_http_cio_journal_segment(ngx_cycle_t *cycle, ngx_http_cio_journal_t *j,
 
         } else if (zone == NULL
                    || ngx_http_cio_journal_record(cycle, zone, p, len,
-                                                  (uint64_t) no << 32 | off,
+                                                  ngx_http_cio_jref(
+                                                      j->sh->id, no, off),
                                                   st)
                       != NGX_OK)
         {
@@ -1117,7 +1150,13 @@ ngx_http_cio_journal_write(ngx_http_cio_journal_t *j, ngx_http_cio_ws_t *ws,
             return NGX_BUSY;
         }
 
-        seg->no = ++sh->last;
+        /* numbers wrap, past those still in use */
+        do {
+            sh->last = (sh->last >= NGX_HTTP_CIO_J_MAX_NO) ? 1
+                                                            : sh->last + 1;
+        } while (ngx_http_cio_journal_find(j, sh->last));
+
+        seg->no = sh->last;
         seg->records = 0;
         seg->settled = 0;
         seg->size = 0;
@@ -1162,7 +1201,7 @@ ngx_http_cio_journal_write(ngx_http_cio_journal_t *j, ngx_http_cio_ws_t *ws,
     ngx_http_cio_jw.end = off + (uint32_t) len;
 
     for (i = 0; i < n; i++) {
-        (*jrefs)[i] = (uint64_t) no << 32 | (off + offs[i]);
+        (*jrefs)[i] = ngx_http_cio_jref(sh->id, no, off + offs[i]);
     }
 
     return NGX_OK;
@@ -1293,20 +1332,25 @@ ngx_http_cio_journal_settled(uint64_t *jrefs, u_char *acts, ngx_uint_t n,
 
     for (i = 0; i < n; /* void */) {
 
-        if ((acts && acts[i] != act) || jrefs[i] == 0) {
+        if ((acts && acts[i] != act) || jrefs[i] == 0
+            || ngx_http_cio_jref_id(jrefs[i]) != j->sh->id)
+        {
+            /* none, or of a journal a reload replaced: not this one's */
             i++;
             continue;
         }
 
-        no = (uint32_t) (jrefs[i] >> 32);
+        no = ngx_http_cio_jref_no(jrefs[i]);
         k = 0;
 
         for ( /* void */ ; i < n && k < 64; i++) {
-            if ((acts && acts[i] != act) || jrefs[i] == 0) {
+            if ((acts && acts[i] != act) || jrefs[i] == 0
+                || ngx_http_cio_jref_id(jrefs[i]) != j->sh->id)
+            {
                 continue;
             }
 
-            if ((uint32_t) (jrefs[i] >> 32) != no) {
+            if (ngx_http_cio_jref_no(jrefs[i]) != no) {
                 break;
             }
 

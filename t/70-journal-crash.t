@@ -21,8 +21,9 @@ use Cio::Test qw(wait_until);
 my $JSON = JSON::PP->new->canonical;
 
 sub conf {
-    my ($url, $journal) = @_;
-    return Cio::Test::ingest_http(endpoint => $url, http => <<"END");
+    my ($url, $journal, $zone) = @_;
+    return Cio::Test::ingest_http(endpoint => $url, zone => $zone,
+        http => <<"END");
 cio_flush_interval 20ms;
 cio_retry_backoff 50ms 200ms;
 cio_connect_timeout 1s;
@@ -179,6 +180,35 @@ sub crash_rounds {
         scalar @accepted, scalar @$missing);
     ok(@$missing == @accepted, 'without cio_journal every queued event is '
         . 'lost (what the journal is for)');
+
+    $t->done_part;
+}
+
+# --- a reload that resizes the zone, then the kill -----------------------------
+# the items move to the new zone with their records, and those still in
+# flight in the old one are in the journal too
+
+{
+    my $t = Cio::Test->new(workers => 2);
+    my $port = Cio::Test::free_port();
+    my $url = "http://127.0.0.1:$port";
+    my $journal = 'cio_journal %%TESTDIR%%/journal;';
+
+    $t->config(http => conf($url, $journal, '4m'))->run;
+    my @ok = grep { ($t->post('/cio/v1/track', event($_)))[0] == 200 }
+        map { "resize-$_" } 1 .. 20;
+    $t->config(http => conf($url, $journal, '8m'));
+    ok($t->reload, 'reloaded with a larger zone');
+    push @ok, grep { ($t->post('/cio/v1/track', event($_)))[0] == 200 }
+        map { "resized-$_" } 1 .. 20;
+    is(scalar @ok, 40, '40 events answered 200, Customer.io away');
+    ok($t->log_lines(qr/cio: the zone was resized, 20 queued events moved/),
+        'the queue moved to the new zone');
+
+    ok(kill_all($t), 'master and workers SIGKILLed');
+    my $cio = $t->standin(workspaces => ['site1:key1'], port => $port);
+    $t->run;
+    is_deeply($cio->wait_names(\@ok, 15), [], 'every one delivered');
 
     $t->done_part;
 }
