@@ -61,7 +61,7 @@
 #define NGX_HTTP_CIO_J_SEGS        256
 #define NGX_HTTP_CIO_J_MIN_SEG     (64 * 1024)
 #define NGX_HTTP_CIO_J_MAX_SEG     (64 * 1024 * 1024)
-#define NGX_HTTP_CIO_J_ALERT_EVERY 60000
+#define NGX_HTTP_CIO_J_ALERT_EVERY 60
 #define NGX_HTTP_CIO_J_OLD_FDS     16
 #define NGX_HTTP_CIO_J_NAME_LEN    sizeof("/00000000.seg")
 
@@ -75,6 +75,11 @@
     ((uint64_t) (id) << 56 | (uint64_t) (no) << 32 | (uint32_t) (off))
 #define ngx_http_cio_jref_id(jref)   ((uint32_t) ((jref) >> 56))
 #define ngx_http_cio_jref_no(jref)   ((uint32_t) ((jref) >> 32) & 0xffffff)
+
+/* what failed, for ngx_http_cio_journal_failed */
+#define NGX_HTTP_CIO_J_WRITE       0
+#define NGX_HTTP_CIO_J_SYNC        1
+#define NGX_HTTP_CIO_J_ACK         2
 
 #define NGX_HTTP_CIO_J_SYNC_OFF    0
 #define NGX_HTTP_CIO_J_SYNC_TIMER  1
@@ -96,8 +101,7 @@ typedef struct {
     uint32_t                     active;     /* written to; 0: none yet */
     uint32_t                     last;       /* the highest number used */
     uint64_t                     total;      /* bytes of live segments */
-    uint64_t                     alert_at;   /* unix ms: next write alert */
-    uint64_t                     ack_alert_at;
+    ngx_atomic_t                 alert_at[3]; /* unix s: next alert */
     ngx_http_cio_jseg_t          segs[NGX_HTTP_CIO_J_SEGS];
 } ngx_http_cio_jsh_t;
 
@@ -184,8 +188,8 @@ static ngx_http_cio_jseg_t *ngx_http_cio_journal_find(
     ngx_http_cio_journal_t *j, uint32_t no);
 static ngx_int_t ngx_http_cio_journal_open(ngx_http_cio_journal_t *j,
     ngx_log_t *log);
-static void ngx_http_cio_journal_write_failed(ngx_http_cio_journal_t *j,
-    ngx_log_t *log, ngx_err_t err, const char *what);
+static void ngx_http_cio_journal_failed(ngx_http_cio_journal_t *j,
+    ngx_log_t *log, ngx_err_t err, ngx_uint_t what);
 static void ngx_http_cio_journal_delete(ngx_http_cio_journal_t *j,
     uint32_t no, ngx_log_t *log);
 static void ngx_http_cio_journal_ack(ngx_http_cio_jseg_t *seg,
@@ -1212,7 +1216,7 @@ failed:
 
     ngx_http_cio_journal_delete(j, gone, log);
 
-    ngx_http_cio_journal_write_failed(j, log, err, "writing");
+    ngx_http_cio_journal_failed(j, log, err, NGX_HTTP_CIO_J_WRITE);
 
     return NGX_ERROR;
 }
@@ -1273,33 +1277,31 @@ ngx_http_cio_journal_open(ngx_http_cio_journal_t *j, ngx_log_t *log)
 
 
 static void
-ngx_http_cio_journal_write_failed(ngx_http_cio_journal_t *j, ngx_log_t *log,
-    ngx_err_t err, const char *what)
+ngx_http_cio_journal_failed(ngx_http_cio_journal_t *j, ngx_log_t *log,
+    ngx_err_t err, ngx_uint_t what)
 {
-    uint64_t     now;
-    ngx_uint_t   level;
-    uint64_t    *at;
+    ngx_uint_t           level;
+    ngx_atomic_t        *at;
+    ngx_atomic_uint_t    now, old;
 
-    now = ngx_http_cio_now_ms();
-    at = (what[0] == 'w') ? &j->sh->alert_at : &j->sh->ack_alert_at;
+    static const char   *msg[] = {
+        "cio: writing the journal \"%V\" failed, events refused with 503",
+        "cio: syncing the journal \"%V\" failed, the events it waited for "
+            "are not known to be on the disk (sync=always: answered 503)",
+        "cio: settling in the journal \"%V\" failed, settled events may "
+            "be sent again after a restart"
+    };
 
-    /* read and set without the lock: at worst two alerts, not one */
-    level = (now >= *at) ? NGX_LOG_ALERT : NGX_LOG_WARN;
+    now = (ngx_atomic_uint_t) ngx_time();
+    at = &j->sh->alert_at[what];
+    old = *at;
 
-    if (level == NGX_LOG_ALERT) {
-        *at = now + NGX_HTTP_CIO_J_ALERT_EVERY;
-    }
+    /* one worker wins the minute's alert, the others warn */
+    level = (now >= old
+             && ngx_atomic_cmp_set(at, old, now + NGX_HTTP_CIO_J_ALERT_EVERY))
+            ? NGX_LOG_ALERT : NGX_LOG_WARN;
 
-    if (what[0] == 'w') {
-        ngx_log_error(level, log, err,
-                      "cio: %s the journal \"%V\" failed, events refused "
-                      "with 503", what, &j->path);
-
-    } else {
-        ngx_log_error(level, log, err,
-                      "cio: %s the journal \"%V\" failed, settled events "
-                      "may be sent again after a restart", what, &j->path);
-    }
+    ngx_log_error(level, log, err, msg[what], &j->path);
 }
 
 
@@ -1458,8 +1460,8 @@ ngx_http_cio_journal_ack(ngx_http_cio_jseg_t *seg, uint32_t *offs,
         ngx_free(name);
 
         if (jw->ack_fd == NGX_INVALID_FILE) {
-            ngx_http_cio_journal_write_failed(j, jw->log, ngx_errno,
-                                              "settling in");
+            ngx_http_cio_journal_failed(j, jw->log, ngx_errno,
+                                        NGX_HTTP_CIO_J_ACK);
             return;
         }
 
@@ -1474,10 +1476,9 @@ ngx_http_cio_journal_ack(ngx_http_cio_jseg_t *seg, uint32_t *offs,
     written = ngx_write_fd(jw->ack_fd, e, n * 8);
 
     if (written != (ssize_t) (n * 8)) {
-        ngx_http_cio_journal_write_failed(j, jw->log,
-                                          written == -1 ? ngx_errno
-                                                        : NGX_ENOSPC,
-                                          "settling in");
+        ngx_http_cio_journal_failed(j, jw->log,
+                                    written == -1 ? ngx_errno : NGX_ENOSPC,
+                                    NGX_HTTP_CIO_J_ACK);
     }
 }
 
@@ -1632,8 +1633,8 @@ ngx_http_cio_journal_synced(ngx_http_cio_jsync_t *t)
     }
 
     if (t->err) {
-        ngx_http_cio_journal_write_failed(jw->j, jw->log, t->err,
-                                          "syncing");
+        ngx_http_cio_journal_failed(jw->j, jw->log, t->err,
+                                    NGX_HTTP_CIO_J_SYNC);
 
     } else {
         /* a power loss keeps at least this much: what tests cut back to */
