@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-2-Clause
 # ngx_http_cio_module
 #
 #   make test      install what is missing, build, run every test
@@ -10,6 +11,8 @@
 #                  when newer), the module dynamic and static against each,
 #                  the end-to-end tests against them (part of make test)
 #   make deps      install the build and test dependencies that are missing
+#   make check-includes  nginx's headers first in every file that uses
+#                  nginx (part of make test)
 #   make unit      the mapper's unit tests
 #   make unit-inflate  the body inflater's unit tests (and under Valgrind)
 #   make fuzz      libFuzzer on the body path for FUZZ_TIME seconds
@@ -30,6 +33,10 @@
 #   make deb       the Debian package, build/deb/libnginx-mod-http-cio_*.deb
 #   make clients-deps  Node, npm and Chromium for the client SDK tests
 #   make bench     the performance suite (bench/README.md), not in make test
+#   make mutate    small deliberate bugs, one at a time, each rebuilt and
+#                  tested in build/mutate/: a table of what caught each;
+#                  not in make test (some minutes), but make test runs
+#                  make mutate-check: every mutation still applies
 #   make bench-deps  what the benchmarks need
 #   make clean     remove build/ and build-san/
 #
@@ -56,7 +63,11 @@ endif
 SRCS := config ngx_http_cio_module.c $(wildcard src/*.c src/*.h)
 
 .PHONY: all deps build unit valgrind test integration san demo soak \
-	replay clean matrix FORCE
+	replay clean matrix check-includes mutate mutate-check FORCE
+
+# nginx's headers before any system header, in every file that uses nginx
+check-includes:
+	@scripts/check-includes.sh
 
 all: build
 
@@ -105,8 +116,18 @@ san: deps
 	prove -I t/lib $(SAN_TESTS)
 
 # Valgrind and the sanitizers do not run together
-test: unit unit-inflate fuzz-regress $(if $(filter 1,$(SAN)),,valgrind) \
+test: check-includes mutate-check unit unit-inflate fuzz-regress \
+      $(if $(filter 1,$(SAN)),,valgrind) \
       integration $(if $(filter 1,$(SAN)),,san matrix)
+
+# scripts/mutate.pl: every mutation into a copy of the tree, rebuilt, its
+# tests run (MUTATE_ARGS="--only 429 -j 1"); mutate-check only finds each
+# snippet, so that a mutation the code moved away from fails make test
+mutate: deps
+	@perl scripts/mutate.pl $(MUTATE_ARGS)
+
+mutate-check:
+	@perl scripts/mutate.pl --check
 
 # scripts/matrix.sh; the sources and the nginx builds are cached in
 # NGINX_CACHE (default /var/cache/ngx-cio-src)

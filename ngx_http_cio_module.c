@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 
 /*
  * Copyright (C) ngx_http_cio_module authors
@@ -31,13 +32,6 @@
 #define NGX_HTTP_CIO_MAX_BATCH        500000
 #define NGX_HTTP_CIO_MIN_BATCH        40000
 
-/*
- * Customer.io's limits on an item and on the calls of a batch; local until
- * ngx_http_cio_map.h names them
- */
-#define NGX_HTTP_CIO_MAX_ITEM_SIZE    32768
-#define NGX_HTTP_CIO_MAX_BATCH_CALLS  2500
-
 
 static ngx_int_t ngx_http_cio_init(ngx_conf_t *cf);
 static void *ngx_http_cio_create_main_conf(ngx_conf_t *cf);
@@ -48,7 +42,11 @@ static char *ngx_http_cio_merge_loc_conf(ngx_conf_t *cf, void *parent,
 static void ngx_http_cio_map_options(ngx_http_cio_loc_conf_t *lcf);
 static ngx_int_t ngx_http_cio_workspace(ngx_conf_t *cf,
     ngx_http_cio_loc_conf_t *lcf);
+static void ngx_http_cio_check_body_size(ngx_conf_t *cf,
+    ngx_http_cio_loc_conf_t *lcf);
 static char *ngx_http_cio_zone(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_cio_enum(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_cio_ingest(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
@@ -110,7 +108,7 @@ static ngx_conf_post_t  ngx_http_cio_batch_size_post = {
 static ngx_command_t  ngx_http_cio_commands[] = {
 
     { ngx_string("cio_zone"),
-      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
       ngx_http_cio_zone,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
@@ -181,7 +179,7 @@ static ngx_command_t  ngx_http_cio_commands[] = {
 
     { ngx_string("cio_region"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_enum_slot,
+      ngx_http_cio_enum,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_cio_loc_conf_t, region),
       &ngx_http_cio_regions },
@@ -202,7 +200,7 @@ static ngx_command_t  ngx_http_cio_commands[] = {
 
     { ngx_string("cio_screen_views"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_enum_slot,
+      ngx_http_cio_enum,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_cio_loc_conf_t, screen_views),
       &ngx_http_cio_screen_views },
@@ -254,6 +252,13 @@ static ngx_command_t  ngx_http_cio_commands[] = {
       ngx_http_cio_cors_origins,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
+      NULL },
+
+    { ngx_string("cio_cors_credentials"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_cio_loc_conf_t, cors_credentials),
       NULL },
 
     { ngx_string("cio_max_call_size"),
@@ -392,6 +397,14 @@ ngx_http_cio_init(ngx_conf_t *cf)
     ngx_memmove(&h[1], &h[0], (a->nelts - 1) * sizeof(ngx_http_handler_pt));
     h[0] = ngx_http_cio_log_handler;
 
+    /* before any line nginx logs with the request line in it */
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_POST_READ_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_cio_post_read_handler;
+
     return NGX_OK;
 }
 
@@ -470,7 +483,7 @@ ngx_http_cio_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_ptr_value(mcf->dead_letter, NULL);
     ngx_conf_init_msec_value(mcf->drain_timeout, 5000);
 
-    /* Customer.io's conservative guidance (customerio-api.md, limits) */
+    /* Customer.io's conservative guidance: 100 requests a second */
     if (mcf->rate == NGX_CONF_UNSET_UINT) {
         mcf->rate = 100 * 1000;
         mcf->burst = 100;
@@ -509,6 +522,7 @@ ngx_http_cio_create_loc_conf(ngx_conf_t *cf)
     lcf->events_deny = NGX_CONF_UNSET_PTR;
     lcf->consent_deny = NGX_CONF_UNSET_PTR;
     lcf->cors = NGX_CONF_UNSET_UINT;
+    lcf->cors_credentials = NGX_CONF_UNSET;
     lcf->max_call_size = NGX_CONF_UNSET_SIZE;
     lcf->max_batch_size = NGX_CONF_UNSET_SIZE;
     lcf->max_batch_calls = NGX_CONF_UNSET_UINT;
@@ -522,6 +536,9 @@ ngx_http_cio_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 {
     ngx_http_cio_loc_conf_t *prev = parent;
     ngx_http_cio_loc_conf_t *conf = child;
+
+    ngx_http_cio_loc_conf_t   *slcf;
+    ngx_http_core_srv_conf_t  *cscf;
 
     ngx_conf_merge_str_value(conf->site_id, prev->site_id, "");
     ngx_conf_merge_str_value(conf->api_key, prev->api_key, "");
@@ -542,12 +559,13 @@ ngx_http_cio_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                      ? NGX_HTTP_CIO_CORS_ANY : prev->cors;
         conf->cors_origins = prev->cors_origins;
     }
+    ngx_conf_merge_value(conf->cors_credentials, prev->cors_credentials, 0);
     ngx_conf_merge_size_value(conf->max_call_size, prev->max_call_size,
                               32 * 1024);
     ngx_conf_merge_size_value(conf->max_batch_size, prev->max_batch_size,
                               500 * 1024);
     ngx_conf_merge_uint_value(conf->max_batch_calls, prev->max_batch_calls,
-                              NGX_HTTP_CIO_MAX_BATCH_CALLS);
+                              NGX_HTTP_CIO_MAP_MAX_BATCH_CALLS);
 
     ngx_http_cio_map_options(conf);
 
@@ -555,9 +573,28 @@ ngx_http_cio_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_OK;
     }
 
+    /* credentials for any origin would let every site act as the user */
+    if (conf->cors_credentials && conf->cors != NGX_HTTP_CIO_CORS_LIST) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"cio_cors_credentials on\" needs a list of "
+                           "origins in \"cio_cors_origins\"");
+        return NGX_CONF_ERROR;
+    }
+
     if (ngx_http_cio_workspace(cf, conf) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
+
+    ngx_http_cio_check_body_size(cf, conf);
+
+    /*
+     * The server learns that it has an ingest location: requests nginx
+     * answers before choosing a location keep the write key out of the
+     * logs too (ngx_http_cio_log_handler).
+     */
+    cscf = ngx_http_conf_get_module_srv_conf(cf, ngx_http_core_module);
+    slcf = cscf->ctx->loc_conf[ngx_http_cio_module.ctx_index];
+    slcf->server_ingest = 1;
 
     return NGX_CONF_OK;
 }
@@ -574,7 +611,7 @@ ngx_http_cio_map_options(ngx_http_cio_loc_conf_t *lcf)
 
     ngx_memzero(opts, sizeof(ngx_http_cio_map_opts_t));
 
-    opts->max_item_size = NGX_HTTP_CIO_MAX_ITEM_SIZE;
+    opts->max_item_size = NGX_HTTP_CIO_MAP_MAX_ITEM_SIZE;
     opts->max_batch_calls = lcf->max_batch_calls;
     opts->screen_native = lcf->screen_views;
     opts->convert_timestamps = lcf->convert_timestamps;
@@ -614,25 +651,37 @@ ngx_http_cio_workspace(ngx_conf_t *cf, ngx_http_cio_loc_conf_t *lcf)
 
     mcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_cio_module);
 
+    /*
+     * Merging runs at the end of the http block, wherever the location
+     * is: what is missing is reported at the cio_ingest that needs it.
+     */
+
     if (mcf->shm_zone == NULL) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"cio_ingest\" needs a \"cio_zone\" "
-                           "at the http level");
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "no \"cio_zone\" is defined in the http block for "
+                      "the \"cio_ingest\" directive in %s:%ui",
+                      lcf->ingest_file, lcf->ingest_line);
         return NGX_ERROR;
     }
 
     if (lcf->site_id.len == 0 || lcf->api_key.len == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"cio_ingest\" needs \"cio_site_id\" and "
-                           "\"cio_api_key\"");
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "no %s defined for the \"cio_ingest\" directive "
+                      "(in its location, server or http block) in %s:%ui",
+                      lcf->api_key.len ? "\"cio_site_id\" is"
+                      : lcf->site_id.len ? "\"cio_api_key\" is"
+                      : "\"cio_site_id\" and \"cio_api_key\" are",
+                      lcf->ingest_file, lcf->ingest_line);
         return NGX_ERROR;
     }
 
     if (ngx_strlchr(lcf->site_id.data, lcf->site_id.data + lcf->site_id.len,
                     ':'))
     {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"cio_site_id\" cannot contain \":\"");
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"cio_site_id\" \"%V\" of the \"cio_ingest\" "
+                      "directive contains \":\" in %s:%ui",
+                      &lcf->site_id, lcf->ingest_file, lcf->ingest_line);
         return NGX_ERROR;
     }
 
@@ -645,9 +694,11 @@ ngx_http_cio_workspace(ngx_conf_t *cf, ngx_http_cio_loc_conf_t *lcf)
                                                  (u_char *) "https://", 8)
                                  == 0))
         {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "\"cio_endpoint\" must be an http:// or "
-                               "https:// URL, not \"%V\"", &base);
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "\"cio_endpoint\" must be an http:// or https:// "
+                          "URL, not \"%V\", for the \"cio_ingest\" "
+                          "directive in %s:%ui",
+                          &base, lcf->ingest_file, lcf->ingest_line);
             return NGX_ERROR;
         }
 
@@ -713,11 +764,43 @@ ngx_http_cio_workspace(ngx_conf_t *cf, ngx_http_cio_loc_conf_t *lcf)
 }
 
 
+/*
+ * A batch nginx refuses before the handler sees it gets nginx's own 413
+ * page instead of Segment's answer: worth a word, not an error, since
+ * client_max_body_size may be lowered on purpose.
+ */
+
+static void
+ngx_http_cio_check_body_size(ngx_conf_t *cf, ngx_http_cio_loc_conf_t *lcf)
+{
+    ngx_http_core_loc_conf_t  *clcf;
+
+    /* nginx merges the core module's locations before any other module's */
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (clcf->client_max_body_size
+        && (off_t) lcf->max_batch_size > clcf->client_max_body_size)
+    {
+        ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                      "\"cio_max_batch_size\" %uz is over "
+                      "\"client_max_body_size\" %O: nginx answers larger "
+                      "batches with its own 413 page, raise "
+                      "\"client_max_body_size\" for the \"cio_ingest\" "
+                      "directive in %s:%ui",
+                      lcf->max_batch_size, clcf->client_max_body_size,
+                      lcf->ingest_file, lcf->ingest_line);
+    }
+}
+
+
+/* "cio_zone zone=NAME:SIZE;", as limit_req_zone and keyval_zone have it */
+
 static char *
 ngx_http_cio_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_cio_main_conf_t *mcf = conf;
 
+    u_char               *p;
     ssize_t               size;
     ngx_str_t            *value, name, s;
     ngx_uint_t            i;
@@ -725,7 +808,8 @@ ngx_http_cio_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_http_cio_zone_t  *zone;
 
     if (mcf->shm_zone) {
-        return "is duplicate";
+        return "is duplicate: one zone serves all the locations, "
+               "declare it once in the http block";
     }
 
     value = cf->args->elts;
@@ -735,15 +819,24 @@ ngx_http_cio_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     for (i = 1; i < cf->args->nelts; i++) {
 
-        if (ngx_strncmp(value[i].data, "name=", 5) == 0) {
+        if (name.len == 0
+            && ngx_strncmp(value[i].data, "zone=", 5) == 0)
+        {
             name.data = value[i].data + 5;
-            name.len = value[i].len - 5;
-            continue;
-        }
 
-        if (ngx_strncmp(value[i].data, "size=", 5) == 0) {
-            s.data = value[i].data + 5;
-            s.len = value[i].len - 5;
+            p = (u_char *) ngx_strchr(name.data, ':');
+
+            if (p == NULL || p == name.data) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid zone \"%V\", it must be like "
+                                   "\"zone=cio:64m\"", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            name.len = p - name.data;
+
+            s.data = p + 1;
+            s.len = value[i].data + value[i].len - s.data;
 
             size = ngx_parse_size(&s);
 
@@ -765,14 +858,15 @@ ngx_http_cio_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         }
 
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid parameter \"%V\"", &value[i]);
+                           "invalid parameter \"%V\", the zone is "
+                           "given as \"zone=NAME:SIZE\"", &value[i]);
         return NGX_CONF_ERROR;
     }
 
-    if (name.len == 0 || size == 0) {
+    if (name.len == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"%V\" must have \"name=\" and \"size=\" "
-                           "parameters", &cmd->name);
+                           "\"%V\" must have the \"zone=NAME:SIZE\" "
+                           "parameter", &cmd->name);
         return NGX_CONF_ERROR;
     }
 
@@ -830,10 +924,61 @@ ngx_http_cio_ingest(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
+    lcf->ingest_file = cf->conf_file->file.name.data;
+    lcf->ingest_line = cf->conf_file->line;
+
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
     clcf->handler = ngx_http_cio_handler;
 
     return NGX_CONF_OK;
+}
+
+
+/* ngx_conf_set_enum_slot() that names the values it accepts */
+
+static char *
+ngx_http_cio_enum(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    char  *p = conf;
+
+    u_char           *last, *q;
+    ngx_str_t        *value;
+    ngx_uint_t       *np, i;
+    ngx_conf_enum_t  *e;
+    u_char            list[256];
+
+    np = (ngx_uint_t *) (p + cmd->offset);
+
+    if (*np != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    e = cmd->post;
+
+    for (i = 0; e[i].name.len != 0; i++) {
+        if (e[i].name.len == value[1].len
+            && ngx_strcasecmp(e[i].name.data, value[1].data) == 0)
+        {
+            *np = e[i].value;
+            return NGX_CONF_OK;
+        }
+    }
+
+    q = list;
+    last = list + sizeof(list);
+
+    for (i = 0; e[i].name.len != 0; i++) {
+        q = ngx_slprintf(q, last, "%s\"%V\"",
+                         i == 0 ? "" : e[i + 1].name.len ? ", " : " or ",
+                         &e[i].name);
+    }
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid value \"%V\", it must be %*s",
+                       &value[1], (size_t) (q - list), list);
+
+    return NGX_CONF_ERROR;
 }
 
 

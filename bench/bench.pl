@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # The benchmark suite behind `make bench` (bench/README.md): everything
 # measured side by side in one run on this machine, printed as a table
@@ -289,7 +290,7 @@ sub nginx_start {
         : 'cio_journal %%TESTDIR%%/journal max_size=4g '
           . ($ENV{BENCH_JOURNAL} eq 'on' ? '' : $ENV{BENCH_JOURNAL}) . ';';
     my $http = <<"EOF";
-    cio_zone name=bench size=$o{zone};
+    cio_zone zone=bench:$o{zone};
     $journal
     cio_timeout $o{timeout};
     cio_connect_timeout 5s;

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 
 /*
  * A fast Customer.io Track API stand-in for `make bench`, for the rates

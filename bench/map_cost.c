@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 
 /*
  * The mapper alone, for `make bench`: links src/ngx_http_cio_map.c as the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-2-Clause
 # Sourced by the scripts that install dependencies:
 #
 #   apt_missing TAG PACKAGE...

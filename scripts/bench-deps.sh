@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-2-Clause
 # Installs, from Debian's packages, what `make bench` needs on top of the
 # build and test dependencies, and only what is missing: wrk (HTTP load),
 # valgrind (callgrind), linux-perf (profiling, optional at run time),

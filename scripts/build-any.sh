@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-2-Clause
 # Builds ngx_http_cio_module.so for any nginx binary from the upstream
 # sources of its exact version (make build NGINX_SRC=...), the way nginx
 # documents it for dynamic modules: configure with the arguments that

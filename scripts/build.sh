@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-2-Clause
 # Builds build/ngx_http_cio_module.so against Debian's nginx-dev, the way
 # dh_nginx does: its conf_flags, --with-compat, out of tree.  The nginx
 # sources are copied so that nothing is written under /usr/share.

@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # Sends the items of a cio_dead_letter file (or of a cio_spool file) to
 # Customer.io again, after an operator fixed what made them fail.

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-2-Clause
 # Installs what the client SDK tests (t/30-clients-node.t,
 # t/31-clients-browser.t) need, and only what is missing:
 #   - Debian's nodejs, npm, chromium and chromium-driver;

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-2-Clause
 # Builds the Debian binary package libnginx-mod-http-cio the way Debian
 # builds its own third-party nginx modules: debian/ with dh, the "nginx"
 # sequence and its nginx_mod build system (from nginx-dev), dh_nginx for

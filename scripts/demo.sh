@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-2-Clause
 # make demo: nginx with the module on 127.0.0.1, the project's Customer.io
 # stand-in behind it, a few real Segment-shaped calls sent with curl, and
 # what Customer.io received, shown item by item.

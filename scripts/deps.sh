@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-2-Clause
 # Installs, from Debian's packages, what building and testing need, and
 # only what is missing: a machine that has it all is left untouched.
 set -eu

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-2-Clause
 # Installs, from Debian's packages, what `make fuzz` and `make fuzz-regress`
 # need, and only what is missing: clang 14 and its compiler-rt, which holds
 # libFuzzer and the sanitizer runtimes, plus the zlib and cJSON headers the

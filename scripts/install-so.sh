@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-2-Clause
 # Puts OUT/objs/ngx_http_cio_module.so at OUT/ngx_http_cio_module.so when
 # it changed.  A rename, not a copy over the old file: an nginx running
 # from it would crash if its mapped pages changed under it.

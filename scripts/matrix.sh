@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-2-Clause
 # The build matrix (make matrix): upstream nginx from Debian's package
 # archive (scripts/nginx-src.sh: trixie's, sid's when it is newer and
 # served), each built with

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-2-Clause
 # Fetches upstream nginx sources from Debian's package archive, the only
 # place CI reaches: the "orig" tarball of Debian's nginx source package is
 # nginx.org's release tarball.  Trixie's always; each further suite's

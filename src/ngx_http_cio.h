@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 
 /*
  * Copyright (C) ngx_http_cio_module authors
@@ -30,7 +31,7 @@
 #define NGX_HTTP_CIO_BATCH_TAIL     "]}"
 
 
-/* why a request (or a call of a batch) was refused, for cio_status */
+/* why a request was refused, for cio_status */
 #define NGX_HTTP_CIO_REJ_INVALID       0    /* 400 */
 #define NGX_HTTP_CIO_REJ_UNAUTHORIZED  1    /* 401 */
 #define NGX_HTTP_CIO_REJ_TOO_LARGE     2    /* 413 */
@@ -46,8 +47,9 @@
 
 /* counters every worker adds to, under the zone's mutex */
 typedef struct {
-    uint64_t                     filtered;
-    uint64_t                     rejected[NGX_HTTP_CIO_REJ_N];
+    uint64_t                     filtered;   /* calls */
+    uint64_t                     invalid;    /* calls the mapper refused */
+    uint64_t                     rejected[NGX_HTTP_CIO_REJ_N]; /* requests */
     uint64_t                     requests[5]; /* 2xx 3xx 4xx 5xx failed */
     uint64_t                     latency[NGX_HTTP_CIO_LAT_N];
     uint64_t                     latency_ms;  /* sum */
@@ -188,13 +190,21 @@ typedef struct {
     ngx_array_t                 *consent_deny;     /* of char * */
     ngx_uint_t                   cors;
     ngx_array_t                 *cors_origins;     /* of ngx_str_t */
+    ngx_flag_t                   cors_credentials;
     size_t                       max_call_size;
     size_t                       max_batch_size;
     ngx_uint_t                   max_batch_calls;
     ngx_http_cio_ws_t           *ws;
 
+    /* where cio_ingest is, for what merge finds missing there */
+    u_char                      *ingest_file;
+    ngx_uint_t                   ingest_line;
+
     /* what the mapper is told, short of the route and the arrival time */
     ngx_http_cio_map_opts_t      map_opts;
+
+    /* a server's own configuration: one of its locations ingests */
+    unsigned                     server_ingest:1;
 } ngx_http_cio_loc_conf_t;
 
 
@@ -259,6 +269,7 @@ extern ngx_uint_t    ngx_http_cio_latency_bounds[NGX_HTTP_CIO_LAT_N - 1];
 ngx_int_t ngx_http_cio_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_cio_add_variables(ngx_conf_t *cf);
 ngx_int_t ngx_http_cio_log_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_cio_post_read_handler(ngx_http_request_t *r);
 
 /* ngx_http_cio_reply.c: answers */
 ngx_int_t ngx_http_cio_reply_ok(ngx_http_request_t *r,
@@ -269,6 +280,8 @@ ngx_int_t ngx_http_cio_reply_amplitude(ngx_http_request_t *r,
     ngx_http_cio_map_result_t *res, size_t received);
 ngx_int_t ngx_http_cio_reply_amplitude_invalid(ngx_http_request_t *r,
     ngx_http_cio_map_result_t *res);
+ngx_int_t ngx_http_cio_reply_amplitude_missing(ngx_http_request_t *r,
+    const char *error, const char *field);
 ngx_int_t ngx_http_cio_send(ngx_http_request_t *r, ngx_uint_t status,
     u_char *body, size_t len);
 ngx_int_t ngx_http_cio_send_type(ngx_http_request_t *r, ngx_uint_t status,
@@ -313,8 +326,9 @@ ngx_uint_t ngx_http_cio_queue_walk(ngx_http_cio_zone_t *zone,
     void (*handler)(void *data, ngx_http_cio_node_t *node), void *data);
 ngx_http_cio_shws_t *ngx_http_cio_queue_snapshot(ngx_http_cio_zone_t *zone,
     ngx_pool_t *pool, ngx_uint_t *n, size_t *nfree);
+/* a refused request, and the calls in it the mapper refused */
 void ngx_http_cio_queue_reject(ngx_http_cio_zone_t *zone,
-    ngx_http_cio_shws_t *ws, ngx_uint_t reason, ngx_uint_t n);
+    ngx_http_cio_shws_t *ws, ngx_uint_t reason, ngx_uint_t invalid);
 void ngx_http_cio_stats_upstream(ngx_http_cio_zone_t *zone,
     ngx_http_cio_shws_t *ws, long status, double seconds,
     const char *error, size_t error_len);
@@ -326,8 +340,8 @@ ngx_int_t ngx_http_cio_deliver_init(ngx_cycle_t *cycle,
 void ngx_http_cio_deliver_exit(ngx_cycle_t *cycle);
 void ngx_http_cio_deliver_kick(void);
 
-/* ngx_http_cio_dead_letter.c */
-void ngx_http_cio_dead_letter(ngx_http_cio_main_conf_t *mcf,
+/* ngx_http_cio_dead_letter.c: NGX_OK when the item was kept */
+ngx_int_t ngx_http_cio_dead_letter(ngx_http_cio_main_conf_t *mcf,
     ngx_log_t *log, ngx_http_cio_shws_t *ws, ngx_http_cio_batch_t *batch,
     ngx_uint_t i, u_char *body, long status, const char *reason,
     u_char *answer, size_t answer_len);

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 
 /*
  * Copyright (C) ngx_http_cio_module authors
@@ -22,7 +23,7 @@
 
 static ngx_int_t ngx_http_cio_dead_letter_write(ngx_open_file_t *file,
     u_char *line, size_t len, ngx_log_t *log);
-static void ngx_http_cio_dead_letter_lost(ngx_http_cio_main_conf_t *mcf,
+static ngx_int_t ngx_http_cio_dead_letter_lost(ngx_http_cio_main_conf_t *mcf,
     ngx_log_t *log, ngx_err_t err, ngx_http_cio_shws_t *ws,
     ngx_http_cio_batch_t *batch, ngx_uint_t i, u_char *item, long status,
     const char *reason);
@@ -35,10 +36,12 @@ static u_char *ngx_http_cio_dead_letter_str(u_char *p, const char *key,
  * "attempts":...,"reason":...,"answer":...,"item":...}.  The item comes
  * last and verbatim, as the spool writes it, so that tools can cut it out
  * without re-encoding its numbers.  "answer" is JSON text prepared by the
- * caller (an object, a string or null).
+ * caller (an object, a string or null).  NGX_OK: the line was written (or,
+ * without a dead-letter file, the item logged); NGX_ERROR: the item is
+ * lost, so that the caller does not count it as kept.
  */
 
-void
+ngx_int_t
 ngx_http_cio_dead_letter(ngx_http_cio_main_conf_t *mcf, ngx_log_t *log,
     ngx_http_cio_shws_t *ws, ngx_http_cio_batch_t *batch, ngx_uint_t i,
     u_char *body, long status, const char *reason, u_char *answer,
@@ -46,6 +49,7 @@ ngx_http_cio_dead_letter(ngx_http_cio_main_conf_t *mcf, ngx_log_t *log,
 {
     size_t      len, rlen, ilen;
     u_char     *line, *p, *item;
+    ngx_int_t   rc;
     ngx_str_t   tm;
 
     item = body + batch->offs[i];
@@ -58,9 +62,8 @@ ngx_http_cio_dead_letter(ngx_http_cio_main_conf_t *mcf, ngx_log_t *log,
     }
 
     if (mcf->dead_letter == NULL) {
-        ngx_http_cio_dead_letter_lost(mcf, log, 0, ws, batch, i, item, status,
-                                      reason);
-        return;
+        return ngx_http_cio_dead_letter_lost(mcf, log, 0, ws, batch, i, item,
+                                             status, reason);
     }
 
     tm = ngx_cached_http_log_iso8601;
@@ -77,9 +80,9 @@ ngx_http_cio_dead_letter(ngx_http_cio_main_conf_t *mcf, ngx_log_t *log,
 
     line = ngx_alloc(len, log);
     if (line == NULL) {
-        ngx_http_cio_dead_letter_lost(mcf, log, NGX_ENOMEM, ws, batch, i,
-                                      item, status, reason);
-        return;
+        (void) ngx_http_cio_dead_letter_lost(mcf, log, NGX_ENOMEM, ws, batch,
+                                             i, item, status, reason);
+        return NGX_ERROR;
     }
 
     p = ngx_sprintf(line, "{\"time\":\"%V\"", &tm);
@@ -96,14 +99,17 @@ ngx_http_cio_dead_letter(ngx_http_cio_main_conf_t *mcf, ngx_log_t *log,
     *p++ = '}';
     *p++ = '\n';
 
-    if (ngx_http_cio_dead_letter_write(mcf->dead_letter, line, p - line, log)
-        != NGX_OK)
-    {
-        ngx_http_cio_dead_letter_lost(mcf, log, ngx_errno, ws, batch, i,
-                                      item, status, reason);
+    rc = ngx_http_cio_dead_letter_write(mcf->dead_letter, line, p - line,
+                                        log);
+
+    if (rc != NGX_OK) {
+        (void) ngx_http_cio_dead_letter_lost(mcf, log, ngx_errno, ws, batch,
+                                             i, item, status, reason);
     }
 
     ngx_free(line);
+
+    return rc;
 }
 
 
@@ -166,10 +172,10 @@ ngx_http_cio_dead_letter_write(ngx_open_file_t *file, u_char *line,
 /*
  * An item that could not be kept is logged, at most once a second: a
  * full disk under a stream of refusals must not flood the error log too.
- * The next line says how many were not logged.
+ * The next line says how many were not logged.  NGX_OK: logged.
  */
 
-static void
+static ngx_int_t
 ngx_http_cio_dead_letter_lost(ngx_http_cio_main_conf_t *mcf, ngx_log_t *log,
     ngx_err_t err, ngx_http_cio_shws_t *ws, ngx_http_cio_batch_t *batch,
     ngx_uint_t i, u_char *item, long status, const char *reason)
@@ -183,7 +189,7 @@ ngx_http_cio_dead_letter_lost(ngx_http_cio_main_conf_t *mcf, ngx_log_t *log,
 
     if (ngx_time() == logged) {
         unlogged++;
-        return;
+        return NGX_ERROR;
     }
 
     logged = ngx_time();
@@ -223,6 +229,8 @@ ngx_http_cio_dead_letter_lost(ngx_http_cio_main_conf_t *mcf, ngx_log_t *log,
                       status, batch->attempts[i], len, item,
                       (size_t) (c - cut), cut);
     }
+
+    return NGX_OK;
 }
 
 

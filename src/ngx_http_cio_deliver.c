@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 
 /*
  * Copyright (C) ngx_http_cio_module authors
@@ -137,7 +138,8 @@ static const char *ngx_http_cio_deliver_refused(ngx_http_cio_sreq_t *req,
     ngx_uint_t *refused);
 static void ngx_http_cio_deliver_log_dead(ngx_http_cio_sreq_t *req,
     ngx_http_cio_batch_t *batch, ngx_http_cio_settle_t *st,
-    ngx_uint_t refused);
+    ngx_uint_t refused, ngx_uint_t *lost);
+static u_char *ngx_http_cio_deliver_lost(u_char *buf, ngx_uint_t lost);
 static char *ngx_http_cio_deliver_answer(ngx_http_cio_sreq_t *req);
 static ngx_int_t ngx_http_cio_deliver_split(ngx_http_cio_sreq_t *req);
 static void ngx_http_cio_deliver_piece_add(ngx_http_cio_split_t *sp,
@@ -153,7 +155,7 @@ static void ngx_http_cio_deliver_merge(ngx_http_cio_settle_t *into,
 static void ngx_http_cio_deliver_split_end(ngx_http_cio_split_t *sp);
 static void ngx_http_cio_deliver_bury(ngx_http_cio_sreq_t *req,
     ngx_http_cio_batch_t *batch, char **errors, char *answer,
-    const char *reason);
+    const char *reason, ngx_uint_t *lost);
 
 
 static ngx_http_cio_deliver_t  ngx_http_cio_deliver;
@@ -645,7 +647,7 @@ ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req)
     char                      *answer, **errors;
     long                       status;
     u_char                     act;
-    ngx_uint_t                 i, level, refused;
+    ngx_uint_t                 i, level, refused, lost[2];
     const char                *reason;
     ngx_http_cio_shws_t       *ws;
     ngx_http_cio_batch_t      *batch;
@@ -699,8 +701,8 @@ ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req)
     if (st.dead) {
         answer = (status == 207) ? NULL : ngx_http_cio_deliver_answer(req);
 
-        ngx_http_cio_deliver_bury(req, batch, errors, answer, reason);
-        ngx_http_cio_deliver_log_dead(req, batch, &st, refused);
+        ngx_http_cio_deliver_bury(req, batch, errors, answer, reason, lost);
+        ngx_http_cio_deliver_log_dead(req, batch, &st, refused, lost);
 
         if (answer) {
             cJSON_free(answer);
@@ -858,13 +860,21 @@ ngx_http_cio_deliver_unusable(ngx_http_cio_sreq_t *req,
 }
 
 
+/*
+ * What became of a batch's dead items.  lost[0]: of the items a 207
+ * named, those whose dead letters could not be written; lost[1]: of the
+ * others.  A line never counts a lost one as dead-lettered.
+ */
+
 static void
 ngx_http_cio_deliver_log_dead(ngx_http_cio_sreq_t *req,
     ngx_http_cio_batch_t *batch, ngx_http_cio_settle_t *st,
-    ngx_uint_t refused)
+    ngx_uint_t refused, ngx_uint_t *lost)
 {
     long                       status;
+    u_char                     buf[NGX_INT_T_LEN + 32], *p;
     ngx_str_t                  where;
+    ngx_uint_t                 named;
     ngx_http_cio_shws_t       *ws;
     ngx_http_cio_deliver_t    *d;
     ngx_http_cio_main_conf_t  *mcf;
@@ -881,12 +891,16 @@ ngx_http_cio_deliver_log_dead(ngx_http_cio_sreq_t *req,
         ngx_str_set(&where, "the error log (no cio_dead_letter)");
     }
 
+    named = ngx_min(st->dead, refused);
+
     if (status == 207 && refused) {
+        p = ngx_http_cio_deliver_lost(buf, lost[0]);
+
         ngx_log_error(NGX_LOG_ERR, d->log, 0,
                       "cio: Customer.io refused %ui of %ui events for "
-                      "site \"%V\" (207), %ui dead-lettered to %V",
-                      refused, batch->n, &ws->site_id,
-                      ngx_min(st->dead, refused), &where);
+                      "site \"%V\" (207), %ui dead-lettered to %V%*s",
+                      refused, batch->n, &ws->site_id, named - lost[0],
+                      &where, (size_t) (p - buf), buf);
 
         if (st->dead <= refused) {
             return;
@@ -897,24 +911,51 @@ ngx_http_cio_deliver_log_dead(ngx_http_cio_sreq_t *req,
         return;
     }
 
+    p = ngx_http_cio_deliver_lost(buf, lost[1]);
+
     if (st->outcome == NGX_HTTP_CIO_DONE) {
         ngx_log_error(NGX_LOG_ERR, d->log, 0,
                       "cio: Customer.io rejected a batch of %ui events "
                       "for site \"%V\" with %l: %s; %ui dead-lettered "
-                      "to %V",
+                      "to %V%*s",
                       batch->n, &ws->site_id, status,
-                      req->resp ? req->resp : "", st->dead, &where);
+                      req->resp ? req->resp : "", st->dead - lost[1], &where,
+                      (size_t) (p - buf), buf);
+
+    } else if (lost[1] == 0) {
+        ngx_log_error(NGX_LOG_ERR, d->log, 0,
+                      "cio: gave up on %ui events for site \"%V\" after "
+                      "%ui retries (cio_retry_max), the last got %l%s%s; "
+                      "dead-lettered to %V",
+                      st->dead - named, &ws->site_id, mcf->retry_max,
+                      status, status ? "" : ": ", status ? "" : req->error,
+                      &where);
 
     } else {
         ngx_log_error(NGX_LOG_ERR, d->log, 0,
                       "cio: gave up on %ui events for site \"%V\" after "
                       "%ui retries (cio_retry_max), the last got %l%s%s; "
-                      "dead-lettered to %V",
-                      st->dead - ngx_min(st->dead, refused), &ws->site_id,
-                      mcf->retry_max,
+                      "%ui dead-lettered to %V%*s",
+                      st->dead - named, &ws->site_id, mcf->retry_max,
                       status, status ? "" : ": ", status ? "" : req->error,
-                      &where);
+                      st->dead - named - lost[1], &where,
+                      (size_t) (p - buf), buf);
     }
+}
+
+
+/* ", N lost (...)" when some dead letters could not be kept, else "" */
+
+static u_char *
+ngx_http_cio_deliver_lost(u_char *buf, ngx_uint_t lost)
+{
+    if (lost == 0) {
+        return buf;
+    }
+
+    return ngx_sprintf(buf, ", %ui lost (%s)", lost,
+                       ngx_http_cio_deliver.mcf->dead_letter
+                       ? "write failed" : "not logged");
 }
 
 
@@ -1270,8 +1311,9 @@ static void
 ngx_http_cio_deliver_split_end(ngx_http_cio_split_t *sp)
 {
     char                      *a;
+    u_char                     buf[NGX_INT_T_LEN + 32], *p;
     ngx_str_t                  where;
-    ngx_uint_t                 i, level;
+    ngx_uint_t                 i, level, lost;
     const char                *reason;
     ngx_http_cio_batch_t      *batch;
     ngx_http_cio_deliver_t    *d;
@@ -1284,6 +1326,7 @@ ngx_http_cio_deliver_split_end(ngx_http_cio_split_t *sp)
     d = &ngx_http_cio_deliver;
     mcf = d->mcf;
     batch = sp->batch;
+    lost = 0;
 
     ngx_http_cio_queue_settle(d->zone, batch, &sp->st);
 
@@ -1296,9 +1339,14 @@ ngx_http_cio_deliver_split_end(ngx_http_cio_split_t *sp)
         a = sp->errors[i];
         reason = reasons[sp->why[i]];
 
-        ngx_http_cio_dead_letter(mcf, d->log, batch->ws, batch, i,
-                                 (u_char *) sp->body, sp->status[i], reason,
-                                 (u_char *) a, a ? ngx_strlen(a) : 0);
+        if (ngx_http_cio_dead_letter(mcf, d->log, batch->ws, batch, i,
+                                     (u_char *) sp->body, sp->status[i],
+                                     reason, (u_char *) a,
+                                     a ? ngx_strlen(a) : 0)
+            != NGX_OK)
+        {
+            lost++;
+        }
     }
 
     if (sp->st.dead) {
@@ -1314,12 +1362,15 @@ ngx_http_cio_deliver_split_end(ngx_http_cio_split_t *sp)
 
     level = sp->st.dead ? NGX_LOG_ERR : NGX_LOG_WARN;
 
+    p = ngx_http_cio_deliver_lost(buf, lost);
+
     ngx_log_error(level, d->log, 0,
                   "cio: the batch of %ui events for site \"%V\" rejected "
                   "with %l was sent again in %ui pieces: %ui delivered, "
-                  "%ui dead-lettered to %V, %ui queued again%s",
+                  "%ui dead-lettered to %V%*s, %ui queued again%s",
                   batch->n, &batch->ws->site_id, sp->first, sp->made,
-                  sp->st.done, sp->st.dead, &where, sp->st.requeued,
+                  sp->st.done, sp->st.dead - lost, &where,
+                  (size_t) (p - buf), buf, sp->st.requeued,
                   sp->together ? "; the pieces still rejected at the "
                                  "limit of pieces were dead-lettered whole"
                                : "");
@@ -1506,14 +1557,17 @@ ngx_http_cio_deliver_answer(ngx_http_cio_sreq_t *req)
 static void
 ngx_http_cio_deliver_bury(ngx_http_cio_sreq_t *req,
     ngx_http_cio_batch_t *batch, char **errors, char *answer,
-    const char *reason)
+    const char *reason, ngx_uint_t *lost)
 {
     char                    *a;
-    ngx_uint_t               i;
+    ngx_uint_t               i, named;
     const char              *r;
     ngx_http_cio_deliver_t  *d;
 
     d = &ngx_http_cio_deliver;
+
+    lost[0] = 0;
+    lost[1] = 0;
 
     for (i = 0; i < batch->n; i++) {
 
@@ -1522,7 +1576,9 @@ ngx_http_cio_deliver_bury(ngx_http_cio_sreq_t *req,
         }
 
         /* a 207 that could not be read in full still names some */
-        if (errors && errors[i]) {
+        named = (errors && errors[i]);
+
+        if (named) {
             a = errors[i];
             r = "refused";
 
@@ -1531,9 +1587,13 @@ ngx_http_cio_deliver_bury(ngx_http_cio_sreq_t *req,
             r = reason;
         }
 
-        ngx_http_cio_dead_letter(d->mcf, d->log, batch->ws, batch, i,
-                                 (u_char *) req->body, req->status, r,
-                                 (u_char *) a, a ? ngx_strlen(a) : 0);
+        if (ngx_http_cio_dead_letter(d->mcf, d->log, batch->ws, batch, i,
+                                     (u_char *) req->body, req->status, r,
+                                     (u_char *) a, a ? ngx_strlen(a) : 0)
+            != NGX_OK)
+        {
+            lost[named ? 0 : 1]++;
+        }
     }
 
     (void) ngx_http_cio_queue_bury(d->zone, batch);

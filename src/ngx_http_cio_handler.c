@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 
 /*
  * Copyright (C) ngx_http_cio_module authors
@@ -22,6 +23,16 @@
 
 #define NGX_HTTP_CIO_CORS_MAX_AGE     "86400"
 
+/*
+ * What the SDKs send: analytics.js Authorization (and X-Retry-Count on
+ * retries), RudderStack's JS SDK AnonymousId, SentAt and its Rsa-* retry
+ * headers, Amplitude's Content-Type, gzip senders Content-Encoding.
+ */
+#define NGX_HTTP_CIO_CORS_HEADERS                                           \
+    "authorization, content-type, content-encoding, anonymousid, sentat, "  \
+    "x-retry-count, rsa-retry-attempt, rsa-since-last-attempt, "            \
+    "rsa-since-first-attempt, rsa-retry-reason, rsa-recovered"
+
 /* where a write key was found: an index into ngx_http_cio_key_errors */
 #define NGX_HTTP_CIO_KEY_HEADER       0    /* Authorization or ?writeKey= */
 #define NGX_HTTP_CIO_KEY_BODY         1    /* "writeKey" */
@@ -41,13 +52,17 @@ typedef struct {
     const char                  *reason;       /* the error sent back */
     ngx_uint_t                   events;       /* calls in the request */
     ngx_int_t                    route;        /* for the body handler */
+    unsigned                     authed:1;     /* no body key needed */
     unsigned                     logged:1;     /* the variables are set */
 } ngx_http_cio_ctx_t;
 
 
 static void ngx_http_cio_body_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_cio_process(ngx_http_request_t *r,
-    ngx_int_t route);
+    ngx_int_t route, ngx_uint_t authed);
+static ngx_int_t ngx_http_cio_too_large(ngx_http_request_t *r,
+    ngx_http_cio_loc_conf_t *lcf, ngx_int_t route, off_t len,
+    ngx_int_t *answer);
 static ngx_int_t ngx_http_cio_auth_header(ngx_http_request_t *r,
     ngx_http_cio_loc_conf_t *lcf, ngx_uint_t amplitude, ngx_uint_t *authed,
     ngx_int_t *answer);
@@ -66,13 +81,16 @@ static ngx_int_t ngx_http_cio_enqueue(ngx_http_request_t *r,
 static ngx_int_t ngx_http_cio_route(ngx_http_request_t *r);
 static ngx_http_cio_ctx_t *ngx_http_cio_ctx(ngx_http_request_t *r);
 static ngx_uint_t ngx_http_cio_refused_calls(ngx_http_cio_map_result_t *res);
+static ngx_uint_t ngx_http_cio_never_fits(ngx_http_request_t *r,
+    ngx_http_cio_zone_t *zone, ngx_str_t *items, ngx_uint_t n);
 static void ngx_http_cio_count_reject(ngx_http_request_t *r,
-    ngx_http_cio_loc_conf_t *lcf, ngx_uint_t status, ngx_uint_t n);
+    ngx_http_cio_loc_conf_t *lcf, ngx_uint_t status, ngx_uint_t invalid);
 static ngx_int_t ngx_http_cio_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 static ngx_int_t ngx_http_cio_cors(ngx_http_request_t *r,
     ngx_http_cio_loc_conf_t *lcf);
-static ngx_int_t ngx_http_cio_preflight(ngx_http_request_t *r);
+static ngx_int_t ngx_http_cio_preflight(ngx_http_request_t *r,
+    ngx_http_cio_loc_conf_t *lcf);
 static ngx_int_t ngx_http_cio_decode_body(ngx_http_request_t *r,
     ngx_str_t *body, size_t max, ngx_int_t *answer);
 static ngx_int_t ngx_http_cio_wait_journal(ngx_http_request_t *r,
@@ -91,6 +109,10 @@ static ngx_int_t ngx_http_cio_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *error);
 static ngx_int_t ngx_http_cio_refuse(ngx_http_request_t *r,
     ngx_uint_t status, const char *error);
+static ngx_int_t ngx_http_cio_note(ngx_http_request_t *r, ngx_uint_t status,
+    const char *error);
+static ngx_int_t ngx_http_cio_hide_key(ngx_http_request_t *r, ngx_str_t *s,
+    ngx_uint_t uri);
 
 
 static ngx_http_cio_route_t  ngx_http_cio_routes[] = {
@@ -147,6 +169,7 @@ ngx_int_t
 ngx_http_cio_handler(ngx_http_request_t *r)
 {
     ngx_int_t                 rc, route;
+    ngx_uint_t                authed;
     ngx_http_cio_ctx_t       *ctx;
     ngx_http_cio_loc_conf_t  *lcf;
 
@@ -159,10 +182,6 @@ ngx_http_cio_handler(ngx_http_request_t *r)
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        if (ngx_http_discard_request_body(r) != NGX_OK) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
         return ngx_http_cio_error(r, NGX_HTTP_FORBIDDEN,
                                   "origin not allowed");
     }
@@ -170,11 +189,6 @@ ngx_http_cio_handler(ngx_http_request_t *r)
     route = ngx_http_cio_route(r);
 
     if (route == NGX_HTTP_CIO_ROUTE_NONE) {
-        rc = ngx_http_discard_request_body(r);
-        if (rc != NGX_OK) {
-            return rc;
-        }
-
         return ngx_http_cio_error(r, NGX_HTTP_NOT_FOUND, "unknown route");
     }
 
@@ -184,15 +198,10 @@ ngx_http_cio_handler(ngx_http_request_t *r)
             return rc;
         }
 
-        return ngx_http_cio_preflight(r);
+        return ngx_http_cio_preflight(r, lcf);
     }
 
     if (r->method != NGX_HTTP_POST) {
-        rc = ngx_http_discard_request_body(r);
-        if (rc != NGX_OK) {
-            return rc;
-        }
-
         return ngx_http_cio_error(r, NGX_HTTP_NOT_ALLOWED,
                                   "method not allowed, use POST");
     }
@@ -209,6 +218,22 @@ ngx_http_cio_handler(ngx_http_request_t *r)
                                  sizeof("{\"success\":true}") - 1);
     }
 
+    /*
+     * A key in the header or the query, and the size the sender declares,
+     * are checked before the body is read: a wrong key or too large a body
+     * is answered without "100 Continue" and never read into memory or a
+     * temporary file.
+     */
+    if (ngx_http_cio_auth_header(r, lcf, route == NGX_HTTP_CIO_CALL_AMPLITUDE,
+                                 &authed, &rc)
+        != NGX_OK
+        || ngx_http_cio_too_large(r, lcf, route,
+                                  r->headers_in.content_length_n, &rc)
+           != NGX_OK)
+    {
+        return rc;
+    }
+
     /* the route, once: the body handler finds it here */
     ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_cio_ctx_t));
     if (ctx == NULL) {
@@ -216,6 +241,7 @@ ngx_http_cio_handler(ngx_http_request_t *r)
     }
 
     ctx->route = route;
+    ctx->authed = authed;
     ngx_http_set_ctx(r, ctx, ngx_http_cio_module);
 
     rc = ngx_http_read_client_request_body(r, ngx_http_cio_body_handler);
@@ -235,17 +261,19 @@ ngx_http_cio_body_handler(ngx_http_request_t *r)
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_cio_module);
 
-    ngx_http_finalize_request(r, ngx_http_cio_process(r, ctx->route));
+    ngx_http_finalize_request(r, ngx_http_cio_process(r, ctx->route,
+                                                      ctx->authed));
 }
 
 
 static ngx_int_t
-ngx_http_cio_process(ngx_http_request_t *r, ngx_int_t route)
+ngx_http_cio_process(ngx_http_request_t *r, ngx_int_t route,
+    ngx_uint_t authed)
 {
     size_t                      received;
     ngx_int_t                   rc;
     ngx_str_t                   body;
-    ngx_uint_t                  authed, amplitude, refused, queued;
+    ngx_uint_t                  amplitude, refused, queued;
     ngx_http_cio_ctx_t         *ctx;
     ngx_http_cio_loc_conf_t    *lcf;
     ngx_http_cio_map_opts_t     opts;
@@ -255,9 +283,7 @@ ngx_http_cio_process(ngx_http_request_t *r, ngx_int_t route)
 
     amplitude = (route == NGX_HTTP_CIO_CALL_AMPLITUDE);
 
-    if (ngx_http_cio_auth_header(r, lcf, amplitude, &authed, &rc) != NGX_OK
-        || ngx_http_cio_body(r, lcf, route, &body, &received, &rc) != NGX_OK)
-    {
+    if (ngx_http_cio_body(r, lcf, route, &body, &received, &rc) != NGX_OK) {
         return rc;
     }
 
@@ -282,6 +308,17 @@ ngx_http_cio_process(ngx_http_request_t *r, ngx_int_t route)
         if (!authed && !amplitude) {
             rc = ngx_http_cio_error(r, NGX_HTTP_UNAUTHORIZED,
                                     "write key is missing or invalid");
+
+        } else if (amplitude && res.missing_field) {
+            /* as Amplitude answers a request without its api_key */
+            ngx_http_cio_count_reject(r, lcf, NGX_HTTP_BAD_REQUEST, 0);
+            rc = ngx_http_cio_note(r, NGX_HTTP_BAD_REQUEST, res.error);
+
+            if (rc == NGX_OK) {
+                rc = ngx_http_cio_reply_amplitude_missing(r, res.error,
+                                                          res.missing_field);
+            }
+
         } else {
             rc = ngx_http_cio_error(r, NGX_HTTP_BAD_REQUEST, res.error);
         }
@@ -355,7 +392,7 @@ done:
 /*
  * A key in the Authorization header, or in the query (RudderStack's
  * beacon route, /beacon/v1/batch?writeKey=...), is checked before the body
- * is mapped; Amplitude has no header credential, its api_key is in the
+ * is read; Amplitude has no header credential, its api_key is in the
  * body.  *authed: no key is needed any more.  NGX_DONE: answered, *answer
  * is what to finalize the request with.
  */
@@ -364,8 +401,9 @@ static ngx_int_t
 ngx_http_cio_auth_header(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
     ngx_uint_t amplitude, ngx_uint_t *authed, ngx_int_t *answer)
 {
-    ngx_int_t  rc;
-    ngx_str_t  key;
+    u_char     *src, *dst;
+    ngx_int_t   rc;
+    ngx_str_t   key;
 
     *authed = (lcf->write_keys == NULL);
 
@@ -378,6 +416,18 @@ ngx_http_cio_auth_header(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
     if (rc == NGX_DECLINED
         && ngx_http_arg(r, (u_char *) "writeKey", 8, &key) == NGX_OK)
     {
+        /* a key with "%5F" for "_" is the same key */
+        src = key.data;
+        dst = ngx_pnalloc(r->pool, key.len + 1);
+        if (dst == NULL) {
+            *answer = NGX_HTTP_INTERNAL_SERVER_ERROR;
+            return NGX_DONE;
+        }
+
+        key.data = dst;
+        ngx_unescape_uri(&dst, &src, key.len, 0);
+        key.len = dst - key.data;
+
         rc = NGX_OK;
     }
 
@@ -426,16 +476,16 @@ ngx_http_cio_check_key(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
 
 /*
  * The body in one piece and inflated, within the route's limit, which
- * applies to what the body inflates to, as rudder-server does.
- * *received: its size as sent.  NGX_DONE: answered with *answer.
+ * applies to what the body inflates to, as rudder-server does, and to the
+ * bytes sent.  *received: its size as sent.  NGX_DONE: answered with
+ * *answer.
  */
 
 static ngx_int_t
 ngx_http_cio_body(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
     ngx_int_t route, ngx_str_t *body, size_t *received, ngx_int_t *answer)
 {
-    size_t      max;
-    ngx_uint_t  batch;
+    size_t  max;
 
     if (ngx_http_cio_read_body(r, body) != NGX_OK) {
         *answer = NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -444,13 +494,20 @@ ngx_http_cio_body(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
 
     *received = body->len;
 
-    batch = (route == NGX_HTTP_CIO_CALL_BATCH
-             || route == NGX_HTTP_CIO_CALL_AMPLITUDE);
-    max = batch ? lcf->max_batch_size : lcf->max_call_size;
+    /* a chunked body had no Content-Length to check before */
+    if (ngx_http_cio_too_large(r, lcf, route, body->len, answer) != NGX_OK) {
+        return NGX_DONE;
+    }
+
+    max = (route == NGX_HTTP_CIO_CALL_BATCH
+           || route == NGX_HTTP_CIO_CALL_AMPLITUDE)
+          ? lcf->max_batch_size : lcf->max_call_size;
 
     if (ngx_http_cio_decode_body(r, body, max, answer) != NGX_OK) {
         return NGX_DONE;
     }
+
+    /* inflating stopped at the limit: the body is within it now */
 
     if (body->len == 0) {
         *answer = ngx_http_cio_error(r, NGX_HTTP_BAD_REQUEST,
@@ -458,17 +515,40 @@ ngx_http_cio_body(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
         return NGX_DONE;
     }
 
-    if (body->len > max) {
-        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "cio: request body of %uz bytes is over the %uz "
-                      "bytes limit", body->len, max);
-        *answer = ngx_http_cio_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
-                                     batch ? "batch is larger than the limit"
-                                           : "call is larger than the limit");
-        return NGX_DONE;
+    return NGX_OK;
+}
+
+
+/*
+ * The route's limit applies to the bytes on the wire as well as to what
+ * they inflate to: a body declared larger is refused before it is read.
+ * len < 0: not known (chunked).  NGX_DONE: answered with *answer (413).
+ */
+
+static ngx_int_t
+ngx_http_cio_too_large(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
+    ngx_int_t route, off_t len, ngx_int_t *answer)
+{
+    size_t      max;
+    ngx_uint_t  batch;
+
+    batch = (route == NGX_HTTP_CIO_CALL_BATCH
+             || route == NGX_HTTP_CIO_CALL_AMPLITUDE);
+    max = batch ? lcf->max_batch_size : lcf->max_call_size;
+
+    if (len <= (off_t) max) {
+        return NGX_OK;
     }
 
-    return NGX_OK;
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "cio: request body of %O bytes is over the %uz bytes "
+                  "limit", len, max);
+
+    *answer = ngx_http_cio_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                 batch ? "batch is larger than the limit"
+                                       : "call is larger than the limit");
+
+    return NGX_DONE;
 }
 
 
@@ -517,8 +597,10 @@ ngx_http_cio_screen(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
                   ngx_http_cio_call_name(res->calls[0].type),
                   res->calls[0].error);
 
-    *answer = ngx_http_cio_error(r, NGX_HTTP_BAD_REQUEST,
-                                 res->calls[0].error);
+    ngx_http_cio_count_reject(r, lcf, NGX_HTTP_BAD_REQUEST, 1);
+
+    *answer = ngx_http_cio_refuse(r, NGX_HTTP_BAD_REQUEST,
+                                  res->calls[0].error);
 
     return NGX_DONE;
 }
@@ -566,6 +648,15 @@ ngx_http_cio_enqueue(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
             items[n].len = call->item_len[j];
             n++;
         }
+    }
+
+    if (lcf->ws->sh != NULL
+        && ngx_http_cio_never_fits(r, mcf->shm_zone->data, items, n))
+    {
+        *answer = ngx_http_cio_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                     "request is larger than the queue can "
+                                     "ever hold");
+        return NGX_DONE;
     }
 
     jrefs = NULL;
@@ -714,9 +805,56 @@ ngx_http_cio_journal_synced(ngx_event_t *ev)
 }
 
 
+/*
+ * Items that need more than all of the zone's pages, at the least the
+ * slab allocator takes for them (a power of two up to half a page, whole
+ * pages above), can never be queued, empty as the queue may be: a 503
+ * would have the sender retry them for ever.
+ */
+
+static ngx_uint_t
+ngx_http_cio_never_fits(ngx_http_request_t *r, ngx_http_cio_zone_t *zone,
+    ngx_str_t *items, ngx_uint_t n)
+{
+    size_t      size, slab, need, total;
+    ngx_uint_t  i;
+
+    total = zone->shpool->end - zone->shpool->start;
+    need = 0;
+
+    for (i = 0; i < n; i++) {
+        size = offsetof(ngx_http_cio_node_t, data) + items[i].len;
+
+        if (size > ngx_pagesize / 2) {
+            slab = ngx_align(size, ngx_pagesize);
+
+        } else {
+            for (slab = 8; slab < size; slab <<= 1) {
+                /* void */
+            }
+        }
+
+        need += slab;
+    }
+
+    if (need <= total) {
+        return 0;
+    }
+
+    ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                  "cio: %ui events need at least %uz bytes of the queue, "
+                  "which has %uz in all: refused with 413 (a larger "
+                  "\"cio_zone\" size would hold them)", n, need, total);
+
+    return 1;
+}
+
+
+/* a refused request, and the calls in it the mapper refused */
+
 static void
 ngx_http_cio_count_reject(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
-    ngx_uint_t status, ngx_uint_t n)
+    ngx_uint_t status, ngx_uint_t invalid)
 {
     ngx_uint_t                 reason;
     ngx_http_cio_main_conf_t  *mcf;
@@ -744,7 +882,8 @@ ngx_http_cio_count_reject(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
         reason = NGX_HTTP_CIO_REJ_OTHER;
     }
 
-    ngx_http_cio_queue_reject(mcf->shm_zone->data, lcf->ws->sh, reason, n);
+    ngx_http_cio_queue_reject(mcf->shm_zone->data, lcf->ws->sh, reason,
+                              invalid);
 }
 
 
@@ -808,22 +947,183 @@ ngx_http_cio_add_variables(ngx_conf_t *cf)
 
 /*
  * The write key is the Basic user name, which $remote_user (in nginx's
- * default "combined" format) would write to every access log line, also
- * for answers nginx gives itself (413 over client_max_body_size, 408).
- * It is a credential: in cio locations the variable is always empty.
+ * default "combined" format) would write to every access log line, and
+ * RudderStack's beacon puts it in the query, which $request writes.  It is
+ * a credential: in cio locations, and for requests of a server with cio
+ * locations that never reached a location (nginx refuses a duplicate
+ * Authorization header or TRACE before choosing one), $remote_user is
+ * empty and "writeKey=" values in $request, $request_uri and $args read
+ * "***".  Other locations keep theirs: an auth_basic user is no secret.
  */
 
 ngx_int_t
 ngx_http_cio_log_handler(ngx_http_request_t *r)
 {
+    u_char                    *p;
+    ngx_http_cio_loc_conf_t   *lcf;
+    ngx_http_core_srv_conf_t  *cscf;
+
+    lcf = ngx_http_get_module_loc_conf(r, ngx_http_cio_module);
+
+    if (lcf == NULL) {
+        return NGX_OK;
+    }
+
+    if (lcf->ingest == NGX_HTTP_CIO_INGEST_OFF) {
+        cscf = ngx_http_get_module_srv_conf(r, ngx_http_core_module);
+
+        /* the server's own configuration: no location was chosen */
+        if (!lcf->server_ingest || cscf == NULL
+            || r->loc_conf != cscf->ctx->loc_conf)
+        {
+            return NGX_OK;
+        }
+    }
+
+    ngx_str_set(&r->headers_in.user, "");
+    r->headers_in.user.len = 0;
+
+    if (r->request_line.data == NULL && r->request_start && r->header_in) {
+        /* as $request finds it when the line was never parsed whole */
+        for (p = r->request_start; p < r->header_in->last; p++) {
+            if (*p == CR || *p == LF) {
+                break;
+            }
+        }
+
+        r->request_line.len = p - r->request_start;
+        r->request_line.data = r->request_start;
+    }
+
+    if (ngx_http_cio_hide_key(r, &r->request_line, 1) != NGX_OK
+        || ngx_http_cio_hide_key(r, &r->unparsed_uri, 1) != NGX_OK
+        || ngx_http_cio_hide_key(r, &r->args, 0) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * In a server with cio locations the request line loses its write key
+ * before nginx or the module write a line with the request line in it
+ * (every error line of a request ends with it).  The handler reads the key
+ * from r->args, which keeps it until the log phase.
+ */
+
+ngx_int_t
+ngx_http_cio_post_read_handler(ngx_http_request_t *r)
+{
     ngx_http_cio_loc_conf_t  *lcf;
 
     lcf = ngx_http_get_module_loc_conf(r, ngx_http_cio_module);
 
-    if (lcf != NULL && lcf->ingest != NGX_HTTP_CIO_INGEST_OFF) {
-        ngx_str_set(&r->headers_in.user, "");
-        r->headers_in.user.len = 0;
+    if (lcf != NULL && (lcf->server_ingest
+                        || lcf->ingest != NGX_HTTP_CIO_INGEST_OFF))
+    {
+        if (ngx_http_cio_hide_key(r, &r->request_line, 1) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
     }
+
+    return NGX_DECLINED;
+}
+
+
+/*
+ * "writeKey=" values of a query (in a URI or a request line, after the
+ * "?", when "uri" is set) replaced with "***", in a copy: the original
+ * bytes are nginx's header buffer.  Names match as ngx_http_arg() matches
+ * them, without regard to case.
+ */
+
+static ngx_int_t
+ngx_http_cio_hide_key(ngx_http_request_t *r, ngx_str_t *s, ngx_uint_t uri)
+{
+    u_char      *p, *q, *start, *end, *last, *out, *o;
+    ngx_uint_t   n;
+
+    static u_char  mask[] = "***";
+
+    if (s->len == 0) {
+        return NGX_OK;
+    }
+
+    start = s->data;
+    last = s->data + s->len;
+    end = last;
+
+    if (uri) {
+        start = ngx_strlchr(s->data, last, '?');
+
+        if (start == NULL) {
+            return NGX_OK;
+        }
+
+        start++;
+
+        /* a request line ends in " HTTP/1.1" (" HTTP/2.0" for HTTP/2) */
+        if (end - start >= 9 && ngx_strncmp(end - 9, " HTTP/", 6) == 0) {
+            end -= 9;
+        }
+    }
+
+    /* values to hide, other than "***" already */
+
+    n = 0;
+
+    for (p = start; p < end; p = q + 1) {
+        q = ngx_strlchr(p, end, '&');
+        if (q == NULL) {
+            q = end;
+        }
+
+        if (q - p >= 9 && ngx_strncasecmp(p, (u_char *) "writeKey=", 9) == 0
+            && !((size_t) (q - p - 9) == sizeof(mask) - 1
+                 && ngx_strncmp(p + 9, mask, sizeof(mask) - 1) == 0))
+        {
+            n++;
+        }
+    }
+
+    if (n == 0) {
+        return NGX_OK;
+    }
+
+    /* an empty value grows by the mask */
+    out = ngx_pnalloc(r->pool, s->len + n * (sizeof(mask) - 1));
+    if (out == NULL) {
+        return NGX_ERROR;
+    }
+
+    o = ngx_cpymem(out, s->data, start - s->data);
+
+    for (p = start; p < end; p = q + 1) {
+        q = ngx_strlchr(p, end, '&');
+        if (q == NULL) {
+            q = end;
+        }
+
+        if (q - p >= 9 && ngx_strncasecmp(p, (u_char *) "writeKey=", 9) == 0)
+        {
+            o = ngx_cpymem(o, p, 9);
+            o = ngx_cpymem(o, mask, sizeof(mask) - 1);
+
+        } else {
+            o = ngx_cpymem(o, p, q - p);
+        }
+
+        if (q < end) {
+            *o++ = '&';
+        }
+    }
+
+    o = ngx_cpymem(o, end, last - end);
+
+    s->data = out;
+    s->len = o - out;
 
     return NGX_OK;
 }
@@ -929,9 +1229,10 @@ ngx_http_cio_route(ngx_http_request_t *r)
 
 
 /*
- * CORS for the browser SDKs.  An allowed Origin is echoed with credentials
- * allowed (analytics-next sends an Authorization header, so "*" would not
- * do); NGX_DECLINED: the origin is not on the cio_cors_origins list.
+ * CORS for the browser SDKs.  An allowed Origin is echoed; their calls
+ * carry no cookies, so credentials are allowed only when asked for, with
+ * a list of origins (cio_cors_credentials).  NGX_DECLINED: the origin is
+ * not on the cio_cors_origins list.
  */
 
 static ngx_int_t
@@ -974,9 +1275,10 @@ ngx_http_cio_cors(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf)
     if (ngx_http_cio_header_out(r, "Access-Control-Allow-Origin",
                                 origin->value.data, origin->value.len)
         != NGX_OK
-        || ngx_http_cio_header_out(r, "Access-Control-Allow-Credentials",
-                                   (u_char *) "true", 4)
-           != NGX_OK
+        || (lcf->cors_credentials
+            && ngx_http_cio_header_out(r, "Access-Control-Allow-Credentials",
+                                       (u_char *) "true", 4)
+               != NGX_OK)
         || ngx_http_cio_header_out(r, "Vary", (u_char *) "Origin", 6)
            != NGX_OK)
     {
@@ -988,30 +1290,27 @@ ngx_http_cio_cors(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf)
 
 
 static ngx_int_t
-ngx_http_cio_preflight(ngx_http_request_t *r)
+ngx_http_cio_preflight(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf)
 {
-    ngx_table_elt_t  *h;
+    if (ngx_http_cio_header_out(r, "Allow", (u_char *) "POST, OPTIONS", 13)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
-    h = ngx_http_cio_header_in(r, "access-control-request-headers", 30);
-
-    /*
-     * Echoing the requested headers covers what each SDK adds:
-     * authorization, content-type, anonymousid, sentat, rsa-*.
-     */
-    if ((h && h->value.len
-         && ngx_http_cio_header_out(r, "Access-Control-Allow-Headers",
-                                    h->value.data, h->value.len)
-            != NGX_OK)
-        || ngx_http_cio_header_out(r, "Access-Control-Allow-Methods",
-                                   (u_char *) "POST, OPTIONS", 13)
-           != NGX_OK
-        || ngx_http_cio_header_out(r, "Access-Control-Max-Age",
-                                   (u_char *) NGX_HTTP_CIO_CORS_MAX_AGE,
-                                   sizeof(NGX_HTTP_CIO_CORS_MAX_AGE) - 1)
-           != NGX_OK
-        || ngx_http_cio_header_out(r, "Allow", (u_char *) "POST, OPTIONS",
-                                   13)
-           != NGX_OK)
+    /* a list, not the requested headers echoed */
+    if (lcf->cors != NGX_HTTP_CIO_CORS_OFF
+        && (ngx_http_cio_header_out(r, "Access-Control-Allow-Headers",
+                                    (u_char *) NGX_HTTP_CIO_CORS_HEADERS,
+                                    sizeof(NGX_HTTP_CIO_CORS_HEADERS) - 1)
+            != NGX_OK
+            || ngx_http_cio_header_out(r, "Access-Control-Allow-Methods",
+                                       (u_char *) "POST, OPTIONS", 13)
+               != NGX_OK
+            || ngx_http_cio_header_out(r, "Access-Control-Max-Age",
+                                       (u_char *) NGX_HTTP_CIO_CORS_MAX_AGE,
+                                       sizeof(NGX_HTTP_CIO_CORS_MAX_AGE) - 1)
+               != NGX_OK))
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -1202,9 +1501,11 @@ ngx_http_cio_read_body(ngx_http_request_t *r, ngx_str_t *body)
 
 
 /*
- * Names cut and attributes dropped to fit Customer.io's limits change what
- * the user sent, so they are never silent; but one line per request would
- * flood the log, so a worker sums them and writes at most a line a second.
+ * The mapper's changes (docs/mapping.md section 7: names and values cut,
+ * attributes dropped, impossible times replaced, empty created_at dropped)
+ * alter what the user sent, so they are never silent; but one line per
+ * request would flood the log, so a worker sums them and writes at most a
+ * line a second.
  */
 
 static void
@@ -1220,10 +1521,10 @@ ngx_http_cio_log_changes(ngx_http_request_t *r, ngx_uint_t changes)
     }
 
     ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                  "cio: %ui names or attributes cut or dropped to fit "
-                  "Customer.io's limits since the last such line (names "
-                  "100 bytes, attribute names 150, values 1000, "
-                  "300 attributes)", pending);
+                  "cio: %ui changes to calls to fit Customer.io's limits "
+                  "and rules since the last such line: names or values "
+                  "cut, attributes dropped, impossible times replaced "
+                  "(docs/mapping.md, section 7)", pending);
 
     logged = ngx_time();
     pending = 0;
@@ -1322,7 +1623,7 @@ ngx_http_cio_error(ngx_http_request_t *r, ngx_uint_t status,
 
     lcf = ngx_http_get_module_loc_conf(r, ngx_http_cio_module);
 
-    ngx_http_cio_count_reject(r, lcf, status, 1);
+    ngx_http_cio_count_reject(r, lcf, status, 0);
 
     return ngx_http_cio_refuse(r, status, error);
 }
@@ -1334,12 +1635,47 @@ static ngx_int_t
 ngx_http_cio_refuse(ngx_http_request_t *r, ngx_uint_t status,
     const char *error)
 {
-    u_char                   *p;
-    size_t                    len;
-    ngx_http_cio_ctx_t       *ctx;
+    ngx_int_t                 rc;
     ngx_http_cio_loc_conf_t  *lcf;
 
     lcf = ngx_http_get_module_loc_conf(r, ngx_http_cio_module);
+
+    rc = ngx_http_cio_note(r, status, error);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    return ngx_http_cio_reply_error(r, status, error,
+                                    lcf->ingest
+                                    == NGX_HTTP_CIO_INGEST_AMPLITUDE);
+}
+
+
+/*
+ * What a refusal leaves for the access log ($cio_status,
+ * $cio_reject_reason), and the body of a request refused before it was
+ * read thrown away.
+ */
+
+static ngx_int_t
+ngx_http_cio_note(ngx_http_request_t *r, ngx_uint_t status,
+    const char *error)
+{
+    u_char              *p;
+    size_t               len;
+    ngx_http_cio_ctx_t  *ctx;
+
+    if (r->request_body == NULL) {
+        /*
+         * Refused before the body was read: it is thrown away unread, and
+         * without "100 Continue", as nginx does for its own error pages.
+         */
+        r->expect_tested = 1;
+
+        if (ngx_http_discard_request_body(r) != NGX_OK) {
+            r->keepalive = 0;
+        }
+    }
 
     ctx = ngx_http_cio_ctx(r);
 
@@ -1360,7 +1696,5 @@ ngx_http_cio_refuse(ngx_http_request_t *r, ngx_uint_t status,
                       : "rejected";
     }
 
-    return ngx_http_cio_reply_error(r, status, error,
-                                    lcf->ingest
-                                    == NGX_HTTP_CIO_INGEST_AMPLITUDE);
+    return NGX_OK;
 }

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 
 /*
  * Copyright (C) ngx_http_cio_module authors
@@ -53,6 +54,92 @@ static const ngx_http_cio_inflate_errors_t  ngx_http_cio_inflate_deflate = {
 static int ngx_http_cio_inflate_is_zlib(const unsigned char *in, size_t len);
 
 
+/*
+ * The format comes from the magic bytes rather than from Content-Encoding:
+ * clients mislabel, and a header that is valid for one format is never
+ * valid for the other.  A lone 0x1f is taken as gzip, so that it is
+ * reported as truncated gzip.
+ */
+
+static const ngx_http_cio_inflate_errors_t *
+ngx_http_cio_inflate_format(const unsigned char *in, size_t len, int *gzip,
+    int *wbits)
+{
+    if (in[0] == 0x1f && (len == 1 || in[1] == 0x8b)) {
+        *gzip = 1;
+        *wbits = 15 + 16;
+        return &ngx_http_cio_inflate_gzip;
+    }
+
+    *gzip = 0;
+
+    /* RFC 9110 says zlib, but some old clients sent raw deflate */
+    *wbits = ngx_http_cio_inflate_is_zlib(in, len) ? 15 : -15;
+
+    return &ngx_http_cio_inflate_deflate;
+}
+
+
+/* n < max + 1 unless over: give back what doubling overshot, add a NUL */
+
+static int
+ngx_http_cio_inflate_finish(unsigned char *buf, size_t n, size_t size,
+    size_t max, unsigned char **out, size_t *out_len, const char **err)
+{
+    unsigned char  *p;
+
+    if (n > max) {
+        free(buf);
+        *err = "inflated body is too large";
+        return NGX_HTTP_CIO_INFLATE_TOO_BIG;
+    }
+
+    p = realloc(buf, n + 1);
+    if (p != NULL) {
+        buf = p;
+
+    } else if (n == size) {
+        free(buf);
+        *err = ngx_http_cio_inflate_nomem;
+        return NGX_HTTP_CIO_INFLATE_INVALID;
+    }
+
+    buf[n] = '\0';
+
+    *out = buf;
+    *out_len = n;
+
+    return NGX_HTTP_CIO_INFLATE_OK;
+}
+
+
+/* doubles the output, up to cap: n is max + 1 there, which is too big */
+
+static int
+ngx_http_cio_inflate_grow(unsigned char **buf, size_t *size, size_t cap,
+    const char **err)
+{
+    unsigned char  *p;
+
+    if (*size == cap) {
+        *err = "inflated body is too large";
+        return NGX_HTTP_CIO_INFLATE_TOO_BIG;
+    }
+
+    *size = (*size <= cap / 2) ? *size * 2 : cap;
+
+    p = realloc(*buf, *size);
+    if (p == NULL) {
+        *err = ngx_http_cio_inflate_nomem;
+        return NGX_HTTP_CIO_INFLATE_INVALID;
+    }
+
+    *buf = p;
+
+    return NGX_HTTP_CIO_INFLATE_OK;
+}
+
+
 int
 ngx_http_cio_inflate(const unsigned char *in, size_t len, size_t max,
     unsigned char **out, size_t *out_len, const char **err)
@@ -60,7 +147,7 @@ ngx_http_cio_inflate(const unsigned char *in, size_t len, size_t max,
     int                                   rc, gzip, wbits;
     size_t                                cap, size, n, pos, avail;
     z_stream                              zs;
-    unsigned char                        *buf, *p;
+    unsigned char                        *buf;
     const ngx_http_cio_inflate_errors_t  *e;
 
     *out = NULL;
@@ -72,29 +159,7 @@ ngx_http_cio_inflate(const unsigned char *in, size_t len, size_t max,
         return NGX_HTTP_CIO_INFLATE_INVALID;
     }
 
-    /*
-     * The format comes from the magic bytes rather than from
-     * Content-Encoding: clients mislabel, and a header that is valid for
-     * one format is never valid for the other.  A lone 0x1f is taken as
-     * gzip, so that it is reported as truncated gzip.
-     */
-
-    if (in[0] == 0x1f && (len == 1 || in[1] == 0x8b)) {
-        gzip = 1;
-        wbits = 15 + 16;
-        e = &ngx_http_cio_inflate_gzip;
-
-    } else if (ngx_http_cio_inflate_is_zlib(in, len)) {
-        gzip = 0;
-        wbits = 15;
-        e = &ngx_http_cio_inflate_deflate;
-
-    } else {
-        /* RFC 9110 says zlib, but some old clients sent raw deflate */
-        gzip = 0;
-        wbits = -15;
-        e = &ngx_http_cio_inflate_deflate;
-    }
+    e = ngx_http_cio_inflate_format(in, len, &gzip, &wbits);
 
     /* room for max bytes and the NUL, or for the one byte too many */
     cap = (max < SIZE_MAX) ? max + 1 : SIZE_MAX;
@@ -131,24 +196,10 @@ ngx_http_cio_inflate(const unsigned char *in, size_t len, size_t max,
     for ( ;; ) {
 
         if (n == size) {
-
-            if (size == cap) {
-                /* n is max + 1: no need to learn by how much it is over */
-                rc = NGX_HTTP_CIO_INFLATE_TOO_BIG;
-                *err = "inflated body is too large";
+            rc = ngx_http_cio_inflate_grow(&buf, &size, cap, err);
+            if (rc != NGX_HTTP_CIO_INFLATE_OK) {
                 goto failed;
             }
-
-            size = (size <= cap / 2) ? size * 2 : cap;
-
-            p = realloc(buf, size);
-            if (p == NULL) {
-                rc = NGX_HTTP_CIO_INFLATE_INVALID;
-                *err = ngx_http_cio_inflate_nomem;
-                goto failed;
-            }
-
-            buf = p;
         }
 
         /* zlib counts in uInt; bodies over 4G are fed in slices */
@@ -228,30 +279,7 @@ done:
 
     inflateEnd(&zs);
 
-    if (n > max) {
-        free(buf);
-        *err = "inflated body is too large";
-        return NGX_HTTP_CIO_INFLATE_TOO_BIG;
-    }
-
-    /* n < cap here; give back what doubling overshot, keep room for NUL */
-
-    p = realloc(buf, n + 1);
-    if (p != NULL) {
-        buf = p;
-
-    } else if (n == size) {
-        free(buf);
-        *err = ngx_http_cio_inflate_nomem;
-        return NGX_HTTP_CIO_INFLATE_INVALID;
-    }
-
-    buf[n] = '\0';
-
-    *out = buf;
-    *out_len = n;
-
-    return NGX_HTTP_CIO_INFLATE_OK;
+    return ngx_http_cio_inflate_finish(buf, n, size, max, out, out_len, err);
 
 failed:
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 
 /*
  * Copyright (C) ngx_http_cio_module authors
@@ -385,7 +386,7 @@ ngx_http_cio_queue_push(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
 
     ws->accepted += n;
     ws->stats.filtered += filtered;
-    ws->stats.rejected[NGX_HTTP_CIO_REJ_INVALID] += refused;
+    ws->stats.invalid += refused;
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
 
@@ -1223,14 +1224,15 @@ ngx_http_cio_queue_snapshot(ngx_http_cio_zone_t *zone, ngx_pool_t *pool,
 
 void
 ngx_http_cio_queue_reject(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
-    ngx_uint_t reason, ngx_uint_t n)
+    ngx_uint_t reason, ngx_uint_t invalid)
 {
     if (zone == NULL || ws == NULL || reason >= NGX_HTTP_CIO_REJ_N) {
         return;
     }
 
     ngx_shmtx_lock(&zone->shpool->mutex);
-    ws->stats.rejected[reason] += n;
+    ws->stats.rejected[reason]++;
+    ws->stats.invalid += invalid;
     ngx_shmtx_unlock(&zone->shpool->mutex);
 }
 

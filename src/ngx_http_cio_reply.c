@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 
 /*
  * Copyright (C) ngx_http_cio_module authors
@@ -140,6 +141,43 @@ ngx_http_cio_reply_error(ngx_http_request_t *r, ngx_uint_t status,
 }
 
 
+/*
+ * Amplitude's answer to a request without a required field (its api_key):
+ * its SDKs drop the whole request when "missing_field" is set, rather than
+ * send it again.
+ */
+
+ngx_int_t
+ngx_http_cio_reply_amplitude_missing(ngx_http_request_t *r,
+    const char *error, const char *field)
+{
+    size_t   len, flen;
+    u_char  *p, *body;
+
+    len = ngx_strlen(error);
+    flen = ngx_strlen(field);
+
+    body = ngx_pnalloc(r->pool,
+                       sizeof("{\"code\":400,\"error\":\"\","
+                              "\"missing_field\":\"\"}")
+                       + len + ngx_escape_json(NULL, (u_char *) error, len)
+                       + flen + ngx_escape_json(NULL, (u_char *) field, flen));
+    if (body == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = ngx_cpymem(body, "{\"code\":400,\"error\":\"",
+                   sizeof("{\"code\":400,\"error\":\"") - 1);
+    p = (u_char *) ngx_escape_json(p, (u_char *) error, len);
+    p = ngx_cpymem(p, "\",\"missing_field\":\"",
+                   sizeof("\",\"missing_field\":\"") - 1);
+    p = (u_char *) ngx_escape_json(p, (u_char *) field, flen);
+    p = ngx_cpymem(p, "\"}", 2);
+
+    return ngx_http_cio_send(r, NGX_HTTP_BAD_REQUEST, body, p - body);
+}
+
+
 /* Amplitude's HTTP V2 success answer; "code" is what its SDKs check */
 
 ngx_int_t
@@ -180,16 +218,22 @@ ngx_http_cio_reply_amplitude_invalid(ngx_http_request_t *r,
 {
     size_t               len;
     u_char              *body, *p;
-    ngx_uint_t           i, f, k, n, first;
+    ngx_uint_t           i, f, k, n, first, nfields;
     const char          *e;
 
-    static const char  *fields[] = { "event_type", "user_id", "event" };
+    /* ngx_http_cio_amplitude_field() files each error under one of them */
+    static const char  *fields[] = {
+        "event_type", "user_id", "device_id", "event"
+    };
 
+    nfields = sizeof(fields) / sizeof(fields[0]);
+
+    /* each index once, each field at most once in each of the two */
     len = sizeof("{\"code\":400,\"error\":\"Request has invalid events\","
                  "\"events_with_missing_fields\":{},"
                  "\"events_with_invalid_fields\":{}}")
           + res->ncalls * (NGX_INT_T_LEN + 1)
-          + 6 * sizeof("\"event_type\":[],");
+          + 2 * nfields * sizeof(",\"event_type\":[]");
 
     body = ngx_pnalloc(r->pool, len);
     if (body == NULL) {
@@ -206,7 +250,7 @@ ngx_http_cio_reply_amplitude_invalid(ngx_http_request_t *r,
                                   : ",\"events_with_invalid_fields\":{");
         first = 1;
 
-        for (f = 0; f < 3; f++) {
+        for (f = 0; f < nfields; f++) {
             n = 0;
 
             for (i = 0; i < res->ncalls; i++) {
@@ -258,7 +302,11 @@ ngx_http_cio_amplitude_field(const char *error)
         return 1;
     }
 
-    return 2;
+    if (ngx_strncmp(error, "device_id", 9) == 0) {
+        return 2;
+    }
+
+    return 3;
 }
 
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 
 /*
  * Copyright (C) ngx_http_cio_module authors
@@ -20,6 +21,7 @@ static u_char *ngx_http_cio_status_json(u_char *p,
     ngx_http_cio_shws_t *ws, ngx_http_cio_stats_t *st);
 static u_char *ngx_http_cio_status_prom(u_char *p, ngx_http_cio_shws_t *ws,
     ngx_str_t *labels, ngx_uint_t n);
+static u_char *ngx_http_cio_status_seconds(u_char *p, uint64_t ms);
 static ngx_str_t *ngx_http_cio_status_labels(ngx_pool_t *pool,
     ngx_http_cio_shws_t *ws, ngx_uint_t n);
 static void ngx_http_cio_status_add(ngx_http_cio_shws_t *sum,
@@ -194,6 +196,7 @@ ngx_http_cio_status_add(ngx_http_cio_shws_t *sum, ngx_http_cio_shws_t *ws)
     sum->retried += ws->retried;
     sum->dead += ws->dead;
     sum->stats.filtered += ws->stats.filtered;
+    sum->stats.invalid += ws->stats.invalid;
     sum->stats.latency_ms += ws->stats.latency_ms;
 
     for (i = 0; i < NGX_HTTP_CIO_REJ_N; i++) {
@@ -223,8 +226,9 @@ ngx_http_cio_status_json(u_char *p, ngx_http_cio_shws_t *ws,
 {
     ngx_uint_t  i;
 
-    p = ngx_sprintf(p, "{\"accepted\":%uL,\"filtered\":%uL,\"rejected\":{",
-                    ws->accepted, st->filtered);
+    p = ngx_sprintf(p, "{\"accepted\":%uL,\"filtered\":%uL,"
+                    "\"invalid\":%uL,\"rejected\":{",
+                    ws->accepted, st->filtered, st->invalid);
 
     for (i = 0; i < NGX_HTTP_CIO_REJ_N; i++) {
         p = ngx_sprintf(p, "%s\"%s\":%uL", i ? "," : "",
@@ -269,67 +273,103 @@ ngx_http_cio_status_json(u_char *p, ngx_http_cio_shws_t *ws,
 
 
 /*
- * Prometheus' text format: one family at a time (its TYPE line once),
- * a sample per workspace.  Label values need \ and " escaped.
+ * Prometheus' text format (version 0.0.4): a family at a time, its HELP
+ * and TYPE lines first, then a sample per workspace.  Calls and requests
+ * are counted by different families; counters end in _total.
  */
+
+typedef struct {
+    const char                *name;
+    const char                *type;
+    const char                *help;
+} ngx_http_cio_family_t;
+
+
+static ngx_http_cio_family_t  ngx_http_cio_families[] = {
+    { "cio_events_accepted_total", "counter",
+      "Items queued for Customer.io." },
+    { "cio_events_filtered_total", "counter",
+      "Calls dropped by cio_events_allow, cio_events_deny or "
+      "cio_consent_category." },
+    { "cio_events_invalid_total", "counter",
+      "Calls refused as invalid: named in a batch's answer, or "
+      "answered 400." },
+    { "cio_events_queued", "gauge",
+      "Items waiting to be sent." },
+    { "cio_queued_bytes", "gauge",
+      "Bytes of the items waiting to be sent." },
+    { "cio_events_in_flight", "gauge",
+      "Items in a request to Customer.io now." },
+    { "cio_events_delivered_total", "counter",
+      "Items Customer.io accepted." },
+    { "cio_events_retried_total", "counter",
+      "Items sent again after a failed request." },
+    { "cio_events_refused_total", "counter",
+      "Items Customer.io refused." },
+    { "cio_events_dead_lettered_total", "counter",
+      "Items given up on, to the dead-letter file." },
+    { "cio_last_error_timestamp_seconds", "gauge",
+      "Time of the last failed or partly refused request to "
+      "Customer.io, 0 if none." }
+};
+
 
 static u_char *
 ngx_http_cio_status_prom(u_char *p, ngx_http_cio_shws_t *ws,
     ngx_str_t *labels, ngx_uint_t n)
 {
-    size_t                 i;
-    uint64_t               cum, v;
-    ngx_uint_t             k, f;
-    ngx_http_cio_stats_t  *st;
+    size_t                  i;
+    uint64_t                cum, v;
+    ngx_uint_t              k, f;
+    ngx_http_cio_stats_t   *st;
+    ngx_http_cio_family_t  *fam;
 
-    static const char  *families[] = {
-        "events_accepted_total", "counter",
-        "events_filtered_total", "counter",
-        "events_queued", "gauge",
-        "queued_bytes", "gauge",
-        "events_in_flight", "gauge",
-        "events_delivered_total", "counter",
-        "events_retried_total", "counter",
-        "events_refused_total", "counter",
-        "events_dead_lettered_total", "counter",
-        "last_error_timestamp_seconds", "gauge"
-    };
+    for (f = 0; f < sizeof(ngx_http_cio_families)
+                    / sizeof(ngx_http_cio_family_t); f++)
+    {
+        fam = &ngx_http_cio_families[f];
 
-    for (f = 0; f < sizeof(families) / sizeof(families[0]); f += 2) {
-        p = ngx_sprintf(p, "# TYPE cio_%s %s\n", families[f],
-                        families[f + 1]);
+        p = ngx_sprintf(p, "# HELP %s %s\n# TYPE %s %s\n",
+                        fam->name, fam->help, fam->name, fam->type);
 
         for (k = 0; k < n; k++) {
-            switch (f / 2) {
+            switch (f) {
             case 0: v = ws[k].accepted; break;
             case 1: v = ws[k].stats.filtered; break;
-            case 2: v = ws[k].npending; break;
-            case 3: v = ws[k].pending_bytes; break;
-            case 4: v = ws[k].ninflight; break;
-            case 5: v = ws[k].delivered; break;
-            case 6: v = ws[k].retried; break;
-            case 7: v = ws[k].refused; break;
-            case 8: v = ws[k].dead; break;
+            case 2: v = ws[k].stats.invalid; break;
+            case 3: v = ws[k].npending; break;
+            case 4: v = ws[k].pending_bytes; break;
+            case 5: v = ws[k].ninflight; break;
+            case 6: v = ws[k].delivered; break;
+            case 7: v = ws[k].retried; break;
+            case 8: v = ws[k].refused; break;
+            case 9: v = ws[k].dead; break;
             default: v = ws[k].stats.last_error_at / 1000; break;
             }
 
-            p = ngx_sprintf(p, "cio_%s{site_id=\"%V\"} %uL\n",
-                            families[f], &labels[k], v);
+            p = ngx_sprintf(p, "%s{site_id=\"%V\"} %uL\n",
+                            fam->name, &labels[k], v);
         }
     }
 
-    p = ngx_sprintf(p, "# TYPE cio_rejected_total counter\n");
+    p = ngx_sprintf(p,
+            "# HELP cio_requests_rejected_total Requests to the ingest "
+            "locations answered with an error, by reason.\n"
+            "# TYPE cio_requests_rejected_total counter\n");
 
     for (k = 0; k < n; k++) {
         for (i = 0; i < NGX_HTTP_CIO_REJ_N; i++) {
-            p = ngx_sprintf(p, "cio_rejected_total{site_id=\"%V\","
+            p = ngx_sprintf(p, "cio_requests_rejected_total{site_id=\"%V\","
                             "reason=\"%s\"} %uL\n", &labels[k],
                             ngx_http_cio_reject_names[i],
                             ws[k].stats.rejected[i]);
         }
     }
 
-    p = ngx_sprintf(p, "# TYPE cio_upstream_requests_total counter\n");
+    p = ngx_sprintf(p,
+            "# HELP cio_upstream_requests_total Requests to Customer.io, "
+            "by class of answer (failed: no answer).\n"
+            "# TYPE cio_upstream_requests_total counter\n");
 
     for (k = 0; k < n; k++) {
         for (i = 0; i < 5; i++) {
@@ -340,7 +380,10 @@ ngx_http_cio_status_prom(u_char *p, ngx_http_cio_shws_t *ws,
         }
     }
 
-    p = ngx_sprintf(p, "# TYPE cio_upstream_latency_seconds histogram\n");
+    p = ngx_sprintf(p,
+            "# HELP cio_upstream_latency_seconds Time Customer.io took "
+            "to answer a request.\n"
+            "# TYPE cio_upstream_latency_seconds histogram\n");
 
     for (k = 0; k < n; k++) {
         st = &ws[k].stats;
@@ -349,29 +392,59 @@ ngx_http_cio_status_prom(u_char *p, ngx_http_cio_shws_t *ws,
         for (i = 0; i < NGX_HTTP_CIO_LAT_N; i++) {
             cum += st->latency[i];
 
+            p = ngx_sprintf(p, "cio_upstream_latency_seconds_bucket"
+                            "{site_id=\"%V\",le=\"", &labels[k]);
+
             if (i < NGX_HTTP_CIO_LAT_N - 1) {
-                p = ngx_sprintf(p, "cio_upstream_latency_seconds_bucket"
-                                "{site_id=\"%V\",le=\"%ui.%03ui\"} %uL\n",
-                                &labels[k],
-                                ngx_http_cio_latency_bounds[i] / 1000,
-                                ngx_http_cio_latency_bounds[i] % 1000, cum);
+                p = ngx_http_cio_status_seconds(p,
+                                            ngx_http_cio_latency_bounds[i]);
 
             } else {
-                p = ngx_sprintf(p, "cio_upstream_latency_seconds_bucket"
-                                "{site_id=\"%V\",le=\"+Inf\"} %uL\n",
-                                &labels[k], cum);
+                p = ngx_cpymem(p, "+Inf", 4);
             }
+
+            p = ngx_sprintf(p, "\"} %uL\n", cum);
         }
 
         p = ngx_sprintf(p, "cio_upstream_latency_seconds_sum"
-                        "{site_id=\"%V\"} %uL.%03uL\n"
-                        "cio_upstream_latency_seconds_count"
-                        "{site_id=\"%V\"} %uL\n",
-                        &labels[k], st->latency_ms / 1000,
-                        st->latency_ms % 1000, &labels[k], cum);
+                        "{site_id=\"%V\"} ", &labels[k]);
+        p = ngx_http_cio_status_seconds(p, st->latency_ms);
+        p = ngx_sprintf(p, "\ncio_upstream_latency_seconds_count"
+                        "{site_id=\"%V\"} %uL\n", &labels[k], cum);
     }
 
     return p;
+}
+
+
+/*
+ * Milliseconds as seconds the way Prometheus' clients print a float:
+ * "0.05", "1", "2.5", never "0.050" or "1.000", since le="0.050" would
+ * be a bucket of its own to a query that names le="0.05".
+ */
+
+static u_char *
+ngx_http_cio_status_seconds(u_char *p, uint64_t ms)
+{
+    ngx_uint_t  frac;
+
+    p = ngx_sprintf(p, "%uL", ms / 1000);
+
+    frac = ms % 1000;
+
+    if (frac == 0) {
+        return p;
+    }
+
+    if (frac % 100 == 0) {
+        return ngx_sprintf(p, ".%ui", frac / 100);
+    }
+
+    if (frac % 10 == 0) {
+        return ngx_sprintf(p, ".%02ui", frac / 10);
+    }
+
+    return ngx_sprintf(p, ".%03ui", frac);
 }
 
 

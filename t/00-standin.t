@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # The Customer.io stand-in itself: the Track API v2 contract it enforces
 # (auth, limits, item rules, 207), HTTP/1.1 framing (keep-alive, chunked,

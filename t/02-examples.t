@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # Every snippet in conf-examples/ passes "nginx -t" with the module built
 # here (or CIO_NGINX with CIO_MODULE), so the examples the README points

@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # The snippets in conf-examples/ as a user drops them into Debian's stock
 # /etc/nginx: the tree is copied to the test directory (the machine's own

@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # What a sender sees (status, body) and what Customer.io receives for each
 # call type, end to end: SDK-shaped request -> nginx -> zone -> sender
@@ -236,7 +237,7 @@ is(length($long->{name} // ''), 100, 'a long event name is cut to 100 bytes');
 is($long->{attributes}{when}, timegm(0, 0, 0, 1, 0, 2026),
     'ISO-8601 properties become unix seconds');
 like($t->read_file('error.log'),
-    qr/\[warn\].*cio: 1 names or attributes cut or dropped to fit/,
+    qr/\[warn\].*cio: 1 changes to calls to fit Customer\.io's limits and rules/,
     'the cut is logged');
 my ($raw) = grep { ($_->{name} // '') eq 'Push Enabled' } @lim;
 is($raw->{attributes}{when}, '2026-01-01T00:00:00Z',

@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # Every fallback chain of the mapping with all of its sources present and
 # different, so that a source preferred in the wrong order shows; the

@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # cio_status: the counters an operator reads, in JSON and in Prometheus'
 # text format, the same whichever worker answers, and kept over a reload.
@@ -90,8 +91,11 @@ my $one = ws($s, 'site1');
 is($one->{accepted}, 4, 'accepted: the queued items of site1');
 is($one->{delivered}, 4, 'delivered');
 is($one->{filtered}, 1, 'filtered: the denied event');
-is_deeply($one->{rejected}, { invalid => 2, unauthorized => 1,
-    too_large => 0, full => 0, other => 0 }, 'rejected, by reason');
+is($one->{invalid}, 2,
+    'invalid: the calls refused, one in a batch and one alone');
+is_deeply($one->{rejected}, { invalid => 1, unauthorized => 1,
+    too_large => 0, full => 0, other => 0 },
+    'rejected: the requests refused, by reason');
 is($one->{queued}, 0, 'nothing queued any more');
 is($one->{in_flight}, 0, 'nothing in flight');
 # the 500 hit whichever workspace was flushed first: look at the total
@@ -108,7 +112,8 @@ is($n, $tot->{requests}{'2xx'} + $tot->{requests}{'5xx'},
 
 is(ws($s, 'site2')->{delivered}, 1, 'the other workspace counts its own');
 is($s->{total}{accepted}, 5, 'total: accepted');
-is($s->{total}{rejected}{invalid}, 2, 'total: rejected');
+is($s->{total}{rejected}{invalid}, 1, 'total: rejected');
+is($s->{total}{invalid}, 2, 'total: invalid');
 is($s->{zone}{name}, 'cio', 'the zone');
 ok($s->{zone}{used} > 0 && $s->{zone}{used} <= $s->{zone}{size},
     'its use');
@@ -133,13 +138,14 @@ is($pst, 200, 'prometheus: 200');
 like($ph->{'content-type'}, qr{^text/plain}, 'prometheus: text/plain');
 like($prom, qr/^cio_events_delivered_total\{site_id="site1"\} 4$/m,
     'prometheus: delivered');
-like($prom, qr/^cio_rejected_total\{site_id="site1",reason="invalid"\} 2$/m,
-    'prometheus: rejected by reason');
+like($prom,
+    qr/^cio_requests_rejected_total\{site_id="site1",reason="invalid"\} 1$/m,
+    'prometheus: requests rejected, by reason');
+like($prom, qr/^cio_events_invalid_total\{site_id="site1"\} 2$/m,
+    'prometheus: calls refused, in a family of their own');
 like($prom, qr/^cio_upstream_latency_seconds_bucket\{site_id="site1",le="\+Inf"\} \d+$/m,
     'prometheus: latency histogram');
-my @types = $prom =~ /^# TYPE (\S+)/mg;
-my %t;
-is(scalar(grep { $t{$_}++ } @types), 0, 'each family is declared once');
+exposition_ok($prom);
 (undef, undef, my $prom2) = $t->http('GET', '/cio-status',
     '', Accept => 'text/plain');
 like($prom2, qr/^# TYPE/m, 'Accept: text/plain gets the text format');
@@ -154,3 +160,83 @@ is($after->{total}{delivered}, 5, 'the counters survive a reload');
 is($st, 405, 'POST to the status location: 405');
 
 $t->done;
+
+
+# The whole text as a scraper reads it (Prometheus' text format 0.0.4):
+# every line a HELP, a TYPE or a sample; a family's HELP and TYPE once,
+# before its samples, which follow each other; each name of one family
+# only; counters end in _total; a histogram's le values are canonical
+# floats, ascending to +Inf, with cumulative counts and a _count equal to
+# the +Inf bucket.
+sub exposition_ok {
+    my ($text) = @_;
+    my (%help, %type, %done, %series, %buckets, %count, @bad);
+    my $cur = '';
+
+    for my $line (split /\n/, $text) {
+        if ($line =~ /^# HELP (\w+) (\S.*)$/) {
+            push @bad, "second HELP for $1" if $help{$1}++;
+            next;
+        }
+        if ($line =~ /^# TYPE (\w+) (counter|gauge|histogram)$/) {
+            push @bad, "second TYPE for $1" if $type{$1};
+            push @bad, "TYPE before HELP for $1" unless $help{$1};
+            $type{$1} = $2;
+            $done{$cur} = 1;
+            $cur = $1;
+            next;
+        }
+        my ($name, $labels, $value) =
+            $line =~ /^(\w+)\{((?:\w+="(?:[^"\\]|\\.)*",?)*)\} (\S+)$/
+            or do { push @bad, "not a sample: $line"; next };
+        push @bad, "not a number: $line"
+            unless $value =~ /^(?:\d+(?:\.\d+)?|\+Inf)$/;
+
+        my $fam = $name;
+        $fam =~ s/_(?:bucket|sum|count)$//
+            if !$type{$name} && ($type{ $name =~ s/_(?:bucket|sum|count)$//r }
+                // '') eq 'histogram';
+        push @bad, "no HELP and TYPE before $name"
+            unless $type{$fam} && $help{$fam};
+        push @bad, "$name is not in its family's block" if $fam ne $cur;
+        push @bad, "$name twice with {$labels}"
+            if $series{"$name\{$labels}"}++;
+
+        if ($name =~ /_bucket$/) {
+            my ($le) = $labels =~ /le="([^"]*)"/;
+            push @bad, "le=\"$le\" is not canonical"
+                unless $le =~ /^(?:\+Inf|(?:0|[1-9]\d*)(?:\.\d*[1-9])?)$/;
+            (my $ws = $labels) =~ s/,?le="[^"]*"//;
+            push @{ $buckets{$ws} }, [ $le, $value ];
+        }
+        if ($name =~ /_count$/ && $type{$fam} eq 'histogram') {
+            $count{$labels} = $value;
+        }
+    }
+
+    for my $f (sort keys %type) {
+        push @bad, "counter $f does not end in _total"
+            if $type{$f} eq 'counter' && $f !~ /_total$/;
+        push @bad, "$f ends in _total but is a $type{$f}"
+            if $type{$f} ne 'counter' && $f =~ /_total$/;
+        push @bad, "$f is also a sample of another family"
+            if grep { $type{$_} eq 'histogram' && $f =~ /^\Q$_\E_/ }
+                keys %type;
+    }
+    push @bad, 'HELP without TYPE' if grep { !$type{$_} } keys %help;
+
+    ok(keys %buckets, 'prometheus: the histogram has buckets');
+    for my $ws (sort keys %buckets) {
+        my @b = @{ $buckets{$ws} };
+        is_deeply([ map { $_->[0] } @b ],
+            [ qw(0.025 0.05 0.1 0.25 0.5 1 2.5 5 10 +Inf) ],
+            "prometheus: le values of {$ws}");
+        push @bad, "buckets of {$ws} are not cumulative"
+            if grep { $b[$_][1] < $b[ $_ - 1 ][1] } 1 .. $#b;
+        push @bad, "_count of {$ws} is not the +Inf bucket"
+            unless defined $count{$ws} && $count{$ws} == $b[-1][1];
+    }
+
+    is_deeply(\@bad, [], 'prometheus: the exposition follows the format')
+        or diag($text);
+}

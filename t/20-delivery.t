@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # Delivery: two locations feed two workspaces; events accepted while
 # Customer.io is down arrive once it is back, also across a reload; a full

@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # Real, unmodified Node SDKs through the module: @segment/analytics-node,
 # @customerio/cdp-analytics-node, @rudderstack/rudder-sdk-node (gzip on, as
@@ -6,7 +7,7 @@
 # t/clients/node-sdk.js.  For each SDK: the SDK reports success for every
 # call, it made exactly the requests expected (no retry), nginx logged the
 # same requests answered 200, and the Customer.io stand-in recorded exactly
-# the items mapping-spec.md promises.
+# the items docs/mapping.md promises.
 #
 # Needs t/clients/node_modules (scripts/clients-deps.sh installs it).
 
@@ -340,7 +341,7 @@ SKIP: {
                     && exists $_[0]{attributes}{org} },
               { type => 'person', identifiers => $user, action => 'identify',
                 attributes => { org => 'amp-acme' } } ],
-            # mapping-spec.md does not name $groupidentify yet: like a
+            # docs/mapping.md §5.10: $groupidentify, like a
             # Segment group call, the group becomes an object
             [ 'groupIdentify', sub { $_[0]{type} eq 'object' },
               { type => 'object', action => 'identify',

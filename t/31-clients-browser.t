@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # The real, unmodified @segment/analytics-next (its UMD build, as a CDN
 # serves it) in headless Chromium: the page comes from one loopback origin,
@@ -191,7 +192,7 @@ sub check_items {
                             anonymous_id => $anon } },
           timegm(5, 4, 3, 2, 0, 2026) ],
         # analytics.js copies name, category and the page fields into
-        # properties (ingest-apis.md §4.6)
+        # properties, as captured from it
         [ 'page', sub { $_[0]{action} eq 'page' },
           { type => 'person', identifiers => $user, action => 'page',
             name => 'Pricing',

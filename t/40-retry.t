@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # Retries: 500s at a given rate, a connection closed without an answer, a
 # Customer.io that hangs past cio_timeout, one that is down, 429 with

@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # Partial failure and the dead-letter file: a 207 marks only the items it
 # names, which go to cio_dead_letter with the answer and the time; a 400

@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # The request rate: cio_rate is one token bucket per workspace in the zone,
 # shared by every worker, so a burst of events makes fuller batches, not

@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # Workers that die and workers that are replaced:
 #  - a worker SIGKILLed with a batch in flight: its items are taken up again

@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # Stop and start: "nginx -s quit" drains the queue for up to
 # cio_drain_timeout, then the master writes what is left to cio_spool, and
@@ -128,7 +129,9 @@ sub lines {
     $cio->mode({ status => 500 });
     $t->config(http => conf($cio->port))->run;
 
-    my @names = post_events($t, '/cio', 'worn', 5);
+    # one request: its 5 items are queued at once, so every 500 is
+    # an attempt of each of them (5 calls could make two batches)
+    my @names = post_batch($t, '/cio', [ map { "worn-$_" } 1 .. 5 ]);
     # counted once nginx has taken the answer in, which it logs
     my $tries = sub { scalar $t->log_lines(qr/got 500.*retrying in/) };
     ok(wait_until(sub { $tries->() >= 2 }, 10), 'two 500s answered');

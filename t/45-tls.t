@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # TLS to Customer.io is verified: a certificate from an unknown CA, or for
 # another host name, stops delivery (the events wait, the error says why);

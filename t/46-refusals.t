@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # Refusals that must not vanish: a 207 longer than 64 KB still names every
 # refused item, and an answer that cannot be read in full never counts a
@@ -27,7 +28,7 @@ $t->allow_log(
     qr/\[error\].*cio: the batch of \d+ events for site "site1" rejected with 400 was sent again in \d+ pieces: /);
 
 $t->config(http => <<"END")->run;
-    cio_zone name=cio size=16m;
+    cio_zone zone=cio:16m;
     cio_flush_interval 20ms;
     cio_retry_backoff 20ms 100ms;
     cio_retry_max 1;

@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # The dead-letter file on a full disk (a 64 KB tmpfs): a line is written
 # whole or not at all, so that the lines after the disk has room again are
@@ -40,7 +41,7 @@ $t->allow_log(
     qr/\[crit\].*cio: writing to the dead-letter file ".*" failed, site "site1" loses an event/);
 
 $t->config(http => <<"END")->run;
-    cio_zone name=cio size=4m;
+    cio_zone zone=cio:4m;
     cio_flush_interval 20ms;
     cio_dead_letter $file;
 

@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # A worker that exits while its sender thread is stuck: after 2 s it goes
 # without the thread, and leaves the thread's eventfd open, so that the
@@ -121,7 +122,7 @@ local $ENV{CIO_PRELOAD} = join ' ', grep { $_ } $ENV{CIO_PRELOAD},
 my $port = Cio::Test::free_port();
 
 $t->config(http => <<"END")->run;
-    cio_zone name=cio size=4m;
+    cio_zone zone=cio:4m;
     cio_flush_interval 20ms;
     cio_drain_timeout 0;
 

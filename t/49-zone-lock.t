@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # A worker that dies while it holds the zone's lock:
 #  - during a reload: the master never waits for the lock while it
@@ -36,7 +37,7 @@ sub conf {
     my ($url, $extra) = @_;
     $extra //= '';
     return <<"END";
-    cio_zone name=cio size=1m;
+    cio_zone zone=cio:1m;
     cio_flush_interval 20ms;
     cio_retry_backoff 50ms 200ms;
     cio_lease 1s;

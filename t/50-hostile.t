@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # Hostile input: every malformed, oversized, deeply nested, mistyped,
 # compressed-bomb or slow body gets its documented 4xx, the workers never

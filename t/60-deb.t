@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # The Debian package libnginx-mod-http-cio: built by scripts/deb.sh (unless
 # build/deb holds one newer than the sources), installed into the system

@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # cio_journal: a 200 outlives every nginx process.  Customer.io is away;
 # under load, the master and every worker are SIGKILLed together (nothing

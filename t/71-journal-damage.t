@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # cio_journal on a damaged disk: a record torn at the end of a segment (a
 # write cut by a crash) and a record with flipped bytes are found by their

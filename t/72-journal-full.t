@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # cio_journal when there is no room: a disk that fills up (a small tmpfs)
 # and a journal at its max_size.  Requests are answered 503 with

@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # cio_journal sync=always: a 200 is answered only once an fdatasync()
 # covers the request's records (group commit: requests that arrive while

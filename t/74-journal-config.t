@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # cio_journal's parameters: a bad one fails "nginx -t" with a message that
 # names it; good ones pass, and "nginx -t" creates nothing on disk.

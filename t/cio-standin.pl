@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # The Customer.io Track API stand-in (see t/lib/Cio/Standin.pm).
 #

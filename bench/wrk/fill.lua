@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: BSD-2-Clause
 -- wrk -t1 -s bench/wrk/fill.lua URL -- BODYFILE CONTENT_TYPE BASIC_B64 MAX STOP503
 --
 -- Fills the module's queue: POSTs BODYFILE until MAX answers were seen

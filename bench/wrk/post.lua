@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: BSD-2-Clause
 -- wrk -s bench/wrk/post.lua URL -- BODYFILE [CONTENT_TYPE] [BASIC_B64]
 --
 -- POSTs the same body on every request, as fast as the connections go,

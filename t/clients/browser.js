@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+// SPDX-License-Identifier: BSD-2-Clause
 'use strict';
 
 // Opens a page in headless Chromium (Debian's /usr/bin/chromium, driven by

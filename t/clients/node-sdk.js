@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+// SPDX-License-Identifier: BSD-2-Clause
 'use strict';
 
 // Drives one real, unmodified Node SDK through the module, for
@@ -87,7 +88,7 @@ const prefixPath = url.pathname.replace(/\/+$/, '');
 // --- Segment's analytics-node and its Customer.io fork ----------------------
 
 async function segmentLike(Analytics) {
-    // host may not carry a path (ingest-apis.md §7.1): the prefix goes in path
+    // the SDK drops a path given in host: the prefix goes in path
     const analytics = new Analytics({
         writeKey: key,
         host: origin,

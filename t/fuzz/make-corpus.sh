@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-2-Clause
 # Writes the seed corpus of t/fuzz/fuzz_body.c into t/fuzz/corpus/: one
 # small body per call type, a batch, an Amplitude body, and compressed
 # ones.  Each file is the route byte (ngx_http_cio_call_e), the flags byte

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-2-Clause
 'use strict';
 
 // Loaded by index.html?wk=KEY&prefix=P&mode=standard|batching (see

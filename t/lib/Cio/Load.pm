@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-2-Clause
 package Cio::Load;
 
 # Events with names the tests can follow: "prefix-N", one per call, each

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-2-Clause
 package Cio::Standin;
 
 # A local stand-in for Customer.io's Track API v2: POST /api/v2/batch and
@@ -582,7 +583,7 @@ sub accept_items {
         ? (padding => 'x' x $self->{mode}{pad_207}) : () }) : (200, {});
 }
 
-# --- item rules (v2 spec, customerio-api.md §2 and §5) ---------------------
+# --- item rules (the Track API v2 batch: item shapes and limits) -----------
 
 # a switch of the unconfirmed rules: the standing mode, else the option
 sub switch {

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-2-Clause
 package Cio::Test;
 
 # A small harness in the manner of nginx-tests' Test::Nginx: it starts
@@ -167,8 +168,7 @@ sub standin {
 # The cio_zone directive: the one place that knows its syntax.
 sub zone {
     my ($size, $name) = @_;
-    return 'cio_zone name=' . ($name // 'cio') . ' size=' . ($size // '1m')
-        . ';';
+    return 'cio_zone zone=' . ($name // 'cio') . ':' . ($size // '1m') . ';';
 }
 
 # The inside of http{} for the common case: a zone, one server on %%PORT%%

@@ -1,0 +1,745 @@
+#!/usr/bin/perl
+
+# The mutation check: small deliberate bugs, one at a time, each of which
+# the tests must catch.  For every mutation in @MUTATIONS below it puts the
+# bug into a scratch copy of the tree (build/mutate/slotN: the tracked and
+# the new, not ignored, files; never the working tree itself), rebuilds the
+# module there (and the mapper's unit tests when asked for), runs the tests
+# that should catch it, and restores the file.  A mutation is caught when
+# one of its tests fails; the first that fails is named.  At the end a
+# table: mutation, file, tests, result, seconds.
+#
+#   scripts/mutate.pl           all of them (make mutate), two at a time
+#   scripts/mutate.pl --check   only whether every snippet is found in the
+#                               tree exactly once and every test exists
+#                               (make mutate-check, part of make test)
+#   scripts/mutate.pl --list    the mutations and their tests
+#   --only RE                   the mutations whose name matches RE
+#   -j N                        N at once (default 2)
+#   --no-baseline               skip the run of every listed test on the
+#                               unmutated copy first (a test that fails
+#                               without a bug would "catch" every one)
+#
+# Exit status: 0 when every mutation applied, built and was caught; 1
+# when one was not caught, did not apply (its snippet is not found exactly
+# once: the code moved, update the snippet) or did not build; 2 when the
+# tests fail on the unmutated tree.
+#
+# Each mutation: name, file, from (the exact original text, found exactly
+# once in the file), to (its replacement), tests (t/*.t files, or "unit"
+# for build/test_map, tried in order), and what a user would notice.  The
+# first nine (audit => 1) are the audit of issue 16; every one of them
+# must be caught by an end-to-end test (t/*.t), not only by the unit
+# tests, so they list no "unit".  When one is
+# not caught, the finding is a missing test: add the end-to-end test that
+# shows what the user would see, not a weaker mutation.
+
+use strict;
+use warnings;
+
+use Cwd qw(abs_path);
+use File::Basename qw(dirname);
+use File::Compare qw(compare);
+use File::Copy qw(copy);
+use File::Path qw(make_path);
+use Getopt::Long qw(GetOptions);
+use POSIX qw(:sys_wait_h setpgid);
+use Time::HiRes qw(time sleep);
+
+$| = 1;
+
+my $TOP = abs_path(dirname(__FILE__) . '/..');
+
+my $MAP = 'src/ngx_http_cio_map.c';
+my $QUEUE = 'src/ngx_http_cio_queue.c';
+my $DELIVER = 'src/ngx_http_cio_deliver.c';
+my $SPOOL = 'src/ngx_http_cio_spool.c';
+my $HANDLER = 'src/ngx_http_cio_handler.c';
+my $DEAD = 'src/ngx_http_cio_dead_letter.c';
+my $SENDER = 'src/ngx_http_cio_sender.c';
+my $MODULE = 'ngx_http_cio_module.c';
+
+my @MUTATIONS = (
+
+    # --- issue 16's audit ---------------------------------------------------
+
+    {
+        name => 'screen-props-name',
+        audit => 1,
+        what => "a screen is named from properties.name over the call's name",
+        file => $MAP,
+        from => q~    name = ngx_http_cio_map_str(ngx_http_cio_map_get(call, "name"));
+
+    if (name == NULL || name[0] == '\0') {
+        name = ngx_http_cio_map_str(ngx_http_cio_map_get(props, "name"));
+    }~,
+        to => q~    name = ngx_http_cio_map_str(ngx_http_cio_map_get(props, "name"));
+
+    if (name == NULL || name[0] == '\0') {
+        name = ngx_http_cio_map_str(ngx_http_cio_map_get(call, "name"));
+    }~,
+        tests => [qw(t/11-precedence.t)],
+    },
+    {
+        name => 'spool-attempts-key',
+        audit => 1,
+        what => "the spool's attempts key misspelled: retry counts reset "
+            . 'on load',
+        file => $SPOOL,
+        from => q~attempts = cJSON_GetObjectItemCaseSensitive(root, "attempts");~,
+        to => q~attempts = cJSON_GetObjectItemCaseSensitive(root, "attempt");~,
+        tests => [qw(t/44-spool.t)],
+    },
+    {
+        name => 'no-value-cut',
+        audit => 1,
+        what => 'attribute values over 1000 bytes are not cut',
+        file => $MAP,
+        from => q~        if (strlen(v->valuestring) > NGX_HTTP_CIO_MAP_MAX_ATTR_VALUE) {~,
+        to => q~        if (0 && strlen(v->valuestring) > NGX_HTTP_CIO_MAP_MAX_ATTR_VALUE) {~,
+        tests => [qw(t/11-precedence.t)],
+    },
+    {
+        name => 'no-sentat-skew',
+        audit => 1,
+        what => "sentAt does not correct the client's clock skew",
+        file => $MAP,
+        from => q~        ms = recv - (sent - ms);~,
+        to => q~        (void) sent;~,
+        tests => [qw(t/11-precedence.t)],
+    },
+    {
+        name => 'created-at-ms',
+        audit => 1,
+        what => 'created_at is sent in milliseconds',
+        file => $MAP,
+        from => q~cJSON_CreateNumber((double) (ms / 1000)));~,
+        to => q~cJSON_CreateNumber((double) ms));~,
+        tests => [qw(t/10-ingest.t t/11-precedence.t)],
+    },
+    {
+        name => 'settle-leaves-one',
+        audit => 1,
+        what => 'a settled batch leaves its first item in the zone',
+        file => $QUEUE,
+        from => q~    for (i = (ngx_int_t) batch->n - 1; i >= 0; i--) {~,
+        to => q~    for (i = (ngx_int_t) batch->n - 1; i >= 1; i--) {~,
+        tests => [qw(t/21-accounting.t t/16-status.t)],
+    },
+    {
+        name => '429-delivered',
+        audit => 1,
+        what => 'a 429 counts as delivered',
+        file => $DELIVER,
+        from => q~    if (status >= 200 && status < 300) {
+        st->outcome = NGX_HTTP_CIO_DONE;~,
+        to => q~    if ((status >= 200 && status < 300) || status == 429) {
+        st->outcome = NGX_HTTP_CIO_DONE;~,
+        tests => [qw(t/42-rate.t t/40-retry.t)],
+    },
+    {
+        name => 'retry-after-ignored',
+        audit => 1,
+        what => "Customer.io's Retry-After is ignored",
+        file => $DELIVER,
+        from => q~        if (req->retry_after > 0) {~,
+        to => q~        if (0 && req->retry_after > 0) {~,
+        tests => [qw(t/42-rate.t t/40-retry.t)],
+    },
+    {
+        name => 'query-write-key-unchecked',
+        audit => 1,
+        what => 'a ?writeKey= in the query is taken without a check',
+        file => $HANDLER,
+        from => q~        rc = NGX_OK;
+    }
+
+    if (rc == NGX_ERROR) {~,
+        to => q~        *authed = 1;
+        return NGX_OK;
+    }
+
+    if (rc == NGX_ERROR) {~,
+        tests => [qw(t/15-ingest-edge.t)],
+    },
+
+    # --- the mapper ------------------------------------------------------------
+
+    {
+        name => 'dedupe-id-from-arrival',
+        what => "the dedupe id's time is the arrival: a resend gets another",
+        file => $MAP,
+        from => q~    ngx_http_cio_map_ulid(own, seed, strlen(seed), ulid);~,
+        to => q~    ngx_http_cio_map_ulid(ctx->opts->received_ms, seed, strlen(seed), ulid);~,
+        tests => [qw(t/11-precedence.t t/12-contract.t t/10-ingest.t)],
+    },
+    {
+        name => 'integrations-ignored',
+        what => 'integrations {"Customer.io": false} still delivers',
+        file => $MAP,
+        from => q~    if (!ctx->amplitude && ngx_http_cio_map_integrations(ctx, call) == 0) {~,
+        to => q~    if (0 && !ctx->amplitude && ngx_http_cio_map_integrations(ctx, call) == 0) {~,
+        tests => [qw(t/10-ingest.t t/15-ingest-edge.t t/12-contract.t)],
+    },
+    {
+        name => 'nesting-limit-off',
+        what => 'properties nested deeper than the limit are accepted',
+        file => $MAP,
+        from => q~        if (ngx_http_cio_map_deep(v, NGX_HTTP_CIO_MAP_MAX_NESTING)) {~,
+        to => q~        if (0 && ngx_http_cio_map_deep(v, NGX_HTTP_CIO_MAP_MAX_NESTING)) {~,
+        tests => [qw(t/12-contract.t t/50-hostile.t)],
+    },
+    {
+        name => 'nul-truncates',
+        what => 'a \u0000 escape cuts an id or a value short',
+        file => $MAP,
+        from => q~            nul |= (p[5] == '0');~,
+        to => q~            nul |= 0;~,
+        tests => [qw(t/50-hostile.t t/12-contract.t)],
+    },
+    {
+        name => 'original-timestamp-first',
+        what => 'originalTimestamp wins over timestamp',
+        file => $MAP,
+        from => q~    v = ngx_http_cio_map_get(call, "timestamp");
+
+    if (ngx_http_cio_map_parse_time(v, &ms) != 0) {
+        v = ngx_http_cio_map_get(call, "originalTimestamp");~,
+        to => q~    v = ngx_http_cio_map_get(call, "originalTimestamp");
+
+    if (ngx_http_cio_map_parse_time(v, &ms) != 0) {
+        v = ngx_http_cio_map_get(call, "timestamp");~,
+        tests => [qw(t/11-precedence.t)],
+    },
+    {
+        name => 'no-attribute-count-limit',
+        what => 'more than 300 attributes are sent',
+        file => $MAP,
+        from => q~            || n >= NGX_HTTP_CIO_MAP_MAX_ATTRS)~,
+        to => q~            || n >= 100000)~,
+        tests => [qw(t/11-precedence.t t/12-contract.t)],
+    },
+
+    {
+        name => 'page-url-first',
+        what => "a page is named from properties.url over the call's name",
+        file => $MAP,
+        from => q~    name = ngx_http_cio_map_str(ngx_http_cio_map_get(call, "name"));
+
+    if (name == NULL || name[0] == '\0') {
+        name = ngx_http_cio_map_str(ngx_http_cio_map_get(props, "url"));
+    }~,
+        to => q~    name = ngx_http_cio_map_str(ngx_http_cio_map_get(props, "url"));
+
+    if (name == NULL || name[0] == '\0') {
+        name = ngx_http_cio_map_str(ngx_http_cio_map_get(call, "name"));
+    }~,
+        tests => [qw(t/11-precedence.t)],
+    },
+
+    # --- the zone --------------------------------------------------------------
+
+    {
+        name => 'retries-not-counted',
+        what => 'a failed attempt is not counted: never dead-lettered',
+        file => $QUEUE,
+        from => q~            node->attempts++;
+
+            if (node->attempts > st->retry_max) {~,
+        to => q~            if (node->attempts > st->retry_max) {~,
+        tests => [qw(t/41-dead-letter.t t/40-retry.t)],
+    },
+    {
+        name => 'resize-drops-queue',
+        what => 'a reload that resizes the zone loses the queued events',
+        file => $QUEUE,
+        from => q~                || ngx_http_cio_queue_append(to, nws, node->data, node->len,
+                                             node->attempts)
+                   != NGX_OK)~,
+        to => q~                || 0)~,
+        tests => [qw(t/43-crash.t)],
+    },
+
+    {
+        name => 'lease-never-expires',
+        what => "a killed worker's batch is never sent again",
+        file => $QUEUE,
+        from => q~        if (node->lease > now) {~,
+        to => q~        if (node->lease > now || now) {~,
+        tests => [qw(t/43-crash.t)],
+    },
+    {
+        name => 'reload-new-zone',
+        what => 'a reload that keeps the zone starts it afresh',
+        file => $QUEUE,
+        from => q~    if (ozone) {
+        zone->sh = ozone->sh;~,
+        to => q~    if (0) {
+        zone->sh = ozone->sh;~,
+        tests => [qw(t/20-delivery.t t/43-crash.t t/16-status.t)],
+    },
+
+    # --- delivery --------------------------------------------------------------
+
+    {
+        name => '207-refused-delivered',
+        what => 'the items a 207 refuses count as delivered',
+        file => $DELIVER,
+        from => q~    if (status == 207 && !req->aborted) {~,
+        to => q~    if (status == 207 && req->aborted) {~,
+        tests => [qw(t/41-dead-letter.t t/46-refusals.t)],
+    },
+    {
+        name => '400-not-split',
+        what => "a batch's 400 dead-letters every item, not the one at fault",
+        file => $DELIVER,
+        from => q~    if (act == NGX_HTTP_CIO_ACT_DEAD && batch->n > 1 && !d->exiting~,
+        to => q~    if (act == NGX_HTTP_CIO_ACT_DEAD && batch->n > 100000 && !d->exiting~,
+        tests => [qw(t/46-refusals.t t/41-dead-letter.t)],
+    },
+    {
+        name => '5xx-dead',
+        what => 'a 500 dead-letters the batch instead of retrying it',
+        file => $DELIVER,
+        from => q~    if (status == 0 || status == 408 || status == 429 || status >= 500) {~,
+        to => q~    if (status == 0 || status == 408 || status == 429) {~,
+        tests => [qw(t/40-retry.t t/20-delivery.t)],
+    },
+    {
+        name => '401-dead',
+        what => 'a wrong API key dead-letters events instead of holding them',
+        file => $DELIVER,
+        from => q~        || status == 401 || status == 403 || status == 404 || status == 405)~,
+        to => q~        || status == 403 || status == 404 || status == 405)~,
+        tests => [qw(t/40-retry.t)],
+    },
+    {
+        name => 'retry-after-unparsed',
+        what => 'a Retry-After header is not read',
+        file => $SENDER,
+        from => q~            req->retry_after = v;~,
+        to => q~            req->retry_after = (v < 0) ? v : -1;~,
+        tests => [qw(t/42-rate.t t/40-retry.t)],
+    },
+
+    # --- spool and dead letters -------------------------------------------------
+
+    {
+        name => 'spool-last-buffer-lost',
+        what => "the spool's last buffer is never written",
+        file => $SPOOL,
+        from => q~    ngx_http_cio_spool_flush(&w);
+
+    if (w.failed == 0 && fsync(w.fd) == -1) {~,
+        to => q~    w.pos = w.buf;
+
+    if (w.failed == 0 && fsync(w.fd) == -1) {~,
+        tests => [qw(t/44-spool.t)],
+    },
+    {
+        name => 'dead-letter-item-lost',
+        what => 'a dead letter holds {} instead of the item',
+        file => $DEAD,
+        from => q~    p = ngx_cpymem(p, item, ilen);~,
+        to => q~    p = ngx_cpymem(p, "{}", 2);~,
+        tests => [qw(t/41-dead-letter.t t/46-refusals.t)],
+    },
+    {
+        name => 'dead-letter-line-not-whole',
+        what => 'a short write leaves half a dead-letter line',
+        file => $DEAD,
+        from => q~        || ftruncate(fd, end - n) == -1)~,
+        to => q~        || 1)~,
+        tests => [qw(t/47-dead-letter-full.t)],
+    },
+
+    # --- the ingest location ------------------------------------------------------
+
+    {
+        name => 'queue-full-200',
+        what => 'a full queue answers 200 and drops the events',
+        file => $HANDLER,
+        from => q~    if (rc == NGX_BUSY) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "cio: queue is full~,
+        to => q~    if (rc == NGX_BUSY) {
+        rc = NGX_OK;
+    }
+
+    if (0) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "cio: queue is full~,
+        tests => [qw(t/20-delivery.t t/50-hostile.t)],
+    },
+    {
+        name => 'call-size-limit-off',
+        what => 'a call over cio_max_call_size is accepted',
+        file => $HANDLER,
+        from => q~    if (len <= (off_t) max) {~,
+        to => q~    if (len <= (off_t) (64 * max)) {~,
+        tests => [qw(t/15-ingest-edge.t t/50-hostile.t)],
+    },
+    {
+        name => 'size-after-body',
+        what => 'a declared Content-Length over the limit is read first '
+            . '(100 Continue, the upload spooled) before its 413',
+        file => $HANDLER,
+        from => q~                                  r->headers_in.content_length_n, &rc)~,
+        to => q~                                  -1, &rc)~,
+        tests => [qw(t/51-glue-defects.t)],
+    },
+    {
+        name => 'cors-credentials-default',
+        what => 'every allowed origin gets Access-Control-Allow-Credentials',
+        file => $HANDLER,
+        from => q~        || (lcf->cors_credentials
+            && ngx_http_cio_header_out~,
+        to => q~        || (1
+            && ngx_http_cio_header_out~,
+        tests => [qw(t/51-glue-defects.t t/15-ingest-edge.t)],
+    },
+    {
+        name => 'cors-any-origin',
+        what => 'an origin not in cio_cors_origins gets CORS headers',
+        file => $HANDLER,
+        from => q~        if (i == lcf->cors_origins->nelts) {~,
+        to => q~        if (0) {~,
+        tests => [qw(t/15-ingest-edge.t t/10-ingest.t)],
+    },
+    {
+        name => 'eu-region-us-endpoint',
+        what => 'cio_region eu sends to the US endpoint',
+        file => $MODULE,
+        from => q~        ngx_str_set(&base, "https://track-eu.customer.io");~,
+        to => q~        ngx_str_set(&base, "https://track.customer.io");~,
+        tests => [qw(t/21-accounting.t t/01-config.t)],
+    },
+);
+
+
+my ($check, $list, $only, $jobs, $no_baseline) = (0, 0, undef, 2, 0);
+
+GetOptions('check' => \$check, 'list' => \$list, 'only=s' => \$only,
+           'j=i' => \$jobs, 'no-baseline' => \$no_baseline)
+    or die "usage: $0 [--check] [--list] [--only RE] [-j N] "
+         . "[--no-baseline]\n";
+
+my @todo = grep { !defined $only || $_->{name} =~ /$only/ } @MUTATIONS;
+die "no mutation matches \"$only\"\n" unless @todo;
+
+if ($list) {
+    printf "%-28s %-32s %s\n   %s\n", $_->{name}, $_->{file},
+        join(' ', @{ $_->{tests} }), $_->{what} for @todo;
+    exit 0;
+}
+
+exit(check(@todo) ? 0 : 1) if $check;
+
+exit run(@todo);
+
+
+# --- mutate-check ---------------------------------------------------------------
+
+sub slurp {
+    my ($path) = @_;
+    open my $fh, '<', $path or return undef;
+    local $/;
+    my $s = <$fh>;
+    close $fh;
+    return $s;
+}
+
+sub spew {
+    my ($path, $s) = @_;
+    open my $fh, '>', $path or die "$path: $!\n";
+    print $fh $s;
+    close $fh or die "$path: $!\n";
+}
+
+sub count {
+    my ($hay, $needle) = @_;
+    my ($n, $at) = (0, 0);
+    while (($at = index($hay, $needle, $at)) >= 0) {
+        $n++;
+        $at += length $needle;
+    }
+    return $n;
+}
+
+# what is wrong with a mutation in the tree at $top, or ''
+sub problem {
+    my ($m, $top) = @_;
+    my $src = slurp("$top/$m->{file}");
+    return "$m->{file} is missing" unless defined $src;
+    return 'from and to are the same' if $m->{from} eq $m->{to};
+    my $n = count($src, $m->{from});
+    return "its snippet is found $n times in $m->{file}, not once" if $n != 1;
+    for my $t (@{ $m->{tests} }) {
+        return "test $t is missing" unless $t eq 'unit' || -f "$top/$t";
+        return 'an audit row must be caught end to end, not by unit'
+            if $t eq 'unit' && $m->{audit};
+    }
+    return '';
+}
+
+sub check {
+    my (@ms) = @_;
+    my %names;
+    my $ok = 1;
+    for my $m (@ms) {
+        my $why = $names{ $m->{name} }++ ? 'its name is used twice'
+                                         : problem($m, $TOP);
+        next unless $why;
+        print STDERR "mutate-check: $m->{name}: $why\n";
+        $ok = 0;
+    }
+    printf "mutate-check: %d mutations, %s\n", scalar @ms,
+        $ok ? 'every snippet found exactly once'
+            : 'some no longer apply (scripts/mutate.pl)';
+    return $ok;
+}
+
+
+# --- make mutate -----------------------------------------------------------------
+
+# the files of the tree: tracked, and new ones not ignored
+sub tree_files {
+    open my $fh, '-|', 'git', '-C', $TOP, 'ls-files', '-z', '--cached',
+        '--others', '--exclude-standard' or die "git ls-files: $!\n";
+    local $/ = "\0";
+    my @files = grep { -f "$TOP/$_" && !-l "$TOP/$_" }
+        map { chomp; $_ } <$fh>;
+    close $fh or die "git ls-files failed\n";
+    return @files;
+}
+
+# the slot's copy of the tree; only what changed is copied, so that its
+# build stays and only what differs is rebuilt
+sub sync_slot {
+    my ($slot, $files) = @_;
+    for my $f (@$files) {
+        my ($from, $to) = ("$TOP/$f", "$slot/$f");
+        next if -e $to && compare($from, $to) == 0;
+        make_path(dirname($to));
+        unlink $to;
+        copy($from, $to) or die "copy $f: $!\n";
+        chmod((stat $from)[2] & 07777, $to);
+    }
+}
+
+# runs a command in its own process group with a deadline; the exit
+# status, or -1 on a timeout (the group is killed)
+sub run_cmd {
+    my ($cmd, $dir, $log, $timeout) = @_;
+    my $pid = fork();
+    die "fork: $!\n" unless defined $pid;
+    if ($pid == 0) {
+        setpgid(0, 0);
+        chdir $dir or die "$dir: $!\n";
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>>', $log or die "$log: $!\n";
+        open STDERR, '>&', \*STDOUT;
+        exec @$cmd or exit 127;
+    }
+    my $deadline = time() + $timeout;
+    while (time() < $deadline) {
+        return $? >> 8 if waitpid($pid, WNOHANG) == $pid;
+        sleep 0.1;
+    }
+    kill 'KILL', -$pid;
+    waitpid($pid, 0);
+    return -1;
+}
+
+# the module, and the unit tests when wanted, in the slot
+sub build_slot {
+    my ($slot, $log, $unit) = @_;
+    return 0 if run_cmd(['scripts/build.sh'], $slot, $log, 600) != 0;
+    return 0 if $unit
+        && run_cmd(['make', '-s', 'build/test_map'], $slot, $log, 300) != 0;
+    return 1;
+}
+
+# what failed first in a log of prove's: "t/x.t:12: the test's name"
+sub first_assertion {
+    my ($log) = @_;
+    my $s = slurp($log) // '';
+    my ($name, $file, $line) = $s =~
+        /^#\s+Failed test (?:'(.*?)'\n#\s+)?at (\S+) line (\d+)/m;
+    $file =~ s{^\Q$TOP\E/build/mutate/slot\d+/}{} if $file;
+    return "$file:$line: " . ($name // '') if $file;
+    my ($bad) = $s =~ /^((?:FAIL|not ok|.*Sanitizer|Bailout).*)$/m;
+    return $bad // '';
+}
+
+# the first of the tests that fails, or '' when all pass
+sub first_failing {
+    my ($slot, $log, $tests) = @_;
+    for my $t (@$tests) {
+        my $cmd = $t eq 'unit' ? ['build/test_map']
+                               : ['prove', '-I', 't/lib', $t];
+        my $rc = run_cmd($cmd, $slot, $log, 300);
+        return $rc < 0 ? "$t (timed out)" : $t if $rc != 0;
+    }
+    return '';
+}
+
+sub env_for_slot {
+    # the slot's own build, not one the caller pointed the tests at
+    delete @ENV{qw(CIO_MODULE CIO_PRELOAD CIO_VALGRIND CIO_BUILD_DIR SAN
+                   NGINX_SRC NGINX CIO_TEST_LEAVE)};
+}
+
+# in a child: one mutation in a slot; the result as a line in $out
+sub one {
+    my ($m, $slot, $out) = @_;
+    my $log = "$TOP/build/mutate/logs/$m->{name}.log";
+    my $path = "$slot/$m->{file}";
+    my $start = time();
+    my $result;
+
+    unlink $log;
+
+    my $orig = slurp($path);
+    my $why = problem($m, $slot);
+
+    if ($why) {
+        $result = "DID NOT APPLY: $why";
+
+    } else {
+        (my $mutated = $orig) =~ s/\Q$m->{from}\E/$m->{to}/;
+        spew($path, $mutated);
+
+        my $unit = grep { $_ eq 'unit' } @{ $m->{tests} };
+
+        if (!build_slot($slot, $log, $unit)) {
+            $result = 'DID NOT BUILD';
+        } else {
+            my $by = first_failing($slot, $log, $m->{tests});
+            $result = $by ? "caught by $by" : 'NOT CAUGHT';
+            $result .= "\t" . first_assertion($log) if $by;
+        }
+
+        spew($path, $orig);
+    }
+
+    my ($res, $how) = split /\t/, $result;
+    spew($out, sprintf "%s\t%.0f\t%s\n", $res, time() - $start, $how // '');
+}
+
+sub run {
+    my (@ms) = @_;
+
+    return 1 unless check(@ms);
+
+    env_for_slot();
+    $jobs = 1 if $jobs < 1;
+
+    my @files = tree_files();
+    make_path("$TOP/build/mutate/logs");
+    my @slots = map { "$TOP/build/mutate/slot$_" } 0 .. $jobs - 1;
+
+    print "mutate: copying the tree and building in build/mutate/ ...\n";
+
+    for my $slot (@slots) {
+        make_path($slot);
+        sync_slot($slot, \@files);
+        unlink "$slot/mutate.log";
+        build_slot($slot, "$slot/mutate.log", 1)
+            or die "mutate: the unmutated copy does not build, see "
+                 . "$slot/mutate.log\n";
+    }
+
+    unless ($no_baseline) {
+        my %seen;
+        my @tests = grep { !$seen{$_}++ } map { @{ $_->{tests} } } @ms;
+        print "mutate: the tests without a mutation first: @tests\n";
+        my @fail = parallel(\@slots, [ map { { tests => [$_] } } @tests ],
+                            sub {
+            my ($job, $slot, $out) = @_;
+            (my $n = $job->{tests}[0]) =~ s{.*/}{};
+            my $log = "$TOP/build/mutate/logs/baseline-$n.log";
+            unlink $log;
+            my $by = first_failing($slot, $log, $job->{tests});
+            spew($out, "$by\n");
+        });
+        my @bad = grep { ($_->[0] // "") ne "" } @fail;
+        if (@bad) {
+            print "mutate: these fail without any mutation, fix them "
+                . "first: ", join(', ', map { $_->[0] } @bad), "\n";
+            return 2;
+        }
+    }
+
+    print "mutate: ", scalar @ms, " mutations, $jobs at once\n";
+
+    my @results = parallel(\@slots, \@ms, \&one);
+
+    my @rows = map { [ $ms[$_]{name}, $ms[$_]{file},
+                       join(' ', @{ $ms[$_]{tests} }),
+                       @{ $results[$_] }[0, 1] ] } 0 .. $#ms;
+
+    my @w = (8, 4, 5, 6);
+    for my $r (@rows) {
+        for my $i (0 .. 3) {
+            $w[$i] = length $r->[$i] if length $r->[$i] > $w[$i];
+        }
+    }
+    my $fmt = "%-$w[0]s  %-$w[1]s  %-$w[2]s  %-$w[3]s  %5s\n";
+
+    print "\n";
+    printf $fmt, 'mutation', 'file', 'tests', 'result', 'secs';
+    printf $fmt, map { '-' x $_ } @w, 5;
+    printf $fmt, @$_ for @rows;
+
+    print "\nwhat failed first (logs in build/mutate/logs/):\n";
+    printf "  %-*s  %s\n", $w[0], $ms[$_]{name}, $results[$_][2]
+        for grep { length($results[$_][2] // '') } 0 .. $#ms;
+
+    my @bad = grep { $_->[3] !~ /^caught by / } @rows;
+    printf "\n%d of %d mutations caught%s\n", @rows - @bad, scalar @rows,
+        @bad ? '; not caught or not applied: '
+               . join(', ', map { $_->[0] } @bad) : '';
+
+    return @bad ? 1 : 0;
+}
+
+# runs $fn->($job, $slot, $outfile) for each job in a child, at most one
+# per slot at a time; returns each job's output file split on tabs
+sub parallel {
+    my ($slots, $jobs, $fn) = @_;
+    my @queue = 0 .. $#$jobs;
+    my (%running, @results);
+    my @free = @$slots;
+
+    while (@queue || %running) {
+        while (@queue && @free) {
+            my $i = shift @queue;
+            my $slot = shift @free;
+            my $out = "$slot/result";
+            unlink $out;
+            my $pid = fork();
+            die "fork: $!\n" unless defined $pid;
+            if ($pid == 0) {
+                $fn->($jobs->[$i], $slot, $out);
+                exit 0;
+            }
+            $running{$pid} = [ $i, $slot, $out ];
+            print "  started $i: ", ($jobs->[$i]{name}
+                                     // "@{ $jobs->[$i]{tests} }"),
+                " in ", (split m{/}, $slot)[-1], "\n";
+        }
+        my $pid = waitpid(-1, 0);
+        my $r = delete $running{$pid} or next;
+        my ($i, $slot, $out) = @$r;
+        my $line = slurp($out) // "FAILED (the run died)\t0\n";
+        chomp $line;
+        $results[$i] = [ split /\t/, $line, -1 ];
+        push @free, $slot;
+        print "  done $i: ", ($jobs->[$i]{name} // "@{ $jobs->[$i]{tests} }"),
+            ": ", ($results[$i][0] || 'passed'),
+            defined $results[$i][1] ? " ($results[$i][1] s)" : '', "\n";
+    }
+
+    return @results;
+}
