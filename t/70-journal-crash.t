@@ -185,6 +185,49 @@ sub crash_rounds {
     $t->done_part;
 }
 
+# --- some delivered, the rest not, then the kill ------------------------------
+# the settled records are counted and their segments deleted, the others
+# stay: small segments (max_size=256k: 64 KB each) so that some roll over
+
+{
+    my $t = Cio::Test->new(workers => 2);
+    my $port = Cio::Test::free_port();
+    my $url = "http://127.0.0.1:$port";
+    my $pad = { type => 'track', userId => 'u', properties => { pad => 'x' x 300 } };
+    my $post = sub {
+        my @ok;
+        for my $name (@_) {
+            my ($st) = $t->post('/cio/v1/track',
+                { %$pad, event => $name, messageId => "m-$name" });
+            push @ok, $name if ($st // 0) == 200;
+        }
+        return @ok;
+    };
+
+    $t->config(http => conf($url,
+        'cio_journal %%TESTDIR%%/journal max_size=256k;'))->run;
+    my $cio = $t->standin(workspaces => ['site1:key1'], port => $port);
+
+    my @first = $post->(map { "early-$_" } 1 .. 120);
+    is_deeply($cio->wait_names(\@first, 10), [],
+        '120 events delivered while Customer.io answers');
+    $cio->stop;
+    my @later = $post->(map { "late-$_" } 1 .. 200);
+    is(scalar(@first) + scalar(@later), 320,
+        '200 more answered 200 with Customer.io away');
+    ok(() = glob($t->dir . '/journal/*.seg') >= 2,
+        'the journal rolled over to a new segment');
+
+    ok(kill_all($t), 'master and workers SIGKILLed');
+    $cio = $t->standin(workspaces => ['site1:key1'], port => $port);
+    $t->run;
+    ok($t->log_lines(qr/cio: journal ".*": \d+ records in \d+ segments, \d+ settled, 200 queued again/),
+        'the start queued the 200 undelivered again, none of the others');
+    is_deeply($cio->wait_names(\@later, 15), [], 'and delivered them');
+
+    $t->done_part;
+}
+
 # --- a reload that resizes the zone, then the kill -----------------------------
 # the items move to the new zone with their records, and those still in
 # flight in the old one are in the journal too
