@@ -1420,8 +1420,12 @@ ngx_http_cio_init_module(ngx_cycle_t *cycle)
 
     fresh = ngx_http_cio_queue_start(zone, ozone, cycle->log);
 
-    if (zone) {
-        ngx_http_cio_journal_start(cycle, mcf->journal, zone, fresh);
+    /* a journal that cannot be read or is another nginx's: no start */
+    if (zone
+        && ngx_http_cio_journal_start(cycle, mcf->journal, zone, fresh)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
     }
 
     if (fresh) {

@@ -355,7 +355,7 @@ void ngx_http_cio_spool_save(ngx_cycle_t *cycle, ngx_str_t *path,
 /* ngx_http_cio_journal.c: cio_journal, the accepted items on disk */
 char *ngx_http_cio_journal_conf(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
-void ngx_http_cio_journal_start(ngx_cycle_t *cycle,
+ngx_int_t ngx_http_cio_journal_start(ngx_cycle_t *cycle,
     ngx_http_cio_journal_t *j, ngx_http_cio_zone_t *zone,
     ngx_uint_t fresh);
 void ngx_http_cio_journal_init_process(ngx_cycle_t *cycle,

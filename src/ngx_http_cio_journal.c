@@ -53,6 +53,7 @@
 
 #include "ngx_http_cio.h"
 
+#include <sys/file.h>
 #include <zlib.h>
 
 
@@ -171,6 +172,8 @@ static ngx_int_t ngx_http_cio_journal_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
 static void ngx_http_cio_journal_name(ngx_http_cio_journal_t *j,
     u_char *buf, uint32_t no, const char *ext);
+static ngx_int_t ngx_http_cio_journal_lock(ngx_cycle_t *cycle,
+    ngx_http_cio_journal_t *j);
 static ngx_int_t ngx_http_cio_journal_replay(ngx_cycle_t *cycle,
     ngx_http_cio_journal_t *j, ngx_http_cio_zone_t *zone,
     ngx_http_cio_jstats_t *st);
@@ -418,14 +421,14 @@ ngx_http_cio_journal_name(ngx_http_cio_journal_t *j, u_char *buf,
  * go to the queue at the next start.
  */
 
-void
+ngx_int_t
 ngx_http_cio_journal_start(ngx_cycle_t *cycle, ngx_http_cio_journal_t *j,
     ngx_http_cio_zone_t *zone, ngx_uint_t fresh)
 {
     ngx_http_cio_jstats_t  st;
 
     if (j == NULL || !j->fresh) {
-        return;
+        return NGX_OK;
     }
 
     j->fresh = 0;
@@ -453,7 +456,7 @@ ngx_http_cio_journal_start(ngx_cycle_t *cycle, ngx_http_cio_journal_t *j,
     {
         ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
                       ngx_create_dir_n " \"%V\" failed", &j->path);
-        return;
+        return NGX_ERROR;
     }
 
     /* the workers write it */
@@ -471,12 +474,16 @@ ngx_http_cio_journal_start(ngx_cycle_t *cycle, ngx_http_cio_journal_t *j,
         }
     }
 
+    if (ngx_http_cio_journal_lock(cycle, j) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     ngx_memzero(&st, sizeof(ngx_http_cio_jstats_t));
 
     if (ngx_http_cio_journal_replay(cycle, j, fresh ? zone : NULL, &st)
         != NGX_OK)
     {
-        return;
+        return NGX_ERROR;
     }
 
     ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
@@ -505,6 +512,52 @@ ngx_http_cio_journal_start(ngx_cycle_t *cycle, ngx_http_cio_journal_t *j,
                       "endpoint no cio_ingest location uses, they stay in "
                       "the journal", &j->path, st.unmatched);
     }
+
+    return NGX_OK;
+}
+
+
+/*
+ * One nginx to a journal: the master locks PATH/lock for as long as it
+ * and its workers live (the kernel drops the lock with the last of them,
+ * however they die).  Another nginx on the same directory, such as the
+ * new master of a binary upgrade (the fd is not inherited across exec),
+ * would write segments under the same numbers: it does not start.
+ */
+
+static ngx_int_t
+ngx_http_cio_journal_lock(ngx_cycle_t *cycle, ngx_http_cio_journal_t *j)
+{
+    u_char    *name;
+    ngx_fd_t   fd;
+
+    name = ngx_pnalloc(cycle->pool, j->path.len + sizeof("/lock"));
+    if (name == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf(name, "%V/lock%Z", &j->path);
+
+    fd = open((char *) name, O_RDWR|O_CREAT|O_CLOEXEC, 0600);
+
+    if (fd == -1) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
+                      "open() \"%s\" failed", name);
+        return NGX_ERROR;
+    }
+
+    if (flock(fd, LOCK_EX|LOCK_NB) == -1) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
+                      "cio: the journal \"%V\" is in use by another nginx "
+                      "(a binary upgrade? stop that one, then start this "
+                      "one: the journal keeps the queue)", &j->path);
+        (void) close(fd);
+        return NGX_ERROR;
+    }
+
+    /* kept open, and locked, for the life of the master */
+
+    return NGX_OK;
 }
 
 

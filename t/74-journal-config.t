@@ -58,4 +58,33 @@ for my $case (@cases) {
         unless $fails;
 }
 
+# --- one nginx to a journal ---------------------------------------------------
+# a second nginx on the same directory (what the new master of a binary
+# upgrade would be) refuses to start, rather than write the same segments
+
+{
+    my $a = Cio::Test->new(workers => 1);
+    my $dir = $a->dir . '/journal';
+    my $http = "    %%ZONE%%\n    cio_journal $dir;\n$server";
+    $a->config(http => $http)->run;
+
+    my $b = Cio::Test->new(workers => 1);
+    $b->config(http => $http);
+    local $ENV{LD_PRELOAD} = $ENV{CIO_PRELOAD} if $ENV{CIO_PRELOAD};
+    my $out = `timeout 20 $b->{nginx} -p @{[ $b->dir ]}/ -c nginx.conf -e @{[ $b->dir ]}/error.log 2>&1`;
+    isnt($? >> 8, 0, 'a second nginx on the same journal does not start');
+    like($out, qr/\[emerg\].*cio: the journal "\Q$dir\E" is in use by another nginx \(a binary upgrade\?/,
+        'and says why');
+
+    my ($st) = $a->post('/cio/v1/track', { type => 'track', userId => 'u',
+        event => 'still' });
+    is($st, 200, 'the first one goes on');
+
+    $a->done_part;
+    $b->allow_log(qr/\[emerg\].*is in use by another nginx/);
+    $b->run;
+    pass('once the first one stopped, the second one starts');
+    $b->done_part;
+}
+
 done_testing();
