@@ -18,6 +18,7 @@
  *   src/ngx_http_cio_sender.c       the sender thread (no nginx headers)
  *   src/ngx_http_cio_dead_letter.c  the dead-letter file
  *   src/ngx_http_cio_spool.c        the spool file across a stop
+ *   src/ngx_http_cio_journal.c      cio_journal: accepted items on disk
  *   src/ngx_http_cio_status.c       cio_status
  */
 
@@ -309,6 +310,13 @@ static ngx_command_t  ngx_http_cio_commands[] = {
       0,
       NULL },
 
+    { ngx_string("cio_journal"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE123,
+      ngx_http_cio_journal_conf,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("cio_drain_timeout"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_msec_slot,
@@ -416,6 +424,7 @@ ngx_http_cio_create_main_conf(ngx_conf_t *cf)
      *
      *     mcf->shm_zone = NULL;
      *     mcf->spool = { 0, NULL };
+     *     mcf->journal = NULL;
      */
 
     if (ngx_array_init(&mcf->workspaces, cf->pool, 2,
@@ -1390,6 +1399,7 @@ ngx_http_cio_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 static ngx_int_t
 ngx_http_cio_init_module(ngx_cycle_t *cycle)
 {
+    ngx_uint_t                 fresh;
     ngx_http_cio_zone_t       *zone, *ozone;
     ngx_http_cio_main_conf_t  *mcf, *omcf;
 
@@ -1408,7 +1418,17 @@ ngx_http_cio_init_module(ngx_cycle_t *cycle)
                                                  ngx_http_cio_module);
     ozone = (omcf && omcf->shm_zone) ? omcf->shm_zone->data : NULL;
 
-    if (ngx_http_cio_queue_start(zone, ozone, cycle->log)) {
+    fresh = ngx_http_cio_queue_start(zone, ozone, cycle->log);
+
+    /* a journal that cannot be read or is another nginx's: no start */
+    if (zone
+        && ngx_http_cio_journal_start(cycle, mcf->journal, zone, fresh)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (fresh) {
         ngx_http_cio_spool_load(cycle, &mcf->spool, zone);
     }
 
@@ -1446,6 +1466,8 @@ ngx_http_cio_init_process(ngx_cycle_t *cycle)
      * failing here would keep nginx from ever respawning it
      */
 
+    ngx_http_cio_journal_init_process(cycle, mcf->journal);
+
     (void) ngx_http_cio_deliver_init(cycle, mcf);
 
     return NGX_OK;
@@ -1455,7 +1477,9 @@ ngx_http_cio_init_process(ngx_cycle_t *cycle)
 static void
 ngx_http_cio_exit_process(ngx_cycle_t *cycle)
 {
+    /* settles what the sender still had, then the journal syncs */
     ngx_http_cio_deliver_exit(cycle);
+    ngx_http_cio_journal_exit_process(cycle);
 }
 
 

@@ -14,6 +14,8 @@
 #   BENCH_RATE=N       the stand-in's request rate limit (default 100,
 #                      Customer.io's Track API fair-use limit)
 #   BENCH_OUT=FILE     where the results go (default bench/results.md)
+#   BENCH_JOURNAL=ARGS cio_journal in every nginx, with these parameters
+#                      ("sync=1s", "sync=always"; "on" for the defaults)
 #   BENCH_ONLY=LIST    only these parts: standin,map,zone,edge,delivery
 #                      (the others' rows are left out of the table)
 #   CIO_MODULE=PATH    another build of the module (t/lib/Cio/Test.pm)
@@ -284,8 +286,12 @@ sub standin_settle {
 sub nginx_start {
     my (%o) = @_;
     my $t = Cio::Test->new(workers => $o{workers});
+    my $journal = !$ENV{BENCH_JOURNAL} ? ''
+        : 'cio_journal %%TESTDIR%%/journal max_size=4g '
+          . ($ENV{BENCH_JOURNAL} eq 'on' ? '' : $ENV{BENCH_JOURNAL}) . ';';
     my $http = <<"EOF";
     cio_zone zone=bench:$o{zone};
+    $journal
     cio_timeout $o{timeout};
     cio_connect_timeout 5s;
 

@@ -58,6 +58,7 @@ my $HANDLER = 'src/ngx_http_cio_handler.c';
 my $DEAD = 'src/ngx_http_cio_dead_letter.c';
 my $SENDER = 'src/ngx_http_cio_sender.c';
 my $MODULE = 'ngx_http_cio_module.c';
+my $JOURNAL = 'src/ngx_http_cio_journal.c';
 
 my @MUTATIONS = (
 
@@ -254,7 +255,7 @@ my @MUTATIONS = (
         what => 'a reload that resizes the zone loses the queued events',
         file => $QUEUE,
         from => q~                || ngx_http_cio_queue_append(to, nws, node->data, node->len,
-                                             node->attempts)
+                                             node->attempts, node->jref)
                    != NGX_OK)~,
         to => q~                || 0)~,
         tests => [qw(t/43-crash.t)],
@@ -413,6 +414,49 @@ my @MUTATIONS = (
         from => q~        ngx_str_set(&base, "https://track-eu.customer.io");~,
         to => q~        ngx_str_set(&base, "https://track.customer.io");~,
         tests => [qw(t/21-accounting.t t/01-config.t)],
+    },
+    {
+        name => 'journal-not-written',
+        what => 'cio_journal answers 200 for events it never wrote: a '
+            . 'crash loses them',
+        file => $HANDLER,
+        from => q~    if (mcf->journal && n && lcf->ws->sh
+        && ngx_http_cio_journal_write(~,
+        to => q~    if (0 && mcf->journal && n && lcf->ws->sh
+        && ngx_http_cio_journal_write(~,
+        tests => [qw(t/70-journal-crash.t)],
+    },
+    {
+        name => 'journal-answers-before-sync',
+        what => 'sync=always answers 200 before the fdatasync: a power '
+            . 'loss loses them',
+        file => $JOURNAL,
+        from => q~    ngx_queue_insert_tail(&jw->waiting, &w->link);
+
+    ngx_http_cio_journal_sync();
+
+    return NGX_AGAIN;~,
+        to => q~    ngx_http_cio_journal_sync();
+
+    return NGX_OK;~,
+        tests => [qw(t/73-journal-sync.t)],
+    },
+    {
+        name => 'journal-no-crc',
+        what => 'a damaged journal record is queued as an item',
+        file => $JOURNAL,
+        from => q~    if ((uint32_t) crc32(0, p + 12, len + 4) != crc) {~,
+        to => q~    if (0) {~,
+        tests => [qw(t/71-journal-damage.t)],
+    },
+    {
+        name => 'journal-settles-twice',
+        what => 'an item settled is counted twice: a segment is deleted '
+            . 'while it holds unsettled records',
+        file => $JOURNAL,
+        from => q~        seg->settled += (uint32_t) k;~,
+        to => q~        seg->settled += (uint32_t) k * 2;~,
+        tests => [qw(t/70-journal-crash.t)],
     },
 );
 

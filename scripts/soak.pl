@@ -10,6 +10,11 @@
 #
 #   make soak                       60 s at 40 events/s, 2 workers
 #   perl -It/lib scripts/soak.pl --duration 30 --rate 20 --seed 7
+#   make soak SOAK_ARGS="--journal sync=1s"
+#
+# --journal ARGS adds "cio_journal DIR ARGS;" ("on": the defaults), and
+# then the stop and start becomes two SIGKILLs of the master and every
+# worker at once, with Customer.io down: the journal must carry the queue.
 #
 # Bounded: the load runs --duration seconds; the final wait for delivery
 # is at most 90 s.  Loopback only.  Not part of make test.
@@ -31,8 +36,9 @@ use Cio::Test qw(wait_until);
 use Cio::Load qw(dead_letters);
 
 my %o = (duration => 60, rate => 40, workers => 2, seed => time % 1000);
-GetOptions(\%o, 'duration=i', 'rate=i', 'workers=i', 'seed=i')
-    or die "usage: $0 [--duration S] [--rate N] [--workers N] [--seed N]\n";
+GetOptions(\%o, 'duration=i', 'rate=i', 'workers=i', 'seed=i', 'journal=s')
+    or die "usage: $0 [--duration S] [--rate N] [--workers N] [--seed N] "
+        . "[--journal ARGS]\n";
 die "--duration is 10 to 600 s\n" if $o{duration} < 10 || $o{duration} > 600;
 die "--rate is 1 to 200 events/s\n" if $o{rate} < 1 || $o{rate} > 200;
 srand($o{seed});
@@ -42,8 +48,13 @@ my $dir = $t->dir;
 my $port = Cio::Test::free_port();
 my $cio = $t->standin(workspaces => ['site1:key1'], port => $port);
 
+my $journal = !defined $o{journal} ? ''
+    : 'cio_journal %%TESTDIR%%/journal '
+      . ($o{journal} eq 'on' ? '' : $o{journal}) . ';';
+
 my $conf = <<"END";
     cio_zone zone=cio:16m;
+    $journal
     cio_flush_interval 50ms;
     cio_retry_backoff 100ms 1s;
     cio_retry_max 8;
@@ -117,11 +128,15 @@ my @faults = (
     [ 'normal',            sub { } ],
 );
 
-my %count = (reloads => 0, kills => 0, restarts => 0, faults => 0);
+my %count = (reloads => 0, kills => 0, restarts => 0, faults => 0,
+    crashes => 0);
 my ($next_fault, $next_reload, $next_kill) = ($start + 2, $start + 9,
     $start + 5);
 my $restart_at = $start + $o{duration} * 0.6;
 my $restarted = 0;
+my @crash_at = defined $o{journal}
+    ? ($start + $o{duration} * 0.35, $start + $o{duration} * 0.7) : ();
+$restarted = 1 if @crash_at;
 my $fault = 0;
 
 sub clear_faults {
@@ -158,6 +173,23 @@ while (time < $end) {
             note(sprintf '%5.1f s: SIGKILL a worker', time - $start);
         }
         $next_kill = $now + 5 + rand 4;
+    }
+
+    if (@crash_at && $now >= $crash_at[0]) {
+        # the whole server dies, Customer.io away: only the journal keeps
+        # what was answered 200
+        shift @crash_at;
+        $cio->stop if $cio->running;
+        my @pids = ($t->master_pid, $t->worker_pids);
+        kill 'KILL', @pids;
+        waitpid($t->master_pid, 0);
+        delete $t->{nginx_pid};
+        wait_until(sub { !grep { kill 0, $_ } @pids }, 10);
+        note(sprintf '%5.1f s: SIGKILL of master and workers, Customer.io '
+            . 'down', time - $start);
+        $t->run;
+        $count{crashes}++;
+        note(sprintf '%5.1f s: nginx started again', time - $start);
     }
 
     if (!$restarted && $now >= $restart_at) {
@@ -222,7 +254,9 @@ my @report = (
         . '%.0f s in all', $o{duration}, $o{rate}, $o{workers}, $o{seed},
         $elapsed),
     sprintf('chaos: %d faults, %d reloads, %d workers killed, %d stop and '
-        . 'start', @count{qw(faults reloads kills restarts)}),
+        . 'start, %d whole-server SIGKILLs%s',
+        @count{qw(faults reloads kills restarts crashes)},
+        defined $o{journal} ? " (cio_journal $o{journal})" : ''),
     sprintf('accepted (200):      %6d', scalar @accepted),
     sprintf('delivered:           %6d  (+%d sent more than once, '
         . 'deduplicated by id)', scalar(grep { $delivered{$_} } @accepted),

@@ -95,6 +95,7 @@ typedef struct {
     uint64_t                     id;         /* 0 once freed */
     uint64_t                     lease;      /* unix ms, in flight only */
     ngx_pid_t                    owner;
+    uint64_t                     jref;       /* in cio_journal, 0: none */
     uint32_t                     attempts;
     uint32_t                     len;
     u_char                       data[1];
@@ -136,9 +137,22 @@ typedef struct {
 } ngx_http_cio_ws_t;
 
 
+typedef struct ngx_http_cio_journal_s  ngx_http_cio_journal_t;
+
+
+/* a request waiting for cio_journal's sync (sync=always) */
+typedef struct {
+    ngx_queue_t                  link;
+    uint64_t                     seq;
+    ngx_int_t                    rc;         /* NGX_OK: synced */
+    ngx_event_t                  ev;         /* posted when it is over */
+} ngx_http_cio_jwait_t;
+
+
 typedef struct {
     ngx_shm_zone_t              *shm_zone;
     ngx_array_t                  workspaces; /* ngx_http_cio_ws_t * */
+    ngx_http_cio_journal_t      *journal;    /* cio_journal, or NULL */
 
     ngx_msec_t                   flush_interval;
     size_t                       batch_size;
@@ -208,6 +222,7 @@ typedef struct {
     ngx_uint_t                   n;
     ngx_http_cio_node_t        **nodes;
     uint64_t                    *ids;
+    uint64_t                    *jrefs;      /* in cio_journal, 0: none */
 
     /* where each item is in the request body, for dead letters */
     size_t                      *offs;
@@ -285,7 +300,7 @@ ngx_uint_t ngx_http_cio_queue_start(ngx_http_cio_zone_t *zone,
     ngx_http_cio_zone_t *ozone, ngx_log_t *log);
 ngx_int_t ngx_http_cio_queue_push(ngx_http_cio_zone_t *zone,
     ngx_http_cio_shws_t *ws, ngx_str_t *items, ngx_uint_t n,
-    ngx_uint_t filtered, ngx_uint_t refused);
+    ngx_uint_t filtered, ngx_uint_t refused, uint64_t *jrefs);
 ngx_http_cio_batch_t *ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone,
     ngx_http_cio_shws_t *ws, ngx_http_cio_main_conf_t *mcf,
     u_char **body, size_t *body_len);
@@ -301,7 +316,8 @@ ngx_uint_t ngx_http_cio_queue_bury(ngx_http_cio_zone_t *zone,
 ngx_uint_t ngx_http_cio_queue_reclaim(ngx_http_cio_zone_t *zone);
 void ngx_http_cio_queue_free_batch(ngx_http_cio_batch_t *batch);
 ngx_int_t ngx_http_cio_queue_append(ngx_http_cio_zone_t *zone,
-    ngx_http_cio_shws_t *ws, u_char *data, size_t len, uint32_t attempts);
+    ngx_http_cio_shws_t *ws, u_char *data, size_t len, uint32_t attempts,
+    uint64_t jref);
 ngx_http_cio_shws_t *ngx_http_cio_queue_lookup(ngx_http_cio_zone_t *zone,
     ngx_str_t *url, ngx_str_t *site_id);
 ngx_uint_t ngx_http_cio_queue_generation(ngx_http_cio_zone_t *zone);
@@ -335,6 +351,23 @@ void ngx_http_cio_spool_load(ngx_cycle_t *cycle, ngx_str_t *path,
     ngx_http_cio_zone_t *zone);
 void ngx_http_cio_spool_save(ngx_cycle_t *cycle, ngx_str_t *path,
     ngx_http_cio_zone_t *zone);
+
+/* ngx_http_cio_journal.c: cio_journal, the accepted items on disk */
+char *ngx_http_cio_journal_conf(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_int_t ngx_http_cio_journal_start(ngx_cycle_t *cycle,
+    ngx_http_cio_journal_t *j, ngx_http_cio_zone_t *zone,
+    ngx_uint_t fresh);
+void ngx_http_cio_journal_init_process(ngx_cycle_t *cycle,
+    ngx_http_cio_journal_t *j);
+void ngx_http_cio_journal_exit_process(ngx_cycle_t *cycle);
+ngx_int_t ngx_http_cio_journal_write(ngx_http_cio_journal_t *j,
+    ngx_http_cio_ws_t *ws, ngx_str_t *items, ngx_uint_t n, ngx_pool_t *pool,
+    ngx_log_t *log, uint64_t **jrefs);
+void ngx_http_cio_journal_settled(uint64_t *jrefs, u_char *acts,
+    ngx_uint_t n, u_char act);
+ngx_int_t ngx_http_cio_journal_wait(ngx_http_cio_journal_t *j,
+    ngx_http_cio_jwait_t *w);
 
 /* ngx_http_cio_status.c: the cio_status location */
 ngx_int_t ngx_http_cio_status_handler(ngx_http_request_t *r);

@@ -93,6 +93,9 @@ static ngx_int_t ngx_http_cio_preflight(ngx_http_request_t *r,
     ngx_http_cio_loc_conf_t *lcf);
 static ngx_int_t ngx_http_cio_decode_body(ngx_http_request_t *r,
     ngx_str_t *body, size_t max, ngx_int_t *answer);
+static ngx_int_t ngx_http_cio_wait_journal(ngx_http_request_t *r,
+    ngx_http_cio_map_result_t *res, size_t received, ngx_uint_t amplitude);
+static void ngx_http_cio_journal_synced(ngx_event_t *ev);
 static void ngx_http_cio_free(void *data);
 static void ngx_http_cio_log_changes(ngx_http_request_t *r,
     ngx_uint_t changes);
@@ -361,6 +364,20 @@ ngx_http_cio_process(ngx_http_request_t *r, ngx_int_t route,
 
     ctx->status = (queued == 0 && res.nfiltered) ? "filtered" : "queued";
 
+    if (queued) {
+        /* cio_journal sync=always: answered once the items are synced */
+        rc = ngx_http_cio_wait_journal(r, &res, received, amplitude);
+
+        if (rc == NGX_DONE) {
+            /* res is the waiter's now */
+            return NGX_DONE;
+        }
+
+        if (rc != NGX_OK) {
+            goto done;
+        }
+    }
+
     rc = amplitude ? ngx_http_cio_reply_amplitude(r, &res, received)
                    : ngx_http_cio_reply_ok(r, &res);
 
@@ -600,6 +617,7 @@ ngx_http_cio_enqueue(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
     ngx_http_cio_map_result_t *res, ngx_uint_t refused, ngx_uint_t *queued,
     ngx_int_t *answer)
 {
+    uint64_t                  *jrefs;
     ngx_int_t                  rc;
     ngx_str_t                 *items;
     ngx_uint_t                 i, j, n;
@@ -641,13 +659,34 @@ ngx_http_cio_enqueue(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
         return NGX_DONE;
     }
 
+    jrefs = NULL;
+
+    /* on disk before in the queue: a 200 is never for less (journal.c) */
+    if (mcf->journal && n && lcf->ws->sh
+        && ngx_http_cio_journal_write(mcf->journal, lcf->ws, items, n,
+                                      r->pool, r->connection->log, &jrefs)
+           != NGX_OK)
+    {
+        ngx_http_cio_queue_reject(mcf->shm_zone->data, lcf->ws->sh,
+                                  NGX_HTTP_CIO_REJ_FULL, 1);
+        *answer = ngx_http_cio_refuse(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                      "journal cannot take it, retry later");
+        return NGX_DONE;
+    }
+
     if (lcf->ws->sh == NULL) {
         /* the zone had no room for the workspace when the worker started */
         rc = NGX_BUSY;
 
     } else {
         rc = ngx_http_cio_queue_push(mcf->shm_zone->data, lcf->ws->sh,
-                                     items, n, res->nfiltered, refused);
+                                     items, n, res->nfiltered, refused,
+                                     jrefs);
+    }
+
+    if (rc != NGX_OK && jrefs) {
+        /* refused after all: nothing to replay */
+        ngx_http_cio_journal_settled(jrefs, NULL, n, 0);
     }
 
     if (rc == NGX_BUSY) {
@@ -681,6 +720,88 @@ ngx_http_cio_enqueue(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
     *queued = n;
 
     return NGX_OK;
+}
+
+
+/* a request waiting for cio_journal's sync, with what its answer needs */
+typedef struct {
+    ngx_http_cio_jwait_t         wait;
+    ngx_http_request_t          *r;
+    ngx_http_cio_map_result_t    res;
+    size_t                       received;
+    ngx_uint_t                   amplitude;
+} ngx_http_cio_synced_t;
+
+
+/*
+ * NGX_DONE: the request waits, without blocking the worker, for the sync
+ * that covers its records, and is answered by ngx_http_cio_journal_synced;
+ * NGX_OK: it is answered now.
+ */
+
+static ngx_int_t
+ngx_http_cio_wait_journal(ngx_http_request_t *r,
+    ngx_http_cio_map_result_t *res, size_t received, ngx_uint_t amplitude)
+{
+    ngx_http_cio_synced_t     *s;
+    ngx_http_cio_main_conf_t  *mcf;
+
+    mcf = ngx_http_get_module_main_conf(r, ngx_http_cio_module);
+
+    if (mcf->journal == NULL) {
+        return NGX_OK;
+    }
+
+    s = ngx_pcalloc(r->pool, sizeof(ngx_http_cio_synced_t));
+    if (s == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    s->r = r;
+    s->received = received;
+    s->amplitude = amplitude;
+    s->wait.ev.handler = ngx_http_cio_journal_synced;
+    s->wait.ev.data = s;
+    s->wait.ev.log = r->connection->log;
+
+    if (ngx_http_cio_journal_wait(mcf->journal, &s->wait) == NGX_OK) {
+        return NGX_OK;
+    }
+
+    s->res = *res;
+    r->main->count++;
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_cio_journal_synced(ngx_event_t *ev)
+{
+    ngx_int_t               rc;
+    ngx_connection_t       *c;
+    ngx_http_request_t     *r;
+    ngx_http_cio_synced_t  *s;
+
+    s = ev->data;
+    r = s->r;
+    c = r->connection;
+
+    if (s->wait.rc != NGX_OK) {
+        /* queued all the same: the client's retry makes a duplicate */
+        rc = ngx_http_cio_refuse(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                 "journal cannot be synced, retry later");
+
+    } else {
+        rc = s->amplitude
+             ? ngx_http_cio_reply_amplitude(r, &s->res, s->received)
+             : ngx_http_cio_reply_ok(r, &s->res);
+    }
+
+    ngx_http_cio_map_result_free(&s->res);
+
+    ngx_http_finalize_request(r, rc);
+    ngx_http_run_posted_requests(c);
 }
 
 

@@ -348,7 +348,8 @@ ngx_http_cio_queue_copy_str(ngx_slab_pool_t *shpool, ngx_str_t *dst,
 
 ngx_int_t
 ngx_http_cio_queue_push(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
-    ngx_str_t *items, ngx_uint_t n, ngx_uint_t filtered, ngx_uint_t refused)
+    ngx_str_t *items, ngx_uint_t n, ngx_uint_t filtered, ngx_uint_t refused,
+    uint64_t *jrefs)
 {
     ngx_uint_t            i;
     ngx_queue_t          *q;
@@ -370,6 +371,7 @@ ngx_http_cio_queue_push(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
 
         node->ws = ws;
         node->id = ++zone->sh->next_id;
+        node->jref = jrefs ? jrefs[i] : 0;
         node->lease = 0;
         node->owner = 0;
         node->attempts = 0;
@@ -442,8 +444,9 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
 
     batch = ngx_calloc(sizeof(ngx_http_cio_batch_t), ngx_cycle->log);
     buf = ngx_alloc(max_bytes, ngx_cycle->log);
-    mem = ngx_alloc(cap * (sizeof(ngx_http_cio_node_t *) + sizeof(uint64_t)
-                           + sizeof(size_t) + 2 * sizeof(uint32_t) + 1),
+    mem = ngx_alloc(cap * (sizeof(ngx_http_cio_node_t *)
+                           + 2 * sizeof(uint64_t) + sizeof(size_t)
+                           + 2 * sizeof(uint32_t) + 1),
                     ngx_cycle->log);
 
     if (batch == NULL || buf == NULL || mem == NULL) {
@@ -453,7 +456,8 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
     /* largest alignment first */
     batch->nodes = (ngx_http_cio_node_t **) mem;
     batch->ids = (uint64_t *) (batch->nodes + cap);
-    batch->offs = (size_t *) (batch->ids + cap);
+    batch->jrefs = batch->ids + cap;
+    batch->offs = (size_t *) (batch->jrefs + cap);
     batch->lens = (uint32_t *) (batch->offs + cap);
     batch->attempts = batch->lens + cap;
     batch->acts = (u_char *) (batch->attempts + cap);
@@ -521,6 +525,7 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
 
         batch->nodes[n] = node;
         batch->ids[n] = node->id;
+        batch->jrefs[n] = node->jref;
         n++;
     }
 
@@ -773,6 +778,10 @@ ngx_http_cio_queue_settle(ngx_http_cio_zone_t *zone,
     st->pending = ws->npending + ws->ninflight;
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    /* what this call freed (DONE now) is settled in cio_journal too */
+    ngx_http_cio_journal_settled(batch->jrefs, batch->acts, batch->n,
+                                 NGX_HTTP_CIO_ACT_DONE);
 }
 
 
@@ -816,15 +825,20 @@ ngx_http_cio_queue_bury(ngx_http_cio_zone_t *zone,
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
 
+    if (n) {
+        ngx_http_cio_journal_settled(batch->jrefs, batch->acts, batch->n,
+                                     NGX_HTTP_CIO_ACT_DEAD);
+    }
+
     return n;
 }
 
 
-/* one item at the tail of a workspace: the spool loads this way */
+/* one item at the tail of a workspace: the spool and the journal load so */
 
 ngx_int_t
 ngx_http_cio_queue_append(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
-    u_char *data, size_t len, uint32_t attempts)
+    u_char *data, size_t len, uint32_t attempts, uint64_t jref)
 {
     ngx_http_cio_node_t  *node;
 
@@ -838,6 +852,7 @@ ngx_http_cio_queue_append(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
 
     node->ws = ws;
     node->id = ++zone->sh->next_id;
+    node->jref = jref;
     node->lease = 0;
     node->owner = 0;
     node->attempts = attempts;
@@ -912,7 +927,7 @@ ngx_http_cio_queue_migrate(ngx_http_cio_zone_t *from,
 
             if (nws == NULL
                 || ngx_http_cio_queue_append(to, nws, node->data, node->len,
-                                             node->attempts)
+                                             node->attempts, node->jref)
                    != NGX_OK)
             {
                 /* the old workers deliver the rest */

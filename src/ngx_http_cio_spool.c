@@ -65,6 +65,7 @@ static void ngx_http_cio_spool_report(ngx_log_t *log, ngx_str_t *spool,
     ngx_http_cio_spool_stats_t *stats);
 static ngx_int_t ngx_http_cio_spool_line(ngx_http_cio_zone_t *zone,
     u_char *line, size_t len, ngx_http_cio_spool_stats_t *stats);
+static void ngx_http_cio_spool_count(void *data, ngx_http_cio_node_t *node);
 static void ngx_http_cio_spool_node(void *data, ngx_http_cio_node_t *node);
 static void ngx_http_cio_spool_put(ngx_http_cio_spool_writer_t *w,
     u_char *p, size_t len);
@@ -380,7 +381,7 @@ ngx_http_cio_spool_line(ngx_http_cio_zone_t *zone, u_char *line, size_t len,
     }
 
     if (end <= item
-        || ngx_http_cio_queue_append(zone, ws, item, end - item, n)
+        || ngx_http_cio_queue_append(zone, ws, item, end - item, n, 0)
            != NGX_OK)
     {
         stats->full++;
@@ -406,7 +407,9 @@ ngx_http_cio_spool_save(ngx_cycle_t *cycle, ngx_str_t *spool,
     ngx_http_cio_spool_walk_t     walk;
     ngx_http_cio_spool_writer_t   w;
 
-    n = ngx_http_cio_queue_walk(zone, NULL, NULL);
+    /* what cio_journal holds is replayed from there: not spooled twice */
+    n = 0;
+    (void) ngx_http_cio_queue_walk(zone, ngx_http_cio_spool_count, &n);
 
     if (n == 0) {
         return;
@@ -445,7 +448,7 @@ ngx_http_cio_spool_save(ngx_cycle_t *cycle, ngx_str_t *spool,
     walk.w = &w;
     walk.log = cycle->log;
 
-    n = ngx_http_cio_queue_walk(zone, ngx_http_cio_spool_node, &walk);
+    (void) ngx_http_cio_queue_walk(zone, ngx_http_cio_spool_node, &walk);
 
     ngx_http_cio_spool_flush(&w);
 
@@ -472,6 +475,17 @@ ngx_http_cio_spool_save(ngx_cycle_t *cycle, ngx_str_t *spool,
 
 
 static void
+ngx_http_cio_spool_count(void *data, ngx_http_cio_node_t *node)
+{
+    ngx_uint_t *n = data;
+
+    if (node->jref == 0) {
+        (*n)++;
+    }
+}
+
+
+static void
 ngx_http_cio_spool_node(void *data, ngx_http_cio_node_t *node)
 {
     ngx_http_cio_spool_walk_t *walk = data;
@@ -480,6 +494,10 @@ ngx_http_cio_spool_node(void *data, ngx_http_cio_node_t *node)
     size_t                        len;
     ngx_http_cio_shws_t          *ws;
     ngx_http_cio_spool_writer_t  *w;
+
+    if (node->jref) {
+        return;
+    }
 
     w = walk->w;
     ws = node->ws;

@@ -1,0 +1,1747 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+
+/*
+ * Copyright (C) ngx_http_cio_module authors
+ */
+
+
+/*
+ * cio_journal: every item a request brings is written to a file before the
+ * request is answered 200, so that it outlives every nginx process (and,
+ * once synced, the machine).  The zone stays the queue; the journal is
+ * what a start reloads it from.
+ *
+ * The directory holds segments, NNNNNNNN.seg, appended to one after the
+ * other, and beside each its settled list, NNNNNNNN.ack.  A record is one
+ * item:
+ *
+ *   magic (4) | length of what follows the header (4) | crc32 (4) |
+ *   site_id length (2) | url length (2) | site_id | url | item
+ *
+ * in the machine's byte order; the crc covers everything after itself.
+ * An item is known by its segment's number and its record's offset (the
+ * jref, kept in its zone node).  When it is settled (delivered or
+ * dead-lettered) the worker appends the offset to the .ack file: 4 bytes
+ * and their crc32 mixed with the segment's number.  A segment whose every
+ * record is settled, and which is not the one written to, is deleted with
+ * its .ack.
+ *
+ * Workers append under the mutex of the journal's own small shared
+ * memory zone, which also counts each live segment's records and settled
+ * ones: a request's records in one write() at the offset the zone keeps,
+ * and a write cut short is truncated away again before the 503.  nginx's
+ * master unlocks that mutex when a worker dies holding it, as it does the
+ * queue's.  An ack is written under the same mutex, so that a segment is
+ * never deleted while anything still writes to it.
+ *
+ * At start (when the journal's zone is new) the master reads every
+ * segment: records neither settled nor damaged go back into the queue, in
+ * order; a damaged record or a torn tail is logged and skipped (the next
+ * good record is found again by its magic and crc); writing goes on in a
+ * new segment, never after a torn tail.
+ *
+ * Syncing: sync=off leaves the data to the page cache (it survives the
+ * death of every nginx process, not of the machine); sync=TIME has each
+ * worker fdatasync() what it wrote every TIME, in nginx's thread pool
+ * "cio_journal" if one is configured, else "default", when nginx has
+ * threads, so that the event loop never waits for the disk; sync=always
+ * has the request wait (ngx_http_cio_journal_wait) for the sync that
+ * covers its write, and a sync covers every write of the worker before
+ * it began: the requests that came while one ran share the next.
+ */
+
+
+#include "ngx_http_cio.h"
+
+#include <sys/file.h>
+#include <zlib.h>
+
+
+#define NGX_HTTP_CIO_J_MAGIC       0x4a4f4943       /* "CIOJ" */
+#define NGX_HTTP_CIO_J_HEADER      16
+#define NGX_HTTP_CIO_J_MAX_RECORD  (16 * 1024 * 1024)
+#define NGX_HTTP_CIO_J_SEGS        256
+#define NGX_HTTP_CIO_J_MIN_SEG     (64 * 1024)
+#define NGX_HTTP_CIO_J_MAX_SEG     (64 * 1024 * 1024)
+#define NGX_HTTP_CIO_J_ALERT_EVERY 60
+#define NGX_HTTP_CIO_J_OLD_FDS     16
+#define NGX_HTTP_CIO_J_NAME_LEN    sizeof("/00000000.seg")
+
+/*
+ * A jref: the journal's id (8 bits), the segment's number (24), the
+ * record's offset (32).  The id tells the records of the journal a reload
+ * replaced from this one's, whose segment numbers may be the same.
+ */
+#define NGX_HTTP_CIO_J_MAX_NO      0xffffff
+#define ngx_http_cio_jref(id, no, off)                                       \
+    ((uint64_t) (id) << 56 | (uint64_t) (no) << 32 | (uint32_t) (off))
+#define ngx_http_cio_jref_id(jref)   ((uint32_t) ((jref) >> 56))
+#define ngx_http_cio_jref_no(jref)   ((uint32_t) ((jref) >> 32) & 0xffffff)
+
+/* what failed, for ngx_http_cio_journal_failed */
+#define NGX_HTTP_CIO_J_WRITE       0
+#define NGX_HTTP_CIO_J_SYNC        1
+#define NGX_HTTP_CIO_J_ACK         2
+
+#define NGX_HTTP_CIO_J_SYNC_OFF    0
+#define NGX_HTTP_CIO_J_SYNC_TIMER  1
+#define NGX_HTTP_CIO_J_SYNC_ALWAYS 2
+
+
+/* a live segment, in the journal's zone; no 0: a free slot */
+typedef struct {
+    uint32_t                     no;
+    uint32_t                     records;
+    uint32_t                     settled;
+    uint32_t                     size;
+} ngx_http_cio_jseg_t;
+
+
+typedef struct {
+    uint32_t                     magic;
+    uint32_t                     id;         /* 1 .. 255, in the jrefs */
+    uint32_t                     active;     /* written to; 0: none yet */
+    uint32_t                     last;       /* the highest number used */
+    uint64_t                     total;      /* bytes of live segments */
+    ngx_atomic_t                 alert_at[3]; /* unix s: next alert */
+    ngx_http_cio_jseg_t          segs[NGX_HTTP_CIO_J_SEGS];
+} ngx_http_cio_jsh_t;
+
+
+struct ngx_http_cio_journal_s {
+    ngx_str_t                    path;       /* NUL-ended */
+    off_t                        max_size;
+    size_t                       seg_size;
+    ngx_uint_t                   sync;
+    ngx_msec_t                   interval;
+    ngx_shm_zone_t              *shm_zone;
+    ngx_http_cio_jsh_t          *sh;
+    ngx_slab_pool_t             *shpool;
+#if (NGX_THREADS)
+    ngx_thread_pool_t           *tp;
+#endif
+    unsigned                     fresh:1;
+};
+
+
+/* a worker's side: its files and its sync timer */
+typedef struct {
+    ngx_http_cio_journal_t      *j;
+    ngx_log_t                   *log;
+    ngx_fd_t                     fd;         /* the segment written to */
+    uint32_t                     no;
+    ngx_fd_t                     ack_fd;
+    uint32_t                     ack_no;
+    ngx_fd_t                     old[NGX_HTTP_CIO_J_OLD_FDS];
+    ngx_uint_t                   nold;       /* written, to sync, close */
+    ngx_event_t                  timer;
+    uint64_t                     wseq;       /* writes so far */
+    uint32_t                     end;        /* after the last, in no */
+    ngx_queue_t                  waiting;    /* ngx_http_cio_jwait_t */
+    unsigned                     dirty:1;
+    unsigned                     syncing:1;
+#if (NGX_THREADS)
+    ngx_thread_task_t           *task;
+#endif
+} ngx_http_cio_jworker_t;
+
+
+/* what a sync task takes to the thread: fds it syncs and closes */
+typedef struct {
+    ngx_fd_t                     fds[NGX_HTTP_CIO_J_OLD_FDS + 1];
+    ngx_uint_t                   n;
+    ngx_err_t                    err;
+    uint64_t                     seq;        /* the last write it covers */
+    uint32_t                     no;         /* for the debug line */
+    uint32_t                     end;
+} ngx_http_cio_jsync_t;
+
+
+typedef struct {
+    ngx_uint_t                   segments;
+    ngx_uint_t                   records;
+    ngx_uint_t                   loaded;
+    ngx_uint_t                   settled;
+    ngx_uint_t                   unmatched;
+    ngx_uint_t                   full;
+    ngx_uint_t                   damaged;
+} ngx_http_cio_jstats_t;
+
+
+static ngx_int_t ngx_http_cio_journal_init_zone(ngx_shm_zone_t *shm_zone,
+    void *data);
+static void ngx_http_cio_journal_name(ngx_http_cio_journal_t *j,
+    u_char *buf, uint32_t no, const char *ext);
+static ngx_int_t ngx_http_cio_journal_lock(ngx_cycle_t *cycle,
+    ngx_http_cio_journal_t *j);
+static ngx_int_t ngx_http_cio_journal_replay(ngx_cycle_t *cycle,
+    ngx_http_cio_journal_t *j, ngx_http_cio_zone_t *zone,
+    ngx_http_cio_jstats_t *st);
+static ngx_int_t ngx_http_cio_journal_segment(ngx_cycle_t *cycle,
+    ngx_http_cio_journal_t *j, ngx_http_cio_zone_t *zone, uint32_t no,
+    ngx_http_cio_jstats_t *st);
+static uint32_t *ngx_http_cio_journal_acks(ngx_cycle_t *cycle,
+    ngx_http_cio_journal_t *j, uint32_t no, ngx_uint_t *n);
+static ngx_int_t ngx_http_cio_journal_record(ngx_cycle_t *cycle,
+    ngx_http_cio_zone_t *zone, u_char *p, size_t len, uint64_t jref,
+    ngx_http_cio_jstats_t *st);
+static u_char *ngx_http_cio_journal_slurp(ngx_cycle_t *cycle, u_char *name,
+    size_t *size);
+static size_t ngx_http_cio_journal_check(u_char *p, u_char *last);
+static ngx_http_cio_jseg_t *ngx_http_cio_journal_find(
+    ngx_http_cio_journal_t *j, uint32_t no);
+static ngx_int_t ngx_http_cio_journal_open(ngx_http_cio_journal_t *j,
+    ngx_log_t *log);
+static void ngx_http_cio_journal_failed(ngx_http_cio_journal_t *j,
+    ngx_log_t *log, ngx_err_t err, ngx_uint_t what);
+static void ngx_http_cio_journal_delete(ngx_http_cio_journal_t *j,
+    uint32_t no, ngx_log_t *log);
+static void ngx_http_cio_journal_ack(ngx_http_cio_jseg_t *seg,
+    uint32_t *offs, ngx_uint_t n);
+static void ngx_http_cio_journal_timer(ngx_event_t *ev);
+static void ngx_http_cio_journal_sync(void);
+static void ngx_http_cio_journal_sync_thread(void *data, ngx_log_t *log);
+#if (NGX_THREADS)
+static void ngx_http_cio_journal_sync_done(ngx_event_t *ev);
+#endif
+static void ngx_http_cio_journal_synced(ngx_http_cio_jsync_t *t);
+static int ngx_libc_cdecl ngx_http_cio_journal_cmp(const void *a,
+    const void *b);
+
+
+static ngx_http_cio_jworker_t  ngx_http_cio_jw;
+
+static ngx_connection_t        ngx_http_cio_jdummy;
+
+
+/*
+ * cio_journal PATH [max_size=SIZE] [sync=always|TIME|off];
+ */
+
+char *
+ngx_http_cio_journal_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_cio_main_conf_t *mcf = conf;
+
+    off_t                    size;
+    u_char                  *p;
+    ngx_str_t               *value, s, name;
+    ngx_msec_t               ms;
+    ngx_uint_t               i;
+    ngx_http_cio_journal_t  *j;
+
+    if (mcf->journal) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    j = ngx_pcalloc(cf->pool, sizeof(ngx_http_cio_journal_t));
+    if (j == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    j->path = value[1];
+
+    /* relative to the prefix, as nginx's own paths are */
+    if (ngx_conf_full_name(cf->cycle, &j->path, 0) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    while (j->path.len > 1 && j->path.data[j->path.len - 1] == '/') {
+        j->path.len--;
+    }
+
+    p = ngx_pnalloc(cf->pool, j->path.len + 1);
+    if (p == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memcpy(p, j->path.data, j->path.len);
+    p[j->path.len] = '\0';
+    j->path.data = p;
+
+    j->max_size = 1024 * 1024 * 1024;
+    j->sync = NGX_HTTP_CIO_J_SYNC_TIMER;
+    j->interval = 1000;
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "max_size=", 9) == 0) {
+            s.data = value[i].data + 9;
+            s.len = value[i].len - 9;
+
+            size = ngx_parse_offset(&s);
+
+            if (size == NGX_ERROR || size < 2 * NGX_HTTP_CIO_J_MIN_SEG) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid max_size \"%V\", at least "
+                                   "128k", &s);
+                return NGX_CONF_ERROR;
+            }
+
+            j->max_size = size;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "sync=", 5) == 0) {
+            s.data = value[i].data + 5;
+            s.len = value[i].len - 5;
+
+            if (s.len == 3 && ngx_strncmp(s.data, "off", 3) == 0) {
+                j->sync = NGX_HTTP_CIO_J_SYNC_OFF;
+                continue;
+            }
+
+            if (s.len == 6 && ngx_strncmp(s.data, "always", 6) == 0) {
+                j->sync = NGX_HTTP_CIO_J_SYNC_ALWAYS;
+                continue;
+            }
+
+            ms = ngx_parse_time(&s, 0);
+
+            if (ms == (ngx_msec_t) NGX_ERROR || ms == 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid sync \"%V\": always, off or a "
+                                   "time", &s);
+                return NGX_CONF_ERROR;
+            }
+
+            j->sync = NGX_HTTP_CIO_J_SYNC_TIMER;
+            j->interval = ms;
+            continue;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\"", &value[i]);
+        return NGX_CONF_ERROR;
+    }
+
+    /* some segments to the journal, none so large it waits long to go */
+    j->seg_size = ngx_max(ngx_min(j->max_size / 8, NGX_HTTP_CIO_J_MAX_SEG),
+                          NGX_HTTP_CIO_J_MIN_SEG);
+
+    /* a zone per directory: a reload that moves it starts a new one */
+    name.len = sizeof("cio_journal:") - 1 + j->path.len;
+    name.data = ngx_pnalloc(cf->pool, name.len);
+    if (name.data == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_sprintf(name.data, "cio_journal:%V", &j->path);
+
+    j->shm_zone = ngx_shared_memory_add(cf, &name, 8 * ngx_pagesize,
+                                        &ngx_http_cio_module);
+    if (j->shm_zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (j->shm_zone->data) {
+        return "is duplicate";
+    }
+
+    j->shm_zone->init = ngx_http_cio_journal_init_zone;
+    j->shm_zone->data = j;
+
+#if (NGX_THREADS)
+    {
+    ngx_str_t  tp = ngx_string("cio_journal");
+
+    /* "thread_pool cio_journal threads=N;" before http, else "default" */
+    if (j->sync != NGX_HTTP_CIO_J_SYNC_OFF) {
+        j->tp = ngx_thread_pool_get(cf->cycle, &tp);
+
+        if (j->tp == NULL) {
+            j->tp = ngx_thread_pool_add(cf, NULL);
+        }
+
+        if (j->tp == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+    }
+#endif
+
+    mcf->journal = j;
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_cio_journal_init_zone(ngx_shm_zone_t *shm_zone, void *data)
+{
+    ngx_http_cio_journal_t  *oj = data;
+
+    ngx_http_cio_journal_t  *j;
+
+    j = shm_zone->data;
+
+    if (oj) {
+        j->sh = oj->sh;
+        j->shpool = oj->shpool;
+        return NGX_OK;
+    }
+
+    j->shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+
+    if (shm_zone->shm.exists) {
+        j->sh = j->shpool->data;
+        return NGX_OK;
+    }
+
+    j->sh = ngx_slab_calloc(j->shpool, sizeof(ngx_http_cio_jsh_t));
+    if (j->sh == NULL) {
+        return NGX_ERROR;
+    }
+
+    j->sh->magic = NGX_HTTP_CIO_J_MAGIC;
+    j->sh->id = 1;
+    j->shpool->data = j->sh;
+    j->fresh = 1;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_cio_journal_name(ngx_http_cio_journal_t *j, u_char *buf,
+    uint32_t no, const char *ext)
+{
+    ngx_sprintf(buf, "%V/%08xD.%s%Z", &j->path, no, ext);
+}
+
+
+/*
+ * The master, in init_module, not for "nginx -t": a journal zone new to
+ * it (at start, or a reload that names a new directory) is filled from
+ * the directory, and the queue from its records, when the queue's zone is
+ * new too (no worker uses it yet).  A reload that adds a journal to a
+ * queue kept from before only takes the segments' counts: their records
+ * go to the queue at the next start.
+ */
+
+ngx_int_t
+ngx_http_cio_journal_start(ngx_cycle_t *cycle, ngx_http_cio_journal_t *j,
+    ngx_http_cio_zone_t *zone, ngx_uint_t fresh)
+{
+    ngx_http_cio_jstats_t  st;
+
+    if (j == NULL || !j->fresh) {
+        return NGX_OK;
+    }
+
+    j->fresh = 0;
+
+    /*
+     * A journal that replaces another on a reload takes the next id: the
+     * items queued from the other keep their jrefs, which must not settle
+     * this one's records.  ngx_cycle is still the old cycle here.
+     */
+    if (!ngx_is_init_cycle(ngx_cycle)) {
+        ngx_http_cio_main_conf_t  *omcf;
+
+        omcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                                   ngx_http_cio_module);
+
+        if (omcf && omcf->journal && omcf->journal->sh
+            && omcf->journal->sh != j->sh)
+        {
+            j->sh->id = omcf->journal->sh->id % 255 + 1;
+        }
+    }
+
+    if (ngx_create_dir(j->path.data, 0700) == NGX_FILE_ERROR
+        && ngx_errno != NGX_EEXIST)
+    {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
+                      ngx_create_dir_n " \"%V\" failed", &j->path);
+        return NGX_ERROR;
+    }
+
+    /* the workers write it */
+    if (geteuid() == 0) {
+        ngx_core_conf_t  *ccf;
+
+        ccf = (ngx_core_conf_t *) ngx_get_conf(cycle->conf_ctx,
+                                               ngx_core_module);
+
+        if (ccf && ccf->user != (ngx_uid_t) NGX_CONF_UNSET_UINT
+            && chown((char *) j->path.data, ccf->user, -1) == -1)
+        {
+            ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
+                          "chown(\"%V\") failed", &j->path);
+        }
+    }
+
+    if (ngx_http_cio_journal_lock(cycle, j) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    ngx_memzero(&st, sizeof(ngx_http_cio_jstats_t));
+
+    if (ngx_http_cio_journal_replay(cycle, j, fresh ? zone : NULL, &st)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
+                  "cio: journal \"%V\": %ui records in %ui segments, "
+                  "%ui settled, %ui queued again",
+                  &j->path, st.records, st.segments, st.settled,
+                  st.loaded);
+
+    if (!fresh && st.records > st.settled) {
+        ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                      "cio: journal \"%V\": the queue was kept by the "
+                      "reload, its %ui unsettled records are queued at the "
+                      "next start", &j->path, st.records - st.settled);
+    }
+
+    if (st.full) {
+        ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                      "cio: journal \"%V\": %ui records did not fit in "
+                      "cio_zone, they stay in the journal for the next "
+                      "start", &j->path, st.full);
+    }
+
+    if (st.unmatched) {
+        ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
+                      "cio: journal \"%V\": %ui records are for a site and "
+                      "endpoint no cio_ingest location uses, they stay in "
+                      "the journal", &j->path, st.unmatched);
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * One nginx to a journal: the master locks PATH/lock for as long as it
+ * and its workers live (the kernel drops the lock with the last of them,
+ * however they die).  Another nginx on the same directory, such as the
+ * new master of a binary upgrade (the fd is not inherited across exec),
+ * would write segments under the same numbers: it does not start.
+ */
+
+static ngx_int_t
+ngx_http_cio_journal_lock(ngx_cycle_t *cycle, ngx_http_cio_journal_t *j)
+{
+    u_char    *name;
+    ngx_fd_t   fd;
+
+    name = ngx_pnalloc(cycle->pool, j->path.len + sizeof("/lock"));
+    if (name == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf(name, "%V/lock%Z", &j->path);
+
+    fd = open((char *) name, O_RDWR|O_CREAT|O_CLOEXEC, 0600);
+
+    if (fd == -1) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
+                      "open() \"%s\" failed", name);
+        return NGX_ERROR;
+    }
+
+    if (flock(fd, LOCK_EX|LOCK_NB) == -1) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
+                      "cio: the journal \"%V\" is in use by another nginx "
+                      "(a binary upgrade? stop that one, then start this "
+                      "one: the journal keeps the queue)", &j->path);
+        (void) close(fd);
+        return NGX_ERROR;
+    }
+
+    /* kept open, and locked, for the life of the master */
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_cio_journal_replay(ngx_cycle_t *cycle, ngx_http_cio_journal_t *j,
+    ngx_http_cio_zone_t *zone, ngx_http_cio_jstats_t *st)
+{
+    u_char           *name, *p;
+    size_t            len;
+    uint32_t          no, *nos;
+    ngx_dir_t         dir;
+    ngx_uint_t        i, n, cap;
+    ngx_file_info_t   fi;
+
+    if (ngx_open_dir(&j->path, &dir) == NGX_ERROR) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
+                      ngx_open_dir_n " \"%V\" failed", &j->path);
+        return NGX_ERROR;
+    }
+
+    n = 0;
+    cap = 64;
+    nos = ngx_alloc(cap * sizeof(uint32_t), cycle->log);
+
+    for ( ;; ) {
+        ngx_set_errno(0);
+
+        if (ngx_read_dir(&dir) == NGX_ERROR) {
+            break;
+        }
+
+        name = ngx_de_name(&dir);
+        len = ngx_de_namelen(&dir);
+
+        /* NNNNNNNN.seg, NNNNNNNN.ack */
+        if (len != 12 || nos == NULL) {
+            continue;
+        }
+
+        for (p = name; p < name + 8; p++) {
+            if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f'))) {
+                break;
+            }
+        }
+
+        if (p != name + 8) {
+            continue;
+        }
+
+        no = (uint32_t) ngx_hextoi(name, 8);
+
+        if (no == 0 || no > NGX_HTTP_CIO_J_MAX_NO
+            || (ngx_strncmp(name + 8, ".seg", 4) != 0
+                && ngx_strncmp(name + 8, ".ack", 4) != 0))
+        {
+            continue;
+        }
+
+        if (no > j->sh->last) {
+            j->sh->last = no;
+        }
+
+        if (ngx_strncmp(name + 8, ".ack", 4) == 0) {
+            continue;
+        }
+
+        if (n == cap) {
+            p = ngx_alloc(2 * cap * sizeof(uint32_t), cycle->log);
+            if (p == NULL) {
+                ngx_free(nos);
+                nos = NULL;
+                continue;
+            }
+
+            ngx_memcpy(p, nos, cap * sizeof(uint32_t));
+            ngx_free(nos);
+            nos = (uint32_t *) p;
+            cap *= 2;
+        }
+
+        nos[n++] = no;
+    }
+
+    ngx_close_dir(&dir);
+
+    if (nos == NULL) {
+        return NGX_ERROR;
+    }
+
+    /* oldest first: the queue gets them in the order they came */
+    ngx_qsort(nos, n, sizeof(uint32_t), ngx_http_cio_journal_cmp);
+
+    for (i = 0; i < n; i++) {
+        (void) ngx_http_cio_journal_segment(cycle, j, zone, nos[i], st);
+    }
+
+    ngx_free(nos);
+
+    /* .ack files whose segment is gone: deleted in between, at a crash */
+
+    name = ngx_alloc(j->path.len + NGX_HTTP_CIO_J_NAME_LEN, cycle->log);
+    if (name == NULL) {
+        return NGX_OK;
+    }
+
+    for (no = 1; no <= j->sh->last && no != 0; no++) {
+        if (ngx_http_cio_journal_find(j, no) != NULL) {
+            continue;
+        }
+
+        ngx_http_cio_journal_name(j, name, no, "seg");
+
+        if (ngx_file_info(name, &fi) != NGX_FILE_ERROR) {
+            continue;
+        }
+
+        ngx_http_cio_journal_name(j, name, no, "ack");
+        (void) ngx_delete_file(name);
+    }
+
+    ngx_free(name);
+
+    return NGX_OK;
+}
+
+
+static int ngx_libc_cdecl
+ngx_http_cio_journal_cmp(const void *a, const void *b)
+{
+    uint32_t  x, y;
+
+    x = *(const uint32_t *) a;
+    y = *(const uint32_t *) b;
+
+    return (x < y) ? -1 : (x > y);
+}
+
+
+/*
+ * One segment: its settled offsets, then its records in order.  A record
+ * that fails its checks is skipped byte by byte until a good one begins:
+ * what a torn write or a flipped bit leaves is logged with where it is,
+ * and never becomes an item.
+ */
+
+static ngx_int_t
+ngx_http_cio_journal_segment(ngx_cycle_t *cycle, ngx_http_cio_journal_t *j,
+    ngx_http_cio_zone_t *zone, uint32_t no, ngx_http_cio_jstats_t *st)
+{
+    u_char               *data, *p, *last, *bad, *name;
+    size_t                size, len;
+    uint32_t             *acks, off;
+    ngx_uint_t            nacks, records, settled;
+    ngx_http_cio_jseg_t  *seg;
+
+    name = ngx_alloc(j->path.len + NGX_HTTP_CIO_J_NAME_LEN, cycle->log);
+    if (name == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_http_cio_journal_name(j, name, no, "seg");
+
+    data = ngx_http_cio_journal_slurp(cycle, name, &size);
+    if (data == NULL) {
+        ngx_free(name);
+        return NGX_ERROR;
+    }
+
+    acks = ngx_http_cio_journal_acks(cycle, j, no, &nacks);
+
+    records = 0;
+    settled = 0;
+    bad = NULL;
+    last = data + size;
+
+    for (p = data; p < last; /* void */) {
+
+        len = ngx_http_cio_journal_check(p, last);
+
+        if (len == 0) {
+            if (bad == NULL) {
+                bad = p;
+            }
+
+            p++;
+            continue;
+        }
+
+        if (bad) {
+            ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                          "cio: journal \"%s\": %uz damaged bytes at offset "
+                          "%uz skipped", name, (size_t) (p - bad),
+                          (size_t) (bad - data));
+            st->damaged++;
+            bad = NULL;
+        }
+
+        off = (uint32_t) (p - data);
+        records++;
+
+        if (acks && bsearch(&off, acks, nacks, sizeof(uint32_t),
+                            ngx_http_cio_journal_cmp))
+        {
+            settled++;
+
+        } else if (zone == NULL
+                   || ngx_http_cio_journal_record(cycle, zone, p, len,
+                                                  ngx_http_cio_jref(
+                                                      j->sh->id, no, off),
+                                                  st)
+                      != NGX_OK)
+        {
+            /* stays unsettled: the segment is kept for a later start */
+        }
+
+        p += len;
+    }
+
+    if (bad) {
+        ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                      "cio: journal \"%s\": a torn or damaged tail of %uz "
+                      "bytes at offset %uz skipped",
+                      name, (size_t) (last - bad), (size_t) (bad - data));
+        st->damaged++;
+    }
+
+    st->segments++;
+    st->records += records;
+    st->settled += settled;
+
+    ngx_free(acks);
+    ngx_free(data);
+
+    if (settled >= records) {
+        /* nothing left in it */
+        (void) ngx_delete_file(name);
+        ngx_http_cio_journal_name(j, name, no, "ack");
+        (void) ngx_delete_file(name);
+        ngx_free(name);
+        return NGX_OK;
+    }
+
+    ngx_free(name);
+
+    seg = ngx_http_cio_journal_find(j, 0);
+
+    if (seg == NULL) {
+        ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,
+                      "cio: journal \"%V\" has more than %d segments with "
+                      "unsettled records: segment %08xD is not followed",
+                      &j->path, NGX_HTTP_CIO_J_SEGS, no);
+        return NGX_ERROR;
+    }
+
+    seg->no = no;
+    seg->records = records;
+    seg->settled = settled;
+    seg->size = (uint32_t) size;
+
+    j->sh->total += size;
+
+    return NGX_OK;
+}
+
+
+/* a good record at p: its whole length; 0: none begins there */
+
+static size_t
+ngx_http_cio_journal_check(u_char *p, u_char *last)
+{
+    uint32_t  magic, len, crc;
+    uint16_t  slen, ulen;
+
+    if (last - p < NGX_HTTP_CIO_J_HEADER) {
+        return 0;
+    }
+
+    ngx_memcpy(&magic, p, 4);
+
+    if (magic != NGX_HTTP_CIO_J_MAGIC) {
+        return 0;
+    }
+
+    ngx_memcpy(&len, p + 4, 4);
+    ngx_memcpy(&crc, p + 8, 4);
+    ngx_memcpy(&slen, p + 12, 2);
+    ngx_memcpy(&ulen, p + 14, 2);
+
+    if (len > NGX_HTTP_CIO_J_MAX_RECORD
+        || (size_t) (last - p) - NGX_HTTP_CIO_J_HEADER < len
+        || (uint32_t) slen + ulen >= len)
+    {
+        return 0;
+    }
+
+    if ((uint32_t) crc32(0, p + 12, len + 4) != crc) {
+        return 0;
+    }
+
+    return NGX_HTTP_CIO_J_HEADER + len;
+}
+
+
+static ngx_int_t
+ngx_http_cio_journal_record(ngx_cycle_t *cycle, ngx_http_cio_zone_t *zone,
+    u_char *p, size_t len, uint64_t jref, ngx_http_cio_jstats_t *st)
+{
+    uint16_t              slen, ulen;
+    ngx_str_t             site, url;
+    ngx_http_cio_shws_t  *ws;
+
+    ngx_memcpy(&slen, p + 12, 2);
+    ngx_memcpy(&ulen, p + 14, 2);
+
+    site.data = p + NGX_HTTP_CIO_J_HEADER;
+    site.len = slen;
+    url.data = site.data + slen;
+    url.len = ulen;
+
+    ws = ngx_http_cio_queue_lookup(zone, &url, &site);
+
+    if (ws == NULL) {
+        st->unmatched++;
+        return NGX_DECLINED;
+    }
+
+    p = url.data + ulen;
+    len -= NGX_HTTP_CIO_J_HEADER + slen + ulen;
+
+    if (ngx_http_cio_queue_append(zone, ws, p, len, 0, jref) != NGX_OK) {
+        st->full++;
+        return NGX_DECLINED;
+    }
+
+    st->loaded++;
+
+    return NGX_OK;
+}
+
+
+/* a segment's settled offsets, sorted; those that fail their crc dropped */
+
+static uint32_t *
+ngx_http_cio_journal_acks(ngx_cycle_t *cycle, ngx_http_cio_journal_t *j,
+    uint32_t no, ngx_uint_t *n)
+{
+    u_char    *name, *data;
+    size_t     size, i;
+    uint32_t  *acks, e[2];
+
+    *n = 0;
+
+    name = ngx_alloc(j->path.len + NGX_HTTP_CIO_J_NAME_LEN, cycle->log);
+    if (name == NULL) {
+        return NULL;
+    }
+
+    ngx_http_cio_journal_name(j, name, no, "ack");
+
+    data = ngx_http_cio_journal_slurp(cycle, name, &size);
+
+    ngx_free(name);
+
+    if (data == NULL) {
+        return NULL;
+    }
+
+    acks = (uint32_t *) data;
+
+    /* a torn last entry is left out with size / 8 */
+    for (i = 0; i < size / 8; i++) {
+        ngx_memcpy(e, data + i * 8, 8);
+
+        if (((uint32_t) crc32(0, (u_char *) &e[0], 4) ^ no) == e[1]) {
+            acks[(*n)++] = e[0];
+        }
+    }
+
+    ngx_qsort(acks, *n, sizeof(uint32_t), ngx_http_cio_journal_cmp);
+
+    return acks;
+}
+
+
+/* a whole file; NULL for none (an absent .ack is no error) */
+
+static u_char *
+ngx_http_cio_journal_slurp(ngx_cycle_t *cycle, u_char *name, size_t *size)
+{
+    u_char           *data, *p;
+    ssize_t           n;
+    ngx_fd_t          fd;
+    ngx_file_info_t   fi;
+
+    fd = ngx_open_file(name, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+
+    if (fd == NGX_INVALID_FILE) {
+        if (ngx_errno != NGX_ENOENT) {
+            ngx_log_error(NGX_LOG_ALERT, cycle->log, ngx_errno,
+                          ngx_open_file_n " \"%s\" failed", name);
+        }
+
+        return NULL;
+    }
+
+    data = NULL;
+
+    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR) {
+        ngx_log_error(NGX_LOG_ALERT, cycle->log, ngx_errno,
+                      ngx_fd_info_n " \"%s\" failed", name);
+        goto failed;
+    }
+
+    *size = (size_t) ngx_file_size(&fi);
+
+    data = ngx_alloc(*size + 1, cycle->log);
+    if (data == NULL) {
+        goto failed;
+    }
+
+    for (p = data; p < data + *size; p += n) {
+        n = ngx_read_fd(fd, p, data + *size - p);
+
+        if (n == -1) {
+            ngx_log_error(NGX_LOG_ALERT, cycle->log, ngx_errno,
+                          ngx_read_fd_n " \"%s\" failed", name);
+            goto failed;
+        }
+
+        if (n == 0) {
+            break;
+        }
+    }
+
+    *size = p - data;
+
+    ngx_close_file(fd);
+
+    return data;
+
+failed:
+
+    ngx_free(data);
+    ngx_close_file(fd);
+
+    return NULL;
+}
+
+
+static ngx_http_cio_jseg_t *
+ngx_http_cio_journal_find(ngx_http_cio_journal_t *j, uint32_t no)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < NGX_HTTP_CIO_J_SEGS; i++) {
+        if (j->sh->segs[i].no == no) {
+            return &j->sh->segs[i];
+        }
+    }
+
+    return NULL;
+}
+
+
+void
+ngx_http_cio_journal_init_process(ngx_cycle_t *cycle,
+    ngx_http_cio_journal_t *j)
+{
+    ngx_http_cio_jworker_t  *jw;
+
+    jw = &ngx_http_cio_jw;
+
+    ngx_memzero(jw, sizeof(ngx_http_cio_jworker_t));
+
+    jw->j = j;
+    jw->log = cycle->log;
+    jw->fd = NGX_INVALID_FILE;
+    jw->ack_fd = NGX_INVALID_FILE;
+    ngx_queue_init(&jw->waiting);
+
+    if (j == NULL || j->sync != NGX_HTTP_CIO_J_SYNC_TIMER) {
+        return;
+    }
+
+    ngx_http_cio_jdummy.fd = (ngx_socket_t) -1;
+
+    jw->timer.handler = ngx_http_cio_journal_timer;
+    jw->timer.log = cycle->log;
+    jw->timer.data = &ngx_http_cio_jdummy;
+    jw->timer.cancelable = 1;
+
+    ngx_add_timer(&jw->timer, j->interval);
+}
+
+
+/* what this worker wrote is synced before it exits */
+
+void
+ngx_http_cio_journal_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_cio_jworker_t  *jw;
+
+    jw = &ngx_http_cio_jw;
+
+    if (jw->j == NULL) {
+        return;
+    }
+
+    /* a sync task still in the pool's thread syncs what it took */
+
+    while (jw->nold) {
+        jw->nold--;
+
+        if (jw->j->sync != NGX_HTTP_CIO_J_SYNC_OFF) {
+            (void) fdatasync(jw->old[jw->nold]);
+        }
+
+        (void) ngx_close_file(jw->old[jw->nold]);
+    }
+
+    if (jw->fd != NGX_INVALID_FILE) {
+        if (jw->dirty && jw->j->sync != NGX_HTTP_CIO_J_SYNC_OFF) {
+            (void) fdatasync(jw->fd);
+        }
+
+        (void) ngx_close_file(jw->fd);
+        jw->fd = NGX_INVALID_FILE;
+    }
+
+    if (jw->ack_fd != NGX_INVALID_FILE) {
+        (void) ngx_close_file(jw->ack_fd);
+        jw->ack_fd = NGX_INVALID_FILE;
+    }
+
+    jw->j = NULL;
+}
+
+
+/*
+ * A request's items as records, in one write() under the journal's lock.
+ * *jrefs: where each is, for its zone node.  NGX_BUSY: the journal is
+ * full; NGX_ERROR: it cannot be written.  Either way nothing of the
+ * request stays in it, and the request is answered 503.
+ */
+
+ngx_int_t
+ngx_http_cio_journal_write(ngx_http_cio_journal_t *j, ngx_http_cio_ws_t *ws,
+    ngx_str_t *items, ngx_uint_t n, ngx_pool_t *pool, ngx_log_t *log,
+    uint64_t **jrefs)
+{
+    u_char               *buf, *p, *rec;
+    size_t                len;
+    ssize_t               written;
+    uint16_t              slen, ulen;
+    uint32_t              rlen, crc, no, off, *offs, gone, magic;
+    ngx_err_t             err;
+    ngx_uint_t            i;
+    ngx_http_cio_jsh_t   *sh;
+    ngx_http_cio_jseg_t  *seg;
+
+    slen = (uint16_t) ws->site_id.len;
+    ulen = (uint16_t) ws->url.len;
+    magic = NGX_HTTP_CIO_J_MAGIC;
+    gone = 0;
+
+    len = 0;
+
+    for (i = 0; i < n; i++) {
+        len += NGX_HTTP_CIO_J_HEADER + slen + ulen + items[i].len;
+    }
+
+    buf = ngx_pnalloc(pool, len);
+    offs = ngx_palloc(pool, n * sizeof(uint32_t));
+    *jrefs = ngx_palloc(pool, n * sizeof(uint64_t));
+
+    if (buf == NULL || offs == NULL || *jrefs == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = buf;
+
+    for (i = 0; i < n; i++) {
+        rec = p;
+        offs[i] = (uint32_t) (p - buf);
+
+        rlen = slen + ulen + (uint32_t) items[i].len;
+
+        p += 12;
+        p = ngx_cpymem(p, &slen, 2);
+        p = ngx_cpymem(p, &ulen, 2);
+        p = ngx_cpymem(p, ws->site_id.data, slen);
+        p = ngx_cpymem(p, ws->url.data, ulen);
+        p = ngx_cpymem(p, items[i].data, items[i].len);
+
+        crc = (uint32_t) crc32(0, rec + 12, rlen + 4);
+
+        ngx_memcpy(rec, &magic, 4);
+        ngx_memcpy(rec + 4, &rlen, 4);
+        ngx_memcpy(rec + 8, &crc, 4);
+    }
+
+    sh = j->sh;
+
+    ngx_shmtx_lock(&j->shpool->mutex);
+
+    if (sh->total + len > (uint64_t) j->max_size) {
+        ngx_shmtx_unlock(&j->shpool->mutex);
+
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "cio: journal \"%V\" is full (max_size), %ui events "
+                      "refused with 503", &j->path, n);
+        return NGX_BUSY;
+    }
+
+    seg = sh->active ? ngx_http_cio_journal_find(j, sh->active) : NULL;
+
+    /*
+     * A new segment when this one is full, or all settled and large
+     * enough to be worth deleting: that is how a journal that filled its
+     * disk while Customer.io was away gives the space back.
+     */
+    if (seg == NULL
+        || (seg->size
+            && (seg->size + len > j->seg_size
+                || (seg->settled >= seg->records
+                    && seg->size >= NGX_HTTP_CIO_J_MIN_SEG))))
+    {
+
+        if (seg && seg->settled >= seg->records) {
+            /* nothing of it left to settle: it goes now, not at an ack */
+            gone = seg->no;
+            sh->total -= seg->size;
+            ngx_memzero(seg, sizeof(ngx_http_cio_jseg_t));
+        }
+
+        seg = ngx_http_cio_journal_find(j, 0);
+
+        if (seg == NULL) {
+            sh->active = 0;
+            ngx_shmtx_unlock(&j->shpool->mutex);
+
+            ngx_http_cio_journal_delete(j, gone, log);
+
+            ngx_log_error(NGX_LOG_WARN, log, 0,
+                          "cio: journal \"%V\" has %d segments with "
+                          "unsettled records, %ui events refused with 503",
+                          &j->path, NGX_HTTP_CIO_J_SEGS, n);
+            return NGX_BUSY;
+        }
+
+        /* numbers wrap, past those still in use */
+        do {
+            sh->last = (sh->last >= NGX_HTTP_CIO_J_MAX_NO) ? 1
+                                                            : sh->last + 1;
+        } while (ngx_http_cio_journal_find(j, sh->last));
+
+        seg->no = sh->last;
+        seg->records = 0;
+        seg->settled = 0;
+        seg->size = 0;
+        sh->active = seg->no;
+    }
+
+    if (ngx_http_cio_journal_open(j, log) != NGX_OK) {
+        err = ngx_errno;
+        goto failed;
+    }
+
+    no = seg->no;
+    off = seg->size;
+
+    written = pwrite(ngx_http_cio_jw.fd, buf, len, (off_t) off);
+
+    if (written != (ssize_t) len) {
+        err = (written == -1) ? ngx_errno : NGX_ENOSPC;
+
+        /* no half record stays for the next write to follow */
+        if (written > 0
+            && ftruncate(ngx_http_cio_jw.fd, (off_t) off) == -1)
+        {
+            ngx_log_error(NGX_LOG_ALERT, log, ngx_errno,
+                          "cio: journal \"%V\": ftruncate() failed",
+                          &j->path);
+        }
+
+        goto failed;
+    }
+
+    seg->size += (uint32_t) len;
+    seg->records += (uint32_t) n;
+    sh->total += len;
+
+    ngx_shmtx_unlock(&j->shpool->mutex);
+
+    ngx_http_cio_journal_delete(j, gone, log);
+
+    ngx_http_cio_jw.dirty = 1;
+    ngx_http_cio_jw.wseq++;
+    ngx_http_cio_jw.end = off + (uint32_t) len;
+
+    for (i = 0; i < n; i++) {
+        (*jrefs)[i] = ngx_http_cio_jref(sh->id, no, off + offs[i]);
+    }
+
+    return NGX_OK;
+
+failed:
+
+    ngx_shmtx_unlock(&j->shpool->mutex);
+
+    ngx_http_cio_journal_delete(j, gone, log);
+
+    ngx_http_cio_journal_failed(j, log, err, NGX_HTTP_CIO_J_WRITE);
+
+    return NGX_ERROR;
+}
+
+
+/* this worker's fd onto the active segment, under the lock */
+
+static ngx_int_t
+ngx_http_cio_journal_open(ngx_http_cio_journal_t *j, ngx_log_t *log)
+{
+    u_char                  *name;
+    ngx_fd_t                 fd;
+    ngx_http_cio_jworker_t  *jw;
+
+    jw = &ngx_http_cio_jw;
+
+    if (jw->fd != NGX_INVALID_FILE && jw->no == j->sh->active) {
+        return NGX_OK;
+    }
+
+    name = ngx_alloc(j->path.len + NGX_HTTP_CIO_J_NAME_LEN, log);
+    if (name == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_http_cio_journal_name(j, name, j->sh->active, "seg");
+
+    fd = ngx_open_file(name, NGX_FILE_WRONLY, NGX_FILE_CREATE_OR_OPEN,
+                       NGX_FILE_DEFAULT_ACCESS);
+
+    ngx_free(name);
+
+    if (fd == NGX_INVALID_FILE) {
+        return NGX_ERROR;
+    }
+
+    if (jw->fd != NGX_INVALID_FILE) {
+        /* what it got is synced by the next round, then it is closed */
+        if (jw->j->sync == NGX_HTTP_CIO_J_SYNC_OFF
+            || jw->nold == NGX_HTTP_CIO_J_OLD_FDS)
+        {
+            if (jw->j->sync != NGX_HTTP_CIO_J_SYNC_OFF) {
+                (void) fdatasync(jw->fd);
+            }
+
+            (void) ngx_close_file(jw->fd);
+
+        } else {
+            jw->old[jw->nold++] = jw->fd;
+        }
+    }
+
+    jw->fd = fd;
+    jw->no = j->sh->active;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_cio_journal_failed(ngx_http_cio_journal_t *j, ngx_log_t *log,
+    ngx_err_t err, ngx_uint_t what)
+{
+    ngx_uint_t           level;
+    ngx_atomic_t        *at;
+    ngx_atomic_uint_t    now, old;
+
+    static const char   *msg[] = {
+        "cio: writing the journal \"%V\" failed, events refused with 503",
+        "cio: syncing the journal \"%V\" failed, the events it waited for "
+            "are not known to be on the disk (sync=always: answered 503)",
+        "cio: settling in the journal \"%V\" failed, settled events may "
+            "be sent again after a restart"
+    };
+
+    now = (ngx_atomic_uint_t) ngx_time();
+    at = &j->sh->alert_at[what];
+    old = *at;
+
+    /* one worker wins the minute's alert, the others warn */
+    level = (now >= old
+             && ngx_atomic_cmp_set(at, old, now + NGX_HTTP_CIO_J_ALERT_EVERY))
+            ? NGX_LOG_ALERT : NGX_LOG_WARN;
+
+    ngx_log_error(level, log, err, msg[what], &j->path);
+}
+
+
+/*
+ * Items freed from the zone: those whose acts[i] is act (all of them when
+ * acts is NULL), delivered, dead-lettered, or refused with the request
+ * they came in.  Their offsets go to their segments' .ack files, a run of
+ * one segment at a time, and a segment all settled (not the active one)
+ * is deleted.
+ */
+
+void
+ngx_http_cio_journal_settled(uint64_t *jrefs, u_char *acts, ngx_uint_t n,
+    u_char act)
+{
+    uint32_t                 offs[64], no, gone[64];
+    ngx_uint_t               i, k, ngone;
+    ngx_http_cio_jseg_t     *seg;
+    ngx_http_cio_journal_t  *j;
+
+    j = ngx_http_cio_jw.j;
+
+    if (j == NULL || jrefs == NULL) {
+        return;
+    }
+
+    ngone = 0;
+
+    ngx_shmtx_lock(&j->shpool->mutex);
+
+    for (i = 0; i < n; /* void */) {
+
+        if ((acts && acts[i] != act) || jrefs[i] == 0
+            || ngx_http_cio_jref_id(jrefs[i]) != j->sh->id)
+        {
+            /* none, or of a journal a reload replaced: not this one's */
+            i++;
+            continue;
+        }
+
+        no = ngx_http_cio_jref_no(jrefs[i]);
+        k = 0;
+
+        for ( /* void */ ; i < n && k < 64; i++) {
+            if ((acts && acts[i] != act) || jrefs[i] == 0
+                || ngx_http_cio_jref_id(jrefs[i]) != j->sh->id)
+            {
+                continue;
+            }
+
+            if (ngx_http_cio_jref_no(jrefs[i]) != no) {
+                break;
+            }
+
+            offs[k++] = (uint32_t) jrefs[i];
+        }
+
+        seg = ngx_http_cio_journal_find(j, no);
+
+        if (seg == NULL) {
+            /* a journal that is no longer configured, say */
+            continue;
+        }
+
+        ngx_http_cio_journal_ack(seg, offs, k);
+
+        seg->settled += (uint32_t) k;
+
+        if (seg->settled >= seg->records && seg->no != j->sh->active
+            && ngone < 64)
+        {
+            gone[ngone++] = seg->no;
+            j->sh->total -= seg->size;
+            ngx_memzero(seg, sizeof(ngx_http_cio_jseg_t));
+        }
+    }
+
+    ngx_shmtx_unlock(&j->shpool->mutex);
+
+    if (ngone == 0) {
+        return;
+    }
+
+    for (i = 0; i < ngone; i++) {
+        ngx_http_cio_journal_delete(j, gone[i], ngx_http_cio_jw.log);
+    }
+}
+
+
+/* a segment all settled, out of the table: its files go */
+
+static void
+ngx_http_cio_journal_delete(ngx_http_cio_journal_t *j, uint32_t no,
+    ngx_log_t *log)
+{
+    u_char  *name;
+
+    if (no == 0) {
+        return;
+    }
+
+    name = ngx_alloc(j->path.len + NGX_HTTP_CIO_J_NAME_LEN, log);
+    if (name == NULL) {
+        return;
+    }
+
+    /* the segment first: an .ack alone is deleted at the next start */
+
+    ngx_http_cio_journal_name(j, name, no, "seg");
+
+    if (ngx_delete_file(name) == NGX_FILE_ERROR) {
+        ngx_log_error(NGX_LOG_ALERT, log, ngx_errno,
+                      ngx_delete_file_n " \"%s\" failed", name);
+    }
+
+    ngx_http_cio_journal_name(j, name, no, "ack");
+    (void) ngx_delete_file(name);
+
+    ngx_free(name);
+}
+
+
+/* under the lock: the .ack file of seg gets these offsets */
+
+static void
+ngx_http_cio_journal_ack(ngx_http_cio_jseg_t *seg, uint32_t *offs,
+    ngx_uint_t n)
+{
+    u_char                  *name;
+    uint32_t                 e[2 * 64];
+    ssize_t                  written;
+    ngx_uint_t               i;
+    ngx_http_cio_journal_t  *j;
+    ngx_http_cio_jworker_t  *jw;
+
+    jw = &ngx_http_cio_jw;
+    j = jw->j;
+
+    if (jw->ack_fd == NGX_INVALID_FILE || jw->ack_no != seg->no) {
+
+        if (jw->ack_fd != NGX_INVALID_FILE) {
+            (void) ngx_close_file(jw->ack_fd);
+            jw->ack_fd = NGX_INVALID_FILE;
+        }
+
+        name = ngx_alloc(j->path.len + NGX_HTTP_CIO_J_NAME_LEN, jw->log);
+        if (name == NULL) {
+            return;
+        }
+
+        ngx_http_cio_journal_name(j, name, seg->no, "ack");
+
+        jw->ack_fd = ngx_open_file(name, NGX_FILE_APPEND,
+                                   NGX_FILE_CREATE_OR_OPEN,
+                                   NGX_FILE_DEFAULT_ACCESS);
+        ngx_free(name);
+
+        if (jw->ack_fd == NGX_INVALID_FILE) {
+            ngx_http_cio_journal_failed(j, jw->log, ngx_errno,
+                                        NGX_HTTP_CIO_J_ACK);
+            return;
+        }
+
+        jw->ack_no = seg->no;
+    }
+
+    for (i = 0; i < n; i++) {
+        e[2 * i] = offs[i];
+        e[2 * i + 1] = (uint32_t) crc32(0, (u_char *) &offs[i], 4) ^ seg->no;
+    }
+
+    written = ngx_write_fd(jw->ack_fd, e, n * 8);
+
+    if (written != (ssize_t) (n * 8)) {
+        ngx_http_cio_journal_failed(j, jw->log,
+                                    written == -1 ? ngx_errno : NGX_ENOSPC,
+                                    NGX_HTTP_CIO_J_ACK);
+    }
+}
+
+
+static void
+ngx_http_cio_journal_timer(ngx_event_t *ev)
+{
+    ngx_http_cio_jworker_t  *jw;
+
+    jw = &ngx_http_cio_jw;
+
+    if (jw->j == NULL) {
+        return;
+    }
+
+    ngx_http_cio_journal_sync();
+
+    ngx_add_timer(ev, jw->j->interval);
+}
+
+
+/*
+ * fdatasync() of what this worker wrote since the last one: in the thread
+ * pool, so that the event loop does not wait for the disk, or right here
+ * when nginx has no threads or the pool refuses the task.  One sync covers
+ * every write this worker finished before it began: the requests waiting
+ * for any of them (sync=always) are answered together, a group commit.
+ */
+
+static void
+ngx_http_cio_journal_sync(void)
+{
+    ngx_http_cio_jsync_t     js;
+    ngx_http_cio_jworker_t  *jw;
+
+    jw = &ngx_http_cio_jw;
+
+    if ((!jw->dirty && jw->nold == 0) || jw->syncing) {
+        return;
+    }
+
+    js.n = 0;
+    js.err = 0;
+    js.seq = jw->wseq;
+    js.no = jw->no;
+    js.end = jw->end;
+
+    while (jw->nold) {
+        js.fds[js.n++] = jw->old[--jw->nold];
+    }
+
+    if (jw->dirty && jw->fd != NGX_INVALID_FILE) {
+        js.fds[js.n] = dup(jw->fd);
+
+        if (js.fds[js.n] != NGX_INVALID_FILE) {
+            js.n++;
+
+        } else {
+            js.err = ngx_errno;
+        }
+    }
+
+    jw->dirty = 0;
+
+#if (NGX_THREADS)
+
+    if (jw->j->tp) {
+
+        if (jw->task == NULL) {
+            jw->task = ngx_thread_task_alloc(ngx_cycle->pool,
+                                             sizeof(ngx_http_cio_jsync_t));
+        }
+
+        if (jw->task) {
+            *(ngx_http_cio_jsync_t *) jw->task->ctx = js;
+
+            jw->task->handler = ngx_http_cio_journal_sync_thread;
+            jw->task->event.handler = ngx_http_cio_journal_sync_done;
+            jw->task->event.data = jw->task;
+            jw->task->event.log = jw->log;
+
+            if (ngx_thread_task_post(jw->j->tp, jw->task) == NGX_OK) {
+                jw->syncing = 1;
+                return;
+            }
+        }
+    }
+
+#endif
+
+    ngx_http_cio_journal_sync_thread(&js, jw->log);
+    ngx_http_cio_journal_synced(&js);
+}
+
+
+/* in a thread of the pool: no nginx call but the system's */
+
+static void
+ngx_http_cio_journal_sync_thread(void *data, ngx_log_t *log)
+{
+    ngx_http_cio_jsync_t *t = data;
+
+    ngx_uint_t  i;
+
+    for (i = 0; i < t->n; i++) {
+        if (fdatasync(t->fds[i]) == -1 && t->err == 0) {
+            t->err = errno;
+        }
+
+        (void) close(t->fds[i]);
+    }
+
+    t->n = 0;
+}
+
+
+#if (NGX_THREADS)
+
+static void
+ngx_http_cio_journal_sync_done(ngx_event_t *ev)
+{
+    ngx_thread_task_t  *task;
+
+    task = ev->data;
+
+    ngx_http_cio_jw.syncing = 0;
+
+    ngx_http_cio_journal_synced(task->ctx);
+}
+
+#endif
+
+
+/*
+ * A sync is over: the requests that waited for a write it covers are
+ * answered (503 if it failed: their items are queued all the same, and
+ * the client's retry makes a duplicate, not a loss); those that wrote
+ * since wait for the next one, which starts at once.
+ */
+
+static void
+ngx_http_cio_journal_synced(ngx_http_cio_jsync_t *t)
+{
+    ngx_queue_t             *q, *next;
+    ngx_http_cio_jwait_t    *w;
+    ngx_http_cio_jworker_t  *jw;
+
+    jw = &ngx_http_cio_jw;
+
+    if (jw->j == NULL) {
+        return;
+    }
+
+    if (t->err) {
+        ngx_http_cio_journal_failed(jw->j, jw->log, t->err,
+                                    NGX_HTTP_CIO_J_SYNC);
+
+    } else {
+        /* a power loss keeps at least this much: what tests cut back to */
+        ngx_log_debug3(NGX_LOG_DEBUG_HTTP, jw->log, 0,
+                       "cio: journal synced: segment %08xD up to %uD "
+                       "bytes, write %uL", t->no, t->end, t->seq);
+    }
+
+    for (q = ngx_queue_head(&jw->waiting);
+         q != ngx_queue_sentinel(&jw->waiting);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        w = ngx_queue_data(q, ngx_http_cio_jwait_t, link);
+
+        if (w->seq > t->seq) {
+            continue;
+        }
+
+        ngx_queue_remove(q);
+        w->rc = t->err ? NGX_ERROR : NGX_OK;
+        ngx_post_event(&w->ev, &ngx_posted_events);
+    }
+
+    if (!ngx_queue_empty(&jw->waiting)) {
+        ngx_http_cio_journal_sync();
+    }
+}
+
+
+/*
+ * sync=always: NGX_AGAIN, and w->ev is posted once this worker's last
+ * write (the caller's) is synced, w->rc telling how it went; NGX_OK: no
+ * wait (another sync= policy).
+ */
+
+ngx_int_t
+ngx_http_cio_journal_wait(ngx_http_cio_journal_t *j, ngx_http_cio_jwait_t *w)
+{
+    ngx_http_cio_jworker_t  *jw;
+
+    jw = &ngx_http_cio_jw;
+
+    if (j->sync != NGX_HTTP_CIO_J_SYNC_ALWAYS || jw->j == NULL) {
+        return NGX_OK;
+    }
+
+    w->seq = jw->wseq;
+    w->rc = NGX_AGAIN;
+
+    ngx_queue_insert_tail(&jw->waiting, &w->link);
+
+    ngx_http_cio_journal_sync();
+
+    return NGX_AGAIN;
+}

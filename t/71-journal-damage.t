@@ -1,0 +1,152 @@
+#!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
+
+# cio_journal on a damaged disk: a record torn at the end of a segment (a
+# write cut by a crash) and a record with flipped bytes are found by their
+# crc, logged with the file and offset, and skipped; nginx starts and
+# every other event arrives, and nothing that was not sent to nginx.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use Test::More;
+use Cio::Test qw(wait_until);
+use Cio::Load qw(post_events);
+
+my $seed = $ENV{CIO_SEED} // (time ^ $$);
+srand($seed);
+note("CIO_SEED=$seed");
+
+sub conf {
+    my ($url) = @_;
+    return Cio::Test::ingest_http(endpoint => $url, http => <<"END");
+cio_flush_interval 20ms;
+cio_retry_backoff 50ms 200ms;
+cio_connect_timeout 1s;
+cio_journal %%TESTDIR%%/journal sync=off;
+END
+}
+
+sub kill_all {
+    my ($t) = @_;
+    my @pids = ($t->master_pid, $t->worker_pids);
+    kill 'KILL', @pids;
+    waitpid($t->master_pid, 0);
+    delete $t->{nginx_pid};
+    return wait_until(sub { !grep { kill 0, $_ } @pids }, 10);
+}
+
+# [offset, length] of each record of a segment (magic "CIOJ", length,
+# crc, then the 16-byte header's two lengths)
+sub records {
+    my ($data) = @_;
+    my @r;
+    my $off = 0;
+    while ($off + 16 <= length $data) {
+        my ($magic, $len) = unpack 'a4 V', substr($data, $off, 8);
+        last unless $magic eq 'CIOJ';
+        push @r, [$off, 16 + $len];
+        $off += 16 + $len;
+    }
+    return @r;
+}
+
+sub slurp { local (@ARGV, $/) = @_; return <> }
+
+sub spit {
+    my ($file, $data) = @_;
+    open my $fh, '>', $file or die "$file: $!";
+    binmode $fh;
+    print $fh $data;
+    close $fh;
+}
+
+# 20 events journaled while Customer.io is away, then every process killed;
+# returns the test, the stand-in's port, the names and the segment
+sub journaled {
+    my $t = Cio::Test->new(workers => 1);
+    my $port = Cio::Test::free_port();
+    $t->config(http => conf("http://127.0.0.1:$port"))->run;
+
+    my @names = post_events($t, '/cio', 'dmg', 20);
+    is(scalar @names, 20, '20 events answered 200');
+    ok(kill_all($t), 'master and worker SIGKILLed');
+
+    my @segs = glob($t->dir . '/journal/*.seg');
+    is(scalar @segs, 1, 'one segment');
+
+    return ($t, $port, \@names, $segs[0]);
+}
+
+sub delivered_except {
+    my ($t, $port, $names, $lost) = @_;
+
+    my $cio = $t->standin(workspaces => ['site1:key1'], port => $port);
+    $t->run;
+
+    my @want = grep { $_ ne $lost } @$names;
+    is_deeply($cio->wait_names(\@want, 15), [], 'the 19 others delivered');
+
+    # what was delivered is settled, the replayed segment deleted
+    ok(wait_until(sub { !glob($t->dir . '/journal/*.seg') }, 10),
+        'then the segment was deleted');
+    is_deeply([ sort map { $_->{name} } @{ $cio->items } ],
+        [ sort @want ], 'nothing else arrived, nothing twice');
+}
+
+# --- a torn tail -------------------------------------------------------------
+
+{
+    my ($t, $port, $names, $seg) = journaled();
+
+    my $data = slurp($seg);
+    my @r = records($data);
+    is(scalar @r, 20, '20 records');
+
+    # the last one cut somewhere inside, and garbage after it
+    my ($off, $len) = @{ $r[-1] };
+    my $cut = $off + 1 + int(rand($len - 1));
+    my $junk = join '', map { chr int rand 256 } 1 .. 1 + int rand 64;
+    spit($seg, substr($data, 0, $cut) . $junk);
+    note("cut at $cut inside the record at $off ($len bytes), "
+        . length($junk) . ' bytes of garbage');
+
+    delivered_except($t, $port, $names, 'dmg-20');
+
+    my $torn = $cut - $off + length $junk;
+    ok($t->log_lines(qr/\[warn\].*cio: journal "\Q$seg\E": a torn or damaged tail of $torn bytes at offset $off skipped/),
+        'the torn tail is logged with its file, offset and size');
+    ok($t->log_lines(qr/cio: journal ".*": 19 records in 1 segments, 0 settled, 19 queued again/),
+        '19 records queued again');
+
+    $t->done_part;
+}
+
+# --- bytes flipped inside a record -------------------------------------------
+
+{
+    my ($t, $port, $names, $seg) = journaled();
+
+    my $data = slurp($seg);
+    my @r = records($data);
+
+    my ($off, $len) = @{ $r[6] };
+    my @at = map { $off + int rand $len } 1 .. 3;
+    for my $at (@at) {
+        substr($data, $at, 1) = chr(ord(substr($data, $at, 1)) ^ (1 + int rand 255));
+    }
+    spit($seg, $data);
+    note("flipped bytes at @at in the record at $off ($len bytes)");
+
+    delivered_except($t, $port, $names, 'dmg-7');
+
+    ok($t->log_lines(qr/\[warn\].*cio: journal "\Q$seg\E": $len damaged bytes at offset $off skipped/),
+        'the damaged record is logged with its file, offset and size');
+
+    $t->done_part;
+}
+
+done_testing();
