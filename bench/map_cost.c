@@ -40,9 +40,15 @@
 #include <time.h>
 
 #include "ngx_http_cio_map.h"
+#include "ngx_http_cio_map_fast.h"
 
 
 static ngx_http_cio_map_opts_t  opts;
+
+/* BENCH_MAP_TREE=1: the tree mapper alone, as before the fast path */
+static int (*map_fn)(const char *body, size_t len,
+    const ngx_http_cio_map_opts_t *opts, ngx_http_cio_map_result_t *res)
+    = ngx_http_cio_map_request;
 
 
 #ifdef BENCH_ARENA
@@ -161,7 +167,7 @@ bench_map_once(const char *body, size_t len, size_t *items, size_t *bytes)
 
     memset(&res, 0, sizeof(res));
 
-    if (ngx_http_cio_map_request(body, len, &opts, &res) != 0) {
+    if (map_fn(body, len, &opts, &res) != 0) {
         fprintf(stderr, "map_cost: body refused: %s\n", res.error);
         exit(1);
     }
@@ -251,7 +257,7 @@ batch_body(size_t max, const char *body, size_t len)
 
     memset(&res, 0, sizeof(res));
 
-    if (ngx_http_cio_map_request(body, len, &opts, &res) != 0) {
+    if (map_fn(body, len, &opts, &res) != 0) {
         fprintf(stderr, "map_cost: body refused: %s\n", res.error);
         return 1;
     }
@@ -298,7 +304,7 @@ item_lengths(const char *body, size_t len)
 
     memset(&res, 0, sizeof(res));
 
-    if (ngx_http_cio_map_request(body, len, &opts, &res) != 0) {
+    if (map_fn(body, len, &opts, &res) != 0) {
         fprintf(stderr, "map_cost: body refused: %s\n", res.error);
         return 1;
     }
@@ -350,6 +356,12 @@ main(int argc, char **argv)
         return 2;
     }
 
+    if (getenv("BENCH_MAP_TREE") != NULL
+        && strcmp(getenv("BENCH_MAP_TREE"), "1") == 0)
+    {
+        map_fn = ngx_http_cio_map_tree;
+    }
+
     /* as ngx_http_cio_process() sets them with the default directives */
     opts.route = route_of(argv[1]);
     opts.received_ms = 1715682104000LL;
@@ -373,7 +385,7 @@ main(int argc, char **argv)
         ngx_http_cio_map_result_t  res;
 
         memset(&res, 0, sizeof(res));
-        ngx_http_cio_map_request(body, len, &opts, &res);
+        map_fn(body, len, &opts, &res);
         ngx_http_cio_map_result_free(&res);
     }
 

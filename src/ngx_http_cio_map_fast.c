@@ -31,20 +31,37 @@
 #include <float.h>
 #include <math.h>
 
+#if (defined __SSE2__)
+#include <emmintrin.h>
+#define FJ_SSE2  1
+#else
+#define FJ_SSE2  0
+#endif
+
 #include "ngx_http_cio_map.h"
 #include "ngx_http_cio_map_fast.h"
 
 
 #define FJ_DECLINE        NGX_HTTP_CIO_MAP_DECLINED
 
+#if (defined __GNUC__)
+#define fj_inline         inline __attribute__((always_inline))
+#else
+#define fj_inline         inline
+#endif
+
 /* far below the contract's 32 (§7.4): deeper calls go to the tree */
 #define FJ_MAX_DEPTH      20
 
-#define FJ_OUT_SIZE       (40 * 1024)
-#define FJ_ATTRS_SIZE     (40 * 1024)
-#define FJ_SCRATCH_SIZE   (24 * 1024)
+/* with the entries, under glibc's 128 KiB mmap() threshold */
+#define FJ_OUT_SIZE       (36 * 1024)
+#define FJ_ATTRS_SIZE     (36 * 1024)
+#define FJ_SCRATCH_SIZE   (16 * 1024)
 #define FJ_MAX_ENTRIES    (NGX_HTTP_CIO_MAP_MAX_ATTRS + 4)
 #define FJ_HASH_SIZE      1024               /* a power of two */
+
+#define FJ_ONES           0x0101010101010101ULL
+#define FJ_HIGHS          0x8080808080808080ULL
 
 #define FJ_MAX_EXACT      9007199254740992.0
 #define FJ_FUTURE_MS      (366LL * 24 * 3600 * 1000)
@@ -95,6 +112,7 @@ typedef struct {
     size_t                klen;
     size_t                off;
     size_t                len;
+    size_t                slot;
     fj_val_t              val;
     int64_t               secs;
     unsigned              conv:1;   /* an ISO-8601 string, now secs */
@@ -135,6 +153,9 @@ typedef struct {
     fj_buf_t                        out;
     fj_buf_t                        attrs;
     fj_buf_t                        scratch;
+    fj_call_t                      *calls;       /* of a batch */
+    size_t                          ncalls;
+    size_t                          ncap;
     size_t                          nentries;
     size_t                          nlive;
     fj_entry_t                      entries[FJ_MAX_ENTRIES];
@@ -148,24 +169,24 @@ static const struct {
     const char  *name;
     size_t       len;
     size_t       off;
-} fj_keys[] = {
+} fj_keys[] = {                       /* in order of length */
     { "type", 4, offsetof(fj_call_t, type) },
-    { "userId", 6, offsetof(fj_call_t, user) },
-    { "anonymousId", 11, offsetof(fj_call_t, anon) },
-    { "event", 5, offsetof(fj_call_t, event) },
     { "name", 4, offsetof(fj_call_t, name) },
-    { "properties", 10, offsetof(fj_call_t, props) },
-    { "traits", 6, offsetof(fj_call_t, traits) },
-    { "context", 7, offsetof(fj_call_t, context) },
-    { "timestamp", 9, offsetof(fj_call_t, ts) },
-    { "originalTimestamp", 17, offsetof(fj_call_t, ots) },
-    { "sentAt", 6, offsetof(fj_call_t, sent_at) },
-    { "messageId", 9, offsetof(fj_call_t, mid) },
-    { "integrations", 12, offsetof(fj_call_t, intg) },
-    { "groupId", 7, offsetof(fj_call_t, gid) },
-    { "previousId", 10, offsetof(fj_call_t, prev) },
-    { "writeKey", 8, offsetof(fj_call_t, wkey) },
+    { "event", 5, offsetof(fj_call_t, event) },
     { "batch", 5, offsetof(fj_call_t, batch) },
+    { "userId", 6, offsetof(fj_call_t, user) },
+    { "traits", 6, offsetof(fj_call_t, traits) },
+    { "sentAt", 6, offsetof(fj_call_t, sent_at) },
+    { "context", 7, offsetof(fj_call_t, context) },
+    { "groupId", 7, offsetof(fj_call_t, gid) },
+    { "writeKey", 8, offsetof(fj_call_t, wkey) },
+    { "timestamp", 9, offsetof(fj_call_t, ts) },
+    { "messageId", 9, offsetof(fj_call_t, mid) },
+    { "properties", 10, offsetof(fj_call_t, props) },
+    { "previousId", 10, offsetof(fj_call_t, prev) },
+    { "anonymousId", 11, offsetof(fj_call_t, anon) },
+    { "integrations", 12, offsetof(fj_call_t, intg) },
+    { "originalTimestamp", 17, offsetof(fj_call_t, ots) },
     { NULL, 0, 0 }
 };
 
@@ -200,9 +221,13 @@ fj_init_table(void)
 }
 
 
-static void
+static fj_inline void
 fj_ws(fj_in_t *in)
 {
+    if (in->p < in->end && *in->p > ' ') {
+        return;
+    }
+
     while (in->p < in->end
            && (*in->p == ' ' || *in->p == '\n' || *in->p == '\r'
                || *in->p == '\t'))
@@ -243,27 +268,112 @@ fj_hex4(const unsigned char *p, const unsigned char *end, unsigned *cp)
 
 
 /*
+ * The end of a run of bytes that a string holds as they are: the first
+ * ", \ or control byte from p on, 8 bytes at a time (the lowest flagged
+ * byte of a word is exact), or end.
+ */
+
+static fj_inline const unsigned char *
+fj_plain(const unsigned char *p, const unsigned char *end)
+{
+    uint64_t  w, q, b, m;
+
+#if (FJ_SSE2)
+    int       bits;
+    __m128i   x, quote, bslash, ctl;
+
+    quote = _mm_set1_epi8('"');
+    bslash = _mm_set1_epi8('\\');
+    ctl = _mm_set1_epi8(0x1f);
+
+    while (end - p >= 16) {
+        x = _mm_loadu_si128((const __m128i *) p);
+
+        /* min(x, 0x1f) == x: x <= 0x1f, unsigned */
+        bits = _mm_movemask_epi8(
+                   _mm_or_si128(
+                       _mm_or_si128(_mm_cmpeq_epi8(x, quote),
+                                    _mm_cmpeq_epi8(x, bslash)),
+                       _mm_cmpeq_epi8(_mm_min_epu8(x, ctl), x)));
+
+        if (bits) {
+            return p + __builtin_ctz(bits);
+        }
+
+        p += 16;
+    }
+#endif
+
+    while (end - p >= 8) {
+        memcpy(&w, p, 8);
+
+        q = w ^ (FJ_ONES * '"');
+        b = w ^ (FJ_ONES * '\\');
+        m = ((w - FJ_ONES * 0x20) & ~w)
+            | ((q - FJ_ONES) & ~q)
+            | ((b - FJ_ONES) & ~b);
+        m &= FJ_HIGHS;
+
+        if (m) {
+#if (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
+            return p + (__builtin_ctzll(m) >> 3);
+#else
+            break;
+#endif
+        }
+
+        p += 8;
+    }
+
+    while (p < end && !fj_special[*p]) {
+        p++;
+    }
+
+    return p;
+}
+
+
+/*
  * A string at in->p ('"'), checked as cJSON reads it, or declined: a
  * \u0000 (the tree's own rules, §7.6), a lone surrogate or a raw NUL.
  */
 
-static int
+static int fj_string_esc(fj_in_t *in, fj_val_t *v, const unsigned char *p);
+
+
+static fj_inline int
 fj_string(fj_in_t *in, fj_val_t *v)
 {
-    unsigned              cp, lo;
-    const unsigned char  *p, *end;
+    const unsigned char  *p;
 
-    p = in->p + 1;
-    end = in->end;
+    p = fj_plain(in->p + 1, in->end);
 
     v->type = FJ_STR;
-    v->p = p;
+    v->p = in->p + 1;
     v->esc = 0;
 
+    if (p < in->end && *p == '"') {
+        v->len = p - v->p;
+        in->p = p + 1;
+        return 0;
+    }
+
+    return fj_string_esc(in, v, p);
+}
+
+
+/* the rest of a string from p on, which has an escape or control byte */
+
+static int
+fj_string_esc(fj_in_t *in, fj_val_t *v, const unsigned char *p)
+{
+    unsigned              cp, lo;
+    const unsigned char  *end;
+
+    end = in->end;
+
     for ( ;; ) {
-        while (p < end && !fj_special[*p]) {
-            p++;
-        }
+        p = fj_plain(p, end);
 
         if (p >= end) {
             return -1;
@@ -477,12 +587,13 @@ fj_value(fj_in_t *in, fj_val_t *v, int depth)
 
 
 /*
- * The next member of an object (key set) or element of an array (key
- * NULL): 1, 0 at the closing bracket, -1 on anything else.
+ * The start of the next member of an object (key set: the key and its
+ * colon) or element of an array (key NULL): 1, 0 at the closing bracket,
+ * -1 on anything else.
  */
 
 static int
-fj_next(fj_in_t *in, fj_val_t *key, fj_val_t *val, int depth)
+fj_member(fj_in_t *in, fj_val_t *key)
 {
     fj_ws(in);
 
@@ -518,6 +629,23 @@ fj_next(fj_in_t *in, fj_val_t *key, fj_val_t *val, int depth)
         }
 
         in->p++;
+    }
+
+    return 1;
+}
+
+
+/* the next member or element with its value, as fj_member() answers */
+
+static int
+fj_next(fj_in_t *in, fj_val_t *key, fj_val_t *val, int depth)
+{
+    int  rc;
+
+    rc = fj_member(in, key);
+
+    if (rc != 1) {
+        return rc;
     }
 
     return (fj_value(in, val, depth) == 0) ? 1 : -1;
@@ -705,14 +833,22 @@ fj_escape(fj_buf_t *b, const char *s, size_t n)
 
     static const char  hex[] = "0123456789abcdef";
 
+    end = (const unsigned char *) s + n;
+    p = fj_plain((const unsigned char *) s, end);
+
+    if (p == end) {
+        return fj_put(b, s, n);
+    }
+
     if ((size_t) (b->end - b->pos) < 6 * n) {
         return -1;
     }
 
     q = b->pos;
-    end = (const unsigned char *) s + n;
+    memcpy(q, s, p - (const unsigned char *) s);
+    q += p - (const unsigned char *) s;
 
-    for (p = (const unsigned char *) s; p < end; p++) {
+    for ( /* void */ ; p < end; p++) {
         if (!fj_special[*p]) {
             *q++ = (char) *p;
             continue;
@@ -1597,6 +1733,7 @@ fj_entry(fj_ctx_t *ctx, unsigned short *slot, const char *key, size_t klen)
     e->key = key;
     e->klen = klen;
     e->off = ctx->attrs.pos - ctx->attrs.start;
+    e->slot = slot - ctx->hash;
     *slot = (unsigned short) ctx->nentries;
     ctx->nlive++;
 
@@ -1615,6 +1752,7 @@ static int
 fj_attrs(fj_ctx_t *ctx, const fj_val_t *src)
 {
     int              rc;
+    size_t           i;
     char            *key;
     size_t           klen;
     fj_in_t          in;
@@ -1622,10 +1760,14 @@ fj_attrs(fj_ctx_t *ctx, const fj_val_t *src)
     fj_entry_t      *e;
     unsigned short  *slot;
 
+    /* the slots of the last item's names are all the table holds */
+    for (i = 0; i < ctx->nentries; i++) {
+        ctx->hash[ctx->entries[i].slot] = 0;
+    }
+
     ctx->attrs.pos = ctx->attrs.start;
     ctx->nentries = 0;
     ctx->nlive = 0;
-    memset(ctx->hash, 0, sizeof(ctx->hash));
 
     if (src->type != FJ_OBJ) {
         return 0;
@@ -2233,6 +2375,7 @@ fj_finish(fj_ctx_t *ctx, ngx_http_cio_map_call_t *out)
 {
     char                 *item, *q;
     size_t                n, len, bad;
+    uint64_t              w;
     const unsigned char  *p, *end;
 
     len = ctx->out.pos - ctx->out.start;
@@ -2245,14 +2388,24 @@ fj_finish(fj_ctx_t *ctx, ngx_http_cio_map_call_t *out)
     end = p + len;
     bad = 0;
 
-    for ( /* void */ ; p < end; p += n ? n : 1) {
+    while (p < end) {
+        if (end - p >= 8) {
+            memcpy(&w, p, 8);
+
+            if ((w & FJ_HIGHS) == 0) {
+                p += 8;
+                continue;
+            }
+        }
+
         if (*p < 0x80) {
-            n = 1;
+            p++;
             continue;
         }
 
         n = fj_utf8_len(p);
         bad += (n == 0);
+        p += n ? n : 1;
     }
 
     if (ctx->opts->max_item_size
@@ -2651,21 +2804,62 @@ fj_call(fj_ctx_t *ctx, const fj_call_t *c, int type,
 }
 
 
-/* the keys of a call (or a batch body) that rules read */
+static int fj_batch_calls(fj_ctx_t *ctx, fj_in_t *in);
+
+
+/* the index of a key in fj_keys (in order of length), or of its end */
+
+static fj_inline int
+fj_key_index(const char *s, size_t n)
+{
+    int  i;
+
+    for (i = 0; fj_keys[i].name != NULL && fj_keys[i].len < n; i++) {
+        /* void */
+    }
+
+    for ( /* void */ ; fj_keys[i].name != NULL && fj_keys[i].len == n; i++) {
+        if (memcmp(fj_keys[i].name, s, n) == 0) {
+            return i;
+        }
+    }
+
+    while (fj_keys[i].name != NULL) {
+        i++;
+    }
+
+    return i;
+}
+
+
+/*
+ * The object at in->p, checked, with the keys that rules read noted in c:
+ * a call, or a batch body (batch set: its calls go to ctx->calls).
+ */
 
 static int
-fj_fields(fj_ctx_t *ctx, const fj_val_t *o, fj_call_t *c)
+fj_fields(fj_ctx_t *ctx, fj_in_t *in, fj_call_t *c, int batch)
 {
     int        rc, i;
     char      *mark, *s;
     size_t     n;
-    fj_in_t    in;
+    fj_in_t    obj;
     fj_val_t   k, v, *f;
 
     memset(c, 0, sizeof(fj_call_t));
-    fj_open(&in, o);
 
-    while ((rc = fj_next(&in, &k, &v, 1)) == 1) {
+    fj_ws(in);
+
+    if (in->p >= in->end || *in->p != '{') {
+        return -1;
+    }
+
+    obj.p = in->p + 1;
+    obj.end = in->end;
+    obj.first = 1;
+    obj.close = '}';
+
+    while ((rc = fj_member(&obj, &k)) == 1) {
         mark = ctx->scratch.pos;
 
         if (k.esc) {
@@ -2679,29 +2873,87 @@ fj_fields(fj_ctx_t *ctx, const fj_val_t *o, fj_call_t *c)
             n = k.len;
         }
 
-        for (i = 0; fj_keys[i].name; i++) {
-            if (fj_keys[i].len == n
-                && memcmp(fj_keys[i].name, s, n) == 0)
-            {
-                break;
-            }
-        }
+        i = fj_key_index(s, n);
 
         ctx->scratch.pos = mark;
 
-        if (fj_keys[i].name == NULL) {
-            continue;
-        }
-
-        f = (fj_val_t *) ((char *) c + fj_keys[i].off);
+        f = (fj_keys[i].name != NULL)
+            ? (fj_val_t *) ((char *) c + fj_keys[i].off) : NULL;
 
         /* a repeated key: which one a rule reads is the tree's to say */
-        if (f->type != FJ_NONE) {
+        if (f != NULL && f->type != FJ_NONE) {
             return -1;
         }
 
-        *f = v;
+        fj_ws(&obj);
+
+        if (batch && f == &c->batch && obj.p < obj.end && *obj.p == '[') {
+            v.type = FJ_ARR;
+            v.p = obj.p;
+            rc = fj_batch_calls(ctx, &obj);
+            v.len = obj.p - v.p;
+
+        } else {
+            rc = fj_value(&obj, &v, 1);
+        }
+
+        if (rc != 0) {
+            return -1;
+        }
+
+        if (f != NULL) {
+            *f = v;
+        }
     }
+
+    in->p = obj.p;
+
+    return rc;
+}
+
+
+/* the calls of a batch array at in->p, each an object, into ctx->calls */
+
+static int
+fj_batch_calls(fj_ctx_t *ctx, fj_in_t *in)
+{
+    int         rc;
+    size_t      cap;
+    fj_in_t     arr;
+    fj_call_t  *calls;
+
+    arr.p = in->p + 1;
+    arr.end = in->end;
+    arr.first = 1;
+    arr.close = ']';
+
+    while ((rc = fj_member(&arr, NULL)) == 1) {
+        if (ctx->ncalls == ctx->ncap) {
+            if (ctx->opts->max_batch_calls
+                && ctx->ncalls >= ctx->opts->max_batch_calls)
+            {
+                return -1;
+            }
+
+            cap = ctx->ncap ? 2 * ctx->ncap : 32;
+            calls = realloc(ctx->calls, cap * sizeof(fj_call_t));
+
+            if (calls == NULL) {
+                return -1;
+            }
+
+            ctx->calls = calls;
+            ctx->ncap = cap;
+        }
+
+        if (fj_fields(ctx, &arr, &ctx->calls[ctx->ncalls], 0) != 0) {
+            return -1;
+        }
+
+        ctx->ncalls++;
+    }
+
+    in->p = arr.p;
 
     return rc;
 }
@@ -2717,28 +2969,16 @@ static const char  *fj_types[] = {
 static int
 fj_batch(fj_ctx_t *ctx, const fj_call_t *root)
 {
-    int                         rc, type;
+    int                         type;
     char                       *s;
     size_t                      n, i;
-    fj_in_t                     in;
-    fj_val_t                    e;
-    fj_call_t                   c;
+    fj_call_t                  *c;
     ngx_http_cio_map_result_t  *res;
 
     res = ctx->res;
+    n = ctx->ncalls;
 
-    if (root->batch.type != FJ_ARR) {
-        return -1;
-    }
-
-    n = 0;
-    fj_open(&in, &root->batch);
-
-    while ((rc = fj_next(&in, NULL, &e, 1)) == 1) {
-        n++;
-    }
-
-    if (rc != 0 || n == 0
+    if (root->batch.type != FJ_ARR || n == 0
         || (ctx->opts->max_batch_calls && n > ctx->opts->max_batch_calls))
     {
         return -1;
@@ -2761,17 +3001,15 @@ fj_batch(fj_ctx_t *ctx, const fj_call_t *root)
         ctx->batch_intg = root->intg;
     }
 
-    fj_open(&in, &root->batch);
+    for (i = 0; i < n; i++) {
+        c = &ctx->calls[i];
 
-    for (i = 0; fj_next(&in, NULL, &e, 1) == 1; i++) {
-        if (e.type != FJ_OBJ || fj_fields(ctx, &e, &c) != 0
-            || c.type.type != FJ_STR)
-        {
+        if (c->type.type != FJ_STR) {
             return -1;
         }
 
         ctx->scratch.pos = ctx->scratch.start;
-        s = fj_cstr(ctx, &c.type, NULL);
+        s = fj_cstr(ctx, &c->type, NULL);
 
         if (s == NULL) {
             return -1;
@@ -2783,8 +3021,8 @@ fj_batch(fj_ctx_t *ctx, const fj_call_t *root)
             }
         }
 
-        if (fj_types[type] == NULL || fj_call(ctx, &c, type, &res->calls[i])
-                                      != 0)
+        if (fj_types[type] == NULL
+            || fj_call(ctx, c, type, &res->calls[i]) != 0)
         {
             return -1;
         }
@@ -2799,21 +3037,20 @@ fj_request(fj_ctx_t *ctx, const char *body, size_t len)
 {
     int        route;
     fj_in_t    in;
-    fj_val_t   root;
     fj_call_t  c;
+
+    route = ctx->opts->route;
 
     in.p = (const unsigned char *) body;
     in.end = in.p + len;
 
-    if (fj_value(&in, &root, 0) != 0) {
+    if (fj_fields(ctx, &in, &c, route == NGX_HTTP_CIO_CALL_BATCH) != 0) {
         return -1;
     }
 
     fj_ws(&in);
 
-    if (in.p != in.end || root.type != FJ_OBJ
-        || fj_fields(ctx, &root, &c) != 0)
-    {
+    if (in.p != in.end) {
         return -1;
     }
 
@@ -2831,8 +3068,6 @@ fj_request(fj_ctx_t *ctx, const char *body, size_t len)
             return -1;
         }
     }
-
-    route = ctx->opts->route;
 
     if (route == NGX_HTTP_CIO_CALL_BATCH) {
         return fj_batch(ctx, &c);
@@ -2882,6 +3117,11 @@ ngx_http_cio_map_fast(const char *body, size_t len,
     ctx->res = res;
     ctx->changes = 0;
     ctx->nfiltered = 0;
+    ctx->calls = NULL;
+    ctx->ncalls = 0;
+    ctx->ncap = 0;
+    ctx->nentries = 0;
+    memset(ctx->hash, 0, sizeof(ctx->hash));
     memset(&ctx->batch_sent_at, 0, sizeof(fj_val_t));
     memset(&ctx->batch_ctx, 0, sizeof(fj_val_t));
     memset(&ctx->batch_intg, 0, sizeof(fj_val_t));
@@ -2897,6 +3137,7 @@ ngx_http_cio_map_fast(const char *body, size_t len,
     ctx->scratch.end = ctx->scratch.start + FJ_SCRATCH_SIZE;
 
     rc = fj_request(ctx, body, len);
+    free(ctx->calls);
 
     if (rc != 0) {
         ngx_http_cio_map_result_free(res);
