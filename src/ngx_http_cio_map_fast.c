@@ -87,7 +87,9 @@ typedef struct {
     const unsigned char  *p;
     size_t                len;
     int                   type;
-    int                   esc;       /* a string with \ or a control byte */
+    int                   esc;       /* a string with \ or a control byte;
+                                        a container the tree would print
+                                        otherwise (fj_skip()) */
 } fj_val_t;
 
 
@@ -148,6 +150,8 @@ typedef struct {
     unsigned                        changes;
     size_t                          nfiltered;
     fj_val_t                        batch_sent_at;
+    int                             batch_sent_rc;   /* 1: not parsed */
+    int64_t                         batch_sent_ms;
     fj_val_t                        batch_ctx;
     fj_val_t                        batch_intg;
     fj_buf_t                        out;
@@ -169,7 +173,7 @@ static const struct {
     const char  *name;
     size_t       len;
     size_t       off;
-} fj_keys[] = {                       /* in order of length */
+} fj_keys[] = {       /* in order of length, indexed by fj_key_index() */
     { "type", 4, offsetof(fj_call_t, type) },
     { "name", 4, offsetof(fj_call_t, name) },
     { "event", 5, offsetof(fj_call_t, event) },
@@ -196,6 +200,7 @@ static unsigned char  fj_special[256];
 
 
 static int fj_value(fj_in_t *in, fj_val_t *v, int depth);
+static int fj_skip(fj_in_t *in, int depth, int *dirty);
 static int fj_next(fj_in_t *in, fj_val_t *key, fj_val_t *val, int depth);
 static int fj_emit_value(fj_ctx_t *ctx, fj_buf_t *b, fj_in_t *in,
     fj_val_t *v, fj_entry_t *e, int depth);
@@ -439,12 +444,18 @@ fj_string_esc(fj_in_t *in, fj_val_t *v, const unsigned char *p)
 }
 
 
-/* RFC 8259 numbers only, at most 63 bytes (cJSON's buffer) */
+/*
+ * RFC 8259 numbers only, at most 63 bytes (cJSON's buffer).  v->esc is
+ * set unless cJSON prints the number back as written ("%1.15g"): an
+ * integer of at most 15 digits, or a plain decimal of at most 15
+ * significant digits, no trailing zero, not below 0.0001.
+ */
 
 static int
 fj_number(fj_in_t *in, fj_val_t *v)
 {
-    const unsigned char  *p, *end;
+    size_t                sig, lead;
+    const unsigned char  *p, *end, *d;
 
     p = in->p;
     end = in->end;
@@ -461,11 +472,16 @@ fj_number(fj_in_t *in, fj_val_t *v)
         return -1;
     }
 
+    d = p;
+
     if (*p++ != '0') {
         while (p < end && *p >= '0' && *p <= '9') {
             p++;
         }
     }
+
+    /* an integer part of "0" is no significant digit */
+    sig = (*d == '0') ? 0 : (size_t) (p - d);
 
     if (p < end && *p == '.') {
         p++;
@@ -474,13 +490,26 @@ fj_number(fj_in_t *in, fj_val_t *v)
             return -1;
         }
 
+        d = p;
+
+        while (p < end && *p == '0') {
+            p++;
+        }
+
+        lead = p - d;
+
         while (p < end && *p >= '0' && *p <= '9') {
             p++;
         }
+
+        sig += (sig == 0) ? (size_t) (p - d) - lead : (size_t) (p - d);
+
+        v->esc = (p[-1] == '0') || (v->p[v->p[0] == '-'] == '0' && lead > 3);
     }
 
     if (p < end && (*p == 'e' || *p == 'E')) {
         p++;
+        v->esc = 1;
 
         if (p < end && (*p == '+' || *p == '-')) {
             p++;
@@ -495,6 +524,7 @@ fj_number(fj_in_t *in, fj_val_t *v)
         }
     }
 
+    v->esc |= (sig > 15);
     v->len = p - v->p;
     in->p = p;
 
@@ -519,14 +549,168 @@ fj_literal(fj_in_t *in, fj_val_t *v, const char *word, size_t n, int type)
 }
 
 
+/* whitespace skipped, noted: a container with none may be copied whole */
+#define FJ_WS(in, dirty)                                                    \
+    do {                                                                    \
+        const unsigned char  *ws_ = (in)->p;                                \
+        fj_ws(in);                                                          \
+        (dirty) |= ((in)->p != ws_);                                        \
+    } while (0)
+
+
+static fj_inline int fj_canonical(const fj_val_t *v);
+
+
+/*
+ * A string that the attributes keep as the client wrote it: no escape,
+ * at most 1000 bytes, and (when dates are converted) not "YYYY-..."
+ */
+
+static fj_inline int
+fj_clean_string(const fj_val_t *v, int dates)
+{
+    const unsigned char  *p;
+
+    p = v->p;
+
+    return !v->esc && v->len <= NGX_HTTP_CIO_MAP_MAX_ATTR_VALUE
+           && !(dates && v->len >= 10 && p[4] == '-'
+                && p[0] >= '0' && p[0] <= '9' && p[1] >= '0' && p[1] <= '9'
+                && p[2] >= '0' && p[2] <= '9' && p[3] >= '0'
+                && p[3] <= '9');
+}
+
+
+/*
+ * The object or array at in->p checked and skipped in one loop, with no
+ * call per token: most of a body is read only to know it is valid JSON.
+ * *dirty is set when the tree would print it otherwise than it is written
+ * (whitespace, escapes, a date, a long string, a number in another form).
+ */
+
+static int
+fj_skip(fj_in_t *in, int depth, int *dirty)
+{
+    int            top;
+    fj_val_t       v;
+    unsigned char  close[FJ_MAX_DEPTH];
+
+    top = 0;
+
+value:
+
+    FJ_WS(in, *dirty);
+
+    if (in->p >= in->end) {
+        return -1;
+    }
+
+    switch (*in->p) {
+
+    case '{':
+    case '[':
+        if (depth + top >= FJ_MAX_DEPTH) {
+            return -1;
+        }
+
+        close[top++] = (*in->p == '{') ? '}' : ']';
+        in->p++;
+        FJ_WS(in, *dirty);
+
+        if (in->p < in->end && *in->p == close[top - 1]) {
+            in->p++;
+            top--;
+            goto next;
+        }
+
+        if (close[top - 1] == '}') {
+            goto key;
+        }
+
+        goto value;
+
+    case '"':
+        if (fj_string(in, &v) != 0) {
+            return -1;
+        }
+
+        *dirty |= !fj_clean_string(&v, 1);
+        goto next;
+
+    case 't':
+    case 'f':
+    case 'n':
+        if (fj_literal(in, &v, (*in->p == 't') ? "true"
+                               : (*in->p == 'f') ? "false" : "null",
+                       (*in->p == 'f') ? 5 : 4, FJ_NULL) != 0)
+        {
+            return -1;
+        }
+
+        goto next;
+
+    default:
+        if (fj_number(in, &v) != 0) {
+            return -1;
+        }
+
+        *dirty |= !fj_canonical(&v);
+    }
+
+next:
+
+    if (top == 0) {
+        return 0;
+    }
+
+    FJ_WS(in, *dirty);
+
+    if (in->p >= in->end) {
+        return -1;
+    }
+
+    if (*in->p == close[top - 1]) {
+        in->p++;
+        top--;
+        goto next;
+    }
+
+    if (*in->p != ',') {
+        return -1;
+    }
+
+    in->p++;
+
+    if (close[top - 1] == ']') {
+        goto value;
+    }
+
+key:
+
+    FJ_WS(in, *dirty);
+
+    if (in->p >= in->end || *in->p != '"' || fj_string(in, &v) != 0) {
+        return -1;
+    }
+
+    *dirty |= v.esc;
+    FJ_WS(in, *dirty);
+
+    if (in->p >= in->end || *in->p != ':') {
+        return -1;
+    }
+
+    in->p++;
+
+    goto value;
+}
+
+
 /* one value at in->p, checked and skipped; v spans it */
 
 static int
 fj_value(fj_in_t *in, fj_val_t *v, int depth)
 {
-    int                   rc;
-    fj_in_t               sub;
-    fj_val_t              k, e;
     const unsigned char  *start;
 
     fj_ws(in);
@@ -544,31 +728,15 @@ fj_value(fj_in_t *in, fj_val_t *v, int depth)
 
     case '{':
     case '[':
-        if (depth >= FJ_MAX_DEPTH) {
-            return -1;
-        }
+        v->esc = 0;
 
-        sub.p = in->p + 1;
-        sub.end = in->end;
-        sub.first = 1;
-        sub.close = (*in->p == '{') ? '}' : ']';
-
-        while ((rc = fj_next(&sub, (sub.close == '}') ? &k : NULL, &e,
-                             depth + 1))
-               == 1)
-        {
-            /* void */
-        }
-
-        if (rc != 0) {
+        if (fj_skip(in, depth, &v->esc) != 0) {
             return -1;
         }
 
         v->type = (*start == '{') ? FJ_OBJ : FJ_ARR;
         v->p = start;
-        v->len = sub.p - start;
-        v->esc = 0;
-        in->p = sub.p;
+        v->len = in->p - start;
         return 0;
 
     case 't':
@@ -987,71 +1155,12 @@ fj_double(fj_buf_t *b, double d)
 }
 
 
-/*
- * A number token that cJSON would print back exactly as written: an
- * integer of at most 15 digits, or a plain decimal of at most 15
- * significant digits, no trailing zero, not below 0.0001.
- */
+/* a number token that cJSON would print back exactly as written */
 
-static int
+static fj_inline int
 fj_canonical(const fj_val_t *v)
 {
-    size_t                sig, lead;
-    const unsigned char  *p, *end;
-
-    p = v->p;
-    end = p + v->len;
-    sig = 0;
-
-    if (*p == '-') {
-        p++;
-    }
-
-    if (*p == '0') {
-        p++;
-
-        if (p == end) {
-            return 1;
-        }
-
-        if (*p != '.') {
-            return 0;
-        }
-
-        p++;
-
-        for (lead = 0; p < end && *p == '0'; p++) {
-            lead++;
-        }
-
-        if (lead > 3 || p == end) {
-            return 0;
-        }
-
-    } else {
-        while (p < end && *p >= '0' && *p <= '9') {
-            p++;
-            sig++;
-        }
-
-        if (p < end) {
-            if (*p != '.') {
-                return 0;
-            }
-
-            p++;
-        }
-    }
-
-    for ( /* void */ ; p < end; p++) {
-        if (*p < '0' || *p > '9') {
-            return 0;
-        }
-
-        sig++;
-    }
-
-    return sig <= 15 && !(end[-1] == '0' && memchr(v->p, '.', v->len));
+    return !v->esc;
 }
 
 
@@ -1450,8 +1559,8 @@ fj_num_id(const fj_val_t *v, char *buf, size_t size)
 static int64_t
 fj_time(fj_ctx_t *ctx, const fj_call_t *c, int64_t *own)
 {
-    int64_t          ms, sent, recv;
-    const fj_val_t  *s;
+    int       rc;
+    int64_t   ms, sent, recv;
 
     recv = ctx->opts->received_ms;
     *own = -1;
@@ -1466,9 +1575,21 @@ fj_time(fj_ctx_t *ctx, const fj_call_t *c, int64_t *own)
         *own = ms;
     }
 
-    s = (c->sent_at.type != FJ_NONE) ? &c->sent_at : &ctx->batch_sent_at;
+    if (c->sent_at.type != FJ_NONE) {
+        rc = fj_parse_time(ctx, &c->sent_at, &sent);
 
-    if (fj_parse_time(ctx, s, &sent) == 0) {
+    } else {
+        /* the batch's, read once */
+        if (ctx->batch_sent_rc == 1) {
+            ctx->batch_sent_rc = fj_parse_time(ctx, &ctx->batch_sent_at,
+                                               &ctx->batch_sent_ms);
+        }
+
+        rc = ctx->batch_sent_rc;
+        sent = ctx->batch_sent_ms;
+    }
+
+    if (rc == 0) {
         if (ms < -62135596800000LL || ms > 253402300799999LL
             || sent < -62135596800000LL || sent > 253402300799999LL)
         {
@@ -1741,6 +1862,25 @@ fj_entry(fj_ctx_t *ctx, unsigned short *slot, const char *key, size_t klen)
 }
 
 
+/* a value the tree would print as it is written */
+
+static int
+fj_clean(fj_ctx_t *ctx, const fj_val_t *v)
+{
+    switch (v->type) {
+
+    case FJ_STR:
+        return fj_clean_string(v, ctx->opts->convert_timestamps);
+
+    case FJ_NUM:
+        return fj_canonical(v);
+
+    default:
+        return !v->esc;
+    }
+}
+
+
 /*
  * The attributes of an item from traits or properties, as
  * ngx_http_cio_map_attrs() copies them: names over 150 bytes dropped, the
@@ -1751,8 +1891,9 @@ fj_entry(fj_ctx_t *ctx, unsigned short *slot, const char *key, size_t klen)
 static int
 fj_attrs(fj_ctx_t *ctx, const fj_val_t *src)
 {
-    int              rc;
-    size_t           i;
+    int                   rc;
+    size_t                i;
+    const unsigned char  *start;
     char            *key;
     size_t           klen;
     fj_in_t          in;
@@ -1775,26 +1916,7 @@ fj_attrs(fj_ctx_t *ctx, const fj_val_t *src)
 
     fj_open(&in, src);
 
-    for ( ;; ) {
-        fj_ws(&in);
-
-        if (*in.p == '}') {
-            return 0;
-        }
-
-        if (!in.first) {
-            in.p++;
-            fj_ws(&in);
-        }
-
-        in.first = 0;
-
-        if (fj_string(&in, &k) != 0) {
-            return -1;
-        }
-
-        fj_ws(&in);
-        in.p++;
+    while ((rc = fj_member(&in, &k)) == 1) {
 
         if (k.esc) {
             key = fj_cstr(ctx, &k, &klen);
@@ -1822,30 +1944,47 @@ fj_attrs(fj_ctx_t *ctx, const fj_val_t *src)
             }
         }
 
-        if (slot == NULL) {
-            if (fj_value(&in, &v, 2) != 0) {
-                return -1;
-            }
+        start = in.p;
 
+        if (fj_value(&in, &v, 2) != 0) {
+            return -1;
+        }
+
+        if (slot == NULL) {
             continue;
         }
 
         e = fj_entry(ctx, slot, key, klen);
+        if (e == NULL) {
+            return -1;
+        }
 
-        rc = (e == NULL) ? -1
-             : (fj_put(&ctx->attrs, ",", 1) != 0
-                || fj_quote(&ctx->attrs, key, klen) != 0
-                || fj_put(&ctx->attrs, ":", 1) != 0
-                || fj_emit_value(ctx, &ctx->attrs, &in, &v, e, 2) != 0)
-               ? -1 : 0;
+        e->val = v;
+
+        /* "key":value as written when the tree would print just that */
+        if (!k.esc && start == k.p + k.len + 2 && fj_clean(ctx, &v)) {
+            rc = fj_put(&ctx->attrs, ",", 1)
+                 | fj_put(&ctx->attrs, (const char *) k.p - 1,
+                          in.p - k.p + 1);
+
+        } else {
+            in.p = start;
+
+            rc = (fj_put(&ctx->attrs, ",", 1) != 0
+                  || fj_quote(&ctx->attrs, key, klen) != 0
+                  || fj_put(&ctx->attrs, ":", 1) != 0
+                  || fj_emit_value(ctx, &ctx->attrs, &in, &v, e, 2) != 0)
+                 ? -1 : 0;
+        }
 
         if (rc != 0) {
             return -1;
         }
 
-        e->val = v;
         e->len = ctx->attrs.pos - ctx->attrs.start - e->off;
     }
+
+    return rc;
 }
 
 
@@ -2675,7 +2814,7 @@ fj_special_event(const fj_ctx_t *ctx, const char *name)
     };
 
     for (i = 0; names[i]; i++) {
-        if (strcmp(name, names[i]) == 0) {
+        if (names[i][0] == name[0] && strcmp(name, names[i]) == 0) {
             return 1;
         }
     }
@@ -2814,21 +2953,24 @@ fj_key_index(const char *s, size_t n)
 {
     int  i;
 
-    for (i = 0; fj_keys[i].name != NULL && fj_keys[i].len < n; i++) {
-        /* void */
+    /* each length's first index in fj_keys; 17, its end, for none */
+    static const unsigned char  first[18] = {
+        17, 17, 17, 17, 0, 2, 4, 7, 9, 10, 12, 14, 15, 17, 17, 17, 17, 16
+    };
+
+    if (n == 0 || n >= sizeof(first)) {
+        return 17;
     }
 
-    for ( /* void */ ; fj_keys[i].name != NULL && fj_keys[i].len == n; i++) {
+    i = first[n];
+
+    for ( /* void */ ; fj_keys[i].len == n; i++) {
         if (memcmp(fj_keys[i].name, s, n) == 0) {
             return i;
         }
     }
 
-    while (fj_keys[i].name != NULL) {
-        i++;
-    }
-
-    return i;
+    return 17;
 }
 
 
@@ -3123,6 +3265,8 @@ ngx_http_cio_map_fast(const char *body, size_t len,
     ctx->nentries = 0;
     memset(ctx->hash, 0, sizeof(ctx->hash));
     memset(&ctx->batch_sent_at, 0, sizeof(fj_val_t));
+    ctx->batch_sent_rc = 1;
+    ctx->batch_sent_ms = 0;
     memset(&ctx->batch_ctx, 0, sizeof(fj_val_t));
     memset(&ctx->batch_intg, 0, sizeof(fj_val_t));
 
