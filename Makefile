@@ -174,6 +174,7 @@ fuzz-diff: build/fuzz_diff
 	cp t/fuzz/corpus/* build/fuzz-diff-corpus/
 	build/fuzz_diff $(FUZZ_OPTS) -max_total_time=$(FUZZ_TIME) \
 		-jobs=$(FUZZ_JOBS) -workers=$(FUZZ_JOBS) \
+		-dict=t/fuzz/fuzz_diff.dict \
 		-artifact_prefix=build/fuzz-artifacts/ build/fuzz-diff-corpus
 
 # --- (end)

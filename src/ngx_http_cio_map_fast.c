@@ -1962,7 +1962,9 @@ fj_attrs(fj_ctx_t *ctx, const fj_val_t *src)
         e->val = v;
 
         /* "key":value as written when the tree would print just that */
-        if (!k.esc && start == k.p + k.len + 2 && fj_clean(ctx, &v)) {
+        if (!k.esc && fj_clean(ctx, &v)
+            && v.p - (v.type == FJ_STR) == k.p + k.len + 2)
+        {
             rc = fj_put(&ctx->attrs, ",", 1)
                  | fj_put(&ctx->attrs, (const char *) k.p - 1,
                           in.p - k.p + 1);
