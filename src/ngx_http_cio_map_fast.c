@@ -549,13 +549,7 @@ fj_literal(fj_in_t *in, fj_val_t *v, const char *word, size_t n, int type)
 }
 
 
-/* whitespace skipped, noted: a container with none may be copied whole */
-#define FJ_WS(in, dirty)                                                    \
-    do {                                                                    \
-        const unsigned char  *ws_ = (in)->p;                                \
-        fj_ws(in);                                                          \
-        (dirty) |= ((in)->p != ws_);                                        \
-    } while (0)
+#define fj_is_ws(c)  ((c) == ' ' || (c) == '\n' || (c) == '\r' || (c) == '\t')
 
 
 static fj_inline int fj_canonical(const fj_val_t *v);
@@ -591,21 +585,28 @@ fj_clean_string(const fj_val_t *v, int dates)
 static int
 fj_skip(fj_in_t *in, int depth, int *dirty)
 {
-    int            top;
-    fj_val_t       v;
-    unsigned char  close[FJ_MAX_DEPTH];
+    int                   top, d;
+    fj_val_t              v;
+    const unsigned char  *p, *end;
+    unsigned char         close[FJ_MAX_DEPTH];
 
     top = 0;
+    d = 0;
+    p = in->p;
+    end = in->end;
 
 value:
 
-    FJ_WS(in, *dirty);
-
-    if (in->p >= in->end) {
+    if (p >= end) {
         return -1;
     }
 
-    switch (*in->p) {
+    switch (*p) {
+
+    case ' ': case '\t': case '\n': case '\r':
+        d = 1;
+        p++;
+        goto value;
 
     case '{':
     case '[':
@@ -613,12 +614,14 @@ value:
             return -1;
         }
 
-        close[top++] = (*in->p == '{') ? '}' : ']';
-        in->p++;
-        FJ_WS(in, *dirty);
+        close[top++] = (*p == '{') ? '}' : ']';
 
-        if (in->p < in->end && *in->p == close[top - 1]) {
-            in->p++;
+        for (p++; p < end && fj_is_ws(*p); p++) {
+            d = 1;
+        }
+
+        if (p < end && *p == close[top - 1]) {
+            p++;
             top--;
             goto next;
         }
@@ -630,78 +633,106 @@ value:
         goto value;
 
     case '"':
+        in->p = p;
+
         if (fj_string(in, &v) != 0) {
             return -1;
         }
 
-        *dirty |= !fj_clean_string(&v, 1);
+        p = in->p;
+        d |= !fj_clean_string(&v, 1);
         goto next;
 
     case 't':
     case 'f':
     case 'n':
-        if (fj_literal(in, &v, (*in->p == 't') ? "true"
-                               : (*in->p == 'f') ? "false" : "null",
-                       (*in->p == 'f') ? 5 : 4, FJ_NULL) != 0)
+        in->p = p;
+
+        if (fj_literal(in, &v, (*p == 't') ? "true"
+                               : (*p == 'f') ? "false" : "null",
+                       (*p == 'f') ? 5 : 4, FJ_NULL) != 0)
         {
             return -1;
         }
 
+        p = in->p;
         goto next;
 
     default:
+        in->p = p;
+
         if (fj_number(in, &v) != 0) {
             return -1;
         }
 
-        *dirty |= !fj_canonical(&v);
+        p = in->p;
+        d |= !fj_canonical(&v);
     }
 
 next:
 
     if (top == 0) {
+        in->p = p;
+        *dirty |= d;
         return 0;
     }
 
-    FJ_WS(in, *dirty);
-
-    if (in->p >= in->end) {
+    if (p >= end) {
         return -1;
     }
 
-    if (*in->p == close[top - 1]) {
-        in->p++;
+    if (*p == ',') {
+        p++;
+
+        if (close[top - 1] == ']') {
+            goto value;
+        }
+
+        goto key;
+    }
+
+    if (*p == close[top - 1]) {
+        p++;
         top--;
         goto next;
     }
 
-    if (*in->p != ',') {
+    if (!fj_is_ws(*p)) {
         return -1;
     }
 
-    in->p++;
-
-    if (close[top - 1] == ']') {
-        goto value;
-    }
+    d = 1;
+    p++;
+    goto next;
 
 key:
 
-    FJ_WS(in, *dirty);
+    while (p < end && fj_is_ws(*p)) {
+        d = 1;
+        p++;
+    }
 
-    if (in->p >= in->end || *in->p != '"' || fj_string(in, &v) != 0) {
+    if (p >= end || *p != '"') {
         return -1;
     }
 
-    *dirty |= v.esc;
-    FJ_WS(in, *dirty);
+    in->p = p;
 
-    if (in->p >= in->end || *in->p != ':') {
+    if (fj_string(in, &v) != 0) {
         return -1;
     }
 
-    in->p++;
+    for (p = in->p; p < end && fj_is_ws(*p); p++) {
+        d = 1;
+    }
 
+    d |= v.esc;
+
+    if (p >= end || *p != ':') {
+        return -1;
+    }
+
+    p++;
     goto value;
 }
 
@@ -780,7 +811,10 @@ fj_member(fj_in_t *in, fj_val_t *key)
         }
 
         in->p++;
-        fj_ws(in);
+
+        if (in->p < in->end && fj_is_ws(*in->p)) {
+            fj_ws(in);
+        }
     }
 
     in->first = 0;
@@ -790,7 +824,9 @@ fj_member(fj_in_t *in, fj_val_t *key)
             return -1;
         }
 
-        fj_ws(in);
+        if (in->p < in->end && fj_is_ws(*in->p)) {
+            fj_ws(in);
+        }
 
         if (in->p >= in->end || *in->p != ':') {
             return -1;
@@ -1097,13 +1133,28 @@ fj_int(fj_buf_t *b, int64_t n)
     char      tmp[24], *p;
     uint64_t  u;
 
+    static const char  pairs[] =
+        "00010203040506070809101112131415161718192021222324252627282930"
+        "31323334353637383940414243444546474849505152535455565758596061"
+        "62636465666768697071727374757677787980818283848586878889909192"
+        "93949596979899";
+
     p = tmp + sizeof(tmp);
     u = (n < 0) ? (uint64_t) 0 - (uint64_t) n : (uint64_t) n;
 
-    do {
-        *--p = (char) ('0' + u % 10);
-        u /= 10;
-    } while (u);
+    while (u >= 100) {
+        p -= 2;
+        memcpy(p, &pairs[(u % 100) * 2], 2);
+        u /= 100;
+    }
+
+    if (u >= 10) {
+        p -= 2;
+        memcpy(p, &pairs[u * 2], 2);
+
+    } else {
+        *--p = (char) ('0' + u);
+    }
 
     if (n < 0) {
         *--p = '-';
@@ -1771,16 +1822,18 @@ fj_emit_value(fj_ctx_t *ctx, fj_buf_t *b, fj_in_t *in, fj_val_t *v,
 static unsigned
 fj_hash(const char *s, size_t n)
 {
-    size_t    i;
-    unsigned  h;
+    const unsigned char  *u;
 
-    h = 2166136261u;
+    /*
+     * A few bytes, not all: names are few (300 at most are looked up)
+     * and the probes compare whole names anyway.
+     */
+    u = (const unsigned char *) s;
 
-    for (i = 0; i < n; i++) {
-        h = (h ^ (unsigned char) s[i]) * 16777619u;
-    }
-
-    return h;
+    return (unsigned) n * 0x9e3779b1u
+           ^ (n ? u[0] * 0x85ebca6bu ^ u[n - 1] * 0xc2b2ae35u
+                  ^ u[n / 2] * 0x27d4eb2fu ^ u[n / 3] * 0x165667b1u
+                : 0);
 }
 
 
@@ -1850,7 +1903,11 @@ fj_entry(fj_ctx_t *ctx, unsigned short *slot, const char *key, size_t klen)
     }
 
     e = &ctx->entries[ctx->nentries++];
-    memset(e, 0, sizeof(fj_entry_t));
+    e->secs = 0;
+    e->conv = 0;
+    e->deleted = 0;
+    e->len = 0;
+    e->val.type = FJ_NONE;
     e->key = key;
     e->klen = klen;
     e->off = ctx->attrs.pos - ctx->attrs.start;
@@ -1882,6 +1939,115 @@ fj_clean(fj_ctx_t *ctx, const fj_val_t *v)
 
 
 /*
+ * The end of a value of a clean object (fj_skip() found no whitespace, no
+ * escape): strings end at the next quote, containers at their bracket.
+ */
+
+static const unsigned char *
+fj_clean_end(const unsigned char *p, const unsigned char *end)
+{
+    int  depth;
+
+    if (*p == '"') {
+        return fj_plain(p + 1, end) + 1;
+    }
+
+    if (*p != '{' && *p != '[') {
+        while (p < end && *p != ',' && *p != '}' && *p != ']') {
+            p++;
+        }
+
+        return p;
+    }
+
+    for (depth = 0; p < end; p++) {
+        if (*p == '"') {
+            p = fj_plain(p + 1, end);
+
+        } else if (*p == '{' || *p == '[') {
+            depth++;
+
+        } else if ((*p == '}' || *p == ']') && --depth == 0) {
+            return p + 1;
+        }
+    }
+
+    return end;
+}
+
+
+/*
+ * The attributes from an object that the tree would print as it is
+ * written (already checked): each kept member is copied whole.
+ */
+
+static int
+fj_attrs_clean(fj_ctx_t *ctx, const fj_val_t *src)
+{
+    size_t                klen;
+    fj_entry_t           *e;
+    unsigned short       *slot;
+    const unsigned char  *p, *end, *key, *v, *ve;
+
+    p = src->p + 1;
+    end = src->p + src->len - 1;
+
+    while (p < end) {
+        key = p + 1;
+        p = fj_plain(key, end);
+
+        if (p + 2 >= end || *p != '"' || p[1] != ':') {
+            return -1;
+        }
+
+        klen = p - key;
+        v = p + 2;
+        ve = fj_clean_end(v, end);
+
+        if (ve > end) {
+            return -1;
+        }
+
+        p = ve + 1;
+
+        if (klen > NGX_HTTP_CIO_MAP_MAX_ATTR_NAME
+            || ctx->nentries >= NGX_HTTP_CIO_MAP_MAX_ATTRS)
+        {
+            ctx->changes++;
+            continue;
+        }
+
+        slot = fj_slot(ctx, (const char *) key, klen);
+
+        if (*slot != 0) {
+            continue;
+        }
+
+        e = fj_entry(ctx, slot, (const char *) key, klen);
+
+        if (e == NULL
+            || fj_put(&ctx->attrs, ",", 1) != 0
+            || fj_put(&ctx->attrs, (const char *) key - 1, ve - key + 1)
+               != 0)
+        {
+            return -1;
+        }
+
+        e->len = ctx->attrs.pos - ctx->attrs.start - e->off;
+        e->val.p = v + (*v == '"');
+        e->val.len = ve - v - 2 * (*v == '"');
+        e->val.esc = 0;
+        e->val.type = (*v == '"') ? FJ_STR : (*v == '{') ? FJ_OBJ
+                      : (*v == '[') ? FJ_ARR : (*v == 't') ? FJ_TRUE
+                      : (*v == 'f') ? FJ_FALSE : (*v == 'n') ? FJ_NULL
+                      : FJ_NUM;
+    }
+
+    return 0;
+}
+
+
+/*
  * The attributes of an item from traits or properties, as
  * ngx_http_cio_map_attrs() copies them: names over 150 bytes dropped, the
  * first 300 kept, a repeated name keeps its first value, strings cut and
@@ -1892,14 +2058,13 @@ static int
 fj_attrs(fj_ctx_t *ctx, const fj_val_t *src)
 {
     int                   rc;
-    size_t                i;
+    char                 *key;
+    size_t                i, klen;
+    fj_in_t               in;
+    fj_val_t              k, v;
+    fj_entry_t           *e;
+    unsigned short       *slot;
     const unsigned char  *start;
-    char            *key;
-    size_t           klen;
-    fj_in_t          in;
-    fj_val_t         k, v;
-    fj_entry_t      *e;
-    unsigned short  *slot;
 
     /* the slots of the last item's names are all the table holds */
     for (i = 0; i < ctx->nentries; i++) {
@@ -1912,6 +2077,10 @@ fj_attrs(fj_ctx_t *ctx, const fj_val_t *src)
 
     if (src->type != FJ_OBJ) {
         return 0;
+    }
+
+    if (!src->esc) {
+        return fj_attrs_clean(ctx, src);
     }
 
     fj_open(&in, src);
@@ -3128,9 +3297,17 @@ fj_batch(fj_ctx_t *ctx, const fj_call_t *root)
         return -1;
     }
 
-    res->calls = calloc(n, sizeof(ngx_http_cio_map_call_t));
+    /* what a call's reader looks at is set; the rest follows nitems */
+    res->calls = malloc(n * sizeof(ngx_http_cio_map_call_t));
     if (res->calls == NULL) {
         return -1;
+    }
+
+    for (i = 0; i < n; i++) {
+        res->calls[i].type = 0;
+        res->calls[i].nitems = 0;
+        res->calls[i].filtered = 0;
+        res->calls[i].error[0] = '\0';
     }
 
     res->ncalls = n;
