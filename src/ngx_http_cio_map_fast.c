@@ -707,9 +707,8 @@ next:
 
 key:
 
-    while (p < end && fj_is_ws(*p)) {
+    for ( /* void */ ; p < end && fj_is_ws(*p); p++) {
         d = 1;
-        p++;
     }
 
     if (p >= end || *p != '"') {
