@@ -109,7 +109,10 @@ clean:
 #                       (inflate, map, check the items) for FUZZ_TIME
 #                       seconds, default 60, on build/fuzz-corpus, a copy
 #                       of t/fuzz/corpus that keeps what earlier runs found
-#   make fuzz-regress   the fuzz target over each file of t/fuzz/corpus
+#   make fuzz-diff      libFuzzer on t/fuzz/fuzz_diff.c: the mapper's fast
+#                       path against the cJSON tree, results compared byte
+#                       for byte, FUZZ_TIME seconds on FUZZ_JOBS workers
+#   make fuzz-regress   both fuzz targets over each file of t/fuzz/corpus
 #                       once, no fuzzing
 #
 # The fuzz target is always built in build/ with clang (libFuzzer comes

@@ -10,15 +10,19 @@
  * request's own bytes.  Strings are referenced in place and unescaped
  * only where a rule reads them; property values are copied as the client
  * wrote them once checked; numbers keep their own digits when that is
- * what cJSON would print.  No tree, no allocation but the result's.
+ * what cJSON would print.  No tree and no allocation per string: one
+ * work area per request (the item and attribute buffers, the names seen),
+ * then one malloc() per item for the result.
  *
  * The items are byte for byte those of the tree mapper
  * (ngx_http_cio_map.c), which stays the reference: t/fuzz/fuzz_diff.c
  * runs both on every input.  Anything this file does not handle exactly
  * (a refusal, a rare rule, an odd shape) it declines, and the tree maps
  * it: Amplitude, group, alias, person actions, device and deletion
- * events, calls without a messageId (their dedupe id hashes the tree's
- * own print of the call), \u0000 escapes, duplicated keys, deep nesting.
+ * events, an identify naming a group, calls without a messageId (their
+ * dedupe id hashes the tree's own print of the call), \u0000 escapes,
+ * repeated keys that rules read, nesting deeper than 20, items over the
+ * work area.  The operator's filters and integrations are applied here.
  */
 
 
