@@ -85,10 +85,12 @@ $(BUILD)/ngx_http_cio_module.so: FORCE
 
 FORCE:
 
-$(BUILD)/test_map: t/unit/test_map.c src/ngx_http_cio_map.c \
-		src/ngx_http_cio_map.h
+MAP_SRCS = src/ngx_http_cio_map.c src/ngx_http_cio_map_fast.c
+MAP_DEPS = $(MAP_SRCS) src/ngx_http_cio_map.h src/ngx_http_cio_map_fast.h
+
+$(BUILD)/test_map: t/unit/test_map.c t/fuzz/map_diff.h $(MAP_DEPS)
 	@mkdir -p $(BUILD)
-	$(CC) $(UNIT_CFLAGS) t/unit/test_map.c src/ngx_http_cio_map.c \
+	$(CC) $(UNIT_CFLAGS) t/unit/test_map.c $(MAP_SRCS) \
 		-lcjson -lm -o $@
 
 unit: deps $(BUILD)/test_map
@@ -159,7 +161,10 @@ clean:
 #                       (inflate, map, check the items) for FUZZ_TIME
 #                       seconds, default 60, on build/fuzz-corpus, a copy
 #                       of t/fuzz/corpus that keeps what earlier runs found
-#   make fuzz-regress   the fuzz target over each file of t/fuzz/corpus
+#   make fuzz-diff      libFuzzer on t/fuzz/fuzz_diff.c: the mapper's fast
+#                       path against the cJSON tree, results compared byte
+#                       for byte, FUZZ_TIME seconds on FUZZ_JOBS workers
+#   make fuzz-regress   both fuzz targets over each file of t/fuzz/corpus
 #                       once, no fuzzing
 #
 # The fuzz target is always built in build/ with clang (libFuzzer comes
@@ -172,11 +177,10 @@ FUZZ_CC ?= clang
 FUZZ_CFLAGS = -g -O1 -W -Wall -Wno-unused-parameter -Isrc \
               -fno-omit-frame-pointer -fno-sanitize-recover=all \
               -fsanitize=fuzzer,address,undefined
-FUZZ_SRCS = t/fuzz/fuzz_body.c src/ngx_http_cio_map.c \
-            src/ngx_http_cio_inflate.c
+FUZZ_SRCS = t/fuzz/fuzz_body.c $(MAP_SRCS) src/ngx_http_cio_inflate.c
 FUZZ_OPTS = -max_len=65536 -timeout=10 -print_final_stats=1
 
-.PHONY: unit-inflate fuzz fuzz-regress fuzz-deps
+.PHONY: unit-inflate fuzz fuzz-regress fuzz-deps fuzz-diff
 
 # --wrap: the tests count and fail the inflater's allocations
 $(BUILD)/test_inflate: t/unit/test_inflate.c src/ngx_http_cio_inflate.c \
@@ -195,8 +199,8 @@ fuzz-deps:
 	@scripts/fuzz-deps.sh
 
 # order-only: the check runs every time but does not force a rebuild
-build/fuzz_body: $(FUZZ_SRCS) src/ngx_http_cio_map.h \
-		src/ngx_http_cio_inflate.h | fuzz-deps
+build/fuzz_body: $(FUZZ_SRCS) $(MAP_DEPS) src/ngx_http_cio_inflate.h \
+		| fuzz-deps
 	@mkdir -p build
 	$(FUZZ_CC) $(FUZZ_CFLAGS) $(FUZZ_SRCS) -lcjson -lz -lm -o $@
 
@@ -206,8 +210,27 @@ fuzz: build/fuzz_body
 	build/fuzz_body $(FUZZ_OPTS) -max_total_time=$(FUZZ_TIME) \
 		-artifact_prefix=build/fuzz-artifacts/ build/fuzz-corpus
 
-fuzz-regress: build/fuzz_body
+fuzz-regress: build/fuzz_body build/fuzz_diff
 	build/fuzz_body $(FUZZ_OPTS) -runs=0 t/fuzz/corpus/*
+	build/fuzz_diff $(FUZZ_OPTS) -runs=0 t/fuzz/corpus/*
+
+# the fast path against the tree mapper (t/fuzz/fuzz_diff.c), on its own
+# corpus copy build/fuzz-diff-corpus; FUZZ_JOBS workers, default 1
+FUZZ_JOBS ?= 1
+
+build/fuzz_diff: t/fuzz/fuzz_diff.c t/fuzz/map_diff.h $(MAP_DEPS) \
+		| fuzz-deps
+	@mkdir -p build
+	$(FUZZ_CC) $(FUZZ_CFLAGS) t/fuzz/fuzz_diff.c $(MAP_SRCS) \
+		-lcjson -lm -o $@
+
+fuzz-diff: build/fuzz_diff
+	@mkdir -p build/fuzz-diff-corpus build/fuzz-artifacts
+	cp t/fuzz/corpus/* build/fuzz-diff-corpus/
+	build/fuzz_diff $(FUZZ_OPTS) -max_total_time=$(FUZZ_TIME) \
+		-jobs=$(FUZZ_JOBS) -workers=$(FUZZ_JOBS) \
+		-dict=t/fuzz/fuzz_diff.dict \
+		-artifact_prefix=build/fuzz-artifacts/ build/fuzz-diff-corpus
 
 # --- (end)
 
@@ -262,18 +285,16 @@ bench-deps:
 	@scripts/bench-deps.sh
 
 # the mapper with the module's own optimization level (dpkg-buildflags)
-build/bench/map_cost: bench/map_cost.c src/ngx_http_cio_map.c \
-		src/ngx_http_cio_map.h
+build/bench/map_cost: bench/map_cost.c $(MAP_DEPS)
 	@mkdir -p build/bench
-	$(CC) $(BENCH_CFLAGS) bench/map_cost.c src/ngx_http_cio_map.c \
+	$(CC) $(BENCH_CFLAGS) bench/map_cost.c $(MAP_SRCS) \
 		-lcjson -lm -o $@
 
 # the same with malloc replaced by a per-call arena: a what-if, not a fix
-build/bench/map_cost_arena: bench/map_cost.c src/ngx_http_cio_map.c \
-		src/ngx_http_cio_map.h
+build/bench/map_cost_arena: bench/map_cost.c $(MAP_DEPS)
 	@mkdir -p build/bench
 	$(CC) $(BENCH_CFLAGS) -DBENCH_ARENA bench/map_cost.c \
-		src/ngx_http_cio_map.c -lcjson -lm -o $@
+		$(MAP_SRCS) -lcjson -lm -o $@
 
 build/bench/cio-standin-fast: bench/cio-standin-fast.c
 	@mkdir -p build/bench

@@ -41,9 +41,15 @@
 #include <time.h>
 
 #include "ngx_http_cio_map.h"
+#include "ngx_http_cio_map_fast.h"
 
 
 static ngx_http_cio_map_opts_t  opts;
+
+/* BENCH_MAP_TREE=1: the tree mapper alone, as before the fast path */
+static int (*map_fn)(const char *body, size_t len,
+    const ngx_http_cio_map_opts_t *opts, ngx_http_cio_map_result_t *res)
+    = ngx_http_cio_map_request;
 
 
 #ifdef BENCH_ARENA
@@ -162,7 +168,7 @@ bench_map_once(const char *body, size_t len, size_t *items, size_t *bytes)
 
     memset(&res, 0, sizeof(res));
 
-    if (ngx_http_cio_map_request(body, len, &opts, &res) != 0) {
+    if (map_fn(body, len, &opts, &res) != 0) {
         fprintf(stderr, "map_cost: body refused: %s\n", res.error);
         exit(1);
     }
@@ -252,7 +258,7 @@ batch_body(size_t max, const char *body, size_t len)
 
     memset(&res, 0, sizeof(res));
 
-    if (ngx_http_cio_map_request(body, len, &opts, &res) != 0) {
+    if (map_fn(body, len, &opts, &res) != 0) {
         fprintf(stderr, "map_cost: body refused: %s\n", res.error);
         return 1;
     }
@@ -299,7 +305,7 @@ item_lengths(const char *body, size_t len)
 
     memset(&res, 0, sizeof(res));
 
-    if (ngx_http_cio_map_request(body, len, &opts, &res) != 0) {
+    if (map_fn(body, len, &opts, &res) != 0) {
         fprintf(stderr, "map_cost: body refused: %s\n", res.error);
         return 1;
     }
@@ -351,6 +357,12 @@ main(int argc, char **argv)
         return 2;
     }
 
+    if (getenv("BENCH_MAP_TREE") != NULL
+        && strcmp(getenv("BENCH_MAP_TREE"), "1") == 0)
+    {
+        map_fn = ngx_http_cio_map_tree;
+    }
+
     /* as ngx_http_cio_process() sets them with the default directives */
     opts.route = route_of(argv[1]);
     opts.received_ms = 1715682104000LL;
@@ -374,7 +386,7 @@ main(int argc, char **argv)
         ngx_http_cio_map_result_t  res;
 
         memset(&res, 0, sizeof(res));
-        ngx_http_cio_map_request(body, len, &opts, &res);
+        map_fn(body, len, &opts, &res);
         ngx_http_cio_map_result_free(&res);
     }
 

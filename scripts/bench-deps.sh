@@ -3,10 +3,13 @@
 # Installs, from Debian's packages, what `make bench` needs on top of the
 # build and test dependencies, and only what is missing: wrk (HTTP load),
 # valgrind (callgrind), linux-perf (profiling, optional at run time),
-# libcurl and libcjson headers (the bench drivers).
+# libcurl and libcjson headers (the bench drivers), and the echo module
+# for the fair edge baseline (stock nginx that reads the body into
+# memory, echo_read_request_body).
 set -eu
 
-pkgs="wrk valgrind gcc make libcjson-dev libcurl4-openssl-dev perl curl"
+pkgs="wrk valgrind gcc make libcjson-dev libcurl4-openssl-dev perl curl
+libnginx-mod-http-echo"
 # perf is only for profiling by hand (bench/README.md); install it if the
 # distribution has it, but a bench run does not need it
 optional="linux-perf"

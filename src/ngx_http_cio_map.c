@@ -27,6 +27,7 @@
 #include <cjson/cJSON.h>
 
 #include "ngx_http_cio_map.h"
+#include "ngx_http_cio_map_fast.h"
 
 
 
@@ -164,8 +165,29 @@ ngx_http_cio_call_name(int type)
 }
 
 
+/*
+ * The common calls take the one-pass fast path (ngx_http_cio_map_fast.c);
+ * whatever it does not handle, it declines, and the tree below maps it.
+ */
+
 int
 ngx_http_cio_map_request(const char *body, size_t len,
+    const ngx_http_cio_map_opts_t *opts, ngx_http_cio_map_result_t *res)
+{
+    int  rc;
+
+    rc = ngx_http_cio_map_fast(body, len, opts, res);
+
+    if (rc != NGX_HTTP_CIO_MAP_DECLINED) {
+        return rc;
+    }
+
+    return ngx_http_cio_map_tree(body, len, opts, res);
+}
+
+
+int
+ngx_http_cio_map_tree(const char *body, size_t len,
     const ngx_http_cio_map_opts_t *opts, ngx_http_cio_map_result_t *res)
 {
     int                      rc;

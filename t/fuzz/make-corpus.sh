@@ -132,4 +132,21 @@ printf '{"batch":[%s{"type":"page","userId":"u","name":"n"}]}' \
 # 2 MB of spaces: over the 1 MB inflate limit
 head -c 2097152 /dev/zero | tr '\0' ' ' | seed bomb-gzip 2 1 gzip
 
+
+# the fast path's shapes (t/fuzz/fuzz_diff.c): the SDKs' calls as sent
+for c in identify:1 track:2 page:3; do
+    seed "fast-${c%%:*}" "${c##*:}" 0 \
+        < "$dir/../../../bench/payloads/${c%%:*}.json"
+done
+
+seed fast-batch 7 8 < "$dir/../../../bench/payloads/batch20.json"
+
+sed "s/LATIN1/$(printf 'caf\351')/" <<'EOF' | seed fast-escapes 2 0
+{"userId":"caf\u00e9@example.com","event":"Caf\u00e9 \ud83d\ude00 \"q\"","properties":{"a\/b":"\u001f\t\n","n":[1.0,-0,1e3,0.00001,123456789012345678,18.99],"d":"2023-01-02","long\u0020key":{"x":[true,false,null,{}]},"lat":"LATIN1"},"anonymousId":12345,"messageId":"m-\u0031","timestamp":1700000000.5,"integrations":{"All":false,"Customer.io":true}}
+EOF
+
+seed fast-batch-context 7 0 <<'EOF'
+{"batch":[{"type":"identify","traits":{"created_at":"","createdAt":1700000000123,"n":1},"anonymousId":"a-9","messageId":"m-3"},{"type":"Screen","name":"Home","userId":7,"messageId":"m-4","context":{"page":{}}},{"type":"page","anonymousId":"a-9","messageId":"m-5"}],"context":{"page":{"url":"https://example.com/"},"traits":{"email":"b@example.com"},"consentManagement":{"deniedConsentIds":["C0001"]}},"sentAt":"2023-11-14T22:13:21Z","writeKey":"wk"}
+EOF
+
 ls "$dir" | wc -l | xargs echo "corpus: files in $dir:"

@@ -24,12 +24,22 @@
 #include <cjson/cJSON.h>
 
 #include "ngx_http_cio_map.h"
+#include "ngx_http_cio_map_fast.h"
+#include "../fuzz/map_diff.h"
 
 
 #define RECEIVED_MS  1700000000000LL        /* 2023-11-14T22:13:20Z */
 
 
 static int  passed, failed;
+
+/*
+ * The suite runs twice: through ngx_http_cio_map_request() (the fast path
+ * first), with every call also mapped by both paths and compared, then
+ * with the tree mapper alone.
+ */
+static int  tree_only;
+static int  fast_mapped, fast_declined;
 
 
 static void
@@ -86,6 +96,70 @@ dq(const char *s, size_t len)
 }
 
 
+/* the fast path, when it maps a body, gives the tree's result exactly */
+static void
+map_both(const char *b, size_t len, const ngx_http_cio_map_opts_t *o)
+{
+    int                         rcf, rct;
+    char                        why[2048];
+    const char                 *diff;
+    ngx_http_cio_map_result_t   fast, tree;
+
+    rcf = ngx_http_cio_map_fast(b, len, o, &fast);
+
+    if (rcf == NGX_HTTP_CIO_MAP_DECLINED) {
+        fast_declined++;
+        return;
+    }
+
+    fast_mapped++;
+    rct = ngx_http_cio_map_tree(b, len, o, &tree);
+
+    diff = map_diff(rcf, &fast, rct, &tree, why, sizeof(why));
+    ok(diff == NULL, "the fast path maps as the tree does", diff);
+
+    if (diff != NULL) {
+        printf("    body: %.*s\n", (int) len, b);
+    }
+
+    ngx_http_cio_map_result_free(&fast);
+    ngx_http_cio_map_result_free(&tree);
+}
+
+
+/*
+ * The same, once more with a messageId added to a single call (most
+ * cases have none, and without one the fast path declines): the two
+ * paths must still agree.
+ */
+static void
+map_both_with_id(const char *b, size_t len, const ngx_http_cio_map_opts_t *o)
+{
+    char    *m;
+    size_t   n;
+
+    static const char  id[] = "{\"messageId\":\"unit-1\"";
+
+    if (o->route == NGX_HTTP_CIO_CALL_BATCH || len < 2 || b[0] != '{') {
+        return;
+    }
+
+    m = malloc(len + sizeof(id) + 1);
+    memcpy(m, id, sizeof(id) - 1);
+    n = sizeof(id) - 1;
+
+    if (b[1] != '}') {
+        m[n++] = ',';
+    }
+
+    memcpy(m + n, b + 1, len - 1);
+    n += len - 1;
+
+    map_both(m, n, o);
+    free(m);
+}
+
+
 static int
 map_len(const char *body, size_t len, const ngx_http_cio_map_opts_t *o,
     ngx_http_cio_map_result_t *res)
@@ -95,7 +169,16 @@ map_len(const char *body, size_t len, const ngx_http_cio_map_opts_t *o,
 
     b = dq(body, len);
     memset(res, 0, sizeof(*res));
-    rc = ngx_http_cio_map_request(b, len, o, res);
+
+    if (tree_only) {
+        rc = ngx_http_cio_map_tree(b, len, o, res);
+
+    } else {
+        rc = ngx_http_cio_map_request(b, len, o, res);
+        map_both(b, len, o);
+        map_both_with_id(b, len, o);
+    }
+
     free(b);
 
     return rc;
@@ -3071,8 +3154,8 @@ test_contract_hostile(void)
 }
 
 
-int
-main(void)
+static void
+run_all(void)
 {
     test_identity();
     test_track();
@@ -3097,8 +3180,20 @@ main(void)
     test_contract_people();
     test_contract_amplitude();
     test_contract_hostile();
+}
 
-    printf("%d passed, %d failed\n", passed, failed);
+
+int
+main(void)
+{
+    run_all();
+    printf("fast path first: %d passed, %d failed; the fast path mapped "
+           "%d bodies the same as the tree, declined %d\n", passed, failed,
+           fast_mapped, fast_declined);
+
+    tree_only = 1;
+    run_all();
+    printf("tree only: %d passed, %d failed in all\n", passed, failed);
 
     return failed ? 1 : 0;
 }

@@ -1,0 +1,39 @@
+
+/*
+ * Copyright (C) ngx_http_cio_module authors
+ */
+
+
+/*
+ * The mapper's two paths, for the mapper itself, its unit tests, the
+ * differential fuzzer and the bench; the glue only calls
+ * ngx_http_cio_map_request() (ngx_http_cio_map.h), which tries the fast
+ * path and falls back to the tree when it declines.
+ */
+
+
+#ifndef _NGX_HTTP_CIO_MAP_FAST_H_INCLUDED_
+#define _NGX_HTTP_CIO_MAP_FAST_H_INCLUDED_
+
+
+#include "ngx_http_cio_map.h"
+
+
+/* the fast path does not map this body: ask the tree mapper */
+#define NGX_HTTP_CIO_MAP_DECLINED  -2
+
+
+/*
+ * One pass over the body, no tree: 0 or -1 exactly as
+ * ngx_http_cio_map_request() would answer, or NGX_HTTP_CIO_MAP_DECLINED
+ * with res zeroed and nothing to free.
+ */
+int ngx_http_cio_map_fast(const char *body, size_t len,
+    const ngx_http_cio_map_opts_t *opts, ngx_http_cio_map_result_t *res);
+
+/* the cJSON tree mapper, every call shape and every rule */
+int ngx_http_cio_map_tree(const char *body, size_t len,
+    const ngx_http_cio_map_opts_t *opts, ngx_http_cio_map_result_t *res);
+
+
+#endif /* _NGX_HTTP_CIO_MAP_FAST_H_INCLUDED_ */
