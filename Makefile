@@ -118,7 +118,7 @@ san: deps
 	prove -I t/lib $(SAN_TESTS)
 
 # Valgrind and the sanitizers do not run together
-test: check-includes mutate-check unit unit-inflate fuzz-regress \
+test: check-includes mutate-check tools unit unit-inflate fuzz-regress \
       $(if $(filter 1,$(SAN)),,valgrind) \
       integration $(if $(filter 1,$(SAN)),,san matrix)
 
@@ -279,7 +279,7 @@ integration: clients-deps
 BENCH_CFLAGS = -std=gnu99 -g -O2 -fstack-protector-strong -W -Wall \
                -Wno-unused-parameter -Werror -Isrc
 
-.PHONY: bench bench-deps
+.PHONY: bench bench-deps tools
 
 bench-deps:
 	@scripts/bench-deps.sh
@@ -300,8 +300,17 @@ build/bench/cio-standin-fast: bench/cio-standin-fast.c
 	@mkdir -p build/bench
 	$(CC) $(BENCH_CFLAGS) bench/cio-standin-fast.c -lcjson -o $@
 
-bench: build bench-deps build/bench/map_cost build/bench/map_cost_arena \
-       build/bench/cio-standin-fast
+BENCH_TOOLS = build/bench/map_cost build/bench/map_cost_arena \
+              build/bench/cio-standin-fast
+
+bench: build bench-deps $(BENCH_TOOLS)
 	perl bench/bench.pl
+
+# what the repository ships but make test does not run: compiled and
+# syntax-checked here so that none of it rots unseen
+tools: $(BENCH_TOOLS)
+	@for f in bench/*.pl scripts/*.pl t/*.t; do \
+		perl -I t/lib -c $$f 2>&1 | grep -v 'syntax OK$$' && exit 1; \
+	done; echo "tools: bench and fuzz targets build, scripts compile"
 
 # --- (end)

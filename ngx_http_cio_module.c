@@ -13,6 +13,7 @@
  *   src/ngx_http_cio_handler.c      the ingest location
  *   src/ngx_http_cio_reply.c        what it and cio_status answer
  *   src/ngx_http_cio_map.c          calls to Customer.io items (pure C)
+ *   src/ngx_http_cio_map_fast.c     the same in one pass, common calls
  *   src/ngx_http_cio_queue.c        the zone: queue, counters, rate
  *   src/ngx_http_cio_deliver.c      a worker's side of delivery
  *   src/ngx_http_cio_sender.c       the sender thread (no nginx headers)
@@ -66,6 +67,8 @@ static char *ngx_http_cio_rate(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_cio_dead_letter_file(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
+static char *ngx_http_cio_journal(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static char *ngx_http_cio_spool(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_cio_status(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -312,7 +315,7 @@ static ngx_command_t  ngx_http_cio_commands[] = {
 
     { ngx_string("cio_journal"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE123,
-      ngx_http_cio_journal_conf,
+      ngx_http_cio_journal,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
@@ -1338,6 +1341,110 @@ ngx_http_cio_rate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     mcf->burst = burst;
 
     return NGX_CONF_OK;
+}
+
+
+/*
+ * cio_journal PATH [max_size=SIZE] [sync=always|TIME|off];
+ */
+
+static char *
+ngx_http_cio_journal(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_cio_main_conf_t *mcf = conf;
+
+    off_t        max_size;
+    u_char      *p;
+    ngx_str_t   *value, path, s;
+    ngx_msec_t   interval;
+    ngx_uint_t   i, sync;
+
+    if (mcf->journal) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    path = value[1];
+
+    /* relative to the prefix, as nginx's own paths are */
+    if (ngx_conf_full_name(cf->cycle, &path, 0) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    while (path.len > 1 && path.data[path.len - 1] == '/') {
+        path.len--;
+    }
+
+    p = ngx_pnalloc(cf->pool, path.len + 1);
+    if (p == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memcpy(p, path.data, path.len);
+    p[path.len] = '\0';
+    path.data = p;
+
+    max_size = 1024 * 1024 * 1024;
+    sync = NGX_HTTP_CIO_J_SYNC_TIMER;
+    interval = 1000;
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "max_size=", 9) == 0) {
+            s.data = value[i].data + 9;
+            s.len = value[i].len - 9;
+
+            max_size = ngx_parse_offset(&s);
+
+            if (max_size == NGX_ERROR
+                || max_size < NGX_HTTP_CIO_J_MIN_SIZE)
+            {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid max_size \"%V\", at least "
+                                   "128k", &s);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "sync=", 5) == 0) {
+            s.data = value[i].data + 5;
+            s.len = value[i].len - 5;
+
+            if (s.len == 3 && ngx_strncmp(s.data, "off", 3) == 0) {
+                sync = NGX_HTTP_CIO_J_SYNC_OFF;
+                continue;
+            }
+
+            if (s.len == 6 && ngx_strncmp(s.data, "always", 6) == 0) {
+                sync = NGX_HTTP_CIO_J_SYNC_ALWAYS;
+                continue;
+            }
+
+            interval = ngx_parse_time(&s, 0);
+
+            if (interval == (ngx_msec_t) NGX_ERROR || interval == 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid sync \"%V\": always, off or a "
+                                   "time", &s);
+                return NGX_CONF_ERROR;
+            }
+
+            sync = NGX_HTTP_CIO_J_SYNC_TIMER;
+            continue;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\"", &value[i]);
+        return NGX_CONF_ERROR;
+    }
+
+    mcf->journal = ngx_http_cio_journal_add(cf, &path, max_size, sync,
+                                            interval);
+
+    return mcf->journal ? NGX_CONF_OK : NGX_CONF_ERROR;
 }
 
 

@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # The mutation check: small deliberate bugs, one at a time, each of which
 # the tests must catch.  For every mutation in @MUTATIONS below it puts the
@@ -294,8 +295,10 @@ my @MUTATIONS = (
         name => '400-not-split',
         what => "a batch's 400 dead-letters every item, not the one at fault",
         file => $DELIVER,
-        from => q~    if (act == NGX_HTTP_CIO_ACT_DEAD && batch->n > 1 && !d->exiting~,
-        to => q~    if (act == NGX_HTTP_CIO_ACT_DEAD && batch->n > 100000 && !d->exiting~,
+        from => q~    if (act == NGX_HTTP_CIO_ACT_DEAD && batch->n > 1
+        && ngx_http_cio_deliver_split~,
+        to => q~    if (act == NGX_HTTP_CIO_ACT_DEAD && batch->n > 100000
+        && ngx_http_cio_deliver_split~,
         tests => [qw(t/46-refusals.t t/41-dead-letter.t)],
     },
     {

@@ -353,8 +353,13 @@ void ngx_http_cio_spool_save(ngx_cycle_t *cycle, ngx_str_t *path,
     ngx_http_cio_zone_t *zone);
 
 /* ngx_http_cio_journal.c: cio_journal, the accepted items on disk */
-char *ngx_http_cio_journal_conf(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf);
+#define NGX_HTTP_CIO_J_SYNC_OFF      0
+#define NGX_HTTP_CIO_J_SYNC_TIMER    1
+#define NGX_HTTP_CIO_J_SYNC_ALWAYS   2
+#define NGX_HTTP_CIO_J_MIN_SIZE      (128 * 1024)    /* two segments */
+
+ngx_http_cio_journal_t *ngx_http_cio_journal_add(ngx_conf_t *cf,
+    ngx_str_t *path, off_t max_size, ngx_uint_t sync, ngx_msec_t interval);
 ngx_int_t ngx_http_cio_journal_start(ngx_cycle_t *cycle,
     ngx_http_cio_journal_t *j, ngx_http_cio_zone_t *zone,
     ngx_uint_t fresh);

@@ -61,7 +61,7 @@
 #define NGX_HTTP_CIO_J_HEADER      16
 #define NGX_HTTP_CIO_J_MAX_RECORD  (16 * 1024 * 1024)
 #define NGX_HTTP_CIO_J_SEGS        256
-#define NGX_HTTP_CIO_J_MIN_SEG     (64 * 1024)
+#define NGX_HTTP_CIO_J_MIN_SEG     (NGX_HTTP_CIO_J_MIN_SIZE / 2)
 #define NGX_HTTP_CIO_J_MAX_SEG     (64 * 1024 * 1024)
 #define NGX_HTTP_CIO_J_ALERT_EVERY 60
 #define NGX_HTTP_CIO_J_OLD_FDS     16
@@ -82,10 +82,6 @@
 #define NGX_HTTP_CIO_J_WRITE       0
 #define NGX_HTTP_CIO_J_SYNC        1
 #define NGX_HTTP_CIO_J_ACK         2
-
-#define NGX_HTTP_CIO_J_SYNC_OFF    0
-#define NGX_HTTP_CIO_J_SYNC_TIMER  1
-#define NGX_HTTP_CIO_J_SYNC_ALWAYS 2
 
 
 /* a live segment, in the journal's zone; no 0: a free slot */
@@ -215,107 +211,27 @@ static ngx_connection_t        ngx_http_cio_jdummy;
 
 
 /*
- * cio_journal PATH [max_size=SIZE] [sync=always|TIME|off];
+ * The journal cio_journal names, module.c having read its parameters:
+ * path is full and without a trailing slash, sync one of
+ * NGX_HTTP_CIO_JOURNAL_SYNC_*, interval for sync=TIME.
  */
 
-char *
-ngx_http_cio_journal_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+ngx_http_cio_journal_t *
+ngx_http_cio_journal_add(ngx_conf_t *cf, ngx_str_t *path, off_t max_size,
+    ngx_uint_t sync, ngx_msec_t interval)
 {
-    ngx_http_cio_main_conf_t *mcf = conf;
-
-    off_t                    size;
-    u_char                  *p;
-    ngx_str_t               *value, s, name;
-    ngx_msec_t               ms;
-    ngx_uint_t               i;
+    ngx_str_t                name;
     ngx_http_cio_journal_t  *j;
-
-    if (mcf->journal) {
-        return "is duplicate";
-    }
-
-    value = cf->args->elts;
 
     j = ngx_pcalloc(cf->pool, sizeof(ngx_http_cio_journal_t));
     if (j == NULL) {
-        return NGX_CONF_ERROR;
+        return NULL;
     }
 
-    j->path = value[1];
-
-    /* relative to the prefix, as nginx's own paths are */
-    if (ngx_conf_full_name(cf->cycle, &j->path, 0) != NGX_OK) {
-        return NGX_CONF_ERROR;
-    }
-
-    while (j->path.len > 1 && j->path.data[j->path.len - 1] == '/') {
-        j->path.len--;
-    }
-
-    p = ngx_pnalloc(cf->pool, j->path.len + 1);
-    if (p == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    ngx_memcpy(p, j->path.data, j->path.len);
-    p[j->path.len] = '\0';
-    j->path.data = p;
-
-    j->max_size = 1024 * 1024 * 1024;
-    j->sync = NGX_HTTP_CIO_J_SYNC_TIMER;
-    j->interval = 1000;
-
-    for (i = 2; i < cf->args->nelts; i++) {
-
-        if (ngx_strncmp(value[i].data, "max_size=", 9) == 0) {
-            s.data = value[i].data + 9;
-            s.len = value[i].len - 9;
-
-            size = ngx_parse_offset(&s);
-
-            if (size == NGX_ERROR || size < 2 * NGX_HTTP_CIO_J_MIN_SEG) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "invalid max_size \"%V\", at least "
-                                   "128k", &s);
-                return NGX_CONF_ERROR;
-            }
-
-            j->max_size = size;
-            continue;
-        }
-
-        if (ngx_strncmp(value[i].data, "sync=", 5) == 0) {
-            s.data = value[i].data + 5;
-            s.len = value[i].len - 5;
-
-            if (s.len == 3 && ngx_strncmp(s.data, "off", 3) == 0) {
-                j->sync = NGX_HTTP_CIO_J_SYNC_OFF;
-                continue;
-            }
-
-            if (s.len == 6 && ngx_strncmp(s.data, "always", 6) == 0) {
-                j->sync = NGX_HTTP_CIO_J_SYNC_ALWAYS;
-                continue;
-            }
-
-            ms = ngx_parse_time(&s, 0);
-
-            if (ms == (ngx_msec_t) NGX_ERROR || ms == 0) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "invalid sync \"%V\": always, off or a "
-                                   "time", &s);
-                return NGX_CONF_ERROR;
-            }
-
-            j->sync = NGX_HTTP_CIO_J_SYNC_TIMER;
-            j->interval = ms;
-            continue;
-        }
-
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid parameter \"%V\"", &value[i]);
-        return NGX_CONF_ERROR;
-    }
+    j->path = *path;
+    j->max_size = max_size;
+    j->sync = sync;
+    j->interval = interval;
 
     /* some segments to the journal, none so large it waits long to go */
     j->seg_size = ngx_max(ngx_min(j->max_size / 8, NGX_HTTP_CIO_J_MAX_SEG),
@@ -325,7 +241,7 @@ ngx_http_cio_journal_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     name.len = sizeof("cio_journal:") - 1 + j->path.len;
     name.data = ngx_pnalloc(cf->pool, name.len);
     if (name.data == NULL) {
-        return NGX_CONF_ERROR;
+        return NULL;
     }
 
     ngx_sprintf(name.data, "cio_journal:%V", &j->path);
@@ -333,11 +249,13 @@ ngx_http_cio_journal_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     j->shm_zone = ngx_shared_memory_add(cf, &name, 8 * ngx_pagesize,
                                         &ngx_http_cio_module);
     if (j->shm_zone == NULL) {
-        return NGX_CONF_ERROR;
+        return NULL;
     }
 
     if (j->shm_zone->data) {
-        return "is duplicate";
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "journal \"%V\" is duplicate", &j->path);
+        return NULL;
     }
 
     j->shm_zone->init = ngx_http_cio_journal_init_zone;
@@ -356,15 +274,13 @@ ngx_http_cio_journal_conf(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         }
 
         if (j->tp == NULL) {
-            return NGX_CONF_ERROR;
+            return NULL;
         }
     }
     }
 #endif
 
-    mcf->journal = j;
-
-    return NGX_CONF_OK;
+    return j;
 }
 
 
@@ -1097,31 +1013,24 @@ ngx_http_cio_journal_exit_process(ngx_cycle_t *cycle)
 
 
 /*
- * A request's items as records, in one write() under the journal's lock.
- * *jrefs: where each is, for its zone node.  NGX_BUSY: the journal is
- * full; NGX_ERROR: it cannot be written.  Either way nothing of the
- * request stays in it, and the request is answered 503.
+ * A request's items as records, each [magic][length][crc32][site id
+ * length][url length][site id][url][item], in one buffer from the pool;
+ * offs[i]: where record i starts in it.
  */
 
-ngx_int_t
-ngx_http_cio_journal_write(ngx_http_cio_journal_t *j, ngx_http_cio_ws_t *ws,
-    ngx_str_t *items, ngx_uint_t n, ngx_pool_t *pool, ngx_log_t *log,
-    uint64_t **jrefs)
+static u_char *
+ngx_http_cio_journal_encode(ngx_http_cio_ws_t *ws, ngx_str_t *items,
+    ngx_uint_t n, ngx_pool_t *pool, size_t *size, uint32_t **offs)
 {
-    u_char               *buf, *p, *rec;
-    size_t                len;
-    ssize_t               written;
-    uint16_t              slen, ulen;
-    uint32_t              rlen, crc, no, off, *offs, gone, magic;
-    ngx_err_t             err;
-    ngx_uint_t            i;
-    ngx_http_cio_jsh_t   *sh;
-    ngx_http_cio_jseg_t  *seg;
+    u_char      *buf, *p, *rec;
+    size_t       len;
+    uint16_t     slen, ulen;
+    uint32_t     rlen, crc, magic;
+    ngx_uint_t   i;
 
     slen = (uint16_t) ws->site_id.len;
     ulen = (uint16_t) ws->url.len;
     magic = NGX_HTTP_CIO_J_MAGIC;
-    gone = 0;
 
     len = 0;
 
@@ -1130,18 +1039,17 @@ ngx_http_cio_journal_write(ngx_http_cio_journal_t *j, ngx_http_cio_ws_t *ws,
     }
 
     buf = ngx_pnalloc(pool, len);
-    offs = ngx_palloc(pool, n * sizeof(uint32_t));
-    *jrefs = ngx_palloc(pool, n * sizeof(uint64_t));
+    *offs = ngx_palloc(pool, n * sizeof(uint32_t));
 
-    if (buf == NULL || offs == NULL || *jrefs == NULL) {
-        return NGX_ERROR;
+    if (buf == NULL || *offs == NULL) {
+        return NULL;
     }
 
     p = buf;
 
     for (i = 0; i < n; i++) {
         rec = p;
-        offs[i] = (uint32_t) (p - buf);
+        (*offs)[i] = (uint32_t) (p - buf);
 
         rlen = slen + ulen + (uint32_t) items[i].len;
 
@@ -1157,6 +1065,42 @@ ngx_http_cio_journal_write(ngx_http_cio_journal_t *j, ngx_http_cio_ws_t *ws,
         ngx_memcpy(rec, &magic, 4);
         ngx_memcpy(rec + 4, &rlen, 4);
         ngx_memcpy(rec + 8, &crc, 4);
+    }
+
+    *size = len;
+
+    return buf;
+}
+
+
+/*
+ * A request's items as records, in one write() under the journal's lock.
+ * *jrefs: where each is, for its zone node.  NGX_BUSY: the journal is
+ * full; NGX_ERROR: it cannot be written.  Either way nothing of the
+ * request stays in it, and the request is answered 503.
+ */
+
+ngx_int_t
+ngx_http_cio_journal_write(ngx_http_cio_journal_t *j, ngx_http_cio_ws_t *ws,
+    ngx_str_t *items, ngx_uint_t n, ngx_pool_t *pool, ngx_log_t *log,
+    uint64_t **jrefs)
+{
+    u_char               *buf;
+    size_t                len;
+    ssize_t               written;
+    uint32_t              no, off, *offs, gone;
+    ngx_err_t             err;
+    ngx_uint_t            i;
+    ngx_http_cio_jsh_t   *sh;
+    ngx_http_cio_jseg_t  *seg;
+
+    gone = 0;
+
+    buf = ngx_http_cio_journal_encode(ws, items, n, pool, &len, &offs);
+    *jrefs = ngx_palloc(pool, n * sizeof(uint64_t));
+
+    if (buf == NULL || *jrefs == NULL) {
+        return NGX_ERROR;
     }
 
     sh = j->sh;

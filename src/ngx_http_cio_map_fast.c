@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
 
 /*
  * Copyright (C) ngx_http_cio_module authors
@@ -729,7 +730,7 @@ key:
         d = 1;
     }
 
-    d |= v.esc;
+    d |= v.esc || v.len > NGX_HTTP_CIO_MAP_MAX_ATTR_NAME;
 
     if (p >= end || *p != ':') {
         return -1;
@@ -1714,7 +1715,9 @@ fj_emit_string(fj_ctx_t *ctx, fj_buf_t *b, const fj_val_t *v, fj_entry_t *e)
 static int
 fj_emit_container(fj_ctx_t *ctx, fj_buf_t *b, fj_in_t *in, int depth)
 {
-    int       obj;
+    int       obj, out;
+    char     *mark;
+    size_t    klen;
     fj_val_t  k, v;
 
     if (depth >= FJ_MAX_DEPTH) {
@@ -1728,6 +1731,7 @@ fj_emit_container(fj_ctx_t *ctx, fj_buf_t *b, fj_in_t *in, int depth)
     }
 
     in->p++;
+    out = 0;
 
     for (in->first = 1; /* void */ ; in->first = 0) {
         fj_ws(in);
@@ -1742,32 +1746,56 @@ fj_emit_container(fj_ctx_t *ctx, fj_buf_t *b, fj_in_t *in, int depth)
         }
 
         if (!in->first) {
-            if (*in->p != ',' || fj_put(b, ",", 1) != 0) {
+            if (*in->p != ',') {
                 return -1;
             }
 
             in->p++;
             fj_ws(in);
         }
+
+        klen = 0;
 
         if (obj) {
-            if (in->p >= in->end || *in->p != '"' || fj_string(in, &k) != 0
-                || fj_quote_val(ctx, b, &k) != 0)
+            if (in->p >= in->end || *in->p != '"' || fj_string(in, &k) != 0)
             {
                 return -1;
             }
 
+            mark = ctx->scratch.pos;
+
+            if (k.esc && fj_cstr(ctx, &k, &klen) == NULL) {
+                return -1;
+            }
+
+            ctx->scratch.pos = mark;
+            klen = k.esc ? klen : k.len;
+
             fj_ws(in);
 
-            if (in->p >= in->end || *in->p != ':' || fj_put(b, ":", 1) != 0)
-            {
+            if (in->p >= in->end || *in->p != ':') {
                 return -1;
             }
 
             in->p++;
         }
 
-        if (fj_emit_value(ctx, b, in, &v, NULL, depth + 1) != 0) {
+        /* the name limit holds at every depth (§7.2): name and value go */
+        if (klen > NGX_HTTP_CIO_MAP_MAX_ATTR_NAME) {
+            ctx->changes++;
+
+            if (fj_value(in, &v, depth + 1) != 0) {
+                return -1;
+            }
+
+            continue;
+        }
+
+        if ((out++ && fj_put(b, ",", 1) != 0)
+            || (obj && (fj_quote_val(ctx, b, &k) != 0
+                        || fj_put(b, ":", 1) != 0))
+            || fj_emit_value(ctx, b, in, &v, NULL, depth + 1) != 0)
+        {
             return -1;
         }
     }

@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # The zone's books balance: once everything sent has settled, every item
 # accepted was delivered once, and none is left queued or in flight (a

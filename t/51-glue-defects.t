@@ -1,4 +1,5 @@
 #!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
 
 # Defects of the ingest location found under attack (issue 11): the write
 # key in log lines, the key and the size checked before the body is read,
