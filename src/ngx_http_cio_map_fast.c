@@ -153,6 +153,7 @@ typedef struct {
     const ngx_http_cio_map_opts_t  *opts;
     ngx_http_cio_map_result_t      *res;
     unsigned                        changes;
+    unsigned                        nomem;       /* scratch ran out */
     size_t                          nfiltered;
     fj_val_t                        batch_sent_at;
     int                             batch_sent_rc;   /* 1: not parsed */
@@ -943,6 +944,11 @@ fj_cstr(fj_ctx_t *ctx, const fj_val_t *v, size_t *len)
     size_t   n;
 
     if ((size_t) (ctx->scratch.end - ctx->scratch.pos) < v->len + 1) {
+        /*
+         * a caller may read NULL as "not a date" and go on: the whole
+         * call is declined instead, for the tree to map
+         */
+        ctx->nomem = 1;
         return NULL;
     }
 
@@ -3468,6 +3474,7 @@ ngx_http_cio_map_fast(const char *body, size_t len,
     ctx->opts = opts;
     ctx->res = res;
     ctx->changes = 0;
+    ctx->nomem = 0;
     ctx->nfiltered = 0;
     ctx->calls = NULL;
     ctx->ncalls = 0;
@@ -3493,7 +3500,7 @@ ngx_http_cio_map_fast(const char *body, size_t len,
     rc = fj_request(ctx, body, len);
     free(ctx->calls);
 
-    if (rc != 0) {
+    if (rc != 0 || ctx->nomem) {
         ngx_http_cio_map_result_free(res);
         memset(res, 0, sizeof(ngx_http_cio_map_result_t));
         free(ctx);
