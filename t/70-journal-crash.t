@@ -215,7 +215,7 @@ sub crash_rounds {
     my @later = $post->(map { "late-$_" } 1 .. 200);
     is(scalar(@first) + scalar(@later), 320,
         '200 more answered 200 with Customer.io away');
-    ok(() = glob($t->dir . '/journal/*.seg') >= 2,
+    ok((() = glob($t->dir . '/journal/*.seg')) >= 2,
         'the journal rolled over to a new segment');
 
     ok(kill_all($t), 'master and workers SIGKILLed');

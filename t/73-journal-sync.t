@@ -99,7 +99,6 @@ while (<$dbg>) {
 close $dbg;
 ok($syncs, "$syncs syncs logged");
 
-my $requests = () = grep { /cio-test/ } ();
 for my $seg (glob $t->dir . '/journal/*.seg') {
     my ($no) = $seg =~ m{/([0-9a-f]{8})\.seg$};
     my $size = -s $seg;
