@@ -109,7 +109,6 @@ static int ngx_http_cio_map_deleted(ngx_http_cio_map_ctx_t *ctx,
 static cJSON *ngx_http_cio_map_object(const cJSON *src, const cJSON *id,
     const char *field, char *err);
 static int ngx_http_cio_map_present(const cJSON *v);
-static int ngx_http_cio_map_placeholder(const char *s);
 static int ngx_http_cio_map_user(const cJSON *v);
 static int ngx_http_cio_map_alias(cJSON *call, cJSON *item, char *err);
 static cJSON *ngx_http_cio_map_identity(ngx_http_cio_map_ctx_t *ctx,
@@ -123,7 +122,6 @@ static void ngx_http_cio_map_put(ngx_http_cio_map_ctx_t *ctx, cJSON *attrs,
     const char *name, cJSON *v);
 static void ngx_http_cio_map_replace(cJSON *o, const char *name,
     const cJSON *v);
-static int ngx_http_cio_map_is_email(const char *s);
 static void ngx_http_cio_map_event(ngx_http_cio_map_ctx_t *ctx,
     cJSON *call, cJSON *item, const char *action, const char *name,
     cJSON *attrs, int known);
@@ -134,9 +132,6 @@ static void ngx_http_cio_map_values(ngx_http_cio_map_ctx_t *ctx, cJSON *v,
 static int64_t ngx_http_cio_map_time(ngx_http_cio_map_ctx_t *ctx,
     cJSON *call, int64_t *own, int count);
 static int ngx_http_cio_map_parse_time(const cJSON *v, int64_t *ms);
-static int ngx_http_cio_map_iso8601(const char *s, int64_t *ms);
-static void ngx_http_cio_map_ulid(int64_t ms, const char *seed, size_t len,
-    char *out);
 static int ngx_http_cio_map_alloc_calls(ngx_http_cio_map_ctx_t *ctx,
     const cJSON *list, const char *name, const char *unit);
 static char *ngx_http_cio_map_utf8(ngx_http_cio_map_ctx_t *ctx, char *s);
@@ -2237,7 +2232,7 @@ ngx_http_cio_map_anonymous(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
  * (docs/mapping.md §2).
  */
 
-static int
+int
 ngx_http_cio_map_placeholder(const char *s)
 {
     return s[0] != '\0' && s[strspn(s, "0-")] == '\0';
@@ -2317,7 +2312,7 @@ ngx_http_cio_map_replace(cJSON *o, const char *name, const cJSON *v)
  * addresses from ids, not to validate them.
  */
 
-static int
+int
 ngx_http_cio_map_is_email(const char *s)
 {
     const char  *at, *dot, *p;
@@ -2645,7 +2640,7 @@ ngx_http_cio_map_digits(const char **p, int n, int *out)
  * no zone means UTC.  Strings of digits alone are not dates.
  */
 
-static int
+int
 ngx_http_cio_map_iso8601(const char *s, int64_t *ms)
 {
     int          y, mo, d, h, mi, sec, oh, om, sign, frac, scale;
@@ -2760,7 +2755,7 @@ ngx_http_cio_map_iso8601(const char *s, int64_t *ms)
  * call, the same id, whenever it arrives, and never in the future.
  */
 
-static void
+void
 ngx_http_cio_map_ulid(int64_t ms, const char *seed, size_t len, char *out)
 {
     int          i;

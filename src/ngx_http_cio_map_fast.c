@@ -71,8 +71,6 @@
 #define FJ_MAX_EXACT      9007199254740992.0
 #define FJ_FUTURE_MS      (366LL * 24 * 3600 * 1000)
 #define FJ_MS_FROM        100000000000.0
-#define FJ_ID_EPOCH       1577836800000LL
-#define FJ_ID_SPAN        (366LL * 24 * 3600 * 1000)
 
 
 enum {
@@ -1248,135 +1246,10 @@ fj_number_out(fj_buf_t *b, const fj_val_t *v)
 }
 
 
-/* the tree mapper's rules on plain values, the same code */
-
-static int
-fj_digits(const char **p, int n, int *out)
-{
-    int  v, i;
-
-    v = 0;
-
-    for (i = 0; i < n; i++) {
-        if ((*p)[i] < '0' || (*p)[i] > '9') {
-            return -1;
-        }
-
-        v = v * 10 + ((*p)[i] - '0');
-    }
-
-    *p += n;
-    *out = v;
-
-    return 0;
-}
-
-
-/* ISO-8601 as ngx_http_cio_map_iso8601() reads it (§3.1) */
-
-static int
-fj_iso8601(const char *s, int64_t *ms)
-{
-    int          y, mo, d, h, mi, sec, oh, om, sign, frac, scale;
-    int64_t      days, yy, era, yoe, doy, doe;
-    const char  *p;
-
-    static const int  mdays[] = {
-        31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31
-    };
-
-    p = s;
-    h = mi = sec = 0;
-    frac = 0;
-
-    if (fj_digits(&p, 4, &y) != 0 || *p++ != '-'
-        || fj_digits(&p, 2, &mo) != 0 || *p++ != '-'
-        || fj_digits(&p, 2, &d) != 0)
-    {
-        return -1;
-    }
-
-    if (mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1]
-        || (mo == 2 && d == 29
-            && !(y % 4 == 0 && (y % 100 != 0 || y % 400 == 0))))
-    {
-        return -1;
-    }
-
-    if (*p == 'T' || *p == 't') {
-        p++;
-
-        if (fj_digits(&p, 2, &h) != 0 || *p++ != ':'
-            || fj_digits(&p, 2, &mi) != 0)
-        {
-            return -1;
-        }
-
-        if (*p == ':') {
-            p++;
-
-            if (fj_digits(&p, 2, &sec) != 0) {
-                return -1;
-            }
-
-            if (*p == '.') {
-                p++;
-
-                if (*p < '0' || *p > '9') {
-                    return -1;
-                }
-
-                for (scale = 100; *p >= '0' && *p <= '9'; p++) {
-                    frac += (*p - '0') * scale;
-                    scale /= 10;
-                }
-            }
-        }
-
-        if (h > 23 || mi > 59 || sec > 60) {
-            return -1;
-        }
-
-        if (*p == 'Z' || *p == 'z') {
-            p++;
-
-        } else if (*p == '+' || *p == '-') {
-            sign = (*p == '-') ? -1 : 1;
-            p++;
-
-            if (fj_digits(&p, 2, &oh) != 0) {
-                return -1;
-            }
-
-            if (*p == ':') {
-                p++;
-            }
-
-            if (fj_digits(&p, 2, &om) != 0 || oh > 23 || om > 59) {
-                return -1;
-            }
-
-            mi -= sign * om;
-            h -= sign * oh;
-        }
-    }
-
-    if (*p != '\0') {
-        return -1;
-    }
-
-    yy = y - (mo <= 2);
-    era = (yy >= 0 ? yy : yy - 399) / 400;
-    yoe = yy - era * 400;
-    doy = (153 * (mo + (mo > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-    doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    days = era * 146097 + doe - 719468;
-
-    *ms = ((days * 24 + h) * 60 + mi) * 60000 + (int64_t) sec * 1000 + frac;
-
-    return 0;
-}
-
+/*
+ * Dates, ids, e-mails and placeholders: the tree mapper's own functions
+ * (ngx_http_cio_map_fast.h), so that the two paths cannot drift apart.
+ */
 
 /* a string value that may be a date: "YYYY-" at least */
 
@@ -1400,7 +1273,7 @@ fj_iso_val(fj_ctx_t *ctx, const fj_val_t *v, int64_t *ms)
 
     mark = ctx->scratch.pos;
     s = fj_cstr(ctx, v, NULL);
-    rc = (s != NULL) ? fj_iso8601(s, ms) : -1;
+    rc = (s != NULL) ? ngx_http_cio_map_iso8601(s, ms) : -1;
     ctx->scratch.pos = mark;
 
     return rc;
@@ -1439,61 +1312,6 @@ fj_parse_time(fj_ctx_t *ctx, const fj_val_t *v, int64_t *ms)
     }
 
     return -1;
-}
-
-
-/* the tree's ngx_http_cio_map_ulid(), the same ids (§4) */
-
-static void
-fj_ulid(int64_t ms, const char *seed, size_t len, char *out)
-{
-    int          i;
-    size_t       k;
-    uint64_t     h1, h2, t;
-    unsigned     bits[26];
-
-    static const char  alphabet[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-
-    h1 = 0xcbf29ce484222325ULL;
-    h2 = 0x84222325cbf29ce4ULL;
-
-    for (k = 0; k < len; k++) {
-        h1 = (h1 ^ (unsigned char) seed[k]) * 0x100000001b3ULL;
-        h2 = (h2 ^ (unsigned char) seed[k]) * 0x100000001b3ULL;
-        h2 ^= h2 >> 29;
-    }
-
-    h1 ^= h1 >> 33;
-    h1 *= 0xff51afd7ed558ccdULL;
-    h1 ^= h1 >> 33;
-    h2 ^= h2 >> 31;
-    h2 *= 0xc4ceb9fe1a85ec53ULL;
-    h2 ^= h2 >> 33;
-
-    if (ms < 0) {
-        ms = FJ_ID_EPOCH + (int64_t) ((h1 ^ (h2 >> 16)) % FJ_ID_SPAN);
-    }
-
-    t = (uint64_t) ms & 0xffffffffffffULL;
-
-    for (i = 9; i >= 0; i--) {
-        bits[i] = (unsigned) (t & 31);
-        t >>= 5;
-    }
-
-    h2 &= 0xffff;
-
-    for (i = 25; i >= 10; i--) {
-        bits[i] = (unsigned) (h1 & 31);
-        h1 = (h1 >> 5) | (h2 << 59);
-        h2 >>= 5;
-    }
-
-    for (i = 0; i < 26; i++) {
-        out[i] = alphabet[bits[i]];
-    }
-
-    out[26] = '\0';
 }
 
 
@@ -1551,36 +1369,6 @@ fj_cut(const char *s, size_t n, size_t max)
     }
 
     return n;
-}
-
-
-static int
-fj_is_email(const char *s)
-{
-    const char  *at, *dot, *p;
-
-    at = strchr(s, '@');
-
-    if (at == NULL || at == s || strchr(at + 1, '@') != NULL) {
-        return 0;
-    }
-
-    for (p = s; *p; p++) {
-        if (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n') {
-            return 0;
-        }
-    }
-
-    dot = strrchr(at + 1, '.');
-
-    return dot != NULL && dot > at + 1 && dot[1] != '\0';
-}
-
-
-static int
-fj_placeholder(const char *s)
-{
-    return s[0] != '\0' && s[strspn(s, "0-")] == '\0';
 }
 
 
@@ -2364,7 +2152,7 @@ fj_resolve(fj_ctx_t *ctx, fj_buf_t *b, const fj_val_t *v)
         s += 4;
         n -= 4;
 
-    } else if (fj_is_email(s)) {
+    } else if (ngx_http_cio_map_is_email(s)) {
         key = "{\"email\":";
 
     } else {
@@ -2460,7 +2248,7 @@ fj_identity(fj_ctx_t *ctx, const fj_call_t *c, int identify, fj_buf_t *b,
         }
     }
 
-    if (fj_placeholder(s) || n > NGX_HTTP_CIO_MAP_MAX_ID) {
+    if (ngx_http_cio_map_placeholder(s) || n > NGX_HTTP_CIO_MAP_MAX_ID) {
         return -1;
     }
 
@@ -2502,7 +2290,7 @@ fj_anonymous(fj_ctx_t *ctx, const fj_call_t *c, int known)
         return 0;
     }
 
-    if (n == 0 || fj_placeholder(s)) {
+    if (n == 0 || ngx_http_cio_map_placeholder(s)) {
         ctx->scratch.pos = mark;
         return 0;
     }
@@ -2819,7 +2607,7 @@ fj_event_item(fj_ctx_t *ctx, const fj_call_t *c, const fj_buf_t *ids,
         return -1;
     }
 
-    fj_ulid(own, seed, slen, ulid);
+    ngx_http_cio_map_ulid(own, seed, slen, ulid);
 
     if (fj_anonymous(ctx, c, known) != 0) {
         return -1;
@@ -2898,7 +2686,7 @@ fj_created_at(fj_ctx_t *ctx)
         }
 
         s[fj_cut(s, n, NGX_HTTP_CIO_MAP_MAX_ATTR_VALUE)] = '\0';
-        rc = fj_iso8601(s, &ms);
+        rc = ngx_http_cio_map_iso8601(s, &ms);
         ctx->scratch.pos = mark;
 
         if (rc != 0) {

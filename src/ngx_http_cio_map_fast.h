@@ -36,5 +36,12 @@ int ngx_http_cio_map_fast(const char *body, size_t len,
 int ngx_http_cio_map_tree(const char *body, size_t len,
     const ngx_http_cio_map_opts_t *opts, ngx_http_cio_map_result_t *res);
 
+/* the tree's rules on plain values, which the fast path applies the same */
+int ngx_http_cio_map_iso8601(const char *s, int64_t *ms);
+void ngx_http_cio_map_ulid(int64_t ms, const char *seed, size_t len,
+    char *out);
+int ngx_http_cio_map_is_email(const char *s);
+int ngx_http_cio_map_placeholder(const char *s);
+
 
 #endif /* _NGX_HTTP_CIO_MAP_FAST_H_INCLUDED_ */
