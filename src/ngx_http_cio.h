@@ -17,7 +17,7 @@
 
 
 /* bump when the layout of anything in the zone changes */
-#define NGX_HTTP_CIO_SHM_MAGIC      0x43494f06
+#define NGX_HTTP_CIO_SHM_MAGIC      0x43494f07
 
 #define NGX_HTTP_CIO_INGEST_OFF       0
 #define NGX_HTTP_CIO_INGEST_SEGMENT   1
@@ -95,6 +95,7 @@ typedef struct {
     uint64_t                     id;         /* 0 once freed */
     uint64_t                     lease;      /* unix ms, in flight only */
     ngx_pid_t                    owner;
+    uint32_t                     person;     /* its key, 0: unordered */
     uint64_t                     jref;       /* in cio_journal, 0: none */
     uint32_t                     attempts;
     uint32_t                     len;
@@ -108,6 +109,10 @@ typedef struct {
     ngx_queue_t                  inflight;
     uint64_t                     next_id;
     ngx_uint_t                   count;
+
+    /* items in flight per person bucket (see ngx_http_cio_queue_take) */
+    uint32_t                    *persons;
+    uint32_t                     persons_mask;
 
     /*
      * bumped on every reload that keeps the zone; both are written by the
