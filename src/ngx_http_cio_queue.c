@@ -173,19 +173,6 @@ ngx_http_cio_queue_attach(ngx_shm_zone_t *shm_zone, void *data)
         return NGX_OK;
     }
 
-    zone->sh = ngx_slab_alloc(zone->shpool, sizeof(ngx_http_cio_shctx_t));
-    if (zone->sh == NULL) {
-        return NGX_ERROR;
-    }
-
-    ngx_memzero(zone->sh, sizeof(ngx_http_cio_shctx_t));
-
-    zone->sh->magic = NGX_HTTP_CIO_SHM_MAGIC;
-    zone->sh->generation = 1;
-    zone->fresh = 1;
-    ngx_queue_init(&zone->sh->workspaces);
-    ngx_queue_init(&zone->sh->inflight);
-
     for (n = NGX_HTTP_CIO_PERSONS_MIN;
          n < NGX_HTTP_CIO_PERSONS_MAX && n * 2 * 512 <= shm_zone->shm.size;
          n *= 2)
@@ -193,12 +180,22 @@ ngx_http_cio_queue_attach(ngx_shm_zone_t *shm_zone, void *data)
         /* void */
     }
 
-    zone->sh->persons = ngx_slab_calloc(zone->shpool, n * sizeof(uint32_t));
-    if (zone->sh->persons == NULL) {
+    /* one allocation: a small zone has no page to spare for the table */
+    len = sizeof(ngx_http_cio_shctx_t) + n * sizeof(uint32_t);
+
+    zone->sh = ngx_slab_calloc(zone->shpool, len);
+    if (zone->sh == NULL) {
         return NGX_ERROR;
     }
 
+    zone->sh->persons = (uint32_t *) (zone->sh + 1);
     zone->sh->persons_mask = (uint32_t) (n - 1);
+
+    zone->sh->magic = NGX_HTTP_CIO_SHM_MAGIC;
+    zone->sh->generation = 1;
+    zone->fresh = 1;
+    ngx_queue_init(&zone->sh->workspaces);
+    ngx_queue_init(&zone->sh->inflight);
 
     zone->shpool->data = zone->sh;
 
