@@ -9,9 +9,11 @@
 #    while A waits;
 #  - a batch Customer.io rejects whole is sent again in pieces, one at a
 #    time: A's first event, in a piece Customer.io holds, still arrives
-#    before A's second, in a later piece.
-# Both parts failed before the person key (v2 and the second event came
-# first).
+#    before A's second, in a later piece;
+#  - 8 people's events, a 500 for 3 requests in 10 and a slow answer for
+#    some others: each person's arrive in the order they were accepted.
+# All three parts failed before the person key (v2, the second event, a
+# later event came first).
 
 use strict;
 use warnings;
@@ -20,6 +22,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 
 use Test::More;
+use Time::HiRes qw(sleep);
 use Cio::Test qw(wait_until);
 
 sub conf {
@@ -116,6 +119,43 @@ ok(wait_until(sub {
         $t->log_lines(qr/sent again in \d+ pieces: 2 delivered, 1 dead/) },
         10),
     'the split delivered two events and dead-lettered the poisoned one');
+
+$cio->mode({ poison_match => undef });
+
+# --- under random 500s, every person's events arrive in order -------------
+
+# some answers fast 500s, some slow 200s, so that batches overtake
+my $before = @{ $cio->requests };
+$cio->mode({ fail_rate => 0.3, fail_status => 500, slow_rate => 0.4,
+             slow_ms => 100, seed => 7 });
+
+my @people = map { "person-p$_" } 1 .. 8;
+my $rounds = 40;
+for my $round (1 .. $rounds) {
+    ($st) = $t->post('/cio/v1/batch', { batch => [
+        map { { type => 'track', userId => $_, event => "s-$round" } }
+            @people ] });
+    is($st, 200, "round $round of 8 events accepted") if $st != 200;
+    sleep 0.02;    # paced over some round trips
+}
+
+ok(wait_until(sub {
+        (grep { /^p\d+:s-/ } @{ applied($cio) }) >= 8 * $rounds }, 30),
+    'every one of ' . 8 * $rounds . ' events delivered through the 500s');
+$cio->mode({ fail_rate => undef, slow_rate => undef });
+
+my %seq;
+for (@{ applied($cio) }) {
+    push @{ $seq{$1} }, $2 if /^(p\d+):s-(\d+)$/;
+}
+my @disorder = grep { join(',', @{ $seq{$_} }) ne join(',', 1 .. $rounds) }
+    sort keys %seq;
+is_deeply(\@disorder, [], 'each person\'s events arrived once, in order')
+    or diag(join "\n", map { "$_: @{ $seq{$_} }" } @disorder);
+my @sent = @{ $cio->requests }[$before .. $#{ $cio->requests }];
+ok(scalar(grep { $_->{status} == 500 } @sent) >= 2,
+    'Customer.io did answer 500 a few times')
+    or diag(scalar(@sent) . ' requests');
 
 $t->allow_log(qr/\[error\].*sent again in \d+ pieces/);
 $t->allow_log(qr/\[error\].*gave up on an event/);
