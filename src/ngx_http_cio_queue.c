@@ -40,7 +40,7 @@
  * people with items in flight before it sends what it has.
  */
 #define NGX_HTTP_CIO_PERSONS_MIN  64
-#define NGX_HTTP_CIO_PERSONS_MAX  65536
+#define NGX_HTTP_CIO_PERSONS_MAX  1048576
 #define NGX_HTTP_CIO_SKIP_MAX     256
 
 /* a bucket taken by the batch being made, for the length of take() */
