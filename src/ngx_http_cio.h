@@ -84,6 +84,7 @@ typedef struct {
     uint64_t                     rate_tokens; /* 1/1000000 requests */
     uint64_t                     alert_at;   /* unix ms: next hold alert */
     uint64_t                     dead;       /* to the dead-letter file */
+    uint64_t                     stuck;      /* sh->unholds + 1: held */
 
     ngx_http_cio_stats_t         stats;
 } ngx_http_cio_shws_t;
@@ -113,6 +114,7 @@ typedef struct {
     /* items in flight per person bucket (see ngx_http_cio_queue_take) */
     uint32_t                    *persons;
     uint32_t                     persons_mask;
+    uint64_t                     unholds;    /* items that left flight */
 
     /*
      * bumped on every reload that keeps the zone; both are written by the

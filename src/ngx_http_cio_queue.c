@@ -65,8 +65,9 @@ static ngx_inline ngx_uint_t ngx_http_cio_queue_held(
     ngx_http_cio_shctx_t *sh, ngx_http_cio_node_t *node);
 static ngx_inline void ngx_http_cio_queue_hold(ngx_http_cio_shctx_t *sh,
     ngx_http_cio_node_t *node);
-static void ngx_http_cio_queue_unmine(ngx_http_cio_shctx_t *sh,
-    ngx_http_cio_node_t **nodes, ngx_uint_t n);
+static void ngx_http_cio_queue_taken(ngx_http_cio_shctx_t *sh,
+    ngx_http_cio_shws_t *ws, ngx_http_cio_node_t **nodes, ngx_uint_t n,
+    ngx_uint_t skipped);
 static void ngx_http_cio_queue_unhold(ngx_http_cio_shctx_t *sh,
     ngx_http_cio_node_t *node);
 static char *ngx_http_cio_queue_dup(ngx_str_t *s);
@@ -482,6 +483,11 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
     ngx_http_cio_node_t   *node;
     ngx_http_cio_batch_t  *batch;
 
+    if (ws->stuck == zone->sh->unholds + 1) {
+        /* a hint, read without the lock: nothing moved since (below) */
+        return NULL;
+    }
+
     max_bytes = mcf->batch_size;
 
     /* no item is shorter than that, so the arrays never have to grow */
@@ -515,6 +521,7 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
     size = sizeof(NGX_HTTP_CIO_BATCH_HEAD) - 1
            + sizeof(NGX_HTTP_CIO_BATCH_TAIL) - 1;
     n = 0;
+    skipped = 0;
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
@@ -533,8 +540,6 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
         goto unlock;
     }
 
-    skipped = 0;
-
     for (q = ngx_queue_head(&ws->pending);
          q != ngx_queue_sentinel(&ws->pending)
          && skipped < NGX_HTTP_CIO_SKIP_MAX;
@@ -551,11 +556,7 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
 
         need = node->len + (n ? 1 : 0);
 
-        if (size + need > max_bytes) {
-            break;
-        }
-
-        if (n == cap) {
+        if (size + need > max_bytes || n == cap) {
             break;
         }
 
@@ -586,7 +587,7 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
         n++;
     }
 
-    ngx_http_cio_queue_unmine(zone->sh, batch->nodes, n);
+    ngx_http_cio_queue_taken(zone->sh, ws, batch->nodes, n, skipped);
 
     if (n == 0 && mcf->rate) {
         /* nothing went out: the token is not spent */
@@ -660,9 +661,16 @@ ngx_http_cio_queue_hold(ngx_http_cio_shctx_t *sh, ngx_http_cio_node_t *node)
 }
 
 
+/*
+ * The batch is made.  When it found nothing but SKIP_MAX held items, so
+ * will every take until an item leaves flight (sh->unholds): until then
+ * nothing changes at the head of the list, pushes go to its tail, and
+ * take() returns at once, without the lock.
+ */
+
 static void
-ngx_http_cio_queue_unmine(ngx_http_cio_shctx_t *sh,
-    ngx_http_cio_node_t **nodes, ngx_uint_t n)
+ngx_http_cio_queue_taken(ngx_http_cio_shctx_t *sh, ngx_http_cio_shws_t *ws,
+    ngx_http_cio_node_t **nodes, ngx_uint_t n, ngx_uint_t skipped)
 {
     ngx_uint_t  i;
 
@@ -672,6 +680,9 @@ ngx_http_cio_queue_unmine(ngx_http_cio_shctx_t *sh,
                 &= ~NGX_HTTP_CIO_MINE;
         }
     }
+
+    ws->stuck = (n == 0 && skipped == NGX_HTTP_CIO_SKIP_MAX)
+                ? sh->unholds + 1 : 0;
 }
 
 
@@ -681,6 +692,9 @@ static void
 ngx_http_cio_queue_unhold(ngx_http_cio_shctx_t *sh, ngx_http_cio_node_t *node)
 {
     uint32_t  *c;
+
+    /* even unordered: it may go back to the head, where take() looks */
+    sh->unholds++;
 
     if (node->person) {
         c = &sh->persons[node->person & sh->persons_mask];
