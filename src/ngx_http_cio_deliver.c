@@ -79,6 +79,7 @@ typedef struct {
     ngx_uint_t                   parts;     /* pieces out or waiting */
     ngx_uint_t                   made;      /* pieces made so far */
     ngx_uint_t                   out;       /* a piece is on the wire */
+    ngx_uint_t                   back;      /* the rest goes back unsent */
     ngx_uint_t                   together;  /* dead in rejected pieces */
     long                         first;     /* the status that began it */
     ngx_http_cio_settle_t        st;        /* the worst outcome of all */
@@ -1058,18 +1059,18 @@ ngx_http_cio_deliver_piece_add(ngx_http_cio_split_t *sp, ngx_uint_t lo,
 
     d = &ngx_http_cio_deliver;
 
-    sp->parts++;
-    sp->made++;
-
-    pc = ngx_calloc(sizeof(ngx_http_cio_piece_t), d->log);
+    pc = sp->back ? NULL : ngx_calloc(sizeof(ngx_http_cio_piece_t), d->log);
 
     if (pc == NULL) {
-        /* back to the queue: a later batch is split again */
+        /* back to the queue, and the later pieces with it, in order */
         ngx_http_cio_deliver_piece_mark(sp, lo, n, NGX_HTTP_CIO_ACT_RETURN,
                                         0, NGX_HTTP_CIO_WHY_RETRIES);
-        sp->parts--;
+        ngx_http_cio_deliver_piece_abort(sp);
         return at;
     }
+
+    sp->parts++;
+    sp->made++;
 
     pc->split = sp;
     pc->lo = lo;
@@ -1100,6 +1101,8 @@ ngx_http_cio_deliver_piece_abort(ngx_http_cio_split_t *sp)
     ngx_http_cio_deliver_t  *d;
 
     d = &ngx_http_cio_deliver;
+
+    sp->back = 1;
 
     ngx_memzero(&back, sizeof(ngx_http_cio_settle_t));
     back.outcome = NGX_HTTP_CIO_RETURN;
