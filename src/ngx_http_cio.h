@@ -17,7 +17,7 @@
 
 
 /* bump when the layout of anything in the zone changes */
-#define NGX_HTTP_CIO_SHM_MAGIC      0x43494f06
+#define NGX_HTTP_CIO_SHM_MAGIC      0x43494f07
 
 #define NGX_HTTP_CIO_INGEST_OFF       0
 #define NGX_HTTP_CIO_INGEST_SEGMENT   1
@@ -84,6 +84,7 @@ typedef struct {
     uint64_t                     rate_tokens; /* 1/1000000 requests */
     uint64_t                     alert_at;   /* unix ms: next hold alert */
     uint64_t                     dead;       /* to the dead-letter file */
+    uint64_t                     stuck;      /* sh->unholds + 1: held */
 
     ngx_http_cio_stats_t         stats;
 } ngx_http_cio_shws_t;
@@ -95,6 +96,7 @@ typedef struct {
     uint64_t                     id;         /* 0 once freed */
     uint64_t                     lease;      /* unix ms, in flight only */
     ngx_pid_t                    owner;
+    uint32_t                     person;     /* its key, 0: unordered */
     uint64_t                     jref;       /* in cio_journal, 0: none */
     uint32_t                     attempts;
     uint32_t                     len;
@@ -108,6 +110,11 @@ typedef struct {
     ngx_queue_t                  inflight;
     uint64_t                     next_id;
     ngx_uint_t                   count;
+
+    /* items in flight per person bucket (see ngx_http_cio_queue_take) */
+    uint32_t                    *persons;
+    uint32_t                     persons_mask;
+    uint64_t                     unholds;    /* items that left flight */
 
     /*
      * bumped on every reload that keeps the zone; both are written by the

@@ -78,6 +78,8 @@ typedef struct {
 
     ngx_uint_t                   parts;     /* pieces out or waiting */
     ngx_uint_t                   made;      /* pieces made so far */
+    ngx_uint_t                   out;       /* a piece is on the wire */
+    ngx_uint_t                   back;      /* the rest goes back unsent */
     ngx_uint_t                   together;  /* dead in rejected pieces */
     long                         first;     /* the status that began it */
     ngx_http_cio_settle_t        st;        /* the worst outcome of all */
@@ -142,8 +144,10 @@ static void ngx_http_cio_deliver_log_dead(ngx_http_cio_sreq_t *req,
 static u_char *ngx_http_cio_deliver_lost(u_char *buf, ngx_uint_t lost);
 static char *ngx_http_cio_deliver_answer(ngx_http_cio_sreq_t *req);
 static ngx_int_t ngx_http_cio_deliver_split(ngx_http_cio_sreq_t *req);
-static void ngx_http_cio_deliver_piece_add(ngx_http_cio_split_t *sp,
-    ngx_uint_t lo, ngx_uint_t n);
+static ngx_http_cio_piece_t **ngx_http_cio_deliver_piece_add(
+    ngx_http_cio_split_t *sp, ngx_uint_t lo, ngx_uint_t n,
+    ngx_http_cio_piece_t **at);
+static void ngx_http_cio_deliver_piece_abort(ngx_http_cio_split_t *sp);
 static void ngx_http_cio_deliver_pieces(void);
 static ngx_int_t ngx_http_cio_deliver_piece_send(ngx_http_cio_piece_t *pc);
 static void ngx_http_cio_deliver_piece_answer(ngx_http_cio_sreq_t *req);
@@ -972,6 +976,11 @@ ngx_http_cio_deliver_lost(u_char *buf, ngx_uint_t lost)
  * delivered.  The items stay leased meanwhile and the batch is settled
  * once, when every piece is answered.  Pieces are not counted against
  * cio_rate: they are few, and sent within cio_max_inflight.
+ *
+ * The pieces of a batch go one at a time, in the batch's order, so that
+ * the items of one person keep theirs (ngx_http_cio_queue_take): the
+ * halves of a rejected piece go first, and a piece that is to be retried
+ * takes the batch's later pieces back to the queue with it, unsent.
  */
 
 static ngx_int_t
@@ -980,6 +989,7 @@ ngx_http_cio_deliver_split(ngx_http_cio_sreq_t *req)
     u_char                  *p;
     size_t                   size;
     ngx_uint_t               n;
+    ngx_http_cio_piece_t   **at;
     ngx_http_cio_split_t    *sp;
     ngx_http_cio_batch_t    *batch;
     ngx_http_cio_deliver_t  *d;
@@ -1026,8 +1036,8 @@ ngx_http_cio_deliver_split(ngx_http_cio_sreq_t *req)
                   n, &batch->ws->site_id, req->status,
                   req->resp ? req->resp : "");
 
-    ngx_http_cio_deliver_piece_add(sp, 0, n / 2);
-    ngx_http_cio_deliver_piece_add(sp, n / 2, n - n / 2);
+    at = ngx_http_cio_deliver_piece_add(sp, 0, n / 2, d->waiting_tail);
+    (void) ngx_http_cio_deliver_piece_add(sp, n / 2, n - n / 2, at);
 
     if (sp->parts == 0) {
         /* no piece could be made: nothing would ever settle the batch */
@@ -1038,43 +1048,100 @@ ngx_http_cio_deliver_split(ngx_http_cio_sreq_t *req)
 }
 
 
-static void
+/* a piece into the waiting list at "at"; returns where the next goes */
+
+static ngx_http_cio_piece_t **
 ngx_http_cio_deliver_piece_add(ngx_http_cio_split_t *sp, ngx_uint_t lo,
-    ngx_uint_t n)
+    ngx_uint_t n, ngx_http_cio_piece_t **at)
 {
     ngx_http_cio_piece_t    *pc;
     ngx_http_cio_deliver_t  *d;
 
     d = &ngx_http_cio_deliver;
 
-    sp->parts++;
-    sp->made++;
-
-    pc = ngx_calloc(sizeof(ngx_http_cio_piece_t), d->log);
+    pc = sp->back ? NULL : ngx_calloc(sizeof(ngx_http_cio_piece_t), d->log);
 
     if (pc == NULL) {
-        /* back to the queue: a later batch is split again */
+        /* back to the queue, and the later pieces with it, in order */
         ngx_http_cio_deliver_piece_mark(sp, lo, n, NGX_HTTP_CIO_ACT_RETURN,
                                         0, NGX_HTTP_CIO_WHY_RETRIES);
-        sp->parts--;
-        return;
+        ngx_http_cio_deliver_piece_abort(sp);
+        return at;
     }
+
+    sp->parts++;
+    sp->made++;
 
     pc->split = sp;
     pc->lo = lo;
     pc->n = n;
 
-    *d->waiting_tail = pc;
-    d->waiting_tail = &pc->next;
+    pc->next = *at;
+    *at = pc;
+
+    if (d->waiting_tail == at) {
+        d->waiting_tail = &pc->next;
+    }
+
+    return &pc->next;
 }
 
 
-/* sends the waiting pieces; when exiting, gives them back to the queue */
+/*
+ * A piece is to be retried: the batch's pieces still waiting go back to
+ * the queue with it, unsent, or they could deliver a person's later items
+ * before it.  The caller still holds a part of the split.
+ */
+
+static void
+ngx_http_cio_deliver_piece_abort(ngx_http_cio_split_t *sp)
+{
+    ngx_http_cio_piece_t    *pc, **pp;
+    ngx_http_cio_settle_t    back;
+    ngx_http_cio_deliver_t  *d;
+
+    d = &ngx_http_cio_deliver;
+
+    sp->back = 1;
+
+    ngx_memzero(&back, sizeof(ngx_http_cio_settle_t));
+    back.outcome = NGX_HTTP_CIO_RETURN;
+
+    pp = &d->waiting;
+
+    while (*pp) {
+        pc = *pp;
+
+        if (pc->split != sp) {
+            pp = &pc->next;
+            continue;
+        }
+
+        *pp = pc->next;
+
+        if (d->waiting_tail == &pc->next) {
+            d->waiting_tail = pp;
+        }
+
+        ngx_http_cio_deliver_piece_mark(sp, pc->lo, pc->n,
+                                        NGX_HTTP_CIO_ACT_RETURN, 0,
+                                        NGX_HTTP_CIO_WHY_RETRIES);
+        ngx_http_cio_deliver_merge(&sp->st, &back);
+        ngx_http_cio_deliver_piece_done(pc);
+    }
+}
+
+
+/*
+ * Sends the first waiting piece of each batch that has none on the wire;
+ * when exiting, gives them all back to the queue.
+ */
 
 static void
 ngx_http_cio_deliver_pieces(void)
 {
-    ngx_http_cio_piece_t    *pc;
+    ngx_http_cio_piece_t    *pc, **pp;
+    ngx_http_cio_split_t    *sp;
     ngx_http_cio_settle_t    back;
     ngx_http_cio_deliver_t  *d;
 
@@ -1083,23 +1150,37 @@ ngx_http_cio_deliver_pieces(void)
     ngx_memzero(&back, sizeof(ngx_http_cio_settle_t));
     back.outcome = NGX_HTTP_CIO_RETURN;
 
-    while (d->waiting
-           && (d->exiting || d->inflight < d->mcf->max_inflight))
-    {
-        pc = d->waiting;
-        d->waiting = pc->next;
+    pp = &d->waiting;
 
-        if (d->waiting == NULL) {
-            d->waiting_tail = &d->waiting;
+    while (*pp && (d->exiting || d->inflight < d->mcf->max_inflight)) {
+        pc = *pp;
+        sp = pc->split;
+
+        if (sp->out && !d->exiting) {
+            pp = &pc->next;
+            continue;
         }
 
-        if (d->exiting || ngx_http_cio_deliver_piece_send(pc) != NGX_OK) {
-            ngx_http_cio_deliver_piece_mark(pc->split, pc->lo, pc->n,
-                                            NGX_HTTP_CIO_ACT_RETURN, 0,
-                                            NGX_HTTP_CIO_WHY_RETRIES);
-            ngx_http_cio_deliver_merge(&pc->split->st, &back);
-            ngx_http_cio_deliver_piece_done(pc);
+        *pp = pc->next;
+
+        if (d->waiting_tail == &pc->next) {
+            d->waiting_tail = pp;
         }
+
+        if (!d->exiting && ngx_http_cio_deliver_piece_send(pc) == NGX_OK) {
+            sp->out = 1;
+            continue;
+        }
+
+        ngx_http_cio_deliver_piece_mark(sp, pc->lo, pc->n,
+                                        NGX_HTTP_CIO_ACT_RETURN, 0,
+                                        NGX_HTTP_CIO_WHY_RETRIES);
+        ngx_http_cio_deliver_merge(&sp->st, &back);
+        ngx_http_cio_deliver_piece_abort(sp);
+        ngx_http_cio_deliver_piece_done(pc);
+
+        /* the abort may have taken pieces from anywhere in the list */
+        pp = &d->waiting;
     }
 }
 
@@ -1184,7 +1265,7 @@ ngx_http_cio_deliver_piece_answer(ngx_http_cio_sreq_t *req)
     u_char                   act;
     ngx_uint_t               i, refused, n, lo;
     const char              *reason, *why;
-    ngx_http_cio_piece_t    *pc;
+    ngx_http_cio_piece_t    *pc, **at;
     ngx_http_cio_split_t    *sp;
     ngx_http_cio_batch_t    *batch;
     ngx_http_cio_settle_t    st;
@@ -1196,6 +1277,8 @@ ngx_http_cio_deliver_piece_answer(ngx_http_cio_sreq_t *req)
     batch = sp->batch;
     lo = pc->lo;
     n = pc->n;
+
+    sp->out = 0;
 
     if (!req->aborted) {
         ngx_http_cio_deliver_stats(req, batch->ws);
@@ -1214,8 +1297,10 @@ ngx_http_cio_deliver_piece_answer(ngx_http_cio_sreq_t *req)
     if (act == NGX_HTTP_CIO_ACT_DEAD) {
 
         if (n > 1 && sp->made + 2 <= NGX_HTTP_CIO_SPLIT_MAX) {
-            ngx_http_cio_deliver_piece_add(sp, lo, n / 2);
-            ngx_http_cio_deliver_piece_add(sp, lo + n / 2, n - n / 2);
+            /* before the batch's later pieces, in order */
+            at = ngx_http_cio_deliver_piece_add(sp, lo, n / 2, &d->waiting);
+            (void) ngx_http_cio_deliver_piece_add(sp, lo + n / 2, n - n / 2,
+                                                  at);
             ngx_http_cio_deliver_piece_done(pc);
             return;
         }
@@ -1265,6 +1350,10 @@ ngx_http_cio_deliver_piece_answer(ngx_http_cio_sreq_t *req)
     } else {
         ngx_http_cio_deliver_piece_mark(sp, lo, n, act, req->status,
                                         NGX_HTTP_CIO_WHY_RETRIES);
+    }
+
+    if (st.outcome != NGX_HTTP_CIO_DONE) {
+        ngx_http_cio_deliver_piece_abort(sp);
     }
 
     ngx_http_cio_deliver_merge(&sp->st, &st);

@@ -34,6 +34,18 @@
 #define NGX_HTTP_CIO_MIN_ITEM     48
 #define NGX_HTTP_CIO_ALERT_EVERY  60000
 
+/*
+ * The person table: a bucket for every 512 bytes of the zone (1/128 of
+ * it), a power of two; take() passes over at most SKIP_MAX items of
+ * people with items in flight before it sends what it has.
+ */
+#define NGX_HTTP_CIO_PERSONS_MIN  64
+#define NGX_HTTP_CIO_PERSONS_MAX  1048576
+#define NGX_HTTP_CIO_SKIP_MAX     256
+
+/* a bucket taken by the batch being made, for the length of take() */
+#define NGX_HTTP_CIO_MINE         0x80000000
+
 /* how long the master tries for the old zone's lock on a resize */
 #define NGX_HTTP_CIO_MIGRATE_WAIT 200
 
@@ -48,6 +60,16 @@ static ngx_http_cio_shws_t *ngx_http_cio_queue_find(
     ngx_http_cio_shctx_t *sh, ngx_str_t *url, ngx_str_t *site_id);
 static ngx_int_t ngx_http_cio_queue_token(ngx_http_cio_shws_t *ws,
     ngx_http_cio_main_conf_t *mcf, uint64_t now);
+static uint32_t ngx_http_cio_queue_person(u_char *p, size_t len);
+static ngx_inline ngx_uint_t ngx_http_cio_queue_held(
+    ngx_http_cio_shctx_t *sh, ngx_http_cio_node_t *node);
+static ngx_inline void ngx_http_cio_queue_hold(ngx_http_cio_shctx_t *sh,
+    ngx_http_cio_node_t *node);
+static void ngx_http_cio_queue_taken(ngx_http_cio_shctx_t *sh,
+    ngx_http_cio_shws_t *ws, ngx_http_cio_node_t **nodes, ngx_uint_t n,
+    ngx_uint_t skipped);
+static void ngx_http_cio_queue_unhold(ngx_http_cio_shctx_t *sh,
+    ngx_http_cio_node_t *node);
 static char *ngx_http_cio_queue_dup(ngx_str_t *s);
 static ngx_int_t ngx_http_cio_queue_copy_str(ngx_slab_pool_t *shpool,
     ngx_str_t *dst, ngx_str_t *src);
@@ -126,6 +148,7 @@ ngx_http_cio_queue_attach(ngx_shm_zone_t *shm_zone, void *data)
     ngx_http_cio_zone_t  *ozone = data;
 
     size_t                 len;
+    ngx_uint_t             n;
     ngx_http_cio_zone_t   *zone;
 
     zone = shm_zone->data;
@@ -151,12 +174,23 @@ ngx_http_cio_queue_attach(ngx_shm_zone_t *shm_zone, void *data)
         return NGX_OK;
     }
 
-    zone->sh = ngx_slab_alloc(zone->shpool, sizeof(ngx_http_cio_shctx_t));
+    for (n = NGX_HTTP_CIO_PERSONS_MIN;
+         n < NGX_HTTP_CIO_PERSONS_MAX && n * 2 * 512 <= shm_zone->shm.size;
+         n *= 2)
+    {
+        /* void */
+    }
+
+    /* one allocation: a small zone has no page to spare for the table */
+    len = sizeof(ngx_http_cio_shctx_t) + n * sizeof(uint32_t);
+
+    zone->sh = ngx_slab_calloc(zone->shpool, len);
     if (zone->sh == NULL) {
         return NGX_ERROR;
     }
 
-    ngx_memzero(zone->sh, sizeof(ngx_http_cio_shctx_t));
+    zone->sh->persons = (uint32_t *) (zone->sh + 1);
+    zone->sh->persons_mask = (uint32_t) (n - 1);
 
     zone->sh->magic = NGX_HTTP_CIO_SHM_MAGIC;
     zone->sh->generation = 1;
@@ -374,6 +408,8 @@ ngx_http_cio_queue_push(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
         node->jref = jrefs ? jrefs[i] : 0;
         node->lease = 0;
         node->owner = 0;
+        node->person = ngx_http_cio_queue_person(items[i].data,
+                                                 items[i].len);
         node->attempts = 0;
         node->len = (uint32_t) items[i].len;
         ngx_memcpy(node->data, items[i].data, items[i].len);
@@ -423,6 +459,16 @@ full:
  * malloc()ed body for the sender thread.  A request costs a token of the
  * workspace's bucket, which all workers share: when it is empty the items
  * wait, and the next batch carries more of them.
+ *
+ * The items of one person never overtake each other: an item whose
+ * person has items in flight (in another batch, whoever sent it) is
+ * passed over, left in place with that person's later items behind it,
+ * and the batch goes on with other people's items.  The items a batch
+ * takes of one person are in their order, which Customer.io keeps.  A
+ * batch that comes back for a retry goes to the head of the list, before
+ * the items that waited for it.  After SKIP_MAX items passed over the
+ * batch goes with what it has: the scan is bounded, and the others wait
+ * for the next batch.
  */
 
 ngx_http_cio_batch_t *
@@ -432,10 +478,15 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
     size_t                 size, need, max_bytes;
     u_char                *p, *buf, *mem;
     uint64_t               now;
-    ngx_uint_t             n, cap;
-    ngx_queue_t           *q;
+    ngx_uint_t             n, cap, skipped;
+    ngx_queue_t           *q, *next;
     ngx_http_cio_node_t   *node;
     ngx_http_cio_batch_t  *batch;
+
+    if (ws->stuck == zone->sh->unholds + 1) {
+        /* a hint, read without the lock: nothing moved since (below) */
+        return NULL;
+    }
 
     max_bytes = mcf->batch_size;
 
@@ -470,6 +521,7 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
     size = sizeof(NGX_HTTP_CIO_BATCH_HEAD) - 1
            + sizeof(NGX_HTTP_CIO_BATCH_TAIL) - 1;
     n = 0;
+    skipped = 0;
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
@@ -488,18 +540,23 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
         goto unlock;
     }
 
-    while (!ngx_queue_empty(&ws->pending)) {
-
-        q = ngx_queue_head(&ws->pending);
+    for (q = ngx_queue_head(&ws->pending);
+         q != ngx_queue_sentinel(&ws->pending)
+         && skipped < NGX_HTTP_CIO_SKIP_MAX;
+         q = next)
+    {
+        next = ngx_queue_next(q);
         node = ngx_queue_data(q, ngx_http_cio_node_t, link);
+
+        if (ngx_http_cio_queue_held(zone->sh, node)) {
+            /* its person's later items stay behind it: held too */
+            skipped++;
+            continue;
+        }
 
         need = node->len + (n ? 1 : 0);
 
-        if (size + need > max_bytes) {
-            break;
-        }
-
-        if (n == cap) {
+        if (size + need > max_bytes || n == cap) {
             break;
         }
 
@@ -508,6 +565,7 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
 
         node->owner = ngx_pid;
         node->lease = now + mcf->lease;
+        ngx_http_cio_queue_hold(zone->sh, node);
 
         ws->npending--;
         ws->pending_bytes -= node->len;
@@ -528,6 +586,8 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
         batch->jrefs[n] = node->jref;
         n++;
     }
+
+    ngx_http_cio_queue_taken(zone->sh, ws, batch->nodes, n, skipped);
 
     if (n == 0 && mcf->rate) {
         /* nothing went out: the token is not spent */
@@ -563,6 +623,203 @@ failed:
     ngx_free(mem);
 
     return NULL;
+}
+
+
+/*
+ * The person table counts the items in flight of each bucket (a person's
+ * key modulo the table's size): two people in one bucket are ordered as
+ * one, stricter, never looser.  While take() makes a batch, the buckets
+ * it took have their high bit set, so that the batch takes more items of
+ * the same person but not those of a person somebody else holds.
+ */
+
+static ngx_inline ngx_uint_t
+ngx_http_cio_queue_held(ngx_http_cio_shctx_t *sh, ngx_http_cio_node_t *node)
+{
+    uint32_t  c;
+
+    if (node->person == 0) {
+        return 0;
+    }
+
+    c = sh->persons[node->person & sh->persons_mask];
+
+    return c != 0 && !(c & NGX_HTTP_CIO_MINE);
+}
+
+
+static ngx_inline void
+ngx_http_cio_queue_hold(ngx_http_cio_shctx_t *sh, ngx_http_cio_node_t *node)
+{
+    uint32_t  *c;
+
+    if (node->person) {
+        c = &sh->persons[node->person & sh->persons_mask];
+        *c = (*c + 1) | NGX_HTTP_CIO_MINE;
+    }
+}
+
+
+/*
+ * The batch is made.  When it found nothing but SKIP_MAX held items, so
+ * will every take until an item leaves flight (sh->unholds): until then
+ * nothing changes at the head of the list, pushes go to its tail, and
+ * take() returns at once, without the lock.
+ */
+
+static void
+ngx_http_cio_queue_taken(ngx_http_cio_shctx_t *sh, ngx_http_cio_shws_t *ws,
+    ngx_http_cio_node_t **nodes, ngx_uint_t n, ngx_uint_t skipped)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < n; i++) {
+        if (nodes[i]->person) {
+            sh->persons[nodes[i]->person & sh->persons_mask]
+                &= ~NGX_HTTP_CIO_MINE;
+        }
+    }
+
+    ws->stuck = (n == 0 && skipped == NGX_HTTP_CIO_SKIP_MAX)
+                ? sh->unholds + 1 : 0;
+}
+
+
+/* a node leaves flight: settled, buried, reclaimed, given back */
+
+static void
+ngx_http_cio_queue_unhold(ngx_http_cio_shctx_t *sh, ngx_http_cio_node_t *node)
+{
+    uint32_t  *c;
+
+    /* even unordered: it may go back to the head, where take() looks */
+    sh->unholds++;
+
+    if (node->person) {
+        c = &sh->persons[node->person & sh->persons_mask];
+
+        if (*c) {
+            (*c)--;
+        }
+    }
+}
+
+
+/*
+ * The person an item is about, as a key of 32 bits: a hash (FNV-1a) of
+ * its top-level "identifiers", or a merge's "primary", with the quotes
+ * left out, so that an id sent as 42 and as "42" is one person.  0: none,
+ * the item is not ordered.  The items are the mapper's compact JSON.
+ */
+
+static uint32_t
+ngx_http_cio_queue_person(u_char *p, size_t len)
+{
+    u_char      c, *last;
+    uint32_t    h;
+    ngx_uint_t  depth, str;
+
+    last = p + len;
+    depth = 0;
+    str = 0;
+
+    for ( /* void */ ; p < last; p++) {
+        c = *p;
+
+        if (str) {
+            if (c == '\\') {
+                p++;
+
+            } else if (c == '"') {
+                str = 0;
+            }
+
+            continue;
+        }
+
+        if (c == '{' || c == '[') {
+            depth++;
+            continue;
+        }
+
+        if (c == '}' || c == ']') {
+            if (--depth == 0) {
+                return 0;
+            }
+
+            continue;
+        }
+
+        if (c != '"') {
+            continue;
+        }
+
+        str = 1;
+
+        if (depth != 1 || (p[-1] != '{' && p[-1] != ',')) {
+            continue;
+        }
+
+        /* a key of the item itself */
+
+        if ((size_t) (last - p) > sizeof("\"identifiers\":") - 1
+            && ngx_strncmp(p, "\"identifiers\":",
+                           sizeof("\"identifiers\":") - 1) == 0)
+        {
+            p += sizeof("\"identifiers\":") - 1;
+            goto found;
+        }
+
+        if ((size_t) (last - p) > sizeof("\"primary\":") - 1
+            && ngx_strncmp(p, "\"primary\":", sizeof("\"primary\":") - 1)
+               == 0)
+        {
+            p += sizeof("\"primary\":") - 1;
+            goto found;
+        }
+    }
+
+    return 0;
+
+found:
+
+    if (*p != '{') {
+        return 0;
+    }
+
+    h = 2166136261u;
+    depth = 0;
+    str = 0;
+
+    for ( /* void */ ; p < last; p++) {
+        c = *p;
+
+        if (c == '"') {
+            str = !str;
+            continue;
+        }
+
+        h = (h ^ c) * 16777619u;
+
+        if (str) {
+            if (c == '\\' && p + 1 < last) {
+                p++;
+                h = (h ^ *p) * 16777619u;
+            }
+
+            continue;
+        }
+
+        if (c == '{') {
+            depth++;
+
+        } else if (c == '}' && --depth == 0) {
+            return h ? h : 1;
+        }
+    }
+
+    return 0;
 }
 
 
@@ -690,6 +947,7 @@ ngx_http_cio_queue_settle(ngx_http_cio_zone_t *zone,
         switch (act) {
 
         case NGX_HTTP_CIO_ACT_DONE:
+            ngx_http_cio_queue_unhold(zone->sh, node);
             ngx_queue_remove(&node->link);
             ws->ninflight--;
             zone->sh->count--;
@@ -703,6 +961,7 @@ ngx_http_cio_queue_settle(ngx_http_cio_zone_t *zone,
             break;
 
         default: /* NGX_HTTP_CIO_ACT_RETRY, NGX_HTTP_CIO_ACT_RETURN */
+            ngx_http_cio_queue_unhold(zone->sh, node);
             ngx_queue_remove(&node->link);
             ws->ninflight--;
 
@@ -813,6 +1072,7 @@ ngx_http_cio_queue_bury(ngx_http_cio_zone_t *zone,
             continue;
         }
 
+        ngx_http_cio_queue_unhold(zone->sh, node);
         ngx_queue_remove(&node->link);
         ws->ninflight--;
         zone->sh->count--;
@@ -855,6 +1115,7 @@ ngx_http_cio_queue_append(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
     node->jref = jref;
     node->lease = 0;
     node->owner = 0;
+    node->person = ngx_http_cio_queue_person(data, len);
     node->attempts = attempts;
     node->len = (uint32_t) len;
     ngx_memcpy(node->data, data, len);
@@ -1009,6 +1270,7 @@ ngx_http_cio_queue_reclaim(ngx_http_cio_zone_t *zone)
         }
 
         ngx_queue_remove(q);
+        ngx_http_cio_queue_unhold(zone->sh, node);
 
         node->owner = 0;
         node->lease = 0;

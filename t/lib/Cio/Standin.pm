@@ -44,7 +44,9 @@ package Cio::Standin;
 #                          requests: {status, retry_after}, {delay_ms},
 #                          {close}, {delay_ms, close} (hang, then drop
 #                          without recording), {refuse_index:[..]};
-#                          {reset:1} clears faults and modes
+#                          with {match: regex}, a fault is taken only by
+#                          a request whose body matches (the others go
+#                          by it); {reset:1} clears faults and modes
 #   POST /__standin/mode   standing behaviour until changed: {status}
 #                          answers every request so (401: a wrong key,
 #                          503: down), {fail_rate, fail_status,
@@ -466,8 +468,8 @@ sub track {
 
     # an injected fault is taken when the request arrives; a delay parks the
     # request and handles it (recording its items) when the delay ends
-    my $fault = $req->{fault} //= $self->take_fault || $self->mode_fault
-        || {};
+    my $fault = $req->{fault} //= $self->take_fault($req->{body})
+        || $self->mode_fault || {};
     if ($fault->{delay_ms} && !$req->{delayed}++) {
         $c->{busy} = 1;
         push @{ $self->{timers} }, { due => time + $fault->{delay_ms} / 1000,
@@ -824,11 +826,18 @@ sub summary {
     print { $self->{req} } $JSON->encode($sum), "\n" if $self->{req};
 }
 
+# the first queued fault for this body: one with a match only if it matches
 sub take_fault {
-    my ($self) = @_;
-    my $f = $self->{faults}[0] or return undef;
-    shift @{ $self->{faults} } if --$f->{count} <= 0;
-    return $f;
+    my ($self, $body) = @_;
+    my $faults = $self->{faults};
+    for my $i (0 .. $#$faults) {
+        my $f = $faults->[$i];
+        next if defined $f->{match}
+            && !(defined $body && $body =~ /$f->{match}/);
+        splice @$faults, $i, 1 if --$f->{count} <= 0;
+        return $f;
+    }
+    return undef;
 }
 
 sub control {
