@@ -17,7 +17,7 @@
 
 
 /* bump when the layout of anything in the zone changes */
-#define NGX_HTTP_CIO_SHM_MAGIC      0x43494f06
+#define NGX_HTTP_CIO_SHM_MAGIC      0x43494f07
 
 #define NGX_HTTP_CIO_INGEST_OFF       0
 #define NGX_HTTP_CIO_INGEST_SEGMENT   1
@@ -89,15 +89,21 @@ typedef struct {
 } ngx_http_cio_shws_t;
 
 
+/*
+ * A queued item.  Most live packed back to back in runs of the zone's
+ * pages (queue.c), so every byte of the header counts against the item:
+ * fields are as narrow as their use allows, 48 bytes in all.
+ */
 typedef struct {
     ngx_queue_t                  link;       /* ws->pending, sh->inflight */
     ngx_http_cio_shws_t         *ws;
-    uint64_t                     id;         /* 0 once freed */
-    uint64_t                     lease;      /* unix ms, in flight only */
-    ngx_pid_t                    owner;
     uint64_t                     jref;       /* in cio_journal, 0: none */
-    uint32_t                     attempts;
+    uint32_t                     id;         /* new each lease, 0: freed */
+    uint32_t                     lease;      /* unix ms mod 2^32, in flight */
     uint32_t                     len;
+    uint16_t                     attempts;   /* saturates */
+    uint16_t                     run;        /* 8-byte units back to its
+                                                run, 0: a slab allocation */
     u_char                       data[1];
 } ngx_http_cio_node_t;
 
@@ -108,6 +114,9 @@ typedef struct {
     ngx_queue_t                  inflight;
     uint64_t                     next_id;
     ngx_uint_t                   count;
+
+    void                        *run;        /* where nodes go: queue.c */
+    ngx_uint_t                   runs;       /* runs allocated */
 
     /*
      * bumped on every reload that keeps the zone; both are written by the
@@ -318,6 +327,7 @@ void ngx_http_cio_queue_free_batch(ngx_http_cio_batch_t *batch);
 ngx_int_t ngx_http_cio_queue_append(ngx_http_cio_zone_t *zone,
     ngx_http_cio_shws_t *ws, u_char *data, size_t len, uint32_t attempts,
     uint64_t jref);
+size_t ngx_http_cio_queue_cost(size_t len);
 ngx_http_cio_shws_t *ngx_http_cio_queue_lookup(ngx_http_cio_zone_t *zone,
     ngx_str_t *url, ngx_str_t *site_id);
 ngx_uint_t ngx_http_cio_queue_generation(ngx_http_cio_zone_t *zone);
