@@ -64,6 +64,7 @@ typedef struct {
     ngx_queue_t                  link;       /* sh->workspaces */
     ngx_queue_t                  pending;    /* nodes, oldest first */
 
+    void                        *run;        /* its nodes go: queue.c */
     ngx_uint_t                   npending;
     size_t                       pending_bytes;
     ngx_uint_t                   ninflight;
@@ -115,7 +116,6 @@ typedef struct {
     uint64_t                     next_id;
     ngx_uint_t                   count;
 
-    void                        *run;        /* where nodes go: queue.c */
     ngx_uint_t                   runs;       /* runs allocated */
 
     /*

@@ -29,14 +29,16 @@
  *
  * Nodes are packed back to back, 8-aligned, into runs: 16 KB of whole
  * pages taken from the slab at once (its power-of-two slots would cost
- * a 330-byte node 512 bytes).  New nodes go into the open run only; a
- * run that a node no longer fits in is closed for good, and goes back to
- * the slab when its last node is freed.  A FIFO queue frees mostly in
- * order, so closed runs empty; what pins one is a node that stays long
- * while the rest were delivered: an item retried (at most cio_retry_max
- * times, then dead-lettered), or leased to a worker that hangs (at most
- * cio_lease).  At worst every closed run holds one such node, and the
- * zone holds one node per 16 KB until they settle (docs/scaling.md).
+ * a 330-byte node 512 bytes).  A workspace's new nodes go into its open
+ * run only, so that a workspace on hold never pins the runs of one that
+ * delivers; a run that a node no longer fits in is closed for good, and
+ * goes back to the slab when its last node is freed.  A FIFO queue frees
+ * mostly in order, so closed runs empty; what pins one is a node that
+ * stays long while the rest were delivered: an item retried (at most
+ * cio_retry_max times, then dead-lettered), or leased to a worker that
+ * hangs (at most cio_lease).  At worst every closed run holds one such
+ * node, and the zone holds one node per 16 KB until they settle
+ * (docs/scaling.md).
  * When no run can be had, a node takes a slab slot, in the pages the
  * slab has for that size already; a node larger than a run, its own
  * pages.
@@ -68,11 +70,11 @@ typedef struct {
 
 
 static ngx_http_cio_node_t *ngx_http_cio_queue_node_alloc(
-    ngx_http_cio_zone_t *zone, size_t len);
+    ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws, size_t len);
 static void ngx_http_cio_queue_node_free(ngx_http_cio_zone_t *zone,
     ngx_http_cio_node_t *node);
 static ngx_http_cio_run_t *ngx_http_cio_queue_run(ngx_http_cio_zone_t *zone,
-    size_t size);
+    ngx_http_cio_shws_t *ws, size_t size);
 static uint32_t ngx_http_cio_queue_id(ngx_http_cio_shctx_t *sh);
 static ngx_int_t ngx_http_cio_queue_attach(ngx_shm_zone_t *shm_zone,
     void *data);
@@ -371,32 +373,35 @@ ngx_http_cio_queue_copy_str(ngx_slab_pool_t *shpool, ngx_str_t *dst,
 
 
 /*
- * A node for an item of len bytes, with the lock held; its run field set,
- * the rest the caller's.  NULL: the zone is full.
+ * A node of workspace ws for an item of len bytes, with the lock held;
+ * its ws and run fields set, the rest the caller's.  NULL: the zone is
+ * full.
  */
 
 static ngx_http_cio_node_t *
-ngx_http_cio_queue_node_alloc(ngx_http_cio_zone_t *zone, size_t len)
+ngx_http_cio_queue_node_alloc(ngx_http_cio_zone_t *zone,
+    ngx_http_cio_shws_t *ws, size_t len)
 {
     size_t                size;
     ngx_http_cio_run_t   *run;
     ngx_http_cio_node_t  *node;
 
     size = ngx_http_cio_node_size(len);
-    run = zone->sh->run;
+    run = ws->run;
 
     if (size > NGX_HTTP_CIO_RUN_SIZE - sizeof(ngx_http_cio_run_t)) {
         goto slab;
     }
 
     if (run == NULL || run->used + size > run->size) {
-        run = ngx_http_cio_queue_run(zone, size);
+        run = ngx_http_cio_queue_run(zone, ws, size);
         if (run == NULL) {
             goto slab;
         }
     }
 
     node = (ngx_http_cio_node_t *) ((u_char *) run + run->used);
+    node->ws = ws;
     node->run = (uint16_t) (run->used / 8);
     run->used += size;
     run->live++;
@@ -408,6 +413,7 @@ slab:
     node = ngx_slab_alloc_locked(zone->shpool,
                                  offsetof(ngx_http_cio_node_t, data) + len);
     if (node) {
+        node->ws = ws;
         node->run = 0;
     }
 
@@ -422,19 +428,11 @@ slab:
  */
 
 static ngx_http_cio_run_t *
-ngx_http_cio_queue_run(ngx_http_cio_zone_t *zone, size_t size)
+ngx_http_cio_queue_run(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
+    size_t size)
 {
     size_t               len;
     ngx_http_cio_run_t  *run;
-
-    run = zone->sh->run;
-
-    if (run && run->live == 0) {
-        /* a page run too small for this node, and empty */
-        ngx_slab_free_locked(zone->shpool, run);
-        zone->sh->run = NULL;
-        zone->sh->runs--;
-    }
 
     len = NGX_HTTP_CIO_RUN_SIZE;
     run = ngx_slab_alloc_locked(zone->shpool, len);
@@ -454,7 +452,7 @@ ngx_http_cio_queue_run(ngx_http_cio_zone_t *zone, size_t size)
     run->live = 0;
     run->pad = 0;
 
-    zone->sh->run = run;
+    ws->run = run;
     zone->sh->runs++;
 
     return run;
@@ -462,9 +460,9 @@ ngx_http_cio_queue_run(ngx_http_cio_zone_t *zone, size_t size)
 
 
 /*
- * Every node freed goes through here, with the lock held.  The open run,
- * once empty, is filled again from its start; a closed one goes back to
- * the slab with its last node.
+ * Every node freed goes through here, with the lock held.  A run goes
+ * back to the slab with its last node, open or closed: an idle workspace
+ * keeps none.
  */
 
 static void
@@ -486,9 +484,8 @@ ngx_http_cio_queue_node_free(ngx_http_cio_zone_t *zone,
         return;
     }
 
-    if (run == zone->sh->run) {
-        run->used = sizeof(ngx_http_cio_run_t);
-        return;
+    if (run == node->ws->run) {
+        node->ws->run = NULL;
     }
 
     ngx_slab_free_locked(zone->shpool, run);
@@ -560,12 +557,11 @@ ngx_http_cio_queue_push(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
     ngx_shmtx_lock(&zone->shpool->mutex);
 
     for (i = 0; i < n; i++) {
-        node = ngx_http_cio_queue_node_alloc(zone, items[i].len);
+        node = ngx_http_cio_queue_node_alloc(zone, ws, items[i].len);
         if (node == NULL) {
             goto full;
         }
 
-        node->ws = ws;
         node->id = ngx_http_cio_queue_id(zone->sh);
         node->jref = jrefs ? jrefs[i] : 0;
         node->lease = 0;
@@ -1038,12 +1034,11 @@ ngx_http_cio_queue_append(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
-    node = ngx_http_cio_queue_node_alloc(zone, len);
+    node = ngx_http_cio_queue_node_alloc(zone, ws, len);
     if (node == NULL) {
         goto full;
     }
 
-    node->ws = ws;
     node->id = ngx_http_cio_queue_id(zone->sh);
     node->jref = jref;
     node->lease = 0;
