@@ -64,7 +64,7 @@ typedef struct {
     ngx_queue_t                  link;       /* sh->workspaces */
     ngx_queue_t                  pending;    /* nodes, oldest first */
 
-    void                        *run;        /* its nodes go: queue.c */
+    void                        *run;        /* its open run (queue.c) */
     ngx_uint_t                   npending;
     size_t                       pending_bytes;
     ngx_uint_t                   ninflight;
@@ -115,8 +115,6 @@ typedef struct {
     ngx_queue_t                  inflight;
     uint64_t                     next_id;
     ngx_uint_t                   count;
-
-    ngx_uint_t                   runs;       /* runs allocated */
 
     /*
      * bumped on every reload that keeps the zone; both are written by the

@@ -453,7 +453,6 @@ ngx_http_cio_queue_run(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
     run->pad = 0;
 
     ws->run = run;
-    zone->sh->runs++;
 
     return run;
 }
@@ -489,7 +488,6 @@ ngx_http_cio_queue_node_free(ngx_http_cio_zone_t *zone,
     }
 
     ngx_slab_free_locked(zone->shpool, run);
-    zone->sh->runs--;
 }
 
 
