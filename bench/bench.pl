@@ -58,7 +58,7 @@ my $ECHO = $ENV{BENCH_ECHO_MODULE}
 $ECHO = undef unless -r $ECHO;
 
 my $CAP = 500_000;              # cio_batch_size, Customer.io's limit
-my $NODE_HEADER = 52;           # offsetof(ngx_http_cio_node_t, data)
+my $NODE_HEADER = 48;           # offsetof(ngx_http_cio_node_t, data)
 my $SITE = 'site1';
 my $KEY = 'key1';
 my $WRITE_KEY = 'wk_bench';
@@ -496,12 +496,10 @@ sub mapper_cost {
 
 # --- 4a. zone cost ------------------------------------------------------------------
 
-sub slot_bytes {
+# a node as queue.c packs it into a run: header and item, 8-aligned
+sub node_bytes {
     my ($n) = @_;
-    return ceil($n / 4096) * 4096 if $n > 2048;
-    my $s = 8;
-    $s *= 2 while $s < $n;
-    return $s;
+    return 8 * ceil($n / 8);
 }
 
 sub zone_cost {
@@ -534,12 +532,12 @@ sub zone_cost {
             / ($items || 1);
         my $per_event = $zone_mb * 1024 * 1024 / ($items || 1);
 
-        # what the slab allocator should take, from the mapper's own sizes
+        # what the queue's runs should take, from the mapper's own sizes
         my @len = split /\n/, `$BIN/map_cost -l $route $file`;
         my ($sum_len, $sum_slot, $sum_ring) = (0, 0, 0);
         for (@len) {
             $sum_len += $_;
-            $sum_slot += slot_bytes($_ + $NODE_HEADER);
+            $sum_slot += node_bytes($_ + $NODE_HEADER);
             # what-if: items packed back to back with a 24-byte header
             $sum_ring += 8 * ceil(($_ + 24) / 8);
         }
@@ -553,7 +551,7 @@ sub zone_cost {
             rss_shmem_kb => $rss_full->[0]{RssShmem} };
         printf "  %-8s %d MiB zone full at %s events (wrk saw %s x 200, "
             . "%d x 503): %.0f zone bytes per event for %.0f-byte items, "
-            . "+%.0f%% (slab slots: %.0f B for %.0f + %d header)\n",
+            . "+%.0f%% (packed nodes: %.0f B for %.0f + %d header)\n",
             $name, $zone_mb, fmt_int($items), fmt_int($f->{ok}), $f->{full},
             $per_event, $item_avg, 100 * ($per_event / $item_avg - 1),
             $sum_slot / @len, $sum_len / @len, $NODE_HEADER;
@@ -923,9 +921,9 @@ sub report {
              '', '', sprintf('+%.0f%%', 100 * $z->{ring_overhead}), '', 'info'];
         push @detail, sprintf('- 4: a %d MiB zone filled until the first 503 '
             . 'held %s events of the batch mix, %s single tracks; from the '
-            . 'mapper\'s item sizes the slab allocator should give each a '
-            . 'slot of %.0f bytes on average for %.0f item bytes + a %d-byte '
-            . 'node header (power-of-two slots up to 2 kB).',
+            . 'mapper\'s item sizes each node, packed into 16 KB runs of '
+            . 'pages, should take %.0f bytes on average for %.0f item bytes '
+            . '+ a %d-byte node header, 8-aligned.',
             $z->{zone_mb}, fmt_int($z->{events}), fmt_int($zt->{events}),
             $z->{slot_avg}, $z->{len_avg}, $NODE_HEADER);
     }

@@ -17,7 +17,7 @@
 
 
 /* bump when the layout of anything in the zone changes */
-#define NGX_HTTP_CIO_SHM_MAGIC      0x43494f07
+#define NGX_HTTP_CIO_SHM_MAGIC      0x43494f08
 
 #define NGX_HTTP_CIO_INGEST_OFF       0
 #define NGX_HTTP_CIO_INGEST_SEGMENT   1
@@ -64,6 +64,7 @@ typedef struct {
     ngx_queue_t                  link;       /* sh->workspaces */
     ngx_queue_t                  pending;    /* nodes, oldest first */
 
+    void                        *run;        /* its open run (queue.c) */
     ngx_uint_t                   npending;
     size_t                       pending_bytes;
     ngx_uint_t                   ninflight;
@@ -90,16 +91,22 @@ typedef struct {
 } ngx_http_cio_shws_t;
 
 
+/*
+ * A queued item.  Most live packed back to back in runs of the zone's
+ * pages (queue.c), so every byte of the header counts against the item:
+ * fields are as narrow as their use allows, 48 bytes in all.
+ */
 typedef struct {
     ngx_queue_t                  link;       /* ws->pending, sh->inflight */
     ngx_http_cio_shws_t         *ws;
-    uint64_t                     id;         /* 0 once freed */
-    uint64_t                     lease;      /* unix ms, in flight only */
-    ngx_pid_t                    owner;
-    uint32_t                     person;     /* its key, 0: unordered */
     uint64_t                     jref;       /* in cio_journal, 0: none */
-    uint32_t                     attempts;
+    uint32_t                     id;         /* new each lease, 0: freed */
+    uint32_t                     lease;      /* unix ms mod 2^32, in flight */
+    uint32_t                     person;     /* its key, 0: unordered */
     uint32_t                     len;
+    uint16_t                     attempts;   /* saturates */
+    uint16_t                     run;        /* 8-byte units back to its
+                                                run, 0: a slab allocation */
     u_char                       data[1];
 } ngx_http_cio_node_t;
 
@@ -325,6 +332,7 @@ void ngx_http_cio_queue_free_batch(ngx_http_cio_batch_t *batch);
 ngx_int_t ngx_http_cio_queue_append(ngx_http_cio_zone_t *zone,
     ngx_http_cio_shws_t *ws, u_char *data, size_t len, uint32_t attempts,
     uint64_t jref);
+size_t ngx_http_cio_queue_cost(size_t len);
 ngx_http_cio_shws_t *ngx_http_cio_queue_lookup(ngx_http_cio_zone_t *zone,
     ngx_str_t *url, ngx_str_t *site_id);
 ngx_uint_t ngx_http_cio_queue_generation(ngx_http_cio_zone_t *zone);

@@ -807,34 +807,22 @@ ngx_http_cio_journal_synced(ngx_event_t *ev)
 
 /*
  * Items that need more than all of the zone's pages, at the least the
- * slab allocator takes for them (a power of two up to half a page, whole
- * pages above), can never be queued, empty as the queue may be: a 503
- * would have the sender retry them for ever.
+ * queue takes for them, can never be queued, empty as the queue may be:
+ * a 503 would have the sender retry them for ever.
  */
 
 static ngx_uint_t
 ngx_http_cio_never_fits(ngx_http_request_t *r, ngx_http_cio_zone_t *zone,
     ngx_str_t *items, ngx_uint_t n)
 {
-    size_t      size, slab, need, total;
+    size_t      need, total;
     ngx_uint_t  i;
 
     total = zone->shpool->end - zone->shpool->start;
     need = 0;
 
     for (i = 0; i < n; i++) {
-        size = offsetof(ngx_http_cio_node_t, data) + items[i].len;
-
-        if (size > ngx_pagesize / 2) {
-            slab = ngx_align(size, ngx_pagesize);
-
-        } else {
-            for (slab = 8; slab < size; slab <<= 1) {
-                /* void */
-            }
-        }
-
-        need += slab;
+        need += ngx_http_cio_queue_cost(items[i].len);
     }
 
     if (need <= total) {

@@ -22,9 +22,26 @@
  * the dead-letter file twice).
  *
  * A node is pending (on its workspace's list, oldest first) or in flight
- * (on sh->inflight, owned by a worker until its lease expires).  A worker
- * remembers the ids of the nodes it sent; a node freed or re-leased in
- * the meantime no longer matches and is left alone.
+ * (on sh->inflight, owned by a worker until its lease expires).  Each
+ * lease gives the node a new id, and a worker remembers the ids of the
+ * nodes it sent; a node freed or leased again in the meantime no longer
+ * matches and is left alone.
+ *
+ * Nodes are packed back to back, 8-aligned, into runs: 16 KB of whole
+ * pages taken from the slab at once (its power-of-two slots would cost
+ * a 330-byte node 512 bytes).  A workspace's new nodes go into its open
+ * run only, so that a workspace on hold never pins the runs of one that
+ * delivers; a run that a node no longer fits in is closed for good, and
+ * goes back to the slab when its last node is freed.  A FIFO queue frees
+ * mostly in order, so closed runs empty; what pins one is a node that
+ * stays long while the rest were delivered: an item retried (at most
+ * cio_retry_max times, then dead-lettered), or leased to a worker that
+ * hangs (at most cio_lease).  At worst every closed run holds one such
+ * node, and the zone holds one node per 16 KB until they settle
+ * (docs/scaling.md).
+ * When no run can be had, a node takes a slab slot, in the pages the
+ * slab has for that size already; a node larger than a run, its own
+ * pages.
  */
 
 
@@ -32,6 +49,7 @@
 
 
 #define NGX_HTTP_CIO_MIN_ITEM     48
+#define NGX_HTTP_CIO_RUN_SIZE     16384
 #define NGX_HTTP_CIO_ALERT_EVERY  60000
 
 /*
@@ -50,6 +68,26 @@
 #define NGX_HTTP_CIO_MIGRATE_WAIT 200
 
 
+/* a run of pages that nodes are packed into */
+typedef struct {
+    uint32_t                     size;       /* bytes, this header included */
+    uint32_t                     used;       /* bytes handed out, ditto */
+    uint32_t                     live;       /* nodes not freed yet */
+    uint32_t                     pad;
+} ngx_http_cio_run_t;
+
+
+#define ngx_http_cio_node_size(len)                                           \
+    ngx_align(offsetof(ngx_http_cio_node_t, data) + (len), 8)
+
+
+static ngx_http_cio_node_t *ngx_http_cio_queue_node_alloc(
+    ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws, size_t len);
+static void ngx_http_cio_queue_node_free(ngx_http_cio_zone_t *zone,
+    ngx_http_cio_node_t *node);
+static ngx_http_cio_run_t *ngx_http_cio_queue_run(ngx_http_cio_zone_t *zone,
+    ngx_http_cio_shws_t *ws, size_t size);
+static uint32_t ngx_http_cio_queue_id(ngx_http_cio_shctx_t *sh);
 static ngx_int_t ngx_http_cio_queue_attach(ngx_shm_zone_t *shm_zone,
     void *data);
 static ngx_int_t ngx_http_cio_queue_intern(ngx_http_cio_zone_t *zone,
@@ -369,6 +407,161 @@ ngx_http_cio_queue_copy_str(ngx_slab_pool_t *shpool, ngx_str_t *dst,
 
 
 /*
+ * A node of workspace ws for an item of len bytes, with the lock held;
+ * its ws and run fields set, the rest the caller's.  NULL: the zone is
+ * full.
+ */
+
+static ngx_http_cio_node_t *
+ngx_http_cio_queue_node_alloc(ngx_http_cio_zone_t *zone,
+    ngx_http_cio_shws_t *ws, size_t len)
+{
+    size_t                size;
+    ngx_http_cio_run_t   *run;
+    ngx_http_cio_node_t  *node;
+
+    size = ngx_http_cio_node_size(len);
+    run = ws->run;
+
+    if (size > NGX_HTTP_CIO_RUN_SIZE - sizeof(ngx_http_cio_run_t)) {
+        goto slab;
+    }
+
+    if (run == NULL || run->used + size > run->size) {
+        run = ngx_http_cio_queue_run(zone, ws, size);
+        if (run == NULL) {
+            goto slab;
+        }
+    }
+
+    node = (ngx_http_cio_node_t *) ((u_char *) run + run->used);
+    node->ws = ws;
+    node->run = (uint16_t) (run->used / 8);
+    run->used += size;
+    run->live++;
+
+    return node;
+
+slab:
+
+    node = ngx_slab_alloc_locked(zone->shpool,
+                                 offsetof(ngx_http_cio_node_t, data) + len);
+    if (node) {
+        node->ws = ws;
+        node->run = 0;
+    }
+
+    return node;
+}
+
+
+/*
+ * A new open run that a node of size bytes fits in: a whole run, or, in a
+ * zone too full or too cut up for one, a page.  The run open so far is
+ * closed by it, and freed by its last node.
+ */
+
+static ngx_http_cio_run_t *
+ngx_http_cio_queue_run(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
+    size_t size)
+{
+    size_t               len;
+    ngx_http_cio_run_t  *run;
+
+    len = NGX_HTTP_CIO_RUN_SIZE;
+    run = ngx_slab_alloc_locked(zone->shpool, len);
+
+    if (run == NULL && size + sizeof(ngx_http_cio_run_t) <= ngx_pagesize) {
+        len = ngx_pagesize;
+        run = ngx_slab_alloc_locked(zone->shpool, len);
+    }
+
+    if (run == NULL) {
+        /* the open run stays open: a smaller node may fit in it yet */
+        return NULL;
+    }
+
+    run->size = (uint32_t) len;
+    run->used = sizeof(ngx_http_cio_run_t);
+    run->live = 0;
+    run->pad = 0;
+
+    ws->run = run;
+
+    return run;
+}
+
+
+/*
+ * Every node freed goes through here, with the lock held.  A run goes
+ * back to the slab with its last node, open or closed: an idle workspace
+ * keeps none.
+ */
+
+static void
+ngx_http_cio_queue_node_free(ngx_http_cio_zone_t *zone,
+    ngx_http_cio_node_t *node)
+{
+    ngx_http_cio_run_t  *run;
+
+    node->id = 0;
+
+    if (node->run == 0) {
+        ngx_slab_free_locked(zone->shpool, node);
+        return;
+    }
+
+    run = (ngx_http_cio_run_t *) ((u_char *) node - (size_t) node->run * 8);
+
+    if (--run->live) {
+        return;
+    }
+
+    if (run == node->ws->run) {
+        node->ws->run = NULL;
+    }
+
+    ngx_slab_free_locked(zone->shpool, run);
+}
+
+
+/* a node's id: never 0, which marks a freed one */
+
+static uint32_t
+ngx_http_cio_queue_id(ngx_http_cio_shctx_t *sh)
+{
+    uint32_t  id;
+
+    do {
+        id = (uint32_t) ++sh->next_id;
+    } while (id == 0);
+
+    return id;
+}
+
+
+/*
+ * The least of the zone an item of len bytes takes when queued: its node,
+ * packed into a run, or the slab's pages for a node larger than a run.
+ */
+
+size_t
+ngx_http_cio_queue_cost(size_t len)
+{
+    size_t  size;
+
+    size = ngx_http_cio_node_size(len);
+
+    if (size > NGX_HTTP_CIO_RUN_SIZE - sizeof(ngx_http_cio_run_t)) {
+        return ngx_align(offsetof(ngx_http_cio_node_t, data) + len,
+                         ngx_pagesize);
+    }
+
+    return size;
+}
+
+
+/*
  * All or nothing: a request's calls are queued together, or the request
  * is answered 503 (counted as a full-queue refusal) and its sender
  * retries it whole.  The calls a filter dropped and those the mapper
@@ -396,18 +589,14 @@ ngx_http_cio_queue_push(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
     ngx_shmtx_lock(&zone->shpool->mutex);
 
     for (i = 0; i < n; i++) {
-        node = ngx_slab_alloc_locked(zone->shpool,
-                                     offsetof(ngx_http_cio_node_t, data)
-                                     + items[i].len);
+        node = ngx_http_cio_queue_node_alloc(zone, ws, items[i].len);
         if (node == NULL) {
             goto full;
         }
 
-        node->ws = ws;
-        node->id = ++zone->sh->next_id;
+        node->id = ngx_http_cio_queue_id(zone->sh);
         node->jref = jrefs ? jrefs[i] : 0;
         node->lease = 0;
-        node->owner = 0;
         node->person = ngx_http_cio_queue_person(items[i].data,
                                                  items[i].len);
         node->attempts = 0;
@@ -441,8 +630,7 @@ full:
         ws->pending_bytes -= node->len;
         zone->sh->count--;
 
-        node->id = 0;
-        ngx_slab_free_locked(zone->shpool, node);
+        ngx_http_cio_queue_node_free(zone, node);
     }
 
     ws->stats.rejected[NGX_HTTP_CIO_REJ_FULL]++;
@@ -563,8 +751,9 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
         ngx_queue_remove(q);
         ngx_queue_insert_tail(&zone->sh->inflight, q);
 
-        node->owner = ngx_pid;
-        node->lease = now + mcf->lease;
+        /* a lease of its own: a batch settles only what it leased */
+        node->id = ngx_http_cio_queue_id(zone->sh);
+        node->lease = (uint32_t) (now + mcf->lease);
         ngx_http_cio_queue_hold(zone->sh, node);
 
         ws->npending--;
@@ -919,7 +1108,7 @@ ngx_http_cio_queue_settle(ngx_http_cio_zone_t *zone,
     for (i = (ngx_int_t) batch->n - 1; i >= 0; i--) {
         node = batch->nodes[i];
 
-        if (node->id != batch->ids[i] || node->owner != ngx_pid) {
+        if (node->id != batch->ids[i]) {
             batch->acts[i] = NGX_HTTP_CIO_ACT_GONE;
             continue;
         }
@@ -934,7 +1123,9 @@ ngx_http_cio_queue_settle(ngx_http_cio_zone_t *zone,
         }
 
         if (act == NGX_HTTP_CIO_ACT_RETRY) {
-            node->attempts++;
+            if (node->attempts < 0xffff) {
+                node->attempts++;
+            }
 
             if (node->attempts > st->retry_max) {
                 act = NGX_HTTP_CIO_ACT_DEAD;
@@ -951,8 +1142,7 @@ ngx_http_cio_queue_settle(ngx_http_cio_zone_t *zone,
             ngx_queue_remove(&node->link);
             ws->ninflight--;
             zone->sh->count--;
-            node->id = 0;
-            ngx_slab_free_locked(zone->shpool, node);
+            ngx_http_cio_queue_node_free(zone, node);
             st->done++;
             break;
 
@@ -965,7 +1155,6 @@ ngx_http_cio_queue_settle(ngx_http_cio_zone_t *zone,
             ngx_queue_remove(&node->link);
             ws->ninflight--;
 
-            node->owner = 0;
             node->lease = 0;
 
             ngx_queue_insert_head(&ws->pending, &node->link);
@@ -1067,7 +1256,7 @@ ngx_http_cio_queue_bury(ngx_http_cio_zone_t *zone,
 
         node = batch->nodes[i];
 
-        if (node->id != batch->ids[i] || node->owner != ngx_pid) {
+        if (node->id != batch->ids[i]) {
             batch->acts[i] = NGX_HTTP_CIO_ACT_GONE;
             continue;
         }
@@ -1076,8 +1265,7 @@ ngx_http_cio_queue_bury(ngx_http_cio_zone_t *zone,
         ngx_queue_remove(&node->link);
         ws->ninflight--;
         zone->sh->count--;
-        node->id = 0;
-        ngx_slab_free_locked(zone->shpool, node);
+        ngx_http_cio_queue_node_free(zone, node);
         n++;
     }
 
@@ -1104,19 +1292,16 @@ ngx_http_cio_queue_append(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
-    node = ngx_slab_alloc_locked(zone->shpool,
-                                 offsetof(ngx_http_cio_node_t, data) + len);
+    node = ngx_http_cio_queue_node_alloc(zone, ws, len);
     if (node == NULL) {
         goto full;
     }
 
-    node->ws = ws;
-    node->id = ++zone->sh->next_id;
+    node->id = ngx_http_cio_queue_id(zone->sh);
     node->jref = jref;
     node->lease = 0;
-    node->owner = 0;
     node->person = ngx_http_cio_queue_person(data, len);
-    node->attempts = attempts;
+    node->attempts = (uint16_t) ngx_min(attempts, 0xffff);
     node->len = (uint32_t) len;
     ngx_memcpy(node->data, data, len);
 
@@ -1200,8 +1385,7 @@ ngx_http_cio_queue_migrate(ngx_http_cio_zone_t *from,
             ws->npending--;
             ws->pending_bytes -= node->len;
             from->sh->count--;
-            node->id = 0;
-            ngx_slab_free_locked(from->shpool, node);
+            ngx_http_cio_queue_node_free(from, node);
             (*moved)++;
         }
 
@@ -1265,19 +1449,22 @@ ngx_http_cio_queue_reclaim(ngx_http_cio_zone_t *zone)
         prev = ngx_queue_prev(q);
         node = ngx_queue_data(q, ngx_http_cio_node_t, link);
 
-        if (node->lease > now) {
+        /* wraps every 49 days: leases are far shorter than half that */
+        if ((int32_t) (node->lease - (uint32_t) now) > 0) {
             continue;
         }
 
         ngx_queue_remove(q);
         ngx_http_cio_queue_unhold(zone->sh, node);
 
-        node->owner = 0;
         node->lease = 0;
-        node->attempts++;
+
+        if (node->attempts < 0xffff) {
+            node->attempts++;
+        }
 
         /* a new id, so that a late answer cannot settle it twice */
-        node->id = ++zone->sh->next_id;
+        node->id = ngx_http_cio_queue_id(zone->sh);
 
         ngx_queue_insert_head(&node->ws->pending, q);
         node->ws->ninflight--;

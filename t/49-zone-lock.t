@@ -193,7 +193,7 @@ sub event {
         return $j->{total}{queued} == 0 && $j->{total}{in_flight} == 0;
     };
 
-    # items over half a page: each is a page of the zone of its own
+    # large items: a few to a run of the zone's pages
     my $batch = sub {
         my ($prefix) = @_;
         return { batch => [ map { event("$prefix-$_", 3000) } 1 .. 10 ] };
@@ -206,9 +206,9 @@ sub event {
     ok(wait_until($idle, 10), 'the zone is empty');
     my $before = $status->()->{zone}{used};
 
-    # the 5th allocation of the push: 4 items are out of the slab already
+    # the 5th node of the push: 4 items are out of the zone already
     my ($w) = $t->worker_pids;
-    my $gdb = stop_at($t, $w, 'ngx_slab_alloc_locked', 4);
+    my $gdb = stop_at($t, $w, 'ngx_http_cio_queue_node_alloc', 4);
     ok(wait_until(sub {
         (proc_field($w, 'TracerPid') // 0) == $gdb
     }, 20), 'gdb attached to the worker');

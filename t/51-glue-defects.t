@@ -328,7 +328,8 @@ ok(wait_until(sub { grep { /writeKey=\*\*\* / } access_lines() }, 5),
     'a percent-encoded ?writeKey=: hidden in the access log too');
 
 {
-    # a zone of 16 pages; each call below takes a page of it
+    # a zone of 16 pages; each call below is cut to some 1 KB of item,
+    # packed back to back: 80 of them need more than all of its pages
     my $u = Cio::Test->new;
     my $uc = $u->standin(workspaces => ['site1:key1']);
     my $uurl = $uc->url;
@@ -353,13 +354,13 @@ END
             properties => { p => 'x' x 3000 } } } 1 .. $n ] });
     };
 
-    my ($ust, $uh, $ur) = $u->post('/cio/v1/batch', $calls->(40, 'Huge'));
+    my ($ust, $uh, $ur) = $u->post('/cio/v1/batch', $calls->(80, 'Huge'));
     is($ust, 413, 'a batch larger than the whole zone: 413, not 503');
     ok(!exists $uh->{'retry-after'}, 'and no Retry-After');
     is(eval { $json->decode($ur)->{error} },
         'request is larger than the queue can ever hold',
         'and a reason that says why');
-    ok($u->log_lines(qr/\[warn\].*cio: 40 events need at least \d+ bytes of the queue, which has \d+ in all: refused with 413/),
+    ok($u->log_lines(qr/\[warn\].*cio: 80 events need at least \d+ bytes of the queue, which has \d+ in all: refused with 413/),
         'and a warn line that says what to change');
 
     ($ust) = $u->post('/cio/v1/batch', $calls->(3, 'Fits'));
