@@ -245,7 +245,9 @@ my @MUTATIONS = (
         name => 'retries-not-counted',
         what => 'a failed attempt is not counted: never dead-lettered',
         file => $QUEUE,
-        from => q~            node->attempts++;
+        from => q~            if (node->attempts < 0xffff) {
+                node->attempts++;
+            }
 
             if (node->attempts > st->retry_max) {~,
         to => q~            if (node->attempts > st->retry_max) {~,
@@ -266,9 +268,35 @@ my @MUTATIONS = (
         name => 'lease-never-expires',
         what => "a killed worker's batch is never sent again",
         file => $QUEUE,
-        from => q~        if (node->lease > now) {~,
-        to => q~        if (node->lease > now || now) {~,
+        from => q~        if ((int32_t) (node->lease - (uint32_t) now) > 0) {~,
+        to => q~        if ((int32_t) (node->lease - (uint32_t) now) > 0 || now) {~,
         tests => [qw(t/43-crash.t)],
+    },
+    {
+        name => 'person-overtaken',
+        what => "a person's newer item is taken while an older one is in "
+            . 'flight, so a retried identify lands after a newer one',
+        file => $QUEUE,
+        from => q~        if (ngx_http_cio_queue_held(zone->sh, node)) {~,
+        to => q~        if (0 && ngx_http_cio_queue_held(zone->sh, node)) {~,
+        tests => [qw(t/54-person-order.t)],
+    },
+    {
+        name => 'nodes-in-slab-slots',
+        what => 'every queued item in its own power-of-two slab slot, as '
+            . 'before the runs: the zone holds far fewer events',
+        file => $QUEUE,
+        from => q~    if (size > NGX_HTTP_CIO_RUN_SIZE - sizeof(ngx_http_cio_run_t)) {
+        goto slab;
+    }
+
+    if (run == NULL~,
+        to => q~    if (size) {
+        goto slab;
+    }
+
+    if (run == NULL~,
+        tests => [qw(t/53-zone-memory.t)],
     },
     {
         name => 'reload-new-zone',

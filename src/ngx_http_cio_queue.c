@@ -101,6 +101,7 @@ static ngx_int_t ngx_http_cio_queue_token(ngx_http_cio_shws_t *ws,
 static uint32_t ngx_http_cio_queue_person(u_char *p, size_t len);
 static ngx_inline ngx_uint_t ngx_http_cio_queue_held(
     ngx_http_cio_shctx_t *sh, ngx_http_cio_node_t *node);
+static ngx_http_cio_batch_t *ngx_http_cio_queue_new_batch(ngx_uint_t cap);
 static ngx_inline void ngx_http_cio_queue_hold(ngx_http_cio_shctx_t *sh,
     ngx_http_cio_node_t *node);
 static void ngx_http_cio_queue_taken(ngx_http_cio_shctx_t *sh,
@@ -664,7 +665,7 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
     ngx_http_cio_main_conf_t *mcf, u_char **body, size_t *body_len)
 {
     size_t                 size, need, max_bytes;
-    u_char                *p, *buf, *mem;
+    u_char                *p, *buf;
     uint64_t               now;
     ngx_uint_t             n, cap, skipped;
     ngx_queue_t           *q, *next;
@@ -681,26 +682,12 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
     /* no item is shorter than that, so the arrays never have to grow */
     cap = max_bytes / NGX_HTTP_CIO_MIN_ITEM + 1;
 
-    batch = ngx_calloc(sizeof(ngx_http_cio_batch_t), ngx_cycle->log);
+    batch = ngx_http_cio_queue_new_batch(cap);
     buf = ngx_alloc(max_bytes, ngx_cycle->log);
-    mem = ngx_alloc(cap * (sizeof(ngx_http_cio_node_t *)
-                           + 2 * sizeof(uint64_t) + sizeof(size_t)
-                           + 2 * sizeof(uint32_t) + 1),
-                    ngx_cycle->log);
 
-    if (batch == NULL || buf == NULL || mem == NULL) {
+    if (batch == NULL || buf == NULL) {
         goto failed;
     }
-
-    /* largest alignment first */
-    batch->nodes = (ngx_http_cio_node_t **) mem;
-    batch->ids = (uint64_t *) (batch->nodes + cap);
-    batch->jrefs = batch->ids + cap;
-    batch->offs = (size_t *) (batch->jrefs + cap);
-    batch->lens = (uint32_t *) (batch->offs + cap);
-    batch->attempts = batch->lens + cap;
-    batch->acts = (u_char *) (batch->attempts + cap);
-    mem = NULL;
 
     now = ngx_http_cio_now_ms();
 
@@ -809,9 +796,43 @@ failed:
     }
 
     ngx_free(buf);
-    ngx_free(mem);
 
     return NULL;
+}
+
+
+/* a batch with room for cap items in its arrays, one allocation */
+
+static ngx_http_cio_batch_t *
+ngx_http_cio_queue_new_batch(ngx_uint_t cap)
+{
+    u_char                *mem;
+    ngx_http_cio_batch_t  *batch;
+
+    batch = ngx_calloc(sizeof(ngx_http_cio_batch_t), ngx_cycle->log);
+    if (batch == NULL) {
+        return NULL;
+    }
+
+    mem = ngx_alloc(cap * (sizeof(ngx_http_cio_node_t *)
+                           + 2 * sizeof(uint64_t) + sizeof(size_t)
+                           + 2 * sizeof(uint32_t) + 1),
+                    ngx_cycle->log);
+    if (mem == NULL) {
+        ngx_free(batch);
+        return NULL;
+    }
+
+    /* largest alignment first */
+    batch->nodes = (ngx_http_cio_node_t **) mem;
+    batch->ids = (uint64_t *) (batch->nodes + cap);
+    batch->jrefs = batch->ids + cap;
+    batch->offs = (size_t *) (batch->jrefs + cap);
+    batch->lens = (uint32_t *) (batch->offs + cap);
+    batch->attempts = batch->lens + cap;
+    batch->acts = (u_char *) (batch->attempts + cap);
+
+    return batch;
 }
 
 
