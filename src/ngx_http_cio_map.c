@@ -2761,7 +2761,6 @@ ngx_http_cio_map_ulid(int64_t ms, const char *seed, size_t len, char *out)
     int          i;
     size_t       k;
     uint64_t     h1, h2, t;
-    unsigned     bits[26];
 
     static const char  alphabet[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
@@ -2790,7 +2789,7 @@ ngx_http_cio_map_ulid(int64_t ms, const char *seed, size_t len, char *out)
     t = (uint64_t) ms & 0xffffffffffffULL;
 
     for (i = 9; i >= 0; i--) {
-        bits[i] = (unsigned) (t & 31);
+        out[i] = alphabet[t & 31];
         t >>= 5;
     }
 
@@ -2798,13 +2797,9 @@ ngx_http_cio_map_ulid(int64_t ms, const char *seed, size_t len, char *out)
     h2 &= 0xffff;
 
     for (i = 25; i >= 10; i--) {
-        bits[i] = (unsigned) (h1 & 31);
+        out[i] = alphabet[h1 & 31];
         h1 = (h1 >> 5) | (h2 << 59);
         h2 >>= 5;
-    }
-
-    for (i = 0; i < 26; i++) {
-        out[i] = alphabet[bits[i]];
     }
 
     out[26] = '\0';
