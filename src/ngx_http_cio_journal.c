@@ -28,7 +28,7 @@
  *
  * Workers append under the mutex of the journal's own small shared
  * memory zone, which also counts each live segment's records and settled
- * ones: a request's records in one write() at the offset the zone keeps,
+ * ones: a request's records in one pwritev() at the offset the zone keeps,
  * and a write cut short is truncated away again before the 503.  nginx's
  * master unlocks that mutex when a worker dies holding it, as it does the
  * queue's.  An ack is written under the same mutex, so that a segment is
@@ -56,7 +56,11 @@
 #include "ngx_http_cio.h"
 
 #include <sys/file.h>
+#include <sys/uio.h>
 #include <zlib.h>
+#if (NGX_HTTP_CIO_LIBDEFLATE)
+#include <libdeflate.h>
+#endif
 
 
 #define NGX_HTTP_CIO_J_MAGIC       0x4a4f4943       /* "CIOJ" */
@@ -68,6 +72,21 @@
 #define NGX_HTTP_CIO_J_ALERT_EVERY 60
 #define NGX_HTTP_CIO_J_OLD_FDS     16
 #define NGX_HTTP_CIO_J_NAME_LEN    sizeof("/00000000.seg")
+
+#if (defined IOV_MAX && IOV_MAX < 1024)
+#define NGX_HTTP_CIO_J_IOV_MAX     IOV_MAX
+#else
+#define NGX_HTTP_CIO_J_IOV_MAX     1024
+#endif
+
+/* zlib's crc32, libdeflate's when it is there: the same sums, faster */
+#if (NGX_HTTP_CIO_LIBDEFLATE)
+#define ngx_http_cio_crc32(crc, p, n)                                        \
+    ((uint32_t) libdeflate_crc32(crc, p, n))
+#else
+#define ngx_http_cio_crc32(crc, p, n)                                        \
+    ((uint32_t) crc32(crc, p, n))
+#endif
 
 /*
  * A jref: the journal's id (8 bits), the segment's number (24), the
@@ -784,7 +803,7 @@ ngx_http_cio_journal_check(u_char *p, u_char *last)
         return 0;
     }
 
-    if ((uint32_t) crc32(0, p + 12, len + 4) != crc) {
+    if (ngx_http_cio_crc32(0, p + 12, len + 4) != crc) {
         return 0;
     }
 
@@ -862,7 +881,7 @@ ngx_http_cio_journal_acks(ngx_cycle_t *cycle, ngx_http_cio_journal_t *j,
     for (i = 0; i < size / 8; i++) {
         ngx_memcpy(e, data + i * 8, 8);
 
-        if (((uint32_t) crc32(0, (u_char *) &e[0], 4) ^ no) == e[1]) {
+        if ((ngx_http_cio_crc32(0, (u_char *) &e[0], 4) ^ no) == e[1]) {
             acks[(*n)++] = e[0];
         }
     }
@@ -1047,67 +1066,115 @@ ngx_http_cio_journal_exit_process(ngx_cycle_t *cycle)
 
 /*
  * A request's items as records, each [magic][length][crc32][site id
- * length][url length][site id][url][item], in one buffer from the pool;
- * offs[i]: where record i starts in it.
+ * length][url length][site id][url][item], gathered for pwritev(): a
+ * 12-byte head each, then the lengths, site id and url that every record
+ * shares, their crc computed once, then the item where the mapper left
+ * it, not copied.  offs[i]: where record i starts, from the first.
  */
 
-static u_char *
+static struct iovec *
 ngx_http_cio_journal_encode(ngx_http_cio_ws_t *ws, ngx_str_t *items,
     ngx_uint_t n, ngx_pool_t *pool, size_t *size, uint32_t **offs)
 {
-    u_char      *buf, *p, *rec;
-    size_t       len;
-    uint16_t     slen, ulen;
-    uint32_t     rlen, crc, magic;
-    ngx_uint_t   i;
+    u_char        *heads, *common, *p;
+    size_t         len, clen;
+    uint16_t       slen, ulen;
+    uint32_t       rlen, crc, ccrc, magic;
+    ngx_uint_t     i;
+    struct iovec  *iov;
 
     slen = (uint16_t) ws->site_id.len;
     ulen = (uint16_t) ws->url.len;
     magic = NGX_HTTP_CIO_J_MAGIC;
+    clen = 4 + slen + ulen;
+
+    common = ngx_pnalloc(pool, clen + n * 12);
+    iov = ngx_palloc(pool, 3 * n * sizeof(struct iovec));
+    *offs = ngx_palloc(pool, n * sizeof(uint32_t));
+
+    if (common == NULL || iov == NULL || *offs == NULL) {
+        return NULL;
+    }
+
+    p = ngx_cpymem(common, &slen, 2);
+    p = ngx_cpymem(p, &ulen, 2);
+    p = ngx_cpymem(p, ws->site_id.data, slen);
+    heads = ngx_cpymem(p, ws->url.data, ulen);
+
+    ccrc = ngx_http_cio_crc32(0, common, clen);
 
     len = 0;
 
     for (i = 0; i < n; i++) {
-        len += NGX_HTTP_CIO_J_HEADER + slen + ulen + items[i].len;
-    }
-
-    buf = ngx_pnalloc(pool, len);
-    *offs = ngx_palloc(pool, n * sizeof(uint32_t));
-
-    if (buf == NULL || *offs == NULL) {
-        return NULL;
-    }
-
-    p = buf;
-
-    for (i = 0; i < n; i++) {
-        rec = p;
-        (*offs)[i] = (uint32_t) (p - buf);
+        (*offs)[i] = (uint32_t) len;
 
         rlen = slen + ulen + (uint32_t) items[i].len;
+        crc = ngx_http_cio_crc32(ccrc, items[i].data, items[i].len);
 
-        p += 12;
-        p = ngx_cpymem(p, &slen, 2);
-        p = ngx_cpymem(p, &ulen, 2);
-        p = ngx_cpymem(p, ws->site_id.data, slen);
-        p = ngx_cpymem(p, ws->url.data, ulen);
-        p = ngx_cpymem(p, items[i].data, items[i].len);
+        p = heads + 12 * i;
+        ngx_memcpy(p, &magic, 4);
+        ngx_memcpy(p + 4, &rlen, 4);
+        ngx_memcpy(p + 8, &crc, 4);
 
-        crc = (uint32_t) crc32(0, rec + 12, rlen + 4);
+        iov[3 * i].iov_base = p;
+        iov[3 * i].iov_len = 12;
+        iov[3 * i + 1].iov_base = common;
+        iov[3 * i + 1].iov_len = clen;
+        iov[3 * i + 2].iov_base = items[i].data;
+        iov[3 * i + 2].iov_len = items[i].len;
 
-        ngx_memcpy(rec, &magic, 4);
-        ngx_memcpy(rec + 4, &rlen, 4);
-        ngx_memcpy(rec + 8, &crc, 4);
+        len += 12 + clen + items[i].len;
     }
 
     *size = len;
 
-    return buf;
+    return iov;
+}
+
+
+/* all of iov at off, IOV_MAX at a time; short: a full disk, say */
+
+static ssize_t
+ngx_http_cio_journal_pwritev(ngx_fd_t fd, struct iovec *iov, ngx_uint_t n,
+    off_t off)
+{
+    size_t      want;
+    ssize_t     written, total;
+    ngx_uint_t  i, k;
+
+    total = 0;
+
+    while (n) {
+        k = ngx_min(n, NGX_HTTP_CIO_J_IOV_MAX);
+
+        want = 0;
+
+        for (i = 0; i < k; i++) {
+            want += iov[i].iov_len;
+        }
+
+        written = pwritev(fd, iov, (int) k, off + total);
+
+        if (written == -1) {
+            return total ? total : -1;
+        }
+
+        total += written;
+
+        if ((size_t) written != want) {
+            break;
+        }
+
+        iov += k;
+        n -= k;
+    }
+
+    return total;
 }
 
 
 /*
- * A request's items as records, in one write() under the journal's lock.
+ * A request's items as records, in one pwritev() under the journal's lock.
  * *jrefs: where each is, for its zone node.  NGX_BUSY: the journal is
  * full; NGX_ERROR: it cannot be written.  Either way nothing of the
  * request stays in it, and the request is answered 503.
@@ -1118,21 +1185,21 @@ ngx_http_cio_journal_write(ngx_http_cio_journal_t *j, ngx_http_cio_ws_t *ws,
     ngx_str_t *items, ngx_uint_t n, ngx_pool_t *pool, ngx_log_t *log,
     uint64_t **jrefs)
 {
-    u_char               *buf;
     size_t                len;
     ssize_t               written;
     uint32_t              no, off, *offs, gone;
     ngx_err_t             err;
     ngx_uint_t            i;
+    struct iovec         *iov;
     ngx_http_cio_jsh_t   *sh;
     ngx_http_cio_jseg_t  *seg;
 
     gone = 0;
 
-    buf = ngx_http_cio_journal_encode(ws, items, n, pool, &len, &offs);
+    iov = ngx_http_cio_journal_encode(ws, items, n, pool, &len, &offs);
     *jrefs = ngx_palloc(pool, n * sizeof(uint64_t));
 
-    if (buf == NULL || *jrefs == NULL) {
+    if (iov == NULL || *jrefs == NULL) {
         return NGX_ERROR;
     }
 
@@ -1206,7 +1273,8 @@ ngx_http_cio_journal_write(ngx_http_cio_journal_t *j, ngx_http_cio_ws_t *ws,
     no = seg->no;
     off = seg->size;
 
-    written = pwrite(ngx_http_cio_jw.fd, buf, len, (off_t) off);
+    written = ngx_http_cio_journal_pwritev(ngx_http_cio_jw.fd, iov, 3 * n,
+                                           (off_t) off);
 
     if (written != (ssize_t) len) {
         err = (written == -1) ? ngx_errno : NGX_ENOSPC;
@@ -1602,7 +1670,8 @@ ngx_http_cio_journal_ack(ngx_http_cio_jseg_t *seg, uint32_t *offs,
 
     for (i = 0; i < n; i++) {
         e[2 * i] = offs[i];
-        e[2 * i + 1] = (uint32_t) crc32(0, (u_char *) &offs[i], 4) ^ seg->no;
+        e[2 * i + 1] = ngx_http_cio_crc32(0, (u_char *) &offs[i], 4)
+                       ^ seg->no;
     }
 
     written = ngx_write_fd(jw->ack_fd, e, n * 8);
