@@ -115,11 +115,27 @@ is(kept(\@bad, 'sync=1h, power loss'), 3,
     'the 3 dead-lettered events were not settled: sent again');
 $t->stop;
 
-# --- sync=always: synced, then settled -----------------------------------
+# --- sync=TIME: the timer's sync settles them -------------------------------
 
 unlink $dead;
 $cio->mode({ refuse_match => '^bad-' });
+conf('200ms')->run;
+
+my $before = (synced())[1];
+@bad = map { "bad-s$_" } 1 .. 2;
+is(scalar post_batch($t, '/cio', [ @bad, 'good-s1' ]), 3,
+    'sync=200ms: a batch of 3 accepted');
+ok(wait_until(sub { @{ dead_letters($dead) } >= 2 }, 10),
+    'its 2 refused events dead-lettered');
+ok(wait_until(sub { (synced())[1] >= $before + 2 }, 10),
+    'the timer synced the dead-letter file and settled the 2');
+$t->stop;
+
+# --- sync=always: synced, then settled -----------------------------------
+
+unlink $dead;
 conf('always')->run;
+is(queued_again(), 0, 'the start queued nothing again: all was settled');
 
 @bad = map { "bad-a$_" } 1 .. 3;
 is(scalar post_batch($t, '/cio', [ @bad, 'good-a1' ]), 4,
