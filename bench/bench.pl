@@ -16,8 +16,13 @@
 #   BENCH_OUT=FILE     where the results go (default bench/results.md)
 #   BENCH_JOURNAL=ARGS cio_journal in every nginx, with these parameters
 #                      ("sync=1s", "sync=always"; "on" for the defaults)
-#   BENCH_ONLY=LIST    only these parts: standin,map,zone,edge,delivery
-#                      (the others' rows are left out of the table)
+#   BENCH_ONLY=LIST    only these parts: standin,map,zone,edge,delivery,
+#                      journal (the others' rows are left out of the table;
+#                      journal is not run unless named here)
+#   BENCH_JOURNAL_SYNC=ARGS  the journal part's cio_journal parameters
+#                      (default "sync=1s")
+#   BENCH_PERF=DIR     the journal part: perf record of each nginx worker
+#                      during round 1's batch runs, reports in DIR
 #   CIO_MODULE=PATH    another build of the module (t/lib/Cio/Test.pm)
 #   BENCH_KEEP=1       keep the nginx test directories (CIO_TEST_LEAVE)
 #
@@ -102,6 +107,11 @@ if (want('zone')) {
 if (want('edge')) {
     say_phase('1. edge accept rate (wrk)');
     edge();
+}
+
+if ($ONLY{journal}) {
+    say_phase('1j. edge accept rate with cio_journal vs without (wrk)');
+    journal_cost();
 }
 
 if (want('delivery')) {
@@ -292,9 +302,10 @@ sub standin_settle {
 sub nginx_start {
     my (%o) = @_;
     my $t = Cio::Test->new(workers => $o{workers});
-    my $journal = !$ENV{BENCH_JOURNAL} ? ''
+    my $jargs = $o{journal} // $ENV{BENCH_JOURNAL};
+    my $journal = !$jargs ? ''
         : 'cio_journal %%TESTDIR%%/journal max_size=4g '
-          . ($ENV{BENCH_JOURNAL} eq 'on' ? '' : $ENV{BENCH_JOURNAL}) . ';';
+          . ($jargs eq 'on' ? '' : $jargs) . ';';
     my $http = <<"EOF";
     cio_zone zone=bench:$o{zone};
     $journal
@@ -632,6 +643,126 @@ sub edge {
     }
 }
 
+# --- 1j. the journal's cost -----------------------------------------------------
+
+# two nginx, one with cio_journal and one without, one worker each, both
+# delivering to one stand-in; wrk on each in turn, which first alternating
+sub journal_cost {
+    my $jargs = $ENV{BENCH_JOURNAL_SYNC} // 'sync=1s';
+    my $s = standin_start();
+    my %t = (
+        none => nginx_start(workers => 1, zone => '512m', timeout => '10s',
+            standin => $s->{port}, journal => ''),
+        journal => nginx_start(workers => 1, zone => '512m',
+            timeout => '10s', standin => $s->{port}, journal => $jargs),
+    );
+    my %cases = (
+        single => [ "$PAY/track.json", 'text/plain', '', 1, 'v1/t' ],
+        batch => [ "$PAY/batch20.json", 'application/json', $WK_BASIC, 20,
+                   'v1/batch' ],
+    );
+    my $run = sub {
+        my ($case, $which, $secs) = @_;
+        my ($file, $ctype, $auth, undef, $path) = @{ $cases{$case} };
+        return wrk(url => 'http://127.0.0.1:' . $t{$which}->port
+                . "/cio/$path", body => $file, ctype => $ctype,
+            auth => $auth, secs => $secs, threads => 1, conns => 32);
+    };
+
+    for my $case (qw(single batch)) {
+        $run->($case, $_, 1) for qw(none journal);
+    }
+
+    my %runs;
+    for my $round (1 .. $ROUNDS) {
+        for my $case (qw(single batch)) {
+            my @which = $round % 2 ? qw(none journal) : qw(journal none);
+            for my $which (@which) {
+                my @perf = ($round == 1 && $case eq 'batch')
+                    ? perf_start($t{$which}, "$case-$which") : ();
+                my $cpu0 = worker_cpu($t{$which});
+                my $w = $run->($case, $which, $SECS);
+                $w->{cpu_us} = (worker_cpu($t{$which}) - $cpu0) * 1e6
+                    / ($w->{requests} || 1);
+                perf_stop(@perf);
+                $w->{rps} = $w->{requests} / $w->{seconds};
+                $w->{eps} = $w->{rps} * $cases{$case}[3];
+                push @{ $runs{$case}{$which} }, $w;
+                printf "  round %d %-6s %-7s %9s req/s %10s events/s  "
+                    . "p50 %6.2f ms  p99 %6.2f ms  %5.1f us CPU/req  "
+                    . "non-2xx %d\n",
+                    $round, $case, $which, fmt_int($w->{rps}),
+                    fmt_int($w->{eps}), $w->{p50_ms}, $w->{p99_ms},
+                    $w->{cpu_us}, $w->{non2xx};
+            }
+        }
+    }
+
+    standin_settle($s, undef, 30);
+    nginx_stop($t{$_}) for qw(none journal);
+    standin_stop($s);
+
+    for my $case (qw(single batch)) {
+        my @r = map { $runs{$case}{journal}[$_]{rps}
+                      / $runs{$case}{none}[$_]{rps} } 0 .. $ROUNDS - 1;
+        my @sorted = sort { $a <=> $b } @r;
+        my @c = map { $runs{$case}{none}[$_]{cpu_us}
+                      / $runs{$case}{journal}[$_]{cpu_us} } 0 .. $ROUNDS - 1;
+        my @csorted = sort { $a <=> $b } @c;
+        my @cpu = map { my $w = $_; [ sort { $a <=> $b }
+                        map { $_->{cpu_us} } @{ $runs{$case}{$w} } ] }
+                  qw(none journal);
+        $R{journal}{$case} = {
+            ratios => \@r,
+            median => $sorted[$#sorted / 2],
+            cpu_ratios => \@c,
+            cpu_median => $csorted[$#csorted / 2],
+            cpu_none => $cpu[0][$#{ $cpu[0] } / 2],
+            cpu_journal => $cpu[1][$#{ $cpu[1] } / 2],
+            none => (sort { $b->{rps} <=> $a->{rps} }
+                     @{ $runs{$case}{none} })[0],
+            journal => (sort { $b->{rps} <=> $a->{rps} }
+                        @{ $runs{$case}{journal} })[0],
+        };
+    }
+    $R{journal}{args} = $jargs;
+}
+
+# CPU seconds an nginx's worker has used, all its threads (the sender's,
+# the thread pool's syncs): per request, a measure the other processes of
+# a busy machine disturb much less than the rate
+sub worker_cpu {
+    my ($t) = @_;
+    my ($pid) = $t->worker_pids;
+    my $stat = slurp("/proc/$pid/stat") // return 0;
+    my @f = split ' ', substr($stat, rindex($stat, ')') + 2);
+    return ($f[11] + $f[12]) / POSIX::sysconf(POSIX::_SC_CLK_TCK());
+}
+
+# BENCH_PERF=DIR: perf record of an nginx's worker while wrk runs
+sub perf_start {
+    my ($t, $name) = @_;
+    my $dir = $ENV{BENCH_PERF} or return ();
+    my ($pid) = $t->worker_pids;
+    mkdir $dir;
+    my $perf = fork() // die "fork: $!";
+    if ($perf == 0) {
+        open STDERR, '>', "$dir/$name.log";
+        exec 'perf', 'record', '-g', '-o', "$dir/$name.data", '-p', $pid;
+        exit 127;
+    }
+    push @pids, $perf;
+    return ($perf);
+}
+
+sub perf_stop {
+    my ($perf) = @_;
+    return unless $perf;
+    kill 'INT', $perf;
+    waitpid($perf, 0);
+    @pids = grep { $_ != $perf } @pids;
+}
+
 # --- 2. delivery and 4b. RSS ------------------------------------------------------------
 
 sub delivery {
@@ -833,6 +964,41 @@ sub report {
             fmt_int($R{edge}{accepted_measured}), fmt_int($R{edge}{delivered}),
             $R{edge}{delivered} >= $R{edge}{accepted_measured}
                 ? 'every accepted event was delivered' : 'EVENTS MISSING');
+    }
+
+    if (my $j = $R{journal}) {
+        for my $case (qw(single batch)) {
+            my $c = $j->{$case};
+            push @rows,
+                ['1j', sprintf('%s: requests/s with `cio_journal %s` vs '
+                    . 'without (median of %d rounds)',
+                    $case eq 'single' ? 'single `track`'
+                                      : '20-call `/v1/batch`',
+                    $j->{args}, $ROUNDS),
+                 fmt_int($c->{journal}{rps}) . ' (best)',
+                 fmt_int($c->{none}{rps}) . ' (best, no journal)',
+                 sprintf('%.2f', $c->{median}), '≥ 0.9',
+                 verdict($c->{median} >= 0.9)],
+                ['1j', sprintf('%s: worker CPU µs per request, without / '
+                    . 'with the journal (median of %d rounds)',
+                    $case eq 'single' ? 'single `track`'
+                                      : '20-call `/v1/batch`', $ROUNDS),
+                 sprintf('%.1f', $c->{cpu_journal}),
+                 sprintf('%.1f (no journal)', $c->{cpu_none}),
+                 sprintf('%.2f', $c->{cpu_median}), '≥ 0.9',
+                 verdict($c->{cpu_median} >= 0.9)];
+        }
+        push @detail, sprintf('- 1j: journal/no journal per round, '
+            . 'requests/s: single %s, batch %s; worker CPU per request '
+            . '(no journal/journal): single %s, batch %s; two nginx side by '
+            . 'side, one worker each, wrk -t1 -c32 for %d s on each in turn '
+            . '(which first alternating), both delivering to the C '
+            . 'stand-in; CPU is the worker\'s, all its threads, from '
+            . '/proc/PID/stat.',
+            map({ my $k = $_; map { join ' ', map { sprintf '%.2f', $_ }
+                      @{ $j->{$_}{$k} } } qw(single batch) }
+                qw(ratios cpu_ratios)),
+            $SECS);
     }
 
     if (my $d = $R{delivery}{drain}) {

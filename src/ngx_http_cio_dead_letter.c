@@ -11,7 +11,8 @@
  * and the time, so that an operator can fix them and replay them
  * (scripts/cio-replay.pl).  Written on a worker's event loop thread only,
  * with one write() per line to a file opened with O_APPEND by the master:
- * the lines of several workers never interleave.
+ * the lines of several workers never interleave.  With cio_journal, its
+ * sync= policy syncs this file too (ngx_http_cio_journal_settled).
  */
 
 
