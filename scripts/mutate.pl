@@ -476,9 +476,18 @@ my @MUTATIONS = (
         name => 'journal-no-crc',
         what => 'a damaged journal record is queued as an item',
         file => $JOURNAL,
-        from => q~    if ((uint32_t) crc32(0, p + 12, len + 4) != crc) {~,
+        from => q~    if (ngx_http_cio_crc32(0, p + 12, len + 4) != crc) {~,
         to => q~    if (0) {~,
         tests => [qw(t/71-journal-damage.t)],
+    },
+    {
+        name => 'dead-letter-acked-unsynced',
+        what => "a dead-lettered item's ack is written before its line is "
+            . 'synced: a power loss loses it',
+        file => $JOURNAL,
+        from => q~    if (act == NGX_HTTP_CIO_ACT_DEAD && acts && jw->dl~,
+        to => q~    if (0 && act == NGX_HTTP_CIO_ACT_DEAD && acts && jw->dl~,
+        tests => [qw(t/75-journal-dead-letter.t)],
     },
     {
         name => 'journal-settles-twice',
