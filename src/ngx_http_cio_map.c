@@ -87,9 +87,6 @@ static int ngx_http_cio_map_filtered(ngx_http_cio_map_ctx_t *ctx,
     const cJSON *call, int type);
 static int ngx_http_cio_map_integrations(ngx_http_cio_map_ctx_t *ctx,
     const cJSON *call);
-static int ngx_http_cio_map_is_cio(const char *key);
-static int ngx_http_cio_map_listed(const char *name, const char **list,
-    size_t n);
 static int ngx_http_cio_map_identify(ngx_http_cio_map_ctx_t *ctx,
     cJSON *call, cJSON *item, char *err);
 static cJSON *ngx_http_cio_map_relationship(ngx_http_cio_map_ctx_t *ctx,
@@ -1205,7 +1202,7 @@ ngx_http_cio_map_integrations(ngx_http_cio_map_ctx_t *ctx,
 
 /* an integrations key naming Customer.io, ignoring case and spaces */
 
-static int
+int
 ngx_http_cio_map_is_cio(const char *key)
 {
     char    buf[32];
@@ -1246,7 +1243,7 @@ ngx_http_cio_map_is_cio(const char *key)
 }
 
 
-static int
+int
 ngx_http_cio_map_listed(const char *name, const char **list, size_t n)
 {
     size_t  i;

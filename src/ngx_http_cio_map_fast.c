@@ -2317,61 +2317,6 @@ fj_anonymous(fj_ctx_t *ctx, const fj_call_t *c, int known)
 }
 
 
-/* filters (§8) */
-
-static int
-fj_is_cio(const char *key)
-{
-    char    buf[32];
-    size_t  i, n;
-
-    static const char  *names[] = {
-        "customer.io", "customer.iodatapipelines", "customer.io(actions)",
-        "customerio", NULL
-    };
-
-    n = 0;
-
-    for (i = 0; key[i] != '\0'; i++) {
-        if (key[i] == ' ') {
-            continue;
-        }
-
-        if (n == sizeof(buf) - 1) {
-            return 0;
-        }
-
-        buf[n++] = (char) ((key[i] >= 'A' && key[i] <= 'Z')
-                           ? key[i] - 'A' + 'a' : key[i]);
-    }
-
-    buf[n] = '\0';
-
-    for (i = 0; names[i]; i++) {
-        if (strcmp(buf, names[i]) == 0) {
-            return 1;
-        }
-    }
-
-    return 0;
-}
-
-
-static int
-fj_listed(const char *name, const char **list, size_t n)
-{
-    size_t  i;
-
-    for (i = 0; i < n; i++) {
-        if (list[i] != NULL && strcmp(name, list[i]) == 0) {
-            return 1;
-        }
-    }
-
-    return 0;
-}
-
-
 /* 1: the integrations let the call reach Customer.io, 0: not, -1 */
 
 static int
@@ -2401,7 +2346,7 @@ fj_integrations(fj_ctx_t *ctx, const fj_call_t *c)
                 return -1;
             }
 
-            rc = fj_is_cio(s);
+            rc = ngx_http_cio_map_is_cio(s);
             ctx->scratch.pos = mark;
 
             if (rc) {
@@ -2451,12 +2396,15 @@ fj_filtered(fj_ctx_t *ctx, const fj_call_t *c, int type, const char *event)
 
     if (type == NGX_HTTP_CIO_CALL_TRACK) {
         if (opts->nevents_allow
-            && !fj_listed(event, opts->events_allow, opts->nevents_allow))
+            && !ngx_http_cio_map_listed(event, opts->events_allow,
+                                        opts->nevents_allow))
         {
             return 1;
         }
 
-        if (fj_listed(event, opts->events_deny, opts->nevents_deny)) {
+        if (ngx_http_cio_map_listed(event, opts->events_deny,
+                                    opts->nevents_deny))
+        {
             return 1;
         }
     }
@@ -2488,7 +2436,9 @@ fj_filtered(fj_ctx_t *ctx, const fj_call_t *c, int type, const char *event)
             return -1;
         }
 
-        if (fj_listed(s, opts->consent_deny, opts->nconsent_deny)) {
+        if (ngx_http_cio_map_listed(s, opts->consent_deny,
+                                    opts->nconsent_deny))
+        {
             return 1;
         }
     }
@@ -2815,7 +2765,7 @@ fj_special_event(const fj_ctx_t *ctx, const char *name)
         }
     }
 
-    return fj_listed(name, ctx->opts->device_events,
+    return ngx_http_cio_map_listed(name, ctx->opts->device_events,
                      ctx->opts->ndevice_events);
 }
 

@@ -42,6 +42,8 @@ void ngx_http_cio_map_ulid(int64_t ms, const char *seed, size_t len,
     char *out);
 int ngx_http_cio_map_is_email(const char *s);
 int ngx_http_cio_map_placeholder(const char *s);
+int ngx_http_cio_map_is_cio(const char *key);
+int ngx_http_cio_map_listed(const char *name, const char **list, size_t n);
 
 
 #endif /* _NGX_HTTP_CIO_MAP_FAST_H_INCLUDED_ */
