@@ -2766,7 +2766,7 @@ fj_special_event(const fj_ctx_t *ctx, const char *name)
     }
 
     return ngx_http_cio_map_listed(name, ctx->opts->device_events,
-                     ctx->opts->ndevice_events);
+                                   ctx->opts->ndevice_events);
 }
 
 
