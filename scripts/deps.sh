@@ -4,8 +4,8 @@
 # only what is missing: a machine that has it all is left untouched.
 set -eu
 
-pkgs="nginx nginx-dev libcurl4-openssl-dev libcjson-dev zlib1g-dev libdeflate-dev
-      gcc make
+pkgs="nginx nginx-dev libcurl4-openssl-dev libcjson-dev zlib1g-dev
+      libdeflate-dev gcc make
       dpkg-dev perl curl valgrind gdb"
 
 . "$(dirname "$0")/apt-missing.sh"
