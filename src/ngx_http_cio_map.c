@@ -2155,10 +2155,15 @@ ngx_http_cio_map_resolve(const cJSON *v, const char *field, char *err)
 static int
 ngx_http_cio_map_num_id(const cJSON *v, char *buf, size_t size)
 {
-    double  d;
+    return ngx_http_cio_map_num_text(v->valuedouble, buf, size);
+}
 
-    d = v->valuedouble;
 
+/* the same for the fast path, which reads the number itself */
+
+int
+ngx_http_cio_map_num_text(double d, char *buf, size_t size)
+{
     if (!(d > -NGX_HTTP_CIO_MAX_EXACT && d < NGX_HTTP_CIO_MAX_EXACT)) {
         return -1;
     }

@@ -1377,26 +1377,7 @@ fj_cut(const char *s, size_t n, size_t max)
 static int
 fj_num_id(const fj_val_t *v, char *buf, size_t size)
 {
-    double  d;
-
-    d = fj_strtod(v);
-
-    if (!(d > -FJ_MAX_EXACT && d < FJ_MAX_EXACT)) {
-        return -1;
-    }
-
-    if (d == (double) (int64_t) d) {
-        snprintf(buf, size, "%.0f", d);
-        return 0;
-    }
-
-    snprintf(buf, size, "%.15g", d);
-
-    if (strtod(buf, NULL) != d) {
-        snprintf(buf, size, "%.17g", d);
-    }
-
-    return 0;
+    return ngx_http_cio_map_num_text(fj_strtod(v), buf, size);
 }
 
 

@@ -42,6 +42,7 @@ void ngx_http_cio_map_ulid(int64_t ms, const char *seed, size_t len,
     char *out);
 int ngx_http_cio_map_is_email(const char *s);
 int ngx_http_cio_map_placeholder(const char *s);
+int ngx_http_cio_map_num_text(double d, char *buf, size_t size);
 int ngx_http_cio_map_is_cio(const char *key);
 int ngx_http_cio_map_listed(const char *name, const char **list, size_t n);
 
