@@ -308,7 +308,19 @@ bench: build bench-deps $(BENCH_TOOLS)
 
 # what the repository ships but make test does not run: compiled and
 # syntax-checked here so that none of it rots unseen
-tools: $(BENCH_TOOLS)
+# the fuzz targets' own main() (-DFUZZ_STANDALONE), for gcc and Valgrind
+build/fuzz_body_standalone: $(FUZZ_SRCS) t/fuzz/fuzz_main.h $(MAP_DEPS)
+	@mkdir -p build
+	$(CC) $(BENCH_CFLAGS) -DFUZZ_STANDALONE $(FUZZ_SRCS) \
+		-lcjson -lz -lm -o $@
+
+build/fuzz_diff_standalone: t/fuzz/fuzz_diff.c t/fuzz/map_diff.h \
+		t/fuzz/fuzz_main.h $(MAP_DEPS)
+	@mkdir -p build
+	$(CC) $(BENCH_CFLAGS) -DFUZZ_STANDALONE t/fuzz/fuzz_diff.c \
+		$(MAP_SRCS) -lcjson -lm -o $@
+
+tools: $(BENCH_TOOLS) build/fuzz_body_standalone build/fuzz_diff_standalone
 	@for f in bench/*.pl scripts/*.pl t/*.t; do \
 		perl -I t/lib -c $$f 2>&1 | grep -v 'syntax OK$$' && exit 1; \
 	done; echo "tools: bench and fuzz targets build, scripts compile"

@@ -599,37 +599,14 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 #ifdef FUZZ_STANDALONE
 
+#include "fuzz_main.h"
+
+
 int
 main(int argc, char **argv)
 {
-    int             i;
-    long            n;
-    FILE           *f;
-    unsigned char  *buf;
-
-    LLVMFuzzerInitialize(&argc, &argv);
-
-    for (i = 1; i < argc; i++) {
-        f = fopen(argv[i], "rb");
-        if (f == NULL) {
-            perror(argv[i]);
-            return 1;
-        }
-
-        fseek(f, 0, SEEK_END);
-        n = ftell(f);
-        fseek(f, 0, SEEK_SET);
-
-        buf = malloc(n > 0 ? n : 1);
-        if (buf == NULL || fread(buf, 1, n, f) != (size_t) n) {
-            perror(argv[i]);
-            return 1;
-        }
-
-        fclose(f);
-
-        LLVMFuzzerTestOneInput(buf, n);
-        free(buf);
+    if (fuzz_run_files(argc, argv) != 0) {
+        return 1;
     }
 
     printf("%d inputs ran\n", argc - 1);
