@@ -24,8 +24,8 @@ use POSIX qw(:sys_wait_h);
 use Test::More;
 use Time::HiRes qw(time sleep);
 use Cio::Test qw(wait_until);
+use Cio::Gdb qw($GDB proc_field stop_at stopped release);
 
-my ($GDB) = grep { -x $_ } map { "$_/gdb" } split /:/, $ENV{PATH};
 Cio::Test::prerequisite($GDB,
     'gdb is needed to stop a worker holding the lock (scripts/deps.sh)');
 plan(skip_all => 'not under Valgrind') if $ENV{CIO_VALGRIND};
@@ -57,64 +57,6 @@ sub conf {
         }
     }
 END
-}
-
-sub proc_field {
-    my ($pid, $field) = @_;
-    open my $fh, '<', "/proc/$pid/status" or return undef;
-    while (<$fh>) {
-        return $1 if /^\Q$field\E:\s*(\S+)/;
-    }
-    return undef;
-}
-
-# Attaches gdb to $pid in the background and runs it to $break ($skip hits
-# ignored); gdb then holds it there, stopped, until release() is called.
-# Returns gdb's pid.
-sub stop_at {
-    my ($t, $pid, $break, $skip) = @_;
-
-    my $dir = $t->dir;
-    unlink "$dir/gdb.stopped", "$dir/gdb.go";
-
-    my @ex = ('set pagination off', "break $break");
-    push @ex, "ignore 1 $skip" if $skip;
-    push @ex, 'continue', "shell touch $dir/gdb.stopped",
-        "shell while [ ! -e $dir/gdb.go ]; do sleep 0.05; done",
-        'detach', 'quit';
-
-    my $gdb = fork();
-    die "fork: $!" unless defined $gdb;
-
-    if ($gdb == 0) {
-        open STDOUT, '>>', "$dir/gdb.log";
-        open STDERR, '>&', \*STDOUT;
-        open STDIN, '<', '/dev/null';
-        exec $GDB, '-nx', '-batch', '-p', $pid, map { ('-ex', $_) } @ex;
-        exit 127;
-    }
-
-    return $gdb;
-}
-
-# waits until gdb holds the process at its breakpoint
-sub stopped {
-    my ($t, $gdb, $timeout) = @_;
-    return wait_until(sub {
-        -e $t->dir . '/gdb.stopped' || waitpid($gdb, WNOHANG) == $gdb
-    }, $timeout) && -e $t->dir . '/gdb.stopped';
-}
-
-# lets gdb go on (a killed process is only reaped by its parent once its
-# tracer has seen it die) and waits for gdb to exit
-sub release {
-    my ($t, $gdb) = @_;
-    open my $fh, '>', $t->dir . '/gdb.go' or die "gdb.go: $!";
-    close $fh;
-    unless (wait_until(sub { waitpid($gdb, WNOHANG) == $gdb }, 20)) {
-        kill 'KILL', $gdb;
-        waitpid($gdb, 0);
-    }
 }
 
 sub event {

@@ -23,8 +23,7 @@ use POSIX qw(:sys_wait_h);
 use Test::More;
 use Cio::Test qw(basic wait_until);
 use Cio::Load qw(dead_letters);
-
-my ($GDB) = grep { -x $_ } map { "$_/gdb" } split /:/, $ENV{PATH};
+use Cio::Gdb qw($GDB proc_field stop_at release);
 
 sub conf {
     my ($url, $site, $extra) = @_;
@@ -51,51 +50,6 @@ sub event {
     my ($name) = @_;
     return { type => 'track', userId => 'u1', event => $name,
              messageId => "m-$name" };
-}
-
-sub proc_field {
-    my ($pid, $field) = @_;
-    open my $fh, '<', "/proc/$pid/status" or return undef;
-    while (<$fh>) {
-        return $1 if /^\Q$field\E:\s*(\S+)/;
-    }
-    return undef;
-}
-
-# gdb runs $pid to $break and holds it there until release() (t/49)
-sub stop_at {
-    my ($t, $pid, $break) = @_;
-
-    my $dir = $t->dir;
-    unlink "$dir/gdb.stopped", "$dir/gdb.go";
-
-    my @ex = ('set pagination off', "break $break", 'continue',
-        "shell touch $dir/gdb.stopped",
-        "shell while [ ! -e $dir/gdb.go ]; do sleep 0.05; done",
-        'detach', 'quit');
-
-    my $gdb = fork();
-    die "fork: $!" unless defined $gdb;
-
-    if ($gdb == 0) {
-        open STDOUT, '>>', "$dir/gdb.log";
-        open STDERR, '>&', \*STDOUT;
-        open STDIN, '<', '/dev/null';
-        exec $GDB, '-nx', '-batch', '-p', $pid, map { ('-ex', $_) } @ex;
-        exit 127;
-    }
-
-    return $gdb;
-}
-
-sub release {
-    my ($t, $gdb) = @_;
-    open my $fh, '>', $t->dir . '/gdb.go' or die "gdb.go: $!";
-    close $fh;
-    unless (wait_until(sub { waitpid($gdb, WNOHANG) == $gdb }, 20)) {
-        kill 'KILL', $gdb;
-        waitpid($gdb, 0);
-    }
 }
 
 # --- a whole-batch 400 read by a worker that exits ---------------------------
