@@ -40,25 +40,12 @@ for my $want (266, 292) {
         qr/\[alert\].*cio: \d+ undelivered events are lost with the zone/);
 
     # nobody listens on $port; the first failure holds the rest a minute
-    $t->config(http => <<"END")->run;
-    %%ZONE:4m%%
-    cio_flush_interval 20ms;
-    cio_retry_backoff 60s 60s;
-    cio_retry_max 1000;
-
-    server {
-        listen 127.0.0.1:%%PORT%%;
-        location /cio/ {
-            cio_ingest segment;
-            cio_site_id site1;
-            cio_api_key key1;
-            cio_endpoint http://127.0.0.1:$port;
-        }
-        location = /status {
-            cio_status;
-        }
-    }
-END
+    $t->config(http => Cio::Test::ingest_http(
+        endpoint => "http://127.0.0.1:$port", zone => '4m',
+        http => "cio_flush_interval 20ms;\n"
+            . "cio_retry_backoff 60s 60s;\n"
+            . "cio_retry_max 1000;",
+        server => 'location = /status { cio_status; }'))->run;
 
     my $ws = sub {
         my ($st, undef, $body) = $t->http('GET', '/status');
