@@ -284,6 +284,8 @@ ngx_http_cio_deliver_exit(ngx_cycle_t *cycle)
 
     d->sender = NULL;
     d->notify = NULL;
+
+    ngx_http_cio_queue_free_spares();
 }
 
 
@@ -546,7 +548,7 @@ ngx_http_cio_deliver_send(ngx_http_cio_shws_t *ws)
 
     if (req == NULL) {
         ngx_log_error(NGX_LOG_ALERT, d->log, 0, "cio: out of memory");
-        ngx_free(body);
+        ngx_http_cio_queue_free_body(body);
         goto failed;
     }
 
@@ -623,6 +625,13 @@ ngx_http_cio_deliver_results(void)
         next = req->next;
 
         ngx_http_cio_deliver_settle(req);
+
+        if (!req->part) {
+            /* a piece's body is its own, made to its size */
+            ngx_http_cio_queue_free_body((u_char *) req->body);
+            req->body = NULL;
+        }
+
         ngx_http_cio_sreq_free(req);
     }
 }
@@ -1479,7 +1488,7 @@ ngx_http_cio_deliver_split_end(ngx_http_cio_split_t *sp)
         cJSON_free(sp->answers[i]);
     }
 
-    ngx_free(sp->body);
+    ngx_http_cio_queue_free_body((u_char *) sp->body);
     free(sp->url);
     free(sp->userpwd);
     ngx_http_cio_queue_free_batch(batch);
