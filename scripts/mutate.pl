@@ -476,7 +476,7 @@ my @MUTATIONS = (
         name => 'journal-no-crc',
         what => 'a damaged journal record is queued as an item',
         file => $JOURNAL,
-        from => q~    if (ngx_http_cio_crc32(0, p + 12, len + 4) != crc) {~,
+        from => q~    if (ngx_http_cio_crc32(0, p + 12, n + 4) != crc) {~,
         to => q~    if (0) {~,
         tests => [qw(t/71-journal-damage.t)],
     },
@@ -488,6 +488,17 @@ my @MUTATIONS = (
         from => q~    if (act == NGX_HTTP_CIO_ACT_DEAD && acts && jw->dl~,
         to => q~    if (0 && act == NGX_HTTP_CIO_ACT_DEAD && acts && jw->dl~,
         tests => [qw(t/75-journal-dead-letter.t)],
+    },
+    {
+        name => 'journal-reused-past',
+        what => 'a segment written over a spare reads on into what the '
+            . 'file held before: delivered events are sent again',
+        file => $JOURNAL,
+        from => q~    if (rno != no) {
+        return NGX_DONE;
+    }~,
+        to => q~    (void) rno;~,
+        tests => [qw(t/76-journal-reuse.t)],
     },
     {
         name => 'journal-settles-twice',

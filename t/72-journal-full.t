@@ -28,7 +28,8 @@ cio_journal $journal;
 END
 }
 
-# every record of every segment whole, none cut: the number of them
+# every record of every segment whole, none cut, up to its end mark: the
+# number of them
 sub whole_records {
     my ($dir) = @_;
     my ($n, @bad) = (0);
@@ -38,6 +39,9 @@ sub whole_records {
         my $off = 0;
         while ($off < length $data) {
             my ($magic, $len, $crc) = unpack 'a4 V V', substr($data, $off, 12);
+            # the end mark: what follows is a reused file's past
+            last if ($magic // '') eq 'CIOE'
+                && crc32(substr($data, $off + 12, 4)) == $crc;
             if (($magic // '') ne 'CIOJ' || $off + 16 + $len > length $data
                 || crc32(substr($data, $off + 12, $len + 4)) != $crc)
             {
