@@ -189,6 +189,11 @@ END
         return $st == 200;
     }, 10);
     is($st, 200, 'the drained queue accepts again');
+
+    # a small event fits before the batch in flight settles: it waits for
+    # that batch, its person's, and the settle sentinel (another person)
+    # is no barrier for it
+    is_deeply($cio->wait_names(['after'], 15), [], 'and delivers it');
     $t->delivered_exactly($cio, { (map { ("e-$_" => 1) } 1 .. $accepted),
         after => 1 },
         'the accepted events, once each; the refused one never');
