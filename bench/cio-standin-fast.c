@@ -22,7 +22,7 @@
  * Prints "listening on 127.0.0.1:PORT" once ready (PORT 0 picks one).
  * --hold parks every batch request unanswered until
  * POST /__standin/release (a backlog builds up in the module's queue
- * meanwhile).  GET /__standin/stats answers the counters as JSON; POST
+ * meanwhile); POST /__standin/hold parks them again.  GET /__standin/stats answers the counters as JSON; POST
  * /__standin/reset zeroes them.  SIGTERM / SIGINT stop it.
  */
 
@@ -684,6 +684,16 @@ process(conn_t *c)
             held_head = c;
             stats.held++;
             break;
+        }
+
+        if (strcmp(r.method, "POST") == 0
+            && strcmp(r.path, "/__standin/hold") == 0)
+        {
+            hold = 1;
+            respond(c, 200, "{}", r.keep);
+            memmove(c->rbuf, c->rbuf + total, c->rlen - total);
+            c->rlen -= total;
+            continue;
         }
 
         if (strcmp(r.method, "POST") == 0
