@@ -22,8 +22,9 @@
  * Prints "listening on 127.0.0.1:PORT" once ready (PORT 0 picks one).
  * --hold parks every batch request unanswered until
  * POST /__standin/release (a backlog builds up in the module's queue
- * meanwhile); POST /__standin/hold parks them again.  GET /__standin/stats answers the counters as JSON; POST
- * /__standin/reset zeroes them.  SIGTERM / SIGINT stop it.
+ * meanwhile); POST /__standin/hold parks them again.  GET
+ * /__standin/stats answers the counters as JSON; POST /__standin/reset
+ * zeroes them.  SIGTERM / SIGINT stop it.
  */
 
 
@@ -687,23 +688,18 @@ process(conn_t *c)
         }
 
         if (strcmp(r.method, "POST") == 0
-            && strcmp(r.path, "/__standin/hold") == 0)
+            && (strcmp(r.path, "/__standin/hold") == 0
+                || strcmp(r.path, "/__standin/release") == 0))
         {
-            hold = 1;
+            hold = (r.path[11] == 'h');
             respond(c, 200, "{}", r.keep);
             memmove(c->rbuf, c->rbuf + total, c->rlen - total);
             c->rlen -= total;
-            continue;
-        }
 
-        if (strcmp(r.method, "POST") == 0
-            && strcmp(r.path, "/__standin/release") == 0)
-        {
-            hold = 0;
-            respond(c, 200, "{}", r.keep);
-            memmove(c->rbuf, c->rbuf + total, c->rlen - total);
-            c->rlen -= total;
-            release_all();
+            if (!hold) {
+                release_all();
+            }
+
             continue;
         }
 
