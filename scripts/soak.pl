@@ -180,11 +180,7 @@ while (time < $end) {
         # what was answered 200
         shift @crash_at;
         $cio->stop if $cio->running;
-        my @pids = ($t->master_pid, $t->worker_pids);
-        kill 'KILL', @pids;
-        waitpid($t->master_pid, 0);
-        delete $t->{nginx_pid};
-        wait_until(sub { !grep { kill 0, $_ } @pids }, 10);
+        $t->kill_all;
         note(sprintf '%5.1f s: SIGKILL of master and workers, Customer.io '
             . 'down', time - $start);
         $t->run;

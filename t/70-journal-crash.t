@@ -75,16 +75,6 @@ sub lines {
     return map { chomp; $_ } grep { /\n\z/ } <$fh>;
 }
 
-# SIGKILL to the master and its workers at once; waits until all are gone
-sub kill_all {
-    my ($t) = @_;
-    my @pids = ($t->master_pid, $t->worker_pids);
-    kill 'KILL', @pids;
-    waitpid($t->master_pid, 0);
-    delete $t->{nginx_pid};
-    return wait_until(sub { !grep { kill 0, $_ } @pids }, 10);
-}
-
 sub crash_rounds {
     my ($t, $rounds, $accepted) = @_;
 
@@ -104,7 +94,7 @@ sub crash_rounds {
         # killed in the middle of the load, with requests on the way
         ok(wait_until(sub { my @l = lines($file); @l >= 150 }, 20),
             "round $round: load running");
-        ok(kill_all($t), "round $round: master and workers SIGKILLed");
+        ok($t->kill_all, "round $round: master and workers SIGKILLed");
 
         waitpid($child, 0);
         my @names = lines($file);
@@ -218,7 +208,7 @@ sub crash_rounds {
     ok((() = glob($t->dir . '/journal/*.seg')) >= 2,
         'the journal rolled over to a new segment');
 
-    ok(kill_all($t), 'master and workers SIGKILLed');
+    ok($t->kill_all, 'master and workers SIGKILLed');
     $cio = $t->standin(workspaces => ['site1:key1'], port => $port);
     $t->run;
     ok($t->log_lines(qr/cio: journal ".*": \d+ records in \d+ segments, \d+ settled, 200 queued again/),
@@ -249,7 +239,7 @@ sub crash_rounds {
     ok($t->log_lines(qr/cio: the zone was resized, 20 queued events moved/),
         'the queue moved to the new zone');
 
-    ok(kill_all($t), 'master and workers SIGKILLed');
+    ok($t->kill_all, 'master and workers SIGKILLed');
     my $cio = $t->standin(workspaces => ['site1:key1'], port => $port);
     $t->run;
     is_deeply($cio->wait_names(\@ok, 15), [], 'every one delivered');

@@ -30,15 +30,6 @@ cio_journal %%TESTDIR%%/journal sync=off;
 END
 }
 
-sub kill_all {
-    my ($t) = @_;
-    my @pids = ($t->master_pid, $t->worker_pids);
-    kill 'KILL', @pids;
-    waitpid($t->master_pid, 0);
-    delete $t->{nginx_pid};
-    return wait_until(sub { !grep { kill 0, $_ } @pids }, 10);
-}
-
 # [offset, length] of each record of a segment (magic "CIOJ", length,
 # crc, then the 16-byte header's two lengths)
 sub records {
@@ -73,7 +64,7 @@ sub journaled {
 
     my @names = post_events($t, '/cio', 'dmg', 20);
     is(scalar @names, 20, '20 events answered 200');
-    ok(kill_all($t), 'master and worker SIGKILLed');
+    ok($t->kill_all, 'master and worker SIGKILLed');
 
     my @segs = glob($t->dir . '/journal/*.seg');
     is(scalar @segs, 1, 'one segment');

@@ -79,11 +79,7 @@ ok(wait_until(sub { my @l = lines($file); @l >= 300 }, 30),
     '300 events answered 200 under load');
 
 # the power goes: nothing after this moment reaches the disk
-my @pids = ($t->master_pid, $t->worker_pids);
-kill 'KILL', @pids;
-waitpid($t->master_pid, 0);
-delete $t->{nginx_pid};
-ok(wait_until(sub { !grep { kill 0, $_ } @pids }, 10), 'every process killed');
+ok($t->kill_all, 'every process killed');
 waitpid($_, 0) for @children;
 
 my @accepted = lines($file);

@@ -66,12 +66,7 @@ sub queued_again {
 # every process dies at once, and the dead-letter file loses what was
 # not synced
 sub power_loss {
-    my @pids = ($t->master_pid, $t->worker_pids);
-    kill 'KILL', @pids;
-    waitpid($t->master_pid, 0);
-    delete $t->{nginx_pid};
-    ok(wait_until(sub { !grep { kill 0, $_ } @pids }, 10),
-        'every process killed');
+    ok($t->kill_all, 'every process killed');
 
     my ($keep) = synced();
     my $size = -s $dead // 0;

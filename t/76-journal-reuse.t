@@ -69,12 +69,7 @@ my ($reused) = grep {
 } glob "$dir/*.seg";
 ok($reused, 'a segment written over a file that held delivered events');
 
-my @pids = ($t->master_pid, $t->worker_pids);
-kill 'KILL', @pids;
-waitpid($t->master_pid, 0);
-delete $t->{nginx_pid};
-ok(wait_until(sub { !grep { kill 0, $_ } @pids }, 10),
-    'master and worker SIGKILLed');
+ok($t->kill_all, 'master and worker SIGKILLed');
 
 # the last write torn at its end mark: with no mark, a start reads on
 # into the file's past, and must stop at its first record of another

@@ -384,6 +384,17 @@ sub kill_workers {
     }, 15);
 }
 
+# SIGKILL to the master and every worker at once, as a crash of the whole
+# server (the OOM killer, a power loss); true once none of them is left
+sub kill_all {
+    my ($self) = @_;
+    my @pids = ($self->master_pid, $self->worker_pids);
+    kill 'KILL', @pids;
+    waitpid($self->master_pid, 0);
+    delete $self->{nginx_pid};
+    return wait_until(sub { !grep { kill 0, $_ } @pids }, 10);
+}
+
 # the lines of error.log matching $re
 sub log_lines {
     my ($self, $re) = @_;
