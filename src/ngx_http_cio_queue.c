@@ -131,6 +131,7 @@ static void *ngx_http_cio_queue_spare(ngx_http_cio_spares_t *sp,
     size_t size);
 static void ngx_http_cio_queue_unspare(ngx_http_cio_spares_t *sp,
     void *p);
+static void ngx_http_cio_queue_drop_spares(ngx_http_cio_spares_t *sp);
 static char *ngx_http_cio_queue_dup(ngx_str_t *s);
 static ngx_int_t ngx_http_cio_queue_copy_str(ngx_slab_pool_t *shpool,
     ngx_str_t *dst, ngx_str_t *src);
@@ -1553,16 +1554,8 @@ ngx_http_cio_queue_free_body(u_char *body)
 void
 ngx_http_cio_queue_free_spares(void)
 {
-    ngx_uint_t              i;
-    ngx_http_cio_spares_t  *sp;
-
-    for (i = 0; i < 2; i++) {
-        sp = i ? &ngx_http_cio_queue_arrays : &ngx_http_cio_queue_bodies;
-
-        while (sp->n) {
-            ngx_free(sp->free[--sp->n]);
-        }
-    }
+    ngx_http_cio_queue_drop_spares(&ngx_http_cio_queue_bodies);
+    ngx_http_cio_queue_drop_spares(&ngx_http_cio_queue_arrays);
 }
 
 
@@ -1576,10 +1569,7 @@ static void *
 ngx_http_cio_queue_spare(ngx_http_cio_spares_t *sp, size_t size)
 {
     if (sp->size != size) {
-        while (sp->n) {
-            ngx_free(sp->free[--sp->n]);
-        }
-
+        ngx_http_cio_queue_drop_spares(sp);
         sp->size = size;
     }
 
@@ -1588,6 +1578,15 @@ ngx_http_cio_queue_spare(ngx_http_cio_spares_t *sp, size_t size)
     }
 
     return ngx_alloc(size, ngx_cycle->log);
+}
+
+
+static void
+ngx_http_cio_queue_drop_spares(ngx_http_cio_spares_t *sp)
+{
+    while (sp->n) {
+        ngx_free(sp->free[--sp->n]);
+    }
 }
 
 
