@@ -23,7 +23,8 @@
 #                      (default "sync=1s")
 #   BENCH_PERF=DIR     the journal part: perf record of each nginx worker
 #                      during round 1's batch runs (BENCH_PERF_ROUND=N:
-#                      round N's), reports in DIR
+#                      round N's; BENCH_PERF_CASE=single: the single
+#                      calls' runs), reports in DIR
 #   CIO_MODULE=PATH    another build of the module (t/lib/Cio/Test.pm)
 #   BENCH_KEEP=1       keep the nginx test directories (CIO_TEST_LEAVE)
 #
@@ -711,7 +712,7 @@ sub journal_cost {
             my @which = $round % 2 ? qw(none journal) : qw(journal none);
             for my $which (@which) {
                 my @perf = ($round == ($ENV{BENCH_PERF_ROUND} || 1)
-                           && $case eq 'batch')
+                           && $case eq ($ENV{BENCH_PERF_CASE} || 'batch'))
                     ? perf_start($t{$which}, "$case-$which") : ();
                 standin_post($s, 'hold');
                 my $cpu0 = worker_cpu($t{$which});
