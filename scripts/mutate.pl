@@ -501,6 +501,16 @@ my @MUTATIONS = (
         tests => [qw(t/76-journal-reuse.t)],
     },
     {
+        name => 'journal-spare-cold',
+        what => 'a spare the page cache dropped is written over all the '
+            . 'same: the kernel reads a page in the event loop at every '
+            . 'write',
+        file => $JOURNAL,
+        from => q~    if (ngx_http_cio_journal_cold(j, log)) {~,
+        to => q~    if (0 && ngx_http_cio_journal_cold(j, log)) {~,
+        tests => [qw(t/77-journal-spare-cold.t)],
+    },
+    {
         name => 'journal-settles-twice',
         what => 'an item settled is counted twice: a segment is deleted '
             . 'while it holds unsettled records',

@@ -28,7 +28,8 @@
  * and their crc32 mixed with the segment's number.  A segment whose every
  * record is settled, and which is not the one written to, is deleted with
  * its .ack, or, when there is none yet, renamed PATH/spare: the next
- * segment is that file again.  Writing over pages the page cache holds
+ * segment is that file again, unless the page cache no longer holds all
+ * of it (below, ngx_http_cio_journal_cold).  Writing over pages it holds
  * already costs the kernel half of what new pages cost (no allocation,
  * no zeroing, no block reservation; a 9.5 KB pwrite() on ext4 here: 3.4
  * against 7.8 us), and no unlink() has to free the old one's pages.
@@ -232,6 +233,8 @@ static uint32_t ngx_http_cio_journal_retire(ngx_http_cio_journal_t *j,
 static void ngx_http_cio_journal_reuse(ngx_http_cio_journal_t *j,
     ngx_http_cio_jseg_t *seg, ngx_log_t *log);
 static void ngx_http_cio_journal_unspare(ngx_http_cio_journal_t *j,
+    ngx_log_t *log);
+static ngx_uint_t ngx_http_cio_journal_cold(ngx_http_cio_journal_t *j,
     ngx_log_t *log);
 static ngx_int_t ngx_http_cio_journal_rename(ngx_http_cio_journal_t *j,
     uint32_t no, ngx_uint_t to_spare, ngx_log_t *log);
@@ -1456,13 +1459,98 @@ static void
 ngx_http_cio_journal_reuse(ngx_http_cio_journal_t *j,
     ngx_http_cio_jseg_t *seg, ngx_log_t *log)
 {
-    if (ngx_http_cio_journal_rename(j, seg->no, 0, log) == NGX_OK) {
+    if (ngx_http_cio_journal_cold(j, log)) {
+        ngx_log_error(NGX_LOG_INFO, log, 0,
+                      "cio: journal \"%V\": the spare segment's pages "
+                      "left the page cache, a new file is written instead",
+                      &j->path);
+
+    } else if (ngx_http_cio_journal_rename(j, seg->no, 0, log) == NGX_OK) {
         seg->disk = j->sh->spare;
         j->sh->spare = 0;
         return;
     }
 
     ngx_http_cio_journal_unspare(j, log);
+}
+
+
+/*
+ * Whether some of PATH/spare is no longer in the page cache (memory
+ * pressure took it): writing part of a page the cache does not hold makes
+ * the kernel read that page first, in the event loop, at every write.
+ * mincore() of a read-only mapping tells, in a few microseconds for a
+ * 64 MB segment.
+ */
+
+static ngx_uint_t
+ngx_http_cio_journal_cold(ngx_http_cio_journal_t *j, ngx_log_t *log)
+{
+    void             *addr;
+    u_char           *name, *vec;
+    size_t            size, pages, i;
+    ngx_fd_t          fd;
+    ngx_uint_t        cold;
+    ngx_file_info_t   fi;
+
+    name = ngx_alloc(j->path.len + NGX_HTTP_CIO_J_NAME_LEN, log);
+    if (name == NULL) {
+        return 1;
+    }
+
+    ngx_sprintf(name, "%V/spare%Z", &j->path);
+
+    fd = ngx_open_file(name, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+
+    ngx_free(name);
+
+    if (fd == NGX_INVALID_FILE) {
+        return 1;
+    }
+
+    cold = 1;
+
+    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR) {
+        goto done;
+    }
+
+    size = (size_t) ngx_file_size(&fi);
+    pages = (size + ngx_pagesize - 1) / ngx_pagesize;
+
+    if (size == 0) {
+        cold = 0;
+        goto done;
+    }
+
+    vec = ngx_alloc(pages, log);
+    if (vec == NULL) {
+        goto done;
+    }
+
+    addr = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
+
+    if (addr != MAP_FAILED) {
+        if (mincore(addr, size, vec) == 0) {
+            cold = 0;
+
+            for (i = 0; i < pages; i++) {
+                if ((vec[i] & 1) == 0) {
+                    cold = 1;
+                    break;
+                }
+            }
+        }
+
+        (void) munmap(addr, size);
+    }
+
+    ngx_free(vec);
+
+done:
+
+    (void) ngx_close_file(fd);
+
+    return cold;
 }
 
 
