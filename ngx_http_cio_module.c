@@ -742,17 +742,35 @@ ngx_http_cio_workspace(ngx_conf_t *cf, ngx_http_cio_loc_conf_t *lcf)
 
     wsp = mcf->workspaces.elts;
 
+    /* the zone keeps one queue, with one key, per site and endpoint */
+
     for (i = 0; i < mcf->workspaces.nelts; i++) {
-        if (wsp[i]->url.len == ws->url.len
-            && wsp[i]->userpwd.len == ws->userpwd.len
-            && ngx_memcmp(wsp[i]->url.data, ws->url.data, ws->url.len) == 0
-            && ngx_memcmp(wsp[i]->userpwd.data, ws->userpwd.data,
-                          ws->userpwd.len)
-               == 0)
+        if (wsp[i]->url.len != ws->url.len
+            || wsp[i]->site_id.len != ws->site_id.len
+            || ngx_memcmp(wsp[i]->url.data, ws->url.data, ws->url.len) != 0
+            || ngx_memcmp(wsp[i]->site_id.data, ws->site_id.data,
+                          ws->site_id.len)
+               != 0)
         {
-            lcf->ws = wsp[i];
-            return NGX_OK;
+            continue;
         }
+
+        if (wsp[i]->userpwd.len != ws->userpwd.len
+            || ngx_memcmp(wsp[i]->userpwd.data, ws->userpwd.data,
+                          ws->userpwd.len)
+               != 0)
+        {
+            ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                          "site \"%V\" has another \"cio_api_key\" in an "
+                          "earlier location with the same endpoint: their "
+                          "events share one queue and are all sent with "
+                          "the earlier key, for the \"cio_ingest\" "
+                          "directive in %s:%ui",
+                          &ws->site_id, lcf->ingest_file, lcf->ingest_line);
+        }
+
+        lcf->ws = wsp[i];
+        return NGX_OK;
     }
 
     wsp = ngx_array_push(&mcf->workspaces);

@@ -501,6 +501,22 @@ my @MUTATIONS = (
         tests => [qw(t/76-journal-reuse.t)],
     },
     {
+        name => 'two-keys-last-wins',
+        what => 'a second location with the site\'s other API key gets a '
+            . 'workspace of its own, and the zone\'s one queue for the '
+            . 'site is sent with whichever key came last',
+        file => $MODULE,
+        from => q~        lcf->ws = wsp[i];
+        return NGX_OK;
+    }~,
+        to => q~        if (wsp[i]->userpwd.len == ws->userpwd.len) {
+            lcf->ws = wsp[i];
+            return NGX_OK;
+        }
+    }~,
+        tests => [qw(t/40-retry.t)],
+    },
+    {
         name => 'journal-spare-cold',
         what => 'a spare the page cache dropped is written over all the '
             . 'same: the kernel reads a page in the event loop at every '

@@ -233,6 +233,25 @@ END
         http => <<'END' },
     cio_zone zone=cio:lots;
 END
+    {   name => 'one site, two API keys',
+        level => 'warn',
+        msg => 'site "s" has another "cio_api_key" in an earlier location '
+            . 'with the same endpoint: their events share one queue and '
+            . 'are all sent with the earlier key, for the "cio_ingest" '
+            . 'directive',
+        at => [ 'nginx.conf', qr/cio_api_key k2/ ],
+        http => <<'END' },
+    %%ZONE%%
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location /a/ { cio_ingest segment; cio_site_id s; cio_api_key k1; }
+        location /b/ { cio_ingest segment; cio_site_id s; cio_api_key k2; }
+        location /eu/ {
+            cio_ingest segment; cio_site_id s; cio_api_key k3;
+            cio_region eu;
+        }
+    }
+END
     {   name => 'cio_max_batch_size over client_max_body_size',
         level => 'warn',
         msg => '"cio_max_batch_size" 614400 is over "client_max_body_size" '

@@ -184,4 +184,32 @@ sub requests_with {
     $t->done_part;
 }
 
+# --- one site, two keys in two locations: one queue, the first key ----------
+
+{
+    my $t = Cio::Test->new;
+    my $cio = $t->standin(workspaces => ['site1:key1']);
+    my $url = $cio->url;
+
+    # /other/ comes first in the file: its key is the one
+    $t->config(http => Cio::Test::ingest_http(endpoint => $url,
+        key => 'another', http => 'cio_flush_interval 20ms;',
+        server => <<"END"))->run;
+location /other/ {
+    cio_ingest segment; cio_site_id site1; cio_api_key key1;
+    cio_endpoint $url;
+}
+END
+    ok($t->log_lines(qr/\[warn\].*site "site1" has another "cio_api_key" /),
+        'a second key for the site is a warning');
+
+    my @names = (post_events($t, '/other', 'first', 3),
+                 post_events($t, '/cio', 'second', 3));
+    is(scalar @names, 6, 'events accepted at both locations');
+    all_delivered($cio, \@names, 'both locations, sent with the first key');
+    is_deeply(requests_with($cio, 401), [], 'no request with the other key');
+
+    $t->done_part;
+}
+
 done_testing();
