@@ -501,6 +501,18 @@ my @MUTATIONS = (
         tests => [qw(t/76-journal-reuse.t)],
     },
     {
+        name => 'pieces-skip-bucket',
+        what => 'the pieces of a split batch go out without a token: '
+            . 'Customer.io sees more than cio_rate',
+        file => $QUEUE,
+        from => q~    } else if (mcf->rate && ngx_http_cio_queue_token(ws, mcf, now) != NGX_OK)
+    {
+        rc = NGX_AGAIN;~,
+        to => q~    } else if (0) {
+        rc = NGX_AGAIN;~,
+        tests => [qw(t/42-rate.t)],
+    },
+    {
         name => 'two-keys-last-wins',
         what => 'a second location with the site\'s other API key gets a '
             . 'workspace of its own, and the zone\'s one queue for the '

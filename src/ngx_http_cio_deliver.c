@@ -1149,6 +1149,7 @@ ngx_http_cio_deliver_piece_abort(ngx_http_cio_split_t *sp)
 static void
 ngx_http_cio_deliver_pieces(void)
 {
+    ngx_int_t                rc;
     ngx_http_cio_piece_t    *pc, **pp;
     ngx_http_cio_split_t    *sp;
     ngx_http_cio_settle_t    back;
@@ -1170,13 +1171,22 @@ ngx_http_cio_deliver_pieces(void)
             continue;
         }
 
+        rc = d->exiting ? NGX_DECLINED
+                        : ngx_http_cio_queue_may_send(d->zone,
+                                                      sp->batch->ws, d->mcf);
+
+        if (rc == NGX_AGAIN) {
+            pp = &pc->next;
+            continue;
+        }
+
         *pp = pc->next;
 
         if (d->waiting_tail == &pc->next) {
             d->waiting_tail = pp;
         }
 
-        if (!d->exiting && ngx_http_cio_deliver_piece_send(pc) == NGX_OK) {
+        if (rc == NGX_OK && ngx_http_cio_deliver_piece_send(pc) == NGX_OK) {
             sp->out = 1;
             continue;
         }

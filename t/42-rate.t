@@ -15,7 +15,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes qw(time sleep);
 use Cio::Test qw(wait_until);
-use Cio::Load qw(post_events dead_letters);
+use Cio::Load qw(post_events post_batch dead_letters);
 
 sub conf {
     my ($url, $rate) = @_;
@@ -98,6 +98,39 @@ sub steady {
         . 'stand-in\'s rate');
     is_deeply(dead_letters($t->dir . '/dead.jsonl'), [],
         'and none of their events counted against cio_retry_max 0');
+
+    $t->done_part;
+}
+
+# --- a split batch's pieces take tokens like any batch ----------------------
+
+# A batch Customer.io rejects whole for one bad item is sent again in
+# pieces (t/46-refusals.t): each piece is a request, and the bucket
+# counts it.
+{
+    my $t = Cio::Test->new;
+    my $cio = $t->standin(workspaces => ['site1:key1']);
+    $t->allow_log(qr/\[error\].*cio: the batch of 16 events for site "site1" rejected with 400 was sent again in \d+ pieces: 15 delivered, 1 dead-lettered to /);
+
+    $t->config(http => conf($cio->url, 'cio_rate 4r/s burst=2;'))->run;
+    $cio->mode({ poison_match => '^poison-' });
+
+    my @names = map { $_ == 9 ? 'poison-1' : "piece-$_" } 1 .. 16;
+    is(scalar(post_batch($t, '/cio', \@names)), 16,
+        'a batch of 16 with one bad event accepted');
+    my @good = grep { /^piece-/ } @names;
+    is_deeply($cio->wait_names(\@good, 20), [],
+        'the 15 good ones delivered');
+    ok(wait_until(sub { @{ dead_letters($t->dir . '/dead.jsonl') } }, 10),
+        'the bad one dead-lettered');
+
+    my @r = sort { $a->{received_ms} <=> $b->{received_ms} }
+        @{ $cio->requests };
+    my $span = ($r[-1]{received_ms} - $r[0]{received_ms}) / 1000;
+    cmp_ok(scalar @r, '>=', 5, scalar(@r) . ' requests: the batch and its '
+        . 'pieces');
+    ok(@r <= 2 + 4 * $span + 1, sprintf('%d requests in %.2f s: within '
+        . 'what 4r/s with a burst of 2 allows', scalar @r, $span));
 
     $t->done_part;
 }
