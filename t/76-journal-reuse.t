@@ -14,52 +14,23 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 
 use Test::More;
-use Cio::Test qw(wait_until);
-use Cio::Load qw(post_batch);
+use Cio::Test;
+use Cio::Load qw(batches journal_spare batches_over_spare);
 
 my $t = Cio::Test->new(workers => 1);
 my $port = Cio::Test::free_port();
 my $dir = $t->dir . '/journal';
 
-# segments of 128 KB: max_size / 8
-$t->config(http => Cio::Test::ingest_http(
-    endpoint => "http://127.0.0.1:$port", http => <<'END'))->run;
-cio_flush_interval 20ms;
-cio_retry_backoff 50ms 200ms;
-cio_connect_timeout 1s;
-cio_journal %%TESTDIR%%/journal max_size=1m sync=off;
-END
-
-sub batches {
-    my ($prefix, $n) = @_;
-    my @ok;
-    for my $b (1 .. $n) {
-        push @ok, post_batch($t, '/cio',
-            [ map { "$prefix-$b-$_" } 1 .. 20 ]);
-    }
-    return @ok;
-}
-
-my $cio = $t->standin(workspaces => ['site1:key1'], port => $port);
-
-my @old = batches('old', 60);
-is(scalar @old, 1200, '1,200 events answered 200');
-is_deeply($cio->wait_names(\@old, 30), [], 'and delivered');
-ok(wait_until(sub { -e "$dir/spare" }, 10),
-    'a settled segment was kept as the spare');
+my $cio = journal_spare($t, $port);
 
 # Customer.io away: what comes now stays in the journal
 $cio->stop;
 
 # batches until the spare is a segment again, then two more: the new
 # records fill its first part only, and what it held lies after them
-my @new;
-for my $b (1 .. 60) {
-    push @new, post_batch($t, '/cio', [ map { "new-$b-$_" } 1 .. 20 ]);
-    last unless -e "$dir/spare";
-}
+my @new = batches_over_spare($t);
 ok(!-e "$dir/spare", 'the spare became a new segment');
-push @new, batches('more', 2);
+push @new, batches($t, 'more', 2);
 is(scalar @new % 20, 0, scalar(@new) . ' more answered 200, Customer.io away');
 
 my ($reused) = grep {

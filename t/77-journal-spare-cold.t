@@ -15,8 +15,8 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 
 use Test::More;
-use Cio::Test qw(wait_until);
-use Cio::Load qw(post_batch);
+use Cio::Test;
+use Cio::Load qw(journal_spare batches_over_spare);
 
 my $t = Cio::Test->new(workers => 1);
 my $port = Cio::Test::free_port();
@@ -28,31 +28,13 @@ my ($fincore) = grep { -x "$_/fincore" } split /:/, $ENV{PATH};
 Cio::Test::prerequisite($fs ne '' && $fs ne 'tmpfs' && $fincore,
     "a test directory on a disk file system ($fs), and fincore");
 
-# segments of 128 KB: max_size / 8
-$t->config(http => Cio::Test::ingest_http(
-    endpoint => "http://127.0.0.1:$port", http => <<'END'))->run;
-cio_flush_interval 20ms;
-cio_retry_backoff 50ms 200ms;
-cio_connect_timeout 1s;
-cio_journal %%TESTDIR%%/journal max_size=1m sync=off;
-END
-
-my $cio = $t->standin(workspaces => ['site1:key1'], port => $port);
-
 sub resident {
     my ($file) = @_;
     my $out = `fincore --bytes --noheadings --output RES '$file' 2>/dev/null`;
     return $out =~ /(\d+)/ ? $1 : -1;
 }
 
-my @old;
-for my $b (1 .. 60) {
-    push @old, post_batch($t, '/cio', [ map { "old-$b-$_" } 1 .. 20 ]);
-}
-is(scalar @old, 1200, '1,200 events answered 200');
-is_deeply($cio->wait_names(\@old, 30), [], 'and delivered');
-ok(wait_until(sub { -e "$dir/spare" }, 10),
-    'a settled segment was kept as the spare');
+my $cio = journal_spare($t, $port);
 
 # what memory pressure does to a file nobody reads: its clean pages go
 system('sync', "$dir/spare") == 0 or die "sync: $?";
@@ -65,11 +47,7 @@ cmp_ok(resident("$dir/spare"), '<', $size,
 # Customer.io away: what comes now stays in the journal
 $cio->stop;
 
-my @new;
-for my $b (1 .. 60) {
-    push @new, post_batch($t, '/cio', [ map { "new-$b-$_" } 1 .. 20 ]);
-    last unless -e "$dir/spare";
-}
+my @new = batches_over_spare($t);
 ok(!-e "$dir/spare", 'the spare is gone');
 is(scalar @new % 20, 0,
     scalar(@new) . ' more answered 200, Customer.io away');
