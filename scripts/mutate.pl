@@ -501,6 +501,16 @@ my @MUTATIONS = (
         tests => [qw(t/76-journal-reuse.t)],
     },
     {
+        name => 'fill-no-lease-check',
+        what => 'a sender that takes a batch after its lease expired sends '
+            . 'what the freed nodes hold: events another worker delivered '
+            . 'go twice, or garbage goes',
+        file => $QUEUE,
+        from => q~        if (*(volatile uint32_t *) &batch->nodes[i]->id != batch->ids[i]) {~,
+        to => q~        if (0) {~,
+        tests => [qw(t/55-lease-fill.t)],
+    },
+    {
         name => 'pieces-skip-bucket',
         what => 'the pieces of a split batch go out without a token: '
             . 'Customer.io sees more than cio_rate',

@@ -330,6 +330,7 @@ ngx_uint_t ngx_http_cio_queue_bury(ngx_http_cio_zone_t *zone,
 ngx_uint_t ngx_http_cio_queue_reclaim(ngx_http_cio_zone_t *zone);
 void ngx_http_cio_queue_free_batch(ngx_http_cio_batch_t *batch);
 void ngx_http_cio_queue_free_body(u_char *body);
+int ngx_http_cio_queue_fill(void *data, char *body);
 ngx_int_t ngx_http_cio_queue_may_send(ngx_http_cio_zone_t *zone,
     ngx_http_cio_shws_t *ws, ngx_http_cio_main_conf_t *mcf);
 void ngx_http_cio_queue_free_spares(void);

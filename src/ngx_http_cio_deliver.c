@@ -560,6 +560,7 @@ ngx_http_cio_deliver_send(ngx_http_cio_shws_t *ws)
 
     req->body = (char *) body;
     req->body_len = len;
+    req->fill = ngx_http_cio_queue_fill;
     req->timeout_ms = (long) mcf->timeout;
     req->connect_timeout_ms = (long) mcf->connect_timeout;
     req->cainfo = mcf->trusted_certificate.len
@@ -698,7 +699,7 @@ ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req)
 
     ngx_memset(batch->acts, act, batch->n);
 
-    if (!req->aborted) {
+    if (!req->aborted && !req->unfilled) {
         ngx_http_cio_deliver_stats(req, ws);
     }
 
@@ -738,7 +739,14 @@ ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req)
         ngx_free(errors);
     }
 
-    if (st.outcome == NGX_HTTP_CIO_HOLD) {
+    if (req->unfilled) {
+        ngx_log_error(NGX_LOG_WARN, d->log, 0,
+                      "cio: a batch of %ui events for site \"%V\" was not "
+                      "sent: its lease expired before the sender took it "
+                      "(cio_lease), %ui of them went back to the queue",
+                      batch->n, &ws->site_id, st.requeued);
+
+    } else if (st.outcome == NGX_HTTP_CIO_HOLD) {
         level = st.alert ? NGX_LOG_ALERT : NGX_LOG_INFO;
 
         ngx_log_error(level, d->log, 0,
@@ -782,7 +790,8 @@ ngx_http_cio_deliver_classify(ngx_http_cio_sreq_t *req,
     status = req->status;
     *reason = "retries exhausted";
 
-    if (req->aborted) {
+    if (req->aborted || req->unfilled) {
+        /* never sent: nothing to say about Customer.io, no backoff */
         st->outcome = NGX_HTTP_CIO_RETURN;
         return NGX_HTTP_CIO_ACT_RETURN;
     }

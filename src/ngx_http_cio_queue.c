@@ -671,8 +671,9 @@ full:
 
 /*
  * Leases the oldest pending items of a workspace, as many as fit in
- * cio_batch_size once wrapped in {"batch":[...]}, and copies them into a
- * malloc()ed body for the sender thread.  A request costs a token of the
+ * cio_batch_size once wrapped in {"batch":[...]}, and lays them out in a
+ * malloc()ed body, which the sender thread fills (ngx_http_cio_queue_fill)
+ * before it sends it.  A request costs a token of the
  * workspace's bucket, which all workers share: when it is empty the items
  * wait, and the next batch carries more of them.
  *
@@ -692,7 +693,7 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
     ngx_http_cio_main_conf_t *mcf, u_char **body, size_t *body_len)
 {
     size_t                 size, need, max_bytes;
-    u_char                *p, *buf;
+    u_char                *buf;
     uint64_t               now;
     ngx_uint_t             n, cap, skipped;
     ngx_queue_t           *q, *next;
@@ -718,8 +719,6 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
 
     now = ngx_http_cio_now_ms();
 
-    p = ngx_cpymem(buf, NGX_HTTP_CIO_BATCH_HEAD,
-                   sizeof(NGX_HTTP_CIO_BATCH_HEAD) - 1);
     size = sizeof(NGX_HTTP_CIO_BATCH_HEAD) - 1
            + sizeof(NGX_HTTP_CIO_BATCH_TAIL) - 1;
     n = 0;
@@ -774,14 +773,10 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
         ws->pending_bytes -= node->len;
         ws->ninflight++;
 
-        if (n) {
-            *p++ = ',';
-        }
-
-        batch->offs[n] = p - buf;
+        /* where ngx_http_cio_queue_fill will copy it, after a comma */
+        batch->offs[n] = size - (sizeof(NGX_HTTP_CIO_BATCH_TAIL) - 1)
+                         + (n ? 1 : 0);
         batch->lens[n] = node->len;
-
-        p = ngx_cpymem(p, node->data, node->len);
         size += need;
 
         batch->nodes[n] = node;
@@ -805,14 +800,11 @@ unlock:
         goto failed;
     }
 
-    p = ngx_cpymem(p, NGX_HTTP_CIO_BATCH_TAIL,
-                   sizeof(NGX_HTTP_CIO_BATCH_TAIL) - 1);
-
     batch->ws = ws;
     batch->n = n;
 
     *body = buf;
-    *body_len = p - buf;
+    *body_len = size;
 
     return batch;
 
@@ -862,6 +854,52 @@ ngx_http_cio_queue_may_send(ngx_http_cio_zone_t *zone,
     ngx_shmtx_unlock(&zone->shpool->mutex);
 
     return rc;
+}
+
+
+/*
+ * Runs in the sender thread (ngx_http_cio_sreq_t.fill), and calls nothing
+ * of nginx: the items are copied from the zone's nodes, which stay where
+ * they are while the batch holds their lease, so that neither the zone's
+ * lock nor the worker's event loop waits for the half megabyte.  A node
+ * whose lease expired and that another worker took back, sent and freed
+ * meanwhile has another id: then what was copied cannot be trusted, and
+ * -1 has the batch go back unsent.
+ */
+
+int
+ngx_http_cio_queue_fill(void *data, char *body)
+{
+    u_char                *p;
+    ngx_uint_t             i;
+    ngx_http_cio_batch_t  *batch;
+
+    batch = data;
+
+    p = ngx_cpymem((u_char *) body, NGX_HTTP_CIO_BATCH_HEAD,
+                   sizeof(NGX_HTTP_CIO_BATCH_HEAD) - 1);
+
+    for (i = 0; i < batch->n; i++) {
+        if (i) {
+            *p++ = ',';
+        }
+
+        p = ngx_cpymem(p, batch->nodes[i]->data, batch->lens[i]);
+    }
+
+    ngx_memcpy(p, NGX_HTTP_CIO_BATCH_TAIL,
+               sizeof(NGX_HTTP_CIO_BATCH_TAIL) - 1);
+
+    /* the ids are read after the copies, not before */
+    ngx_memory_barrier();
+
+    for (i = 0; i < batch->n; i++) {
+        if (*(volatile uint32_t *) &batch->nodes[i]->id != batch->ids[i]) {
+            return -1;
+        }
+    }
+
+    return 0;
 }
 
 

@@ -370,6 +370,14 @@ ngx_http_cio_sender_add(ngx_http_cio_sender_t *s, ngx_http_cio_sreq_t *req)
 {
     CURL  *easy;
 
+    if (req->fill && req->fill(req->data, req->body) != 0) {
+        snprintf(req->error, sizeof(req->error),
+                 "the batch's lease expired before it was sent");
+        req->unsent = 1;
+        req->unfilled = 1;
+        return -1;
+    }
+
     easy = curl_easy_init();
     if (easy == NULL) {
         snprintf(req->error, sizeof(req->error), "curl_easy_init() failed");

@@ -39,6 +39,9 @@ struct ngx_http_cio_sreq_s {
     const char           *cainfo;           /* CA bundle; NULL: system's */
     void                 *data;             /* the caller's, untouched */
     void                 *part;             /* the caller's, untouched */
+    /* NULL, or writes body (from data) in the thread before it is sent;
+       non-zero: it cannot, and the request fails unsent */
+    int                 (*fill)(void *data, char *body);
     size_t                resp_max;         /* keep at most this much */
 
     /* out */
@@ -47,6 +50,7 @@ struct ngx_http_cio_sreq_s {
     unsigned              aborted:1;        /* stopped before an answer */
     unsigned              unsent:1;         /* never left: no connection */
     unsigned              resp_cut:1;       /* answer longer than resp_max */
+    unsigned              unfilled:1;       /* fill() failed: not sent */
     long                  retry_after;      /* seconds, -1 if absent */
     double                total_time;       /* seconds */
     char                 *resp;             /* answer body, NUL-ended */
