@@ -136,6 +136,7 @@ typedef struct {
 
 struct ngx_http_cio_journal_s {
     ngx_str_t                    path;       /* NUL-ended */
+    u_char                      *spare;      /* PATH/spare, NUL-ended */
     off_t                        max_size;
     size_t                       seg_size;
     ngx_uint_t                   sync;
@@ -288,6 +289,14 @@ ngx_http_cio_journal_add(ngx_conf_t *cf, ngx_str_t *path, off_t max_size,
 
     j->path = *path;
     j->max_size = max_size;
+
+    j->spare = ngx_pnalloc(cf->pool, path->len + sizeof("/spare"));
+    if (j->spare == NULL) {
+        return NULL;
+    }
+
+    ngx_sprintf(j->spare, "%V/spare%Z", path);
+
     j->sync = sync;
     j->interval = interval;
 
@@ -657,8 +666,7 @@ ngx_http_cio_journal_replay(ngx_cycle_t *cycle, ngx_http_cio_journal_t *j,
      * and writing part of a page that is not would read it first, in the
      * event loop.
      */
-    ngx_sprintf(name, "%V/spare%Z", &j->path);
-    (void) ngx_delete_file(name);
+    (void) ngx_delete_file(j->spare);
 
     ngx_free(name);
 
@@ -1487,22 +1495,13 @@ static ngx_uint_t
 ngx_http_cio_journal_cold(ngx_http_cio_journal_t *j, ngx_log_t *log)
 {
     void             *addr;
-    u_char           *name, *vec;
+    u_char           *vec;
     size_t            size, pages, i;
     ngx_fd_t          fd;
     ngx_uint_t        cold;
     ngx_file_info_t   fi;
 
-    name = ngx_alloc(j->path.len + NGX_HTTP_CIO_J_NAME_LEN, log);
-    if (name == NULL) {
-        return 1;
-    }
-
-    ngx_sprintf(name, "%V/spare%Z", &j->path);
-
-    fd = ngx_open_file(name, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
-
-    ngx_free(name);
+    fd = ngx_open_file(j->spare, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
 
     if (fd == NGX_INVALID_FILE) {
         return 1;
@@ -1564,13 +1563,12 @@ ngx_http_cio_journal_rename(ngx_http_cio_journal_t *j, uint32_t no,
     ngx_int_t   rc;
 
     rc = NGX_ERROR;
+    spare = j->spare;
 
     seg = ngx_alloc(j->path.len + NGX_HTTP_CIO_J_NAME_LEN, log);
-    spare = ngx_alloc(j->path.len + NGX_HTTP_CIO_J_NAME_LEN, log);
 
-    if (seg && spare) {
+    if (seg) {
         ngx_http_cio_journal_name(j, seg, no, "seg");
-        ngx_sprintf(spare, "%V/spare%Z", &j->path);
 
         if (to_spare ? ngx_rename_file(seg, spare) != NGX_FILE_ERROR
                      : ngx_rename_file(spare, seg) != NGX_FILE_ERROR)
@@ -1582,10 +1580,9 @@ ngx_http_cio_journal_rename(ngx_http_cio_journal_t *j, uint32_t no,
                           ngx_rename_file_n " \"%s\" to \"%s\" failed",
                           to_spare ? seg : spare, to_spare ? spare : seg);
         }
-    }
 
-    ngx_free(seg);
-    ngx_free(spare);
+        ngx_free(seg);
+    }
 
     return rc;
 }
@@ -1596,21 +1593,11 @@ ngx_http_cio_journal_rename(ngx_http_cio_journal_t *j, uint32_t no,
 static void
 ngx_http_cio_journal_unspare(ngx_http_cio_journal_t *j, ngx_log_t *log)
 {
-    u_char  *name;
-
-    name = ngx_alloc(j->path.len + NGX_HTTP_CIO_J_NAME_LEN, log);
-
-    if (name) {
-        ngx_sprintf(name, "%V/spare%Z", &j->path);
-
-        if (ngx_delete_file(name) == NGX_FILE_ERROR
-            && ngx_errno != NGX_ENOENT)
-        {
-            ngx_log_error(NGX_LOG_ALERT, log, ngx_errno,
-                          ngx_delete_file_n " \"%s\" failed", name);
-        }
-
-        ngx_free(name);
+    if (ngx_delete_file(j->spare) == NGX_FILE_ERROR
+        && ngx_errno != NGX_ENOENT)
+    {
+        ngx_log_error(NGX_LOG_ALERT, log, ngx_errno,
+                      ngx_delete_file_n " \"%s\" failed", j->spare);
     }
 
     j->sh->total -= j->sh->spare;
