@@ -501,6 +501,15 @@ my @MUTATIONS = (
         tests => [qw(t/76-journal-reuse.t)],
     },
     {
+        name => 'push-keys-lost',
+        what => 'the person keys computed before the lock are not the '
+            . 'items\': one person\'s items overtake each other',
+        file => $QUEUE,
+        from => q~        keys[i] = ngx_http_cio_queue_person(items[i].data, items[i].len);~,
+        to => q~        keys[i] = 0;~,
+        tests => [qw(t/54-person-order.t)],
+    },
+    {
         name => 'fill-no-lease-check',
         what => 'a sender that takes a batch after its lease expired sends '
             . 'what the freed nodes hold: events another worker delivered '

@@ -61,6 +61,9 @@
 #define NGX_HTTP_CIO_PERSONS_MAX  1048576
 #define NGX_HTTP_CIO_SKIP_MAX     256
 
+/* a request's first items have their person keys computed unlocked */
+#define NGX_HTTP_CIO_PUSH_KEYS    64
+
 /* a bucket taken by the batch being made, for the length of take() */
 #define NGX_HTTP_CIO_MINE         0x80000000
 
@@ -606,12 +609,18 @@ ngx_http_cio_queue_push(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
     ngx_str_t *items, ngx_uint_t n, ngx_uint_t filtered, ngx_uint_t refused,
     uint64_t *jrefs)
 {
+    uint32_t              keys[NGX_HTTP_CIO_PUSH_KEYS];
     ngx_uint_t            i;
     ngx_queue_t          *q;
     ngx_http_cio_node_t  *node;
 
     if (n == 0 && filtered == 0 && refused == 0) {
         return NGX_OK;
+    }
+
+    /* the persons before the lock, which other workers wait for */
+    for (i = 0; i < n && i < NGX_HTTP_CIO_PUSH_KEYS; i++) {
+        keys[i] = ngx_http_cio_queue_person(items[i].data, items[i].len);
     }
 
     ngx_shmtx_lock(&zone->shpool->mutex);
@@ -625,8 +634,10 @@ ngx_http_cio_queue_push(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
         node->id = ngx_http_cio_queue_id(zone->sh);
         node->jref = jrefs ? jrefs[i] : 0;
         node->lease = 0;
-        node->person = ngx_http_cio_queue_person(items[i].data,
-                                                 items[i].len);
+        node->person = (i < NGX_HTTP_CIO_PUSH_KEYS)
+                       ? keys[i]
+                       : ngx_http_cio_queue_person(items[i].data,
+                                                   items[i].len);
         node->attempts = 0;
         node->len = (uint32_t) items[i].len;
         ngx_memcpy(node->data, items[i].data, items[i].len);
