@@ -332,7 +332,8 @@ void ngx_http_cio_queue_free_batch(ngx_http_cio_batch_t *batch);
 void ngx_http_cio_queue_free_body(u_char *body);
 int ngx_http_cio_queue_fill(void *data, char *body);
 ngx_int_t ngx_http_cio_queue_may_send(ngx_http_cio_zone_t *zone,
-    ngx_http_cio_shws_t *ws, ngx_http_cio_main_conf_t *mcf);
+    ngx_http_cio_batch_t *batch, ngx_uint_t lo, ngx_uint_t n,
+    ngx_http_cio_main_conf_t *mcf);
 void ngx_http_cio_queue_free_spares(void);
 ngx_int_t ngx_http_cio_queue_append(ngx_http_cio_zone_t *zone,
     ngx_http_cio_shws_t *ws, u_char *data, size_t len, uint32_t attempts,

@@ -80,6 +80,7 @@ typedef struct {
     ngx_uint_t                   made;      /* pieces made so far */
     ngx_uint_t                   out;       /* a piece is on the wire */
     ngx_uint_t                   back;      /* the rest goes back unsent */
+    ngx_uint_t                   blocked;   /* no token in this pass */
     ngx_uint_t                   together;  /* dead in rejected pieces */
     long                         first;     /* the status that began it */
     ngx_http_cio_settle_t        st;        /* the worst outcome of all */
@@ -104,6 +105,7 @@ typedef struct {
     ngx_uint_t                   inflight;
     ngx_http_cio_piece_t        *waiting;
     ngx_http_cio_piece_t       **waiting_tail;
+    ngx_uint_t                   pass;      /* of ngx_..._pieces() */
     uint64_t                     reclaimed_at;
     ngx_log_t                   *log;
     ngx_uint_t                   generation;
@@ -992,8 +994,8 @@ ngx_http_cio_deliver_lost(u_char *buf, ngx_uint_t lost)
  * sent again in two halves; what was rejected of it is split again until
  * the items at fault are found, alone, and dead-lettered; the others are
  * delivered.  The items stay leased meanwhile and the batch is settled
- * once, when every piece is answered.  Pieces are not counted against
- * cio_rate: they are few, and sent within cio_max_inflight.
+ * once, when every piece is answered.  Each piece is a request, and takes
+ * a token of cio_rate as a batch does (ngx_http_cio_queue_may_send).
  *
  * The pieces of a batch go one at a time, in the batch's order, so that
  * the items of one person keep theirs (ngx_http_cio_queue_take): the
@@ -1171,20 +1173,24 @@ ngx_http_cio_deliver_pieces(void)
 
     pp = &d->waiting;
 
+    /* a split that found no token waits with all its pieces, in order */
+    d->pass++;
+
     while (*pp && (d->exiting || d->inflight < d->mcf->max_inflight)) {
         pc = *pp;
         sp = pc->split;
 
-        if (sp->out && !d->exiting) {
+        if ((sp->out || sp->blocked == d->pass) && !d->exiting) {
             pp = &pc->next;
             continue;
         }
 
         rc = d->exiting ? NGX_DECLINED
-                        : ngx_http_cio_queue_may_send(d->zone,
-                                                      sp->batch->ws, d->mcf);
+                        : ngx_http_cio_queue_may_send(d->zone, sp->batch,
+                                                      pc->lo, pc->n, d->mcf);
 
         if (rc == NGX_AGAIN) {
+            sp->blocked = d->pass;
             pp = &pc->next;
             continue;
         }

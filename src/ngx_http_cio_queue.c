@@ -832,26 +832,37 @@ failed:
 
 
 /*
- * A piece of a split batch (ngx_http_cio_deliver_pieces) is a request to
- * Customer.io like any batch: it costs a token of the workspace's bucket
- * (NGX_AGAIN: none yet, the piece waits for the next round), and none goes
- * while the workspace waits out a 429, a backoff or a wrong key
- * (NGX_DECLINED: the split gives its items back to the queue rather than
- * hold them leased for that long).
+ * A piece of a split batch (ngx_http_cio_deliver_pieces), items lo to
+ * lo + n - 1, is a request to Customer.io like any batch: it costs a
+ * token of the workspace's bucket (NGX_AGAIN: none yet, the piece waits
+ * for the next round), and none goes while the workspace waits out a 429,
+ * a backoff or a wrong key, or once the lease of one of its items expired
+ * while it waited (another worker may have sent it): NGX_DECLINED, the
+ * split gives its items back to the queue.
  */
 
 ngx_int_t
 ngx_http_cio_queue_may_send(ngx_http_cio_zone_t *zone,
-    ngx_http_cio_shws_t *ws, ngx_http_cio_main_conf_t *mcf)
+    ngx_http_cio_batch_t *batch, ngx_uint_t lo, ngx_uint_t n,
+    ngx_http_cio_main_conf_t *mcf)
 {
-    uint64_t   now;
-    ngx_int_t  rc;
+    uint64_t              now;
+    ngx_int_t             rc;
+    ngx_uint_t            i;
+    ngx_http_cio_shws_t  *ws;
 
+    ws = batch->ws;
     now = ngx_http_cio_now_ms();
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
-    if (ws->retry_at > now) {
+    for (i = lo; i < lo + n; i++) {
+        if (batch->nodes[i]->id != batch->ids[i]) {
+            break;
+        }
+    }
+
+    if (i < lo + n || ws->retry_at > now) {
         rc = NGX_DECLINED;
 
     } else if (mcf->rate && ngx_http_cio_queue_token(ws, mcf, now) != NGX_OK)
