@@ -553,8 +553,10 @@ my @MUTATIONS = (
             . 'same: the kernel reads a page in the event loop at every '
             . 'write',
         file => $JOURNAL,
-        from => q~    if (ngx_http_cio_journal_cold(j, log)) {~,
-        to => q~    if (0 && ngx_http_cio_journal_cold(j, log)) {~,
+        from => q~    if (cold) {
+        ngx_log_error(NGX_LOG_INFO~,
+        to => q~    if (0) {
+        ngx_log_error(NGX_LOG_INFO~,
         tests => [qw(t/77-journal-spare-cold.t)],
     },
     {

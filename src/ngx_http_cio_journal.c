@@ -84,6 +84,9 @@
 #define NGX_HTTP_CIO_J_OLD_FDS     16
 #define NGX_HTTP_CIO_J_NAME_LEN    sizeof("/00000000.seg")
 
+/* ngx_http_cio_journal_cold() not asked yet: neither 0 nor 1 */
+#define NGX_HTTP_CIO_J_COLD_UNKNOWN  2
+
 /* zlib's crc32, libdeflate's when it is there: the same sums, faster */
 #if (NGX_HTTP_CIO_LIBDEFLATE)
 #define ngx_http_cio_crc32(crc, p, n)                                        \
@@ -228,11 +231,14 @@ static ngx_http_cio_jseg_t *ngx_http_cio_journal_find(
 static void ngx_http_cio_journal_seal(u_char *buf, size_t len,
     uint32_t *offs, ngx_uint_t n, uint32_t no);
 static ngx_http_cio_jseg_t *ngx_http_cio_journal_next(
-    ngx_http_cio_journal_t *j, size_t len, ngx_log_t *log, uint32_t *gone);
+    ngx_http_cio_journal_t *j, size_t len, ngx_log_t *log, uint32_t *gone,
+    ngx_uint_t cold);
+static ngx_uint_t ngx_http_cio_journal_room(ngx_http_cio_journal_t *j,
+    ngx_http_cio_jseg_t *seg, size_t len);
 static uint32_t ngx_http_cio_journal_retire(ngx_http_cio_journal_t *j,
     ngx_http_cio_jseg_t *seg, ngx_log_t *log);
 static void ngx_http_cio_journal_reuse(ngx_http_cio_journal_t *j,
-    ngx_http_cio_jseg_t *seg, ngx_log_t *log);
+    ngx_http_cio_jseg_t *seg, ngx_log_t *log, ngx_uint_t cold);
 static void ngx_http_cio_journal_unspare(ngx_http_cio_journal_t *j,
     ngx_log_t *log);
 static ngx_uint_t ngx_http_cio_journal_cold(ngx_http_cio_journal_t *j,
@@ -1257,7 +1263,7 @@ ngx_http_cio_journal_write(ngx_http_cio_journal_t *j, ngx_http_cio_ws_t *ws,
     ssize_t               written;
     uint32_t              no, off, *offs, gone, grow;
     ngx_err_t             err;
-    ngx_uint_t            i;
+    ngx_uint_t            i, cold;
     ngx_http_cio_jsh_t   *sh;
     ngx_http_cio_jseg_t  *seg;
 
@@ -1272,9 +1278,25 @@ ngx_http_cio_journal_write(ngx_http_cio_journal_t *j, ngx_http_cio_ws_t *ws,
 
     sh = j->sh;
 
+    /*
+     * Whether PATH/spare, which a new segment reuses, is still cached
+     * takes a millisecond for 64 MB (mincore()): it is asked before the
+     * lock, when the segment looks full (a guess, without the lock)
+     */
+    cold = NGX_HTTP_CIO_J_COLD_UNKNOWN;
+
+    if (sh->spare
+        && !ngx_http_cio_journal_room(j, sh->active
+                                         ? ngx_http_cio_journal_find(j,
+                                                               sh->active)
+                                         : NULL, len))
+    {
+        cold = ngx_http_cio_journal_cold(j, log);
+    }
+
     ngx_shmtx_lock(&j->shpool->mutex);
 
-    seg = ngx_http_cio_journal_next(j, len, log, &gone);
+    seg = ngx_http_cio_journal_next(j, len, log, &gone, cold);
 
     if (seg == NULL) {
         ngx_shmtx_unlock(&j->shpool->mutex);
@@ -1371,6 +1393,20 @@ failed:
 }
 
 
+/* whether seg, the active segment, takes len bytes more */
+
+static ngx_uint_t
+ngx_http_cio_journal_room(ngx_http_cio_journal_t *j,
+    ngx_http_cio_jseg_t *seg, size_t len)
+{
+    return seg
+           && (seg->size == 0
+               || (seg->size + len <= j->seg_size
+                   && (seg->settled < seg->records
+                       || seg->size < NGX_HTTP_CIO_J_MIN_SEG)));
+}
+
+
 /*
  * The segment len bytes go to, under the lock: the active one, or a new
  * one when it is full, or all settled and large enough to be worth giving
@@ -1382,7 +1418,7 @@ failed:
 
 static ngx_http_cio_jseg_t *
 ngx_http_cio_journal_next(ngx_http_cio_journal_t *j, size_t len,
-    ngx_log_t *log, uint32_t *gone)
+    ngx_log_t *log, uint32_t *gone, ngx_uint_t cold)
 {
     ngx_http_cio_jsh_t   *sh;
     ngx_http_cio_jseg_t  *seg;
@@ -1390,12 +1426,7 @@ ngx_http_cio_journal_next(ngx_http_cio_journal_t *j, size_t len,
     sh = j->sh;
     seg = sh->active ? ngx_http_cio_journal_find(j, sh->active) : NULL;
 
-    if (seg
-        && (seg->size == 0
-            || (seg->size + len <= j->seg_size
-                && (seg->settled < seg->records
-                    || seg->size < NGX_HTTP_CIO_J_MIN_SEG))))
-    {
+    if (ngx_http_cio_journal_room(j, seg, len)) {
         return seg;
     }
 
@@ -1421,7 +1452,7 @@ ngx_http_cio_journal_next(ngx_http_cio_journal_t *j, size_t len,
     sh->active = seg->no;
 
     if (sh->spare) {
-        ngx_http_cio_journal_reuse(j, seg, log);
+        ngx_http_cio_journal_reuse(j, seg, log, cold);
     }
 
     return seg;
@@ -1465,9 +1496,14 @@ ngx_http_cio_journal_retire(ngx_http_cio_journal_t *j,
 
 static void
 ngx_http_cio_journal_reuse(ngx_http_cio_journal_t *j,
-    ngx_http_cio_jseg_t *seg, ngx_log_t *log)
+    ngx_http_cio_jseg_t *seg, ngx_log_t *log, ngx_uint_t cold)
 {
-    if (ngx_http_cio_journal_cold(j, log)) {
+    if (cold == NGX_HTTP_CIO_J_COLD_UNKNOWN) {
+        /* another worker filled the segment since the guess: rare */
+        cold = ngx_http_cio_journal_cold(j, log);
+    }
+
+    if (cold) {
         ngx_log_error(NGX_LOG_INFO, log, 0,
                       "cio: journal \"%V\": the spare segment's pages "
                       "left the page cache, a new file is written instead",
@@ -1487,8 +1523,8 @@ ngx_http_cio_journal_reuse(ngx_http_cio_journal_t *j,
  * Whether some of PATH/spare is no longer in the page cache (memory
  * pressure took it): writing part of a page the cache does not hold makes
  * the kernel read that page first, in the event loop, at every write.
- * mincore() of a read-only mapping tells, in a few microseconds for a
- * 64 MB segment.
+ * mincore() of a read-only mapping tells, in about a millisecond for a
+ * 64 MB segment here: ngx_http_cio_journal_write asks before it locks.
  */
 
 static ngx_uint_t
