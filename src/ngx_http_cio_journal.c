@@ -167,6 +167,8 @@ typedef struct {
     ngx_event_t                  timer;
     uint64_t                     wseq;       /* writes so far */
     uint32_t                     end;        /* after the last, in no */
+    uint32_t                     cold_last;  /* 1 + sh->last when asked */
+    ngx_uint_t                   cold;       /* what the spare was then */
     ngx_queue_t                  waiting;    /* ngx_http_cio_jwait_t */
     ngx_open_file_t             *dl;         /* cio_dead_letter, or NULL */
     uint64_t                    *dead;       /* acks that wait for it */
@@ -1291,7 +1293,13 @@ ngx_http_cio_journal_write(ngx_http_cio_journal_t *j, ngx_http_cio_ws_t *ws,
                                                                sh->active)
                                          : NULL, len))
     {
-        cold = ngx_http_cio_journal_cold(j, log);
+        /* once per segment number: a journal refusing with 503 stays put */
+        if (ngx_http_cio_jw.cold_last != sh->last + 1) {
+            ngx_http_cio_jw.cold = ngx_http_cio_journal_cold(j, log);
+            ngx_http_cio_jw.cold_last = sh->last + 1;
+        }
+
+        cold = ngx_http_cio_jw.cold;
     }
 
     ngx_shmtx_lock(&j->shpool->mutex);
