@@ -130,6 +130,8 @@ static void ngx_http_cio_queue_taken(ngx_http_cio_shctx_t *sh,
     ngx_uint_t skipped);
 static void ngx_http_cio_queue_unhold(ngx_http_cio_shctx_t *sh,
     ngx_http_cio_node_t *node);
+static ngx_uint_t ngx_http_cio_queue_leased(ngx_http_cio_batch_t *batch,
+    ngx_uint_t lo, ngx_uint_t n);
 static void *ngx_http_cio_queue_spare(ngx_http_cio_spares_t *sp,
     size_t size);
 static void ngx_http_cio_queue_unspare(ngx_http_cio_spares_t *sp,
@@ -848,7 +850,6 @@ ngx_http_cio_queue_may_send(ngx_http_cio_zone_t *zone,
 {
     uint64_t              now;
     ngx_int_t             rc;
-    ngx_uint_t            i;
     ngx_http_cio_shws_t  *ws;
 
     ws = batch->ws;
@@ -856,13 +857,7 @@ ngx_http_cio_queue_may_send(ngx_http_cio_zone_t *zone,
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
-    for (i = lo; i < lo + n; i++) {
-        if (batch->nodes[i]->id != batch->ids[i]) {
-            break;
-        }
-    }
-
-    if (i < lo + n || ws->retry_at > now) {
+    if (!ngx_http_cio_queue_leased(batch, lo, n) || ws->retry_at > now) {
         rc = NGX_DECLINED;
 
     } else if (mcf->rate && ngx_http_cio_queue_token(ws, mcf, now) != NGX_OK)
@@ -915,13 +910,30 @@ ngx_http_cio_queue_fill(void *data, char *body)
     /* the ids are read after the copies, not before */
     ngx_memory_barrier();
 
-    for (i = 0; i < batch->n; i++) {
+    return ngx_http_cio_queue_leased(batch, 0, batch->n) ? 0 : -1;
+}
+
+
+/*
+ * Whether items lo to lo + n - 1 of a batch are still its own: a node
+ * taken back after its lease expired, and sent and freed by another
+ * worker, has another id.  Read with the zone's lock or, from the sender
+ * thread, without it: an id is one aligned word.
+ */
+
+static ngx_uint_t
+ngx_http_cio_queue_leased(ngx_http_cio_batch_t *batch, ngx_uint_t lo,
+    ngx_uint_t n)
+{
+    ngx_uint_t  i;
+
+    for (i = lo; i < lo + n; i++) {
         if (*(volatile uint32_t *) &batch->nodes[i]->id != batch->ids[i]) {
-            return -1;
+            return 0;
         }
     }
 
-    return 0;
+    return 1;
 }
 
 
