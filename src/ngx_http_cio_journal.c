@@ -235,6 +235,8 @@ static void ngx_http_cio_journal_seal(u_char *buf, size_t len,
 static ngx_http_cio_jseg_t *ngx_http_cio_journal_next(
     ngx_http_cio_journal_t *j, size_t len, ngx_log_t *log, uint32_t *gone,
     ngx_uint_t cold);
+static ngx_http_cio_jseg_t *ngx_http_cio_journal_active(
+    ngx_http_cio_journal_t *j);
 static ngx_uint_t ngx_http_cio_journal_room(ngx_http_cio_journal_t *j,
     ngx_http_cio_jseg_t *seg, size_t len);
 static uint32_t ngx_http_cio_journal_retire(ngx_http_cio_journal_t *j,
@@ -1288,10 +1290,7 @@ ngx_http_cio_journal_write(ngx_http_cio_journal_t *j, ngx_http_cio_ws_t *ws,
     cold = NGX_HTTP_CIO_J_COLD_UNKNOWN;
 
     if (sh->spare
-        && !ngx_http_cio_journal_room(j, sh->active
-                                         ? ngx_http_cio_journal_find(j,
-                                                               sh->active)
-                                         : NULL, len))
+        && !ngx_http_cio_journal_room(j, ngx_http_cio_journal_active(j), len))
     {
         /* once per segment number: a journal refusing with 503 stays put */
         if (ngx_http_cio_jw.cold_last != sh->last + 1) {
@@ -1401,6 +1400,16 @@ failed:
 }
 
 
+/* the segment written to, NULL: none yet */
+
+static ngx_http_cio_jseg_t *
+ngx_http_cio_journal_active(ngx_http_cio_journal_t *j)
+{
+    return j->sh->active ? ngx_http_cio_journal_find(j, j->sh->active)
+                         : NULL;
+}
+
+
 /* whether seg, the active segment, takes len bytes more */
 
 static ngx_uint_t
@@ -1432,7 +1441,7 @@ ngx_http_cio_journal_next(ngx_http_cio_journal_t *j, size_t len,
     ngx_http_cio_jseg_t  *seg;
 
     sh = j->sh;
-    seg = sh->active ? ngx_http_cio_journal_find(j, sh->active) : NULL;
+    seg = ngx_http_cio_journal_active(j);
 
     if (ngx_http_cio_journal_room(j, seg, len)) {
         return seg;
