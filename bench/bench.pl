@@ -283,6 +283,12 @@ sub standin_post {
     return $status;
 }
 
+# the events a wrk run had answered 200, $events to a request
+sub accepted {
+    my ($w, $events) = @_;
+    return ($w->{requests} - $w->{non2xx}) * $events;
+}
+
 # Each wrk run starts once the stand-in has what the runs before it had
 # answered 200, so no run is measured beside another nginx's backlog
 # draining; returns the seconds that took (60 at most).
@@ -614,8 +620,7 @@ sub edge {
     for my $case (qw(single batch)) {
         for my $loc (@all) {
             my $w = $run->($case, $loc, 1);
-            $sent += ($w->{requests} - $w->{non2xx})
-                * $cases{$case}{events} if $loc eq 'cio';
+            $sent += accepted($w, $cases{$case}{events}) if $loc eq 'cio';
         }
     }
     drained($s, $sent);
@@ -630,8 +635,7 @@ sub edge {
                 $w->{eps} = $w->{rps} * $cases{$case}{events};
                 push @{ $R{edge}{$case}{$loc} }, $w;
                 if ($loc eq 'cio') {
-                    my $n = ($w->{requests} - $w->{non2xx})
-                        * $cases{$case}{events};
+                    my $n = accepted($w, $cases{$case}{events});
                     $accepted += $n;
                     $sent += $n;
                     $w->{drain_s} = drained($s, $sent);
@@ -701,7 +705,7 @@ sub journal_cost {
     for my $case (qw(single batch)) {
         for my $which (qw(none journal)) {
             my $w = $run->($case, $which, 1);
-            $sent += ($w->{requests} - $w->{non2xx}) * $cases{$case}[3];
+            $sent += accepted($w, $cases{$case}[3]);
         }
     }
     drained($s, $sent);
@@ -723,7 +727,7 @@ sub journal_cost {
                 standin_post($s, 'release');
                 $w->{rps} = $w->{requests} / $w->{seconds};
                 $w->{eps} = $w->{rps} * $cases{$case}[3];
-                $sent += ($w->{requests} - $w->{non2xx}) * $cases{$case}[3];
+                $sent += accepted($w, $cases{$case}[3]);
                 $w->{drain_s} = drained($s, $sent);
                 push @{ $runs{$case}{$which} }, $w;
                 printf "  round %d %-6s %-7s %9s req/s %10s events/s  "
