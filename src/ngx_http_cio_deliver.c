@@ -1223,8 +1223,8 @@ static ngx_int_t
 ngx_http_cio_deliver_piece_send(ngx_http_cio_piece_t *pc)
 {
     u_char                    *p;
-    size_t                     len;
-    ngx_uint_t                 i;
+    size_t                     len, span;
+    ngx_uint_t                 last;
     ngx_http_cio_sreq_t       *req;
     ngx_http_cio_split_t      *sp;
     ngx_http_cio_batch_t      *batch;
@@ -1236,12 +1236,12 @@ ngx_http_cio_deliver_piece_send(ngx_http_cio_piece_t *pc)
     sp = pc->split;
     batch = sp->batch;
 
-    len = sizeof(NGX_HTTP_CIO_BATCH_HEAD) - 1
-          + sizeof(NGX_HTTP_CIO_BATCH_TAIL) - 1 + pc->n - 1;
+    /* the piece's items and the commas between them, as the batch has them */
+    last = pc->lo + pc->n - 1;
+    span = batch->offs[last] + batch->lens[last] - batch->offs[pc->lo];
 
-    for (i = pc->lo; i < pc->lo + pc->n; i++) {
-        len += batch->lens[i];
-    }
+    len = sizeof(NGX_HTTP_CIO_BATCH_HEAD) - 1 + span
+          + sizeof(NGX_HTTP_CIO_BATCH_TAIL) - 1;
 
     req = ngx_http_cio_sreq_alloc();
     if (req == NULL) {
@@ -1259,14 +1259,7 @@ ngx_http_cio_deliver_piece_send(ngx_http_cio_piece_t *pc)
 
     p = ngx_cpymem(req->body, NGX_HTTP_CIO_BATCH_HEAD,
                    sizeof(NGX_HTTP_CIO_BATCH_HEAD) - 1);
-
-    for (i = pc->lo; i < pc->lo + pc->n; i++) {
-        if (i > pc->lo) {
-            *p++ = ',';
-        }
-
-        p = ngx_cpymem(p, sp->body + batch->offs[i], batch->lens[i]);
-    }
+    p = ngx_cpymem(p, sp->body + batch->offs[pc->lo], span);
 
     ngx_memcpy(p, NGX_HTTP_CIO_BATCH_TAIL,
                sizeof(NGX_HTTP_CIO_BATCH_TAIL) - 1);
