@@ -560,6 +560,26 @@ my @MUTATIONS = (
         tests => [qw(t/77-journal-spare-cold.t)],
     },
     {
+        name => 'journal-ahead-off',
+        what => 'a busy segment is not allocated ahead: every write takes '
+            . 'new pages in the event loop',
+        file => $JOURNAL,
+        from => q~    if (j->tp == NULL
+        || ngx_http_cio_jw.preparing~,
+        to => q~    if (j->tp != NULL
+        || ngx_http_cio_jw.preparing~,
+        tests => [qw(t/78-journal-ahead.t)],
+    },
+    {
+        name => 'journal-ahead-uncached',
+        what => 'segments opened write-only: readahead() fails, the region '
+            . 'is allocated but not in the page cache',
+        file => $JOURNAL,
+        from => q~    fd = ngx_open_file(name, NGX_FILE_RDWR, NGX_FILE_CREATE_OR_OPEN,~,
+        to => q~    fd = ngx_open_file(name, NGX_FILE_WRONLY, NGX_FILE_CREATE_OR_OPEN,~,
+        tests => [qw(t/78-journal-ahead.t)],
+    },
+    {
         name => 'journal-settles-twice',
         what => 'an item settled is counted twice: a segment is deleted '
             . 'while it holds unsettled records',
