@@ -491,14 +491,14 @@ my @MUTATIONS = (
     },
     {
         name => 'journal-reused-past',
-        what => 'a segment written over a spare reads on into what the '
-            . 'file held before: delivered events are sent again',
+        what => 'a segment file that held another segment before reads '
+            . 'on into its past: delivered events are sent again',
         file => $JOURNAL,
         from => q~    if (rno != no) {
         return NGX_DONE;
     }~,
         to => q~    (void) rno;~,
-        tests => [qw(t/76-journal-reuse.t)],
+        tests => [qw(t/71-journal-damage.t)],
     },
     {
         name => 'push-keys-lost',
@@ -548,18 +548,6 @@ my @MUTATIONS = (
         tests => [qw(t/40-retry.t)],
     },
     {
-        name => 'journal-spare-cold',
-        what => 'a spare the page cache dropped is written over all the '
-            . 'same: the kernel reads a page in the event loop at every '
-            . 'write',
-        file => $JOURNAL,
-        from => q~    if (cold) {
-        ngx_log_error(NGX_LOG_INFO~,
-        to => q~    if (0) {
-        ngx_log_error(NGX_LOG_INFO~,
-        tests => [qw(t/77-journal-spare-cold.t)],
-    },
-    {
         name => 'journal-ahead-off',
         what => 'a busy segment is not allocated ahead: every write takes '
             . 'new pages in the event loop',
@@ -577,6 +565,15 @@ my @MUTATIONS = (
         file => $JOURNAL,
         from => q~    fd = ngx_open_file(name, NGX_FILE_RDWR, NGX_FILE_CREATE_OR_OPEN,~,
         to => q~    fd = ngx_open_file(name, NGX_FILE_WRONLY, NGX_FILE_CREATE_OR_OPEN,~,
+        tests => [qw(t/78-journal-ahead.t)],
+    },
+    {
+        name => 'journal-keeps-pages',
+        what => 'a sync leaves what it made clean in the page cache: a '
+            . 'journal that grows through an outage fills memory',
+        file => $JOURNAL,
+        from => q~            if ((ngx_int_t) i != t->active || t->drop) {~,
+        to => q~            if (0) {~,
         tests => [qw(t/78-journal-ahead.t)],
     },
     {

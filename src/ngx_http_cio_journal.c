@@ -27,14 +27,17 @@
  * dead-lettered) the worker appends the offset to the .ack file: 4 bytes
  * and their crc32 mixed with the segment's number.  A segment whose every
  * record is settled, and which is not the one written to, is deleted with
- * its .ack, or, when there is none yet, renamed PATH/spare: the next
- * segment is that file again, unless the page cache no longer holds all
- * of it (below, ngx_http_cio_journal_cold).  Writing over pages it holds
- * already costs the kernel half of what new pages cost (no allocation,
- * no zeroing, no block reservation; a 9.5 KB pwrite() on ext4 here: 3.4
- * against 7.8 us), and no unlink() has to free the old one's pages.
- * What such a file held before lies after the new records: records and
- * end marks of another segment number, which a start reads as the end.
+ * its .ack.  A record of another segment number ends a segment as its end
+ * mark does: an earlier version wrote new segments over settled ones'
+ * files.
+ *
+ * The page cache holds little of the journal: a busy segment's file is
+ * allocated and read in ahead of its writes (ngx_http_cio_journal_ahead),
+ * so that the event loop writes into pages that are there already, and
+ * each sync drops the pages it made clean (POSIX_FADV_DONTNEED): nothing
+ * but a start reads them again, and a journal that grows through an
+ * outage of Customer.io does not push the machine's other files out of
+ * memory.  The pages so freed are the next ones the kernel hands out.
  *
  * Workers append under the mutex of the journal's own small shared
  * memory zone, which also counts each live segment's records and settled
@@ -87,9 +90,6 @@
 #define NGX_HTTP_CIO_J_NAME_LEN    sizeof("/00000000.seg")
 #define NGX_HTTP_CIO_J_AHEAD       (1024 * 1024)
 
-/* ngx_http_cio_journal_cold() not asked yet: neither 0 nor 1 */
-#define NGX_HTTP_CIO_J_COLD_UNKNOWN  2
-
 /* zlib's crc32, libdeflate's when it is there: the same sums, faster */
 #if (NGX_HTTP_CIO_LIBDEFLATE)
 #define ngx_http_cio_crc32(crc, p, n)                                        \
@@ -109,8 +109,6 @@
     ((uint64_t) (id) << 56 | (uint64_t) (no) << 32 | (uint32_t) (off))
 #define ngx_http_cio_jref_id(jref)   ((uint32_t) ((jref) >> 56))
 #define ngx_http_cio_jref_no(jref)   ((uint32_t) ((jref) >> 32) & 0xffffff)
-/* for ngx_http_cio_journal_delete: the segment is PATH/spare now */
-#define NGX_HTTP_CIO_J_ACK_ONLY    0x80000000
 
 /* what failed, for ngx_http_cio_journal_failed */
 #define NGX_HTTP_CIO_J_WRITE       0
@@ -134,7 +132,6 @@ typedef struct {
     uint32_t                     active;     /* written to; 0: none yet */
     uint32_t                     last;       /* the highest number used */
     uint64_t                     total;      /* bytes of its files */
-    uint32_t                     spare;      /* PATH/spare's size; 0: none */
     ngx_atomic_t                 alert_at[3]; /* unix s: next alert */
     ngx_http_cio_jseg_t          segs[NGX_HTTP_CIO_J_SEGS];
 } ngx_http_cio_jsh_t;
@@ -142,7 +139,7 @@ typedef struct {
 
 struct ngx_http_cio_journal_s {
     ngx_str_t                    path;       /* NUL-ended */
-    u_char                      *spare;      /* PATH/spare, NUL-ended */
+    u_char                      *spare;      /* an earlier version's */
     off_t                        max_size;
     size_t                       seg_size;
     ngx_uint_t                   sync;
@@ -170,8 +167,6 @@ typedef struct {
     ngx_event_t                  timer;
     uint64_t                     wseq;       /* writes so far */
     uint32_t                     end;        /* after the last, in no */
-    uint32_t                     cold_last;  /* 1 + sh->last when asked */
-    ngx_uint_t                   cold;       /* what the spare was then */
     ngx_queue_t                  waiting;    /* ngx_http_cio_jwait_t */
     ngx_open_file_t             *dl;         /* cio_dead_letter, or NULL */
     uint64_t                    *dead;       /* acks that wait for it */
@@ -196,6 +191,8 @@ typedef struct {
     uint64_t                     seq;        /* the last write it covers */
     uint32_t                     no;         /* for the debug line */
     uint32_t                     end;
+    ngx_int_t                    active;     /* fds[active]: segment no */
+    off_t                        drop;       /* of it: pages it drops */
     off_t                        dl_end;     /* -1: not the dead letters */
     ngx_err_t                    dl_err;     /* theirs, the last fd */
 } ngx_http_cio_jsync_t;
@@ -247,22 +244,13 @@ static ngx_http_cio_jseg_t *ngx_http_cio_journal_find(
 static void ngx_http_cio_journal_seal(u_char *buf, size_t len,
     uint32_t *offs, ngx_uint_t n, uint32_t no);
 static ngx_http_cio_jseg_t *ngx_http_cio_journal_next(
-    ngx_http_cio_journal_t *j, size_t len, ngx_log_t *log, uint32_t *gone,
-    ngx_uint_t cold);
+    ngx_http_cio_journal_t *j, size_t len, ngx_log_t *log, uint32_t *gone);
 static ngx_http_cio_jseg_t *ngx_http_cio_journal_active(
     ngx_http_cio_journal_t *j);
 static ngx_uint_t ngx_http_cio_journal_room(ngx_http_cio_journal_t *j,
     ngx_http_cio_jseg_t *seg, size_t len);
 static uint32_t ngx_http_cio_journal_retire(ngx_http_cio_journal_t *j,
-    ngx_http_cio_jseg_t *seg, ngx_log_t *log);
-static void ngx_http_cio_journal_reuse(ngx_http_cio_journal_t *j,
-    ngx_http_cio_jseg_t *seg, ngx_log_t *log, ngx_uint_t cold);
-static void ngx_http_cio_journal_unspare(ngx_http_cio_journal_t *j,
-    ngx_log_t *log);
-static ngx_uint_t ngx_http_cio_journal_cold(ngx_http_cio_journal_t *j,
-    ngx_log_t *log);
-static ngx_int_t ngx_http_cio_journal_rename(ngx_http_cio_journal_t *j,
-    uint32_t no, ngx_uint_t to_spare, ngx_log_t *log);
+    ngx_http_cio_jseg_t *seg);
 static ngx_int_t ngx_http_cio_journal_open(ngx_http_cio_journal_t *j,
     ngx_log_t *log);
 static void ngx_http_cio_journal_failed(ngx_http_cio_journal_t *j,
@@ -690,11 +678,7 @@ ngx_http_cio_journal_replay(ngx_cycle_t *cycle, ngx_http_cio_journal_t *j,
         (void) ngx_delete_file(name);
     }
 
-    /*
-     * A spare from before: after a reboot its pages are no longer cached,
-     * and writing part of a page that is not would read it first, in the
-     * event loop.
-     */
+    /* the file an earlier version kept to write the next segment over */
     (void) ngx_delete_file(j->spare);
 
     ngx_free(name);
@@ -1287,7 +1271,7 @@ ngx_http_cio_journal_write(ngx_http_cio_journal_t *j, ngx_http_cio_ws_t *ws,
     ssize_t               written;
     uint32_t              no, off, *offs, gone, grow;
     ngx_err_t             err;
-    ngx_uint_t            i, cold;
+    ngx_uint_t            i;
     ngx_http_cio_jsh_t   *sh;
     ngx_http_cio_jseg_t  *seg;
 
@@ -1302,28 +1286,9 @@ ngx_http_cio_journal_write(ngx_http_cio_journal_t *j, ngx_http_cio_ws_t *ws,
 
     sh = j->sh;
 
-    /*
-     * Whether PATH/spare, which a new segment reuses, is still cached
-     * takes a millisecond for 64 MB (mincore()): it is asked before the
-     * lock, when the segment looks full (a guess, without the lock)
-     */
-    cold = NGX_HTTP_CIO_J_COLD_UNKNOWN;
-
-    if (sh->spare
-        && !ngx_http_cio_journal_room(j, ngx_http_cio_journal_active(j), len))
-    {
-        /* once per segment number: a journal refusing with 503 stays put */
-        if (ngx_http_cio_jw.cold_last != sh->last + 1) {
-            ngx_http_cio_jw.cold = ngx_http_cio_journal_cold(j, log);
-            ngx_http_cio_jw.cold_last = sh->last + 1;
-        }
-
-        cold = ngx_http_cio_jw.cold;
-    }
-
     ngx_shmtx_lock(&j->shpool->mutex);
 
-    seg = ngx_http_cio_journal_next(j, len, log, &gone, cold);
+    seg = ngx_http_cio_journal_next(j, len, log, &gone);
 
     if (seg == NULL) {
         ngx_shmtx_unlock(&j->shpool->mutex);
@@ -1337,15 +1302,10 @@ ngx_http_cio_journal_write(ngx_http_cio_journal_t *j, ngx_http_cio_ws_t *ws,
         return NGX_BUSY;
     }
 
-    /* what the file grows by: nothing while it writes over a spare's */
+    /* what the file grows by: nothing inside a region allocated ahead */
     off = seg->size;
     grow = (off + len + NGX_HTTP_CIO_J_END > seg->disk)
            ? off + (uint32_t) len + NGX_HTTP_CIO_J_END - seg->disk : 0;
-
-    if (sh->total + grow > (uint64_t) j->max_size && sh->spare) {
-        /* the records need the spare's room more */
-        ngx_http_cio_journal_unspare(j, log);
-    }
 
     if (sh->total + grow > (uint64_t) j->max_size) {
         ngx_shmtx_unlock(&j->shpool->mutex);
@@ -1597,7 +1557,7 @@ ngx_http_cio_journal_room(ngx_http_cio_journal_t *j,
 
 static ngx_http_cio_jseg_t *
 ngx_http_cio_journal_next(ngx_http_cio_journal_t *j, size_t len,
-    ngx_log_t *log, uint32_t *gone, ngx_uint_t cold)
+    ngx_log_t *log, uint32_t *gone)
 {
     ngx_http_cio_jsh_t   *sh;
     ngx_http_cio_jseg_t  *seg;
@@ -1611,7 +1571,7 @@ ngx_http_cio_journal_next(ngx_http_cio_journal_t *j, size_t len,
 
     if (seg && seg->settled >= seg->records) {
         /* nothing of it left to settle: it goes now, not at an ack */
-        *gone = ngx_http_cio_journal_retire(j, seg, log);
+        *gone = ngx_http_cio_journal_retire(j, seg);
     }
 
     seg = ngx_http_cio_journal_find(j, 0);
@@ -1630,197 +1590,29 @@ ngx_http_cio_journal_next(ngx_http_cio_journal_t *j, size_t len,
     seg->no = sh->last;
     sh->active = seg->no;
 
-    if (sh->spare) {
-        ngx_http_cio_journal_reuse(j, seg, log, cold);
-    }
-
     return seg;
 }
 
 
 /*
  * A segment whose every record is settled leaves its slot, under the
- * lock.  Its file becomes PATH/spare when there is none (it stays counted
- * in the journal's size), else it is deleted.  Returns what
- * ngx_http_cio_journal_delete deletes after the lock: the segment, or,
- * with NGX_HTTP_CIO_J_ACK_ONLY, its .ack alone.
+ * lock; returns its number, for ngx_http_cio_journal_delete after it.
  */
 
 static uint32_t
 ngx_http_cio_journal_retire(ngx_http_cio_journal_t *j,
-    ngx_http_cio_jseg_t *seg, ngx_log_t *log)
+    ngx_http_cio_jseg_t *seg)
 {
     uint32_t  no;
 
     no = seg->no;
-
-    if (j->sh->spare == 0 && seg->disk
-        && ngx_http_cio_journal_rename(j, no, 1, log) == NGX_OK)
-    {
-        /* the file stays: its size stays counted, as the spare's */
-        j->sh->spare = seg->disk;
-        no |= NGX_HTTP_CIO_J_ACK_ONLY;
-
-    } else {
-        j->sh->total -= seg->disk;
-    }
+    j->sh->total -= seg->disk;
 
     ngx_memzero(seg, sizeof(ngx_http_cio_jseg_t));
 
     return no;
 }
 
-
-/* PATH/spare becomes a new segment, under the lock */
-
-static void
-ngx_http_cio_journal_reuse(ngx_http_cio_journal_t *j,
-    ngx_http_cio_jseg_t *seg, ngx_log_t *log, ngx_uint_t cold)
-{
-    if (cold == NGX_HTTP_CIO_J_COLD_UNKNOWN) {
-        /* another worker filled the segment since the guess: rare */
-        cold = ngx_http_cio_journal_cold(j, log);
-    }
-
-    if (cold) {
-        ngx_log_error(NGX_LOG_INFO, log, 0,
-                      "cio: journal \"%V\": the spare segment's pages "
-                      "left the page cache, a new file is written instead",
-                      &j->path);
-
-    } else if (ngx_http_cio_journal_rename(j, seg->no, 0, log) == NGX_OK) {
-        seg->disk = j->sh->spare;
-        j->sh->spare = 0;
-        return;
-    }
-
-    ngx_http_cio_journal_unspare(j, log);
-}
-
-
-/*
- * Whether some of PATH/spare is no longer in the page cache (memory
- * pressure took it): writing part of a page the cache does not hold makes
- * the kernel read that page first, in the event loop, at every write.
- * mincore() of a read-only mapping tells, in about a millisecond for a
- * 64 MB segment here: ngx_http_cio_journal_write asks before it locks.
- */
-
-static ngx_uint_t
-ngx_http_cio_journal_cold(ngx_http_cio_journal_t *j, ngx_log_t *log)
-{
-    void             *addr;
-    u_char           *vec;
-    size_t            size, pages, i;
-    ngx_fd_t          fd;
-    ngx_uint_t        cold;
-    ngx_file_info_t   fi;
-
-    fd = ngx_open_file(j->spare, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
-
-    if (fd == NGX_INVALID_FILE) {
-        return 1;
-    }
-
-    cold = 1;
-
-    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR) {
-        goto done;
-    }
-
-    size = (size_t) ngx_file_size(&fi);
-    pages = (size + ngx_pagesize - 1) / ngx_pagesize;
-
-    if (size == 0) {
-        cold = 0;
-        goto done;
-    }
-
-    vec = ngx_alloc(pages, log);
-    if (vec == NULL) {
-        goto done;
-    }
-
-    addr = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
-
-    if (addr != MAP_FAILED) {
-        if (mincore(addr, size, vec) == 0) {
-            cold = 0;
-
-            for (i = 0; i < pages; i++) {
-                if ((vec[i] & 1) == 0) {
-                    cold = 1;
-                    break;
-                }
-            }
-        }
-
-        (void) munmap(addr, size);
-    }
-
-    ngx_free(vec);
-
-done:
-
-    (void) ngx_close_file(fd);
-
-    return cold;
-}
-
-
-/* segment no's file to PATH/spare (to_spare), or PATH/spare to it */
-
-static ngx_int_t
-ngx_http_cio_journal_rename(ngx_http_cio_journal_t *j, uint32_t no,
-    ngx_uint_t to_spare, ngx_log_t *log)
-{
-    u_char     *seg, *spare;
-    ngx_int_t   rc;
-
-    rc = NGX_ERROR;
-    spare = j->spare;
-
-    seg = ngx_alloc(j->path.len + NGX_HTTP_CIO_J_NAME_LEN, log);
-
-    if (seg) {
-        ngx_http_cio_journal_name(j, seg, no, "seg");
-
-        if (to_spare ? ngx_rename_file(seg, spare) != NGX_FILE_ERROR
-                     : ngx_rename_file(spare, seg) != NGX_FILE_ERROR)
-        {
-            rc = NGX_OK;
-
-        } else {
-            ngx_log_error(NGX_LOG_ALERT, log, ngx_errno,
-                          ngx_rename_file_n " \"%s\" to \"%s\" failed",
-                          to_spare ? seg : spare, to_spare ? spare : seg);
-        }
-
-        ngx_free(seg);
-    }
-
-    return rc;
-}
-
-
-/* PATH/spare goes, under the lock: its room is wanted, or it failed */
-
-static void
-ngx_http_cio_journal_unspare(ngx_http_cio_journal_t *j, ngx_log_t *log)
-{
-    if (ngx_delete_file(j->spare) == NGX_FILE_ERROR
-        && ngx_errno != NGX_ENOENT)
-    {
-        ngx_log_error(NGX_LOG_ALERT, log, ngx_errno,
-                      ngx_delete_file_n " \"%s\" failed", j->spare);
-    }
-
-    j->sh->total -= j->sh->spare;
-    j->sh->spare = 0;
-}
-
-
-/* this worker's fd onto the active segment, under the lock */
 
 static ngx_int_t
 ngx_http_cio_journal_open(ngx_http_cio_journal_t *j, ngx_log_t *log)
@@ -1994,8 +1786,7 @@ ngx_http_cio_journal_settle(uint64_t *jrefs, u_char *acts, ngx_uint_t n,
         if (seg->settled >= seg->records && seg->no != j->sh->active
             && ngone < 64)
         {
-            gone[ngone++] = ngx_http_cio_journal_retire(j, seg,
-                                                        ngx_http_cio_jw.log);
+            gone[ngone++] = ngx_http_cio_journal_retire(j, seg);
         }
     }
 
@@ -2109,16 +1900,11 @@ ngx_http_cio_journal_delete(ngx_http_cio_journal_t *j, uint32_t no,
 
     /* the segment first: an .ack alone is deleted at the next start */
 
-    if (no & NGX_HTTP_CIO_J_ACK_ONLY) {
-        no &= ~NGX_HTTP_CIO_J_ACK_ONLY;
+    ngx_http_cio_journal_name(j, name, no, "seg");
 
-    } else {
-        ngx_http_cio_journal_name(j, name, no, "seg");
-
-        if (ngx_delete_file(name) == NGX_FILE_ERROR) {
-            ngx_log_error(NGX_LOG_ALERT, log, ngx_errno,
-                          ngx_delete_file_n " \"%s\" failed", name);
-        }
+    if (ngx_delete_file(name) == NGX_FILE_ERROR) {
+        ngx_log_error(NGX_LOG_ALERT, log, ngx_errno,
+                      ngx_delete_file_n " \"%s\" failed", name);
     }
 
     ngx_http_cio_journal_name(j, name, no, "ack");
@@ -2230,6 +2016,10 @@ ngx_http_cio_journal_sync(void)
     js.seq = jw->wseq;
     js.no = jw->no;
     js.end = jw->end;
+    js.active = -1;
+
+    /* the page the next write goes on into stays */
+    js.drop = (off_t) (jw->end & ~((uint32_t) ngx_pagesize - 1));
     js.dl_end = -1;
     js.dl_err = 0;
 
@@ -2241,7 +2031,7 @@ ngx_http_cio_journal_sync(void)
         js.fds[js.n] = dup(jw->fd);
 
         if (js.fds[js.n] != NGX_INVALID_FILE) {
-            js.n++;
+            js.active = (ngx_int_t) js.n++;
 
         } else {
             js.err = ngx_errno;
@@ -2315,7 +2105,11 @@ ngx_http_cio_journal_sync_dl(ngx_http_cio_jsync_t *js)
 }
 
 
-/* in a thread of the pool: no nginx call but the system's */
+/*
+ * In a thread of the pool: no nginx call but the system's.  What a sync
+ * made clean of a segment leaves the page cache: all of one writing has
+ * left, of the active one what lies before its last write's page.
+ */
 
 static void
 ngx_http_cio_journal_sync_thread(void *data, ngx_log_t *log)
@@ -2332,6 +2126,16 @@ ngx_http_cio_journal_sync_thread(void *data, ngx_log_t *log)
             } else if (t->err == 0) {
                 t->err = errno;
             }
+
+        } else if (t->dl_end == -1 || i != t->n - 1) {
+#if (NGX_HAVE_POSIX_FADVISE)
+            if ((ngx_int_t) i != t->active || t->drop) {
+                (void) posix_fadvise(t->fds[i], 0,
+                                     (ngx_int_t) i == t->active ? t->drop
+                                                                : 0,
+                                     POSIX_FADV_DONTNEED);
+            }
+#endif
         }
 
         (void) close(t->fds[i]);

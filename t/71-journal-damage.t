@@ -4,7 +4,8 @@
 # cio_journal on a damaged disk: a record torn at the end of a segment (a
 # write cut by a crash) and a record with flipped bytes are found by their
 # crc, logged with the file and offset, and skipped; nginx starts and
-# every other event arrives, and nothing that was not sent to nginx.
+# every other event arrives, and nothing that was not sent to nginx, nor
+# a record of another segment that the file held before.
 
 use strict;
 use warnings;
@@ -15,6 +16,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use Cio::Test qw(wait_until);
 use Cio::Load qw(post_events);
+use Compress::Zlib qw(crc32);
 
 my $seed = $ENV{CIO_SEED} // (time ^ $$);
 srand($seed);
@@ -136,6 +138,40 @@ sub delivered_except {
 
     ok($t->log_lines(qr/\[warn\].*cio: journal "\Q$seg\E": $len damaged bytes at offset $off skipped/),
         'the damaged record is logged with its file, offset and size');
+
+    $t->done_part;
+}
+
+# --- another segment's records after a torn end mark ------------------------
+
+# What a file an earlier version wrote a new segment over holds after the
+# new records: records of the segment it was before.  A start stops at
+# the first of them, as at an end mark, and never sends them.
+{
+    my ($t, $port, $names, $seg) = journaled();
+
+    my $data = slurp($seg);
+    my @r = records($data);
+    my $end = $r[-1][0] + $r[-1][1];
+    is(substr($data, $end, 4), 'CIOE', 'the end mark after the 20th');
+
+    my $past = '';
+    for my $r (@r[0 .. 9]) {
+        my $rec = substr($data, $r->[0], $r->[1]);
+        my $no = unpack 'V', substr($rec, -4);
+        substr($rec, -4) = pack 'V', $no + 1;
+        substr($rec, 8, 4) = pack 'V', crc32(substr($rec, 12));
+        $past .= $rec;
+    }
+    my $junk = join '', map { chr int rand 256 } 1 .. 16;
+    spit($seg, substr($data, 0, $end) . $junk . $past);
+
+    my $cio = $t->standin(workspaces => ['site1:key1'], port => $port);
+    $t->run;
+    is_deeply($cio->wait_names($names, 15), [], 'the 20 delivered');
+    $t->delivered_exactly($cio, $names, 'with records of another past');
+    ok($t->log_lines(qr/\[warn\].*cio: journal "\Q$seg\E": a torn or damaged tail of 16 bytes at offset $end skipped/),
+        'the torn end mark is logged, and nothing after it');
 
     $t->done_part;
 }
