@@ -274,8 +274,8 @@ static void ngx_http_cio_journal_sync_done(ngx_event_t *ev);
 static void ngx_http_cio_journal_synced(ngx_http_cio_jsync_t *t);
 static size_t ngx_http_cio_journal_ahead(ngx_http_cio_journal_t *j,
     ngx_http_cio_jseg_t *seg, off_t *from);
-#if (NGX_THREADS)
 static void ngx_http_cio_journal_prepare(off_t off, size_t len);
+#if (NGX_THREADS)
 static void ngx_http_cio_journal_prepare_thread(void *data, ngx_log_t *log);
 static void ngx_http_cio_journal_prepare_done(ngx_event_t *ev);
 #endif
@@ -1360,11 +1360,9 @@ ngx_http_cio_journal_write(ngx_http_cio_journal_t *j, ngx_http_cio_ws_t *ws,
 
     ngx_http_cio_journal_delete(j, gone, log);
 
-#if (NGX_THREADS)
     if (ahead) {
         ngx_http_cio_journal_prepare(from, ahead);
     }
-#endif
 
     ngx_http_cio_jw.dirty = 1;
     ngx_http_cio_jw.wseq++;
@@ -1433,11 +1431,10 @@ ngx_http_cio_journal_ahead(ngx_http_cio_journal_t *j,
 }
 
 
-#if (NGX_THREADS)
-
 static void
 ngx_http_cio_journal_prepare(off_t off, size_t len)
 {
+#if (NGX_THREADS)
     ngx_http_cio_jprep_t    *p;
     ngx_http_cio_jworker_t  *jw;
 
@@ -1475,7 +1472,11 @@ ngx_http_cio_journal_prepare(off_t off, size_t len)
     }
 
     jw->preparing = 1;
+#endif
 }
+
+
+#if (NGX_THREADS)
 
 
 /*
@@ -1506,17 +1507,16 @@ ngx_http_cio_journal_prepare_thread(void *data, ngx_log_t *log)
 static void
 ngx_http_cio_journal_prepare_done(ngx_event_t *ev)
 {
-    ngx_thread_task_t     *task;
-    ngx_http_cio_jprep_t  *p;
-
-    task = ev->data;
-    p = task->ctx;
-
-    ngx_http_cio_jw.preparing = 0;
+#if (NGX_DEBUG)
+    ngx_thread_task_t     *task = ev->data;
+    ngx_http_cio_jprep_t  *p = task->ctx;
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ev->log, p->err,
                    "cio: journal prepared %uz bytes at %O%s",
                    p->len, p->off, p->err ? " failed" : "");
+#endif
+
+    ngx_http_cio_jw.preparing = 0;
 }
 
 #endif
