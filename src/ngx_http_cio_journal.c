@@ -34,10 +34,11 @@
  * The page cache holds little of the journal: a busy segment's file is
  * allocated and read in ahead of its writes (ngx_http_cio_journal_ahead),
  * so that the event loop writes into pages that are there already, and
- * each sync drops the pages it made clean (POSIX_FADV_DONTNEED): nothing
- * but a start reads them again, and a journal that grows through an
- * outage of Customer.io does not push the machine's other files out of
- * memory.  The pages so freed are the next ones the kernel hands out.
+ * each sync (sync=off has none) drops the pages it made clean
+ * (POSIX_FADV_DONTNEED): nothing but a start reads them again, and a
+ * journal that grows through an outage of Customer.io does not push the
+ * machine's other files out of memory.  The pages so freed are the next
+ * ones the kernel hands out.
  *
  * Workers append under the mutex of the journal's own small shared
  * memory zone, which also counts each live segment's records and settled
@@ -194,6 +195,7 @@ typedef struct {
     ngx_int_t                    active;     /* fds[active]: segment no */
     off_t                        drop;       /* of it: pages it drops */
     off_t                        dl_end;     /* -1: not the dead letters */
+    ngx_int_t                    dl;         /* fds[dl]: theirs; -1: none */
     ngx_err_t                    dl_err;     /* theirs, the last fd */
 } ngx_http_cio_jsync_t;
 
@@ -1335,14 +1337,16 @@ ngx_http_cio_journal_write(ngx_http_cio_journal_t *j, ngx_http_cio_ws_t *ws,
 
         /* no half record stays for the next write to follow */
         if (written > 0) {
+            /*
+             * seg->disk stays: a region allocated ahead that another
+             * worker's task has still to prepare would grow the file
+             * again, and the journal's size errs on the safe side until
+             * the segment is retired
+             */
             if (ftruncate(ngx_http_cio_jw.fd, (off_t) off) == -1) {
                 ngx_log_error(NGX_LOG_ALERT, log, ngx_errno,
                               "cio: journal \"%V\": ftruncate() failed",
                               &j->path);
-
-            } else if (seg->disk > off) {
-                sh->total -= seg->disk - off;
-                seg->disk = off;
             }
         }
 
@@ -1614,6 +1618,8 @@ ngx_http_cio_journal_retire(ngx_http_cio_journal_t *j,
 }
 
 
+/* this worker's fd onto the active segment, under the lock */
+
 static ngx_int_t
 ngx_http_cio_journal_open(ngx_http_cio_journal_t *j, ngx_log_t *log)
 {
@@ -1662,6 +1668,9 @@ ngx_http_cio_journal_open(ngx_http_cio_journal_t *j, ngx_log_t *log)
 
     jw->fd = fd;
     jw->no = j->sh->active;
+
+    /* nothing of its own in it yet: a sync drops none of its pages */
+    jw->end = 0;
 
     return NGX_OK;
 }
@@ -2021,6 +2030,7 @@ ngx_http_cio_journal_sync(void)
     /* the page the next write goes on into stays */
     js.drop = (off_t) (jw->end & ~((uint32_t) ngx_pagesize - 1));
     js.dl_end = -1;
+    js.dl = -1;
     js.dl_err = 0;
 
     while (jw->nold) {
@@ -2101,6 +2111,7 @@ ngx_http_cio_journal_sync_dl(ngx_http_cio_jsync_t *js)
         js->dl_end = ngx_file_size(&fi);
     }
 
+    js->dl = (ngx_int_t) js->n;
     js->fds[js->n++] = fd;
 }
 
@@ -2120,14 +2131,14 @@ ngx_http_cio_journal_sync_thread(void *data, ngx_log_t *log)
 
     for (i = 0; i < t->n; i++) {
         if (fdatasync(t->fds[i]) == -1) {
-            if (t->dl_end != -1 && i == t->n - 1) {
+            if ((ngx_int_t) i == t->dl) {
                 t->dl_err = errno;
 
             } else if (t->err == 0) {
                 t->err = errno;
             }
 
-        } else if (t->dl_end == -1 || i != t->n - 1) {
+        } else if ((ngx_int_t) i != t->dl) {
 #if (NGX_HAVE_POSIX_FADVISE)
             if ((ngx_int_t) i != t->active || t->drop) {
                 (void) posix_fadvise(t->fds[i], 0,
