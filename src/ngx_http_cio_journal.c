@@ -1395,7 +1395,7 @@ failed:
  * ahead of its writes, in the thread pool: a write into new pages makes
  * the kernel allocate, zero and reserve them in the event loop, which
  * took 7.7 us of a 9.5 KB pwrite() here against 3.4-4.6 us into pages
- * prepared so (bench/results.md, "Where the journal's cost goes").  The
+ * prepared so (bench/results.md, "The journal allocated ahead").  The
  * region is counted in the segment's size on disk at once, under the
  * lock: max_size holds it, and no other worker prepares it again.  Only
  * a segment past its first megabyte is: a quiet journal's files keep
@@ -1481,7 +1481,6 @@ ngx_http_cio_journal_prepare(off_t off, size_t len)
 
 
 #if (NGX_THREADS)
-
 
 /*
  * In a thread of the pool.  fallocate() never changes bytes a write has
