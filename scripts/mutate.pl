@@ -524,8 +524,7 @@ my @MUTATIONS = (
         what => 'the pieces of a split batch go out without a token: '
             . 'Customer.io sees more than cio_rate',
         file => $QUEUE,
-        from => q~    } else if (mcf->rate && ngx_http_cio_queue_token(ws, mcf, now) != NGX_OK)
-    {
+        from => q~    } else if (ngx_http_cio_queue_token(ws, mcf, now) != NGX_OK) {
         rc = NGX_AGAIN;~,
         to => q~    } else if (0) {
         rc = NGX_AGAIN;~,

@@ -743,7 +743,7 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
         goto unlock;
     }
 
-    if (mcf->rate && ngx_http_cio_queue_token(ws, mcf, now) != NGX_OK) {
+    if (ngx_http_cio_queue_token(ws, mcf, now) != NGX_OK) {
         goto unlock;
     }
 
@@ -860,8 +860,7 @@ ngx_http_cio_queue_may_send(ngx_http_cio_zone_t *zone,
     if (!ngx_http_cio_queue_leased(batch, lo, n) || ws->retry_at > now) {
         rc = NGX_DECLINED;
 
-    } else if (mcf->rate && ngx_http_cio_queue_token(ws, mcf, now) != NGX_OK)
-    {
+    } else if (ngx_http_cio_queue_token(ws, mcf, now) != NGX_OK) {
         rc = NGX_AGAIN;
 
     } else {
@@ -1173,7 +1172,8 @@ found:
 /*
  * The workspace's token bucket, which all workers share: a request costs
  * a token, in millionths so that no rounding is lost per refill.  Called
- * with the lock held.  NGX_DECLINED: none left, the items wait.
+ * with the lock held.  NGX_DECLINED: none left, the items wait.  Without
+ * cio_rate there is always one.
  */
 
 static ngx_int_t
@@ -1181,6 +1181,10 @@ ngx_http_cio_queue_token(ngx_http_cio_shws_t *ws,
     ngx_http_cio_main_conf_t *mcf, uint64_t now)
 {
     uint64_t  tokens, burst;
+
+    if (mcf->rate == 0) {
+        return NGX_OK;
+    }
 
     burst = (uint64_t) mcf->burst * 1000000;
 
