@@ -140,7 +140,6 @@ typedef struct {
 
 struct ngx_http_cio_journal_s {
     ngx_str_t                    path;       /* NUL-ended */
-    u_char                      *spare;      /* an earlier version's */
     off_t                        max_size;
     size_t                       seg_size;
     ngx_uint_t                   sync;
@@ -310,13 +309,6 @@ ngx_http_cio_journal_add(ngx_conf_t *cf, ngx_str_t *path, off_t max_size,
 
     j->path = *path;
     j->max_size = max_size;
-
-    j->spare = ngx_pnalloc(cf->pool, path->len + sizeof("/spare"));
-    if (j->spare == NULL) {
-        return NULL;
-    }
-
-    ngx_sprintf(j->spare, "%V/spare%Z", path);
 
     j->sync = sync;
     j->interval = interval;
@@ -681,7 +673,8 @@ ngx_http_cio_journal_replay(ngx_cycle_t *cycle, ngx_http_cio_journal_t *j,
     }
 
     /* the file an earlier version kept to write the next segment over */
-    (void) ngx_delete_file(j->spare);
+    ngx_sprintf(name, "%V/spare%Z", &j->path);
+    (void) ngx_delete_file(name);
 
     ngx_free(name);
 
