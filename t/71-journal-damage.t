@@ -15,7 +15,7 @@ use lib "$FindBin::Bin/lib";
 
 use Test::More;
 use Cio::Test qw(wait_until);
-use Cio::Load qw(post_events);
+use Cio::Load qw(post_events journal_records);
 use Compress::Zlib qw(crc32);
 
 my $seed = $ENV{CIO_SEED} // (time ^ $$);
@@ -30,21 +30,6 @@ cio_retry_backoff 50ms 200ms;
 cio_connect_timeout 1s;
 cio_journal %%TESTDIR%%/journal sync=off;
 END
-}
-
-# [offset, length] of each record of a segment (magic "CIOJ", length,
-# crc, then the 16-byte header's two lengths)
-sub records {
-    my ($data) = @_;
-    my @r;
-    my $off = 0;
-    while ($off + 16 <= length $data) {
-        my ($magic, $len) = unpack 'a4 V', substr($data, $off, 8);
-        last unless $magic eq 'CIOJ';
-        push @r, [$off, 16 + $len];
-        $off += 16 + $len;
-    }
-    return @r;
 }
 
 sub slurp { local (@ARGV, $/) = @_; return <> }
@@ -96,7 +81,7 @@ sub delivered_except {
     my ($t, $port, $names, $seg) = journaled();
 
     my $data = slurp($seg);
-    my @r = records($data);
+    my @r = journal_records($data);
     is(scalar @r, 20, '20 records');
 
     # the last one cut somewhere inside, and garbage after it
@@ -124,7 +109,7 @@ sub delivered_except {
     my ($t, $port, $names, $seg) = journaled();
 
     my $data = slurp($seg);
-    my @r = records($data);
+    my @r = journal_records($data);
 
     my ($off, $len) = @{ $r[6] };
     my @at = map { $off + int rand $len } 1 .. 3;
@@ -151,7 +136,7 @@ sub delivered_except {
     my ($t, $port, $names, $seg) = journaled();
 
     my $data = slurp($seg);
-    my @r = records($data);
+    my @r = journal_records($data);
     my $end = $r[-1][0] + $r[-1][1];
     is(substr($data, $end, 4), 'CIOE', 'the end mark after the 20th');
 

@@ -18,6 +18,7 @@ use lib "$FindBin::Bin/lib";
 
 use Test::More;
 use Cio::Test qw(wait_until);
+use Cio::Load qw(journal_records);
 
 my $t = Cio::Test->new(workers => 1);
 my $port = Cio::Test::free_port();
@@ -54,12 +55,8 @@ sub direct { return scalar `dd if='$seg' iflag=direct bs=1M status=none` }
 
 # where the records end: their end mark
 sub records_end {
-    my ($data) = @_;
-    my $off = 0;
-    while (substr($data, $off, 4) eq 'CIOJ') {
-        $off += 16 + unpack('V', substr($data, $off + 4, 4));
-    }
-    return $off;
+    my @r = journal_records(@_);
+    return @r ? $r[-1][0] + $r[-1][1] : 0;
 }
 
 # 2.9 MB of records, and the thread's megabyte ahead of them: a write

@@ -11,7 +11,8 @@ use warnings;
 use Exporter qw(import);
 use JSON::PP;
 
-our @EXPORT_OK = qw(post_events post_batch dead_letters missing);
+our @EXPORT_OK = qw(post_events post_batch dead_letters missing
+    journal_records);
 
 my $JSON = JSON::PP->new->canonical;
 
@@ -62,6 +63,22 @@ sub missing {
     my ($want, $seen, @also) = @_;
     my %also = map { $_ => 1 } @also;
     return [ grep { !$seen->{$_} && !$also{$_} } @$want ];
+}
+
+# [offset, length] of each record of a cio_journal segment's bytes, up to
+# the first that is not one (magic "CIOJ", the length of what follows the
+# 16-byte header): its end mark, or damage
+sub journal_records {
+    my ($data) = @_;
+    my @r;
+    my $off = 0;
+    while ($off + 16 <= length $data) {
+        my ($magic, $len) = unpack 'a4 V', substr($data, $off, 8);
+        last unless $magic eq 'CIOJ';
+        push @r, [$off, 16 + $len];
+        $off += 16 + $len;
+    }
+    return @r;
 }
 
 1;
