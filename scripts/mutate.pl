@@ -451,11 +451,33 @@ my @MUTATIONS = (
         what => 'cio_journal answers 200 for events it never wrote: a '
             . 'crash loses them',
         file => $HANDLER,
-        from => q~    if (mcf->journal && n && lcf->ws->sh
-        && ngx_http_cio_journal_write(~,
-        to => q~    if (0 && mcf->journal && n && lcf->ws->sh
-        && ngx_http_cio_journal_write(~,
+        from => q~    if (mcf->journal == NULL || n == 0 || a->lcf->ws->sh == NULL) {~,
+        to => q~    if (1 || mcf->journal == NULL || n == 0 || a->lcf->ws->sh == NULL) {~,
         tests => [qw(t/70-journal-crash.t)],
+    },
+    {
+        name => 'journal-pass-one-offset',
+        what => 'the requests written together in one pwritev() all get '
+            . 'the first one\'s offsets: their acks settle the wrong '
+            . 'records, a restart loses some and resends others',
+        file => $JOURNAL,
+        from => q~        a->rc = NGX_OK;
+        off += (uint32_t) a->len;~,
+        to => q~        a->rc = NGX_OK;~,
+        tests => [qw(t/79-journal-pass.t)],
+    },
+    {
+        name => 'journal-pass-failed-first-only',
+        what => 'a shared write that fails refuses only its first request: '
+            . 'the others are answered 200 for records never written',
+        file => $JOURNAL,
+        from => q~    for (i = 0, a = first; i < k; i++, a = a->next) {
+        a->rc = NGX_ERROR;
+    }~,
+        to => q~    for (i = 0, a = first; i < k; i++, a = a->next) {
+        a->rc = i ? NGX_OK : NGX_ERROR;
+    }~,
+        tests => [qw(t/79-journal-pass.t)],
     },
     {
         name => 'journal-answers-before-sync',

@@ -163,6 +163,28 @@ typedef struct {
 } ngx_http_cio_jwait_t;
 
 
+/*
+ * A request's records on their way into cio_journal: written with those
+ * of the other requests of the same event loop pass, then handler runs,
+ * rc NGX_OK with jrefs[] (where each item is), NGX_BUSY (full) or
+ * NGX_ERROR (cannot be written: nothing of it stays in the journal).
+ */
+typedef struct ngx_http_cio_jappend_s  ngx_http_cio_jappend_t;
+
+struct ngx_http_cio_jappend_s {
+    ngx_http_cio_jappend_t      *next;
+    void                       (*handler)(ngx_http_cio_jappend_t *a);
+    void                        *data;
+    ngx_log_t                   *log;
+    u_char                      *buf;
+    size_t                       len;
+    uint32_t                    *offs;
+    ngx_uint_t                   n;
+    uint64_t                    *jrefs;
+    ngx_int_t                    rc;
+};
+
+
 typedef struct {
     ngx_shm_zone_t              *shm_zone;
     ngx_array_t                  workspaces; /* ngx_http_cio_ws_t * */
@@ -387,9 +409,9 @@ ngx_int_t ngx_http_cio_journal_start(ngx_cycle_t *cycle,
 void ngx_http_cio_journal_init_process(ngx_cycle_t *cycle,
     ngx_http_cio_journal_t *j);
 void ngx_http_cio_journal_exit_process(ngx_cycle_t *cycle);
-ngx_int_t ngx_http_cio_journal_write(ngx_http_cio_journal_t *j,
+ngx_int_t ngx_http_cio_journal_append(ngx_http_cio_journal_t *j,
     ngx_http_cio_ws_t *ws, ngx_str_t *items, ngx_uint_t n, ngx_pool_t *pool,
-    ngx_log_t *log, uint64_t **jrefs);
+    ngx_http_cio_jappend_t *a);
 void ngx_http_cio_journal_settled(uint64_t *jrefs, u_char *acts,
     ngx_uint_t n, u_char act);
 ngx_int_t ngx_http_cio_journal_wait(ngx_http_cio_journal_t *j,

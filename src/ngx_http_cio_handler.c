@@ -57,6 +57,21 @@ typedef struct {
 } ngx_http_cio_ctx_t;
 
 
+/* a request from its mapping to its answer, which it may wait for */
+typedef struct {
+    ngx_http_cio_jappend_t       append;     /* into cio_journal */
+    ngx_http_cio_jwait_t         wait;       /* for its sync=always */
+    ngx_http_request_t          *r;
+    ngx_http_cio_loc_conf_t     *lcf;
+    ngx_http_cio_map_result_t    res;
+    ngx_str_t                   *items;
+    ngx_uint_t                   n;
+    ngx_uint_t                   refused;
+    size_t                       received;
+    ngx_uint_t                   amplitude;
+} ngx_http_cio_accept_t;
+
+
 static void ngx_http_cio_body_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_cio_process(ngx_http_request_t *r,
     ngx_int_t route, ngx_uint_t authed);
@@ -75,9 +90,12 @@ static ngx_int_t ngx_http_cio_body(ngx_http_request_t *r,
 static ngx_int_t ngx_http_cio_screen(ngx_http_request_t *r,
     ngx_http_cio_loc_conf_t *lcf, ngx_int_t route,
     ngx_http_cio_map_result_t *res, ngx_uint_t refused, ngx_int_t *answer);
-static ngx_int_t ngx_http_cio_enqueue(ngx_http_request_t *r,
-    ngx_http_cio_loc_conf_t *lcf, ngx_http_cio_map_result_t *res,
-    ngx_uint_t refused, ngx_uint_t *queued, ngx_int_t *answer);
+static ngx_int_t ngx_http_cio_enqueue(ngx_http_cio_accept_t *a);
+static void ngx_http_cio_journal_written(ngx_http_cio_jappend_t *ap);
+static ngx_int_t ngx_http_cio_journal_refused(ngx_http_cio_accept_t *a);
+static ngx_int_t ngx_http_cio_push(ngx_http_cio_accept_t *a,
+    uint64_t *jrefs);
+static ngx_int_t ngx_http_cio_accepted(ngx_http_cio_accept_t *a);
 static ngx_int_t ngx_http_cio_route(ngx_http_request_t *r);
 static ngx_http_cio_ctx_t *ngx_http_cio_ctx(ngx_http_request_t *r);
 static ngx_uint_t ngx_http_cio_refused_calls(ngx_http_cio_map_result_t *res);
@@ -93,8 +111,7 @@ static ngx_int_t ngx_http_cio_preflight(ngx_http_request_t *r,
     ngx_http_cio_loc_conf_t *lcf);
 static ngx_int_t ngx_http_cio_decode_body(ngx_http_request_t *r,
     ngx_str_t *body, size_t max, ngx_int_t *answer);
-static ngx_int_t ngx_http_cio_wait_journal(ngx_http_request_t *r,
-    ngx_http_cio_map_result_t *res, size_t received, ngx_uint_t amplitude);
+static ngx_int_t ngx_http_cio_wait_journal(ngx_http_cio_accept_t *a);
 static void ngx_http_cio_journal_synced(ngx_event_t *ev);
 static void ngx_http_cio_free(void *data);
 static void ngx_http_cio_log_changes(ngx_http_request_t *r,
@@ -273,8 +290,9 @@ ngx_http_cio_process(ngx_http_request_t *r, ngx_int_t route,
     size_t                      received;
     ngx_int_t                   rc;
     ngx_str_t                   body;
-    ngx_uint_t                  amplitude, refused, queued;
+    ngx_uint_t                  amplitude, refused;
     ngx_http_cio_ctx_t         *ctx;
+    ngx_http_cio_accept_t      *a;
     ngx_http_cio_loc_conf_t    *lcf;
     ngx_http_cio_map_opts_t     opts;
     ngx_http_cio_map_result_t   res;
@@ -351,35 +369,31 @@ ngx_http_cio_process(ngx_http_request_t *r, ngx_int_t route,
 
     refused = ngx_http_cio_refused_calls(&res);
 
-    if (ngx_http_cio_screen(r, lcf, route, &res, refused, &rc) != NGX_OK
-        || ngx_http_cio_enqueue(r, lcf, &res, refused, &queued, &rc)
-           != NGX_OK)
-    {
+    if (ngx_http_cio_screen(r, lcf, route, &res, refused, &rc) != NGX_OK) {
         goto done;
     }
 
-    if (res.changes) {
-        ngx_http_cio_log_changes(r, res.changes);
+    a = ngx_pcalloc(r->pool, sizeof(ngx_http_cio_accept_t));
+    if (a == NULL) {
+        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        goto done;
     }
 
-    ctx->status = (queued == 0 && res.nfiltered) ? "filtered" : "queued";
+    a->r = r;
+    a->lcf = lcf;
+    a->res = res;
+    a->refused = refused;
+    a->received = received;
+    a->amplitude = amplitude;
 
-    if (queued) {
-        /* cio_journal sync=always: answered once the items are synced */
-        rc = ngx_http_cio_wait_journal(r, &res, received, amplitude);
+    rc = ngx_http_cio_enqueue(a);
 
-        if (rc == NGX_DONE) {
-            /* res is the waiter's now */
-            return NGX_DONE;
-        }
-
-        if (rc != NGX_OK) {
-            goto done;
-        }
+    if (rc != NGX_DONE) {
+        ngx_http_cio_map_result_free(&a->res);
     }
 
-    rc = amplitude ? ngx_http_cio_reply_amplitude(r, &res, received)
-                   : ngx_http_cio_reply_ok(r, &res);
+    /* NGX_DONE: a->res is the waiting request's */
+    return rc;
 
 done:
 
@@ -608,22 +622,23 @@ ngx_http_cio_screen(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
 
 /*
  * Every call's items, in order, into the zone, with the request's
- * filtered and refused calls counted under the same lock.  *queued: the
- * items queued.  NGX_DONE: answered with *answer.
+ * filtered and refused calls counted under the same lock, and answered;
+ * with cio_journal, into the journal first: a 200 is never for less
+ * (journal.c).  NGX_DONE: the request waits for the journal's write
+ * (ngx_http_cio_journal_written) or sync (ngx_http_cio_journal_synced).
  */
 
 static ngx_int_t
-ngx_http_cio_enqueue(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
-    ngx_http_cio_map_result_t *res, ngx_uint_t refused, ngx_uint_t *queued,
-    ngx_int_t *answer)
+ngx_http_cio_enqueue(ngx_http_cio_accept_t *a)
 {
-    uint64_t                  *jrefs;
-    ngx_int_t                  rc;
-    ngx_str_t                 *items;
-    ngx_uint_t                 i, j, n;
-    ngx_http_cio_map_call_t   *call;
-    ngx_http_cio_main_conf_t  *mcf;
+    ngx_uint_t                  i, j, n;
+    ngx_http_request_t         *r;
+    ngx_http_cio_map_call_t    *call;
+    ngx_http_cio_map_result_t  *res;
+    ngx_http_cio_main_conf_t   *mcf;
 
+    r = a->r;
+    res = &a->res;
     mcf = ngx_http_get_module_main_conf(r, ngx_http_cio_module);
 
     n = 0;
@@ -632,10 +647,9 @@ ngx_http_cio_enqueue(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
         n += res->calls[i].nitems;
     }
 
-    items = ngx_palloc(r->pool, (n ? n : 1) * sizeof(ngx_str_t));
-    if (items == NULL) {
-        *answer = NGX_HTTP_INTERNAL_SERVER_ERROR;
-        return NGX_DONE;
+    a->items = ngx_palloc(r->pool, (n ? n : 1) * sizeof(ngx_str_t));
+    if (a->items == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     n = 0;
@@ -644,93 +658,175 @@ ngx_http_cio_enqueue(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
         call = &res->calls[i];
 
         for (j = 0; j < (ngx_uint_t) call->nitems; j++) {
-            items[n].data = (u_char *) call->item[j];
-            items[n].len = call->item_len[j];
+            a->items[n].data = (u_char *) call->item[j];
+            a->items[n].len = call->item_len[j];
             n++;
         }
     }
 
-    if (lcf->ws->sh != NULL
-        && ngx_http_cio_never_fits(r, mcf->shm_zone->data, items, n))
+    a->n = n;
+
+    if (a->lcf->ws->sh != NULL
+        && ngx_http_cio_never_fits(r, mcf->shm_zone->data, a->items, n))
     {
-        *answer = ngx_http_cio_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
-                                     "request is larger than the queue can "
-                                     "ever hold");
-        return NGX_DONE;
+        return ngx_http_cio_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                  "request is larger than the queue can "
+                                  "ever hold");
     }
 
-    jrefs = NULL;
-
-    /* on disk before in the queue: a 200 is never for less (journal.c) */
-    if (mcf->journal && n && lcf->ws->sh
-        && ngx_http_cio_journal_write(mcf->journal, lcf->ws, items, n,
-                                      r->pool, r->connection->log, &jrefs)
-           != NGX_OK)
-    {
-        ngx_http_cio_queue_reject(mcf->shm_zone->data, lcf->ws->sh,
-                                  NGX_HTTP_CIO_REJ_FULL, 1);
-        *answer = ngx_http_cio_refuse(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                      "journal cannot take it, retry later");
-        return NGX_DONE;
+    if (mcf->journal == NULL || n == 0 || a->lcf->ws->sh == NULL) {
+        return ngx_http_cio_push(a, NULL);
     }
 
-    if (lcf->ws->sh == NULL) {
+    a->append.handler = ngx_http_cio_journal_written;
+    a->append.data = a;
+    a->append.log = r->connection->log;
+
+    if (ngx_http_cio_journal_append(mcf->journal, a->lcf->ws, a->items, n,
+                                    r->pool, &a->append)
+        != NGX_OK)
+    {
+        return ngx_http_cio_journal_refused(a);
+    }
+
+    r->main->count++;
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_cio_journal_written(ngx_http_cio_jappend_t *ap)
+{
+    ngx_int_t               rc;
+    ngx_connection_t       *c;
+    ngx_http_request_t     *r;
+    ngx_http_cio_accept_t  *a;
+
+    a = ap->data;
+    r = a->r;
+    c = r->connection;
+
+    rc = (ap->rc == NGX_OK) ? ngx_http_cio_push(a, ap->jrefs)
+                            : ngx_http_cio_journal_refused(a);
+
+    if (rc != NGX_DONE) {
+        ngx_http_cio_map_result_free(&a->res);
+    }
+
+    /* NGX_DONE: waits for the sync, which holds the request on its own */
+    ngx_http_finalize_request(r, rc);
+    ngx_http_run_posted_requests(c);
+}
+
+
+static ngx_int_t
+ngx_http_cio_journal_refused(ngx_http_cio_accept_t *a)
+{
+    ngx_http_cio_main_conf_t  *mcf;
+
+    mcf = ngx_http_get_module_main_conf(a->r, ngx_http_cio_module);
+
+    ngx_http_cio_queue_reject(mcf->shm_zone->data, a->lcf->ws->sh,
+                              NGX_HTTP_CIO_REJ_FULL, 1);
+
+    return ngx_http_cio_refuse(a->r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                               "journal cannot take it, retry later");
+}
+
+
+/* jrefs: where cio_journal has the items, NULL: it has not */
+
+static ngx_int_t
+ngx_http_cio_push(ngx_http_cio_accept_t *a, uint64_t *jrefs)
+{
+    ngx_int_t                  rc;
+    ngx_http_request_t        *r;
+    ngx_http_cio_ws_t         *ws;
+    ngx_http_cio_main_conf_t  *mcf;
+
+    r = a->r;
+    ws = a->lcf->ws;
+    mcf = ngx_http_get_module_main_conf(r, ngx_http_cio_module);
+
+    if (ws->sh == NULL) {
         /* the zone had no room for the workspace when the worker started */
         rc = NGX_BUSY;
 
     } else {
-        rc = ngx_http_cio_queue_push(mcf->shm_zone->data, lcf->ws->sh,
-                                     items, n, res->nfiltered, refused,
+        rc = ngx_http_cio_queue_push(mcf->shm_zone->data, ws->sh, a->items,
+                                     a->n, a->res.nfiltered, a->refused,
                                      jrefs);
     }
 
     if (rc != NGX_OK && jrefs) {
         /* refused after all: nothing to replay */
-        ngx_http_cio_journal_settled(jrefs, NULL, n, 0);
+        ngx_http_cio_journal_settled(jrefs, NULL, a->n, 0);
     }
 
     if (rc == NGX_BUSY) {
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                      "cio: queue is full, %ui events refused with 503", n);
+                      "cio: queue is full, %ui events refused with 503",
+                      a->n);
 
         /* counted by the push */
-        *answer = ngx_http_cio_refuse(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                      "queue is full, retry later");
-        return NGX_DONE;
+        return ngx_http_cio_refuse(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                   "queue is full, retry later");
     }
 
     if (rc != NGX_OK) {
-        *answer = NGX_HTTP_INTERNAL_SERVER_ERROR;
-        return NGX_DONE;
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     /*
      * a full batch need not wait for the flush timer (read without the
      * lock: a hint, the timer sends it anyway)
      */
-    if (n && lcf->ws->sh->pending_bytes >= mcf->batch_size) {
+    if (a->n && ws->sh->pending_bytes >= mcf->batch_size) {
         ngx_http_cio_deliver_kick();
     }
 
-    if (res->nfiltered) {
+    if (a->res.nfiltered) {
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                       "cio: %uz calls filtered out", res->nfiltered);
+                       "cio: %uz calls filtered out", a->res.nfiltered);
     }
 
-    *queued = n;
-
-    return NGX_OK;
+    return ngx_http_cio_accepted(a);
 }
 
 
-/* a request waiting for cio_journal's sync, with what its answer needs */
-typedef struct {
-    ngx_http_cio_jwait_t         wait;
-    ngx_http_request_t          *r;
-    ngx_http_cio_map_result_t    res;
-    size_t                       received;
-    ngx_uint_t                   amplitude;
-} ngx_http_cio_synced_t;
+/* queued: the answer, or with sync=always the wait for it */
+
+static ngx_int_t
+ngx_http_cio_accepted(ngx_http_cio_accept_t *a)
+{
+    ngx_int_t            rc;
+    ngx_http_request_t  *r;
+    ngx_http_cio_ctx_t  *ctx;
+
+    r = a->r;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_cio_module);
+
+    if (a->res.changes) {
+        ngx_http_cio_log_changes(r, a->res.changes);
+    }
+
+    ctx->status = (a->n == 0 && a->res.nfiltered) ? "filtered" : "queued";
+
+    if (a->n) {
+        /* cio_journal sync=always: answered once the items are synced */
+        rc = ngx_http_cio_wait_journal(a);
+
+        if (rc != NGX_OK) {
+            /* NGX_DONE: a->res is the waiter's now */
+            return rc;
+        }
+    }
+
+    return a->amplitude
+           ? ngx_http_cio_reply_amplitude(r, &a->res, a->received)
+           : ngx_http_cio_reply_ok(r, &a->res);
+}
 
 
 /*
@@ -740,35 +836,26 @@ typedef struct {
  */
 
 static ngx_int_t
-ngx_http_cio_wait_journal(ngx_http_request_t *r,
-    ngx_http_cio_map_result_t *res, size_t received, ngx_uint_t amplitude)
+ngx_http_cio_wait_journal(ngx_http_cio_accept_t *a)
 {
-    ngx_http_cio_synced_t     *s;
+    ngx_http_request_t        *r;
     ngx_http_cio_main_conf_t  *mcf;
 
+    r = a->r;
     mcf = ngx_http_get_module_main_conf(r, ngx_http_cio_module);
 
     if (mcf->journal == NULL) {
         return NGX_OK;
     }
 
-    s = ngx_pcalloc(r->pool, sizeof(ngx_http_cio_synced_t));
-    if (s == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
+    a->wait.ev.handler = ngx_http_cio_journal_synced;
+    a->wait.ev.data = a;
+    a->wait.ev.log = r->connection->log;
 
-    s->r = r;
-    s->received = received;
-    s->amplitude = amplitude;
-    s->wait.ev.handler = ngx_http_cio_journal_synced;
-    s->wait.ev.data = s;
-    s->wait.ev.log = r->connection->log;
-
-    if (ngx_http_cio_journal_wait(mcf->journal, &s->wait) == NGX_OK) {
+    if (ngx_http_cio_journal_wait(mcf->journal, &a->wait) == NGX_OK) {
         return NGX_OK;
     }
 
-    s->res = *res;
     r->main->count++;
 
     return NGX_DONE;
@@ -781,24 +868,24 @@ ngx_http_cio_journal_synced(ngx_event_t *ev)
     ngx_int_t               rc;
     ngx_connection_t       *c;
     ngx_http_request_t     *r;
-    ngx_http_cio_synced_t  *s;
+    ngx_http_cio_accept_t  *a;
 
-    s = ev->data;
-    r = s->r;
+    a = ev->data;
+    r = a->r;
     c = r->connection;
 
-    if (s->wait.rc != NGX_OK) {
+    if (a->wait.rc != NGX_OK) {
         /* queued all the same: the client's retry makes a duplicate */
         rc = ngx_http_cio_refuse(r, NGX_HTTP_SERVICE_UNAVAILABLE,
                                  "journal cannot be synced, retry later");
 
     } else {
-        rc = s->amplitude
-             ? ngx_http_cio_reply_amplitude(r, &s->res, s->received)
-             : ngx_http_cio_reply_ok(r, &s->res);
+        rc = a->amplitude
+             ? ngx_http_cio_reply_amplitude(r, &a->res, a->received)
+             : ngx_http_cio_reply_ok(r, &a->res);
     }
 
-    ngx_http_cio_map_result_free(&s->res);
+    ngx_http_cio_map_result_free(&a->res);
 
     ngx_http_finalize_request(r, rc);
     ngx_http_run_posted_requests(c);
