@@ -467,6 +467,18 @@ my @MUTATIONS = (
         tests => [qw(t/79-journal-pass.t)],
     },
     {
+        name => 'journal-pass-no-sync',
+        what => 'sync=always: the requests of a shared write wait for a '
+            . 'sync nobody starts',
+        file => $JOURNAL,
+        from => q~    if (!ngx_queue_empty(&jw->waiting)) {
+        ngx_http_cio_journal_sync();
+    }
+}~,
+        to => q~}~,
+        tests => [qw(t/79-journal-pass.t)],
+    },
+    {
         name => 'journal-pass-failed-first-only',
         what => 'a shared write that fails refuses only its first request: '
             . 'the others are answered 200 for records never written',
@@ -486,7 +498,9 @@ my @MUTATIONS = (
         file => $JOURNAL,
         from => q~    ngx_queue_insert_tail(&jw->waiting, &w->link);
 
-    ngx_http_cio_journal_sync();
+    if (!jw->flushing) {
+        ngx_http_cio_journal_sync();
+    }
 
     return NGX_AGAIN;~,
         to => q~    ngx_http_cio_journal_sync();

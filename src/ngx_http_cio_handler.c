@@ -95,6 +95,8 @@ static void ngx_http_cio_journal_written(ngx_http_cio_jappend_t *ap);
 static ngx_int_t ngx_http_cio_journal_refused(ngx_http_cio_accept_t *a);
 static ngx_int_t ngx_http_cio_push(ngx_http_cio_accept_t *a,
     uint64_t *jrefs);
+static ngx_int_t ngx_http_cio_queued(ngx_http_cio_accept_t *a,
+    ngx_int_t rc);
 static ngx_int_t ngx_http_cio_accepted(ngx_http_cio_accept_t *a);
 static ngx_int_t ngx_http_cio_route(ngx_http_request_t *r);
 static ngx_http_cio_ctx_t *ngx_http_cio_ctx(ngx_http_request_t *r);
@@ -675,7 +677,7 @@ ngx_http_cio_enqueue(ngx_http_cio_accept_t *a)
     }
 
     if (mcf->journal == NULL || n == 0 || a->lcf->ws->sh == NULL) {
-        return ngx_http_cio_push(a, NULL);
+        return ngx_http_cio_queued(a, ngx_http_cio_push(a, NULL));
     }
 
     a->append.handler = ngx_http_cio_journal_written;
@@ -689,7 +691,9 @@ ngx_http_cio_enqueue(ngx_http_cio_accept_t *a)
         return ngx_http_cio_journal_refused(a);
     }
 
+    /* blocked: a request terminated meanwhile is not freed under us */
     r->main->count++;
+    r->main->blocked++;
 
     return NGX_DONE;
 }
@@ -707,8 +711,27 @@ ngx_http_cio_journal_written(ngx_http_cio_jappend_t *ap)
     r = a->r;
     c = r->connection;
 
-    rc = (ap->rc == NGX_OK) ? ngx_http_cio_push(a, ap->jrefs)
-                            : ngx_http_cio_journal_refused(a);
+    r->main->blocked--;
+
+    if (c->error) {
+        /*
+         * terminated meanwhile (the block kept it), or its client gone:
+         * nobody to answer, and what was written is delivered all the same
+         */
+        if (ap->rc == NGX_OK) {
+            (void) ngx_http_cio_push(a, ap->jrefs);
+        }
+
+        ngx_http_cio_map_result_free(&a->res);
+
+        ngx_http_finalize_request(r, NGX_ERROR);
+        ngx_http_run_posted_requests(c);
+        return;
+    }
+
+    rc = (ap->rc == NGX_OK)
+         ? ngx_http_cio_queued(a, ngx_http_cio_push(a, ap->jrefs))
+         : ngx_http_cio_journal_refused(a);
 
     if (rc != NGX_DONE) {
         ngx_http_cio_map_result_free(&a->res);
@@ -735,7 +758,11 @@ ngx_http_cio_journal_refused(ngx_http_cio_accept_t *a)
 }
 
 
-/* jrefs: where cio_journal has the items, NULL: it has not */
+/*
+ * The items into the zone; jrefs: where cio_journal has them, NULL: it
+ * has not.  NGX_BUSY: the queue is full; NGX_ERROR: they could not be
+ * queued.  Nothing is answered here.
+ */
 
 static ngx_int_t
 ngx_http_cio_push(ngx_http_cio_accept_t *a, uint64_t *jrefs)
@@ -768,14 +795,11 @@ ngx_http_cio_push(ngx_http_cio_accept_t *a, uint64_t *jrefs)
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                       "cio: queue is full, %ui events refused with 503",
                       a->n);
-
-        /* counted by the push */
-        return ngx_http_cio_refuse(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                   "queue is full, retry later");
+        return NGX_BUSY;
     }
 
     if (rc != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return NGX_ERROR;
     }
 
     /*
@@ -789,6 +813,25 @@ ngx_http_cio_push(ngx_http_cio_accept_t *a, uint64_t *jrefs)
     if (a->res.nfiltered) {
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                        "cio: %uz calls filtered out", a->res.nfiltered);
+    }
+
+    return NGX_OK;
+}
+
+
+/* the answer to what ngx_http_cio_push did */
+
+static ngx_int_t
+ngx_http_cio_queued(ngx_http_cio_accept_t *a, ngx_int_t rc)
+{
+    if (rc == NGX_BUSY) {
+        /* counted by the push */
+        return ngx_http_cio_refuse(a->r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                   "queue is full, retry later");
+    }
+
+    if (rc != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     return ngx_http_cio_accepted(a);
@@ -857,6 +900,7 @@ ngx_http_cio_wait_journal(ngx_http_cio_accept_t *a)
     }
 
     r->main->count++;
+    r->main->blocked++;
 
     return NGX_DONE;
 }
@@ -873,6 +917,17 @@ ngx_http_cio_journal_synced(ngx_event_t *ev)
     a = ev->data;
     r = a->r;
     c = r->connection;
+
+    r->main->blocked--;
+
+    if (c->error) {
+        /* terminated meanwhile, or its client gone: queued already */
+        ngx_http_cio_map_result_free(&a->res);
+
+        ngx_http_finalize_request(r, NGX_ERROR);
+        ngx_http_run_posted_requests(c);
+        return;
+    }
 
     if (a->wait.rc != NGX_OK) {
         /* queued all the same: the client's retry makes a duplicate */

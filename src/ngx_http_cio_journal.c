@@ -97,6 +97,7 @@
 #define NGX_HTTP_CIO_J_IOVS        64
 #define NGX_HTTP_CIO_J_PASS        (1024 * 1024)
 #define NGX_HTTP_CIO_J_TRIM        (16 * 1024 * 1024)
+#define NGX_HTTP_CIO_J_MMAP        (4 * 1024 * 1024)
 
 /* zlib's crc32, libdeflate's when it is there: the same sums, faster */
 #if (NGX_HTTP_CIO_LIBDEFLATE)
@@ -187,6 +188,7 @@ typedef struct {
     ngx_uint_t                   dcap;
     unsigned                     dirty:1;
     unsigned                     syncing:1;
+    unsigned                     flushing:1;
     unsigned                     preparing:1;
 #if (NGX_THREADS)
     ngx_thread_task_t           *task;
@@ -1102,6 +1104,14 @@ ngx_http_cio_journal_init_process(ngx_cycle_t *cycle,
      * write").
      */
     (void) mallopt(M_TRIM_THRESHOLD, NGX_HTTP_CIO_J_TRIM);
+
+    /*
+     * which turns glibc's mmap threshold from dynamic to fixed: set as
+     * high as the dynamic one may rise, not left at 128 KB, so that large
+     * blocks (big request bodies) do not get mmap()ed and faulted in anew
+     * each time
+     */
+    (void) mallopt(M_MMAP_THRESHOLD, NGX_HTTP_CIO_J_MMAP);
 #endif
 
     mcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_cio_module);
@@ -1383,6 +1393,9 @@ ngx_http_cio_journal_flush(ngx_event_t *ev)
     jw->appends = NULL;
     jw->appends_tail = &jw->appends;
 
+    /* the sync=always waits the handlers start share one sync, below */
+    jw->flushing = 1;
+
     while (a) {
         rest = ngx_http_cio_journal_write(jw->j, a);
 
@@ -1393,8 +1406,19 @@ ngx_http_cio_journal_flush(ngx_event_t *ev)
         }
     }
 
+    jw->flushing = 0;
+
     if (jw->appends == NULL) {
         jw->pass_used = 0;
+    }
+
+    /*
+     * Not one sync per wait: a sync run in the event loop (no thread
+     * pool) would leave the requests of its write that wait after it
+     * waiting for the next write's sync
+     */
+    if (!ngx_queue_empty(&jw->waiting)) {
+        ngx_http_cio_journal_sync();
     }
 }
 
@@ -2464,7 +2488,9 @@ ngx_http_cio_journal_wait(ngx_http_cio_journal_t *j, ngx_http_cio_jwait_t *w)
 
     ngx_queue_insert_tail(&jw->waiting, &w->link);
 
-    ngx_http_cio_journal_sync();
+    if (!jw->flushing) {
+        ngx_http_cio_journal_sync();
+    }
 
     return NGX_AGAIN;
 }

@@ -77,10 +77,24 @@ sub answer {
 # one request on each connection; with $stop, the worker is stopped
 # meanwhile, so that it finds them all ready at once, in one pass of its
 # event loop.  Returns the names and each one's status.
+# true once the process is stopped (kill returns before it is)
+sub stopped {
+    my ($pid) = @_;
+    return wait_until(sub {
+        my $stat = Cio::Test->read_file("/proc/$pid/stat");
+        return $stat =~ /\) T /;
+    }, 5);
+}
+
 sub at_once {
     my ($t, $socks, $prefix, $stop, $pad) = @_;
-    my ($worker) = $t->worker_pids;
-    kill 'STOP', $worker if $stop;
+    my $worker;
+    wait_until(sub { ($worker) = $t->worker_pids; $worker }, 10)
+        or die 'no worker';
+    if ($stop) {
+        kill 'STOP', $worker;
+        stopped($worker) or die "worker $worker did not stop";
+    }
     my (@names, $i);
     for my $sock (@$socks) {
         my $name = "$prefix-" . ++$i;
@@ -155,6 +169,34 @@ sub writes {
     diag(sprintf 'journal, %d requests at once: %d requests in %d writes '
         . '(up to %d a write), delivered %d, sent again 0',
         $CONNS, $total, $writes, $most, $total - @$missing);
+
+    $t->done_part;
+}
+
+# --- sync=always: the requests of a shared write share its sync -------------
+
+{
+    my $t = Cio::Test->new(workers => 1);
+    my $port = Cio::Test::free_port();
+    my $cio = $t->standin(workspaces => ['site1:key1'], port => $port);
+
+    $t->config(main => 'error_log %%TESTDIR%%/debug.log debug;',
+        http => conf($port, '%%TESTDIR%%/journal sync=always'))->run;
+
+    my @socks = connections($t);
+    my @all = map { at_once($t, \@socks, "always-$_", 1) } 1 .. 3;
+    my @names = map { $_->[0] } @all;
+    is(join(' ', map { $_->[1] } @all), join(' ', (200) x @all),
+        'sync=always: every request of a shared write answered 200');
+
+    my ($writes, $shared, $most) = writes($t);
+    open my $dbg, '<', $t->dir . '/debug.log' or die "debug.log: $!";
+    my $syncs = grep { /cio: journal synced: segment/ } <$dbg>;
+    close $dbg;
+    cmp_ok($syncs, '<', scalar @names,
+        scalar(@names) . " requests in $writes writes, $syncs syncs");
+
+    is_deeply($cio->wait_names(\@names, 30), [], 'and delivered');
 
     $t->done_part;
 }
