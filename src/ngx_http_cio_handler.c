@@ -91,6 +91,9 @@ static ngx_int_t ngx_http_cio_screen(ngx_http_request_t *r,
     ngx_http_cio_loc_conf_t *lcf, ngx_int_t route,
     ngx_http_cio_map_result_t *res, ngx_uint_t refused, ngx_int_t *answer);
 static ngx_int_t ngx_http_cio_enqueue(ngx_http_cio_accept_t *a);
+static void ngx_http_cio_park(ngx_http_request_t *r);
+static ngx_uint_t ngx_http_cio_unpark(ngx_http_cio_accept_t *a,
+    uint64_t *jrefs);
 static void ngx_http_cio_journal_written(ngx_http_cio_jappend_t *ap);
 static ngx_int_t ngx_http_cio_journal_refused(ngx_http_cio_accept_t *a);
 static ngx_int_t ngx_http_cio_push(ngx_http_cio_accept_t *a,
@@ -691,11 +694,52 @@ ngx_http_cio_enqueue(ngx_http_cio_accept_t *a)
         return ngx_http_cio_journal_refused(a);
     }
 
+    ngx_http_cio_park(r);
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_cio_park(ngx_http_request_t *r)
+{
     /* blocked: a request terminated meanwhile is not freed under us */
     r->main->count++;
     r->main->blocked++;
+}
 
-    return NGX_DONE;
+
+/*
+ * A parked request's turn.  1: it was terminated meanwhile (the block
+ * kept it) or its client is gone, and it is finished here: nobody to
+ * answer, and with jrefs what was written is queued all the same.
+ */
+
+static ngx_uint_t
+ngx_http_cio_unpark(ngx_http_cio_accept_t *a, uint64_t *jrefs)
+{
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+
+    r = a->r;
+    c = r->connection;
+
+    r->main->blocked--;
+
+    if (!c->error) {
+        return 0;
+    }
+
+    if (jrefs) {
+        (void) ngx_http_cio_push(a, jrefs);
+    }
+
+    ngx_http_cio_map_result_free(&a->res);
+
+    ngx_http_finalize_request(r, NGX_ERROR);
+    ngx_http_run_posted_requests(c);
+
+    return 1;
 }
 
 
@@ -711,21 +755,7 @@ ngx_http_cio_journal_written(ngx_http_cio_jappend_t *ap)
     r = a->r;
     c = r->connection;
 
-    r->main->blocked--;
-
-    if (c->error) {
-        /*
-         * terminated meanwhile (the block kept it), or its client gone:
-         * nobody to answer, and what was written is delivered all the same
-         */
-        if (ap->rc == NGX_OK) {
-            (void) ngx_http_cio_push(a, ap->jrefs);
-        }
-
-        ngx_http_cio_map_result_free(&a->res);
-
-        ngx_http_finalize_request(r, NGX_ERROR);
-        ngx_http_run_posted_requests(c);
+    if (ngx_http_cio_unpark(a, (ap->rc == NGX_OK) ? ap->jrefs : NULL)) {
         return;
     }
 
@@ -899,8 +929,7 @@ ngx_http_cio_wait_journal(ngx_http_cio_accept_t *a)
         return NGX_OK;
     }
 
-    r->main->count++;
-    r->main->blocked++;
+    ngx_http_cio_park(r);
 
     return NGX_DONE;
 }
@@ -918,14 +947,8 @@ ngx_http_cio_journal_synced(ngx_event_t *ev)
     r = a->r;
     c = r->connection;
 
-    r->main->blocked--;
-
-    if (c->error) {
-        /* terminated meanwhile, or its client gone: queued already */
-        ngx_http_cio_map_result_free(&a->res);
-
-        ngx_http_finalize_request(r, NGX_ERROR);
-        ngx_http_run_posted_requests(c);
+    /* queued already */
+    if (ngx_http_cio_unpark(a, NULL)) {
         return;
     }
 
