@@ -101,6 +101,7 @@ static ngx_int_t ngx_http_cio_push(ngx_http_cio_accept_t *a,
 static ngx_int_t ngx_http_cio_queued(ngx_http_cio_accept_t *a,
     ngx_int_t rc);
 static ngx_int_t ngx_http_cio_accepted(ngx_http_cio_accept_t *a);
+static ngx_int_t ngx_http_cio_answer(ngx_http_cio_accept_t *a);
 static ngx_int_t ngx_http_cio_route(ngx_http_request_t *r);
 static ngx_http_cio_ctx_t *ngx_http_cio_ctx(ngx_http_request_t *r);
 static ngx_uint_t ngx_http_cio_refused_calls(ngx_http_cio_map_result_t *res);
@@ -896,9 +897,18 @@ ngx_http_cio_accepted(ngx_http_cio_accept_t *a)
         }
     }
 
+    return ngx_http_cio_answer(a);
+}
+
+
+/* the 200, in the shape the client's API expects */
+
+static ngx_int_t
+ngx_http_cio_answer(ngx_http_cio_accept_t *a)
+{
     return a->amplitude
-           ? ngx_http_cio_reply_amplitude(r, &a->res, a->received)
-           : ngx_http_cio_reply_ok(r, &a->res);
+           ? ngx_http_cio_reply_amplitude(a->r, &a->res, a->received)
+           : ngx_http_cio_reply_ok(a->r, &a->res);
 }
 
 
@@ -958,9 +968,7 @@ ngx_http_cio_journal_synced(ngx_event_t *ev)
                                  "journal cannot be synced, retry later");
 
     } else {
-        rc = a->amplitude
-             ? ngx_http_cio_reply_amplitude(r, &a->res, a->received)
-             : ngx_http_cio_reply_ok(r, &a->res);
+        rc = ngx_http_cio_answer(a);
     }
 
     ngx_http_cio_map_result_free(&a->res);
