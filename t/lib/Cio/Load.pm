@@ -12,7 +12,7 @@ use Exporter qw(import);
 use JSON::PP;
 
 our @EXPORT_OK = qw(post_events post_batch dead_letters missing
-    journal_records);
+    journal_records full_disk_journal);
 
 my $JSON = JSON::PP->new->canonical;
 
@@ -68,6 +68,25 @@ sub missing {
 # [offset, length] of each record of a cio_journal segment's bytes, up to
 # the first that is not one (magic "CIOJ", the length of what follows the
 # 16-byte header): its end mark, or damage
+# A journal directory on a tmpfs of $size in $t's directory (mounting one
+# needs root), with the alerts a full disk provokes allowed: its path;
+# where it cannot be had, the enclosing SKIP block's $n tests are skipped.
+# The caller unmounts it after done_part.
+sub full_disk_journal {
+    my ($t, $size, $n) = @_;
+    Cio::Test::skip_unless_ci('mounting a tmpfs needs root', $n)
+        unless $> == 0;
+    my $dir = $t->dir . '/journal';
+    mkdir $dir or die "$dir: $!";
+    system('mount', '-t', 'tmpfs', '-o', "size=$size", 'tmpfs', $dir) == 0
+        or Cio::Test::skip_unless_ci("cannot mount a tmpfs on $dir", $n);
+    $t->allow_alert(qr/\[alert\].*cio: writing the journal ".*" failed, events refused with 503 \(28: No space left on device\)/);
+    # the first deliveries settle while the disk is still full: their
+    # offsets are not written, so a restart would send them again
+    $t->allow_alert(qr/\[alert\].*cio: settling in the journal ".*" failed, settled events may be sent again after a restart \(28: No space left on device\)/);
+    return $dir;
+}
+
 sub journal_records {
     my ($data) = @_;
     my @r;
