@@ -522,6 +522,14 @@ sub settle {
 sub delivered_exactly {
     my ($self, $cio, $want, $what, %o) = @_;
     $want = { map { $_ => 1 } @$want } if ref $want eq 'ARRAY';
+    # the sentinel is another person's: with two workers, or two batches
+    # in flight, it can be recorded before an earlier batch is, so the
+    # wanted names are waited for first, the sentinel then catches what
+    # would arrive again or besides them
+    Cio::Test::wait_until(sub {
+        my $seen = $cio->names($o{site});
+        return !grep { @{ $seen->{$_} || [] } < $want->{$_} } keys %$want;
+    }, $o{timeout} // 15);
     my $settled = $self->settle($cio, %o);
     ok($settled, "$what: the settle barrier arrived");
     my $seen = $cio->names($o{site});
