@@ -28,7 +28,9 @@
 #
 # Each mutation: name, file, from (the exact original text, found exactly
 # once in the file), to (its replacement), tests (t/*.t files, or "unit"
-# for build/test_map, tried in order), and what a user would notice.  The
+# for build/test_map, tried in order), and what a user would notice;
+# and (optional): a second [from, to] in the same file, for a bug that is
+# two edits (each found exactly once, applied after the first).  The
 # first nine (audit => 1) are the audit of issue 16; every one of them
 # must be caught by an end-to-end test (t/*.t), not only by the unit
 # tests, so they list no "unit".  When one is
@@ -492,6 +494,33 @@ my @MUTATIONS = (
         tests => [qw(t/79-journal-pass.t)],
     },
     {
+        name => 'journal-park-unblocked',
+        what => 'a request waiting for the journal holds no block: one that '
+            . 'a stop ends meanwhile is freed, and its wait\'s end uses '
+            . 'the freed request',
+        file => $HANDLER,
+        from => q~    r->main->blocked++;
+}~,
+        to => q~}~,
+        and => [ q~    r->main->blocked--;
+
+    if (!c->error) {~, q~    if (!c->error) {~ ],
+        tests => [qw(t/80-journal-shutdown.t)],
+    },
+    {
+        name => 'journal-ended-answered',
+        what => 'a request that a stop ended while it waited for the '
+            . 'journal is answered as if it had not been',
+        file => $HANDLER,
+        from => q~    r->main->blocked--;
+
+    if (!c->error) {~,
+        to => q~    r->main->blocked--;
+
+    if (1) {~,
+        tests => [qw(t/80-journal-shutdown.t)],
+    },
+    {
         name => 'journal-answers-before-sync',
         what => 'sync=always answers 200 before the fdatasync: a power '
             . 'loss loses them',
@@ -678,8 +707,12 @@ sub problem {
     my $src = slurp("$top/$m->{file}");
     return "$m->{file} is missing" unless defined $src;
     return 'from and to are the same' if $m->{from} eq $m->{to};
-    my $n = count($src, $m->{from});
-    return "its snippet is found $n times in $m->{file}, not once" if $n != 1;
+    for my $e ([ $m->{from}, $m->{to} ], $m->{and} || ()) {
+        my $n = count($src, $e->[0]);
+        return "its snippet is found $n times in $m->{file}, not once"
+            if $n != 1;
+        $src =~ s/\Q$e->[0]\E/$e->[1]/;
+    }
     for my $t (@{ $m->{tests} }) {
         return "test $t is missing" unless $t eq 'unit' || -f "$top/$t";
         return 'an audit row must be caught end to end, not by unit'
@@ -813,7 +846,10 @@ sub one {
         $result = "DID NOT APPLY: $why";
 
     } else {
-        (my $mutated = $orig) =~ s/\Q$m->{from}\E/$m->{to}/;
+        my $mutated = $orig;
+        for my $e ([ $m->{from}, $m->{to} ], $m->{and} || ()) {
+            $mutated =~ s/\Q$e->[0]\E/$e->[1]/;
+        }
         spew($path, $mutated);
 
         my $unit = grep { $_ eq 'unit' } @{ $m->{tests} };

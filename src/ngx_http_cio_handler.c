@@ -93,7 +93,7 @@ static ngx_int_t ngx_http_cio_screen(ngx_http_request_t *r,
 static ngx_int_t ngx_http_cio_enqueue(ngx_http_cio_accept_t *a);
 static void ngx_http_cio_park(ngx_http_request_t *r);
 static ngx_uint_t ngx_http_cio_unpark(ngx_http_cio_accept_t *a,
-    uint64_t *jrefs);
+    uint64_t *jrefs, ngx_uint_t written);
 static void ngx_http_cio_journal_written(ngx_http_cio_jappend_t *ap);
 static ngx_int_t ngx_http_cio_journal_refused(ngx_http_cio_accept_t *a);
 static ngx_int_t ngx_http_cio_push(ngx_http_cio_accept_t *a,
@@ -713,11 +713,14 @@ ngx_http_cio_park(ngx_http_request_t *r)
 /*
  * A parked request's turn.  1: it was terminated meanwhile (the block
  * kept it) or its client is gone, and it is finished here: nobody to
- * answer, and with jrefs what was written is queued all the same.
+ * answer, and with jrefs what was written is queued all the same.  The
+ * client retries what it was not answered: said at info, as nginx says
+ * a client's own errors, so that the duplicates can be told apart.
  */
 
 static ngx_uint_t
-ngx_http_cio_unpark(ngx_http_cio_accept_t *a, uint64_t *jrefs)
+ngx_http_cio_unpark(ngx_http_cio_accept_t *a, uint64_t *jrefs,
+    ngx_uint_t written)
 {
     ngx_connection_t    *c;
     ngx_http_request_t  *r;
@@ -730,6 +733,11 @@ ngx_http_cio_unpark(ngx_http_cio_accept_t *a, uint64_t *jrefs)
     if (!c->error) {
         return 0;
     }
+
+    ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                  "cio: the request ended before its answer: its %ui events "
+                  "%s", a->n,
+                  written ? "are in the journal" : "were not written");
 
     if (jrefs) {
         (void) ngx_http_cio_push(a, jrefs);
@@ -756,7 +764,9 @@ ngx_http_cio_journal_written(ngx_http_cio_jappend_t *ap)
     r = a->r;
     c = r->connection;
 
-    if (ngx_http_cio_unpark(a, (ap->rc == NGX_OK) ? ap->jrefs : NULL)) {
+    if (ngx_http_cio_unpark(a, (ap->rc == NGX_OK) ? ap->jrefs : NULL,
+                            ap->rc == NGX_OK))
+    {
         return;
     }
 
@@ -958,7 +968,7 @@ ngx_http_cio_journal_synced(ngx_event_t *ev)
     c = r->connection;
 
     /* queued already */
-    if (ngx_http_cio_unpark(a, NULL)) {
+    if (ngx_http_cio_unpark(a, NULL, 1)) {
         return;
     }
 

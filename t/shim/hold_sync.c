@@ -1,0 +1,62 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+
+/*
+ * An LD_PRELOAD shim for t/80-journal-shutdown.t: while the file named by
+ * CIO_HOLD_SYNC exists, fdatasync() waits, as on a disk that takes its
+ * time; it creates that name with ".held" appended once it waits, so the
+ * test knows a sync is under way.  The name is read when the library is
+ * loaded, by the master: nginx clears its workers' environment.
+ */
+
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static char  hold[4096];
+static char  held[4096 + 8];
+
+
+__attribute__((constructor)) static void
+hold_sync_init(void)
+{
+    const char  *p;
+
+    p = getenv("CIO_HOLD_SYNC");
+
+    if (p != NULL && strlen(p) < sizeof(hold)) {
+        strcpy(hold, p);
+        snprintf(held, sizeof(held), "%s.held", p);
+    }
+}
+
+
+int
+fdatasync(int fd)
+{
+    int                     hfd;
+    struct timespec         ts = { 0, 10 * 1000 * 1000 };
+    static int            (*real)(int);
+
+    if (real == NULL) {
+        real = (int (*)(int)) dlsym(RTLD_NEXT, "fdatasync");
+    }
+
+    if (hold[0] != '\0' && access(hold, F_OK) == 0) {
+        hfd = open(held, O_WRONLY | O_CREAT, 0644);
+
+        if (hfd != -1) {
+            close(hfd);
+        }
+
+        while (access(hold, F_OK) == 0) {
+            nanosleep(&ts, NULL);
+        }
+    }
+
+    return real(fd);
+}
