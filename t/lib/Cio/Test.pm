@@ -403,6 +403,7 @@ sub log_lines {
 
 sub stop {
     my ($self, $signal) = @_;
+    my @workers = $self->worker_pids;
     my $pid = delete $self->{nginx_pid} or return;
 
     kill $signal // 'QUIT', $pid;
@@ -411,7 +412,7 @@ sub stop {
 
     unless ($gone) {
         diag('nginx did not stop in 20 s, killing it');
-        kill 'KILL', $pid;
+        kill 'KILL', $pid, @workers;
         waitpid($pid, 0);
     }
 
@@ -602,8 +603,12 @@ sub done_part {
 sub DESTROY {
     my ($self) = @_;
     local $?;
-    if (my $pid = delete $self->{nginx_pid}) {
-        kill 'KILL', $pid;
+    if ($self->{nginx_pid}) {
+        # the workers too: a worker outlives a killed master, with the
+        # port and the zone (a test that failed halfway leaves it there)
+        my @workers = $self->worker_pids;
+        my $pid = delete $self->{nginx_pid};
+        kill 'KILL', $pid, @workers;
         waitpid($pid, 0);
     }
     $_ && $_->stop for @{ $self->{standins} || [] };
