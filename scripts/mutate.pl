@@ -54,6 +54,7 @@ $| = 1;
 my $TOP = abs_path(dirname(__FILE__) . '/..');
 
 my $MAP = 'src/ngx_http_cio_map.c';
+my $MAP_FAST = 'src/ngx_http_cio_map_fast.c';
 my $QUEUE = 'src/ngx_http_cio_queue.c';
 my $DELIVER = 'src/ngx_http_cio_deliver.c';
 my $SPOOL = 'src/ngx_http_cio_spool.c';
@@ -176,6 +177,16 @@ my @MUTATIONS = (
         from => q~    ngx_http_cio_map_ulid(own, seed, strlen(seed), ulid);~,
         to => q~    ngx_http_cio_map_ulid(ctx->opts->received_ms, seed, strlen(seed), ulid);~,
         tests => [qw(t/11-precedence.t t/12-contract.t t/10-ingest.t)],
+    },
+    {
+        # the same bug in the one-pass mapper, which maps the calls that
+        # carry a messageId; the tree above maps those without one
+        name => 'dedupe-id-from-arrival-fast',
+        what => "the dedupe id's time is the arrival: a resend gets another",
+        file => $MAP_FAST,
+        from => q~    ngx_http_cio_map_ulid(own, seed, slen, ulid);~,
+        to => q~    ngx_http_cio_map_ulid(ctx->opts->received_ms, seed, slen, ulid);~,
+        tests => [qw(t/12-contract.t t/10-ingest.t)],
     },
     {
         name => 'integrations-ignored',

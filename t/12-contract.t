@@ -168,6 +168,24 @@ ok($ms >= timegm(0, 0, 0, 1, 0, 2020) * 1000
    'a resend without a time: the id time is derived, never the receipt')
     or diag($ms);
 
+# the same without a messageId: the id hashes the call itself (the tree
+# mapper's path, docs/mapping.md §4), and its time is derived all the same
+my $bare = { userId => 'u-bare', event => 'Bare', properties => { n => 1 } };
+$t->post('/cio/v1/track', $bare, %auth);
+select(undef, undef, undef, 0.3);
+$t->post('/cio/v1/track', { %$bare, sentAt => '2030-01-01T00:00:00Z' },
+    %auth);
+@r = arrived(by_person(id => 'u-bare'), 2);
+is(scalar @r, 2, 'a resend without a time or a messageId: both delivered');
+is($r[0]{id}, $r[1]{id},
+    'a resend without a time or a messageId: the same dedupe id')
+    or diag("$r[0]{id} $r[1]{id}");
+$ms = ulid_ms($r[0]{id} // '');
+ok($ms >= timegm(0, 0, 0, 1, 0, 2020) * 1000
+   && $ms < timegm(0, 0, 0, 1, 0, 2021) * 1000,
+   'a resend without a time or a messageId: the id time is derived')
+    or diag($ms);
+
 # --- §8 integrations flags --------------------------------------------------
 
 my ($st, undef, $resp) = $t->post('/cio/v1/batch', {
