@@ -189,6 +189,28 @@ my @MUTATIONS = (
         tests => [qw(t/12-contract.t t/10-ingest.t)],
     },
     {
+        name => 'integrations-ignored-fast',
+        what => 'integrations {"Customer.io": false} still delivers, in '
+            . 'the one-pass mapper',
+        file => $MAP_FAST,
+        from => q~    rc = fj_integrations(ctx, c);
+
+    if (rc != 1) {~,
+        to => q~    rc = fj_integrations(ctx, c);
+
+    if (0 && rc != 1) {~,
+        tests => [qw(t/10-ingest.t t/15-ingest-edge.t t/12-contract.t)],
+    },
+    {
+        name => 'screen-name-fast',
+        what => 'a screen call becomes an event named X, not "Viewed X '
+            . 'Screen", in the one-pass mapper',
+        file => $MAP_FAST,
+        from => q~"Viewed %.*s Screen"~,
+        to => q~"%.*s"~,
+        tests => [qw(t/12-contract.t t/11-precedence.t t/10-ingest.t)],
+    },
+    {
         name => 'integrations-ignored',
         what => 'integrations {"Customer.io": false} still delivers',
         file => $MAP,

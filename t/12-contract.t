@@ -188,30 +188,45 @@ ok($ms >= timegm(0, 0, 0, 1, 0, 2020) * 1000
 
 # --- §8 integrations flags --------------------------------------------------
 
-my ($st, undef, $resp) = $t->post('/cio/v1/batch', {
-    integrations => { All => JSON::PP::false },
-    batch => [
-        { type => 'track', userId => 'u-int', event => 'Int All Off' },
-        { type => 'track', userId => 'u-int', event => 'Int Cio On',
-          integrations => { 'Customer.io' => JSON::PP::true } },
-        { type => 'track', userId => 'u-int', event => 'Int Rudder Off',
-          integrations => { All => JSON::PP::true,
-                            'Customer IO' => JSON::PP::false } },
-        { type => 'track', userId => 'u-int', event => 'Int Call All On',
-          integrations => { All => JSON::PP::true } },
-    ],
-}, %auth);
-is($st, 200, 'integrations: 200');
-is($resp, '{"success":true}', 'integrations: dropped calls are accepted');
-my ($single) = $t->post('/cio/v1/track', { userId => 'u-int',
-    event => 'Int Single Off',
-    integrations => { 'customer.io' => JSON::PP::false } }, %auth);
-is($single, 200, 'integrations: a single dropped call is accepted');
-$t->post('/cio/v1/track', { userId => 'u-int', event => 'Int Last' }, %auth);
-arrived(by_name('Int Last'));
-is_deeply([ sort map { $_->{name} } arrived(by_person(id => 'u-int'), 3) ],
-    [ 'Int Call All On', 'Int Cio On', 'Int Last' ],
-    'integrations: only the calls meant for Customer.io arrive');
+my ($st, $resp);
+
+# twice: without messageIds (the tree mapper maps those) and with them,
+# as SDKs send them (the one-pass mapper)
+for my $with_id (0, 1) {
+    my $u = $with_id ? 'u-int-id' : 'u-int';
+    my $n = 0;
+    my $call = sub {
+        my (%c) = @_;
+        $c{messageId} = "$u-" . ++$n if $with_id;
+        return { type => 'track', userId => $u, %c };
+    };
+    my $how = $with_id ? 'integrations, with messageIds' : 'integrations';
+    ($st, undef, $resp) = $t->post('/cio/v1/batch', {
+        integrations => { All => JSON::PP::false },
+        batch => [
+            $call->(event => 'Int All Off'),
+            $call->(event => 'Int Cio On',
+                    integrations => { 'Customer.io' => JSON::PP::true }),
+            $call->(event => 'Int Rudder Off',
+                    integrations => { All => JSON::PP::true,
+                                      'Customer IO' => JSON::PP::false }),
+            $call->(event => 'Int Call All On',
+                    integrations => { All => JSON::PP::true }),
+        ],
+    }, %auth);
+    is($st, 200, "$how: 200");
+    is($resp, '{"success":true}', "$how: dropped calls are accepted");
+    my ($single) = $t->post('/cio/v1/track', $call->(
+        event => 'Int Single Off',
+        integrations => { 'customer.io' => JSON::PP::false }), %auth);
+    is($single, 200, "$how: a single dropped call is accepted");
+    $t->post('/cio/v1/track', $call->(event => 'Int Last'), %auth);
+    arrived(sub { ($_[0]{identifiers}{id} // '') eq $u
+                  && ($_[0]{name} // '') eq 'Int Last' });
+    is_deeply([ sort map { $_->{name} } arrived(by_person(id => $u), 3) ],
+        [ 'Int Call All On', 'Int Cio On', 'Int Last' ],
+        "$how: only the calls meant for Customer.io arrive");
+}
 
 # --- §5.9 Segment's deletion events ----------------------------------------
 
