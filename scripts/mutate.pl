@@ -211,6 +211,33 @@ my @MUTATIONS = (
         tests => [qw(t/12-contract.t t/11-precedence.t t/10-ingest.t)],
     },
     {
+        name => 'no-sentat-skew-fast',
+        what => "a client's clock skew (sentAt) is not corrected, in the "
+            . 'one-pass mapper',
+        file => $MAP_FAST,
+        from => q~        ms = recv - (sent - ms);~,
+        to => q~        (void) sent;~,
+        tests => [qw(t/12-contract.t t/11-precedence.t t/10-ingest.t)],
+    },
+    {
+        name => 'created-at-ms-fast',
+        what => 'created_at goes out in milliseconds, not seconds, in the '
+            . 'one-pass mapper',
+        file => $MAP_FAST,
+        from => q~    if (fj_double(&b, (double) (ms / 1000)) != 0) {~,
+        to => q~    if (fj_double(&b, (double) ms) != 0) {~,
+        tests => [qw(t/12-contract.t t/11-precedence.t t/10-ingest.t)],
+    },
+    {
+        name => 'user-id-ignored-fast',
+        what => 'a call with a userId is sent as its anonymousId\'s '
+            . 'person, in the one-pass mapper',
+        file => $MAP_FAST,
+        from => q~    if (fj_present(&c->user) && !fj_eq(ctx, &c->user, "cio_")) {~,
+        to => q~    if (0 && fj_present(&c->user) && !fj_eq(ctx, &c->user, "cio_")) {~,
+        tests => [qw(t/10-ingest.t t/11-precedence.t t/12-contract.t)],
+    },
+    {
         name => 'integrations-ignored',
         what => 'integrations {"Customer.io": false} still delivers',
         file => $MAP,

@@ -17,6 +17,7 @@ use JSON::PP;
 use Time::HiRes qw(time);
 use Time::Local qw(timegm);
 use POSIX qw(strftime);
+use Storable qw(dclone);
 use Cio::Test qw(basic ulid_ok);
 
 my $t = Cio::Test->new;
@@ -140,6 +141,21 @@ push @cases,
       { type => 'person', identifiers => { id => 'sk-3' },
         action => 'event', name => 'Skewed', attributes => {} },
       [-20, -20] ];
+
+# the time and skew cases once more as SDKs send them, with a messageId:
+# the one-pass mapper maps those, the tree mapper the calls without one
+sub with_message_id {
+    my ($label, $path, $body, $want, $time) = @{ dclone($_[0]) };
+    my @calls = $body->{batch} ? @{ $body->{batch} } : ($body);
+    for my $call (@calls) {
+        $call->{userId} .= '-m';
+        $call->{messageId} = "mid-$call->{userId}";
+    }
+    $want->{identifiers}{id} .= '-m';
+    return [ "$label (messageId)", $path, $body, $want, $time ];
+}
+push @cases, map { with_message_id($_) }
+    grep { $_->[0] =~ /^(time|skew): / } @cases;
 
 # --- identity ------------------------------------------------------------
 
