@@ -238,6 +238,28 @@ my @MUTATIONS = (
         tests => [qw(t/10-ingest.t t/11-precedence.t t/12-contract.t)],
     },
     {
+        name => 'email-identity-ignored-fast',
+        what => 'an identify without a userId goes to its anonymousId\'s '
+            . 'person, not its traits.email\'s, in the one-pass mapper',
+        file => $MAP_FAST,
+        from => q~    if (identify) {
+        if (fj_get(ctx, &c->traits, "email", &v) < 0) {~,
+        to => q~    if (0) {
+        if (fj_get(ctx, &c->traits, "email", &v) < 0) {~,
+        tests => [qw(t/11-precedence.t t/10-ingest.t t/12-contract.t)],
+    },
+    {
+        name => 'page-url-ignored-fast',
+        what => 'a page call without a name is named by properties.name, '
+            . 'not its URL, in the one-pass mapper',
+        file => $MAP_FAST,
+        from => q~type == NGX_HTTP_CIO_CALL_PAGE
+                                  ? "url" : "name"~,
+        to => q~type == NGX_HTTP_CIO_CALL_PAGE
+                                  ? "name" : "name"~,
+        tests => [qw(t/11-precedence.t t/10-ingest.t t/12-contract.t)],
+    },
+    {
         name => 'integrations-ignored',
         what => 'integrations {"Customer.io": false} still delivers',
         file => $MAP,

@@ -5,6 +5,8 @@
 # different, so that a source preferred in the wrong order shows; the
 # client's clock skew taken out through sentAt; and values over every
 # Customer.io limit, end to end: what arrives at the (strict) stand-in.
+# Every case twice: as written and with messageIds, so through both of
+# the mapper's paths (the one-pass mapper declines calls without one).
 
 use strict;
 use warnings;
@@ -21,7 +23,10 @@ use Storable qw(dclone);
 use Cio::Test qw(basic ulid_ok);
 
 my $t = Cio::Test->new;
-my $cio = $t->standin(workspaces => ['site1:key1']);
+# every case goes twice: as written, to site1, and with a messageId in each
+# call, as SDKs send them, to site2 (/cio-m/, /native-m/): the one-pass
+# mapper maps the calls that carry one, the tree mapper the others
+my $cio = $t->standin(workspaces => ['site1:key1', 'site2:key2']);
 my $json = $t->json;
 
 $t->config(http => Cio::Test::ingest_http(endpoint => $cio->url,
@@ -31,6 +36,20 @@ location /native/ {
     cio_ingest segment;
     cio_site_id site1;
     cio_api_key key1;
+    cio_endpoint ${\ $cio->url };
+    cio_screen_views native;
+}
+location /cio-m/ {
+    cio_ingest segment;
+    cio_site_id site2;
+    cio_api_key key2;
+    cio_endpoint ${\ $cio->url };
+    cio_write_key wk;
+}
+location /native-m/ {
+    cio_ingest segment;
+    cio_site_id site2;
+    cio_api_key key2;
     cio_endpoint ${\ $cio->url };
     cio_screen_views native;
 }
@@ -141,21 +160,6 @@ push @cases,
       { type => 'person', identifiers => { id => 'sk-3' },
         action => 'event', name => 'Skewed', attributes => {} },
       [-20, -20] ];
-
-# the time and skew cases once more as SDKs send them, with a messageId:
-# the one-pass mapper maps those, the tree mapper the calls without one
-sub with_message_id {
-    my ($label, $path, $body, $want, $time) = @{ dclone($_[0]) };
-    my @calls = $body->{batch} ? @{ $body->{batch} } : ($body);
-    for my $call (@calls) {
-        $call->{userId} .= '-m';
-        $call->{messageId} = "mid-$call->{userId}";
-    }
-    $want->{identifiers}{id} .= '-m';
-    return [ "$label (messageId)", $path, $body, $want, $time ];
-}
-push @cases, map { with_message_id($_) }
-    grep { $_->[0] =~ /^(time|skew): / } @cases;
 
 # --- identity ------------------------------------------------------------
 
@@ -308,10 +312,26 @@ my @nested = (
 
 my $t0 = time;
 my $utf8 = JSON::PP->new->utf8->canonical;
+# a copy of the call with a messageId in it, and in each of a batch's
+sub with_message_id {
+    my ($body, $label) = @_;
+    my $copy = dclone($body);
+    my $n = 0;
+    for my $call ($copy->{batch} ? @{ $copy->{batch} } : $copy) {
+        $call->{messageId} = "mid-$label-" . $n++
+            if ref $call eq 'HASH' && !exists $call->{messageId};
+    }
+    return $copy;
+}
+
 for my $c (@cases) {
     my ($label, $path, $body) = @$c;
     my ($st, undef, $b) = $t->post($path, $utf8->encode($body), %auth);
     is($st, 200, "$label: 200") or diag($b);
+    (my $mpath = $path) =~ s{^/(cio|native)/}{/$1-m/};
+    ($st, undef, $b) = $t->post($mpath,
+        $utf8->encode(with_message_id($body, $label)), %auth);
+    is($st, 200, "$label, with a messageId: 200") or diag($b);
 }
 for my $c (@nested) {
     my ($st) = $t->post($c->[1], $utf8->encode($c->[2]), %auth);
@@ -342,11 +362,14 @@ is_deeply([ map { $_->{index} } @{ $r->{rejected} || [] } ], [1],
 push @cases, [ 'limit: the small item of that batch', undef, undef,
     { type => 'person', identifiers => { id => 'small' }, action => 'event',
       name => 'Small', attributes => {} }, $T1 ];
+# (site2 has the cases but this one, which went to site1 only)
+my $ncases = 2 * @cases - 1;
 
 # every case first: the sentinel is another person's and may overtake them
 # in a batch of its own
 Cio::Test::wait_until(sub {
-    grep({ ($_->{name} // '') !~ /^settle-\d+$/ } @{ $cio->items }) >= @cases
+    grep({ ($_->{name} // '') !~ /^settle-\d+$/ } @{ $cio->items })
+        >= $ncases
 }, 15);
 my $settled = $t->settle($cio, headers => \%auth);
 my $t1 = time;
@@ -354,19 +377,28 @@ ok($settled, 'settled');
 
 # --- what arrived ----------------------------------------------------------
 
-my @items = grep { ($_->{name} // '') !~ /^settle-\d+$/ } @{ $cio->items };
-my %by;
-for my $i (@items) {
-    my $who = $i->{type} eq 'object'
-        ? $i->{cio_relationships}[0]{identifiers} : $i->{identifiers};
-    push @{ $by{ $json->encode($who) } }, $i;
+my @items = grep { ($_->{name} // '') !~ /^settle-\d+$/ }
+    @{ $cio->items('site1') };
+my %by = by_person(@items);
+my %by_m = by_person(@{ $cio->items('site2') });
+
+sub by_person {
+    my %by;
+    for my $i (@_) {
+        my $who = $i->{type} eq 'object'
+            ? $i->{cio_relationships}[0]{identifiers} : $i->{identifiers};
+        push @{ $by{ $json->encode($who) } }, $i;
+    }
+    return %by;
 }
 
-for my $c (@cases) {
-    my ($label, undef, undef, $want, $time) = @$c;
+for my $c (@cases, map { [ "$_->[0], with a messageId", @$_[1 .. 4], 1 ] }
+                   grep { defined $_->[1] } @cases)
+{
+    my ($label, undef, undef, $want, $time, $m) = @$c;
     my $who = $want->{type} eq 'object'
         ? $want->{cio_relationships}[0]{identifiers} : $want->{identifiers};
-    my @got = @{ $by{ $json->encode($who) } || [] };
+    my @got = @{ ($m ? \%by_m : \%by)->{ $json->encode($who) } || [] };
     is(scalar @got, 1, "$label: one item") or next;
     my $got = { %{ $got[0] } };
 
