@@ -4,6 +4,10 @@
 # The contract's decided points, end to end (docs/mapping.md §11): for
 # each, what the sender sees and the exact item Customer.io receives.
 # Every case here failed on the mapper before these decisions were built.
+# At the end every call of /cio/ goes once more with messageIds, as SDKs
+# send them, to a second workspace (/cio-m/): the one-pass mapper maps
+# those, the tree mapper the calls without one; the items must be the
+# same.
 
 use strict;
 use warnings;
@@ -12,12 +16,14 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 
 use Test::More;
+use Time::HiRes ();
 use Time::Local qw(timegm);
+use Storable qw(dclone);
 use Cio::Test qw(basic);
 
 # one worker: the change counter's log line is then the first one of it
 my $t = Cio::Test->new(workers => 1);
-my $cio = $t->standin(workspaces => ['site1:key1']);
+my $cio = $t->standin(workspaces => ['site1:key1', 'site2:key2']);
 my $json = $t->json;
 
 $t->config(http => <<"END")->run;
@@ -40,6 +46,13 @@ $t->config(http => <<"END")->run;
             cio_ingest amplitude;
             cio_write_key amp_key;
         }
+
+        location /cio-m/ {
+            cio_ingest segment;
+            cio_write_key wk_test;
+            cio_site_id site2;
+            cio_api_key key2;
+        }
     }
 END
 
@@ -54,12 +67,13 @@ sub ulid_ms {
     return $ms;
 }
 
-# every item for which $match is true, once at least $n have arrived
+# every item of $site (site1) for which $match is true, once at least $n
+# have arrived
 sub arrived {
-    my ($match, $n) = @_;
+    my ($match, $n, $site) = @_;
     my @got;
     Cio::Test::wait_until(sub {
-        @got = grep { $match->($_) } @{ $cio->items };
+        @got = grep { $match->($_) } @{ $cio->items($site // 'site1') };
         return @got >= ($n // 1);
     }, 10);
     return @got;
@@ -75,12 +89,20 @@ sub by_name {
     return sub { ($_[0]{name} // '') eq $name };
 }
 
+# what to send again with messageIds at the end (accepted, refused)
+my @again;
+
 # posts a call that must be accepted; returns its items
 sub accepted {
     my ($what, $path, $body, $match, $n) = @_;
+    my $at = Time::HiRes::time();
     my ($st, undef, $r) = $t->post($path, $body, %auth);
     is($st, 200, "$what: 200") or diag($r);
-    return arrived($match, $n);
+    my @got = arrived($match, $n);
+    push @again, { what => $what, path => $path, body => $body, at => $at,
+                   match => $match, n => $n, items => dclone(\@got) }
+        if $path =~ m{^/cio/} && ref $body;
+    return @got;
 }
 
 # the item with its ULID checked and taken out
@@ -98,6 +120,66 @@ sub refused {
     is_deeply(eval { $json->decode($r) },
         { success => JSON::PP::false, error => $error }, "$what: reason")
         or diag($r);
+    push @again, { what => $what, path => $path, body => $body,
+                   error => $error, headers => \%h }
+        if $path =~ m{^/cio/} && ref $body && !$h{'Content-Encoding'};
+}
+
+# a copy of the call with a messageId in it, and in each of a batch's
+sub with_message_id {
+    my ($body, $what) = @_;
+    my $copy = dclone($body);
+    my $n = 0;
+    for my $call ($copy->{batch} ? @{ $copy->{batch} } : $copy) {
+        $call->{messageId} = "mid-$what-" . $n++
+            if ref $call eq 'HASH' && !exists $call->{messageId};
+    }
+    return $copy;
+}
+
+# an item as both paths must write it: the dedupe ids differ (one hashes
+# the call, the other its messageId), a receive time by the time between
+# the two posts
+sub comparable {
+    my ($item) = @_;
+    my %c = %$item;
+    delete $c{id};
+    return (\%c, delete $c{timestamp});
+}
+
+sub send_again {
+    my ($a) = @_;
+    (my $path = $a->{path}) =~ s{^/cio/}{/cio-m/};
+    my $what = "$a->{what}, with a messageId";
+    my $at = Time::HiRes::time();
+    my ($st, undef, $r) = $t->post($path,
+        with_message_id($a->{body}, $a->{what}), %auth,
+        %{ $a->{headers} || {} });
+
+    if (defined $a->{error}) {
+        is($st, 400, "$what: 400");
+        is_deeply(eval { $json->decode($r) },
+            { success => JSON::PP::false, error => $a->{error} },
+            "$what: reason") or diag($r);
+        return;
+    }
+
+    is($st, 200, "$what: 200") or diag($r);
+    my @got = arrived($a->{match}, $a->{n}, 'site2');
+    is(scalar @got, scalar @{ $a->{items} }, "$what: as many items");
+    my $late = $at - $a->{at};
+    for my $i (0 .. $#{ $a->{items} }) {
+        my ($want, $wts) = comparable($a->{items}[$i]);
+        my ($got, $gts) = comparable($got[$i] // {});
+        is_deeply($got, $want, "$what: the same item ($i)")
+            or diag($json->encode($got[$i]));
+        next unless defined $wts || defined $gts;
+        my $d = ($gts // 0) - ($wts // 0);
+        ok(defined $wts && defined $gts
+           && ($d == 0 || ($d >= int($late) - 1 && $d <= $late + 1)),
+           "$what: the same timestamp ($i), or the receive time's")
+            or diag(($wts // 'none') . ' ' . ($gts // 'none'));
+    }
 }
 
 my $before = time();
@@ -425,5 +507,9 @@ is_deeply([ grep { ($_->{identifiers}{id} // '') =~ /^(ab|victim)\z/
     '\u0000: never another person');
 
 is_deeply([ $t->errors_in_log ], [], 'no alert or sanitizer line in the log');
+
+# --- every /cio/ call again, with messageIds ---------------------------------
+
+send_again($_) for @again;
 
 $t->done;
