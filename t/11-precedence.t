@@ -19,8 +19,7 @@ use JSON::PP;
 use Time::HiRes qw(time);
 use Time::Local qw(timegm);
 use POSIX qw(strftime);
-use Storable qw(dclone);
-use Cio::Test qw(basic ulid_ok);
+use Cio::Test qw(basic ulid_ok with_message_id);
 
 my $t = Cio::Test->new;
 # every case goes twice: as written, to site1, and with a messageId in each
@@ -312,17 +311,6 @@ my @nested = (
 
 my $t0 = time;
 my $utf8 = JSON::PP->new->utf8->canonical;
-# a copy of the call with a messageId in it, and in each of a batch's
-sub with_message_id {
-    my ($body, $label) = @_;
-    my $copy = dclone($body);
-    my $n = 0;
-    for my $call ($copy->{batch} ? @{ $copy->{batch} } : $copy) {
-        $call->{messageId} = "mid-$label-" . $n++
-            if ref $call eq 'HASH' && !exists $call->{messageId};
-    }
-    return $copy;
-}
 
 for my $c (@cases) {
     my ($label, $path, $body) = @$c;

@@ -19,7 +19,7 @@ use Test::More;
 use Time::HiRes ();
 use Time::Local qw(timegm);
 use Storable qw(dclone);
-use Cio::Test qw(basic);
+use Cio::Test qw(basic with_message_id);
 
 # one worker: the change counter's log line is then the first one of it
 my $t = Cio::Test->new(workers => 1);
@@ -123,18 +123,6 @@ sub refused {
     push @again, { what => $what, path => $path, body => $body,
                    error => $error, headers => \%h }
         if $path =~ m{^/cio/} && ref $body && !$h{'Content-Encoding'};
-}
-
-# a copy of the call with a messageId in it, and in each of a batch's
-sub with_message_id {
-    my ($body, $what) = @_;
-    my $copy = dclone($body);
-    my $n = 0;
-    for my $call ($copy->{batch} ? @{ $copy->{batch} } : $copy) {
-        $call->{messageId} = "mid-$what-" . $n++
-            if ref $call eq 'HASH' && !exists $call->{messageId};
-    }
-    return $copy;
 }
 
 # an item as both paths must write it: the dedupe ids differ (one hashes

@@ -26,11 +26,13 @@ use IO::Socket::INET;
 use JSON::PP;
 use MIME::Base64 qw(encode_base64);
 use POSIX qw(:sys_wait_h);
+use Storable qw(dclone);
 use Test::More;
 use Time::HiRes qw(sleep time);
 
 use Exporter qw(import);
-our @EXPORT_OK = qw(wait_until free_port basic zone ingest_http ulid_ok);
+our @EXPORT_OK = qw(wait_until free_port basic zone ingest_http ulid_ok
+                    with_message_id);
 
 
 my $TOP = abs_path(dirname(__FILE__) . '/../../..');
@@ -107,6 +109,20 @@ sub free_port {
 sub ulid_ok {
     my ($id) = @_;
     return defined $id && !ref $id && $id =~ /^[0-7][0-9A-HJKMNP-TV-Z]{25}$/;
+}
+
+# A copy of a call (or of a /v1/batch body) with a messageId in every
+# call that has none, as SDKs send them: the one-pass mapper maps those,
+# the tree mapper the calls without one (t/11, t/12 send both).
+sub with_message_id {
+    my ($body, $label) = @_;
+    my $copy = dclone($body);
+    my $n = 0;
+    for my $call ($copy->{batch} ? @{ $copy->{batch} } : $copy) {
+        $call->{messageId} = "mid-$label-" . $n++
+            if ref $call eq 'HASH' && !exists $call->{messageId};
+    }
+    return $copy;
 }
 
 sub basic {
