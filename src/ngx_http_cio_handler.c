@@ -94,6 +94,7 @@ static ngx_int_t ngx_http_cio_enqueue(ngx_http_cio_accept_t *a);
 static void ngx_http_cio_park(ngx_http_request_t *r);
 static ngx_uint_t ngx_http_cio_unpark(ngx_http_cio_accept_t *a,
     uint64_t *jrefs, ngx_uint_t written);
+static void ngx_http_cio_finalize(ngx_http_cio_accept_t *a, ngx_int_t rc);
 static void ngx_http_cio_journal_written(ngx_http_cio_jappend_t *ap);
 static ngx_int_t ngx_http_cio_journal_refused(ngx_http_cio_accept_t *a);
 static ngx_int_t ngx_http_cio_push(ngx_http_cio_accept_t *a,
@@ -743,12 +744,30 @@ ngx_http_cio_unpark(ngx_http_cio_accept_t *a, uint64_t *jrefs,
         (void) ngx_http_cio_push(a, jrefs);
     }
 
-    ngx_http_cio_map_result_free(&a->res);
-
-    ngx_http_finalize_request(r, NGX_ERROR);
-    ngx_http_run_posted_requests(c);
+    ngx_http_cio_finalize(a, NGX_ERROR);
 
     return 1;
+}
+
+
+/*
+ * A parked request's end, rc its answer; NGX_DONE: it waits on (for the
+ * sync), and its map result goes with it
+ */
+
+static void
+ngx_http_cio_finalize(ngx_http_cio_accept_t *a, ngx_int_t rc)
+{
+    ngx_connection_t  *c;
+
+    c = a->r->connection;
+
+    if (rc != NGX_DONE) {
+        ngx_http_cio_map_result_free(&a->res);
+    }
+
+    ngx_http_finalize_request(a->r, rc);
+    ngx_http_run_posted_requests(c);
 }
 
 
@@ -756,13 +775,9 @@ static void
 ngx_http_cio_journal_written(ngx_http_cio_jappend_t *ap)
 {
     ngx_int_t               rc;
-    ngx_connection_t       *c;
-    ngx_http_request_t     *r;
     ngx_http_cio_accept_t  *a;
 
     a = ap->data;
-    r = a->r;
-    c = r->connection;
 
     if (ngx_http_cio_unpark(a, (ap->rc == NGX_OK) ? ap->jrefs : NULL,
                             ap->rc == NGX_OK))
@@ -774,13 +789,8 @@ ngx_http_cio_journal_written(ngx_http_cio_jappend_t *ap)
          ? ngx_http_cio_queued(a, ngx_http_cio_push(a, ap->jrefs))
          : ngx_http_cio_journal_refused(a);
 
-    if (rc != NGX_DONE) {
-        ngx_http_cio_map_result_free(&a->res);
-    }
-
     /* NGX_DONE: waits for the sync, which holds the request on its own */
-    ngx_http_finalize_request(r, rc);
-    ngx_http_run_posted_requests(c);
+    ngx_http_cio_finalize(a, rc);
 }
 
 
@@ -959,13 +969,9 @@ static void
 ngx_http_cio_journal_synced(ngx_event_t *ev)
 {
     ngx_int_t               rc;
-    ngx_connection_t       *c;
-    ngx_http_request_t     *r;
     ngx_http_cio_accept_t  *a;
 
     a = ev->data;
-    r = a->r;
-    c = r->connection;
 
     /* queued already */
     if (ngx_http_cio_unpark(a, NULL, 1)) {
@@ -974,17 +980,15 @@ ngx_http_cio_journal_synced(ngx_event_t *ev)
 
     if (a->wait.rc != NGX_OK) {
         /* queued all the same: the client's retry makes a duplicate */
-        rc = ngx_http_cio_refuse(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+        rc = ngx_http_cio_refuse(a->r, NGX_HTTP_SERVICE_UNAVAILABLE,
                                  "journal cannot be synced, retry later");
 
     } else {
         rc = ngx_http_cio_answer(a);
     }
 
-    ngx_http_cio_map_result_free(&a->res);
-
-    ngx_http_finalize_request(r, rc);
-    ngx_http_run_posted_requests(c);
+    /* the answers above are never NGX_DONE: the result is freed */
+    ngx_http_cio_finalize(a, rc);
 }
 
 
