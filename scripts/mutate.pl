@@ -620,6 +620,31 @@ my @MUTATIONS = (
         tests => [qw(t/73-journal-sync.t)],
     },
     {
+        name => 'orphans-journal-ignored',
+        what => "the old workers of a resized zone call the journal's "
+            . 'items lost: an operator replays or gives up what is kept',
+        file => $QUEUE,
+        from => q~    if (node->jref == 0) {
+        (*n)++;~,
+        to => q~    if (1) {
+        (*n)++;~,
+        tests => [qw(t/70-journal-crash.t)],
+    },
+    {
+        name => 'orphans-unsaid',
+        what => 'the old workers of a resized zone lose what they did not '
+            . 'deliver without a word',
+        file => $DELIVER,
+        from => q~        if (d->zone->sh->orphaned) {
+            ngx_http_cio_deliver_orphans(busy);
+
+        } else {~,
+        to => q~        if (d->zone->sh->orphaned) {
+
+        } else {~,
+        tests => [qw(t/70-journal-crash.t)],
+    },
+    {
         name => 'journal-no-crc',
         what => 'a damaged journal record is queued as an item',
         file => $JOURNAL,

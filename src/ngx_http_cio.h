@@ -365,6 +365,7 @@ ngx_http_cio_shws_t *ngx_http_cio_queue_lookup(ngx_http_cio_zone_t *zone,
     ngx_str_t *url, ngx_str_t *site_id);
 ngx_uint_t ngx_http_cio_queue_generation(ngx_http_cio_zone_t *zone);
 ngx_uint_t ngx_http_cio_queue_busy(ngx_http_cio_zone_t *zone);
+ngx_uint_t ngx_http_cio_queue_unjournaled(ngx_http_cio_zone_t *zone);
 ngx_uint_t ngx_http_cio_queue_walk(ngx_http_cio_zone_t *zone,
     void (*handler)(void *data, ngx_http_cio_node_t *node), void *data);
 ngx_http_cio_shws_t *ngx_http_cio_queue_snapshot(ngx_http_cio_zone_t *zone,

@@ -120,6 +120,7 @@ static void ngx_http_cio_deliver_forget(ngx_connection_t *c);
 static void ngx_http_cio_deliver_timer(ngx_event_t *ev);
 static ngx_int_t ngx_http_cio_deliver_drain_start(void);
 static ngx_uint_t ngx_http_cio_deliver_drain_done(void);
+static void ngx_http_cio_deliver_orphans(ngx_uint_t busy);
 static void ngx_http_cio_deliver_kick_handler(ngx_event_t *ev);
 static void ngx_http_cio_deliver_round(void);
 static ngx_int_t ngx_http_cio_deliver_send(ngx_http_cio_shws_t *ws);
@@ -384,13 +385,18 @@ ngx_http_cio_deliver_drain_start(void)
         return NGX_DECLINED;
     }
 
-    if (d->mcf->drain_timeout == 0) {
-        return NGX_DECLINED;
-    }
-
     busy = ngx_http_cio_queue_busy(d->zone);
 
     if (busy == 0) {
+        return NGX_DECLINED;
+    }
+
+    if (d->mcf->drain_timeout == 0) {
+
+        if (d->zone->sh->orphaned) {
+            ngx_http_cio_deliver_orphans(busy);
+        }
+
         return NGX_DECLINED;
     }
 
@@ -424,11 +430,7 @@ ngx_http_cio_deliver_drain_done(void)
     if (ngx_http_cio_now_ms() >= d->drain_deadline) {
 
         if (d->zone->sh->orphaned) {
-            /* nobody spools a zone a reload replaced */
-            ngx_log_error(NGX_LOG_ALERT, d->log, 0,
-                          "cio: %ui events of a zone a reload replaced "
-                          "were not delivered in cio_drain_timeout and are "
-                          "lost", busy);
+            ngx_http_cio_deliver_orphans(busy);
 
         } else {
             ngx_log_error(NGX_LOG_WARN, d->log, 0,
@@ -441,6 +443,38 @@ ngx_http_cio_deliver_drain_done(void)
     }
 
     return 0;
+}
+
+
+/*
+ * Nobody spools a zone a reload replaced: what its old workers leave in it
+ * is lost with it, but for the items cio_journal holds, which the next
+ * start queues again.  Each old worker says it: one cannot know that it is
+ * the last.
+ */
+
+static void
+ngx_http_cio_deliver_orphans(ngx_uint_t busy)
+{
+    ngx_uint_t               lost;
+    ngx_http_cio_deliver_t  *d;
+
+    d = &ngx_http_cio_deliver;
+
+    lost = ngx_http_cio_queue_unjournaled(d->zone);
+
+    if (lost) {
+        ngx_log_error(NGX_LOG_ALERT, d->log, 0,
+                      "cio: %ui events of a zone a reload replaced "
+                      "were not delivered in cio_drain_timeout and %ui of "
+                      "them are lost", busy, lost);
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_WARN, d->log, 0,
+                  "cio: %ui events of a zone a reload replaced were not "
+                  "delivered in cio_drain_timeout; cio_journal holds them, "
+                  "the next start queues them again", busy);
 }
 
 

@@ -132,6 +132,8 @@ static void ngx_http_cio_queue_unhold(ngx_http_cio_shctx_t *sh,
     ngx_http_cio_node_t *node);
 static ngx_uint_t ngx_http_cio_queue_leased(ngx_http_cio_batch_t *batch,
     ngx_uint_t lo, ngx_uint_t n);
+static void ngx_http_cio_queue_count_unjournaled(void *data,
+    ngx_http_cio_node_t *node);
 static void *ngx_http_cio_queue_spare(ngx_http_cio_spares_t *sp,
     size_t size);
 static void ngx_http_cio_queue_unspare(ngx_http_cio_spares_t *sp,
@@ -1587,6 +1589,38 @@ ngx_http_cio_queue_busy(ngx_http_cio_zone_t *zone)
 
 
 /*
+ * Items in the zone that cio_journal does not hold (pushed without it, or
+ * loaded from the spool): what an old zone's drain that ends loses.
+ */
+
+ngx_uint_t
+ngx_http_cio_queue_unjournaled(ngx_http_cio_zone_t *zone)
+{
+    ngx_uint_t  n;
+
+    n = 0;
+
+    ngx_shmtx_lock(&zone->shpool->mutex);
+    (void) ngx_http_cio_queue_walk(zone,
+                                   ngx_http_cio_queue_count_unjournaled, &n);
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    return n;
+}
+
+
+static void
+ngx_http_cio_queue_count_unjournaled(void *data, ngx_http_cio_node_t *node)
+{
+    ngx_uint_t  *n = data;
+
+    if (node->jref == 0) {
+        (*n)++;
+    }
+}
+
+
+/*
  * Items whose lease ran out go back to the head of their workspace: their
  * worker died, or never heard back.
  */
@@ -1788,9 +1822,10 @@ ngx_http_cio_queue_start(ngx_http_cio_zone_t *zone,
 
 /*
  * Every item, in flight first (they are older), then each workspace's
- * pending ones, oldest first.  Without the lock: only the master calls
- * this, once every worker has exited, and a worker killed while holding
- * the lock must not hang the stop.  Returns the number of items.
+ * pending ones, oldest first.  It takes no lock: the master calls this
+ * once every worker has exited, and a worker killed while holding the lock
+ * must not hang the stop; a worker holds the lock around it.  Returns the
+ * number of items.
  */
 
 ngx_uint_t

@@ -219,30 +219,96 @@ sub crash_rounds {
 }
 
 # --- a reload that resizes the zone, then the kill -----------------------------
-# the items move to the new zone with their records, and those still in
-# flight in the old one are in the journal too
+# the items move to the new zone with their records.  After their first
+# failure the events wait (3 s, 10 s under Valgrind), so that none is on
+# the wire when the zone is replaced (the next part puts one there)
 
 {
     my $t = Cio::Test->new(workers => 2);
     my $port = Cio::Test::free_port();
     my $url = "http://127.0.0.1:$port";
     my $journal = 'cio_journal %%TESTDIR%%/journal;';
+    my $wait = $ENV{CIO_VALGRIND} ? '10s' : '3s';
+    my $slow = sub {
+        conf($url, $journal, $_[0])
+            =~ s/cio_retry_backoff \S+ \S+;/cio_retry_backoff $wait;/r;
+    };
 
-    $t->config(http => conf($url, $journal, '4m'))->run;
+    $t->config(http => $slow->('4m'))->run;
     my @ok = grep { ($t->post('/cio/v1/track', event($_)))[0] == 200 }
         map { "resize-$_" } 1 .. 20;
-    $t->config(http => conf($url, $journal, '8m'));
+    ok(wait_until(sub {
+        my $n = 0;
+        $n += $_ for map { /sending (\d+) events .* failed/ }
+            $t->log_lines(qr/failed: .*retrying in \d+ ms/);
+        return $n >= 20;
+    }, 10), 'each failed once and waits');
+
+    $t->config(http => $slow->('8m'));
     ok($t->reload, 'reloaded with a larger zone');
     push @ok, grep { ($t->post('/cio/v1/track', event($_)))[0] == 200 }
         map { "resized-$_" } 1 .. 20;
     is(scalar @ok, 40, '40 events answered 200, Customer.io away');
-    ok($t->log_lines(qr/cio: the zone was resized, 20 queued events moved/),
+    ok($t->log_lines(qr/cio: the zone was resized, 20 queued events moved to the new one, 0 left/),
         'the queue moved to the new zone');
 
     ok($t->kill_all, 'master and workers SIGKILLed');
     my $cio = $t->standin(workspaces => ['site1:key1'], port => $port);
     $t->run;
     is_deeply($cio->wait_names(\@ok, 15), [], 'every one delivered');
+
+    $t->done_part;
+}
+
+# --- a batch on the wire when a reload resizes the zone ----------------------
+# it stays with the old workers (the master cannot take it from their
+# sender), and fails; Customer.io stays down longer than their
+# cio_drain_timeout.  With the journal it waits there for the next start;
+# without, it is lost, and both say so
+
+for my $journal (1, 0) {
+    my $t = Cio::Test->new;
+    my $port = Cio::Test::free_port();
+    my $url = "http://127.0.0.1:$port";
+    my $with = $journal ? 'with the journal' : 'without';
+    my $c = sub {
+        conf($url, ($journal ? 'cio_journal %%TESTDIR%%/journal;' : '')
+            . "\ncio_drain_timeout 1s;", $_[0]);
+    };
+
+    $t->config(http => $c->('4m'))->run;
+    my $cio = $t->standin(workspaces => ['site1:key1'], port => $port);
+
+    my $before = $cio->stats->{requests};
+    $cio->control({ delay_ms => 2000, close => 1, count => 1 });
+    my ($st) = $t->post('/cio/v1/batch',
+        { batch => [ map { event("wire-$_") } 1 .. 5 ] });
+    is($st, 200, "$with: 5 events answered 200");
+    ok(wait_until(sub { ($cio->stats // {})->{requests} > $before }, 5),
+        "$with: their batch is on the wire");
+    $cio->mode({ status => 503 });
+
+    $t->config(http => $c->('8m'));
+    ok($t->reload, "$with: reloaded with a larger zone");
+    ok($t->log_lines(qr/\[warn\].*cio: the zone was resized, 0 queued events moved to the new one, 5 left to the old workers/),
+        "$with: the batch is left to the old worker");
+
+    if (!$journal) {
+        $t->allow_alert(qr/reload replaced were not delivered/);
+        ok(wait_until(sub { $t->log_lines(qr/\[alert\].*cio: 5 events of a zone a reload replaced were not delivered in cio_drain_timeout and 5 of them are lost/) }, 15),
+            "$with: the old worker says they are lost");
+        $t->done_part;
+        next;
+    }
+
+    ok(wait_until(sub { $t->log_lines(qr/\[warn\].*cio: 5 events of a zone a reload replaced were not delivered in cio_drain_timeout; cio_journal holds them, the next start queues them again/) }, 15),
+        "$with: the old worker says the journal holds them");
+
+    $cio->mode({ status => undef });
+    ok($t->stop, "$with: nginx -s quit");
+    $t->run;
+    is_deeply($cio->wait_names([ map { "wire-$_" } 1 .. 5 ], 10), [],
+        "$with: the start queued them again and they were delivered");
 
     $t->done_part;
 }
