@@ -189,6 +189,26 @@ my @MUTATIONS = (
         tests => [qw(t/12-contract.t t/10-ingest.t)],
     },
     {
+        name => 'utf8-unrepaired-fast',
+        what => 'invalid UTF-8 goes to Customer.io as it came, in the '
+            . 'one-pass mapper',
+        file => $MAP_FAST,
+        from => q~        bad += (n == 0);~,
+        to => q~        bad += 0 && (n == 0);~,
+        tests => [qw(t/50-hostile.t)],
+    },
+    {
+        name => 'duplicate-key-last-wins-fast',
+        what => 'a repeated key: the one-pass mapper reads the last, the '
+            . 'tree the first',
+        file => $MAP_FAST,
+        from => q~        if (f != NULL && f->type != FJ_NONE) {
+            return -1;~,
+        to => q~        if (0) {
+            return -1;~,
+        tests => [qw(t/50-hostile.t)],
+    },
+    {
         name => 'integrations-ignored-fast',
         what => 'integrations {"Customer.io": false} still delivers, in '
             . 'the one-pass mapper',

@@ -132,8 +132,22 @@ my @cases = (
       400, 'api_key is missing' ],
 );
 
-for my $c (@cases) {
+# every case twice: as written, and with a messageId, as every SDK sends
+# it, which takes the one-pass mapper's path (it must refuse, or hand the
+# call to the tree mapper, exactly as the tree alone would)
+sub with_mid {
+    my ($body, $n) = @_;
+    return $body =~ /^\{"/ ? qq({"messageId":"mid-hostile-$n",) . substr($body, 1)
+        : $body;
+}
+
+my $n = 0;
+for my $c (@cases, map { [ @$_ ] } @cases) {
     my ($name, $path, $body, $h, $status, $why) = @$c;
+    if ($n++ >= @cases) {
+        next if $body eq with_mid($body, $n);
+        ($name, $body) = ("$name, with a messageId", with_mid($body, $n));
+    }
     my %h = (%auth, %$h);
     delete $h{Authorization} if $path =~ m{^/amp/};
     my ($st, undef, $r) = $t->post($path, $body, %h,
@@ -149,43 +163,56 @@ for my $c (@cases) {
     }
 }
 
-# --- strings that try to escape their JSON or an HTTP header ----------------
+for my $mid ('', 'mid-hostile') {
+    my $with = $mid ? ', with a messageId' : '';
+    my $e = $mid ? 'M' : 'E';
+    my %m = $mid ? (messageId => "$mid-evil") : ();
+    my $m = $mid ? qq("messageId":"$mid-NAME",) : '';
 
-my $evil = "u\r\nSet-Cookie: x=1\r\n\r\n<script>\"\\\x{7f}";
-my ($st, $hdr, $r) = $t->post('/cio/v1/track', { userId => $evil,
-    event => "E\r\nX-Injected: 1", properties => { "k\"ey" => "v\r\n" } },
-    %auth);
-is($st, 200, 'CR/LF and quotes in ids are data, not syntax');
-ok(!exists $hdr->{'set-cookie'} && !exists $hdr->{'x-injected'},
-    'nothing reached the answer headers');
+    # --- strings that try to escape their JSON or an HTTP header ------------
 
-my @items;
-wait_until(sub {
-    @items = grep { ($_->{name} // '') =~ /^E\r\n/ } @{ $cio->items };
-}, 10);
-is($items[0]{identifiers}{id}, $evil, 'the id arrived intact, escaped');
-is($items[0]{attributes}{"k\"ey"}, "v\r\n", 'the property arrived intact');
+    my $evil = "u\r\nSet-Cookie: x=1\r\n\r\n<script>\"\\\x{7f}";
+    my ($st, $hdr, $r) = $t->post('/cio/v1/track', { userId => $evil,
+        event => "$e\r\nX-Injected: 1", properties => { "k\"ey" => "v\r\n" },
+        %m }, %auth);
+    is($st, 200, "CR/LF and quotes in ids are data, not syntax$with");
+    ok(!exists $hdr->{'set-cookie'} && !exists $hdr->{'x-injected'},
+        "nothing reached the answer headers$with");
 
-# invalid UTF-8 is repaired, not forwarded
-($st) = $t->post('/cio/v1/track',
-    qq({"userId":"u","event":"Latin1","properties":{"k":"caf\xe9"}}), %auth);
-is($st, 200, 'invalid UTF-8: accepted');
-wait_until(sub {
-    @items = grep { ($_->{name} // '') eq 'Latin1' } @{ $cio->items };
-}, 10);
-is($items[0]{attributes}{k}, "caf\x{fffd}", 'invalid UTF-8 became U+FFFD');
+    my @items;
+    wait_until(sub {
+        @items = grep { ($_->{name} // '') =~ /^$e\r\n/ } @{ $cio->items };
+    }, 10);
+    is($items[0]{identifiers}{id}, $evil, "the id arrived intact, escaped$with");
+    is($items[0]{attributes}{"k\"ey"}, "v\r\n",
+        "the property arrived intact$with");
 
-# duplicate keys: cJSON keeps the first, so does what reaches Customer.io
-($st) = $t->post('/cio/v1/track',
-    '{"userId":"u","event":"Dup","event":"Other","properties":{"a":1,"a":2}}',
-    %auth);
-is($st, 200, 'duplicate keys: accepted');
-wait_until(sub {
-    @items = grep { ($_->{name} // '') =~ /^(Dup|Other)$/ } @{ $cio->items };
-}, 10);
-is(scalar @items, 1, 'duplicate keys: one event');
-is_deeply([ map { $_->{name} } @items ], ['Dup'], 'the first key wins');
-is_deeply($items[0]{attributes}, { a => 1 }, 'one attribute');
+    # invalid UTF-8 is repaired, not forwarded
+    ($st) = $t->post('/cio/v1/track', '{' . ($m =~ s/NAME/latin1/r)
+        . qq("userId":"u","event":"Latin1$e","properties":{"k":"caf\xe9"}}),
+        %auth);
+    is($st, 200, "invalid UTF-8: accepted$with");
+    wait_until(sub {
+        @items = grep { ($_->{name} // '') eq "Latin1$e" } @{ $cio->items };
+    }, 10);
+    is($items[0]{attributes}{k}, "caf\x{fffd}",
+        "invalid UTF-8 became U+FFFD$with");
+
+    # duplicate keys: cJSON keeps the first, so does what reaches Customer.io
+    ($st) = $t->post('/cio/v1/track', '{' . ($m =~ s/NAME/dup/r)
+        . qq("userId":"u","event":"Dup$e","event":"Other$e",)
+        . '"properties":{"a":1,"a":2}}', %auth);
+    is($st, 200, "duplicate keys: accepted$with");
+    wait_until(sub {
+        @items = grep { ($_->{name} // '') =~ /^(Dup|Other)$e$/ }
+            @{ $cio->items };
+    }, 10);
+    is(scalar @items, 1, "duplicate keys: one event$with");
+    is_deeply([ map { $_->{name} } @items ], ["Dup$e"], "the first key wins$with");
+    is_deeply($items[0]{attributes}, { a => 1 }, "one attribute$with");
+}
+
+my $st;
 
 # --- slow bodies -------------------------------------------------------------
 
@@ -233,8 +260,8 @@ is($st, 200, 'a last event after it all: 200');
 
 is_deeply([ $t->worker_pids ], \@workers, 'no worker died or was replaced');
 
-$t->delivered_exactly($cio, [ "E\r\nX-Injected: 1", 'Latin1', 'Dup',
-    'Meanwhile', 'Last' ], 'exactly the accepted events reached Customer.io',
+$t->delivered_exactly($cio, [ "E\r\nX-Injected: 1", 'Latin1E', 'DupE',
+    "M\r\nX-Injected: 1", 'Latin1M', 'DupM', 'Meanwhile', 'Last' ], 'exactly the accepted events reached Customer.io',
     headers => \%auth);
 
 # --- credentials stay out of logs -----------------------------------------
