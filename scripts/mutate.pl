@@ -209,6 +209,15 @@ my @MUTATIONS = (
         tests => [qw(t/50-hostile.t)],
     },
     {
+        name => 'filters-ignored-fast',
+        what => 'cio_events_deny, cio_events_allow and consent let every '
+            . 'call through, in the one-pass mapper',
+        file => $MAP_FAST,
+        from => q~    rc = fj_filtered(ctx, c, type, event);~,
+        to => q~    rc = 0 && fj_filtered(ctx, c, type, event);~,
+        tests => [qw(t/15-ingest-edge.t)],
+    },
+    {
         name => 'integrations-ignored-fast',
         what => 'integrations {"Customer.io": false} still delivers, in '
             . 'the one-pass mapper',

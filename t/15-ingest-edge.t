@@ -218,26 +218,38 @@ ok(!exists $h->{'access-control-allow-origin'},
     'cio_cors_origins off: no CORS headers');
 
 # --- filters --------------------------------------------------------------
+# twice: without messageIds (the tree mapper) and with them (the one-pass
+# mapper, every SDK's path), each applying the filters itself
 
-($st, $h, $r) = $t->post('/cio/v1/batch', { batch => [
-    { type => 'track', userId => 'u-2', event => 'Secret Event' },
-    { type => 'track', userId => 'u-2', event => 'Consented Out',
-      context => { consentManagement => {
-          deniedConsentIds => [ 'C0002', 'C0004' ] } } },
-    { type => 'track', userId => 'u-2', event => 'Kept' },
-] }, %auth);
-is($st, 200, 'filtered calls: 200');
-is_deeply(eval { $json->decode($r) }, { success => JSON::PP::true },
-    'filtered calls are not reported as rejected');
+for my $pass (0, 1) {
+    my $with = $pass ? ', with messageIds' : '';
+    my $m = sub {
+        $pass ? Cio::Test::with_message_id($_[0], "filter-$_[1]") : $_[0];
+    };
 
-($st) = $t->post('/only/v1/track', { userId => 'u-2', event => 'Not Listed' });
-is($st, 200, 'cio_events_allow: an unlisted event is answered 200');
-($st) = $t->post('/only/v1/track', { userId => 'u-2',
-                                     event => 'Order Completed' });
-is($st, 200, 'cio_events_allow: a listed event is answered 200');
+    ($st, $h, $r) = $t->post('/cio/v1/batch', $m->({ batch => [
+        { type => 'track', userId => 'u-2', event => 'Secret Event' },
+        { type => 'track', userId => 'u-2', event => 'Consented Out',
+          context => { consentManagement => {
+              deniedConsentIds => [ 'C0002', 'C0004' ] } } },
+        { type => 'track', userId => 'u-2', event => 'Kept' },
+    ] }, 'batch'), %auth);
+    is($st, 200, "filtered calls: 200$with");
+    is_deeply(eval { $json->decode($r) }, { success => JSON::PP::true },
+        "filtered calls are not reported as rejected$with");
 
-ok(arrives('Kept'), 'the unfiltered call of the batch arrived');
-ok(arrives('Order Completed'), 'the allowed event arrived');
+    ($st) = $t->post('/only/v1/track',
+        $m->({ userId => 'u-2', event => 'Not Listed' }, 'unlisted'));
+    is($st, 200, "cio_events_allow: an unlisted event is answered 200$with");
+    ($st) = $t->post('/only/v1/track',
+        $m->({ userId => 'u-2', event => 'Order Completed' }, 'listed'));
+    is($st, 200, "cio_events_allow: a listed event is answered 200$with");
+
+    is(scalar(arrives('Kept', 1 + $pass)), 1 + $pass,
+        "the unfiltered call of the batch arrived$with");
+    is(scalar(arrives('Order Completed', 1 + $pass)), 1 + $pass,
+        "the allowed event arrived$with");
+}
 
 # --- Amplitude HTTP V2 ------------------------------------------------------
 
