@@ -674,6 +674,15 @@ my @MUTATIONS = (
         tests => [qw(t/70-journal-crash.t)],
     },
     {
+        name => 'journal-open-sync-error-dropped',
+        what => 'sync=always: a segment synced in the event loop when '
+            . 'writing left it fails, and its waiters are answered 200',
+        file => $JOURNAL,
+        from => q~    js.err = jw->sync_err;~,
+        to => q~    js.err = 0;~,
+        tests => [qw(t/81-journal-sync-error.t)],
+    },
+    {
         name => 'journal-no-crc',
         what => 'a damaged journal record is queued as an item',
         file => $JOURNAL,

@@ -474,7 +474,8 @@ ngx_http_cio_deliver_orphans(ngx_uint_t busy)
     ngx_log_error(NGX_LOG_WARN, d->log, 0,
                   "cio: %ui events of a zone a reload replaced were not "
                   "delivered in cio_drain_timeout; cio_journal holds them, "
-                  "the next start queues them again", busy);
+                  "a start with the same cio_journal queues them again",
+                  busy);
 }
 
 

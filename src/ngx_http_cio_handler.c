@@ -723,6 +723,7 @@ static ngx_uint_t
 ngx_http_cio_unpark(ngx_http_cio_accept_t *a, uint64_t *jrefs,
     ngx_uint_t written)
 {
+    ngx_int_t            rc;
     ngx_connection_t    *c;
     ngx_http_request_t  *r;
 
@@ -735,14 +736,14 @@ ngx_http_cio_unpark(ngx_http_cio_accept_t *a, uint64_t *jrefs,
         return 0;
     }
 
+    rc = jrefs ? ngx_http_cio_push(a, jrefs) : NGX_OK;
+
     ngx_log_error(NGX_LOG_INFO, c->log, 0,
                   "cio: the request ended before its answer: its %ui events "
                   "%s", a->n,
-                  written ? "are in the journal" : "were not written");
-
-    if (jrefs) {
-        (void) ngx_http_cio_push(a, jrefs);
-    }
+                  !written ? "were not written"
+                  : (rc == NGX_OK) ? "are in the journal"
+                  : "were written, then refused by the queue");
 
     ngx_http_cio_finalize(a, NGX_ERROR);
 

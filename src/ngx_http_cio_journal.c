@@ -172,6 +172,7 @@ typedef struct {
     uint32_t                     ack_no;
     ngx_fd_t                     old[NGX_HTTP_CIO_J_OLD_FDS];
     ngx_uint_t                   nold;       /* written, to sync, close */
+    ngx_err_t                    sync_err;   /* of a sync outside a round */
     ngx_event_t                  timer;
     uint64_t                     wseq;       /* writes so far */
     uint32_t                     end;        /* after the last, in no */
@@ -1883,8 +1884,11 @@ ngx_http_cio_journal_open(ngx_http_cio_journal_t *j, ngx_log_t *log)
         if (jw->j->sync == NGX_HTTP_CIO_J_SYNC_OFF
             || jw->nold == NGX_HTTP_CIO_J_OLD_FDS)
         {
-            if (jw->j->sync != NGX_HTTP_CIO_J_SYNC_OFF) {
-                (void) fdatasync(jw->fd);
+            /* the next round fails its waiters if this did: see sync */
+            if (jw->j->sync != NGX_HTTP_CIO_J_SYNC_OFF
+                && fdatasync(jw->fd) == -1 && jw->sync_err == 0)
+            {
+                jw->sync_err = ngx_errno;
             }
 
             (void) ngx_close_file(jw->fd);
@@ -2244,12 +2248,20 @@ ngx_http_cio_journal_sync(void)
 
     jw = &ngx_http_cio_jw;
 
-    if ((!jw->dirty && jw->nold == 0 && jw->ndead == 0) || jw->syncing) {
+    if ((!jw->dirty && jw->nold == 0 && jw->ndead == 0 && jw->sync_err == 0)
+        || jw->syncing)
+    {
         return;
     }
 
+    /*
+     * a segment left while a round ran, with 16 more waiting, was synced
+     * and closed there and then (journal_open): its waiters are this
+     * round's, and so is its error
+     */
     js.n = 0;
-    js.err = 0;
+    js.err = jw->sync_err;
+    jw->sync_err = 0;
     js.seq = jw->wseq;
     js.no = jw->no;
     js.end = jw->end;

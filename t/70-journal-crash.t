@@ -301,7 +301,7 @@ for my $journal (1, 0) {
         next;
     }
 
-    ok(wait_until(sub { $t->log_lines(qr/\[warn\].*cio: 5 events of a zone a reload replaced were not delivered in cio_drain_timeout; cio_journal holds them, the next start queues them again/) }, 15),
+    ok(wait_until(sub { $t->log_lines(qr/\[warn\].*cio: 5 events of a zone a reload replaced were not delivered in cio_drain_timeout; cio_journal holds them, a start with the same cio_journal queues them again/) }, 15),
         "$with: the old worker says the journal holds them");
 
     $cio->mode({ status => undef });

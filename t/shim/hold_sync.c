@@ -4,21 +4,28 @@
  * An LD_PRELOAD shim for t/80-journal-shutdown.t: while the file named by
  * CIO_HOLD_SYNC exists, fdatasync() waits, as on a disk that takes its
  * time; it creates that name with ".held" appended once it waits, so the
- * test knows a sync is under way.  The name is read when the library is
- * loaded, by the master: nginx clears its workers' environment.
+ * test knows a sync is under way.  While that name with ".fail" appended
+ * exists, an fdatasync() called by a process's main thread (nginx's event
+ * loop, not its thread pool) fails with EIO, and creates the name with
+ * ".failed" appended.  The name is read when the library is loaded, by
+ * the master: nginx clears its workers' environment.
  */
 
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
 static char  hold[4096];
 static char  held[4096 + 8];
+static char  fail[4096 + 8];
+static char  failed[4096 + 8];
 
 
 __attribute__((constructor)) static void
@@ -31,6 +38,8 @@ hold_sync_init(void)
     if (p != NULL && strlen(p) < sizeof(hold)) {
         strcpy(hold, p);
         snprintf(held, sizeof(held), "%s.held", p);
+        snprintf(fail, sizeof(fail), "%s.fail", p);
+        snprintf(failed, sizeof(failed), "%s.failed", p);
     }
 }
 
@@ -44,6 +53,19 @@ fdatasync(int fd)
 
     if (real == NULL) {
         real = (int (*)(int)) dlsym(RTLD_NEXT, "fdatasync");
+    }
+
+    if (fail[0] != '\0' && access(fail, F_OK) == 0
+        && syscall(SYS_gettid) == getpid())
+    {
+        hfd = open(failed, O_WRONLY | O_CREAT, 0644);
+
+        if (hfd != -1) {
+            close(hfd);
+        }
+
+        errno = EIO;
+        return -1;
     }
 
     if (hold[0] != '\0' && access(hold, F_OK) == 0) {
