@@ -636,14 +636,13 @@ my @MUTATIONS = (
         what => 'sync=always answers 200 before the fdatasync: a power '
             . 'loss loses them',
         file => $JOURNAL,
-        from => q~    ngx_queue_insert_tail(&jw->waiting, &w->link);
-
-    if (!jw->flushing) {
+        from => q~    if (!jw->flushing) {
         ngx_http_cio_journal_sync();
     }
 
     return NGX_AGAIN;~,
-        to => q~    ngx_http_cio_journal_sync();
+        to => q~    ngx_queue_remove(&w->link);
+    ngx_http_cio_journal_sync();
 
     return NGX_OK;~,
         tests => [qw(t/73-journal-sync.t)],
@@ -680,6 +679,17 @@ my @MUTATIONS = (
         file => $JOURNAL,
         from => q~    js.err = jw->sync_err;~,
         to => q~    js.err = 0;~,
+        tests => [qw(t/81-journal-sync-error.t)],
+    },
+    {
+        name => 'journal-keep-none',
+        what => 'sync=always: an old worker of a reload exits while a '
+            . 'request waits for its sync, which goes unanswered',
+        file => $JOURNAL,
+        from => q~    if (!jw->keep.timer_set) {
+        ngx_add_timer(&jw->keep, NGX_HTTP_CIO_J_KEEP);~,
+        to => q~    if (0) {
+        ngx_add_timer(&jw->keep, NGX_HTTP_CIO_J_KEEP);~,
         tests => [qw(t/81-journal-sync-error.t)],
     },
     {

@@ -98,6 +98,7 @@
 #define NGX_HTTP_CIO_J_PASS        (1024 * 1024)
 #define NGX_HTTP_CIO_J_TRIM        (16 * 1024 * 1024)
 #define NGX_HTTP_CIO_J_MMAP        (4 * 1024 * 1024)
+#define NGX_HTTP_CIO_J_KEEP        1000
 
 /* zlib's crc32, libdeflate's when it is there: the same sums, faster */
 #if (NGX_HTTP_CIO_LIBDEFLATE)
@@ -174,6 +175,7 @@ typedef struct {
     ngx_uint_t                   nold;       /* written, to sync, close */
     ngx_err_t                    sync_err;   /* of a sync outside a round */
     ngx_event_t                  timer;
+    ngx_event_t                  keep;       /* while requests wait */
     uint64_t                     wseq;       /* writes so far */
     uint32_t                     end;        /* after the last, in no */
     ngx_queue_t                  waiting;    /* ngx_http_cio_jwait_t */
@@ -260,6 +262,7 @@ static ngx_http_cio_jseg_t *ngx_http_cio_journal_find(
 static void ngx_http_cio_journal_seal(u_char *buf, size_t len,
     uint32_t *offs, ngx_uint_t n, uint32_t no);
 static void ngx_http_cio_journal_flush(ngx_event_t *ev);
+static void ngx_http_cio_journal_keep(ngx_event_t *ev);
 static u_char *ngx_http_cio_journal_pass(size_t len);
 static ngx_http_cio_jappend_t *ngx_http_cio_journal_write(
     ngx_http_cio_journal_t *j, ngx_http_cio_jappend_t *first);
@@ -1094,6 +1097,11 @@ ngx_http_cio_journal_init_process(ngx_cycle_t *cycle,
     jw->flush.handler = ngx_http_cio_journal_flush;
     jw->flush.log = cycle->log;
     jw->flush.data = &ngx_http_cio_jdummy;
+
+    /* not cancelable: see ngx_http_cio_journal_keep() */
+    jw->keep.handler = ngx_http_cio_journal_keep;
+    jw->keep.log = cycle->log;
+    jw->keep.data = &ngx_http_cio_jdummy;
 
 #if (NGX_LINUX) && defined(M_TRIM_THRESHOLD)
     /*
@@ -2470,6 +2478,10 @@ ngx_http_cio_journal_synced(ngx_http_cio_jsync_t *t)
         ngx_post_event(&w->ev, &ngx_posted_events);
     }
 
+    if (ngx_queue_empty(&jw->waiting) && jw->keep.timer_set) {
+        ngx_del_timer(&jw->keep);
+    }
+
     if (!ngx_queue_empty(&jw->waiting)
         || (jw->ndead && jw->j->sync == NGX_HTTP_CIO_J_SYNC_ALWAYS))
     {
@@ -2500,9 +2512,30 @@ ngx_http_cio_journal_wait(ngx_http_cio_journal_t *j, ngx_http_cio_jwait_t *w)
 
     ngx_queue_insert_tail(&jw->waiting, &w->link);
 
+    if (!jw->keep.timer_set) {
+        ngx_add_timer(&jw->keep, NGX_HTTP_CIO_J_KEEP);
+    }
+
     if (!jw->flushing) {
         ngx_http_cio_journal_sync();
     }
 
     return NGX_AGAIN;
+}
+
+
+/*
+ * A request that waits for a sync has no timer of its own, and a worker
+ * that is shutting down (a reload, a quit) exits once no timer but
+ * cancelable ones is left: it would close the request unanswered, with
+ * nginx's "open socket left" alert, while its sync ran in the pool.  This
+ * timer keeps the worker while any request waits.
+ */
+
+static void
+ngx_http_cio_journal_keep(ngx_event_t *ev)
+{
+    if (!ngx_queue_empty(&ngx_http_cio_jw.waiting)) {
+        ngx_add_timer(ev, NGX_HTTP_CIO_J_KEEP);
+    }
 }

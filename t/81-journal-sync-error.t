@@ -9,7 +9,9 @@
 # round must fail them too (503), never answer 200 for records not known
 # to be on the disk.  An LD_PRELOAD shim (t/shim/hold_sync.c) holds the
 # round's fdatasync() in the thread pool while small segments (64 KB, 20
-# KB records) roll over, and fails the event loop's with EIO.
+# KB records) roll over, and fails the event loop's with EIO.  Then a
+# reload while a request waits for its sync: the old worker stays until
+# it is answered.
 
 use strict;
 use warnings;
@@ -123,5 +125,35 @@ is_deeply($cio->wait_names([ 'first', @unsynced ], 30), [],
 my $after = send_event('after');
 ($st) = answer($after);
 is($st, 200, 'the disk well again: 200');
+
+# --- a reload while a request waits for its sync -----------------------------
+# the old worker has nothing else to wait for (Customer.io answers, a
+# reload does not drain; a fresh start, so that no connection of the
+# above lingers): it must not exit before the sync is done and the
+# request answered
+
+ok($t->stop, 'stopped');
+$t->run;
+my $old;
+ok(wait_until(sub { ($old) = $t->worker_pids; $old }, 10), 'started again');
+$t->write_file('hold', '');
+unlink "$dir/hold.held";
+my $held = send_event('reload');
+ok(wait_until(sub { -e "$dir/hold.held" }, 10),
+    'a request waits for its sync, held');
+
+kill 'HUP', $t->master_pid;
+ok(wait_until(sub {
+    $t->read_file('error.log')
+        =~ /\b$old#\d+: cio: reloaded, the new workers deliver the queue/
+}, 10), 'a reload: the old worker is shutting down, with no queue to drain');
+
+unlink "$dir/hold";
+($st) = answer($held);
+is($st, 200, 'the request is answered 200 once its sync is done');
+ok(wait_until(sub { !kill(0, $old) }, 10), 'then the old worker exits');
+ok(!$t->log_lines(qr/open socket .* left in connection/),
+    'no connection left open');
+is_deeply($cio->wait_names(['reload'], 10), [], 'and the event arrives');
 
 $t->done;
