@@ -184,12 +184,7 @@ SKIP: {
 
     my @names = post_events($t, '/cio', 'resized', 20);
     is(scalar @names, 20, '20 events queued while Customer.io is down');
-    ok(wait_until(sub {
-        my $n = 0;
-        $n += $_ for map { /sending (\d+) events .* failed/ }
-            $t->log_lines(qr/failed: .*retrying in \d+ ms/);
-        return $n >= 20;
-    }, 10), 'each failed once and waits');
+    ok($t->failed_once(20, 10), 'each failed once and waits');
 
     $t->config(http => $slow->('8m'));
     ok($t->reload, 'reloaded with a larger cio_zone');

@@ -237,12 +237,7 @@ sub crash_rounds {
     $t->config(http => $slow->('4m'))->run;
     my @ok = grep { ($t->post('/cio/v1/track', event($_)))[0] == 200 }
         map { "resize-$_" } 1 .. 20;
-    ok(wait_until(sub {
-        my $n = 0;
-        $n += $_ for map { /sending (\d+) events .* failed/ }
-            $t->log_lines(qr/failed: .*retrying in \d+ ms/);
-        return $n >= 20;
-    }, 10), 'each failed once and waits');
+    ok($t->failed_once(20, 10), 'each failed once and waits');
 
     $t->config(http => $slow->('8m'));
     ok($t->reload, 'reloaded with a larger zone');

@@ -25,11 +25,7 @@ use Cio::Test qw(wait_until);
 my $t = Cio::Test->new(workers => 1);
 my $dir = $t->dir;
 
-my $cc = $ENV{CC} // 'gcc';
-my $shim = "$dir/hold_sync.so";
-system($cc, '-shared', '-fPIC', '-O2', '-o', $shim,
-       "$FindBin::Bin/shim/hold_sync.c", '-ldl') == 0
-    or BAIL_OUT("$cc could not build the fdatasync shim");
+my $shim = $t->shim('hold_sync');
 
 # the shim after ASan's, which must come first
 local $ENV{CIO_PRELOAD} = join ' ', grep { $_ } $ENV{CIO_PRELOAD}, $shim;

@@ -412,6 +412,29 @@ sub kill_all {
 }
 
 # the lines of error.log matching $re
+# waits (up to $secs) until the sender's first attempts failed for at
+# least $n events, which then wait for their retry: none is on the wire
+sub failed_once {
+    my ($self, $n, $secs) = @_;
+    return wait_until(sub {
+        my $failed = 0;
+        $failed += $_ for map { /sending (\d+) events .* failed/ }
+            $self->log_lines(qr/failed: .*retrying in \d+ ms/);
+        return $failed >= $n;
+    }, $secs);
+}
+
+# t/shim/NAME.c built into the test's directory, for LD_PRELOAD; its path
+sub shim {
+    my ($self, $name) = @_;
+    my $cc = $ENV{CC} // 'gcc';
+    my $so = $self->dir . "/$name.so";
+    system($cc, '-shared', '-fPIC', '-O2', '-o', $so,
+           "$TOP/t/shim/$name.c", '-ldl') == 0
+        or Test::More::BAIL_OUT("$cc could not build t/shim/$name.c");
+    return $so;
+}
+
 sub log_lines {
     my ($self, $re) = @_;
     return grep { $_ =~ $re } split /\n/, $self->read_file('error.log');
