@@ -448,9 +448,9 @@ ngx_http_cio_deliver_drain_done(void)
 
 /*
  * Nobody spools a zone a reload replaced: what its old workers leave in it
- * is lost with it, but for the items cio_journal holds, which the next
- * start queues again.  Each old worker says it: one cannot know that it is
- * the last.
+ * is lost with it, but for the items cio_journal holds, which a start with
+ * that journal queues again.  Each old worker says it: one cannot know
+ * that it is the last.
  */
 
 static void
