@@ -1091,11 +1091,17 @@ ngx_http_cio_deliver_split(ngx_http_cio_sreq_t *req)
                   n, &batch->ws->site_id, req->status,
                   req->resp ? req->resp : "");
 
+    /*
+     * a part of its own while the pieces are made: a second piece that
+     * cannot be made takes the first back (piece_abort), which must not
+     * end the split under our feet; ended here, once, if no piece is left
+     */
+    sp->parts = 1;
+
     at = ngx_http_cio_deliver_piece_add(sp, 0, n / 2, d->waiting_tail);
     (void) ngx_http_cio_deliver_piece_add(sp, n / 2, n - n / 2, at);
 
-    if (sp->parts == 0) {
-        /* no piece could be made: nothing would ever settle the batch */
+    if (--sp->parts == 0) {
         ngx_http_cio_deliver_split_end(sp);
     }
 
