@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
 
 /*
- * An LD_PRELOAD shim for t/80-journal-shutdown.t: while the file named by
+ * An LD_PRELOAD shim for t/80-journal-shutdown.t and
+ * t/81-journal-sync-error.t: while the file named by
  * CIO_HOLD_SYNC exists, fdatasync() waits, as on a disk that takes its
  * time; it creates that name with ".held" appended once it waits, so the
  * test knows a sync is under way.  While that name with ".fail" appended
@@ -44,10 +45,24 @@ hold_sync_init(void)
 }
 
 
+/* the test's sign that the shim acted */
+
+static void
+hold_sync_touch(const char *name)
+{
+    int  fd;
+
+    fd = open(name, O_WRONLY | O_CREAT, 0644);
+
+    if (fd != -1) {
+        close(fd);
+    }
+}
+
+
 int
 fdatasync(int fd)
 {
-    int                     hfd;
     struct timespec         ts = { 0, 10 * 1000 * 1000 };
     static int            (*real)(int);
 
@@ -58,22 +73,13 @@ fdatasync(int fd)
     if (fail[0] != '\0' && access(fail, F_OK) == 0
         && syscall(SYS_gettid) == getpid())
     {
-        hfd = open(failed, O_WRONLY | O_CREAT, 0644);
-
-        if (hfd != -1) {
-            close(hfd);
-        }
-
+        hold_sync_touch(failed);
         errno = EIO;
         return -1;
     }
 
     if (hold[0] != '\0' && access(hold, F_OK) == 0) {
-        hfd = open(held, O_WRONLY | O_CREAT, 0644);
-
-        if (hfd != -1) {
-            close(hfd);
-        }
+        hold_sync_touch(held);
 
         while (access(hold, F_OK) == 0) {
             nanosleep(&ts, NULL);

@@ -411,7 +411,6 @@ sub kill_all {
     return wait_until(sub { !grep { kill 0, $_ } @pids }, 10);
 }
 
-# the lines of error.log matching $re
 # waits (up to $secs) until the sender's first attempts failed for at
 # least $n events, which then wait for their retry: none is on the wire
 sub failed_once {
@@ -435,6 +434,7 @@ sub shim {
     return $so;
 }
 
+# the lines of error.log matching $re
 sub log_lines {
     my ($self, $re) = @_;
     return grep { $_ =~ $re } split /\n/, $self->read_file('error.log');
