@@ -542,6 +542,32 @@ ngx_http_cio_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     ngx_http_cio_loc_conf_t   *slcf;
     ngx_http_core_srv_conf_t  *cscf;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    /*
+     * An "if" or "limit_except" block inside a cio location: nginx runs
+     * the location's handler with the block's configuration, as it does
+     * proxy_pass's.  No cio directive is allowed in such a block, so it
+     * is the location's in all but name, and its workspace too.
+     */
+    if ((clcf->noname || clcf->lmt_excpt)
+        && conf->ingest == NGX_HTTP_CIO_INGEST_OFF
+        && prev->ingest != NGX_HTTP_CIO_INGEST_OFF)
+    {
+        conf->ingest = prev->ingest;
+        conf->ingest_file = prev->ingest_file;
+        conf->ingest_line = prev->ingest_line;
+        conf->ws = prev->ws;
+    }
+
+    /* methods a limit_except names are not run by the location's handler */
+    if (clcf->lmt_excpt && clcf->handler == NULL
+        && conf->ingest != NGX_HTTP_CIO_INGEST_OFF)
+    {
+        clcf->handler = ngx_http_cio_handler;
+    }
 
     ngx_conf_merge_str_value(conf->site_id, prev->site_id, "");
     ngx_conf_merge_str_value(conf->api_key, prev->api_key, "");
@@ -584,7 +610,7 @@ ngx_http_cio_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_ERROR;
     }
 
-    if (ngx_http_cio_workspace(cf, conf) != NGX_OK) {
+    if (conf->ws == NULL && ngx_http_cio_workspace(cf, conf) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
 

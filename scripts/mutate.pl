@@ -659,6 +659,29 @@ my @MUTATIONS = (
         tests => [qw(t/70-journal-crash.t)],
     },
     {
+        name => 'block-without-workspace',
+        what => 'an "if" inside a cio location runs the handler without '
+            . 'the location\'s ingest and workspace',
+        file => $MODULE,
+        from => q~        conf->ingest = prev->ingest;
+~,
+        to => q~~,
+        tests => [qw(t/52-review.t)],
+    },
+    {
+        name => 'limit-except-static',
+        what => 'the methods a limit_except names go to the static handler',
+        file => $MODULE,
+        from => q~        clcf->handler = ngx_http_cio_handler;
+    }
+
+    ngx_conf_merge_str_value~,
+        to => q~    }
+
+    ngx_conf_merge_str_value~,
+        tests => [qw(t/52-review.t)],
+    },
+    {
         name => 'orphans-unsaid',
         what => 'the old workers of a resized zone lose what they did not '
             . 'deliver without a word',

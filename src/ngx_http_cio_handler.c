@@ -803,7 +803,7 @@ ngx_http_cio_journal_refused(ngx_http_cio_accept_t *a)
     mcf = ngx_http_get_module_main_conf(a->r, ngx_http_cio_module);
 
     ngx_http_cio_queue_reject(mcf->shm_zone->data, a->lcf->ws->sh,
-                              NGX_HTTP_CIO_REJ_FULL, 1);
+                              NGX_HTTP_CIO_REJ_FULL, 0);
 
     return ngx_http_cio_refuse(a->r, NGX_HTTP_SERVICE_UNAVAILABLE,
                                "journal cannot take it, retry later");

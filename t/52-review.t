@@ -11,7 +11,9 @@
 #    (a body over client_max_body_size, error_page 413) is logged without
 #    its write key as $remote_user;
 #  - a dead letter of a site id with control characters fits its line
-#    (they are escaped to six bytes each).
+#    (they are escaped to six bytes each);
+#  - an "if" or "limit_except" block inside a cio location runs the
+#    location's handler (the "if" crashed the worker).
 
 use strict;
 use warnings;
@@ -144,6 +146,83 @@ END
                   10), 'the request is in the access log');
     unlike($log, qr/\Q$key\E/,
         'without the write key, though it went to an error page');
+
+    $t->done_part;
+}
+
+# --- an "if" or a "limit_except" inside a cio location -----------------------
+
+# nginx runs the location's handler with the block's configuration: it
+# had no workspace (the worker crashed on the first event queued), and a
+# limit_except's methods went to the static handler (405)
+{
+    my $t = Cio::Test->new;
+    my $cio = $t->standin(workspaces => ['site1:key1']);
+    my $url = $cio->url;
+    my $key = 'wk_block_4f1a';
+    $t->config(http => <<"END")->run;
+    cio_zone zone=cio:1m;
+    cio_flush_interval 20ms;
+
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        cio_site_id site1;
+        cio_api_key key1;
+        cio_endpoint $url;
+        cio_write_key $key;
+
+        location /if/ {
+            cio_ingest segment;
+            if (\$request_method = POST) {
+                set \$cio_seen 1;
+            }
+        }
+
+        location /lmt/ {
+            cio_ingest segment;
+            limit_except OPTIONS {
+                allow 127.0.0.1;
+                deny all;
+            }
+        }
+
+        location /amp/ {
+            cio_ingest amplitude;
+            if (\$request_method = POST) {
+                set \$cio_seen 1;
+            }
+        }
+    }
+END
+
+    my ($st, undef, $body) = $t->post("/if/v1/track?writeKey=$key",
+        { userId => 'u-if', event => 'in-if', messageId => 'm-if' });
+    is($st, 200, 'a call to a location with an "if": 200');
+    is($body, '{"success":true}', 'with the SDK\'s answer');
+
+    ($st, undef, $body) = $t->post('/lmt/v1/track',
+        { userId => 'u-lmt', event => 'in-limit-except',
+          messageId => 'm-lmt' }, Authorization => basic($key));
+    is($st, 200, 'a call to a location with a "limit_except": 200');
+
+    ($st, undef, $body) = $t->post('/amp/2/httpapi', {
+        api_key => $key,
+        events => [ { user_id => 'u-amp', event_type => 'in-amp',
+                      insert_id => 'i-amp' } ] });
+    is($st, 200, 'an Amplitude call to a location with an "if": 200');
+    like($body, qr/"code":200/, 'with Amplitude\'s answer');
+
+    is_deeply($cio->wait_names([ 'in-if', 'in-limit-except', 'in-amp' ],
+                               15), [], 'all three delivered');
+    my %who = map { $_->{name} => $_->{identifiers}{id} } @{ $cio->items };
+    is_deeply(\%who, { 'in-if' => 'u-if', 'in-limit-except' => 'u-lmt',
+                       'in-amp' => 'u-amp' }, 'each as its own person');
+
+    my $log = '';
+    ok(wait_until(sub {
+        ($log = $t->read_file('access.log')) =~ m{/if/v1/track}
+    }, 10), 'the "if" location\'s request is in the access log');
+    unlike($log, qr/\Q$key\E/, 'without the write key');
 
     $t->done_part;
 }

@@ -20,7 +20,8 @@ use Cio::Load qw(post_events full_disk_journal);
 
 sub conf {
     my ($url, $journal) = @_;
-    return Cio::Test::ingest_http(endpoint => $url, http => <<"END");
+    return Cio::Test::ingest_http(endpoint => $url,
+        server => 'location = /status { cio_status; }', http => <<"END");
 cio_flush_interval 20ms;
 cio_retry_backoff 50ms 200ms;
 cio_connect_timeout 1s;
@@ -134,6 +135,14 @@ SKIP: {
     is($refusal->[0], 503, 'then 503');
     ok($t->log_lines(qr/\[warn\].*cio: journal ".*" is full \(max_size\), 1 events refused with 503/),
         'a full journal is logged');
+
+    my (undef, undef, $body) = $t->http('GET', '/status');
+    my $st = eval { $t->json->decode($body) } // {};
+    my ($ws) = map { $_->{stats} } @{ $st->{workspaces} || [] };
+    is($ws && $ws->{rejected}{full}, 1,
+        'the status page counts the 503 as a full journal\'s')
+        or diag($body);
+    is($ws && $ws->{invalid}, 0, 'and no call as invalid');
 
     my ($n, $bad) = whole_records($t->dir . '/journal');
     is($n, scalar @$ok, 'one record for each event answered 200');
