@@ -102,7 +102,7 @@ valgrind: deps $(BUILD)/test_map $(BUILD)/ngx_http_cio_module.so
 		t/20-delivery.t t/41-dead-letter.t t/43-crash.t t/44-spool.t \
 		t/16-status.t t/50-hostile.t t/73-journal-sync.t \
 		t/79-journal-pass.t t/80-journal-shutdown.t \
-		t/81-journal-sync-error.t
+		t/81-journal-sync-error.t t/82-journal-reload.t
 
 integration: build
 	$(PROVE_ENV) prove -I t/lib t/

@@ -1571,7 +1571,11 @@ ngx_http_cio_init_module(ngx_cycle_t *cycle)
 
     fresh = ngx_http_cio_queue_start(zone, ozone, cycle->log);
 
-    /* a journal that cannot be read or is another nginx's: no start */
+    if (omcf) {
+        ngx_http_cio_journal_leave(omcf->journal, mcf ? mcf->journal : NULL);
+    }
+
+    /* its directory is checked and locked when its zone is made */
     if (zone
         && ngx_http_cio_journal_start(cycle, mcf->journal, zone, fresh)
            != NGX_OK)
@@ -1649,5 +1653,6 @@ ngx_http_cio_exit_master(ngx_cycle_t *cycle)
         return;
     }
 
-    ngx_http_cio_spool_save(cycle, &mcf->spool, mcf->shm_zone->data);
+    ngx_http_cio_spool_save(cycle, &mcf->spool, mcf->shm_zone->data,
+                            mcf->journal);
 }

@@ -33,7 +33,8 @@ jobs=${MATRIX_JOBS:-2}
 tests=${MATRIX_TESTS:-t/02-examples.t t/10-ingest.t t/20-delivery.t
                       t/43-crash.t t/50-hostile.t t/70-journal-crash.t
                       t/71-journal-damage.t t/72-journal-full.t
-                      t/78-journal-ahead.t t/81-journal-sync-error.t}
+                      t/78-journal-ahead.t t/81-journal-sync-error.t
+                      t/82-journal-reload.t}
 # and realip, which one of the examples uses, as every packaging has it
 flags=(--with-compat --with-threads --with-http_v2_module
        --with-http_ssl_module --with-http_realip_module)

@@ -682,6 +682,48 @@ my @MUTATIONS = (
         tests => [qw(t/52-review.t)],
     },
     {
+        name => 'journal-lock-kept',
+        what => 'a reload keeps the lock of the journal it leaves: the '
+            . 'reload back to it is refused to the master itself',
+        file => $JOURNAL,
+        from => q~    (void) close(oj->lock_fd);
+~,
+        to => q~~,
+        tests => [qw(t/82-journal-reload.t)],
+    },
+    {
+        name => 'journal-dir-ignored',
+        what => 'a journal whose directory cannot be made is taken by the '
+            . 'reload, whose init_module then ends the master',
+        file => $JOURNAL,
+        from => q~    if (!ngx_test_config && ngx_http_cio_journal_dir(j) != NGX_OK) {
+        return NGX_ERROR;
+    }~,
+        to => q~    if (!ngx_test_config) {
+        (void) ngx_http_cio_journal_dir(j);
+    }~,
+        tests => [qw(t/82-journal-reload.t)],
+    },
+    {
+        name => 'journal-id-reused',
+        what => 'every journal new to the master has id 1: an old '
+            . 'journal\'s items settle the new one\'s records',
+        file => $JOURNAL,
+        from => q~    j->sh->id = ngx_http_cio_journal_last_id;~,
+        to => q~    j->sh->id = 1;~,
+        tests => [qw(t/82-journal-reload.t)],
+    },
+    {
+        name => 'spool-skips-any-jref',
+        what => 'a stop spools none of the items of a journal a reload '
+            . 'removed',
+        file => $JOURNAL,
+        from => q~    return j != NULL && j->sh != NULL && jref != 0
+           && ngx_http_cio_jref_id(jref) == j->sh->id;~,
+        to => q~    return jref != 0;~,
+        tests => [qw(t/82-journal-reload.t)],
+    },
+    {
         name => 'orphans-unsaid',
         what => 'the old workers of a resized zone lose what they did not '
             . 'deliver without a word',

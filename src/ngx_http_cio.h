@@ -394,7 +394,7 @@ ngx_int_t ngx_http_cio_dead_letter(ngx_http_cio_main_conf_t *mcf,
 void ngx_http_cio_spool_load(ngx_cycle_t *cycle, ngx_str_t *path,
     ngx_http_cio_zone_t *zone);
 void ngx_http_cio_spool_save(ngx_cycle_t *cycle, ngx_str_t *path,
-    ngx_http_cio_zone_t *zone);
+    ngx_http_cio_zone_t *zone, ngx_http_cio_journal_t *journal);
 
 /* ngx_http_cio_journal.c: cio_journal, the accepted items on disk */
 #define NGX_HTTP_CIO_J_SYNC_OFF      0
@@ -407,6 +407,10 @@ ngx_http_cio_journal_t *ngx_http_cio_journal_add(ngx_conf_t *cf,
 ngx_int_t ngx_http_cio_journal_start(ngx_cycle_t *cycle,
     ngx_http_cio_journal_t *j, ngx_http_cio_zone_t *zone,
     ngx_uint_t fresh);
+ngx_uint_t ngx_http_cio_journal_holds(ngx_http_cio_journal_t *j,
+    uint64_t jref);
+void ngx_http_cio_journal_leave(ngx_http_cio_journal_t *oj,
+    ngx_http_cio_journal_t *j);
 void ngx_http_cio_journal_init_process(ngx_cycle_t *cycle,
     ngx_http_cio_journal_t *j);
 void ngx_http_cio_journal_exit_process(ngx_cycle_t *cycle);

@@ -156,6 +156,8 @@ struct ngx_http_cio_journal_s {
     ngx_shm_zone_t              *shm_zone;
     ngx_http_cio_jsh_t          *sh;
     ngx_slab_pool_t             *shpool;
+    ngx_cycle_t                 *cycle;      /* the one it was read for */
+    ngx_fd_t                     lock_fd;    /* PATH/lock, the master's */
 #if (NGX_THREADS)
     ngx_thread_pool_t           *tp;
 #endif
@@ -240,6 +242,9 @@ static ngx_int_t ngx_http_cio_journal_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
 static void ngx_http_cio_journal_name(ngx_http_cio_journal_t *j,
     u_char *buf, uint32_t no, const char *ext);
+static ngx_int_t ngx_http_cio_journal_dir(ngx_http_cio_journal_t *j);
+static void ngx_http_cio_journal_delete_all(ngx_http_cio_journal_t *j,
+    uint32_t *gone, ngx_uint_t n);
 static ngx_int_t ngx_http_cio_journal_lock(ngx_cycle_t *cycle,
     ngx_http_cio_journal_t *j);
 static ngx_int_t ngx_http_cio_journal_replay(ngx_cycle_t *cycle,
@@ -311,6 +316,9 @@ static int ngx_libc_cdecl ngx_http_cio_journal_cmp(const void *a,
 
 static ngx_http_cio_jworker_t  ngx_http_cio_jw;
 
+/* the master's: the id of the last journal new to it */
+static uint32_t                ngx_http_cio_journal_last_id;
+
 static ngx_connection_t        ngx_http_cio_jdummy;
 
 
@@ -334,6 +342,8 @@ ngx_http_cio_journal_add(ngx_conf_t *cf, ngx_str_t *path, off_t max_size,
 
     j->path = *path;
     j->max_size = max_size;
+    j->cycle = cf->cycle;
+    j->lock_fd = NGX_INVALID_FILE;
 
     j->sync = sync;
     j->interval = interval;
@@ -399,6 +409,7 @@ ngx_http_cio_journal_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     if (oj) {
         j->sh = oj->sh;
         j->shpool = oj->shpool;
+        j->lock_fd = oj->lock_fd;
         return NGX_OK;
     }
 
@@ -407,6 +418,14 @@ ngx_http_cio_journal_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     if (shm_zone->shm.exists) {
         j->sh = j->shpool->data;
         return NGX_OK;
+    }
+
+    /*
+     * Here, not in init_module: a zone that fails refuses the reload,
+     * where init_module's failure would end the master.
+     */
+    if (!ngx_test_config && ngx_http_cio_journal_dir(j) != NGX_OK) {
+        return NGX_ERROR;
     }
 
     j->sh = ngx_slab_calloc(j->shpool, sizeof(ngx_http_cio_jsh_t));
@@ -453,49 +472,12 @@ ngx_http_cio_journal_start(ngx_cycle_t *cycle, ngx_http_cio_journal_t *j,
     j->fresh = 0;
 
     /*
-     * A journal that replaces another on a reload takes the next id: the
-     * items queued from the other keep their jrefs, which must not settle
-     * this one's records.  ngx_cycle is still the old cycle here.
+     * A journal new to this master takes the next id: the items queued
+     * from one a reload replaced (or removed, and the next added) keep
+     * their jrefs, which must not settle this one's records.
      */
-    if (!ngx_is_init_cycle(ngx_cycle)) {
-        ngx_http_cio_main_conf_t  *omcf;
-
-        omcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
-                                                   ngx_http_cio_module);
-
-        if (omcf && omcf->journal && omcf->journal->sh
-            && omcf->journal->sh != j->sh)
-        {
-            j->sh->id = omcf->journal->sh->id % 255 + 1;
-        }
-    }
-
-    if (ngx_create_dir(j->path.data, 0700) == NGX_FILE_ERROR
-        && ngx_errno != NGX_EEXIST)
-    {
-        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
-                      ngx_create_dir_n " \"%V\" failed", &j->path);
-        return NGX_ERROR;
-    }
-
-    /* the workers write it */
-    if (geteuid() == 0) {
-        ngx_core_conf_t  *ccf;
-
-        ccf = (ngx_core_conf_t *) ngx_get_conf(cycle->conf_ctx,
-                                               ngx_core_module);
-
-        if (ccf && ccf->user != (ngx_uid_t) NGX_CONF_UNSET_UINT
-            && chown((char *) j->path.data, ccf->user, -1) == -1)
-        {
-            ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
-                          "chown(\"%V\") failed", &j->path);
-        }
-    }
-
-    if (ngx_http_cio_journal_lock(cycle, j) != NGX_OK) {
-        return NGX_ERROR;
-    }
+    ngx_http_cio_journal_last_id = ngx_http_cio_journal_last_id % 255 + 1;
+    j->sh->id = ngx_http_cio_journal_last_id;
 
     ngx_memzero(&st, sizeof(ngx_http_cio_jstats_t));
 
@@ -537,11 +519,60 @@ ngx_http_cio_journal_start(ngx_cycle_t *cycle, ngx_http_cio_journal_t *j,
 
 
 /*
- * One nginx to a journal: the master locks PATH/lock for as long as it
- * and its workers live (the kernel drops the lock with the last of them,
- * however they die).  Another nginx on the same directory, such as the
- * new master of a binary upgrade (the fd is not inherited across exec),
- * would write segments under the same numbers: it does not start.
+ * A journal zone new to the master, before the cycle is taken: its
+ * directory is there, the workers' to write, readable, and this nginx's.
+ */
+
+static ngx_int_t
+ngx_http_cio_journal_dir(ngx_http_cio_journal_t *j)
+{
+    ngx_dir_t         dir;
+    ngx_cycle_t      *cycle;
+    ngx_core_conf_t  *ccf;
+
+    cycle = j->cycle;
+
+    if (ngx_create_dir(j->path.data, 0700) == NGX_FILE_ERROR
+        && ngx_errno != NGX_EEXIST)
+    {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
+                      ngx_create_dir_n " \"%V\" failed", &j->path);
+        return NGX_ERROR;
+    }
+
+    /* the workers write it */
+    if (geteuid() == 0) {
+        ccf = (ngx_core_conf_t *) ngx_get_conf(cycle->conf_ctx,
+                                               ngx_core_module);
+
+        if (ccf && ccf->user != (ngx_uid_t) NGX_CONF_UNSET_UINT
+            && chown((char *) j->path.data, ccf->user, -1) == -1)
+        {
+            ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
+                          "chown(\"%V\") failed", &j->path);
+        }
+    }
+
+    if (ngx_open_dir(&j->path, &dir) == NGX_ERROR) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
+                      ngx_open_dir_n " \"%V\" failed", &j->path);
+        return NGX_ERROR;
+    }
+
+    (void) ngx_close_dir(&dir);
+
+    return ngx_http_cio_journal_lock(cycle, j);
+}
+
+
+/*
+ * One nginx to a journal: the master locks PATH/lock while the journal is
+ * in its configuration, its workers as long as they live (the kernel
+ * drops the lock with the last of them, however they die).  Another nginx
+ * on the same directory, such as the new master of a binary upgrade (the
+ * fd is not inherited across exec), would write segments under the same
+ * numbers: it does not start.  Nor does a reload that names a directory
+ * the workers of an older configuration still write to.
  */
 
 static ngx_int_t
@@ -569,14 +600,47 @@ ngx_http_cio_journal_lock(ngx_cycle_t *cycle, ngx_http_cio_journal_t *j)
         ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
                       "cio: the journal \"%V\" is in use by another nginx "
                       "(a binary upgrade? stop that one, then start this "
-                      "one: the journal keeps the queue)", &j->path);
+                      "one: the journal keeps the queue), or by the workers "
+                      "of an earlier configuration of this one (reload "
+                      "again once they have exited)", &j->path);
         (void) close(fd);
         return NGX_ERROR;
     }
 
-    /* kept open, and locked, for the life of the master */
+    j->lock_fd = fd;
 
     return NGX_OK;
+}
+
+
+/* whether a start with this journal queues the item again */
+
+ngx_uint_t
+ngx_http_cio_journal_holds(ngx_http_cio_journal_t *j, uint64_t jref)
+{
+    return j != NULL && j->sh != NULL && jref != 0
+           && ngx_http_cio_jref_id(jref) == j->sh->id;
+}
+
+
+/*
+ * The master, at a reload that no longer has the old configuration's
+ * journal: its lock stays with the old workers until they exit, and the
+ * new ones do not inherit it.
+ */
+
+void
+ngx_http_cio_journal_leave(ngx_http_cio_journal_t *oj,
+    ngx_http_cio_journal_t *j)
+{
+    if (oj == NULL || oj->lock_fd == NGX_INVALID_FILE
+        || (j && j->sh == oj->sh))
+    {
+        return;
+    }
+
+    (void) close(oj->lock_fd);
+    oj->lock_fd = NGX_INVALID_FILE;
 }
 
 
@@ -2032,20 +2096,32 @@ ngx_http_cio_journal_settle(uint64_t *jrefs, u_char *acts, ngx_uint_t n,
 
         seg->settled += (uint32_t) k;
 
-        if (seg->settled >= seg->records && seg->no != j->sh->active
-            && ngone < 64)
-        {
+        if (seg->settled >= seg->records && seg->no != j->sh->active) {
             gone[ngone++] = ngx_http_cio_journal_retire(j, seg);
+        }
+
+        if (ngone == 64) {
+            /* a retired segment is no longer found: nothing else runs */
+            ngx_shmtx_unlock(&j->shpool->mutex);
+            ngx_http_cio_journal_delete_all(j, gone, ngone);
+            ngone = 0;
+            ngx_shmtx_lock(&j->shpool->mutex);
         }
     }
 
     ngx_shmtx_unlock(&j->shpool->mutex);
 
-    if (ngone == 0) {
-        return;
-    }
+    ngx_http_cio_journal_delete_all(j, gone, ngone);
+}
 
-    for (i = 0; i < ngone; i++) {
+
+static void
+ngx_http_cio_journal_delete_all(ngx_http_cio_journal_t *j, uint32_t *gone,
+    ngx_uint_t n)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < n; i++) {
         ngx_http_cio_journal_delete(j, gone[i], ngx_http_cio_jw.log);
     }
 }

@@ -46,6 +46,8 @@ typedef struct {
 typedef struct {
     ngx_http_cio_spool_writer_t *w;
     ngx_log_t                   *log;
+    ngx_http_cio_journal_t      *journal;
+    ngx_uint_t                   n;
 } ngx_http_cio_spool_walk_t;
 
 
@@ -401,15 +403,23 @@ ngx_http_cio_spool_line(ngx_http_cio_zone_t *zone, u_char *line, size_t len,
 
 void
 ngx_http_cio_spool_save(ngx_cycle_t *cycle, ngx_str_t *spool,
-    ngx_http_cio_zone_t *zone)
+    ngx_http_cio_zone_t *zone, ngx_http_cio_journal_t *journal)
 {
     ngx_uint_t                    n, failed;
     ngx_http_cio_spool_walk_t     walk;
     ngx_http_cio_spool_writer_t   w;
 
-    /* what cio_journal holds is replayed from there: not spooled twice */
-    n = 0;
-    (void) ngx_http_cio_queue_walk(zone, ngx_http_cio_spool_count, &n);
+    /*
+     * What cio_journal holds is replayed from there: not spooled twice.
+     * A journal a reload removed or replaced replays nothing at the next
+     * start: its items are spooled.
+     */
+    ngx_memzero(&walk, sizeof(ngx_http_cio_spool_walk_t));
+    walk.journal = journal;
+
+    (void) ngx_http_cio_queue_walk(zone, ngx_http_cio_spool_count, &walk);
+
+    n = walk.n;
 
     if (n == 0) {
         return;
@@ -477,10 +487,10 @@ ngx_http_cio_spool_save(ngx_cycle_t *cycle, ngx_str_t *spool,
 static void
 ngx_http_cio_spool_count(void *data, ngx_http_cio_node_t *node)
 {
-    ngx_uint_t *n = data;
+    ngx_http_cio_spool_walk_t *walk = data;
 
-    if (node->jref == 0) {
-        (*n)++;
+    if (!ngx_http_cio_journal_holds(walk->journal, node->jref)) {
+        walk->n++;
     }
 }
 
@@ -495,7 +505,7 @@ ngx_http_cio_spool_node(void *data, ngx_http_cio_node_t *node)
     ngx_http_cio_shws_t          *ws;
     ngx_http_cio_spool_writer_t  *w;
 
-    if (node->jref) {
+    if (ngx_http_cio_journal_holds(walk->journal, node->jref)) {
         return;
     }
 

@@ -1,0 +1,210 @@
+#!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
+
+# Reloads that change cio_journal: each failed on the code before its fix.
+#  - A journal a reload brings back (A, then B, then A again) is this
+#    nginx's own: the master had kept A's lock, refused it to itself, and
+#    exited (init_module's failure ends the master); a directory that
+#    cannot be made ended it the same way.  Now such a reload is refused
+#    and the old workers go on; A comes back once no worker of an older
+#    configuration holds it.
+#  - A journal added after a reload removed another takes a new id: it
+#    took the old one's, and the old journal's items, delivered later,
+#    settled the new one's records at the same offsets, which a crash
+#    then lost.
+#  - The items of a journal a reload removed are spooled at a stop: they
+#    were left out as the journal's, which the next start did not read.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use POSIX qw(WNOHANG);
+use Test::More;
+use Cio::Test qw(wait_until);
+use Cio::Load qw(post_events);
+
+# locations /a/ (site1) and /b/ (site2); $journal: the cio_journal line
+sub conf {
+    my ($url, $journal, $extra) = @_;
+    $extra //= 'cio_drain_timeout 0;';
+    return <<"END";
+    cio_zone zone=cio:4m;
+    cio_flush_interval 20ms;
+    cio_retry_backoff 100ms 300ms;
+    cio_connect_timeout 1s;
+    $journal
+    $extra
+
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        cio_endpoint $url;
+
+        location /a/ {
+            cio_ingest segment;
+            cio_site_id site1;
+            cio_api_key key1;
+        }
+
+        location /b/ {
+            cio_ingest segment;
+            cio_site_id site2;
+            cio_api_key key2;
+        }
+    }
+END
+}
+
+my @workspaces = (workspaces => [ 'site1:key1', 'site2:key2' ]);
+
+# --- A, B, A again; a directory that cannot be made --------------------------
+
+{
+    my $t = Cio::Test->new(workers => 1);
+    my $cio = $t->standin(@workspaces);
+    my $url = $cio->url;
+    my $a = 'cio_journal %%TESTDIR%%/ja;';
+
+    $t->config(http => conf($url, $a))->run;
+    my $master = $t->master_pid;
+    my @ok = post_events($t, '/a', 'first-a', 3);
+
+    $t->config(http => conf($url, 'cio_journal %%TESTDIR%%/jb;'));
+    ok($t->reload, 'reloaded to journal B');
+    push @ok, post_events($t, '/a', 'in-b', 3);
+
+    $t->config(http => conf($url, $a));
+    ok($t->reload, 'reloaded to journal A again');
+    is(waitpid($master, WNOHANG), 0, 'the master is still there');
+    push @ok, post_events($t, '/a', 'again-a', 3);
+    is(scalar @ok, 9, 'each event answered 200');
+    is_deeply($cio->wait_names(\@ok, 15), [], 'and delivered');
+
+    # a regular file where the journal's parent directory would be
+    $t->write_file('file', "not a directory\n");
+    $t->config(http => conf($url, 'cio_journal %%TESTDIR%%/file/j;'));
+    my @workers = $t->worker_pids;
+    $t->allow_log(qr/\[emerg\].*mkdir\(\) ".*\/file\/j" failed/);
+    kill 'HUP', $master;
+    ok(wait_until(sub {
+        $t->log_lines(qr/\[emerg\].*mkdir\(\) ".*\/file\/j" failed/)
+    }, 15), 'a journal whose directory cannot be made: the reload says so');
+    is(waitpid($master, WNOHANG), 0, 'and the master is still there');
+    is_deeply([ $t->worker_pids ], \@workers, 'with the same workers');
+    my @still = post_events($t, '/a', 'still-a', 2);
+    is_deeply($cio->wait_names(\@still, 15), [],
+        'which go on taking and delivering events');
+
+    $t->done_part;
+}
+
+# --- back to A while A's old workers still write to it ------------------------
+# a batch held on the wire keeps the old worker for cio_drain_timeout
+
+{
+    my $t = Cio::Test->new(workers => 1);
+    my $cio = $t->standin(@workspaces);
+    my $url = $cio->url;
+    my $a = 'cio_journal %%TESTDIR%%/ja;';
+    my $drain = 'cio_drain_timeout 30s;';
+
+    $t->config(http => conf($url, $a, $drain))->run;
+    my $master = $t->master_pid;
+    my ($old) = $t->worker_pids;
+    $cio->control({ delay_ms => 6000, count => 1 });
+    my @ok = post_events($t, '/a', 'held', 1);
+    ok(wait_until(sub { $cio->stats->{requests} >= 1 }, 10),
+        'a batch on the wire, held by Customer.io');
+
+    $t->config(http => conf($url, 'cio_journal %%TESTDIR%%/jb;', $drain));
+    kill 'HUP', $master;
+    ok(wait_until(sub { grep { $_ != $old } $t->worker_pids }, 15),
+        'reloaded to journal B, the old worker drains');
+
+    $t->config(http => conf($url, $a, $drain));
+    $t->allow_log(qr/\[emerg\].*cio: the journal ".*\/ja" is in use by another nginx/);
+    kill 'HUP', $master;
+    ok(wait_until(sub {
+        $t->log_lines(qr/\[emerg\].*cio: the journal ".*\/ja" is in use by another nginx .*, or by the workers of an earlier configuration of this one \(reload again once they have exited\)/)
+    }, 15), 'back to A while its old worker lives: refused, and why');
+    is(waitpid($master, WNOHANG), 0, 'the master is still there');
+    ok(kill(0, $old), 'the old worker too');
+
+    ok(wait_until(sub { !grep { $_ == $old } $t->worker_pids }, 20),
+        'the old worker exits once its batch is answered');
+    ok($t->reload, 'then the reload back to A is taken');
+    push @ok, post_events($t, '/a', 'back-a', 2);
+    is_deeply($cio->wait_names(\@ok, 15), [],
+        'the held event and the new ones delivered');
+
+    $t->done_part;
+}
+
+# --- A, none, B: B's records are not A's -------------------------------------
+
+{
+    my $t = Cio::Test->new(workers => 1);
+    my $port = Cio::Test::free_port();
+    my $url = "http://127.0.0.1:$port";
+
+    # Customer.io away: A's events wait in the queue with their jrefs
+    $t->config(http => conf($url, 'cio_journal %%TESTDIR%%/ja;'))->run;
+    my @a = post_events($t, '/a', 'a', 3);
+    is(scalar @a, 3, 'three events to journal A, Customer.io away');
+
+    $t->config(http => conf($url, ''));
+    ok($t->reload, 'reloaded without a journal');
+    $t->config(http => conf($url, 'cio_journal %%TESTDIR%%/jb;'));
+    ok($t->reload, 'reloaded to journal B');
+
+    # the same sizes, so the same offsets in B's first segment as A's
+    my @b = post_events($t, '/b', 'b', 3);
+    is(scalar @b, 3, 'three events of another site to journal B');
+
+    # A's delivered while B's fail
+    my $cio = $t->standin(@workspaces, port => $port);
+    $cio->control({ status => 503, match => '"b-', count => 100000 });
+    is_deeply($cio->wait_names(\@a, 15), [], 'A\'s events delivered');
+    ok(wait_until(sub {
+        $t->log_lines(qr/cio: sending 3 events for site "site2" to .* got 503/)
+    }, 10), 'B\'s refused meanwhile');
+
+    ok($t->kill_all, 'master and workers SIGKILLed');
+    $cio->control({ reset => 1 });
+    $t->run;
+    ok($t->log_lines(qr/cio: journal ".*\/jb": 3 records in 1 segments, 0 settled, 3 queued again/),
+        'the start finds B\'s three records unsettled');
+    is_deeply($cio->wait_names(\@b, 15), [], 'and delivers them');
+
+    $t->done_part;
+}
+
+# --- a stop after a reload removed the journal ---------------------------------
+
+{
+    my $t = Cio::Test->new(workers => 1);
+    my $port = Cio::Test::free_port();
+    my $url = "http://127.0.0.1:$port";
+    my $spool = "cio_spool %%TESTDIR%%/spool.jsonl;\n    "
+        . 'cio_drain_timeout 0;';
+
+    $t->config(http => conf($url, 'cio_journal %%TESTDIR%%/ja;', $spool))
+        ->run;
+    my @ok = post_events($t, '/a', 'kept', 3);
+    is(scalar @ok, 3, 'three events to the journal, Customer.io away');
+
+    $t->config(http => conf($url, '', $spool));
+    ok($t->reload, 'reloaded without the journal');
+    ok($t->stop, 'nginx -s quit');
+    ok($t->log_lines(qr/cio: 3 undelivered events spooled to/),
+        'the stop spools the removed journal\'s events');
+
+    my $cio = $t->standin(@workspaces, port => $port);
+    $t->run;
+    is_deeply($cio->wait_names(\@ok, 15), [],
+        'and the next start, without the journal, delivers them');
+
+    $t->done;
+}
