@@ -300,8 +300,10 @@ my @MUTATIONS = (
         name => 'nesting-limit-off',
         what => 'properties nested deeper than the limit are accepted',
         file => $MAP,
-        from => q~        if (ngx_http_cio_map_deep(v, NGX_HTTP_CIO_MAP_MAX_NESTING)) {~,
-        to => q~        if (0 && ngx_http_cio_map_deep(v, NGX_HTTP_CIO_MAP_MAX_NESTING)) {~,
+        from => q~        if (deep) {
+            snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,~,
+        to => q~        if (0 && deep) {
+            snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,~,
         tests => [qw(t/12-contract.t t/50-hostile.t)],
     },
     {
@@ -722,6 +724,24 @@ my @MUTATIONS = (
            && ngx_http_cio_jref_id(jref) == j->sh->id;~,
         to => q~    return jref != 0;~,
         tests => [qw(t/82-journal-reload.t)],
+    },
+    {
+        name => 'batch-context-unbounded',
+        what => 'a batch context of any size is read by every call',
+        file => $MAP,
+        from => q~    if (n > NGX_HTTP_CIO_MAP_MAX_SHARED) {~,
+        to => q~    if (n > (size_t) -1) {~,
+        tests => [qw(t/50-hostile.t)],
+    },
+    {
+        name => 'batch-context-fast-unbounded',
+        what => 'the one-pass mapper reads a large batch context once per '
+            . 'call, and maps what the tree refuses',
+        file => $MAP_FAST,
+        from => q~        || (root->context.type == FJ_OBJ
+            && root->context.len > NGX_HTTP_CIO_MAP_MAX_SHARED / 4)~,
+        to => q~~,
+        tests => [qw(t/50-hostile.t)],
     },
     {
         name => 'orphans-unsaid',

@@ -46,6 +46,17 @@
 #define NGX_HTTP_CIO_MAP_ID_SPAN     (366LL * 24 * 3600 * 1000)
 
 
+#define NGX_HTTP_CIO_MAP_MEMO        16
+
+
+/* a member of a batch-level object, as looked up once */
+typedef struct {
+    const cJSON                    *o;
+    const char                     *k;
+    const cJSON                    *v;
+} ngx_http_cio_map_memo_t;
+
+
 typedef struct {
     const ngx_http_cio_map_opts_t  *opts;
     ngx_http_cio_map_result_t      *res;
@@ -63,6 +74,19 @@ typedef struct {
     unsigned                        amplitude:1;
     const char                     *user_field;
     const char                     *anon_field;
+
+    /*
+     * A batch's context is read where a call lacks the key (§6), not
+     * copied into every call: a large one would cost its size once per
+     * call.  What is read of it, and of its integrations, is looked up
+     * once per batch.
+     */
+    const cJSON                    *batch_context;
+    ngx_http_cio_map_memo_t         memo[NGX_HTTP_CIO_MAP_MEMO];
+    int                             nmemo;
+    int                             batch_cio;       /* -2: not read */
+    int                             batch_deep;      /* -1: not read */
+    int                             batch_nul;       /* -1: not read */
 } ngx_http_cio_map_ctx_t;
 
 
@@ -70,9 +94,16 @@ static int ngx_http_cio_map_nul_scan(const char *body, size_t len,
     char **copy);
 static int ngx_http_cio_map_check(ngx_http_cio_map_ctx_t *ctx,
     const cJSON *call, char *err);
+static const cJSON *ngx_http_cio_map_context(ngx_http_cio_map_ctx_t *ctx,
+    const cJSON *call, const char *a, const char *b);
+static const cJSON *ngx_http_cio_map_memo(ngx_http_cio_map_ctx_t *ctx,
+    const cJSON *o, const char *k);
 static int ngx_http_cio_map_deep(const cJSON *v, int left);
 static int ngx_http_cio_map_nul_key(const cJSON *v);
 static void ngx_http_cio_map_nul_restore(char *s);
+static int ngx_http_cio_map_intg_cio(const cJSON *intg);
+static int ngx_http_cio_map_shared(ngx_http_cio_map_ctx_t *ctx,
+    const cJSON *o, const char *what);
 static int ngx_http_cio_map_batch(ngx_http_cio_map_ctx_t *ctx, cJSON *root);
 static int ngx_http_cio_map_amplitude(ngx_http_cio_map_ctx_t *ctx,
     cJSON *root);
@@ -194,6 +225,9 @@ ngx_http_cio_map_tree(const char *body, size_t len,
     memset(&ctx, 0, sizeof(ngx_http_cio_map_ctx_t));
     ctx.opts = opts;
     ctx.res = res;
+    ctx.batch_cio = -2;
+    ctx.batch_deep = -1;
+    ctx.batch_nul = -1;
     ctx.user_field = "userId";
     ctx.anon_field = "anonymousId";
 
@@ -368,7 +402,7 @@ static int
 ngx_http_cio_map_check(ngx_http_cio_map_ctx_t *ctx, const cJSON *call,
     char *err)
 {
-    int           i;
+    int           i, deep;
     const char   *s;
     const cJSON  *v;
 
@@ -400,9 +434,24 @@ ngx_http_cio_map_check(ngx_http_cio_map_ctx_t *ctx, const cJSON *call,
     for (i = 0; i < 3; i++) {
         v = (i == 0) ? ngx_http_cio_map_get(call, "properties")
             : (i == 1) ? ngx_http_cio_map_get(call, "traits")
-            : ngx_http_cio_map_path(call, "context", "traits");
+            : ngx_http_cio_map_context(ctx, call, "traits", NULL);
 
-        if (ngx_http_cio_map_deep(v, NGX_HTTP_CIO_MAP_MAX_NESTING)) {
+        if (i == 2 && v != NULL
+            && v == ngx_http_cio_map_memo(ctx, ctx->batch_context, "traits"))
+        {
+            /* the batch's, checked once */
+            if (ctx->batch_deep == -1) {
+                ctx->batch_deep = ngx_http_cio_map_deep(v,
+                                                NGX_HTTP_CIO_MAP_MAX_NESTING);
+            }
+
+            deep = ctx->batch_deep;
+
+        } else {
+            deep = ngx_http_cio_map_deep(v, NGX_HTTP_CIO_MAP_MAX_NESTING);
+        }
+
+        if (deep) {
             snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
                      "%s nest deeper than %d levels",
                      (i == 0) ? "properties" : "traits",
@@ -415,17 +464,27 @@ ngx_http_cio_map_check(ngx_http_cio_map_ctx_t *ctx, const cJSON *call,
         return 0;
     }
 
-    if (ngx_http_cio_map_nul_key(call)) {
+    /* a batch's context is every call's: a NUL key in it refuses them all */
+    if (ctx->batch_nul == -1) {
+        ctx->batch_nul = ngx_http_cio_map_nul_key(ctx->batch_context);
+    }
+
+    if (ctx->batch_nul || ngx_http_cio_map_nul_key(call)) {
         snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
                  "a key contains a \\u0000 escape");
         return -1;
     }
 
     for (i = 0; named[i].a; i++) {
-        v = ngx_http_cio_map_get(call, named[i].a);
+        if (strcmp(named[i].a, "context") == 0) {
+            v = ngx_http_cio_map_context(ctx, call, named[i].b, NULL);
 
-        if (named[i].b) {
-            v = ngx_http_cio_map_get(v, named[i].b);
+        } else {
+            v = ngx_http_cio_map_get(call, named[i].a);
+
+            if (named[i].b) {
+                v = ngx_http_cio_map_get(v, named[i].b);
+            }
         }
 
         s = ngx_http_cio_map_str(v);
@@ -445,12 +504,12 @@ ngx_http_cio_map_check(ngx_http_cio_map_ctx_t *ctx, const cJSON *call,
         }
     }
 
-    s = ngx_http_cio_map_str(ngx_http_cio_map_get(
-            ngx_http_cio_map_path(call, "context", "traits"), "email"));
+    s = ngx_http_cio_map_str(ngx_http_cio_map_context(ctx, call, "traits",
+                                                      "email"));
 
     if (s == NULL) {
-        s = ngx_http_cio_map_str(ngx_http_cio_map_get(
-                ngx_http_cio_map_path(call, "context", "device"), "token"));
+        s = ngx_http_cio_map_str(ngx_http_cio_map_context(ctx, call,
+                                                          "device", "token"));
     }
 
     if (s != NULL && strchr(s, '\x01') != NULL) {
@@ -574,16 +633,60 @@ ngx_http_cio_map_alloc_calls(ngx_http_cio_map_ctx_t *ctx, const cJSON *list,
 }
 
 
+/* a batch's context or integrations: 0, or -1 when it is too large */
+
+static int
+ngx_http_cio_map_shared(ngx_http_cio_map_ctx_t *ctx, const cJSON *o,
+    const char *what)
+{
+    char    *s;
+    size_t   n;
+
+    if (!cJSON_IsObject(o)) {
+        return 0;
+    }
+
+    s = cJSON_PrintUnformatted(o);
+
+    if (s == NULL) {
+        snprintf(ctx->res->error, sizeof(ctx->res->error), "out of memory");
+        return -1;
+    }
+
+    n = strlen(s);
+    free(s);
+
+    if (n > NGX_HTTP_CIO_MAP_MAX_SHARED) {
+        snprintf(ctx->res->error, sizeof(ctx->res->error),
+                 "batch %s is larger than %d bytes", what,
+                 NGX_HTTP_CIO_MAP_MAX_SHARED);
+        return -1;
+    }
+
+    return 0;
+}
+
+
 /* {"batch":[call,...], "sentAt", "context", "integrations"} */
 
 static int
 ngx_http_cio_map_batch(ngx_http_cio_map_ctx_t *ctx, cJSON *root)
 {
     int                         type, i, n;
-    cJSON                      *batch, *call, *t, *ctxo, *intg, *e;
+    cJSON                      *batch, *call, *t, *ctxo, *intg;
     ngx_http_cio_map_result_t  *res;
 
     res = ctx->res;
+
+    ctxo = cJSON_GetObjectItemCaseSensitive(root, "context");
+    intg = cJSON_GetObjectItemCaseSensitive(root, "integrations");
+
+    /* every call carries them: no larger than a call may be (§6) */
+    if (ngx_http_cio_map_shared(ctx, ctxo, "context") != 0
+        || ngx_http_cio_map_shared(ctx, intg, "integrations") != 0)
+    {
+        return -1;
+    }
 
     batch = cJSON_GetObjectItemCaseSensitive(root, "batch");
     n = ngx_http_cio_map_alloc_calls(ctx, batch, "batch", "calls");
@@ -593,8 +696,7 @@ ngx_http_cio_map_batch(ngx_http_cio_map_ctx_t *ctx, cJSON *root)
     }
 
     ctx->batch_sent_at = ngx_http_cio_map_get(root, "sentAt");
-    ctxo = cJSON_GetObjectItemCaseSensitive(root, "context");
-    intg = cJSON_GetObjectItemCaseSensitive(root, "integrations");
+    ctx->batch_context = cJSON_IsObject(ctxo) ? ctxo : NULL;
     ctx->batch_integrations = cJSON_IsObject(intg) ? intg : NULL;
 
     i = 0;
@@ -606,31 +708,6 @@ ngx_http_cio_map_batch(ngx_http_cio_map_ctx_t *ctx, cJSON *root)
                      "call must be a JSON object");
             i++;
             continue;
-        }
-
-        /*
-         * batch-level context: the call's own keys win.  The batch's
-         * integrations are read after the call's own (docs/mapping.md §8).
-         */
-        if (cJSON_IsObject(ctxo)) {
-            cJSON  *own;
-
-            own = cJSON_GetObjectItemCaseSensitive(call, "context");
-
-            if (!cJSON_IsObject(own)) {
-                cJSON_DeleteItemFromObjectCaseSensitive(call, "context");
-                own = cJSON_AddObjectToObject(call, "context");
-            }
-
-            for (e = own ? ctxo->child : NULL; e != NULL; e = e->next) {
-                if (e->string != NULL
-                    && cJSON_GetObjectItemCaseSensitive(own, e->string)
-                       == NULL)
-                {
-                    cJSON_AddItemToObject(own, e->string,
-                                          cJSON_Duplicate(e, 1));
-                }
-            }
         }
 
         t = cJSON_GetObjectItemCaseSensitive(call, "type");
@@ -1136,9 +1213,8 @@ ngx_http_cio_map_filtered(ngx_http_cio_map_ctx_t *ctx, const cJSON *call,
         return 0;
     }
 
-    denied = ngx_http_cio_map_get(ngx_http_cio_map_path(call, "context",
-                                                        "consentManagement"),
-                                  "deniedConsentIds");
+    denied = ngx_http_cio_map_context(ctx, call, "consentManagement",
+                                      "deniedConsentIds");
 
     if (!cJSON_IsArray(denied)) {
         return 0;
@@ -1170,33 +1246,54 @@ static int
 ngx_http_cio_map_integrations(ngx_http_cio_map_ctx_t *ctx,
     const cJSON *call)
 {
-    int           i, k;
-    const cJSON  *sets[2], *e, *all;
+    int           rc;
+    const cJSON  *own, *all;
 
-    sets[0] = ngx_http_cio_map_get(call, "integrations");
-    sets[1] = ctx->batch_integrations;
+    own = ngx_http_cio_map_get(call, "integrations");
 
-    for (k = 0; k < 2; k++) {
-        if (!cJSON_IsObject(sets[k])) {
-            continue;
-        }
+    rc = ngx_http_cio_map_intg_cio(own);
 
-        cJSON_ArrayForEach(e, sets[k]) {
-            if (e->string != NULL && ngx_http_cio_map_is_cio(e->string)) {
-                return !cJSON_IsFalse(e);
-            }
+    if (rc != -1) {
+        return rc;
+    }
+
+    /* the batch's, the same for every call: read once */
+    if (ctx->batch_cio == -2) {
+        ctx->batch_cio = ngx_http_cio_map_intg_cio(ctx->batch_integrations);
+    }
+
+    if (ctx->batch_cio != -1) {
+        return ctx->batch_cio;
+    }
+
+    all = ngx_http_cio_map_get(own, "All");
+
+    if (all == NULL) {
+        all = ngx_http_cio_map_memo(ctx, ctx->batch_integrations, "All");
+    }
+
+    return (all != NULL) ? !cJSON_IsFalse(all) : 1;
+}
+
+
+/* the first key of integrations naming Customer.io: 1, 0 if false, -1 */
+
+static int
+ngx_http_cio_map_intg_cio(const cJSON *intg)
+{
+    const cJSON  *e;
+
+    if (!cJSON_IsObject(intg)) {
+        return -1;
+    }
+
+    cJSON_ArrayForEach(e, intg) {
+        if (e->string != NULL && ngx_http_cio_map_is_cio(e->string)) {
+            return !cJSON_IsFalse(e);
         }
     }
 
-    for (i = 0; i < 2; i++) {
-        all = ngx_http_cio_map_get(sets[i], "All");
-
-        if (all != NULL) {
-            return !cJSON_IsFalse(all);
-        }
-    }
-
-    return 1;
+    return -1;
 }
 
 
@@ -1275,14 +1372,14 @@ ngx_http_cio_map_identify(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     traits = ngx_http_cio_map_get(call, "traits");
 
     if (!cJSON_IsObject(traits)) {
-        traits = ngx_http_cio_map_path(call, "context", "traits");
+        traits = ngx_http_cio_map_context(ctx, call, "traits", NULL);
     }
 
     /* Segment's person action relates the person to a group it names */
     gid = ngx_http_cio_map_get(call, "groupId");
 
     if (!ngx_http_cio_map_present(gid)) {
-        gid = ngx_http_cio_map_path(call, "context", "groupId");
+        gid = ngx_http_cio_map_context(ctx, call, "groupId", NULL);
     }
 
     rels = NULL;
@@ -1477,7 +1574,7 @@ ngx_http_cio_map_track(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
         }
     }
 
-    token = ngx_http_cio_map_path(call, "context", "device");
+    token = ngx_http_cio_map_context(ctx, call, "device", NULL);
     token = ngx_http_cio_map_get(token, "token");
     token_s = (char *) ngx_http_cio_map_str(token);
 
@@ -1527,9 +1624,8 @@ ngx_http_cio_map_device(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     cJSON_AddStringToObject(device, "token", token_s);
 
     if (add) {
-        type = ngx_http_cio_map_str(ngx_http_cio_map_get(
-                   ngx_http_cio_map_path(call, "context", "device"),
-                   "type"));
+        type = ngx_http_cio_map_str(
+                   ngx_http_cio_map_context(ctx, call, "device", "type"));
 
         if (type != NULL) {
             char  buf[64];
@@ -1558,28 +1654,26 @@ ngx_http_cio_map_device(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
 
         dattrs = cJSON_CreateObject();
 
-        s = ngx_http_cio_map_str(ngx_http_cio_map_get(
-                ngx_http_cio_map_path(call, "context", "os"), "name"));
+        s = ngx_http_cio_map_str(ngx_http_cio_map_context(ctx, call,
+                                                          "os", "name"));
         if (s) {
             cJSON_AddStringToObject(dattrs, "device_os", s);
         }
 
-        s = ngx_http_cio_map_str(ngx_http_cio_map_get(
-                ngx_http_cio_map_path(call, "context", "device"),
-                "model"));
+        s = ngx_http_cio_map_str(ngx_http_cio_map_context(ctx, call,
+                                                          "device", "model"));
         if (s) {
             cJSON_AddStringToObject(dattrs, "device_model", s);
         }
 
-        s = ngx_http_cio_map_str(ngx_http_cio_map_get(
-                ngx_http_cio_map_path(call, "context", "app"),
-                "version"));
+        s = ngx_http_cio_map_str(ngx_http_cio_map_context(ctx, call,
+                                                          "app", "version"));
         if (s) {
             cJSON_AddStringToObject(dattrs, "app_version", s);
         }
 
-        s = ngx_http_cio_map_str(ngx_http_cio_map_path(call, "context",
-                                                       "locale"));
+        s = ngx_http_cio_map_str(ngx_http_cio_map_context(ctx, call,
+                                                          "locale", NULL));
         if (s) {
             cJSON_AddStringToObject(dattrs, "device_locale", s);
         }
@@ -1623,8 +1717,8 @@ ngx_http_cio_map_page(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     }
 
     if (name == NULL || name[0] == '\0') {
-        name = ngx_http_cio_map_str(ngx_http_cio_map_get(
-                   ngx_http_cio_map_path(call, "context", "page"), "url"));
+        name = ngx_http_cio_map_str(ngx_http_cio_map_context(ctx, call,
+                                                             "page", "url"));
     }
 
     if (name == NULL || name[0] == '\0') {
@@ -1835,7 +1929,7 @@ ngx_http_cio_map_deleted(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
 
     from[0] = ngx_http_cio_map_get(props, "objectId");
     from[1] = ngx_http_cio_map_get(call, "groupId");
-    from[2] = ngx_http_cio_map_path(call, "context", "groupId");
+    from[2] = ngx_http_cio_map_context(ctx, call, "groupId", NULL);
 
     if (rel) {
         v = from[0];
@@ -2030,9 +2124,7 @@ ngx_http_cio_map_identity(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
                                  "email");
 
         if (ngx_http_cio_map_str(v) == NULL || v->valuestring[0] == '\0') {
-            v = ngx_http_cio_map_get(ngx_http_cio_map_path(call, "context",
-                                                           "traits"),
-                                     "email");
+            v = ngx_http_cio_map_context(ctx, call, "traits", "email");
         }
 
         if (ngx_http_cio_map_str(v) != NULL && v->valuestring[0] != '\0') {
@@ -2952,6 +3044,61 @@ static const cJSON *
 ngx_http_cio_map_path(const cJSON *o, const char *a, const char *b)
 {
     return ngx_http_cio_map_get(ngx_http_cio_map_get(o, a), b);
+}
+
+
+/* context.a (and its b) of a call: its own context's a, else its batch's */
+
+static const cJSON *
+ngx_http_cio_map_context(ngx_http_cio_map_ctx_t *ctx, const cJSON *call,
+    const char *a, const char *b)
+{
+    const cJSON  *v;
+
+    v = ngx_http_cio_map_path(call, "context", a);
+
+    if (v != NULL) {
+        return b ? ngx_http_cio_map_get(v, b) : v;
+    }
+
+    v = ngx_http_cio_map_memo(ctx, ctx->batch_context, a);
+
+    return b ? ngx_http_cio_map_memo(ctx, v, b) : v;
+}
+
+
+/* ngx_http_cio_map_get() of a batch-level object, each key looked up once */
+
+static const cJSON *
+ngx_http_cio_map_memo(ngx_http_cio_map_ctx_t *ctx, const cJSON *o,
+    const char *k)
+{
+    int                       i;
+    const cJSON              *v;
+    ngx_http_cio_map_memo_t  *m;
+
+    if (!cJSON_IsObject(o)) {
+        return NULL;
+    }
+
+    for (i = 0; i < ctx->nmemo; i++) {
+        m = &ctx->memo[i];
+
+        if (m->o == o && strcmp(m->k, k) == 0) {
+            return m->v;
+        }
+    }
+
+    v = cJSON_GetObjectItemCaseSensitive(o, k);
+
+    if (ctx->nmemo < NGX_HTTP_CIO_MAP_MEMO) {
+        m = &ctx->memo[ctx->nmemo++];
+        m->o = o;
+        m->k = k;
+        m->v = v;
+    }
+
+    return v;
 }
 
 

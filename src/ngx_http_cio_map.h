@@ -31,6 +31,8 @@
  */
 #define NGX_HTTP_CIO_MAP_MAX_ITEM_SIZE     32768   /* serialized item */
 #define NGX_HTTP_CIO_MAP_MAX_BATCH_CALLS   2500    /* cio_max_batch_calls */
+#define NGX_HTTP_CIO_MAP_MAX_SHARED        32768   /* a batch's context,
+                                                      its integrations */
 #define NGX_HTTP_CIO_MAP_MAX_NAME          100     /* event/page/screen */
 #define NGX_HTTP_CIO_MAP_MAX_ID            150     /* any identifier */
 #define NGX_HTTP_CIO_MAP_MAX_ATTR_NAME     150

@@ -3047,8 +3047,17 @@ fj_batch(fj_ctx_t *ctx, const fj_call_t *root)
     res = ctx->res;
     n = ctx->ncalls;
 
+    /*
+     * Every call reads the batch's context and integrations again: large
+     * ones go to the tree, which reads them once and bounds them (its
+     * printed size, which a number written short can make 4 times this).
+     */
     if (root->batch.type != FJ_ARR || n == 0
-        || (ctx->opts->max_batch_calls && n > ctx->opts->max_batch_calls))
+        || (ctx->opts->max_batch_calls && n > ctx->opts->max_batch_calls)
+        || (root->context.type == FJ_OBJ
+            && root->context.len > NGX_HTTP_CIO_MAP_MAX_SHARED / 4)
+        || (root->intg.type == FJ_OBJ
+            && root->intg.len > NGX_HTTP_CIO_MAP_MAX_SHARED / 4))
     {
         return -1;
     }

@@ -104,6 +104,17 @@ my @cases = (
     [ '10,000 calls in one batch', '/cio/v1/batch',
       '{"batch":[' . join(',', ('{"type":"track"}') x 10000) . ']}',
       {}, 400, 'too many calls in batch (max 2500)' ],
+    [ 'a batch context over 32 KB, gzipped to a few hundred bytes',
+      '/cio/v1/batch',
+      gz('{"context":{"x":[' . join(',', (0) x 120000) . ']},"batch":['
+         . join(',', ('{"type":"track","userId":"u","event":"E",'
+                      . '"messageId":"m"}') x 2500) . ']}'),
+      { 'Content-Encoding' => 'gzip' }, 400,
+      'batch context is larger than 32768 bytes' ],
+    [ 'batch integrations over 32 KB', '/cio/v1/batch',
+      '{"integrations":{"x":[' . join(',', (0) x 20000) . ']},"batch":['
+      . '{"type":"track","userId":"u","event":"E"}]}', {}, 400,
+      'batch integrations is larger than 32768 bytes' ],
     [ 'a single call over 32 KB', '/cio/v1/track',
       $json->encode({ userId => 'u', event => 'E',
                       properties => { s => 'x' x 40000 } }),

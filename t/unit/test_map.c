@@ -3154,6 +3154,163 @@ test_contract_hostile(void)
 }
 
 
+/* cJSON's allocations while a case maps: every byte asked for, in all */
+static size_t  hook_bytes;
+
+static void *
+hook_malloc(size_t n)
+{
+    hook_bytes += n;
+    return malloc(n);
+}
+
+
+/* {"locale":"fr","x":[0,0,...]}: n + 1 zeros */
+static char *
+zeros_context(size_t n)
+{
+    char    *ctx, *p;
+    size_t   i;
+
+    ctx = malloc(32 + 2 * n);
+    p = ctx + sprintf(ctx, "{\"locale\":\"fr\",\"x\":[0");
+
+    for (i = 0; i < n; i++) {
+        p += sprintf(p, ",0");
+    }
+
+    strcpy(p, "]}");
+
+    return ctx;
+}
+
+
+/* a body of n calls of call (printf'd with the index) and a batch context */
+static char *
+batch_body(size_t n, const char *call, const char *context)
+{
+    char    *b, *p;
+    size_t   i, len;
+
+    len = 64 + strlen(context) + n * (strlen(call) + 16);
+    b = malloc(len);
+    p = b + sprintf(b, "{\"context\":%s,\"batch\":[", context);
+
+    for (i = 0; i < n; i++) {
+        p += sprintf(p, call, (int) i);
+        *p++ = (i + 1 < n) ? ',' : ']';
+    }
+
+    strcpy(p, "}");
+
+    return b;
+}
+
+
+/* a batch's context and integrations: read, not copied into every call */
+static void
+test_batch_shared(void)
+{
+    int                        good;
+    char                      *ctx, *body, *p, *got;
+    size_t                     i;
+    cJSON_Hooks                hooks;
+    ngx_http_cio_map_opts_t    o;
+    ngx_http_cio_map_result_t  res;
+
+    o = opts(NGX_HTTP_CIO_CALL_BATCH);
+
+    /* 28 KB of context, 2500 calls without messageId: the tree maps them */
+    ctx = zeros_context(14000);
+    body = batch_body(2500, "{\"type\":\"track\",\"userId\":\"u%d\","
+                      "\"event\":\"e\"}", ctx);
+
+    hook_bytes = 0;
+    hooks.malloc_fn = hook_malloc;
+    hooks.free_fn = free;
+    cJSON_InitHooks(&hooks);
+
+    good = (map(body, &o, &res) == 0 && res.ncalls == 2500);
+
+    cJSON_InitHooks(NULL);
+
+    for (i = 0; good && i < 2500; i++) {
+        good = (res.calls[i].nitems == 1 && res.calls[i].error[0] == '\0');
+    }
+
+    ok(good, "a batch context of 28 KB and 2500 calls: each mapped",
+       res.ncalls ? res.calls[0].error : res.error);
+    ok(hook_bytes < 64 * 1024 * 1024,
+       "and cJSON allocated less than 64 MB for them (not the context "
+       "once per call)", NULL);
+    ngx_http_cio_map_result_free(&res);
+    free(body);
+
+    /* 36 KB: more than a call may be, which every call would carry */
+    free(ctx);
+    ctx = zeros_context(18000);
+    body = batch_body(1, "{\"type\":\"track\",\"userId\":\"u%d\","
+                      "\"event\":\"e\"}", ctx);
+    expect_request_error("a batch context over 32768 bytes: refused",
+        NGX_HTTP_CIO_CALL_BATCH, body, strlen(body),
+        "batch context is larger than 32768 bytes");
+    free(body);
+
+    body = batch_body(1, "{\"type\":\"track\",\"userId\":\"u%d\","
+                      "\"event\":\"e\"}", "{}");
+    p = malloc(strlen(body) + strlen(ctx) + 32);
+    sprintf(p, "{\"integrations\":%s,%s", ctx, body + 1);
+    expect_request_error("batch integrations over 32768 bytes: refused",
+        NGX_HTTP_CIO_CALL_BATCH, p, strlen(p),
+        "batch integrations is larger than 32768 bytes");
+    free(p);
+    free(body);
+    free(ctx);
+
+    /* the call's own context keys win, the batch's fill in the rest */
+    map("{'context':{'traits':{'email':'b@x','plan':'batch'},"
+        "'groupId':'g-batch'},'batch':["
+        "{'type':'identify','anonymousId':'a1','messageId':'m1'},"
+        "{'type':'identify','anonymousId':'a2','messageId':'m2',"
+        "'context':{'traits':{'email':'own@x'}}},"
+        "{'type':'identify','anonymousId':'a3','context':7}]}", &o, &res);
+
+    if (res.ncalls == 3) {
+        got = items_of(&res, 0);
+        ok(strstr(got, "\"email\":\"b@x\"") && strstr(got, "\"plan\"")
+           && strstr(got, "g-batch"),
+           "batch context: traits and groupId for a call without them", got);
+        free(got);
+        got = items_of(&res, 1);
+        ok(strstr(got, "own@x") && !strstr(got, "\"plan\""),
+           "batch context: the call's own traits win, whole", got);
+        free(got);
+        got = items_of(&res, 2);
+        ok(strstr(got, "\"email\":\"b@x\"") != NULL,
+           "batch context: a call's context that is no object is the "
+           "batch's", got);
+        free(got);
+
+    } else {
+        ok(0, "batch context: three calls", res.error);
+    }
+
+    ngx_http_cio_map_result_free(&res);
+
+    /* a NUL key in the batch's context is in every call */
+    map("{\"context\":{\"a\\u0000b\":1},\"batch\":["
+        "{\"type\":\"track\",\"userId\":\"u\",\"event\":\"e\"},"
+        "{\"type\":\"track\",\"userId\":\"v\",\"event\":\"e\","
+        "\"messageId\":\"m\"}]}", &o, &res);
+    ok(res.ncalls == 2
+       && strcmp(res.calls[0].error, "a key contains a \\u0000 escape") == 0
+       && strcmp(res.calls[1].error, "a key contains a \\u0000 escape") == 0,
+       "batch context: a \\u0000 in one of its keys refuses every call",
+       res.ncalls ? res.calls[0].error : res.error);
+    ngx_http_cio_map_result_free(&res);
+}
+
+
 static void
 run_all(void)
 {
@@ -3164,6 +3321,7 @@ run_all(void)
     test_devices();
     test_limits();
     test_batch();
+    test_batch_shared();
     test_identity_edges();
     test_time_edges();
     test_peer_calls();
