@@ -744,6 +744,24 @@ my @MUTATIONS = (
         tests => [qw(t/50-hostile.t)],
     },
     {
+        name => 'numeric-id-rounded',
+        what => 'a numeric userId is written by cJSON\'s printer, which '
+            . 'rounds 16 digits to 15',
+        file => $MAP,
+        from => q~        if (cJSON_AddRawToObject(o, "id", num) == NULL) {~,
+        to => q~        if (cJSON_AddNumberToObject(o, "id", v->valuedouble) == NULL) {~,
+        tests => [qw(t/12-contract.t)],
+    },
+    {
+        name => 'numeric-id-rounded-fast',
+        what => 'the one-pass mapper writes a numeric userId as cJSON '
+            . 'prints it',
+        file => $MAP_FAST,
+        from => q~                || fj_put(b, num, strlen(num)) != 0)~,
+        to => q~                || fj_number_out(b, v) != 0)~,
+        tests => [qw(t/12-contract.t)],
+    },
+    {
         name => 'orphans-unsaid',
         what => 'the old workers of a resized zone lose what they did not '
             . 'deliver without a word',

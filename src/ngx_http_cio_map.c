@@ -2208,9 +2208,18 @@ ngx_http_cio_map_resolve(const cJSON *v, const char *field, char *err)
         return NULL;
     }
 
-    /* numbers stay numbers: Customer.io takes both, and so do the SDKs */
+    /*
+     * Numbers stay numbers: Customer.io takes both, and so do the SDKs.
+     * Written as their exact decimal text: cJSON's printer would write
+     * 9007199254740989 as 9.00719925474099e+15, another person.
+     */
     if (cJSON_IsNumber(v)) {
-        cJSON_AddNumberToObject(o, "id", v->valuedouble);
+        if (cJSON_AddRawToObject(o, "id", num) == NULL) {
+            snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, "out of memory");
+            cJSON_Delete(o);
+            return NULL;
+        }
+
         return o;
     }
 

@@ -2108,17 +2108,19 @@ fj_eq(fj_ctx_t *ctx, const fj_val_t *v, const char *s)
 static int
 fj_resolve(fj_ctx_t *ctx, fj_buf_t *b, const fj_val_t *v)
 {
+    char         num[64];
     char        *s;
     size_t       n;
     const char  *key;
 
     if (v->type == FJ_NUM) {
-        if (!(fabs(fj_strtod(v)) < FJ_MAX_EXACT)) {
+        /* its exact decimal text, as the tree writes it */
+        if (fj_num_id(v, num, sizeof(num)) != 0) {
             return -1;
         }
 
         return (fj_put(b, "{\"id\":", 6) != 0
-                || fj_number_out(b, v) != 0)
+                || fj_put(b, num, strlen(num)) != 0)
                ? -1 : fj_put(b, "}", 1);
     }
 

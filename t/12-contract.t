@@ -379,6 +379,12 @@ is_deeply($it, { type => 'person', action => 'event', name => 'Bare',
                  attributes => {} },
     'a userId of just cio_ is absent') or diag($json->encode($it));
 
+# cJSON's printer wrote it 9.00719925474099e+15, which is ...990
+($it) = accepted('a numeric userId just below 2^53', '/cio/v1/track',
+    { userId => 9007199254740989, event => 'Exact' }, by_name('Exact'));
+is($json->canonical->encode($it->{identifiers} // {}),
+    '{"id":9007199254740989}', 'a numeric userId keeps every digit');
+
 refused('an anonymous User Deleted', '/cio/v1/track',
     { anonymousId => 'anon-del', event => 'User Deleted' },
     '"User Deleted" needs a userId');

@@ -3165,6 +3165,18 @@ hook_malloc(size_t n)
 }
 
 
+/* the first call's first item as the mapper wrote it, or its error */
+static char *
+item_text(ngx_http_cio_map_result_t *res)
+{
+    if (res->ncalls == 0 || res->calls[0].nitems == 0) {
+        return strdup(res->ncalls ? res->calls[0].error : res->error);
+    }
+
+    return strndup(res->calls[0].item[0], res->calls[0].item_len[0]);
+}
+
+
 /* {"locale":"fr","x":[0,0,...]}: n + 1 zeros */
 static char *
 zeros_context(size_t n)
@@ -3296,6 +3308,25 @@ test_batch_shared(void)
     }
 
     ngx_http_cio_map_result_free(&res);
+
+    /* below 2^53 a numeric id is exact, and written so (§2) */
+    o = opts(NGX_HTTP_CIO_CALL_TRACK);
+    map("{\"userId\":9007199254740989,\"event\":\"e\",\"messageId\":\"m\"}",
+        &o, &res);
+    got = item_text(&res);
+    ok(strstr(got, "\"identifiers\":{\"id\":9007199254740989}") != NULL,
+       "a numeric userId just below 2^53 keeps every digit", got);
+    free(got);
+    ngx_http_cio_map_result_free(&res);
+
+    map("{\"userId\":-0,\"event\":\"e\",\"messageId\":\"m\"}", &o, &res);
+    got = item_text(&res);
+    ok(strstr(got, "\"identifiers\":{\"id\":-0}") != NULL,
+       "a userId of -0 is written as cJSON 1.7.15 wrote it, by both paths",
+       got);
+    free(got);
+    ngx_http_cio_map_result_free(&res);
+    o = opts(NGX_HTTP_CIO_CALL_BATCH);
 
     /* a NUL key in the batch's context is in every call */
     map("{\"context\":{\"a\\u0000b\":1},\"batch\":["
