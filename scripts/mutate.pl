@@ -762,6 +762,36 @@ my @MUTATIONS = (
         tests => [qw(t/12-contract.t)],
     },
     {
+        name => 'id-utf8-repaired',
+        what => 'a userId that is not UTF-8 is repaired into another '
+            . 'person\'s',
+        file => $MAP,
+        from => q~    if (!ngx_http_cio_map_utf8_valid(s)) {
+        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, "%s is not valid UTF-8",~,
+        to => q~    if (0) {
+        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, "%s is not valid UTF-8",~,
+        tests => [qw(t/50-hostile.t)],
+    },
+    {
+        name => 'id-utf8-repaired-fast',
+        what => 'the one-pass mapper repairs a userId that is not UTF-8',
+        file => $MAP_FAST,
+        from => q~    if (s == NULL || n > NGX_HTTP_CIO_MAP_MAX_ID
+        || !ngx_http_cio_map_utf8_valid(s))
+    {
+        return -1;
+    }
+
+    if (strncmp(s, "cio_", 4) == 0 && s[4] != '\0') {~,
+        to => q~    if (s == NULL || n > NGX_HTTP_CIO_MAP_MAX_ID)
+    {
+        return -1;
+    }
+
+    if (strncmp(s, "cio_", 4) == 0 && s[4] != '\0') {~,
+        tests => [qw(t/50-hostile.t)],
+    },
+    {
         name => 'orphans-unsaid',
         what => 'the old workers of a resized zone lose what they did not '
             . 'deliver without a word',

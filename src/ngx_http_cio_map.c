@@ -2135,6 +2135,12 @@ ngx_http_cio_map_identity(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
                 return NULL;
             }
 
+            if (!ngx_http_cio_map_utf8_valid(v->valuestring)) {
+                snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
+                         "email is not valid UTF-8");
+                return NULL;
+            }
+
             o = cJSON_CreateObject();
             cJSON_AddStringToObject(o, "email", v->valuestring);
 
@@ -2169,6 +2175,12 @@ ngx_http_cio_map_identity(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
             snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
                      "%s is longer than %d bytes", ctx->anon_field,
                      NGX_HTTP_CIO_MAP_MAX_ID);
+            return NULL;
+        }
+
+        if (!ngx_http_cio_map_utf8_valid(s)) {
+            snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
+                     "%s is not valid UTF-8", ctx->anon_field);
             return NULL;
         }
 
@@ -2228,6 +2240,13 @@ ngx_http_cio_map_resolve(const cJSON *v, const char *field, char *err)
     if (strlen(s) > NGX_HTTP_CIO_MAP_MAX_ID) {
         snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
                  "%s is longer than %d bytes", field, NGX_HTTP_CIO_MAP_MAX_ID);
+        cJSON_Delete(o);
+        return NULL;
+    }
+
+    if (!ngx_http_cio_map_utf8_valid(s)) {
+        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, "%s is not valid UTF-8",
+                 field);
         cJSON_Delete(o);
         return NULL;
     }
@@ -2964,6 +2983,30 @@ ngx_http_cio_map_utf8(ngx_http_cio_map_ctx_t *ctx, char *s)
     ctx->res->changes += bad;
 
     return out;
+}
+
+
+/*
+ * Whether s is valid UTF-8 all through: an identifier that is not is
+ * refused, as U+FFFD for its bad bytes would make one person of
+ * "jos\xe9" and "jos\xe8".
+ */
+
+int
+ngx_http_cio_map_utf8_valid(const char *s)
+{
+    size_t                n;
+    const unsigned char  *p;
+
+    for (p = (const unsigned char *) s; *p; p += n) {
+        n = ngx_http_cio_map_utf8_len(p);
+
+        if (n == 0) {
+            return 0;
+        }
+    }
+
+    return 1;
 }
 
 

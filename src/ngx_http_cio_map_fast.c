@@ -2126,7 +2126,9 @@ fj_resolve(fj_ctx_t *ctx, fj_buf_t *b, const fj_val_t *v)
 
     s = fj_cstr(ctx, v, &n);
 
-    if (s == NULL || n > NGX_HTTP_CIO_MAP_MAX_ID) {
+    if (s == NULL || n > NGX_HTTP_CIO_MAP_MAX_ID
+        || !ngx_http_cio_map_utf8_valid(s))
+    {
         return -1;
     }
 
@@ -2200,7 +2202,9 @@ fj_identity(fj_ctx_t *ctx, const fj_call_t *c, int identify, fj_buf_t *b,
         if (v.type == FJ_STR && v.len > 0) {
             s = fj_cstr(ctx, &v, &n);
 
-            if (s == NULL || n > NGX_HTTP_CIO_MAP_MAX_ID) {
+            if (s == NULL || n > NGX_HTTP_CIO_MAP_MAX_ID
+                || !ngx_http_cio_map_utf8_valid(s))
+            {
                 return -1;
             }
 
@@ -2231,7 +2235,9 @@ fj_identity(fj_ctx_t *ctx, const fj_call_t *c, int identify, fj_buf_t *b,
         }
     }
 
-    if (ngx_http_cio_map_placeholder(s) || n > NGX_HTTP_CIO_MAP_MAX_ID) {
+    if (ngx_http_cio_map_placeholder(s) || n > NGX_HTTP_CIO_MAP_MAX_ID
+        || !ngx_http_cio_map_utf8_valid(s))
+    {
         return -1;
     }
 

@@ -209,6 +209,13 @@ for my $mid ('', 'mid-hostile') {
     is($items[0]{attributes}{k}, "caf\x{fffd}",
         "invalid UTF-8 became U+FFFD$with");
 
+    # but not in an id: "jos\xe9" and "jos\xe8" would be one person
+    ($st, undef, $r) = $t->post('/cio/v1/track', '{'
+        . ($m =~ s/NAME/latin1-id/r)
+        . qq("userId":"jos\xe9","event":"Latin1 id$e"}), %auth);
+    is($st, 400, "a userId that is not UTF-8: 400$with");
+    is(reason($r), 'userId is not valid UTF-8', "and why$with");
+
     # duplicate keys: cJSON keeps the first, so does what reaches Customer.io
     ($st) = $t->post('/cio/v1/track', '{' . ($m =~ s/NAME/dup/r)
         . qq("userId":"u","event":"Dup$e","event":"Other$e",)

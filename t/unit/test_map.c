@@ -590,6 +590,24 @@ test_identity(void)
         ok(it != NULL, "identifier of exactly 150 bytes is accepted", NULL);
         cJSON_Delete(it);
     }
+
+    /* U+FFFD for the bad bytes would make one person of several */
+    expect_call_error("a userId that is not UTF-8 is refused",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{\"userId\":\"jos\xe9\",\"event\":\"x\",\"messageId\":\"m\"}",
+        "userId is not valid UTF-8");
+    expect_call_error("an anonymousId that is not UTF-8 is refused",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{\"anonymousId\":\"a\xc3\",\"event\":\"x\",\"messageId\":\"m\"}",
+        "anonymousId is not valid UTF-8");
+    expect_call_error("an identify e-mail that is not UTF-8 is refused",
+        NGX_HTTP_CIO_CALL_IDENTIFY,
+        "{\"traits\":{\"email\":\"jos\xe9@x.io\"},\"messageId\":\"m\"}",
+        "email is not valid UTF-8");
+    expect_call_error("a previousId that is not UTF-8 is refused",
+        NGX_HTTP_CIO_CALL_ALIAS,
+        "{\"userId\":\"u\",\"previousId\":\"p\xff\",\"messageId\":\"m\"}",
+        "previousId is not valid UTF-8");
 }
 
 
