@@ -792,6 +792,15 @@ my @MUTATIONS = (
         tests => [qw(t/50-hostile.t)],
     },
     {
+        name => 'amplitude-too-many-400',
+        what => 'more Amplitude events than cio_max_batch_calls get a 400 '
+            . 'the SDK resends unchanged',
+        file => $HANDLER,
+        from => q~        } else if (amplitude && res.too_many) {~,
+        to => q~        } else if (amplitude && res.too_many && 0) {~,
+        tests => [qw(t/50-hostile.t)],
+    },
+    {
         name => 'orphans-unsaid',
         what => 'the old workers of a resized zone lose what they did not '
             . 'deliver without a word',

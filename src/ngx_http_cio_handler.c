@@ -344,6 +344,11 @@ ngx_http_cio_process(ngx_http_request_t *r, ngx_int_t route,
                                                           res.missing_field);
             }
 
+        } else if (amplitude && res.too_many) {
+            /* Amplitude's own answer: its SDKs send half as many again */
+            rc = ngx_http_cio_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                    res.error);
+
         } else {
             rc = ngx_http_cio_error(r, NGX_HTTP_BAD_REQUEST, res.error);
         }

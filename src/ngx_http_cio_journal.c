@@ -817,6 +817,14 @@ ngx_http_cio_journal_segment(ngx_cycle_t *cycle, ngx_http_cio_journal_t *j,
 
     acks = ngx_http_cio_journal_acks(cycle, j, no, &nacks);
 
+    /*
+     * No slot left to follow it (below): its records are not queued, so
+     * that their settling is not lost; they wait for a later start.
+     */
+    if (ngx_http_cio_journal_find(j, 0) == NULL) {
+        zone = NULL;
+    }
+
     records = 0;
     settled = 0;
     bad = NULL;

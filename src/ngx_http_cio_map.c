@@ -615,6 +615,7 @@ ngx_http_cio_map_alloc_calls(ngx_http_cio_map_ctx_t *ctx, const cJSON *list,
     if (ctx->opts->max_batch_calls
         && (size_t) n > ctx->opts->max_batch_calls)
     {
+        res->too_many = 1;
         snprintf(res->error, sizeof(res->error),
                  "too many %s in batch (max %zu)", unit,
                  ctx->opts->max_batch_calls);

@@ -103,6 +103,9 @@ typedef struct {
      * ("api_key"), for the answer's "missing_field"; NULL otherwise.
      */
     const char              *missing_field;
+
+    /* more calls than max_batch_calls: Amplitude's SDKs split on 413 */
+    unsigned                 too_many:1;
 } ngx_http_cio_map_result_t;
 
 

@@ -135,6 +135,11 @@ my @cases = (
       { 'Content-Encoding' => 'gzip' }, 400, 'invalid JSON' ],
     [ 'an empty gzip body', '/cio/v1/track', '',
       { 'Content-Encoding' => 'gzip' }, 400, 'request body is empty' ],
+    [ 'Amplitude: 2501 events, more than cio_max_batch_calls',
+      '/amp/2/httpapi', $json->encode({ api_key => 'secret_write_key',
+          events => [ ({ user_id => 'amp-user', event_type => 'E' })
+                      x 2501 ] }),
+      {}, 413, 'too many events in batch (max 2500)' ],
     [ 'Amplitude: events is an object', '/amp/2/httpapi',
       '{"api_key":"secret_write_key","events":{}}', {}, 400,
       'events must be a non-empty array' ],
