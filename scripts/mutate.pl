@@ -801,6 +801,15 @@ my @MUTATIONS = (
         tests => [qw(t/50-hostile.t)],
     },
     {
+        name => 'empty-query-key',
+        what => 'an empty ?writeKey= is checked, and hides the body\'s key',
+        file => $HANDLER,
+        from => q~        && ngx_http_arg(r, (u_char *) "writeKey", 8, &key) == NGX_OK
+        && key.len > 0)~,
+        to => q~        && ngx_http_arg(r, (u_char *) "writeKey", 8, &key) == NGX_OK)~,
+        tests => [qw(t/51-glue-defects.t)],
+    },
+    {
         name => 'orphans-unsaid',
         what => 'the old workers of a resized zone lose what they did not '
             . 'deliver without a word',

@@ -439,8 +439,10 @@ ngx_http_cio_auth_header(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
 
     rc = ngx_http_cio_header_key(r, &key);
 
+    /* an empty ?writeKey= is none: the body may have the key */
     if (rc == NGX_DECLINED
-        && ngx_http_arg(r, (u_char *) "writeKey", 8, &key) == NGX_OK)
+        && ngx_http_arg(r, (u_char *) "writeKey", 8, &key) == NGX_OK
+        && key.len > 0)
     {
         /* a key with "%5F" for "_" is the same key */
         src = key.data;

@@ -111,6 +111,12 @@ $n++;
 is($st, 200, 'the right ?writeKey=: 200');
 $n++;
 
+# an empty one is none: the body's is read
+($st) = $t->post('/cio/v1/track?writeKey=', $json->encode({ userId => 'u-1',
+    event => 'Key Test', writeKey => $good }));
+is($st, 200, 'an empty ?writeKey= and the right key in the body: 200');
+$n++;
+
 my $auth = basic($good);
 ($st) = raw("POST /cio/v1/track HTTP/1.1\r\nHost: localhost\r\n"
     . "Authorization: $auth\r\nAuthorization: $auth\r\n"
