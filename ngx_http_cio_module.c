@@ -1571,9 +1571,8 @@ ngx_http_cio_init_module(ngx_cycle_t *cycle)
 
     fresh = ngx_http_cio_queue_start(zone, ozone, cycle->log);
 
-    if (omcf) {
-        ngx_http_cio_journal_leave(omcf->journal, mcf ? mcf->journal : NULL);
-    }
+    ngx_http_cio_journal_cycle(omcf ? omcf->journal : NULL,
+                               mcf ? mcf->journal : NULL);
 
     /* its directory is checked and locked when its zone is made */
     if (zone

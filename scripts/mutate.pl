@@ -689,8 +689,10 @@ my @MUTATIONS = (
             . 'reload back to it is refused to the master itself',
         file => $JOURNAL,
         from => q~    (void) close(oj->lock_fd);
-~,
-        to => q~~,
+    oj->lock_fd = NGX_INVALID_FILE;
+}~,
+        to => q~    oj->lock_fd = NGX_INVALID_FILE;
+}~,
         tests => [qw(t/82-journal-reload.t)],
     },
     {
@@ -739,7 +741,7 @@ my @MUTATIONS = (
             . 'call, and maps what the tree refuses',
         file => $MAP_FAST,
         from => q~        || (root->context.type == FJ_OBJ
-            && root->context.len > NGX_HTTP_CIO_MAP_MAX_SHARED / 4)~,
+            && root->context.len > NGX_HTTP_CIO_MAP_MAX_SHARED / 6)~,
         to => q~~,
         tests => [qw(t/50-hostile.t)],
     },
@@ -808,6 +810,15 @@ my @MUTATIONS = (
         && key.len > 0)~,
         to => q~        && ngx_http_arg(r, (u_char *) "writeKey", 8, &key) == NGX_OK)~,
         tests => [qw(t/51-glue-defects.t)],
+    },
+    {
+        name => 'journal-unlock-none',
+        what => 'a reload that fails after the journal\'s zone is made '
+            . 'keeps its lock, and refuses every later reload to it',
+        file => $JOURNAL,
+        from => q~    if (!j->taken && j->lock_fd != NGX_INVALID_FILE) {~,
+        to => q~    if (0) {~,
+        tests => [qw(t/82-journal-reload.t)],
     },
     {
         name => 'orphans-unsaid',

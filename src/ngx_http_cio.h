@@ -409,7 +409,7 @@ ngx_int_t ngx_http_cio_journal_start(ngx_cycle_t *cycle,
     ngx_uint_t fresh);
 ngx_uint_t ngx_http_cio_journal_holds(ngx_http_cio_journal_t *j,
     uint64_t jref);
-void ngx_http_cio_journal_leave(ngx_http_cio_journal_t *oj,
+void ngx_http_cio_journal_cycle(ngx_http_cio_journal_t *oj,
     ngx_http_cio_journal_t *j);
 void ngx_http_cio_journal_init_process(ngx_cycle_t *cycle,
     ngx_http_cio_journal_t *j);

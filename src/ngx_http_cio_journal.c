@@ -162,6 +162,7 @@ struct ngx_http_cio_journal_s {
     ngx_thread_pool_t           *tp;
 #endif
     unsigned                     fresh:1;
+    unsigned                     taken:1;    /* by a cycle that started */
 };
 
 
@@ -243,6 +244,7 @@ static ngx_int_t ngx_http_cio_journal_init_zone(ngx_shm_zone_t *shm_zone,
 static void ngx_http_cio_journal_name(ngx_http_cio_journal_t *j,
     u_char *buf, uint32_t no, const char *ext);
 static ngx_int_t ngx_http_cio_journal_dir(ngx_http_cio_journal_t *j);
+static void ngx_http_cio_journal_unlock(void *data);
 static void ngx_http_cio_journal_delete_all(ngx_http_cio_journal_t *j,
     uint32_t *gone, ngx_uint_t n);
 static ngx_int_t ngx_http_cio_journal_lock(ngx_cycle_t *cycle,
@@ -402,6 +404,7 @@ ngx_http_cio_journal_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 {
     ngx_http_cio_journal_t  *oj = data;
 
+    ngx_pool_cleanup_t      *cln;
     ngx_http_cio_journal_t  *j;
 
     j = shm_zone->data;
@@ -426,6 +429,17 @@ ngx_http_cio_journal_init_zone(ngx_shm_zone_t *shm_zone, void *data)
      */
     if (!ngx_test_config && ngx_http_cio_journal_dir(j) != NGX_OK) {
         return NGX_ERROR;
+    }
+
+    /* a reload that fails after this would keep the lock: no reload then */
+    if (j->lock_fd != NGX_INVALID_FILE) {
+        cln = ngx_pool_cleanup_add(j->cycle->pool, 0);
+        if (cln == NULL) {
+            return NGX_ERROR;
+        }
+
+        cln->handler = ngx_http_cio_journal_unlock;
+        cln->data = j;
     }
 
     j->sh = ngx_slab_calloc(j->shpool, sizeof(ngx_http_cio_jsh_t));
@@ -624,15 +638,20 @@ ngx_http_cio_journal_holds(ngx_http_cio_journal_t *j, uint64_t jref)
 
 
 /*
- * The master, at a reload that no longer has the old configuration's
- * journal: its lock stays with the old workers until they exit, and the
- * new ones do not inherit it.
+ * The master, once a cycle is taken (init_module): its journal's lock is
+ * its own now.  A reload that no longer has the old configuration's
+ * journal leaves its lock to the old workers until they exit, and the new
+ * ones do not inherit it.
  */
 
 void
-ngx_http_cio_journal_leave(ngx_http_cio_journal_t *oj,
+ngx_http_cio_journal_cycle(ngx_http_cio_journal_t *oj,
     ngx_http_cio_journal_t *j)
 {
+    if (j != NULL) {
+        j->taken = 1;
+    }
+
     if (oj == NULL || oj->lock_fd == NGX_INVALID_FILE
         || (j && j->sh == oj->sh))
     {
@@ -641,6 +660,20 @@ ngx_http_cio_journal_leave(ngx_http_cio_journal_t *oj,
 
     (void) close(oj->lock_fd);
     oj->lock_fd = NGX_INVALID_FILE;
+}
+
+
+/* the cycle that locked the journal did not start: nothing holds it */
+
+static void
+ngx_http_cio_journal_unlock(void *data)
+{
+    ngx_http_cio_journal_t *j = data;
+
+    if (!j->taken && j->lock_fd != NGX_INVALID_FILE) {
+        (void) close(j->lock_fd);
+        j->lock_fd = NGX_INVALID_FILE;
+    }
 }
 
 

@@ -87,6 +87,7 @@ typedef struct {
     int                             batch_cio;       /* -2: not read */
     int                             batch_deep;      /* -1: not read */
     int                             batch_nul;       /* -1: not read */
+    char                            batch_digest[27];    /* a ULID's */
 } ngx_http_cio_map_ctx_t;
 
 
@@ -103,7 +104,9 @@ static int ngx_http_cio_map_nul_key(const cJSON *v);
 static void ngx_http_cio_map_nul_restore(char *s);
 static int ngx_http_cio_map_intg_cio(const cJSON *intg);
 static int ngx_http_cio_map_shared(ngx_http_cio_map_ctx_t *ctx,
-    const cJSON *o, const char *what);
+    const cJSON *o, const char *what, char *digest);
+static char *ngx_http_cio_map_canon(ngx_http_cio_map_ctx_t *ctx,
+    cJSON *call);
 static int ngx_http_cio_map_batch(ngx_http_cio_map_ctx_t *ctx, cJSON *root);
 static int ngx_http_cio_map_amplitude(ngx_http_cio_map_ctx_t *ctx,
     cJSON *root);
@@ -634,11 +637,14 @@ ngx_http_cio_map_alloc_calls(ngx_http_cio_map_ctx_t *ctx, const cJSON *list,
 }
 
 
-/* a batch's context or integrations: 0, or -1 when it is too large */
+/*
+ * A batch's context or integrations: 0, or -1 when it is too large; the
+ * digest of its text into digest, if any.
+ */
 
 static int
 ngx_http_cio_map_shared(ngx_http_cio_map_ctx_t *ctx, const cJSON *o,
-    const char *what)
+    const char *what, char *digest)
 {
     char    *s;
     size_t   n;
@@ -655,6 +661,11 @@ ngx_http_cio_map_shared(ngx_http_cio_map_ctx_t *ctx, const cJSON *o,
     }
 
     n = strlen(s);
+
+    if (digest != NULL) {
+        ngx_http_cio_map_ulid(0, s, n, digest);
+    }
+
     free(s);
 
     if (n > NGX_HTTP_CIO_MAP_MAX_SHARED) {
@@ -683,8 +694,9 @@ ngx_http_cio_map_batch(ngx_http_cio_map_ctx_t *ctx, cJSON *root)
     intg = cJSON_GetObjectItemCaseSensitive(root, "integrations");
 
     /* every call carries them: no larger than a call may be (§6) */
-    if (ngx_http_cio_map_shared(ctx, ctxo, "context") != 0
-        || ngx_http_cio_map_shared(ctx, intg, "integrations") != 0)
+    if (ngx_http_cio_map_shared(ctx, ctxo, "context", ctx->batch_digest)
+        != 0
+        || ngx_http_cio_map_shared(ctx, intg, "integrations", NULL) != 0)
     {
         return -1;
     }
@@ -2019,6 +2031,12 @@ ngx_http_cio_map_object(const cJSON *src, const cJSON *id,
         return NULL;
     }
 
+    if (!ngx_http_cio_map_utf8_valid(oid)) {
+        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, "%s is not valid UTF-8",
+                 field);
+        return NULL;
+    }
+
     t = ngx_http_cio_map_get(src, "object_type_id");
 
     if (!(cJSON_IsString(t) || cJSON_IsNumber(t))) {
@@ -2340,7 +2358,10 @@ ngx_http_cio_map_anonymous(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
         return;
     }
 
-    if (strlen(s) > NGX_HTTP_CIO_MAP_MAX_ID) {
+    /* as an identifier it would have been refused (§2) */
+    if (strlen(s) > NGX_HTTP_CIO_MAP_MAX_ID
+        || !ngx_http_cio_map_utf8_valid(s))
+    {
         ctx->res->changes++;
         return;
     }
@@ -2492,7 +2513,7 @@ ngx_http_cio_map_event(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     if (seed == NULL || seed[0] == '\0') {
         /* the event, not its transport: a resend has a new sentAt */
         sent = cJSON_DetachItemFromObjectCaseSensitive(call, "sentAt");
-        canon = cJSON_PrintUnformatted(call);
+        canon = ngx_http_cio_map_canon(ctx, call);
         seed = canon ? canon : "";
 
         if (sent != NULL) {
@@ -3097,6 +3118,37 @@ static const cJSON *
 ngx_http_cio_map_path(const cJSON *o, const char *a, const char *b)
 {
     return ngx_http_cio_map_get(ngx_http_cio_map_get(o, a), b);
+}
+
+
+/*
+ * The text a call without messageId is known by (§4): the call, and the
+ * batch's context it is read with (its digest: the same for every call).
+ */
+
+static char *
+ngx_http_cio_map_canon(ngx_http_cio_map_ctx_t *ctx, cJSON *call)
+{
+    char    *s, *canon;
+    size_t   n;
+
+    s = cJSON_PrintUnformatted(call);
+
+    if (s == NULL || ctx->batch_digest[0] == '\0') {
+        return s;
+    }
+
+    n = strlen(s);
+    canon = malloc(n + sizeof(ctx->batch_digest));
+
+    if (canon != NULL) {
+        memcpy(canon, s, n);
+        memcpy(canon + n, ctx->batch_digest, sizeof(ctx->batch_digest));
+    }
+
+    free(s);
+
+    return canon;
 }
 
 

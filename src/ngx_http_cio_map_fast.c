@@ -2284,7 +2284,7 @@ fj_anonymous(fj_ctx_t *ctx, const fj_call_t *c, int known)
         return 0;
     }
 
-    if (n > NGX_HTTP_CIO_MAP_MAX_ID) {
+    if (n > NGX_HTTP_CIO_MAP_MAX_ID || !ngx_http_cio_map_utf8_valid(s)) {
         ctx->scratch.pos = mark;
         ctx->changes++;
         return 0;
@@ -3058,14 +3058,15 @@ fj_batch(fj_ctx_t *ctx, const fj_call_t *root)
     /*
      * Every call reads the batch's context and integrations again: large
      * ones go to the tree, which reads them once and bounds them (its
-     * printed size, which a number written short can make 4 times this).
+     * printed size, which a raw control byte, printed \u00XX, can make 6
+     * times this).
      */
     if (root->batch.type != FJ_ARR || n == 0
         || (ctx->opts->max_batch_calls && n > ctx->opts->max_batch_calls)
         || (root->context.type == FJ_OBJ
-            && root->context.len > NGX_HTTP_CIO_MAP_MAX_SHARED / 4)
+            && root->context.len > NGX_HTTP_CIO_MAP_MAX_SHARED / 6)
         || (root->intg.type == FJ_OBJ
-            && root->intg.len > NGX_HTTP_CIO_MAP_MAX_SHARED / 4))
+            && root->intg.len > NGX_HTTP_CIO_MAP_MAX_SHARED / 6))
     {
         return -1;
     }

@@ -102,6 +102,7 @@ typedef struct {
 } ngx_http_cio_spares_t;
 
 
+static size_t ngx_http_cio_utf8_clean(u_char *s, size_t len);
 static ngx_http_cio_node_t *ngx_http_cio_queue_node_alloc(
     ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws, size_t len);
 static void ngx_http_cio_queue_node_free(ngx_http_cio_zone_t *zone,
@@ -1991,8 +1992,41 @@ ngx_http_cio_stats_upstream(ngx_http_cio_zone_t *zone,
                              "%*s", error_len, error);
         }
 
-        st->last_error_len = p - st->last_error;
+        st->last_error_len = ngx_http_cio_utf8_clean(st->last_error,
+                                                     p - st->last_error);
     }
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
+}
+
+
+/*
+ * An answer's text for the status page's JSON: it may be cut inside a
+ * character, or not be UTF-8 at all (a proxy's Latin-1 page); what is not
+ * UTF-8 becomes "?".
+ */
+
+static size_t
+ngx_http_cio_utf8_clean(u_char *s, size_t len)
+{
+    u_char  *p, *c, *last;
+
+    last = s + len;
+
+    for (p = s; p < last; /* void */) {
+
+        if (*p < 0x80) {
+            p++;
+            continue;
+        }
+
+        c = p;
+
+        if (ngx_utf8_decode(&p, last - c) > 0x10ffff) {
+            *c = '?';
+            p = c + 1;
+        }
+    }
+
+    return len;
 }

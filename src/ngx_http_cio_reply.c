@@ -198,9 +198,9 @@ ngx_http_cio_reply_amplitude(ngx_http_request_t *r,
     tp = ngx_timeofday();
 
     p = ngx_sprintf(body, "{\"code\":200,\"events_ingested\":%uz,"
-                    "\"payload_size_bytes\":%uz,\"server_upload_time\":%M}",
+                    "\"payload_size_bytes\":%uz,\"server_upload_time\":%uL}",
                     res->ncalls, received,
-                    (ngx_msec_t) tp->sec * 1000 + tp->msec);
+                    (uint64_t) tp->sec * 1000 + tp->msec);
 
     return ngx_http_cio_send(r, NGX_HTTP_OK, body, p - body);
 }

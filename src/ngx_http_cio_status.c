@@ -154,6 +154,13 @@ ngx_http_cio_status_handler(ngx_http_request_t *r)
         p = ngx_cpymem(p, "]}\n", 3);
     }
 
+    /* the format follows Accept: a cache must keep the two apart */
+    if (ngx_http_cio_header_out(r, "Vary", (u_char *) "Accept", 6)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
     return ngx_http_cio_send_type(r, NGX_HTTP_OK, prom ? &prom_type
                                                        : &json_type,
                                   body, p - body);

@@ -10,6 +10,7 @@ use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 
+use Encode ();
 use Test::More;
 use Cio::Test qw(basic wait_until);
 
@@ -158,6 +159,28 @@ is($after->{total}{delivered}, 5, 'the counters survive a reload');
 
 ($st) = $t->post('/cio-status', { });
 is($st, 405, 'POST to the status location: 405');
+
+my ($vst, $vh) = status();
+is($vh->{vary}, 'Accept', 'the status page varies with Accept');
+
+# an answer cut inside a character, and one that is not UTF-8 at all
+for my $case ([ ('x' x 194) . "\xc3\xa9" x 5, ('x' x 194) . '?' ],
+              [ "caf\xe9 au lait", 'caf? au lait' ]) {
+    my ($body, $want) = @$case;
+    $cio->control({ status => 500, count => 1, body => $body });
+    $t->post('/one/v1/track', { userId => 'u', event => 'Cut' }, %auth);
+    my ($raw, $msg) = ('', '');
+    wait_until(sub {
+        (undef, undef, $raw) = $t->http('GET', '/cio-status');
+        my $d = eval { $json->decode($raw) } or return 0;
+        $msg = $d->{total}{last_error}{message} // '';
+        return $msg eq "500: $want";
+    }, 10);
+    is($msg, "500: $want", 'the last error keeps what is UTF-8: '
+        . substr($want, -12));
+    ok(eval { Encode::decode('UTF-8', $raw, Encode::FB_CROAK); 1 },
+        'and the status page is UTF-8 all through');
+}
 
 $t->done;
 

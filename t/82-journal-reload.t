@@ -8,6 +8,9 @@
 #    cannot be made ended it the same way.  Now such a reload is refused
 #    and the old workers go on; A comes back once no worker of an older
 #    configuration holds it.
+#    A reload that fails after the journal's zone is made (a port in use)
+#    no longer keeps the lock it took, which refused every later reload
+#    to that directory.
 #  - A journal added after a reload removed another takes a new id: it
 #    took the old one's, and the old journal's items, delivered later,
 #    settled the new one's records at the same offsets, which a crash
@@ -21,6 +24,7 @@ use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 
+use IO::Socket::INET;
 use POSIX qw(WNOHANG);
 use Test::More;
 use Cio::Test qw(wait_until);
@@ -96,6 +100,25 @@ my @workspaces = (workspaces => [ 'site1:key1', 'site2:key2' ]);
     my @still = post_events($t, '/a', 'still-a', 2);
     is_deeply($cio->wait_names(\@still, 15), [],
         'which go on taking and delivering events');
+
+    # a reload that fails after the new journal's zone is made: a port
+    # another socket holds; the lock it took must not outlive it
+    my $busy = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
+        LocalPort => 0, Proto => 'tcp') or die "listen: $!";
+    my $bport = $busy->sockport;
+    my $c = 'cio_journal %%TESTDIR%%/jc;';
+    $t->config(http => conf($url, $c) =~ s/(listen \S+;)/$1\n        listen 127.0.0.1:$bport;/r);
+    $t->allow_log(qr/\[emerg\].*bind\(\) to 127\.0\.0\.1:$bport failed/,
+                  qr/\[emerg\].*still could not bind/);
+    kill 'HUP', $master;
+    ok(wait_until(sub { $t->log_lines(qr/\[emerg\].*still could not bind/) },
+                  20), 'a reload to journal C with a port in use fails');
+    is_deeply([ $t->worker_pids ], \@workers, 'the old workers go on');
+    $t->config(http => conf($url, $c));
+    ok($t->reload, 'the reload to C without that port is taken');
+    push @still, post_events($t, '/a', 'in-c', 2);
+    is_deeply($cio->wait_names(\@still, 15), [], 'and C takes events');
+    close $busy;
 
     $t->done_part;
 }

@@ -604,6 +604,10 @@ test_identity(void)
         NGX_HTTP_CIO_CALL_IDENTIFY,
         "{\"traits\":{\"email\":\"jos\xe9@x.io\"},\"messageId\":\"m\"}",
         "email is not valid UTF-8");
+    expect_call_error("a groupId that is not UTF-8 is refused",
+        NGX_HTTP_CIO_CALL_GROUP,
+        "{\"userId\":\"u\",\"groupId\":\"g\xe9\",\"messageId\":\"m\"}",
+        "groupId is not valid UTF-8");
     expect_call_error("a previousId that is not UTF-8 is refused",
         NGX_HTTP_CIO_CALL_ALIAS,
         "{\"userId\":\"u\",\"previousId\":\"p\xff\",\"messageId\":\"m\"}",
@@ -3341,6 +3345,54 @@ test_batch_shared(void)
     got = item_text(&res);
     ok(strstr(got, "\"identifiers\":{\"id\":-0}") != NULL,
        "a userId of -0 is written as cJSON 1.7.15 wrote it, by both paths",
+       got);
+    free(got);
+    ngx_http_cio_map_result_free(&res);
+    o = opts(NGX_HTTP_CIO_CALL_BATCH);
+
+    /* two page views known only by their batch's context: two ids (§4) */
+    {
+        char  *a, *b;
+
+        map("{'context':{'page':{'url':'http://a/'}},'batch':["
+            "{'type':'page','userId':'u1'}]}", &o, &res);
+        a = item_text(&res);
+        ngx_http_cio_map_result_free(&res);
+        map("{'context':{'page':{'url':'http://b/'}},'batch':["
+            "{'type':'page','userId':'u1'}]}", &o, &res);
+        b = item_text(&res);
+        ngx_http_cio_map_result_free(&res);
+
+        ok(strstr(a, "http://a/") && strstr(b, "http://b/")
+           && strstr(a, ",\"id\":\"") && strstr(b, ",\"id\":\"")
+           && strncmp(strstr(a, ",\"id\":\""), strstr(b, ",\"id\":\""), 34)
+              != 0,
+           "batch context: calls without messageId that differ only in "
+           "it get different ids", a);
+        free(a);
+        free(b);
+    }
+
+    /* raw control bytes print 6 times as long: the paths agree */
+    ctx = malloc(8100);
+    p = ctx + sprintf(ctx, "{\"x\":\"");
+    memset(p, '\x02', 8000);
+    strcpy(p + 8000, "\"}");
+    body = batch_body(1, "{\"type\":\"track\",\"userId\":\"u%d\","
+                      "\"event\":\"e\",\"messageId\":\"m\"}", ctx);
+    expect_request_error("a batch context of 8000 control bytes: refused "
+        "by both paths", NGX_HTTP_CIO_CALL_BATCH, body, strlen(body),
+        "batch context is larger than 32768 bytes");
+    free(body);
+    free(ctx);
+
+    /* a known person's anonymousId that is not UTF-8 names nobody */
+    o = opts(NGX_HTTP_CIO_CALL_TRACK);
+    map("{\"userId\":\"u\",\"anonymousId\":\"a\xe9\",\"event\":\"e\","
+        "\"messageId\":\"m\"}", &o, &res);
+    got = item_text(&res);
+    ok(strstr(got, "\"attributes\":{}") != NULL && res.changes == 1,
+       "an anonymousId that is not UTF-8 is no anonymous_id attribute",
        got);
     free(got);
     ngx_http_cio_map_result_free(&res);

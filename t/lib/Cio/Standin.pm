@@ -43,7 +43,8 @@ package Cio::Standin;
 #   POST /__standin/fault  one-shot faults, queued, each for `count`
 #                          requests: {status, retry_after}, {delay_ms},
 #                          {close}, {delay_ms, close} (hang, then drop
-#                          without recording), {refuse_index:[..]};
+#                          without recording), {refuse_index:[..]},
+#                          {status, body: the answer's bytes as they are};
 #                          with {match: regex}, a fault is taken only by
 #                          a request whose body matches (the others go
 #                          by it); {reset:1} clears faults and modes
@@ -490,7 +491,8 @@ sub track {
         return;
     } elsif ($fault->{status}) {
         $status = $fault->{status};
-        $body = $status == 429 ? { meta => { error => 'rate limited' } }
+        $body = defined $fault->{body} ? $fault->{body}
+            : $status == 429 ? { meta => { error => 'rate limited' } }
             : $status == 400 ? { errors => [ { reason => 'invalid',
                 message => "injected fault $status" } ] }
             : { meta => { error => "injected fault $status" } };
