@@ -821,6 +821,24 @@ my @MUTATIONS = (
         tests => [qw(t/82-journal-reload.t)],
     },
     {
+        name => 'prometheus-site-only',
+        what => 'two workspaces of one site id are one Prometheus series',
+        file => 'src/ngx_http_cio_status.c',
+        from => q~        l = ngx_cpymem(l, "\",url=\"", sizeof("\",url=\"") - 1);
+        l = ngx_http_cio_status_label(l, &ws[k].url);~,
+        to => q~~,
+        tests => [qw(t/16-status.t)],
+    },
+    {
+        name => 'last-error-not-utf8',
+        what => 'Customer.io\'s last error, cut inside a character, makes '
+            . 'the status page invalid JSON',
+        file => $QUEUE,
+        from => q~        if (ngx_utf8_decode(&p, last - c) > 0x10ffff) {~,
+        to => q~        if (ngx_utf8_decode(&p, last - c) > 0x10ffff && 0) {~,
+        tests => [qw(t/16-status.t)],
+    },
+    {
         name => 'orphans-unsaid',
         what => 'the old workers of a resized zone lose what they did not '
             . 'deliver without a word',

@@ -22,6 +22,7 @@ static u_char *ngx_http_cio_status_json(u_char *p,
 static u_char *ngx_http_cio_status_prom(u_char *p, ngx_http_cio_shws_t *ws,
     ngx_str_t *labels, ngx_uint_t n);
 static u_char *ngx_http_cio_status_seconds(u_char *p, uint64_t ms);
+static u_char *ngx_http_cio_status_label(u_char *l, ngx_str_t *v);
 static ngx_str_t *ngx_http_cio_status_labels(ngx_pool_t *pool,
     ngx_http_cio_shws_t *ws, ngx_uint_t n);
 static void ngx_http_cio_status_add(ngx_http_cio_shws_t *sum,
@@ -90,7 +91,9 @@ ngx_http_cio_status_handler(ngx_http_request_t *r)
 
     for (n = 0; n < nws; n++) {
         size += NGX_HTTP_CIO_STATUS_WS_LEN
-                + 40 * 2 * copy[n].site_id.len + 6 * copy[n].url.len;
+                + 40 * (2 * copy[n].site_id.len + 2 * copy[n].url.len
+                        + sizeof("\",url=\"") - 1)
+                + 6 * copy[n].url.len;
     }
 
     ngx_memzero(&sum, sizeof(ngx_http_cio_shws_t));
@@ -455,14 +458,17 @@ ngx_http_cio_status_seconds(u_char *p, uint64_t ms)
 }
 
 
-/* site ids as label values: \ and " escaped, new lines dropped */
+/*
+ * The labels of a workspace, the value of site_id="%V" in every series:
+ * its site id, then its url (a reload that changes a site's endpoint
+ * leaves the old one's counters, with the same site id).
+ */
 
 static ngx_str_t *
 ngx_http_cio_status_labels(ngx_pool_t *pool, ngx_http_cio_shws_t *ws,
     ngx_uint_t n)
 {
     u_char      *l;
-    size_t       i;
     ngx_str_t   *labels;
     ngx_uint_t   k;
 
@@ -472,28 +478,50 @@ ngx_http_cio_status_labels(ngx_pool_t *pool, ngx_http_cio_shws_t *ws,
     }
 
     for (k = 0; k < n; k++) {
-        l = ngx_pnalloc(pool, 2 * ws[k].site_id.len + 1);
+        l = ngx_pnalloc(pool, 2 * ws[k].site_id.len + 2 * ws[k].url.len
+                              + sizeof("\",url=\"") - 1);
         if (l == NULL) {
             return NULL;
         }
 
         labels[k].data = l;
 
-        for (i = 0; i < ws[k].site_id.len; i++) {
-            if (ws[k].site_id.data[i] == '\\'
-                || ws[k].site_id.data[i] == '"')
-            {
-                *l++ = '\\';
-
-            } else if (ws[k].site_id.data[i] == '\n') {
-                continue;
-            }
-
-            *l++ = ws[k].site_id.data[i];
-        }
+        l = ngx_http_cio_status_label(l, &ws[k].site_id);
+        l = ngx_cpymem(l, "\",url=\"", sizeof("\",url=\"") - 1);
+        l = ngx_http_cio_status_label(l, &ws[k].url);
 
         labels[k].len = l - labels[k].data;
     }
 
     return labels;
+}
+
+
+/* a label value, escaped as Prometheus' text format wants */
+
+static u_char *
+ngx_http_cio_status_label(u_char *l, ngx_str_t *v)
+{
+    size_t  i;
+
+    for (i = 0; i < v->len; i++) {
+        switch (v->data[i]) {
+
+        case '\\':
+        case '"':
+            *l++ = '\\';
+            *l++ = v->data[i];
+            break;
+
+        case '\n':
+            *l++ = '\\';
+            *l++ = 'n';
+            break;
+
+        default:
+            *l++ = v->data[i];
+        }
+    }
+
+    return l;
 }

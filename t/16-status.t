@@ -42,6 +42,14 @@ $t->config(http => <<"END")->run;
             cio_api_key key2;
         }
 
+        # the same site at another endpoint: a workspace of its own
+        location /elsewhere/ {
+            cio_ingest segment;
+            cio_site_id site1;
+            cio_api_key key1;
+            cio_endpoint http://127.0.0.1:1;
+        }
+
         location = /cio-status {
             cio_status;
             add_header X-Worker \$pid always;
@@ -60,7 +68,8 @@ sub status {
 
 sub ws {
     my ($s, $site) = @_;
-    my ($w) = grep { $_->{site_id} eq $site } @{ $s->{workspaces} };
+    my ($w) = grep { $_->{site_id} eq $site && index($_->{url}, $url) == 0 }
+        @{ $s->{workspaces} };
     return $w->{stats};
 }
 
@@ -137,16 +146,18 @@ is(scalar keys %seen, 1, 'every worker reports the same totals');
 my ($pst, $ph, $prom) = $t->http('GET', '/cio-status?format=prometheus');
 is($pst, 200, 'prometheus: 200');
 like($ph->{'content-type'}, qr{^text/plain}, 'prometheus: text/plain');
-like($prom, qr/^cio_events_delivered_total\{site_id="site1"\} 4$/m,
+like($prom, qr/^cio_events_delivered_total\{site_id="site1",url="\Q$url\E[^"]*"\} 4$/m,
     'prometheus: delivered');
 like($prom,
-    qr/^cio_requests_rejected_total\{site_id="site1",reason="invalid"\} 1$/m,
+    qr/^cio_requests_rejected_total\{site_id="site1",url="\Q$url\E[^"]*",reason="invalid"\} 1$/m,
     'prometheus: requests rejected, by reason');
-like($prom, qr/^cio_events_invalid_total\{site_id="site1"\} 2$/m,
+like($prom, qr/^cio_events_invalid_total\{site_id="site1",url="\Q$url\E[^"]*"\} 2$/m,
     'prometheus: calls refused, in a family of their own');
-like($prom, qr/^cio_upstream_latency_seconds_bucket\{site_id="site1",le="\+Inf"\} \d+$/m,
+like($prom, qr/^cio_upstream_latency_seconds_bucket\{site_id="site1",url="\Q$url\E[^"]*",le="\+Inf"\} \d+$/m,
     'prometheus: latency histogram');
 exposition_ok($prom);
+like($prom, qr{^cio_events_delivered_total\{site_id="site1",url="http://127\.0\.0\.1:1/[^"]*"\} 0$}m,
+    'prometheus: the same site at another endpoint is a series of its own');
 (undef, undef, my $prom2) = $t->http('GET', '/cio-status',
     '', Accept => 'text/plain');
 like($prom2, qr/^# TYPE/m, 'Accept: text/plain gets the text format');
