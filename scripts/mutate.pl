@@ -839,6 +839,16 @@ my @MUTATIONS = (
         tests => [qw(t/16-status.t)],
     },
     {
+        name => 'dead-lettered-counts-lost',
+        what => 'items whose dead letter could not be written are counted '
+            . 'as dead-lettered',
+        file => $QUEUE,
+        from => q~    ws->dead += n - lost;
+    ws->lost += lost;~,
+        to => q~    ws->dead += n;~,
+        tests => [qw(t/47-dead-letter-full.t)],
+    },
+    {
         name => 'orphans-unsaid',
         what => 'the old workers of a resized zone lose what they did not '
             . 'deliver without a word',

@@ -85,6 +85,7 @@ typedef struct {
     uint64_t                     rate_tokens; /* 1/1000000 requests */
     uint64_t                     alert_at;   /* unix ms: next hold alert */
     uint64_t                     dead;       /* to the dead-letter file */
+    uint64_t                     lost;       /* given up, not written */
     uint64_t                     stuck;      /* sh->unholds + 1: held */
 
     ngx_http_cio_stats_t         stats;
@@ -348,7 +349,7 @@ ngx_http_cio_batch_t *ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone,
 void ngx_http_cio_queue_settle(ngx_http_cio_zone_t *zone,
     ngx_http_cio_batch_t *batch, ngx_http_cio_settle_t *st);
 ngx_uint_t ngx_http_cio_queue_bury(ngx_http_cio_zone_t *zone,
-    ngx_http_cio_batch_t *batch);
+    ngx_http_cio_batch_t *batch, ngx_uint_t lost);
 ngx_uint_t ngx_http_cio_queue_reclaim(ngx_http_cio_zone_t *zone);
 void ngx_http_cio_queue_free_batch(ngx_http_cio_batch_t *batch);
 void ngx_http_cio_queue_free_body(u_char *body);

@@ -1518,7 +1518,7 @@ ngx_http_cio_deliver_split_end(ngx_http_cio_split_t *sp)
     }
 
     if (sp->st.dead) {
-        (void) ngx_http_cio_queue_bury(d->zone, batch);
+        (void) ngx_http_cio_queue_bury(d->zone, batch, lost);
     }
 
     if (mcf->dead_letter) {
@@ -1764,5 +1764,5 @@ ngx_http_cio_deliver_bury(ngx_http_cio_sreq_t *req,
         }
     }
 
-    (void) ngx_http_cio_queue_bury(d->zone, batch);
+    (void) ngx_http_cio_queue_bury(d->zone, batch, lost[0] + lost[1]);
 }

@@ -1398,11 +1398,14 @@ ngx_http_cio_queue_settle(ngx_http_cio_zone_t *zone,
 }
 
 
-/* frees the dead items of a batch once their dead letters are written */
+/*
+ * Frees the dead items of a batch once their dead letters are written;
+ * lost: how many of those could not be, counted apart.
+ */
 
 ngx_uint_t
 ngx_http_cio_queue_bury(ngx_http_cio_zone_t *zone,
-    ngx_http_cio_batch_t *batch)
+    ngx_http_cio_batch_t *batch, ngx_uint_t lost)
 {
     ngx_uint_t            i, n;
     ngx_http_cio_shws_t  *ws;
@@ -1434,7 +1437,9 @@ ngx_http_cio_queue_bury(ngx_http_cio_zone_t *zone,
         n++;
     }
 
-    ws->dead += n;
+    lost = ngx_min(lost, n);
+    ws->dead += n - lost;
+    ws->lost += lost;
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
 

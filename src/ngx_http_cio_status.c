@@ -205,6 +205,7 @@ ngx_http_cio_status_add(ngx_http_cio_shws_t *sum, ngx_http_cio_shws_t *ws)
     sum->refused += ws->refused;
     sum->retried += ws->retried;
     sum->dead += ws->dead;
+    sum->lost += ws->lost;
     sum->stats.filtered += ws->stats.filtered;
     sum->stats.invalid += ws->stats.invalid;
     sum->stats.latency_ms += ws->stats.latency_ms;
@@ -247,9 +248,11 @@ ngx_http_cio_status_json(u_char *p, ngx_http_cio_shws_t *ws,
 
     p = ngx_sprintf(p, "},\"queued\":%ui,\"queued_bytes\":%uz,"
                     "\"in_flight\":%ui,\"delivered\":%uL,\"retried\":%uL,"
-                    "\"refused\":%uL,\"dead_lettered\":%uL,\"requests\":{",
+                    "\"refused\":%uL,\"dead_lettered\":%uL,\"lost\":%uL,"
+                    "\"requests\":{",
                     ws->npending, ws->pending_bytes, ws->ninflight,
-                    ws->delivered, ws->retried, ws->refused, ws->dead);
+                    ws->delivered, ws->retried, ws->refused, ws->dead,
+                    ws->lost);
 
     for (i = 0; i < 5; i++) {
         p = ngx_sprintf(p, "%s\"%s\":%uL", i ? "," : "",
@@ -318,6 +321,8 @@ static ngx_http_cio_family_t  ngx_http_cio_families[] = {
       "Items Customer.io refused." },
     { "cio_events_dead_lettered_total", "counter",
       "Items given up on, to the dead-letter file." },
+    { "cio_events_lost_total", "counter",
+      "Items given up on that the dead-letter file could not take." },
     { "cio_last_error_timestamp_seconds", "gauge",
       "Time of the last failed or partly refused request to "
       "Customer.io, 0 if none." }
@@ -354,6 +359,7 @@ ngx_http_cio_status_prom(u_char *p, ngx_http_cio_shws_t *ws,
             case 7: v = ws[k].retried; break;
             case 8: v = ws[k].refused; break;
             case 9: v = ws[k].dead; break;
+            case 10: v = ws[k].lost; break;
             default: v = ws[k].stats.last_error_at / 1000; break;
             }
 

@@ -53,6 +53,7 @@ $t->config(http => <<"END")->run;
             cio_api_key key1;
             cio_endpoint @{[ $cio->url ]};
         }
+        location = /status { cio_status; }
     }
 END
 
@@ -118,6 +119,15 @@ my @names = map { eval { $t->json->decode($_)->{item}{name} } // '' }
     split /(?<=\n)/, $t->read_file($file);
 is_deeply([ grep { /^lost-later-/ } @names ],
     [ map { "lost-later-$_" } 1 .. 3 ], 'every one of them readable');
+
+# the status page counts as dead-lettered only what the file holds
+my (undef, undef, $sbody) = $t->http('GET', '/status');
+my $tot = eval { $t->json->decode($sbody)->{total} } // {};
+my $refused = 100 + $i + 3;
+is($tot->{dead_lettered}, scalar(grep { /^lost-/ } @names),
+    'dead_lettered: the lines the file holds') or diag($sbody);
+is(($tot->{dead_lettered} // 0) + ($tot->{lost} // 0), $refused,
+    "lost: the rest of the $refused refused");
 
 $t->stop;
 $_->stop for @{ $t->{standins} };
