@@ -48,6 +48,25 @@ sub conf {
 END
 }
 
+# one server of site1 with a write key, around the locations given
+sub keyed_server {
+    my ($url, $key, $locations) = @_;
+    return <<"END";
+    cio_zone zone=cio:1m;
+    cio_flush_interval 20ms;
+
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        cio_site_id site1;
+        cio_api_key key1;
+        cio_endpoint $url;
+        cio_write_key $key;
+
+$locations
+    }
+END
+}
+
 sub event {
     my ($name) = @_;
     return { type => 'track', userId => 'u1', event => $name,
@@ -112,16 +131,7 @@ SKIP: {
     my $cio = $t->standin(workspaces => ['site1:key1']);
     my $url = $cio->url;
     my $key = 'wk_review_7c2d';
-    $t->config(http => <<"END")->run;
-    cio_zone zone=cio:1m;
-
-    server {
-        listen 127.0.0.1:%%PORT%%;
-        cio_site_id site1;
-        cio_api_key key1;
-        cio_endpoint $url;
-        cio_write_key $key;
-
+    $t->config(http => keyed_server($url, $key, <<'END'))->run;
         error_page 413 /too-large.json;
 
         location = /too-large.json {
@@ -132,7 +142,6 @@ SKIP: {
             cio_ingest segment;
             client_max_body_size 10;
         }
-    }
 END
     $t->allow_log(qr/\[error\].*client intended to send too large body/);
 
@@ -160,21 +169,11 @@ END
     my $cio = $t->standin(workspaces => ['site1:key1']);
     my $url = $cio->url;
     my $key = 'wk_block_4f1a';
-    $t->config(http => <<"END")->run;
-    cio_zone zone=cio:1m;
-    cio_flush_interval 20ms;
-
-    server {
-        listen 127.0.0.1:%%PORT%%;
-        cio_site_id site1;
-        cio_api_key key1;
-        cio_endpoint $url;
-        cio_write_key $key;
-
+    $t->config(http => keyed_server($url, $key, <<'END'))->run;
         location /if/ {
             cio_ingest segment;
-            if (\$request_method = POST) {
-                set \$cio_seen 1;
+            if ($request_method = POST) {
+                set $cio_seen 1;
             }
         }
 
@@ -188,11 +187,10 @@ END
 
         location /amp/ {
             cio_ingest amplitude;
-            if (\$request_method = POST) {
-                set \$cio_seen 1;
+            if ($request_method = POST) {
+                set $cio_seen 1;
             }
         }
-    }
 END
 
     my ($st, undef, $body) = $t->post("/if/v1/track?writeKey=$key",
