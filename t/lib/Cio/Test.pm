@@ -625,6 +625,13 @@ sub done_part {
     $self->stop if $self->{nginx_pid};
     $_->stop for @{ $self->{standins} };
 
+    # a worker whose master died is no child of it any more: found by
+    # the files of this test it has open
+    my @left = $self->strays;
+    kill 'KILL', @left;
+    ok(!@left, 'no nginx process of the test outlives its master')
+        or diag("left running: @left");
+
     my @bad = $self->errors_in_log;
     ok(!@bad, 'no unexpected error, crit, alert, emerg or sanitizer report '
         . 'in error.log or nginx.out')
@@ -650,7 +657,32 @@ sub DESTROY {
         kill 'KILL', $pid, @workers;
         waitpid($pid, 0);
     }
+    kill 'KILL', $self->strays if $self->{dir};
     $_ && $_->stop for @{ $self->{standins} || [] };
+}
+
+# nginx processes (or Valgrind's, running one) with a file of this test's
+# directory open, whoever their parent is
+sub strays {
+    my ($self) = @_;
+    my $dir = $self->{dir};
+    my @pids;
+    for my $proc (glob '/proc/[0-9]*') {
+        my ($pid) = $proc =~ m{(\d+)$};
+        next if $pid == $$;
+        open my $fh, '<', "$proc/comm" or next;
+        my $comm = <$fh> // '';
+        next unless $comm =~ /^(?:nginx|memcheck)/;
+        opendir my $dh, "$proc/fd" or next;
+        for my $fd (readdir $dh) {
+            my $to = readlink "$proc/fd/$fd" // next;
+            if (index($to, "$dir/") == 0) {
+                push @pids, $pid;
+                last;
+            }
+        }
+    }
+    return @pids;
 }
 
 
