@@ -135,8 +135,13 @@ my @workspaces = (workspaces => [ 'site1:key1', 'site2:key2' ]);
 
     $t->config(http => conf($url, $a, $drain))->run;
     my $master = $t->master_pid;
-    my ($old) = $t->worker_pids;
-    $cio->control({ delay_ms => 6000, count => 1 });
+    my $old;
+    # the port answers before the master has forked (Valgrind is slow)
+    ok(wait_until(sub { ($old) = $t->worker_pids; $old }, 30),
+        'a worker runs');
+    # held past the two reloads below, answered before cio_timeout (10 s)
+    $cio->control({ delay_ms => $ENV{CIO_VALGRIND} ? 9000 : 6000,
+                    count => 1 });
     my @ok = post_events($t, '/a', 'held', 1);
     ok(wait_until(sub { $cio->stats->{requests} >= 1 }, 10),
         'a batch on the wire, held by Customer.io');
