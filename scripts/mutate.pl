@@ -778,15 +778,12 @@ my @MUTATIONS = (
         name => 'id-utf8-repaired-fast',
         what => 'the one-pass mapper repairs a userId that is not UTF-8',
         file => $MAP_FAST,
-        from => q~    if (s == NULL || n > NGX_HTTP_CIO_MAP_MAX_ID
-        || !ngx_http_cio_map_utf8_valid(s))
-    {
+        from => q~    if (s == NULL || !ngx_http_cio_map_id_ok(s, n)) {
         return -1;
     }
 
     if (strncmp(s, "cio_", 4) == 0 && s[4] != '\0') {~,
-        to => q~    if (s == NULL || n > NGX_HTTP_CIO_MAP_MAX_ID)
-    {
+        to => q~    if (s == NULL || n > NGX_HTTP_CIO_MAP_MAX_ID) {
         return -1;
     }
 

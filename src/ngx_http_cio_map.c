@@ -99,6 +99,9 @@ static const cJSON *ngx_http_cio_map_context(ngx_http_cio_map_ctx_t *ctx,
     const cJSON *call, const char *a, const char *b);
 static const cJSON *ngx_http_cio_map_memo(ngx_http_cio_map_ctx_t *ctx,
     const cJSON *o, const char *k);
+static int ngx_http_cio_map_id_text(const char *s, const char *field,
+    char *err);
+static int ngx_http_cio_map_utf8_valid(const char *s);
 static int ngx_http_cio_map_deep(const cJSON *v, int left);
 static int ngx_http_cio_map_nul_key(const cJSON *v);
 static void ngx_http_cio_map_nul_restore(char *s);
@@ -2025,15 +2028,7 @@ ngx_http_cio_map_object(const cJSON *src, const cJSON *id,
         return NULL;
     }
 
-    if (strlen(oid) > NGX_HTTP_CIO_MAP_MAX_ID) {
-        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, "%s is longer than %d bytes",
-                 field, NGX_HTTP_CIO_MAP_MAX_ID);
-        return NULL;
-    }
-
-    if (!ngx_http_cio_map_utf8_valid(oid)) {
-        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, "%s is not valid UTF-8",
-                 field);
+    if (ngx_http_cio_map_id_text(oid, field, err) != 0) {
         return NULL;
     }
 
@@ -2147,16 +2142,9 @@ ngx_http_cio_map_identity(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
         }
 
         if (ngx_http_cio_map_str(v) != NULL && v->valuestring[0] != '\0') {
-            if (strlen(v->valuestring) > NGX_HTTP_CIO_MAP_MAX_ID) {
-                snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
-                         "email is longer than %d bytes",
-                         NGX_HTTP_CIO_MAP_MAX_ID);
-                return NULL;
-            }
-
-            if (!ngx_http_cio_map_utf8_valid(v->valuestring)) {
-                snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
-                         "email is not valid UTF-8");
+            if (ngx_http_cio_map_id_text(v->valuestring, "email", err)
+                != 0)
+            {
                 return NULL;
             }
 
@@ -2190,16 +2178,7 @@ ngx_http_cio_map_identity(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
 
     if (s[0] != '\0' && !ngx_http_cio_map_placeholder(s)) {
 
-        if (strlen(s) > NGX_HTTP_CIO_MAP_MAX_ID) {
-            snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
-                     "%s is longer than %d bytes", ctx->anon_field,
-                     NGX_HTTP_CIO_MAP_MAX_ID);
-            return NULL;
-        }
-
-        if (!ngx_http_cio_map_utf8_valid(s)) {
-            snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
-                     "%s is not valid UTF-8", ctx->anon_field);
+        if (ngx_http_cio_map_id_text(s, ctx->anon_field, err) != 0) {
             return NULL;
         }
 
@@ -2256,16 +2235,7 @@ ngx_http_cio_map_resolve(const cJSON *v, const char *field, char *err)
 
     s = v->valuestring;
 
-    if (strlen(s) > NGX_HTTP_CIO_MAP_MAX_ID) {
-        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
-                 "%s is longer than %d bytes", field, NGX_HTTP_CIO_MAP_MAX_ID);
-        cJSON_Delete(o);
-        return NULL;
-    }
-
-    if (!ngx_http_cio_map_utf8_valid(s)) {
-        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, "%s is not valid UTF-8",
-                 field);
+    if (ngx_http_cio_map_id_text(s, field, err) != 0) {
         cJSON_Delete(o);
         return NULL;
     }
@@ -2359,9 +2329,7 @@ ngx_http_cio_map_anonymous(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     }
 
     /* as an identifier it would have been refused (§2) */
-    if (strlen(s) > NGX_HTTP_CIO_MAP_MAX_ID
-        || !ngx_http_cio_map_utf8_valid(s))
-    {
+    if (!ngx_http_cio_map_id_ok(s, strlen(s))) {
         ctx->res->changes++;
         return;
     }
@@ -3009,12 +2977,43 @@ ngx_http_cio_map_utf8(ngx_http_cio_map_ctx_t *ctx, char *s)
 
 
 /*
- * Whether s is valid UTF-8 all through: an identifier that is not is
- * refused, as U+FFFD for its bad bytes would make one person of
- * "jos\xe9" and "jos\xe8".
+ * An identifier's text, s of n bytes, as §2 takes it: at most 150 bytes,
+ * never cut (a cut id names somebody else), and UTF-8 all through, as
+ * U+FFFD for its bad bytes would make one person of "jos\xe9" and
+ * "jos\xe8".
  */
 
 int
+ngx_http_cio_map_id_ok(const char *s, size_t n)
+{
+    return n <= NGX_HTTP_CIO_MAP_MAX_ID && ngx_http_cio_map_utf8_valid(s);
+}
+
+
+/* the same, 0, or -1 with the reason field's refusal gets */
+
+static int
+ngx_http_cio_map_id_text(const char *s, const char *field, char *err)
+{
+    if (strlen(s) > NGX_HTTP_CIO_MAP_MAX_ID) {
+        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, "%s is longer than %d bytes",
+                 field, NGX_HTTP_CIO_MAP_MAX_ID);
+        return -1;
+    }
+
+    if (!ngx_http_cio_map_utf8_valid(s)) {
+        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, "%s is not valid UTF-8",
+                 field);
+        return -1;
+    }
+
+    return 0;
+}
+
+
+/* whether s is valid UTF-8 all through */
+
+static int
 ngx_http_cio_map_utf8_valid(const char *s)
 {
     size_t                n;

@@ -2126,9 +2126,7 @@ fj_resolve(fj_ctx_t *ctx, fj_buf_t *b, const fj_val_t *v)
 
     s = fj_cstr(ctx, v, &n);
 
-    if (s == NULL || n > NGX_HTTP_CIO_MAP_MAX_ID
-        || !ngx_http_cio_map_utf8_valid(s))
-    {
+    if (s == NULL || !ngx_http_cio_map_id_ok(s, n)) {
         return -1;
     }
 
@@ -2202,9 +2200,7 @@ fj_identity(fj_ctx_t *ctx, const fj_call_t *c, int identify, fj_buf_t *b,
         if (v.type == FJ_STR && v.len > 0) {
             s = fj_cstr(ctx, &v, &n);
 
-            if (s == NULL || n > NGX_HTTP_CIO_MAP_MAX_ID
-                || !ngx_http_cio_map_utf8_valid(s))
-            {
+            if (s == NULL || !ngx_http_cio_map_id_ok(s, n)) {
                 return -1;
             }
 
@@ -2235,9 +2231,7 @@ fj_identity(fj_ctx_t *ctx, const fj_call_t *c, int identify, fj_buf_t *b,
         }
     }
 
-    if (ngx_http_cio_map_placeholder(s) || n > NGX_HTTP_CIO_MAP_MAX_ID
-        || !ngx_http_cio_map_utf8_valid(s))
-    {
+    if (ngx_http_cio_map_placeholder(s) || !ngx_http_cio_map_id_ok(s, n)) {
         return -1;
     }
 
@@ -2284,7 +2278,7 @@ fj_anonymous(fj_ctx_t *ctx, const fj_call_t *c, int known)
         return 0;
     }
 
-    if (n > NGX_HTTP_CIO_MAP_MAX_ID || !ngx_http_cio_map_utf8_valid(s)) {
+    if (!ngx_http_cio_map_id_ok(s, n)) {
         ctx->scratch.pos = mark;
         ctx->changes++;
         return 0;

@@ -45,7 +45,7 @@ int ngx_http_cio_map_placeholder(const char *s);
 int ngx_http_cio_map_num_text(double d, char *buf, size_t size);
 int ngx_http_cio_map_is_cio(const char *key);
 int ngx_http_cio_map_listed(const char *name, const char **list, size_t n);
-int ngx_http_cio_map_utf8_valid(const char *s);
+int ngx_http_cio_map_id_ok(const char *s, size_t n);
 
 
 #endif /* _NGX_HTTP_CIO_MAP_FAST_H_INCLUDED_ */
