@@ -2101,8 +2101,8 @@ ngx_http_cio_journal_settle(uint64_t *jrefs, u_char *acts, ngx_uint_t n,
 
     for (i = 0; i < n; /* void */) {
 
-        if ((acts && acts[i] != act) || jrefs[i] == 0
-            || ngx_http_cio_jref_id(jrefs[i]) != j->sh->id)
+        if ((acts && acts[i] != act)
+            || !ngx_http_cio_journal_holds(j, jrefs[i]))
         {
             /* none, or of a journal a reload replaced: not this one's */
             i++;
@@ -2113,8 +2113,8 @@ ngx_http_cio_journal_settle(uint64_t *jrefs, u_char *acts, ngx_uint_t n,
         k = 0;
 
         for ( /* void */ ; i < n && k < 64; i++) {
-            if ((acts && acts[i] != act) || jrefs[i] == 0
-                || ngx_http_cio_jref_id(jrefs[i]) != j->sh->id)
+            if ((acts && acts[i] != act)
+                || !ngx_http_cio_journal_holds(j, jrefs[i]))
             {
                 continue;
             }

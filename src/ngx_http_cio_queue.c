@@ -102,7 +102,7 @@ typedef struct {
 } ngx_http_cio_spares_t;
 
 
-static size_t ngx_http_cio_utf8_clean(u_char *s, size_t len);
+static void ngx_http_cio_utf8_clean(u_char *s, size_t len);
 static ngx_http_cio_node_t *ngx_http_cio_queue_node_alloc(
     ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws, size_t len);
 static void ngx_http_cio_queue_node_free(ngx_http_cio_zone_t *zone,
@@ -1997,8 +1997,8 @@ ngx_http_cio_stats_upstream(ngx_http_cio_zone_t *zone,
                              "%*s", error_len, error);
         }
 
-        st->last_error_len = ngx_http_cio_utf8_clean(st->last_error,
-                                                     p - st->last_error);
+        st->last_error_len = p - st->last_error;
+        ngx_http_cio_utf8_clean(st->last_error, st->last_error_len);
     }
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
@@ -2011,7 +2011,7 @@ ngx_http_cio_stats_upstream(ngx_http_cio_zone_t *zone,
  * UTF-8 becomes "?".
  */
 
-static size_t
+static void
 ngx_http_cio_utf8_clean(u_char *s, size_t len)
 {
     u_char  *p, *c, *last;
@@ -2032,6 +2032,4 @@ ngx_http_cio_utf8_clean(u_char *s, size_t len)
             p = c + 1;
         }
     }
-
-    return len;
 }
