@@ -360,7 +360,13 @@ sub master_pid { $_[0]->{nginx_pid} }
 sub worker_pids {
     my ($self) = @_;
     my $ppid = $self->{nginx_pid} or return ();
-    my @pids;
+    return sort { $a <=> $b }
+        map { $_->[0] } grep { $_->[1] == $ppid } nginx_procs();
+}
+
+# every nginx process (or Valgrind's, running one): [pid, parent pid]
+sub nginx_procs {
+    my @procs;
     for my $stat (glob '/proc/[0-9]*/stat') {
         open my $fh, '<', $stat or next;
         my $line = <$fh> // '';
@@ -368,10 +374,9 @@ sub worker_pids {
         # pid (comm) state ppid ...
         my ($pid, $comm, $parent) = $line =~ /^(\d+) \((.*)\) \S+ (\d+)/
             or next;
-        push @pids, $pid
-            if $parent == $ppid && $comm =~ /nginx|memcheck/;
+        push @procs, [ $pid, $parent ] if $comm =~ /nginx|memcheck/;
     }
-    return sort { $a <=> $b } @pids;
+    return @procs;
 }
 
 # HUP, then wait until a new set of workers has replaced the old one
@@ -667,15 +672,10 @@ sub strays {
     my ($self) = @_;
     my $dir = $self->{dir};
     my @pids;
-    for my $proc (glob '/proc/[0-9]*') {
-        my ($pid) = $proc =~ m{(\d+)$};
-        next if $pid == $$;
-        open my $fh, '<', "$proc/comm" or next;
-        my $comm = <$fh> // '';
-        next unless $comm =~ /^(?:nginx|memcheck)/;
-        opendir my $dh, "$proc/fd" or next;
+    for my $pid (map { $_->[0] } nginx_procs()) {
+        opendir my $dh, "/proc/$pid/fd" or next;
         for my $fd (readdir $dh) {
-            my $to = readlink "$proc/fd/$fd" // next;
+            my $to = readlink "/proc/$pid/fd/$fd" // next;
             if (index($to, "$dir/") == 0) {
                 push @pids, $pid;
                 last;
