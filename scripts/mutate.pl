@@ -353,6 +353,14 @@ my @MUTATIONS = (
     }~,
         tests => [qw(t/11-precedence.t)],
     },
+    {
+        name => 'lenient-numbers',
+        what => "cJSON's reading of 01 as 1 let through: another person",
+        file => $MAP,
+        from => q~    if (p < end && ((*p >= '0' && *p <= '9') || *p == '.' || *p == '+'~,
+        to => q~    if (0 && p < end && ((*p >= '0' && *p <= '9') || *p == '.' || *p == '+'~,
+        tests => [qw(t/50-hostile.t)],
+    },
 
     # --- the zone --------------------------------------------------------------
 

@@ -91,6 +91,9 @@ typedef struct {
 } ngx_http_cio_map_ctx_t;
 
 
+static int ngx_http_cio_map_strict(const char *body, size_t len);
+static const char *ngx_http_cio_map_strict_number(const char *p,
+    const char *end);
 static int ngx_http_cio_map_nul_scan(const char *body, size_t len,
     char **copy);
 static int ngx_http_cio_map_check(ngx_http_cio_map_ctx_t *ctx,
@@ -247,6 +250,11 @@ ngx_http_cio_map_tree(const char *body, size_t len,
         return -1;
     }
 
+    if (ngx_http_cio_map_strict(body, len) != 0) {
+        snprintf(res->error, sizeof(res->error), "invalid JSON");
+        return -1;
+    }
+
     copy = NULL;
 
     switch (ngx_http_cio_map_nul_scan(body, len, &copy)) {
@@ -329,6 +337,129 @@ ngx_http_cio_map_tree(const char *body, size_t len,
     cJSON_Delete(root);
 
     return 0;
+}
+
+
+/*
+ * What cJSON reads more leniently than JSON, refused before it reads it:
+ * a number such as 01, 1., .5 or +1 (a userId 01 would become the person
+ * "1"), and control bytes between tokens, which it skips as whitespace.
+ * The one-pass mapper refuses the same and leaves the answer to the tree.
+ * Strings are only skipped (cJSON checks their escapes), and so are
+ * brackets, commas, colons and literals (it checks those exactly); a
+ * UTF-8 byte order mark at the start stays allowed, as cJSON skips it.
+ */
+
+static int
+ngx_http_cio_map_strict(const char *body, size_t len)
+{
+    const char  *p, *end;
+
+    p = body;
+    end = body + len;
+
+    if (len >= 3 && memcmp(p, "\xef\xbb\xbf", 3) == 0) {
+        p += 3;
+    }
+
+    while (p < end) {
+
+        switch (*p) {
+
+        case '"':
+            for (p++; p < end && *p != '"'; p++) {
+                if (*p == '\\') {
+                    p++;
+                }
+            }
+
+            p++;
+            break;
+
+        case ' ': case '\t': case '\n': case '\r':
+        case '{': case '}': case '[': case ']': case ',': case ':':
+            p++;
+            break;
+
+        case '-': case '+': case '.':
+        case '0': case '1': case '2': case '3': case '4':
+        case '5': case '6': case '7': case '8': case '9':
+            p = ngx_http_cio_map_strict_number(p, end);
+
+            if (p == NULL) {
+                return -1;
+            }
+
+            break;
+
+        default:
+            if (*p < 'a' || *p > 'z') {
+                return -1;
+            }
+
+            while (p < end && *p >= 'a' && *p <= 'z') {
+                p++;
+            }
+        }
+    }
+
+    return 0;
+}
+
+
+/* the end of an RFC 8259 number at p, or NULL if what is there is not */
+
+static const char *
+ngx_http_cio_map_strict_number(const char *p, const char *end)
+{
+    if (*p == '-') {
+        p++;
+    }
+
+    if (p >= end || *p < '0' || *p > '9') {
+        return NULL;
+    }
+
+    if (*p++ != '0') {
+        while (p < end && *p >= '0' && *p <= '9') {
+            p++;
+        }
+    }
+
+    if (p < end && *p == '.') {
+        if (++p >= end || *p < '0' || *p > '9') {
+            return NULL;
+        }
+
+        while (p < end && *p >= '0' && *p <= '9') {
+            p++;
+        }
+    }
+
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        p++;
+
+        if (p < end && (*p == '+' || *p == '-')) {
+            p++;
+        }
+
+        if (p >= end || *p < '0' || *p > '9') {
+            return NULL;
+        }
+
+        while (p < end && *p >= '0' && *p <= '9') {
+            p++;
+        }
+    }
+
+    /* what cJSON would read on as part of the number: 01, 1.2.3, 1e5e */
+    if (p < end && ((*p >= '0' && *p <= '9') || *p == '.' || *p == '+'
+                    || *p == '-' || *p == 'e' || *p == 'E'))
+    {
+        return NULL;
+    }
+
+    return p;
 }
 
 

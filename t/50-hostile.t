@@ -83,6 +83,12 @@ my @cases = (
       qq({"userId":"u","event":"E"}\0{"x":1}), {}, 400, 'invalid JSON' ],
     [ 'NUL inside a string', '/cio/v1/track',
       qq({"userId":"u\0v","event":"E"}), {}, 400, 'invalid JSON' ],
+    [ 'a userId 01, which cJSON alone reads as the person "1"',
+      '/cio/v1/identify', '{"userId":01}', {}, 400, 'invalid JSON' ],
+    [ 'a group call whose groupId is +7', '/cio/v1/group',
+      '{"userId":"u","groupId":+7}', {}, 400, 'invalid JSON' ],
+    [ 'a vertical tab between tokens', '/cio/v1/track',
+      qq({"userId":"u",\x0b"event":"E"}), {}, 400, 'invalid JSON' ],
     [ '10,000 levels of nesting', '/cio/v1/track',
       '{"userId":"u","event":"E","properties":' . ('[' x 10000)
       . (']' x 10000) . '}', {}, 400, 'invalid JSON' ],

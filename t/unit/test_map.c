@@ -1099,6 +1099,38 @@ test_batch(void)
         "{\"userId\":\"u\0v\",\"event\":\"e\"}", 28, "invalid JSON");
     expect_request_error("NUL after the object", NGX_HTTP_CIO_CALL_TRACK,
         "{\"a\":1}\0", 8, "invalid JSON");
+
+    /* what cJSON alone would read: 01 would name the person "1" */
+    expect_request_error("a number with a leading zero",
+        NGX_HTTP_CIO_CALL_IDENTIFY, "{\"userId\":01}", 13, "invalid JSON");
+    expect_request_error("a number with a plus sign",
+        NGX_HTTP_CIO_CALL_IDENTIFY, "{\"userId\":+1}", 13, "invalid JSON");
+    expect_request_error("a number ending in a point",
+        NGX_HTTP_CIO_CALL_IDENTIFY, "{\"userId\":1.}", 13, "invalid JSON");
+    expect_request_error("a number starting with a point",
+        NGX_HTTP_CIO_CALL_TRACK, "{\"userId\":\"u\",\"event\":\"e\","
+        "\"properties\":{\"n\":.5}}", 48, "invalid JSON");
+    expect_request_error("a number with two exponents",
+        NGX_HTTP_CIO_CALL_TRACK, "{\"userId\":\"u\",\"event\":\"e\","
+        "\"properties\":{\"n\":1e5e5}}", 51, "invalid JSON");
+    expect_request_error("a control byte between tokens",
+        NGX_HTTP_CIO_CALL_IDENTIFY, "{\"userId\":\v\"u\"}", 15,
+        "invalid JSON");
+    expect_request_error("Amplitude: a leading zero",
+        NGX_HTTP_CIO_CALL_AMPLITUDE, "{\"api_key\":\"k\",\"events\":"
+        "[{\"user_id\":007,\"event_type\":\"e\"}]}", 59, "invalid JSON");
+
+    expect_items("a UTF-8 byte order mark before the object is skipped",
+        NGX_HTTP_CIO_CALL_IDENTIFY, "\xef\xbb\xbf{\"userId\":-0.5e+2}",
+        "[{\"type\":\"person\",\"action\":\"identify\",\"identifiers\":"
+        "{\"id\":-50},\"attributes\":{}}]");
+    expect_items("numbers and strings that only look lenient",
+        NGX_HTTP_CIO_CALL_IDENTIFY,
+        "{\"userId\":\"01\",\"traits\":{\"a\":0,\"b\":[-0,1E-2,0.10],"
+        "\"c\":\"+1 .5 \\\" 01\",\"d\":true,\"e\":null}}",
+        "[{\"type\":\"person\",\"action\":\"identify\",\"identifiers\":"
+        "{\"id\":\"01\"},\"attributes\":{\"a\":0,\"b\":[-0,0.01,0.1],"
+        "\"c\":\"+1 .5 \\\" 01\",\"d\":true,\"e\":null}}]");
 }
 
 
