@@ -378,6 +378,7 @@ void ngx_http_cio_stats_upstream(ngx_http_cio_zone_t *zone,
     ngx_http_cio_shws_t *ws, long status, double seconds,
     const char *error, size_t error_len);
 uint64_t ngx_http_cio_now_ms(void);
+void ngx_http_cio_utf8_clean(u_char *s, size_t len);
 
 /* ngx_http_cio_deliver.c: the worker's side of delivery */
 ngx_int_t ngx_http_cio_deliver_init(ngx_cycle_t *cycle,

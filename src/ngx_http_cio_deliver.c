@@ -41,6 +41,16 @@
  */
 #define NGX_HTTP_CIO_ANSWER_BASE     65536
 #define NGX_HTTP_CIO_ANSWER_PER_ITEM 1024
+/*
+ * At most this much of an answer in a log line: the whole of a long one
+ * would fill nginx's 2048 bytes and cut off where the events went.
+ */
+#define NGX_HTTP_CIO_LOG_ANSWER      400
+#define ngx_http_cio_shown(req)                                              \
+    ((req)->resp ? ngx_min((req)->resp_len, NGX_HTTP_CIO_LOG_ANSWER) : 0)
+#define ngx_http_cio_cut(req)                                                \
+    (((req)->resp && (req)->resp_len > NGX_HTTP_CIO_LOG_ANSWER) ? "..." : "")
+
 /* at most this much of an answer in each dead letter */
 #define NGX_HTTP_CIO_ANSWER_KEEP     65536
 
@@ -798,10 +808,10 @@ ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req)
         if (status) {
             ngx_log_error(NGX_LOG_WARN, d->log, 0,
                           "cio: sending %ui events for site \"%V\" to "
-                          "\"%V\" got %l%s%s, retrying in %uL ms",
+                          "\"%V\" got %l%s%*s%s, retrying in %uL ms",
                           st.requeued, &ws->site_id, &ws->url, status,
-                          req->resp ? ": " : "", req->resp ? req->resp : "",
-                          st.delay);
+                          req->resp ? ": " : "", ngx_http_cio_shown(req),
+                          req->resp, ngx_http_cio_cut(req), st.delay);
 
         } else {
             ngx_log_error(NGX_LOG_WARN, d->log, 0,
@@ -981,10 +991,11 @@ ngx_http_cio_deliver_log_dead(ngx_http_cio_sreq_t *req,
     if (st->outcome == NGX_HTTP_CIO_DONE) {
         ngx_log_error(NGX_LOG_ERR, d->log, 0,
                       "cio: Customer.io rejected a batch of %ui events "
-                      "for site \"%V\" with %l: %s; %ui dead-lettered "
+                      "for site \"%V\" with %l: %*s%s; %ui dead-lettered "
                       "to %V%*s",
                       batch->n, &ws->site_id, status,
-                      req->resp ? req->resp : "", st->dead - lost[1], &where,
+                      ngx_http_cio_shown(req), req->resp,
+                      ngx_http_cio_cut(req), st->dead - lost[1], &where,
                       (size_t) (p - buf), buf);
 
     } else if (lost[1] == 0) {
@@ -1086,10 +1097,10 @@ ngx_http_cio_deliver_split(ngx_http_cio_sreq_t *req)
 
     ngx_log_error(NGX_LOG_WARN, d->log, 0,
                   "cio: Customer.io rejected a batch of %ui events for "
-                  "site \"%V\" with %l: %s; sending it again in halves to "
-                  "find the events at fault",
+                  "site \"%V\" with %l: %*s%s; sending it again in halves "
+                  "to find the events at fault",
                   n, &batch->ws->site_id, req->status,
-                  req->resp ? req->resp : "");
+                  ngx_http_cio_shown(req), req->resp, ngx_http_cio_cut(req));
 
     /*
      * a part of its own while the pieces are made: a second piece that
@@ -1673,33 +1684,44 @@ ngx_http_cio_deliver_refused(ngx_http_cio_sreq_t *req,
 }
 
 
-/* the answer as JSON text for a dead letter: the body, or the error */
+/*
+ * The answer as JSON text for a dead letter: the body, or the error.  A
+ * body that is not JSON, or too long to copy into every dead letter of
+ * the batch, is kept as a string of its first bytes; either is made
+ * UTF-8, so that the line stays JSON.
+ */
 
 static char *
 ngx_http_cio_deliver_answer(ngx_http_cio_sreq_t *req)
 {
-    char   *s;
-    cJSON  *json;
+    char    *s;
+    size_t   n;
+    cJSON   *json;
 
     json = NULL;
 
-    if (req->resp_len > NGX_HTTP_CIO_ANSWER_KEEP) {
-        /* not copied whole into every dead letter of the batch */
-        s = ngx_alloc(NGX_HTTP_CIO_ANSWER_KEEP + 1, ngx_cycle->log);
+    if (req->resp_len) {
+        n = ngx_min(req->resp_len, NGX_HTTP_CIO_ANSWER_KEEP);
 
-        if (s) {
-            ngx_memcpy(s, req->resp, NGX_HTTP_CIO_ANSWER_KEEP);
-            s[NGX_HTTP_CIO_ANSWER_KEEP] = '\0';
-            json = cJSON_CreateString(s);
-            ngx_free(s);
+        s = ngx_alloc(n + 1, ngx_cycle->log);
+        if (s == NULL) {
+            return NULL;
         }
 
-    } else if (req->resp_len) {
-        json = cJSON_ParseWithLength(req->resp, req->resp_len);
+        /* what is not UTF-8 is no JSON structure: the repair keeps it */
+        ngx_memcpy(s, req->resp, n);
+        s[n] = '\0';
+        ngx_http_cio_utf8_clean((u_char *) s, n);
+
+        if (n == req->resp_len) {
+            json = cJSON_ParseWithLength(s, n);
+        }
 
         if (json == NULL) {
-            json = cJSON_CreateString(req->resp);
+            json = cJSON_CreateString(s);
         }
+
+        ngx_free(s);
 
     } else if (req->error[0]) {
         json = cJSON_CreateString(req->error);

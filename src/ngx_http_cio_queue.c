@@ -102,7 +102,6 @@ typedef struct {
 } ngx_http_cio_spares_t;
 
 
-static void ngx_http_cio_utf8_clean(u_char *s, size_t len);
 static ngx_http_cio_node_t *ngx_http_cio_queue_node_alloc(
     ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws, size_t len);
 static void ngx_http_cio_queue_node_free(ngx_http_cio_zone_t *zone,
@@ -2006,12 +2005,12 @@ ngx_http_cio_stats_upstream(ngx_http_cio_zone_t *zone,
 
 
 /*
- * An answer's text for the status page's JSON: it may be cut inside a
- * character, or not be UTF-8 at all (a proxy's Latin-1 page); what is not
- * UTF-8 becomes "?".
+ * An answer's text for JSON (the status page's, a dead letter's): it may
+ * be cut inside a character, or not be UTF-8 at all (a proxy's Latin-1
+ * page); what is not UTF-8 becomes "?".
  */
 
-static void
+void
 ngx_http_cio_utf8_clean(u_char *s, size_t len)
 {
     u_char  *p, *c, *last;

@@ -16,6 +16,8 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 
 use Test::More;
+use Encode ();
+use JSON::PP ();
 use Cio::Test qw(wait_until);
 use Cio::Load qw(post_events post_batch dead_letters missing);
 
@@ -37,9 +39,17 @@ my $file = $t->dir . '/dead.jsonl';
 $t->allow_log(
     qr/\[error\].*cio: Customer\.io refused \d+ of \d+ events for site "site1" \(207\), \d+ dead-lettered to /,
     qr/\[error\].*cio: the batch of 3 events for site "site1" rejected with 400 was sent again in \d+ pieces: 0 delivered, 3 dead-lettered to /,
-    qr/\[error\].*cio: gave up on 1 events for site "site1" after 2 retries \(cio_retry_max\)/);
+    qr/\[error\].*cio: gave up on 1 events for site "site1" after 2 retries \(cio_retry_max\)/,
+    qr/\[error\].*cio: Customer\.io rejected a batch of 1 events for site "site1" with 400: (?:caf. au lait|x{400}\.\.\.); 1 dead-lettered to /);
 
 $t->config(http => conf($cio->url, "cio_dead_letter $file;"))->run;
+
+# the dead-letter file's whole lines, as bytes
+sub raw_lines {
+    my ($file) = @_;
+    open my $fh, '<:raw', $file or return ();
+    return grep { /\n\z/ } <$fh>;
+}
 
 sub dead_names {
     return [ sort map { $_->{item}{name} } @{ dead_letters($file) } ];
@@ -116,12 +126,37 @@ is($d->{status}, 500, 'with the last status');
 ok($t->log_lines(qr/\[error\].*cio: gave up on 1 events for site "site1" after 2 retries \(cio_retry_max\), the last got 500; dead-lettered to/),
     'a clear log line');
 
+# answers that are not UTF-8, or are cut inside a character where a dead
+# letter keeps only the first 64 KiB of them: the line stays JSON
+my @odd;
+for my $case ([ 'latin', "caf\xe9 au lait", 'caf? au lait' ],
+              [ 'cut', ('x' x 65535) . "\xc3\xa9", ('x' x 65535) . '?' ]) {
+    my ($name, $body, $want) = @$case;
+    $cio->control({ status => 400, count => 1, body => $body,
+                    match => "$name-1" });
+    push @odd, post_events($t, '/cio', $name, 1);
+    my $raw;
+    ok(wait_until(sub { ($raw) = grep { /"$name-1"/ } raw_lines($file);
+                        defined $raw }, 10),
+        "an event refused with an answer of $name bytes is dead-lettered");
+    # a copy: decode() with a check takes what it read out of its input
+    ok(eval { Encode::decode('UTF-8', my $copy = $raw // '',
+                             Encode::FB_CROAK); 1 },
+        'and its dead letter is UTF-8');
+    my $d = eval { JSON::PP->new->utf8->decode($raw // '') } // {};
+    is($d->{answer}, $want, 'with what of the answer is UTF-8: '
+        . substr($want, -12));
+}
+
+ok($t->log_lines(qr/\[error\].*cio: Customer\.io rejected a batch of 1 events for site "site1" with 400: x{400}\.\.\.; 1 dead-lettered to \S+dead\.jsonl$/m),
+    'the log line shows 400 bytes of a long answer, and where the event went');
+
 # exact accounting: after a barrier event, the good ones once each, none of
 # the refused, rejected or dead-lettered ones (not sent a fourth time)
 $t->delivered_exactly($cio, \@good, 'before the replay');
 
 # nothing vanished: every accepted event is delivered or dead-lettered
-is_deeply(missing([@accepted, @rejected, @tired], $cio->names,
+is_deeply(missing([@accepted, @rejected, @tired, @odd], $cio->names,
                   @{ dead_names() }), [],
     'every accepted event was delivered or dead-lettered');
 
@@ -133,10 +168,11 @@ my $left = $t->dir . '/dead.left';
 $cio->mode({ refuse_match => '^bad-' });
 my $out = `$^X $replay --key site1:key1 --out $left $file 2>&1`;
 is($? >> 8, 1, 'a replay that is refused again exits 1');
-like($out, qr/replayed 9 items: 4 delivered, 5 refused again/,
+like($out, qr/replayed 11 items: 6 delivered, 5 refused again/,
     'and says what happened') or diag($out);
 is_deeply($cio->wait_names([ 'rejected-1', 'rejected-2', 'rejected-3',
-    'tired-1' ], 5), [], 'the items no longer refused were delivered');
+    'tired-1', 'latin-1', 'cut-1' ], 5), [],
+    'the items no longer refused were delivered');
 my $l = dead_letters($left);
 is_deeply([ sort map { $_->{item}{name} } @$l ], [sort @bad],
     'the ones refused again are kept, nothing vanishes');
