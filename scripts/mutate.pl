@@ -477,6 +477,17 @@ my @MUTATIONS = (
         tests => [qw(t/42-rate.t t/40-retry.t)],
     },
 
+    {
+        name => 'split-lease-not-renewed',
+        what => 'a split longer than cio_lease is taken back and split again',
+        file => $QUEUE,
+        from => q~    if (rc != NGX_DECLINED) {
+        ngx_http_cio_queue_renew(~,
+        to => q~    if (0 && rc != NGX_DECLINED) {
+        ngx_http_cio_queue_renew(~,
+        tests => [qw(t/56-split-lease.t)],
+    },
+
     # --- spool and dead letters -------------------------------------------------
 
     {

@@ -130,6 +130,8 @@ static void ngx_http_cio_queue_taken(ngx_http_cio_shctx_t *sh,
     ngx_uint_t skipped);
 static void ngx_http_cio_queue_unhold(ngx_http_cio_shctx_t *sh,
     ngx_http_cio_node_t *node);
+static void ngx_http_cio_queue_renew(ngx_http_cio_batch_t *batch,
+    uint32_t lease);
 static ngx_uint_t ngx_http_cio_queue_leased(ngx_http_cio_batch_t *batch,
     ngx_uint_t lo, ngx_uint_t n);
 static void ngx_http_cio_queue_count_unjournaled(void *data,
@@ -869,9 +871,37 @@ ngx_http_cio_queue_may_send(ngx_http_cio_zone_t *zone,
         rc = NGX_OK;
     }
 
+    if (rc != NGX_DECLINED) {
+        ngx_http_cio_queue_renew(batch, (uint32_t) (now + mcf->lease));
+    }
+
     ngx_shmtx_unlock(&zone->shpool->mutex);
 
     return rc;
+}
+
+
+/*
+ * A split goes on for as long as its pieces take, one after the other:
+ * each piece cleared to go, or waiting for a token, renews the lease of
+ * every item the batch still holds.  Otherwise a split that outlives
+ * cio_lease has its items taken back, delivered ones and the one at fault
+ * with them, and the batch is taken, refused and split again, for ever.
+ */
+
+static void
+ngx_http_cio_queue_renew(ngx_http_cio_batch_t *batch, uint32_t lease)
+{
+    ngx_uint_t            i;
+    ngx_http_cio_node_t  *node;
+
+    for (i = 0; i < batch->n; i++) {
+        node = batch->nodes[i];
+
+        if (node->id == batch->ids[i] && node->lease != 0) {
+            node->lease = lease;
+        }
+    }
 }
 
 
