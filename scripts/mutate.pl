@@ -362,6 +362,15 @@ my @MUTATIONS = (
         tests => [qw(t/50-hostile.t)],
     },
 
+    {
+        name => 'lone-surrogates-refused',
+        what => 'a lone surrogate escape loses the whole batch (400)',
+        file => $MAP,
+        from => q~    rc = ngx_http_cio_map_surrogates(body, &len, &fixed);~,
+        to => q~    rc = 0;~,
+        tests => [qw(t/50-hostile.t)],
+    },
+
     # --- the zone --------------------------------------------------------------
 
     {

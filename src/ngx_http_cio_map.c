@@ -91,7 +91,12 @@ typedef struct {
 } ngx_http_cio_map_ctx_t;
 
 
+static cJSON *ngx_http_cio_map_parse(ngx_http_cio_map_ctx_t *ctx,
+    const char *body, size_t len);
 static int ngx_http_cio_map_strict(const char *body, size_t len);
+static int ngx_http_cio_map_surrogates(const char *body, size_t *len,
+    char **copy);
+static int ngx_http_cio_map_hex4(const char *p, unsigned *cp);
 static const char *ngx_http_cio_map_strict_number(const char *p,
     const char *end);
 static int ngx_http_cio_map_nul_scan(const char *body, size_t len,
@@ -223,9 +228,7 @@ ngx_http_cio_map_tree(const char *body, size_t len,
     const ngx_http_cio_map_opts_t *opts, ngx_http_cio_map_result_t *res)
 {
     int                      rc;
-    char                    *copy;
     cJSON                   *root;
-    const char              *end;
     const cJSON             *wk;
     ngx_http_cio_map_ctx_t   ctx;
 
@@ -240,61 +243,8 @@ ngx_http_cio_map_tree(const char *body, size_t len,
     ctx.user_field = "userId";
     ctx.anon_field = "anonymousId";
 
-    /*
-     * cJSON reads strings as C strings, so a raw NUL inside one would
-     * silently cut an id short and name another person; JSON has no raw
-     * NUL anywhere anyway.
-     */
-    if (memchr(body, '\0', len) != NULL) {
-        snprintf(res->error, sizeof(res->error), "invalid JSON");
-        return -1;
-    }
-
-    if (ngx_http_cio_map_strict(body, len) != 0) {
-        snprintf(res->error, sizeof(res->error), "invalid JSON");
-        return -1;
-    }
-
-    copy = NULL;
-
-    switch (ngx_http_cio_map_nul_scan(body, len, &copy)) {
-
-    case -1:
-        snprintf(res->error, sizeof(res->error),
-                 "\\u0000 in a string of a body that also has \\u0001");
-        return -1;
-
-    case -2:
-        snprintf(res->error, sizeof(res->error), "out of memory");
-        return -1;
-
-    case 1:
-        ctx.nul = 1;
-        body = copy;
-        break;
-    }
-
-    end = NULL;
-    root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
-
-    if (root != NULL && end != NULL) {
-        while (end < body + len
-               && (*end == ' ' || *end == '\t' || *end == '\r'
-                   || *end == '\n' || *end == '\0'))
-        {
-            end++;
-        }
-
-        if (end != body + len) {
-            cJSON_Delete(root);
-            root = NULL;
-        }
-    }
-
-    free(copy);
-
+    root = ngx_http_cio_map_parse(&ctx, body, len);
     if (root == NULL) {
-        snprintf(res->error, sizeof(res->error), "invalid JSON");
         return -1;
     }
 
@@ -337,6 +287,80 @@ ngx_http_cio_map_tree(const char *body, size_t len,
     cJSON_Delete(root);
 
     return 0;
+}
+
+
+/*
+ * The body as a tree, or NULL with the error set.  cJSON reads strings as
+ * C strings, so a raw NUL inside one would silently cut an id short and
+ * name another person; JSON has no raw NUL anywhere anyway.
+ */
+
+static cJSON *
+ngx_http_cio_map_parse(ngx_http_cio_map_ctx_t *ctx, const char *body,
+    size_t len)
+{
+    int          rc;
+    char        *fixed, *copy;
+    cJSON       *root;
+    const char  *end;
+
+    if (memchr(body, '\0', len) != NULL
+        || ngx_http_cio_map_strict(body, len) != 0)
+    {
+        snprintf(ctx->res->error, sizeof(ctx->res->error), "invalid JSON");
+        return NULL;
+    }
+
+    fixed = NULL;
+    copy = NULL;
+
+    rc = ngx_http_cio_map_surrogates(body, &len, &fixed);
+
+    if (rc == 0) {
+        body = (fixed != NULL) ? fixed : body;
+        rc = ngx_http_cio_map_nul_scan(body, len, &copy);
+    }
+
+    if (rc < 0) {
+        snprintf(ctx->res->error, sizeof(ctx->res->error), "%s",
+                 (rc == -1) ? "\\u0000 in a string of a body that also "
+                              "has \\u0001"
+                            : "out of memory");
+        free(fixed);
+        return NULL;
+    }
+
+    if (rc == 1) {
+        ctx->nul = 1;
+        body = copy;
+    }
+
+    end = NULL;
+    root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
+
+    if (root != NULL && end != NULL) {
+        while (end < body + len
+               && (*end == ' ' || *end == '\t' || *end == '\r'
+                   || *end == '\n' || *end == '\0'))
+        {
+            end++;
+        }
+
+        if (end != body + len) {
+            cJSON_Delete(root);
+            root = NULL;
+        }
+    }
+
+    free(copy);
+    free(fixed);
+
+    if (root == NULL) {
+        snprintf(ctx->res->error, sizeof(ctx->res->error), "invalid JSON");
+    }
+
+    return root;
 }
 
 
@@ -460,6 +484,102 @@ ngx_http_cio_map_strict_number(const char *p, const char *end)
     }
 
     return p;
+}
+
+
+/*
+ * A \uD800 to \uDFFF escape that is not half of a pair stands for no
+ * character: JavaScript writes one when it cuts a string inside an emoji.
+ * cJSON refuses a body with one, which would lose every call of a batch
+ * for one cut title; in a copy (*copy, *len its length) it becomes the
+ * three bytes that would encode the surrogate, which the mapper repairs
+ * as any bytes that are not UTF-8 (docs/mapping.md §7.5): U+FFFD in a
+ * value or a key, a refusal in an identifier.  0 (*copy set when there was
+ * one), -2 (no memory).
+ */
+
+static int
+ngx_http_cio_map_surrogates(const char *body, size_t *len, char **copy)
+{
+    char        *q;
+    unsigned     cp, lo;
+    const char  *p, *end, *from;
+
+    end = body + *len;
+    from = body;
+    q = NULL;
+
+    for (p = body; (p = memchr(p, '\\', end - p)) != NULL; /* void */) {
+
+        if (end - p < 6 || p[1] != 'u' || ngx_http_cio_map_hex4(p + 2, &cp)
+            || cp < 0xd800 || cp > 0xdfff)
+        {
+            if (end - p < 2) {
+                break;
+            }
+
+            p += 2;
+            continue;
+        }
+
+        if (cp <= 0xdbff && end - p >= 12 && p[6] == '\\' && p[7] == 'u'
+            && ngx_http_cio_map_hex4(p + 8, &lo) == 0
+            && lo >= 0xdc00 && lo <= 0xdfff)
+        {
+            p += 12;
+            continue;
+        }
+
+        if (q == NULL) {
+            *copy = malloc(*len + 1);
+            if (*copy == NULL) {
+                return -2;
+            }
+
+            q = *copy;
+        }
+
+        memcpy(q, from, p - from);
+        q += p - from;
+        *q++ = (char) 0xed;
+        *q++ = (char) (0x80 | ((cp >> 6) & 0x3f));
+        *q++ = (char) (0x80 | (cp & 0x3f));
+
+        p += 6;
+        from = p;
+    }
+
+    if (q != NULL) {
+        memcpy(q, from, end - from);
+        q += end - from;
+        *q = '\0';
+        *len = q - *copy;
+    }
+
+    return 0;
+}
+
+
+static int
+ngx_http_cio_map_hex4(const char *p, unsigned *cp)
+{
+    int  i;
+
+    *cp = 0;
+
+    for (i = 0; i < 4; i++) {
+        if (p[i] >= '0' && p[i] <= '9') {
+            *cp = *cp * 16 + (p[i] - '0');
+
+        } else if ((p[i] | 0x20) >= 'a' && (p[i] | 0x20) <= 'f') {
+            *cp = *cp * 16 + ((p[i] | 0x20) - 'a' + 10);
+
+        } else {
+            return -1;
+        }
+    }
+
+    return 0;
 }
 
 

@@ -1134,6 +1134,58 @@ test_batch(void)
 }
 
 
+/*
+ * A lone surrogate escape (a string JavaScript cut inside an emoji) is a
+ * byte that is not UTF-8: U+FFFD in a value, the identifier refused, and
+ * the other calls of the batch mapped (cJSON alone refused the body).
+ */
+#define R3  "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"  /* its 3 bytes */
+
+static void
+test_lone_surrogates(void)
+{
+    cJSON                      *it;
+    unsigned                    changes;
+    ngx_http_cio_map_opts_t     o;
+    ngx_http_cio_map_result_t   res;
+
+    expect_calls("batch: a title cut inside an emoji loses nothing",
+        (o = opts(NGX_HTTP_CIO_CALL_BATCH), &o),
+        "{\"batch\":[{\"type\":\"identify\",\"userId\":\"u1\"},"
+        "{\"type\":\"identify\",\"userId\":\"u2\","
+        "\"traits\":{\"t\":\"x\\udc00\",\"u\":\"\\ud83d\","
+        "\"\\ud83dk\":\"\\ud83d\\ude00\",\"v\":\"\\\\udc00\"}}]}",
+        "[[{\"type\":\"person\",\"action\":\"identify\",\"identifiers\":"
+        "{\"id\":\"u1\"},\"attributes\":{}}],"
+        "[{\"type\":\"person\",\"action\":\"identify\",\"identifiers\":"
+        "{\"id\":\"u2\"},\"attributes\":{\"t\":"
+        "\"x" R3 "\",\"u\":\"" R3 "\",\"" R3 "k\":"
+        "\"\xf0\x9f\x98\x80\",\"v\":\"\\\\udc00\"}}]]");
+
+    changes = 0;
+    it = first_item(NGX_HTTP_CIO_CALL_GROUP,
+                    "{\"userId\":\"u\",\"groupId\":\"g\",\"traits\":"
+                    "{\"name\":\"\\udbff!\"}}", NULL, &changes);
+    ok(it != NULL && changes > 0, "group: a lone surrogate repaired, "
+       "counted as a change", NULL);
+    cJSON_Delete(it);
+
+    expect_call_error("track: a userId with a lone surrogate",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{\"userId\":\"u\\ud83d\",\"event\":\"E\"}",
+        "userId is not valid UTF-8");
+
+    o = opts(NGX_HTTP_CIO_CALL_AMPLITUDE);
+    ok(map("{\"api_key\":\"k\",\"events\":[{\"event_type\":\"a\","
+           "\"user_id\":\"user1\"},{\"event_type\":\"b\",\"user_id\":"
+           "\"user2\",\"event_properties\":{\"t\":\"\\ud83d\"}}]}", &o,
+           &res) == 0 && res.ncalls == 2 && res.calls[1].nitems == 1,
+       "Amplitude: a lone surrogate in a property loses nothing",
+       res.error);
+    ngx_http_cio_map_result_free(&res);
+}
+
+
 static void
 test_identity_edges(void)
 {
@@ -3456,6 +3508,7 @@ run_all(void)
     test_batch();
     test_batch_shared();
     test_identity_edges();
+    test_lone_surrogates();
     test_time_edges();
     test_peer_calls();
     test_device_peers();
