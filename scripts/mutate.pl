@@ -529,7 +529,15 @@ my @MUTATIONS = (
     },
 
     # --- the ingest location ------------------------------------------------------
-
+    {
+        name => 'chunked-read-before-size',
+        what => 'a chunked body is copied into memory before its size is '
+            . 'checked',
+        file => $HANDLER,
+        from => q~    if (ngx_http_cio_too_large(r, lcf, route, ngx_http_cio_body_size(r),~,
+        to => q~    if (ngx_http_cio_too_large(r, lcf, route, ngx_http_cio_body_size(r) * 0,~,
+        tests => [qw(t/57-body-memory.t)],
+    },
     {
         name => 'queue-full-200',
         what => 'a full queue answers 200 and drops the events',

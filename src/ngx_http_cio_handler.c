@@ -123,6 +123,7 @@ static void ngx_http_cio_journal_synced(ngx_event_t *ev);
 static void ngx_http_cio_free(void *data);
 static void ngx_http_cio_log_changes(ngx_http_request_t *r,
     ngx_uint_t changes);
+static off_t ngx_http_cio_body_size(ngx_http_request_t *r);
 static ngx_int_t ngx_http_cio_read_body(ngx_http_request_t *r,
     ngx_str_t *body);
 static ngx_int_t ngx_http_cio_header_key(ngx_http_request_t *r,
@@ -515,17 +516,24 @@ ngx_http_cio_body(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
 {
     size_t  max;
 
+    /*
+     * a chunked body had no Content-Length to check before: it is checked
+     * before it is copied into memory, where client_max_body_size 0 would
+     * let one request take hundreds of megabytes of the worker's
+     */
+    if (ngx_http_cio_too_large(r, lcf, route, ngx_http_cio_body_size(r),
+                               answer)
+        != NGX_OK)
+    {
+        return NGX_DONE;
+    }
+
     if (ngx_http_cio_read_body(r, body) != NGX_OK) {
         *answer = NGX_HTTP_INTERNAL_SERVER_ERROR;
         return NGX_DONE;
     }
 
     *received = body->len;
-
-    /* a chunked body had no Content-Length to check before */
-    if (ngx_http_cio_too_large(r, lcf, route, body->len, answer) != NGX_OK) {
-        return NGX_DONE;
-    }
 
     max = (route == NGX_HTTP_CIO_CALL_BATCH
            || route == NGX_HTTP_CIO_CALL_AMPLITUDE)
@@ -1624,13 +1632,36 @@ ngx_http_cio_free(void *data)
 }
 
 
+/* the size of the body nginx read, in memory or in a file */
+
+static off_t
+ngx_http_cio_body_size(ngx_http_request_t *r)
+{
+    off_t         len;
+    ngx_buf_t    *b;
+    ngx_chain_t  *cl;
+
+    len = 0;
+
+    if (r->request_body == NULL) {
+        return 0;
+    }
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        b = cl->buf;
+        len += b->in_file ? b->file_last - b->file_pos : b->last - b->pos;
+    }
+
+    return len;
+}
+
+
 /* the body in one piece, also when nginx buffered it to a file */
 
 static ngx_int_t
 ngx_http_cio_read_body(ngx_http_request_t *r, ngx_str_t *body)
 {
     off_t         size;
-    size_t        len;
     u_char       *p;
     ssize_t       n;
     ngx_buf_t    *b;
@@ -1643,15 +1674,7 @@ ngx_http_cio_read_body(ngx_http_request_t *r, ngx_str_t *body)
         return NGX_OK;
     }
 
-    len = 0;
-
-    for (cl = r->request_body->bufs; cl; cl = cl->next) {
-        b = cl->buf;
-        len += b->in_file ? (size_t) (b->file_last - b->file_pos)
-                          : (size_t) (b->last - b->pos);
-    }
-
-    p = ngx_pnalloc(r->pool, len + 1);
+    p = ngx_pnalloc(r->pool, (size_t) ngx_http_cio_body_size(r) + 1);
     if (p == NULL) {
         return NGX_ERROR;
     }
