@@ -539,6 +539,15 @@ my @MUTATIONS = (
         tests => [qw(t/57-body-memory.t)],
     },
     {
+        name => 'body-key-batch-error-401',
+        what => "a batch refused as a whole is 401 to a sender whose key "
+            . 'is in the body',
+        file => $HANDLER,
+        from => q~            && ngx_http_cio_check_key(r, lcf, (u_char *) res.write_key,~,
+        to => q~            && ngx_http_cio_check_key(r, lcf, (u_char *) NULL,~,
+        tests => [qw(t/10-ingest.t)],
+    },
+    {
         name => 'queue-full-200',
         what => 'a full queue answers 200 and drops the events',
         file => $HANDLER,

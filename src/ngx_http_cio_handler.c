@@ -328,12 +328,20 @@ ngx_http_cio_process(ngx_http_request_t *r, ngx_int_t route,
 
         /*
          * A body that cannot be read cannot show a key: 401 unless a
-         * key was checked in the header already.  Amplitude's SDKs
-         * expect a 400 here, and its key is only ever in the body.
+         * key was checked in the header already, or the body, read but
+         * refused as a whole (an empty batch, too many calls), has a
+         * good one, as analytics.js and the browser SDKs send it.
+         * Amplitude's SDKs expect a 400 here, and its key is only ever
+         * in the body.
          */
-        if (!authed && !amplitude) {
-            rc = ngx_http_cio_error(r, NGX_HTTP_UNAUTHORIZED,
-                                    "write key is missing or invalid");
+        if (!authed && !amplitude
+            && ngx_http_cio_check_key(r, lcf, (u_char *) res.write_key,
+                                      res.write_key
+                                      ? ngx_strlen(res.write_key) : 0,
+                                      NGX_HTTP_CIO_KEY_BODY, &rc)
+               != NGX_OK)
+        {
+            /* answered 401 */
 
         } else if (amplitude && res.missing_field) {
             /* as Amplitude answers a request without its api_key */

@@ -196,6 +196,14 @@ my @errors = (
       \%auth, 413, 'call is larger than the limit' ],
     [ 'unknown route', '/cio/v1/nope', { userId => 'u' },
       \%auth, 404, 'unknown route' ],
+    # the key in the body, as analytics.js sends it: a batch refused as a
+    # whole says why, a 401 only for a wrong key
+    [ 'an empty batch with the key in the body', '/cio/v1/batch',
+      { writeKey => 'wk_test', batch => [] }, {}, 400,
+      'batch must be a non-empty array' ],
+    [ 'an empty batch with a wrong key in the body', '/cio/v1/batch',
+      { writeKey => 'nope', batch => [] }, {}, 401,
+      'write key is missing or invalid' ],
 );
 
 for my $e (@errors) {
