@@ -371,6 +371,16 @@ my @MUTATIONS = (
         tests => [qw(t/50-hostile.t)],
     },
 
+    {
+        name => 'insert-id-not-per-device',
+        what => "Amplitude's insert_id seeds the id alone: two devices' "
+            . 'events are one',
+        file => $MAP,
+        from => q~    snprintf(seed, n, "%s\x1f%s", iid, dev);~,
+        to => q~    snprintf(seed, n, "%s", iid); (void) dev;~,
+        tests => [qw(t/15-ingest-edge.t)],
+    },
+
     # --- the zone --------------------------------------------------------------
 
     {

@@ -123,6 +123,8 @@ static int ngx_http_cio_map_amplitude(ngx_http_cio_map_ctx_t *ctx,
     cJSON *root);
 static void ngx_http_cio_map_amplitude_event(ngx_http_cio_map_ctx_t *ctx,
     const cJSON *ev, ngx_http_cio_map_call_t *out);
+static void ngx_http_cio_map_insert_id(cJSON *call, const cJSON *ev,
+    const char *iid);
 static int ngx_http_cio_map_amplitude_id(ngx_http_cio_map_ctx_t *ctx,
     const cJSON *v);
 static cJSON *ngx_http_cio_map_amplitude_props(const cJSON *up);
@@ -1127,11 +1129,14 @@ ngx_http_cio_map_amplitude_event(ngx_http_cio_map_ctx_t *ctx,
         }
     }
 
-    /* insert_id is Amplitude's dedupe key, as messageId is Segment's */
+    /*
+     * insert_id is Amplitude's dedupe key, as messageId is Segment's, but
+     * per device: the same insert_id from two devices is two events
+     */
     s = ngx_http_cio_map_str(ngx_http_cio_map_get(ev, "insert_id"));
 
     if (s != NULL && s[0] != '\0') {
-        cJSON_AddStringToObject(call, "messageId", s);
+        ngx_http_cio_map_insert_id(call, ev, s);
     }
 
     if (strcmp(name, "$identify") == 0) {
@@ -1202,6 +1207,51 @@ ngx_http_cio_map_amplitude_event(ngx_http_cio_map_ctx_t *ctx,
  * invalid.  0 for such an id; an absent or empty one is for the identity
  * rules to judge.
  */
+
+/*
+ * The dedupe seed of an Amplitude event: its insert_id and its device_id
+ * (its user_id without one), as Amplitude dedupes, apart by a byte no
+ * id of either holds.
+ */
+
+static void
+ngx_http_cio_map_insert_id(cJSON *call, const cJSON *ev, const char *iid)
+{
+    char          num[64], *seed;
+    size_t        n;
+    const char   *dev;
+    const cJSON  *v;
+
+    v = ngx_http_cio_map_get(ev, "device_id");
+
+    if (!cJSON_IsString(v) && !cJSON_IsNumber(v)) {
+        v = ngx_http_cio_map_get(ev, "user_id");
+    }
+
+    dev = "";
+
+    if (cJSON_IsString(v)) {
+        dev = v->valuestring;
+
+    } else if (cJSON_IsNumber(v)
+               && ngx_http_cio_map_num_id(v, num, sizeof(num)) == 0)
+    {
+        dev = num;
+    }
+
+    n = strlen(iid) + 1 + strlen(dev) + 1;
+
+    seed = malloc(n);
+    if (seed == NULL) {
+        cJSON_AddStringToObject(call, "messageId", iid);
+        return;
+    }
+
+    snprintf(seed, n, "%s\x1f%s", iid, dev);
+    cJSON_AddStringToObject(call, "messageId", seed);
+    free(seed);
+}
+
 
 static int
 ngx_http_cio_map_amplitude_id(ngx_http_cio_map_ctx_t *ctx, const cJSON *v)

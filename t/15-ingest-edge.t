@@ -284,6 +284,18 @@ my ($open) = arrives('App Open');
 is_deeply($open && $open->{identifiers}, { anonymous_id => 'device-12345' },
     'Amplitude: device_id is the anonymous id');
 
+# Amplitude dedupes an insert_id per device: two devices' events with the
+# same insert_id are two events, with two ids
+($st) = $t->post('/amp/2/httpapi', {
+    api_key => 'amp_key',
+    events => [ map { { device_id => "device-$_", event_type => 'Buy',
+                        time => $now_ms, insert_id => 'order-1' } } 'A', 'B' ],
+});
+is($st, 200, 'Amplitude: one insert_id on two devices: 200');
+my @buys = arrives('Buy', 2);
+is(scalar(keys %{{ map { (($_->{id} // '') => 1) } @buys }}), 2,
+    'Amplitude: both arrive, with two dedupe ids');
+
 ($st, $h, $r) = $t->post('/amp/batch', {
     api_key => 'amp_key',
     events => [ { user_id => 'amp-user-2', event_type => 'Batch Route' } ],

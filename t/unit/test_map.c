@@ -2414,6 +2414,29 @@ test_amplitude(void)
     cJSON_Delete(a);
     cJSON_Delete(b);
 
+    /* Amplitude dedupes an insert_id per device */
+    a = first_item(NGX_HTTP_CIO_CALL_AMPLITUDE,
+        "{'api_key':'k','events':[{'event_type':'Buy','device_id':"
+        "'device-A','insert_id':'order-1','time':1700000000000}]}", &o,
+        NULL);
+    b = first_item(NGX_HTTP_CIO_CALL_AMPLITUDE,
+        "{'api_key':'k','events':[{'event_type':'Buy','device_id':"
+        "'device-B','insert_id':'order-1','time':1700000000000}]}", &o,
+        NULL);
+    ok(a && b && strcmp(item_str(a, "id"), item_str(b, "id")) != 0,
+       "Amplitude: the same insert_id from another device, another id",
+       NULL);
+    cJSON_Delete(b);
+
+    b = first_item(NGX_HTTP_CIO_CALL_AMPLITUDE,
+        "{'api_key':'k','events':[{'event_type':'Buy','device_id':"
+        "'device-A','insert_id':'order-1','time':1700000000000,"
+        "'user_id':'someone'}]}", &o, NULL);
+    ok(a && b && strcmp(item_str(a, "id"), item_str(b, "id")) == 0,
+       "Amplitude: the same insert_id and device, the same id", NULL);
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+
     a = first_item(NGX_HTTP_CIO_CALL_AMPLITUDE,
         "{'api_key':'k',"
         "'options':{'min_id_length':1},"
