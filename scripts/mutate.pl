@@ -381,6 +381,16 @@ my @MUTATIONS = (
         tests => [qw(t/15-ingest-edge.t)],
     },
 
+    {
+        name => 'empty-object-type',
+        what => 'an empty object_type_id names the type "1" over '
+            . 'objectTypeId',
+        file => $MAP,
+        from => q~    if (!((cJSON_IsString(t) && t->valuestring[0] != '\0')~,
+        to => q~    if (!((cJSON_IsString(t))~,
+        tests => [qw(t/12-contract.t)],
+    },
+
     # --- the zone --------------------------------------------------------------
 
     {

@@ -2335,7 +2335,10 @@ ngx_http_cio_map_object(const cJSON *src, const cJSON *id,
 
     t = ngx_http_cio_map_get(src, "object_type_id");
 
-    if (!(cJSON_IsString(t) || cJSON_IsNumber(t))) {
+    /* an empty one is absent, as the JavaScript peers' || has it */
+    if (!((cJSON_IsString(t) && t->valuestring[0] != '\0')
+          || cJSON_IsNumber(t)))
+    {
         t = ngx_http_cio_map_get(src, "objectTypeId");
     }
 
@@ -2349,6 +2352,13 @@ ngx_http_cio_map_object(const cJSON *src, const cJSON *id,
 
     if (otype != NULL && otype[0] == '\0') {
         otype = NULL;
+    }
+
+    /* it names the object as much as its id does */
+    if (otype != NULL
+        && ngx_http_cio_map_id_text(otype, "object_type_id", err) != 0)
+    {
+        return NULL;
     }
 
     obj = cJSON_CreateObject();

@@ -412,6 +412,15 @@ is_deeply($it, { type => 'object', action => 'identify',
                      relationship_attributes => { role => 'owner' } } ] },
     'group relationshipAttributes: exact item') or diag($json->encode($it));
 
+($it) = accepted('group with an empty object_type_id', '/cio/v1/group',
+    { userId => 'u-g', groupId => 'typed', traits => {
+      object_type_id => '', objectTypeId => '2' } },
+    sub { ($_[0]{identifiers}{object_id} // '') eq 'typed' });
+is_deeply($it && $it->{identifiers}, { object_type_id => '2',
+                                       object_id => 'typed' },
+    'an empty object_type_id is absent: objectTypeId names the type')
+    or diag($json->encode($it));
+
 # --- §5.10 Amplitude --------------------------------------------------------
 
 my $now = time() * 1000;

@@ -1731,6 +1731,19 @@ test_peer_calls(void)
         "{'object_type_id':'2','object_id':'g'},'attributes':{'n':1},"
         "'cio_relationships':[{'identifiers':{'id':'u'}}]}]");
 
+    expect_items("group: an empty object_type_id is absent",
+        NGX_HTTP_CIO_CALL_GROUP,
+        "{'userId':'u','groupId':'g','traits':{'object_type_id':'',"
+        "'objectTypeId':'2'}}",
+        "[{'type':'object','action':'identify','identifiers':"
+        "{'object_type_id':'2','object_id':'g'},'attributes':{},"
+        "'cio_relationships':[{'identifiers':{'id':'u'}}]}]");
+
+    expect_call_error("group: an object_type_id not UTF-8 refused",
+        NGX_HTTP_CIO_CALL_GROUP,
+        "{'userId':'u','groupId':'g','traits':{'object_type_id':"
+        "'1\xe9'}}", "object_type_id is not valid UTF-8");
+
     expect_items("group: fractional groupId in its shortest text",
         NGX_HTTP_CIO_CALL_GROUP, "{'userId':'u','groupId':0.1}",
         "[{'type':'object','action':'identify','identifiers':"
