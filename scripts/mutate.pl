@@ -391,6 +391,26 @@ my @MUTATIONS = (
         tests => [qw(t/12-contract.t)],
     },
 
+    {
+        name => 'token-nul-beside-email',
+        what => 'a device token with \\u0000 is registered when the '
+            . 'context has an e-mail',
+        file => $MAP,
+        from => q~    for (i = 0; i < 2; i++) {
+        s = ngx_http_cio_map_str(ngx_http_cio_map_context(ctx, call,~,
+        to => q~    for (i = 0; i < 1; i++) {
+        s = ngx_http_cio_map_str(ngx_http_cio_map_context(ctx, call,~,
+        tests => [qw(t/50-hostile.t)],
+    },
+    {
+        name => 'page-url-nul',
+        what => 'a page named from a context url with \\u0000',
+        file => $MAP,
+        from => q~        if (ctx->nul && name != NULL && strchr(name, '\x01') != NULL) {~,
+        to => q~        if (0 && ctx->nul && name != NULL && strchr(name, '\x01') != NULL) {~,
+        tests => [qw(t/50-hostile.t)],
+    },
+
     # --- the zone --------------------------------------------------------------
 
     {

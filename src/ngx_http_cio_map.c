@@ -763,18 +763,17 @@ ngx_http_cio_map_check(ngx_http_cio_map_ctx_t *ctx, const cJSON *call,
         }
     }
 
-    s = ngx_http_cio_map_str(ngx_http_cio_map_context(ctx, call, "traits",
-                                                      "email"));
-
-    if (s == NULL) {
+    /* the context's: an e-mail, a device (a page's url: map_page) */
+    for (i = 0; i < 2; i++) {
         s = ngx_http_cio_map_str(ngx_http_cio_map_context(ctx, call,
-                                                          "device", "token"));
-    }
+                                            i ? "device" : "traits",
+                                            i ? "token" : "email"));
 
-    if (s != NULL && strchr(s, '\x01') != NULL) {
-        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
-                 "an identifier contains a \\u0000 escape");
-        return -1;
+        if (s != NULL && strchr(s, '\x01') != NULL) {
+            snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, "%s contains a \\u0000 "
+                     "escape", i ? "context.device.token" : "an identifier");
+            return -1;
+        }
     }
 
     return 0;
@@ -2036,6 +2035,13 @@ ngx_http_cio_map_page(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     if (name == NULL || name[0] == '\0') {
         name = ngx_http_cio_map_str(ngx_http_cio_map_context(ctx, call,
                                                              "page", "url"));
+
+        /* the others were checked with every name (§7.6) */
+        if (ctx->nul && name != NULL && strchr(name, '\x01') != NULL) {
+            snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
+                     "context.page.url contains a \\u0000 escape");
+            return -1;
+        }
     }
 
     if (name == NULL || name[0] == '\0') {

@@ -97,6 +97,14 @@ my @cases = (
     [ 'a userId with a lone surrogate', '/cio/v1/track',
       '{"userId":"u\\udc00","event":"E"}', {}, 400,
       'userId is not valid UTF-8' ],
+    [ 'a \\u0000 in the context url that names a page', '/cio/v1/page',
+      '{"userId":"u","context":{"page":{"url":"https://a\\u0000b"}}}', {},
+      400, 'context.page.url contains a \\u0000 escape' ],
+    [ 'a \\u0000 in a device token beside a context e-mail',
+      '/cio/v1/track', '{"userId":"u","event":"Application Installed",'
+      . '"context":{"traits":{"email":"a@b.co"},"device":{"token":'
+      . '"tok\\u0000evil","type":"ios"}}}', {}, 400,
+      'context.device.token contains a \\u0000 escape' ],
     [ '10,000 levels of nesting', '/cio/v1/track',
       '{"userId":"u","event":"E","properties":' . ('[' x 10000)
       . (']' x 10000) . '}', {}, 400, 'invalid JSON' ],

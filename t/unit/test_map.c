@@ -3254,6 +3254,16 @@ test_contract_hostile(void)
         NGX_HTTP_CIO_CALL_GROUP,
         "{'userId':'u','groupId':'g\\u0000h'}",
         "groupId contains a \\u0000 escape");
+    expect_call_error("a \\u0000 in the context url that names a page",
+        NGX_HTTP_CIO_CALL_PAGE,
+        "{'userId':'u','context':{'page':{'url':'https://a\\u0000b'}}}",
+        "context.page.url contains a \\u0000 escape");
+    expect_call_error("a \\u0000 in a device token beside an e-mail",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'u','event':'Application Installed','context':"
+        "{'traits':{'email':'a@b.co'},'device':{'token':'tok\\u0000evil',"
+        "'type':'ios'}}}",
+        "context.device.token contains a \\u0000 escape");
 
     o = opts(NGX_HTTP_CIO_CALL_TRACK);
     rc = map("{'userId':'u','event':'e','properties':{'v':'x\\u0000y'}}",
