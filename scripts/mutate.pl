@@ -411,6 +411,24 @@ my @MUTATIONS = (
         tests => [qw(t/50-hostile.t)],
     },
 
+    {
+        name => 'repeated-userid',
+        what => 'a userId given twice names the first person',
+        file => $MAP,
+        from => q~    s = ctx->amplitude ? NULL : ngx_http_cio_map_twice(call, once);~,
+        to => q~    s = (ctx->amplitude || once[0]) ? NULL : NULL;~,
+        tests => [qw(t/50-hostile.t)],
+    },
+    {
+        name => 'fast-repeated-email',
+        what => "the one-pass mapper names an identify by an e-mail given "
+            . 'twice',
+        file => $MAP_FAST,
+        from => q~        if (fj_lookup(ctx, &c->traits, "email", &v, 1) < 0) {~,
+        to => q~        if (fj_lookup(ctx, &c->traits, "email", &v, 0) < 0) {~,
+        tests => [qw(t/50-hostile.t)],
+    },
+
     # --- the zone --------------------------------------------------------------
 
     {

@@ -111,6 +111,9 @@ static int ngx_http_cio_map_id_text(const char *s, const char *field,
     char *err);
 static int ngx_http_cio_map_utf8_valid(const char *s);
 static int ngx_http_cio_map_deep(const cJSON *v, int left);
+static const char *ngx_http_cio_map_twice(const cJSON *o, const char **keys);
+static const cJSON *ngx_http_cio_map_email(ngx_http_cio_map_ctx_t *ctx,
+    const cJSON *call, int context, char *err);
 static int ngx_http_cio_map_nul_key(const cJSON *v);
 static void ngx_http_cio_map_nul_restore(char *s);
 static int ngx_http_cio_map_intg_cio(const cJSON *intg);
@@ -690,6 +693,21 @@ ngx_http_cio_map_check(ngx_http_cio_map_ctx_t *ctx, const cJSON *call,
         { NULL, NULL, NULL, NULL }
     };
 
+    /* the keys of a call the one-pass mapper reads: it declines these */
+    static const char  *once[] = {
+        "type", "name", "event", "userId", "traits", "sentAt", "context",
+        "groupId", "writeKey", "timestamp", "messageId", "properties",
+        "previousId", "anonymousId", "integrations", "originalTimestamp",
+        NULL
+    };
+
+    s = ctx->amplitude ? NULL : ngx_http_cio_map_twice(call, once);
+
+    if (s != NULL) {
+        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, "%s appears twice", s);
+        return -1;
+    }
+
     for (i = 0; i < 3; i++) {
         v = (i == 0) ? ngx_http_cio_map_get(call, "properties")
             : (i == 1) ? ngx_http_cio_map_get(call, "traits")
@@ -777,6 +795,46 @@ ngx_http_cio_map_check(ngx_http_cio_map_ctx_t *ctx, const cJSON *call,
     }
 
     return 0;
+}
+
+
+/*
+ * The first of keys (NULL-ended) that the object o holds twice, or NULL.
+ * cJSON keeps both and finds the first; JSON.parse and Go, the peers'
+ * parsers, keep the last: a body read one way by a proxy that checks it
+ * and another way here must not name another person (docs/mapping.md
+ * §7.8).  Each listed key is compared with the rest of o once at most.
+ */
+
+static const char *
+ngx_http_cio_map_twice(const cJSON *o, const char **keys)
+{
+    int           i;
+    const cJSON  *e, *f;
+
+    if (!cJSON_IsObject(o)) {
+        return NULL;
+    }
+
+    for (e = o->child; e != NULL; e = e->next) {
+        for (i = 0; keys[i] != NULL; i++) {
+            if (strcmp(e->string, keys[i]) == 0) {
+                break;
+            }
+        }
+
+        if (keys[i] == NULL) {
+            continue;
+        }
+
+        for (f = e->next; f != NULL; f = f->next) {
+            if (strcmp(f->string, e->string) == 0) {
+                return e->string;
+            }
+        }
+    }
+
+    return NULL;
 }
 
 
@@ -941,9 +999,21 @@ ngx_http_cio_map_batch(ngx_http_cio_map_ctx_t *ctx, cJSON *root)
 {
     int                         type, i, n;
     cJSON                      *batch, *call, *t, *ctxo, *intg;
+    const char                 *s;
     ngx_http_cio_map_result_t  *res;
 
+    static const char  *once[] = {
+        "batch", "context", "integrations", "sentAt", "writeKey", NULL
+    };
+
     res = ctx->res;
+
+    s = ngx_http_cio_map_twice(root, once);
+
+    if (s != NULL) {
+        snprintf(res->error, sizeof(res->error), "%s appears twice", s);
+        return -1;
+    }
 
     ctxo = cJSON_GetObjectItemCaseSensitive(root, "context");
     intg = cJSON_GetObjectItemCaseSensitive(root, "integrations");
@@ -1025,10 +1095,20 @@ static int
 ngx_http_cio_map_amplitude(ngx_http_cio_map_ctx_t *ctx, cJSON *root)
 {
     int                         i, n;
+    const char                 *s;
     const cJSON                *key, *events, *ev, *v;
     ngx_http_cio_map_result_t  *res;
 
+    static const char  *once[] = { "api_key", "events", NULL };
+
     res = ctx->res;
+
+    s = ngx_http_cio_map_twice(root, once);
+
+    if (s != NULL) {
+        snprintf(res->error, sizeof(res->error), "%s appears twice", s);
+        return -1;
+    }
 
     key = ngx_http_cio_map_get(root, "api_key");
 
@@ -1091,9 +1171,21 @@ ngx_http_cio_map_amplitude_event(ngx_http_cio_map_ctx_t *ctx,
         { NULL, NULL }
     };
 
+    static const char  *once[] = {
+        "user_id", "device_id", "event_type", "insert_id", "time",
+        "event_properties", "user_properties", "groups", NULL
+    };
+
     if (!cJSON_IsObject(ev)) {
         snprintf(out->error, NGX_HTTP_CIO_MAP_ERRLEN,
                  "event must be a JSON object");
+        return;
+    }
+
+    s = ngx_http_cio_map_twice(ev, once);
+
+    if (s != NULL) {
+        snprintf(out->error, NGX_HTTP_CIO_MAP_ERRLEN, "%s appears twice", s);
         return;
     }
 
@@ -2426,6 +2518,52 @@ ngx_http_cio_map_alias(cJSON *call, cJSON *item, char *err)
 
 
 /*
+ * The e-mail an identify without a userId names its person by: traits'
+ * (context 0) or the context's traits' (context 1, the call's own
+ * context, else its batch's); err set when the object that holds it, or
+ * the context that holds that, holds it twice (§7.8).
+ */
+
+static const cJSON *
+ngx_http_cio_map_email(ngx_http_cio_map_ctx_t *ctx, const cJSON *call,
+    int context, char *err)
+{
+    const char   *what;
+    const cJSON  *c, *t;
+
+    static const char  *traits[] = { "traits", NULL };
+    static const char  *email[] = { "email", NULL };
+
+    what = NULL;
+
+    if (!context) {
+        t = ngx_http_cio_map_get(call, "traits");
+
+    } else {
+        c = ngx_http_cio_map_get(call, "context");
+
+        if (ngx_http_cio_map_get(c, "traits") == NULL) {
+            c = ctx->batch_context;
+        }
+
+        what = ngx_http_cio_map_twice(c, traits) ? "context.traits" : NULL;
+        t = ngx_http_cio_map_context(ctx, call, "traits", NULL);
+    }
+
+    if (what == NULL && ngx_http_cio_map_twice(t, email) != NULL) {
+        what = context ? "context.traits.email" : "traits.email";
+    }
+
+    if (what != NULL) {
+        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, "%s appears twice", what);
+        return NULL;
+    }
+
+    return ngx_http_cio_map_get(t, "email");
+}
+
+
+/*
  * userId, else (Segment identify only) traits.email then
  * context.traits.email, else anonymousId.  *known says whether a person,
  * not an anonymous visitor, was named.  Amplitude events arrive here with
@@ -2451,11 +2589,14 @@ ngx_http_cio_map_identity(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     }
 
     if (identify && !ctx->amplitude) {
-        v = ngx_http_cio_map_get(ngx_http_cio_map_get(call, "traits"),
-                                 "email");
+        v = ngx_http_cio_map_email(ctx, call, 0, err);
 
         if (ngx_http_cio_map_str(v) == NULL || v->valuestring[0] == '\0') {
-            v = ngx_http_cio_map_context(ctx, call, "traits", "email");
+            v = ngx_http_cio_map_email(ctx, call, 1, err);
+        }
+
+        if (err[0] != '\0') {
+            return NULL;
         }
 
         if (ngx_http_cio_map_str(v) != NULL && v->valuestring[0] != '\0') {

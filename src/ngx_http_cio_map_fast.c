@@ -971,16 +971,21 @@ fj_cstr(fj_ctx_t *ctx, const fj_val_t *v, size_t *len)
 }
 
 
-/* the first member named name of the object o, as cJSON would find it */
+/*
+ * The first member named name of the object o, as cJSON would find it;
+ * with once, -1 when o has a second one: a rule that reads it names
+ * someone, and the tree refuses the call (ngx_http_cio_map_twice()).
+ */
 
 static int
-fj_get(fj_ctx_t *ctx, const fj_val_t *o, const char *name, fj_val_t *out)
+fj_lookup(fj_ctx_t *ctx, const fj_val_t *o, const char *name, fj_val_t *out,
+    int once)
 {
-    int       rc;
+    int       rc, found;
     char     *mark, *s;
     size_t    n, nlen;
     fj_in_t   in;
-    fj_val_t  k;
+    fj_val_t  k, v;
 
     out->type = FJ_NONE;
 
@@ -990,32 +995,53 @@ fj_get(fj_ctx_t *ctx, const fj_val_t *o, const char *name, fj_val_t *out)
 
     nlen = strlen(name);
     fj_open(&in, o);
+    found = 0;
 
-    while ((rc = fj_next(&in, &k, out, 1)) == 1) {
+    while ((rc = fj_next(&in, &k, &v, 1)) == 1) {
         if (!k.esc) {
-            if (k.len == nlen && memcmp(k.p, name, nlen) == 0) {
-                return 1;
+            if (k.len != nlen || memcmp(k.p, name, nlen) != 0) {
+                continue;
             }
 
-            continue;
+        } else {
+            mark = ctx->scratch.pos;
+            s = fj_cstr(ctx, &k, &n);
+            ctx->scratch.pos = mark;
+
+            if (s == NULL) {
+                return -1;
+            }
+
+            if (n != nlen || memcmp(s, name, n) != 0) {
+                continue;
+            }
         }
 
-        mark = ctx->scratch.pos;
-        s = fj_cstr(ctx, &k, &n);
-        ctx->scratch.pos = mark;
-
-        if (s == NULL) {
+        if (found) {
             return -1;
         }
 
-        if (n == nlen && memcmp(s, name, n) == 0) {
+        *out = v;
+        found = 1;
+
+        if (!once) {
             return 1;
         }
     }
 
-    out->type = FJ_NONE;
+    if (rc != 0) {
+        out->type = FJ_NONE;
+        return rc;
+    }
 
-    return rc;
+    return found;
+}
+
+
+static int
+fj_get(fj_ctx_t *ctx, const fj_val_t *o, const char *name, fj_val_t *out)
+{
+    return fj_lookup(ctx, o, name, out, 0);
 }
 
 
@@ -2165,6 +2191,24 @@ fj_ctx_get(fj_ctx_t *ctx, const fj_call_t *c, const char *name,
 }
 
 
+/* the same, declined when the context that has it has it twice */
+
+static int
+fj_ctx_once(fj_ctx_t *ctx, const fj_call_t *c, const char *name,
+    fj_val_t *out)
+{
+    int  rc;
+
+    rc = fj_lookup(ctx, &c->context, name, out, 1);
+
+    if (rc != 0) {
+        return rc;
+    }
+
+    return fj_lookup(ctx, &ctx->batch_ctx, name, out, 1);
+}
+
+
 /*
  * The person's identifiers into b, as ngx_http_cio_map_identity(): -1
  * for every refusal (the tree words it).
@@ -2185,13 +2229,13 @@ fj_identity(fj_ctx_t *ctx, const fj_call_t *c, int identify, fj_buf_t *b,
     }
 
     if (identify) {
-        if (fj_get(ctx, &c->traits, "email", &v) < 0) {
+        if (fj_lookup(ctx, &c->traits, "email", &v, 1) < 0) {
             return -1;
         }
 
         if (v.type != FJ_STR || v.len == 0) {
-            if (fj_ctx_get(ctx, c, "traits", &t) < 0
-                || fj_get(ctx, &t, "email", &v) < 0)
+            if (fj_ctx_once(ctx, c, "traits", &t) < 0
+                || fj_lookup(ctx, &t, "email", &v, 1) < 0)
             {
                 return -1;
             }

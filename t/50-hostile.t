@@ -105,6 +105,12 @@ my @cases = (
       . '"context":{"traits":{"email":"a@b.co"},"device":{"token":'
       . '"tok\\u0000evil","type":"ios"}}}', {}, 400,
       'context.device.token contains a \\u0000 escape' ],
+    [ 'userId twice (JSON.parse would take the second)', '/cio/v1/track',
+      '{"userId":"alice","userId":"bob","event":"E"}', {}, 400,
+      'userId appears twice' ],
+    [ 'an identify named by an e-mail given twice', '/cio/v1/identify',
+      '{"anonymousId":"a","traits":{"email":"a@x.co","email":"b@x.co"}}',
+      {}, 400, 'traits.email appears twice' ],
     [ '10,000 levels of nesting', '/cio/v1/track',
       '{"userId":"u","event":"E","properties":' . ('[' x 10000)
       . (']' x 10000) . '}', {}, 400, 'invalid JSON' ],
@@ -243,9 +249,18 @@ for my $mid ('', 'mid-hostile') {
     is($st, 400, "a userId that is not UTF-8: 400$with");
     is(reason($r), 'userId is not valid UTF-8', "and why$with");
 
-    # duplicate keys: cJSON keeps the first, so does what reaches Customer.io
+    # a key a rule reads, twice: JSON.parse and Go would read the second,
+    # cJSON the first, so the call is refused rather than read either way
+    ($st, undef, $r) = $t->post('/cio/v1/track', '{'
+        . ($m =~ s/NAME/dup-event/r)
+        . qq("userId":"u","event":"Dup$e","event":"Other$e"}), %auth);
+    is($st, 400, "an event name twice: 400$with");
+    is(reason($r), 'event appears twice', "and why$with");
+
+    # other duplicate keys: cJSON keeps the first, so does what reaches
+    # Customer.io
     ($st) = $t->post('/cio/v1/track', '{' . ($m =~ s/NAME/dup/r)
-        . qq("userId":"u","event":"Dup$e","event":"Other$e",)
+        . qq("userId":"u","event":"Dup$e",)
         . '"properties":{"a":1,"a":2}}', %auth);
     is($st, 200, "duplicate keys: accepted$with");
     wait_until(sub {

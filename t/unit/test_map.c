@@ -1186,6 +1186,68 @@ test_lone_surrogates(void)
 }
 
 
+/*
+ * A key a rule reads, twice: cJSON would take the first, the peers'
+ * parsers the last, so the call is refused rather than named either way.
+ */
+static void
+test_repeated_keys(void)
+{
+    ngx_http_cio_map_opts_t     o;
+    ngx_http_cio_map_result_t   res;
+
+    expect_call_error("userId twice",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'alice','userId':'bob','event':'Hi','messageId':'m1'}",
+        "userId appears twice");
+    expect_call_error("an escaped userId after a plain one",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'alice','user\\u0049d':'bob','event':'Hi'}",
+        "userId appears twice");
+    expect_call_error("anonymousId twice",
+        NGX_HTTP_CIO_CALL_PAGE,
+        "{'anonymousId':'a1','name':'p','anonymousId':'a2'}",
+        "anonymousId appears twice");
+    expect_call_error("identify: traits.email twice",
+        NGX_HTTP_CIO_CALL_IDENTIFY,
+        "{'traits':{'email':'a@x.co','email':'b@x.co'},'messageId':'m'}",
+        "traits.email appears twice");
+    expect_call_error("identify: context.traits.email twice",
+        NGX_HTTP_CIO_CALL_IDENTIFY,
+        "{'anonymousId':'a','messageId':'m','context':{'traits':"
+        "{'email':'a@x.co','email':'b@x.co'}}}",
+        "context.traits.email appears twice");
+    expect_call_error("identify: context.traits twice",
+        NGX_HTTP_CIO_CALL_IDENTIFY,
+        "{'anonymousId':'a','messageId':'m','context':{'traits':"
+        "{'email':'a@x.co'},'traits':{'email':'b@x.co'}}}",
+        "context.traits appears twice");
+
+    /* where no rule reads it, a repeated e-mail is an attribute's */
+    expect_items("identify with a userId: traits.email twice is kept once",
+        NGX_HTTP_CIO_CALL_IDENTIFY,
+        "{'userId':'u','traits':{'email':'a@x.co','email':'b@x.co'}}",
+        "[{'type':'person','action':'identify','identifiers':{'id':'u'},"
+        "'attributes':{'email':'a@x.co'}}]");
+
+    o = opts(NGX_HTTP_CIO_CALL_BATCH);
+    ok(map("{'batch':[{'type':'identify','userId':'u'}],'batch':[]}", &o,
+           &res) == -1 && strcmp(res.error, "batch appears twice") == 0,
+       "batch twice: the request refused", res.error);
+    ngx_http_cio_map_result_free(&res);
+
+    o = opts(NGX_HTTP_CIO_CALL_AMPLITUDE);
+    ok(map("{'api_key':'k','events':[{'event_type':'e','user_id':'alice',"
+           "'user_id':'bob'},{'event_type':'e','user_id':'carol'}]}", &o,
+           &res) == 0 && res.ncalls == 2
+       && strcmp(res.calls[0].error, "user_id appears twice") == 0
+       && res.calls[1].nitems == 1,
+       "Amplitude: user_id twice refuses that event alone",
+       res.ncalls ? res.calls[0].error : res.error);
+    ngx_http_cio_map_result_free(&res);
+}
+
+
 static void
 test_identity_edges(void)
 {
@@ -3555,6 +3617,7 @@ run_all(void)
     test_batch_shared();
     test_identity_edges();
     test_lone_surrogates();
+    test_repeated_keys();
     test_time_edges();
     test_peer_calls();
     test_device_peers();
