@@ -429,6 +429,15 @@ my @MUTATIONS = (
         tests => [qw(t/50-hostile.t)],
     },
 
+    {
+        name => 'allow-list-drops-deletion',
+        what => 'cio_events_allow drops a User Deleted',
+        file => $MAP,
+        from => q~                && !ngx_http_cio_map_action(ctx, name))~,
+        to => q~                && !(0 && ngx_http_cio_map_action(ctx, name)))~,
+        tests => [qw(t/15-ingest-edge.t)],
+    },
+
     # --- the zone --------------------------------------------------------------
 
     {

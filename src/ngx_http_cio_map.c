@@ -133,6 +133,8 @@ static int ngx_http_cio_map_amplitude_id(ngx_http_cio_map_ctx_t *ctx,
 static cJSON *ngx_http_cio_map_amplitude_props(const cJSON *up);
 static void ngx_http_cio_map_call(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     int type, ngx_http_cio_map_call_t *out);
+static int ngx_http_cio_map_action(ngx_http_cio_map_ctx_t *ctx,
+    const char *name);
 static int ngx_http_cio_map_filtered(ngx_http_cio_map_ctx_t *ctx,
     const cJSON *call, int type);
 static int ngx_http_cio_map_integrations(ngx_http_cio_map_ctx_t *ctx,
@@ -1576,12 +1578,40 @@ ngx_http_cio_map_call(ngx_http_cio_map_ctx_t *ctx, cJSON *call, int type,
 
 
 /*
+ * Whether a track call's name is one that acts on a person, an object or
+ * a device rather than records an event (§5.7–§5.9).
+ */
+
+static int
+ngx_http_cio_map_action(ngx_http_cio_map_ctx_t *ctx, const char *name)
+{
+    static const char  *names[] = {
+        "Object Deleted", "Relationship Deleted", "User Deleted",
+        "User Suppressed", "User Unsuppressed", "Application Installed",
+        "Application Opened", "Device Created or Updated",
+        "Application Uninstalled", "Device Deleted"
+    };
+
+    if (ctx->amplitude) {
+        return 0;
+    }
+
+    return ngx_http_cio_map_listed(name, names,
+                                   sizeof(names) / sizeof(names[0]))
+           || ngx_http_cio_map_listed(name, ctx->opts->device_events,
+                                      ctx->opts->ndevice_events);
+}
+
+
+/*
  * The operator's filters.  Event names are matched, exactly and case-
  * sensitively, on event calls only (Segment / RudderStack track, Amplitude
  * event_type), as RudderStack's event filtering does: an allow list of a
  * few event names must not silently drop every page view, screen view and
  * profile update, and "Viewed X Screen" is our name, not the sender's.
- * Consent denial covers every call type: it is about the person.
+ * Nor a deletion, a suppression or a device (ngx_http_cio_map_action()):
+ * those are not events to Customer.io; a deny list that names one drops
+ * it.  Consent denial covers every call type: it is about the person.
  */
 
 static int
@@ -1604,7 +1634,8 @@ ngx_http_cio_map_filtered(ngx_http_cio_map_ctx_t *ctx, const cJSON *call,
         if (name != NULL) {
             if (opts->nevents_allow
                 && !ngx_http_cio_map_listed(name, opts->events_allow,
-                                            opts->nevents_allow))
+                                            opts->nevents_allow)
+                && !ngx_http_cio_map_action(ctx, name))
             {
                 return 1;
             }

@@ -251,6 +251,14 @@ for my $pass (0, 1) {
         "the allowed event arrived$with");
 }
 
+# an allow list of events does not drop a deletion: it is no event
+($st) = $t->post('/only/v1/track', { userId => 'u-gone', event => 'User Deleted' });
+is($st, 200, 'cio_events_allow: a User Deleted is answered 200');
+ok(Cio::Test::wait_until(sub {
+    grep { ($_->{action} // '') eq 'delete'
+           && ($_->{identifiers}{id} // '') eq 'u-gone' } @{ $cio->items };
+}, 10), 'and deletes the person, although the list does not name it');
+
 # --- Amplitude HTTP V2 ------------------------------------------------------
 
 my $now_ms = time() * 1000;

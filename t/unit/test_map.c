@@ -2575,6 +2575,18 @@ test_filters(void)
         "'secondary':{'id':'p'}}],"
         "{'error':'userId or anonymousId is required'}]");
 
+    expect_calls("allow list: a deletion, a suppression, a device are no"
+                 " events to it",
+        &o,
+        "{'batch':[{'type':'track','userId':'u','event':'User Deleted'},"
+        "{'type':'track','userId':'u','event':'User Suppressed'},"
+        "{'type':'track','userId':'u','event':'Object Deleted',"
+        "'properties':{'objectId':'g'}}]}",
+        "[[{'type':'person','identifiers':{'id':'u'},'action':'delete'}],"
+        "[{'type':'person','identifiers':{'id':'u'},'action':'suppress'}],"
+        "[{'type':'object','action':'delete','identifiers':"
+        "{'object_type_id':'1','object_id':'g'}}]]");
+
     map("{'batch':[{'type':'track','userId':'u','event':'A'},"
         "{'type':'track','userId':'u','event':'B'},"
         "{'type':'track','userId':'u','event':'C'}]}", &o, &res);
