@@ -16,8 +16,11 @@
 #include "ngx_http_cio_map.h"
 
 
-/* bump when the layout of anything in the zone changes */
-#define NGX_HTTP_CIO_SHM_MAGIC      0x43494f08
+/*
+ * bump when the layout or the meaning of anything in the zone changes
+ * (09: its times are on the monotonic clock)
+ */
+#define NGX_HTTP_CIO_SHM_MAGIC      0x43494f09
 
 #define NGX_HTTP_CIO_INGEST_OFF       0
 #define NGX_HTTP_CIO_INGEST_SEGMENT   1
@@ -69,7 +72,7 @@ typedef struct {
     size_t                       pending_bytes;
     ngx_uint_t                   ninflight;
 
-    uint64_t                     retry_at;   /* unix ms: backoff */
+    uint64_t                     retry_at;   /* now_ms: backoff */
     ngx_uint_t                   failures;   /* in a row */
 
     uint64_t                     accepted;
@@ -81,9 +84,9 @@ typedef struct {
     ngx_str_t                    userpwd;    /* site_id:api_key */
     ngx_str_t                    site_id;
 
-    uint64_t                     rate_at;    /* unix ms, last refill */
+    uint64_t                     rate_at;    /* now_ms, last refill */
     uint64_t                     rate_tokens; /* 1/1000000 requests */
-    uint64_t                     alert_at;   /* unix ms: next hold alert */
+    uint64_t                     alert_at;   /* now_ms: next hold alert */
     uint64_t                     dead;       /* to the dead-letter file */
     uint64_t                     lost;       /* given up, not written */
     uint64_t                     stuck;      /* sh->unholds + 1: held */
@@ -102,7 +105,7 @@ typedef struct {
     ngx_http_cio_shws_t         *ws;
     uint64_t                     jref;       /* in cio_journal, 0: none */
     uint32_t                     id;         /* new each lease, 0: freed */
-    uint32_t                     lease;      /* unix ms mod 2^32, in flight */
+    uint32_t                     lease;      /* now_ms mod 2^32, in flight */
     uint32_t                     person;     /* its key, 0: unordered */
     uint32_t                     len;
     uint16_t                     attempts;   /* saturates */
@@ -377,7 +380,8 @@ void ngx_http_cio_queue_reject(ngx_http_cio_zone_t *zone,
 void ngx_http_cio_stats_upstream(ngx_http_cio_zone_t *zone,
     ngx_http_cio_shws_t *ws, long status, double seconds,
     const char *error, size_t error_len);
-uint64_t ngx_http_cio_now_ms(void);
+uint64_t ngx_http_cio_now_ms(void);         /* monotonic */
+uint64_t ngx_http_cio_wall_ms(void);        /* unix */
 void ngx_http_cio_utf8_clean(u_char *s, size_t len);
 
 /* ngx_http_cio_deliver.c: the worker's side of delivery */

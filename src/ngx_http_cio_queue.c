@@ -156,8 +156,29 @@ ngx_uint_t  ngx_http_cio_latency_bounds[NGX_HTTP_CIO_LAT_N - 1] = {
 };
 
 
+/*
+ * Leases, backoffs, the rate's bucket and the drain's deadline count on
+ * the monotonic clock, the same in every process of the machine: a step
+ * of the wall clock (NTP, date -s, a VM resumed) would otherwise stop
+ * delivery for as long as a step back, or take back every batch on the
+ * wire at a step forward.  Only the status page's times are the wall's.
+ */
+
 uint64_t
 ngx_http_cio_now_ms(void)
+{
+    struct timespec  ts;
+
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) == -1) {
+        return ngx_http_cio_wall_ms();
+    }
+
+    return (uint64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+
+uint64_t
+ngx_http_cio_wall_ms(void)
 {
     ngx_time_t  *tp;
 
@@ -2015,7 +2036,7 @@ ngx_http_cio_stats_upstream(ngx_http_cio_zone_t *zone,
     }
 
     if (error && error_len) {
-        st->last_error_at = ngx_http_cio_now_ms();
+        st->last_error_at = ngx_http_cio_wall_ms();
 
         if (status) {
             p = ngx_snprintf(st->last_error, NGX_HTTP_CIO_LAST_ERROR_LEN,

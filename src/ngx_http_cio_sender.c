@@ -244,7 +244,13 @@ ngx_http_cio_sender_stop(ngx_http_cio_sender_t *s, long timeout_ms)
 
     curl_multi_wakeup(s->multi);
 
+    /* the monotonic clock, where glibc can: a step of the wall's is no wait */
+#if (defined __GLIBC__ && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 31))
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+#else
     clock_gettime(CLOCK_REALTIME, &ts);
+#endif
+
     ts.tv_sec += timeout_ms / 1000;
     ts.tv_nsec += (timeout_ms % 1000) * 1000000;
 
@@ -253,7 +259,11 @@ ngx_http_cio_sender_stop(ngx_http_cio_sender_t *s, long timeout_ms)
         ts.tv_nsec -= 1000000000;
     }
 
+#if (defined __GLIBC__ && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 31))
+    rc = pthread_clockjoin_np(s->tid, NULL, CLOCK_MONOTONIC, &ts);
+#else
     rc = pthread_timedjoin_np(s->tid, NULL, &ts);
+#endif
     if (rc != 0) {
         return -1;
     }
