@@ -284,6 +284,8 @@ ngx_http_cio_deliver_exit(ngx_cycle_t *cycle)
         ngx_close_connection(d->notify);
 
     } else {
+        /* what it answered before it stuck is settled all the same */
+        ngx_http_cio_deliver_results();
         ngx_http_cio_deliver_pieces();
 
         ngx_log_error(NGX_LOG_ALERT, cycle->log, 0,

@@ -388,9 +388,11 @@ ngx_http_cio_sender_add(ngx_http_cio_sender_t *s, ngx_http_cio_sreq_t *req)
         return -1;
     }
 
+    /* nothing left the machine: no attempt counts (a lack of memory) */
     easy = curl_easy_init();
     if (easy == NULL) {
         snprintf(req->error, sizeof(req->error), "curl_easy_init() failed");
+        req->unsent = 1;
         return -1;
     }
 
@@ -431,6 +433,7 @@ ngx_http_cio_sender_add(ngx_http_cio_sender_t *s, ngx_http_cio_sreq_t *req)
         snprintf(req->error, sizeof(req->error),
                  "curl_multi_add_handle() failed");
         curl_easy_cleanup(easy);
+        req->unsent = 1;
         return -1;
     }
 
