@@ -624,6 +624,14 @@ my @MUTATIONS = (
         tests => [qw(t/10-ingest.t)],
     },
     {
+        name => 'empty-basic-user-blocks-body-key',
+        what => 'a Basic header with no user hides the body key',
+        file => $HANDLER,
+        from => q~    return (key->len == 0 && colon != NULL) ? NGX_DECLINED : NGX_OK;~,
+        to => q~    return NGX_OK;~,
+        tests => [qw(t/10-ingest.t)],
+    },
+    {
         name => 'queue-full-200',
         what => 'a full queue answers 200 and drops the events',
         file => $HANDLER,

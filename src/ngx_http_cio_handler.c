@@ -1805,7 +1805,8 @@ ngx_http_cio_header_key(ngx_http_request_t *r, ngx_str_t *key)
     key->data = decoded.data;
     key->len = colon ? (size_t) (colon - decoded.data) : decoded.len;
 
-    return NGX_OK;
+    /* "Basic Og==", no user at all, is no key: the body may have one */
+    return (key->len == 0 && colon != NULL) ? NGX_DECLINED : NGX_OK;
 }
 
 

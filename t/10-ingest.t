@@ -215,6 +215,15 @@ for my $e (@errors) {
         "$name: reason") or diag($r);
 }
 
+# a Basic header with no user at all (":") is no key: the body's counts
+($status) = $t->post('/cio/v1/track',
+    { userId => 'u', event => 'Empty Basic', writeKey => 'wk_test' },
+    Authorization => 'Basic Og==');
+is($status, 200, 'Basic with an empty user, the key in the body: 200');
+($status) = $t->post('/cio/v1/track', { userId => 'u', event => 'E' },
+    Authorization => 'Basic Og==');
+is($status, 401, 'Basic with an empty user and no key in the body: 401');
+
 ($status, my $hdr) = $t->http('GET', '/cio/v1/track');
 is($status, 405, 'GET: 405');
 is($hdr->{allow}, 'POST, OPTIONS', 'GET: Allow: POST, OPTIONS');
@@ -262,7 +271,7 @@ Cio::Test::wait_until(sub {
     $items = $cio->items;
     return grep { ($_->{name} // '') eq 'Last' } @$items;
 }, 10);
-is(scalar @$items, @calls + 2 + 2 + 3 + 1,
+is(scalar @$items, @calls + 2 + 2 + 3 + 1 + 1,
     'nothing but the accepted calls reached Customer.io');
 
 $t->done;
