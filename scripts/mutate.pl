@@ -632,6 +632,14 @@ my @MUTATIONS = (
         tests => [qw(t/10-ingest.t)],
     },
     {
+        name => 'status-queued-none',
+        what => '$cio_status says queued for a batch of which none was',
+        file => $HANDLER,
+        from => q~    ctx->status = a->n ? "queued"~,
+        to => q~    ctx->status = 1 ? "queued"~,
+        tests => [qw(t/15-ingest-edge.t)],
+    },
+    {
         name => 'queue-full-200',
         what => 'a full queue answers 200 and drops the events',
         file => $HANDLER,

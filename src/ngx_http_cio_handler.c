@@ -929,7 +929,10 @@ ngx_http_cio_accepted(ngx_http_cio_accept_t *a)
         ngx_http_cio_log_changes(r, a->res.changes);
     }
 
-    ctx->status = (a->n == 0 && a->res.nfiltered) ? "filtered" : "queued";
+    /* a batch of invalid calls is answered 200 with each named: none queued */
+    ctx->status = a->n ? "queued"
+                  : (a->res.nfiltered == a->res.ncalls) ? "filtered"
+                  : "rejected";
 
     if (a->n) {
         /* cio_journal sync=always: answered once the items are synced */

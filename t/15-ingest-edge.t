@@ -348,12 +348,16 @@ $t->post('/cio/v1/batch?log=4', { batch => [
 $t->post('/cio/v1/batch?log=5', { batch => [
     { type => 'track', userId => 'u-7', event => 'B1' },
     { type => 'identify', userId => 'u-7' } ] }, %auth);
+$t->post('/cio/v1/batch?log=6', { batch => [
+    { type => 'track', userId => 'u-7' },
+    { type => 'track', userId => 'u-7', event => 'Secret Event' } ] },
+    %auth);
 
 my %log;
 Cio::Test::wait_until(sub {
     %log = map { /\?log=(\d)$/ ? ($1 => $_) : () }
         split /\n/, $t->read_file('cio.log');
-    return keys %log == 5;
+    return keys %log == 6;
 }, 10);
 is($log{1}, '200 queued track 1 "-" /cio/v1/track?log=1',
     '$cio_status queued, $cio_event_type, $cio_events');
@@ -363,6 +367,8 @@ is($log{3}, '401 unauthorized - 0 "invalid write key" /cio/v1/track?log=3',
     'unauthorized');
 is($log{4}, '200 filtered batch 1 "-" /cio/v1/batch?log=4', 'filtered');
 is($log{5}, '200 queued batch 2 "-" /cio/v1/batch?log=5', 'a batch');
+is($log{6}, '200 rejected batch 2 "-" /cio/v1/batch?log=6',
+    'a batch none of whose calls was queued, one invalid, one filtered');
 
 # --- nothing filtered or refused reached Customer.io ----------------------
 
