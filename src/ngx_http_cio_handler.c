@@ -320,9 +320,17 @@ ngx_http_cio_process(ngx_http_request_t *r, ngx_int_t route,
 
     ngx_memzero(&res, sizeof(ngx_http_cio_map_result_t));
 
-    if (ngx_http_cio_map_request((char *) body.data, body.len, &opts, &res)
-        != 0)
-    {
+    rc = ngx_http_cio_map_request((char *) body.data, body.len, &opts, &res);
+
+    if (ngx_http_cio_map_out_of_memory(&res)) {
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "cio: the mapper ran out of memory, answered 500 so "
+                      "that the sender sends the request again");
+        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        goto done;
+    }
+
+    if (rc != 0) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "cio: rejected request: %s", res.error);
 

@@ -18,6 +18,7 @@
  */
 
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -283,7 +284,7 @@ ngx_http_cio_map_tree(const char *body, size_t len,
 
     res->calls = calloc(1, sizeof(ngx_http_cio_map_call_t));
     if (res->calls == NULL) {
-        snprintf(res->error, sizeof(res->error), "out of memory");
+        snprintf(res->error, sizeof(res->error), NGX_HTTP_CIO_MAP_NOMEM);
         cJSON_Delete(root);
         return -1;
     }
@@ -307,7 +308,7 @@ static cJSON *
 ngx_http_cio_map_parse(ngx_http_cio_map_ctx_t *ctx, const char *body,
     size_t len)
 {
-    int          rc;
+    int          rc, nomem;
     char        *fixed, *copy;
     cJSON       *root;
     const char  *end;
@@ -333,7 +334,7 @@ ngx_http_cio_map_parse(ngx_http_cio_map_ctx_t *ctx, const char *body,
         snprintf(ctx->res->error, sizeof(ctx->res->error), "%s",
                  (rc == -1) ? "\\u0000 in a string of a body that also "
                               "has \\u0001"
-                            : "out of memory");
+                            : NGX_HTTP_CIO_MAP_NOMEM);
         free(fixed);
         return NULL;
     }
@@ -343,8 +344,11 @@ ngx_http_cio_map_parse(ngx_http_cio_map_ctx_t *ctx, const char *body,
         body = copy;
     }
 
+    /* a parse that fails for want of memory is no fault of the body's */
+    errno = 0;
     end = NULL;
     root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
+    nomem = (root == NULL && errno == ENOMEM);
 
     if (root != NULL && end != NULL) {
         while (end < body + len
@@ -364,7 +368,8 @@ ngx_http_cio_map_parse(ngx_http_cio_map_ctx_t *ctx, const char *body,
     free(fixed);
 
     if (root == NULL) {
-        snprintf(ctx->res->error, sizeof(ctx->res->error), "invalid JSON");
+        snprintf(ctx->res->error, sizeof(ctx->res->error), "%s",
+                 nomem ? NGX_HTTP_CIO_MAP_NOMEM : "invalid JSON");
     }
 
     return root;
@@ -942,7 +947,7 @@ ngx_http_cio_map_alloc_calls(ngx_http_cio_map_ctx_t *ctx, const cJSON *list,
 
     res->calls = calloc(n, sizeof(ngx_http_cio_map_call_t));
     if (res->calls == NULL) {
-        snprintf(res->error, sizeof(res->error), "out of memory");
+        snprintf(res->error, sizeof(res->error), NGX_HTTP_CIO_MAP_NOMEM);
         return -1;
     }
 
@@ -971,7 +976,7 @@ ngx_http_cio_map_shared(ngx_http_cio_map_ctx_t *ctx, const cJSON *o,
     s = cJSON_PrintUnformatted(o);
 
     if (s == NULL) {
-        snprintf(ctx->res->error, sizeof(ctx->res->error), "out of memory");
+        snprintf(ctx->res->error, sizeof(ctx->res->error), NGX_HTTP_CIO_MAP_NOMEM);
         return -1;
     }
 
@@ -1122,7 +1127,7 @@ ngx_http_cio_map_amplitude(ngx_http_cio_map_ctx_t *ctx, cJSON *root)
 
     res->write_key = strdup(key->valuestring);
     if (res->write_key == NULL) {
-        snprintf(res->error, sizeof(res->error), "out of memory");
+        snprintf(res->error, sizeof(res->error), NGX_HTTP_CIO_MAP_NOMEM);
         return -1;
     }
 
@@ -1210,7 +1215,7 @@ ngx_http_cio_map_amplitude_event(ngx_http_cio_map_ctx_t *ctx,
 
     call = cJSON_CreateObject();
     if (call == NULL) {
-        snprintf(out->error, NGX_HTTP_CIO_MAP_ERRLEN, "out of memory");
+        snprintf(out->error, NGX_HTTP_CIO_MAP_ERRLEN, NGX_HTTP_CIO_MAP_NOMEM);
         return;
     }
 
@@ -1436,6 +1441,27 @@ ngx_http_cio_map_amplitude_props(const cJSON *up)
 }
 
 
+int
+ngx_http_cio_map_out_of_memory(const ngx_http_cio_map_result_t *res)
+{
+    size_t  i;
+
+    if (strcmp(res->error, NGX_HTTP_CIO_MAP_NOMEM) == 0) {
+        return 1;
+    }
+
+    for (i = 0; i < res->ncalls; i++) {
+        if (res->calls[i].error[0] == 'o'
+            && strcmp(res->calls[i].error, NGX_HTTP_CIO_MAP_NOMEM) == 0)
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
 void
 ngx_http_cio_map_result_free(ngx_http_cio_map_result_t *res)
 {
@@ -1471,7 +1497,7 @@ ngx_http_cio_map_call(ngx_http_cio_map_ctx_t *ctx, cJSON *call, int type,
     items[1] = NULL;
 
     if (items[0] == NULL) {
-        snprintf(out->error, NGX_HTTP_CIO_MAP_ERRLEN, "out of memory");
+        snprintf(out->error, NGX_HTTP_CIO_MAP_ERRLEN, NGX_HTTP_CIO_MAP_NOMEM);
         return;
     }
 
@@ -1538,7 +1564,7 @@ ngx_http_cio_map_call(ngx_http_cio_map_ctx_t *ctx, cJSON *call, int type,
         }
 
         if (s == NULL) {
-            snprintf(out->error, NGX_HTTP_CIO_MAP_ERRLEN, "out of memory");
+            snprintf(out->error, NGX_HTTP_CIO_MAP_ERRLEN, NGX_HTTP_CIO_MAP_NOMEM);
             rc = -1;
             break;
         }
@@ -2238,7 +2264,7 @@ ngx_http_cio_map_screen(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     x = ngx_http_cio_map_cut(name, max, &len);
     if (x == NULL) {
         cJSON_Delete(attrs);
-        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, "out of memory");
+        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, NGX_HTTP_CIO_MAP_NOMEM);
         return -1;
     }
 
@@ -2492,7 +2518,7 @@ ngx_http_cio_map_object(const cJSON *src, const cJSON *id,
 
     obj = cJSON_CreateObject();
     if (obj == NULL) {
-        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, "out of memory");
+        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, NGX_HTTP_CIO_MAP_NOMEM);
         return NULL;
     }
 
@@ -2703,7 +2729,7 @@ ngx_http_cio_map_resolve(const cJSON *v, const char *field, char *err)
 
     o = cJSON_CreateObject();
     if (o == NULL) {
-        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, "out of memory");
+        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, NGX_HTTP_CIO_MAP_NOMEM);
         return NULL;
     }
 
@@ -2714,7 +2740,7 @@ ngx_http_cio_map_resolve(const cJSON *v, const char *field, char *err)
      */
     if (cJSON_IsNumber(v)) {
         if (cJSON_AddRawToObject(o, "id", num) == NULL) {
-            snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, "out of memory");
+            snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN, NGX_HTTP_CIO_MAP_NOMEM);
             cJSON_Delete(o);
             return NULL;
         }

@@ -23,6 +23,7 @@
 
 #define NGX_HTTP_CIO_MAP_MAX_ITEMS   2
 #define NGX_HTTP_CIO_MAP_ERRLEN      160
+#define NGX_HTTP_CIO_MAP_NOMEM       "out of memory"
 
 
 /*
@@ -119,6 +120,13 @@ typedef struct {
 int ngx_http_cio_map_request(const char *body, size_t len,
     const ngx_http_cio_map_opts_t *opts, ngx_http_cio_map_result_t *res);
 void ngx_http_cio_map_result_free(ngx_http_cio_map_result_t *res);
+
+/*
+ * Whether the mapper ran out of memory for the request or any of its
+ * calls: that says nothing of the input, and is no 400 (a sender would
+ * drop the calls) but a 500 (it sends them again).
+ */
+int ngx_http_cio_map_out_of_memory(const ngx_http_cio_map_result_t *res);
 
 const char *ngx_http_cio_call_name(int type);
 

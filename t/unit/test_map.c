@@ -18,6 +18,7 @@
  */
 
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -3391,6 +3392,72 @@ hook_malloc(size_t n)
 }
 
 
+/* a cJSON malloc() that fails once hook_left allocations were made */
+static long  hook_left;
+
+static void *
+hook_failing_malloc(size_t n)
+{
+    if (hook_left-- <= 0) {
+        errno = ENOMEM;
+        return NULL;
+    }
+
+    return malloc(n);
+}
+
+
+/*
+ * Out of memory at every allocation of a tree-path mapping in turn: the
+ * mapper says so (a 500, which the sender sends again), never blames the
+ * input (a 400 or a call in "rejected", which it would drop).
+ */
+static void
+test_out_of_memory(void)
+{
+    int                        rc, blamed;
+    long                       n;
+    size_t                     i;
+    char                       detail[256];
+    cJSON_Hooks                hooks;
+    ngx_http_cio_map_opts_t    o;
+    ngx_http_cio_map_result_t  res;
+
+    o = opts(NGX_HTTP_CIO_CALL_BATCH);
+    hooks.malloc_fn = hook_failing_malloc;
+    hooks.free_fn = free;
+    blamed = 0;
+    detail[0] = '\0';
+
+    for (n = 0; n < 400 && !blamed; n++) {
+        hook_left = n;
+        cJSON_InitHooks(&hooks);
+        rc = map("{'batch':[{'type':'group','userId':'u','groupId':'g',"
+                 "'traits':{'name':'A','n':[1,2,{'x':'y'}]}},"
+                 "{'type':'alias','userId':'u','previousId':'p'}]}", &o,
+                 &res);
+        cJSON_InitHooks(NULL);
+
+        if (!ngx_http_cio_map_out_of_memory(&res)) {
+            for (i = 0; rc == 0 && i < res.ncalls; i++) {
+                blamed |= (res.calls[i].error[0] != '\0');
+            }
+
+            blamed |= (rc != 0);
+
+            if (blamed) {
+                snprintf(detail, sizeof(detail), "at allocation %ld: %s",
+                         n, rc ? res.error : res.calls[i - 1].error);
+            }
+        }
+
+        ngx_http_cio_map_result_free(&res);
+    }
+
+    ok(!blamed, "out of memory is never the input's fault", detail);
+}
+
+
 /* the first call's first item as the mapper wrote it, or its error */
 static char *
 item_text(ngx_http_cio_map_result_t *res)
@@ -3630,6 +3697,7 @@ run_all(void)
     test_identity_edges();
     test_lone_surrogates();
     test_repeated_keys();
+    test_out_of_memory();
     test_time_edges();
     test_peer_calls();
     test_device_peers();
