@@ -976,7 +976,8 @@ ngx_http_cio_map_shared(ngx_http_cio_map_ctx_t *ctx, const cJSON *o,
     s = cJSON_PrintUnformatted(o);
 
     if (s == NULL) {
-        snprintf(ctx->res->error, sizeof(ctx->res->error), NGX_HTTP_CIO_MAP_NOMEM);
+        snprintf(ctx->res->error, sizeof(ctx->res->error),
+                 NGX_HTTP_CIO_MAP_NOMEM);
         return -1;
     }
 
@@ -1564,7 +1565,8 @@ ngx_http_cio_map_call(ngx_http_cio_map_ctx_t *ctx, cJSON *call, int type,
         }
 
         if (s == NULL) {
-            snprintf(out->error, NGX_HTTP_CIO_MAP_ERRLEN, NGX_HTTP_CIO_MAP_NOMEM);
+            snprintf(out->error, NGX_HTTP_CIO_MAP_ERRLEN,
+                     NGX_HTTP_CIO_MAP_NOMEM);
             rc = -1;
             break;
         }
