@@ -573,6 +573,16 @@ my @MUTATIONS = (
         tests => [qw(t/58-clock-step.t)],
     },
 
+    {
+        name => 'rounds-from-the-head',
+        what => 'every round begins at the first workspace: the others '
+            . 'wait for it to be empty',
+        file => $DELIVER,
+        from => q~        if (e++ < d->ws_next) {~,
+        to => q~        if (e++ < d->ws_next * 0) {~,
+        tests => [qw(t/59-workspace-turns.t)],
+    },
+
     # --- spool and dead letters -------------------------------------------------
 
     {

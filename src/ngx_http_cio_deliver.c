@@ -117,6 +117,7 @@ typedef struct {
     ngx_http_cio_piece_t       **waiting_tail;
     ngx_uint_t                   pass;      /* of ngx_..._pieces() */
     uint64_t                     reclaimed_at;
+    ngx_uint_t                   ws_next;    /* where a round begins */
     ngx_log_t                   *log;
     ngx_uint_t                   generation;
     uint64_t                     drain_deadline;
@@ -502,10 +503,11 @@ static void
 ngx_http_cio_deliver_round(void)
 {
     uint64_t                 now;
-    ngx_uint_t               i, n, sent, reclaimed;
+    ngx_uint_t               i, n, m, e, sent, reclaimed;
     ngx_queue_t             *q;
     ngx_http_cio_zone_t     *zone;
     ngx_http_cio_shws_t     *ws[NGX_HTTP_CIO_MAX_WS], *w;
+    ngx_http_cio_shws_t     *early[NGX_HTTP_CIO_MAX_WS];
     ngx_http_cio_deliver_t  *d;
 
     d = &ngx_http_cio_deliver;
@@ -536,25 +538,46 @@ ngx_http_cio_deliver_round(void)
         return;
     }
 
-    /* the list only grows, but the master may append on reload */
+    /*
+     * The list only grows, but the master may append on reload.  Each
+     * round begins one workspace further on: with more of them busy than
+     * cio_max_inflight (or than a round holds), the first in the list
+     * would otherwise take every free place, round after round.
+     */
 
     n = 0;
+    m = 0;
+    e = 0;
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
     for (q = ngx_queue_head(&zone->sh->workspaces);
-         q != ngx_queue_sentinel(&zone->sh->workspaces)
-         && n < NGX_HTTP_CIO_MAX_WS;
+         q != ngx_queue_sentinel(&zone->sh->workspaces);
          q = ngx_queue_next(q))
     {
         w = ngx_queue_data(q, ngx_http_cio_shws_t, link);
 
-        if (w->npending && w->retry_at <= now) {
+        if (!w->npending || w->retry_at > now) {
+            continue;
+        }
+
+        if (e++ < d->ws_next) {
+            if (m < NGX_HTTP_CIO_MAX_WS) {
+                early[m++] = w;
+            }
+
+        } else if (n < NGX_HTTP_CIO_MAX_WS) {
             ws[n++] = w;
         }
     }
 
     ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    for (i = 0; i < m && n < NGX_HTTP_CIO_MAX_WS; i++) {
+        ws[n++] = early[i];
+    }
+
+    d->ws_next = e ? (d->ws_next + 1) % e : 0;
 
     /* one batch per workspace per round, so that none starves another */
 
