@@ -508,6 +508,16 @@ my @MUTATIONS = (
         tests => [qw(t/20-delivery.t t/43-crash.t t/16-status.t)],
     },
 
+    {
+        name => 'stale-take-marks',
+        what => "a take that died leaves its persons marked: another sends "
+            . 'her later items first',
+        file => $QUEUE,
+        from => q~    if (sh->taking) {~,
+        to => q~    if (0 && sh->taking) {~,
+        tests => [qw(t/49-zone-lock.t)],
+    },
+
     # --- delivery --------------------------------------------------------------
 
     {

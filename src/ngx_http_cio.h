@@ -126,6 +126,7 @@ typedef struct {
     uint32_t                    *persons;
     uint32_t                     persons_mask;
     uint64_t                     unholds;    /* items that left flight */
+    ngx_uint_t                   taking;     /* a take marks its persons */
 
     /*
      * bumped on every reload that keeps the zone; both are written by the

@@ -132,6 +132,7 @@ static void ngx_http_cio_queue_unhold(ngx_http_cio_shctx_t *sh,
     ngx_http_cio_node_t *node);
 static void ngx_http_cio_queue_renew(ngx_http_cio_batch_t *batch,
     uint32_t lease);
+static void ngx_http_cio_queue_taking(ngx_http_cio_shctx_t *sh);
 static ngx_uint_t ngx_http_cio_queue_leased(ngx_http_cio_batch_t *batch,
     ngx_uint_t lo, ngx_uint_t n);
 static void ngx_http_cio_queue_count_unjournaled(void *data,
@@ -779,6 +780,8 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
         goto unlock;
     }
 
+    ngx_http_cio_queue_taking(zone->sh);
+
     for (q = ngx_queue_head(&ws->pending);
          q != ngx_queue_sentinel(&ws->pending)
          && skipped < NGX_HTTP_CIO_SKIP_MAX;
@@ -1061,6 +1064,32 @@ ngx_http_cio_queue_hold(ngx_http_cio_shctx_t *sh, ngx_http_cio_node_t *node)
 
 
 /*
+ * A take marks its persons' buckets "mine" while it makes its batch, and
+ * clears them when it is made (taken()).  A worker killed in between,
+ * with the lock (nginx's master unlocks it), leaves its marks: a person
+ * so marked would not be held, and a later take would send her later
+ * items while the dead worker's, leased and never sent, wait for their
+ * lease to run out.  So the next take clears every mark first; the
+ * items the dead take leased still hold their persons until they are
+ * taken back.
+ */
+
+static void
+ngx_http_cio_queue_taking(ngx_http_cio_shctx_t *sh)
+{
+    uint32_t  i;
+
+    if (sh->taking) {
+        for (i = 0; i <= sh->persons_mask; i++) {
+            sh->persons[i] &= ~NGX_HTTP_CIO_MINE;
+        }
+    }
+
+    sh->taking = 1;
+}
+
+
+/*
  * The batch is made.  When it found nothing but SKIP_MAX held items, so
  * will every take until an item leaves flight (sh->unholds): until then
  * nothing changes at the head of the list, pushes go to its tail, and
@@ -1079,6 +1108,8 @@ ngx_http_cio_queue_taken(ngx_http_cio_shctx_t *sh, ngx_http_cio_shws_t *ws,
                 &= ~NGX_HTTP_CIO_MINE;
         }
     }
+
+    sh->taking = 0;
 
     ws->stuck = (n == 0 && skipped == NGX_HTTP_CIO_SKIP_MAX)
                 ? sh->unholds + 1 : 0;

@@ -8,7 +8,10 @@
 #    gone;
 #  - inside a push: the items it had taken out of the zone are on the
 #    workspace's list already, so nothing the dead worker held stays
-#    allocated; they are delivered, and the zone's memory comes back.
+#    allocated; they are delivered, and the zone's memory comes back;
+#  - inside a take, with a person's first item leased: her second does not
+#    overtake it (it failed before the next take cleared the dead one's
+#    marks).
 #
 # gdb stops the worker at the moment wanted: attached, it runs the worker
 # to a breakpoint and holds it there while the test sends its signals.
@@ -181,6 +184,61 @@ sub event {
     my $after = $status->()->{zone}{used};
     is($after, $before, 'and uses as much memory as before the kill')
         or diag("before $before, after $after");
+
+    $t->done_part;
+}
+
+# --- a worker killed inside a take -------------------------------------------
+
+# It had leased a person's first item and marked her "being taken" when it
+# died: the next take must not read that mark as its own and send her
+# second item before the first, which waits for its lease to run out.
+{
+    my $t = Cio::Test->new(workers => 1);
+    my $cio = $t->standin(workspaces => ['site1:key1']);
+    $t->config(http => conf($cio->url))->run;
+    $t->allow_alert($KILLED)->allow_alert($UNLOCKED);
+    $t->allow_log(qr/\[warn\].*cio: 1 events taken back after their lease/);
+
+    # the line after a take marks an item's person, found in the source
+    open my $src, '<', $t->top . '/src/ngx_http_cio_queue.c' or die $!;
+    my ($line, $held);
+    while (<$src>) {
+        $held = 1 if /^\s+ngx_http_cio_queue_hold\(zone->sh, node\);/;
+        if ($held && /^\s+ws->npending--;/) {
+            $line = $.;
+            last;
+        }
+    }
+    close $src;
+    ok($line, 'the line after a take marks a person is found in the source');
+
+    my ($w) = $t->worker_pids;
+    my $gdb = stop_at($t, $w, "ngx_http_cio_queue.c:$line");
+    ok(wait_until(sub {
+        (proc_field($w, 'TracerPid') // 0) == $gdb
+    }, 20), 'gdb attached to the worker');
+
+    my ($st) = $t->post('/cio/v1/track', event('first'));
+    is($st, 200, "a person's first event accepted");
+    ok(stopped($t, $gdb, 20), 'the worker is stopped inside the take')
+        or diag($t->read_file('gdb.log'));
+
+    kill 'KILL', $w;
+    release($t, $gdb);
+    ok(wait_until(sub { my @p = $t->worker_pids; @p && $p[0] != $w }, 10),
+        'a new worker took over');
+
+    ($st) = $t->post('/cio/v1/track', event('second'));
+    is($st, 200, 'her second event accepted');
+    is_deeply($cio->wait_names(['first', 'second'], 15), [],
+        'both delivered');
+    my @order = map { $_->{item}{name} }
+                sort { $a->{seq} <=> $b->{seq} || $a->{index} <=> $b->{index} }
+                grep { ($_->{item}{name} // '') =~ /^(first|second)$/ }
+                @{ $cio->records };
+    is_deeply(\@order, ['first', 'second'],
+        'the first before the second, after its lease ran out');
 
     $t->done_part;
 }
