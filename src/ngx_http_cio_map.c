@@ -211,6 +211,64 @@ ngx_http_cio_call_name(int type)
 
 
 /*
+ * Whether a cJSON allocation failed while the current call was mapped.
+ * cJSON adds nothing when it cannot copy a key, and the mapper would
+ * send an item without it (identifiers, attributes) and lose what it
+ * meant to add: the call fails instead (a 500 to the sender, who sends
+ * it again), and what could not be added is freed.  malloc() sets errno
+ * to ENOMEM for the cJSON objects that could not be made.  One mapping
+ * at a time per process (a worker's event loop, a test).
+ */
+static int  ngx_http_cio_map_failed;
+
+
+static void
+ngx_http_cio_map_add(cJSON *o, const char *k, cJSON *v)
+{
+    if (v == NULL) {
+        return;
+    }
+
+    if (o == NULL || !cJSON_AddItemToObject(o, k, v)) {
+        cJSON_Delete(v);
+        ngx_http_cio_map_failed = 1;
+    }
+}
+
+
+static void
+ngx_http_cio_map_add_elt(cJSON *a, cJSON *v)
+{
+    if (v == NULL) {
+        return;
+    }
+
+    if (a == NULL || !cJSON_AddItemToArray(a, v)) {
+        cJSON_Delete(v);
+        ngx_http_cio_map_failed = 1;
+    }
+}
+
+
+static void
+ngx_http_cio_map_add_str(cJSON *o, const char *k, const char *v)
+{
+    if (v != NULL && cJSON_AddStringToObject(o, k, v) == NULL) {
+        ngx_http_cio_map_failed = 1;
+    }
+}
+
+
+static void
+ngx_http_cio_map_add_num(cJSON *o, const char *k, double v)
+{
+    if (cJSON_AddNumberToObject(o, k, v) == NULL) {
+        ngx_http_cio_map_failed = 1;
+    }
+}
+
+
+/*
  * The common calls take the one-pass fast path (ngx_http_cio_map_fast.c);
  * whatever it does not handle, it declines, and the tree below maps it.
  */
@@ -241,6 +299,9 @@ ngx_http_cio_map_tree(const char *body, size_t len,
     ngx_http_cio_map_ctx_t   ctx;
 
     memset(res, 0, sizeof(ngx_http_cio_map_result_t));
+
+    ngx_http_cio_map_failed = 0;
+    errno = 0;
 
     memset(&ctx, 0, sizeof(ngx_http_cio_map_ctx_t));
     ctx.opts = opts;
@@ -404,12 +465,12 @@ ngx_http_cio_map_strict(const char *body, size_t len)
 
         case '"':
             for (p++; p < end && *p != '"'; p++) {
-                if (*p == '\\') {
+                if (*p == '\\' && p + 1 < end) {
                     p++;
                 }
             }
 
-            p++;
+            p = (p < end) ? p + 1 : end;
             break;
 
         case ' ': case '\t': case '\n': case '\r':
@@ -1224,7 +1285,7 @@ ngx_http_cio_map_amplitude_event(ngx_http_cio_map_ctx_t *ctx,
         v = ngx_http_cio_map_get(ev, copies[i].from);
 
         if (v != NULL) {
-            cJSON_AddItemToObject(call, copies[i].to, cJSON_Duplicate(v, 1));
+            ngx_http_cio_map_add(call, copies[i].to, cJSON_Duplicate(v, 1));
         }
     }
 
@@ -1240,9 +1301,9 @@ ngx_http_cio_map_amplitude_event(ngx_http_cio_map_ctx_t *ctx,
 
     if (strcmp(name, "$identify") == 0) {
         type = NGX_HTTP_CIO_CALL_IDENTIFY;
-        cJSON_AddItemToObject(call, "traits",
-            ngx_http_cio_map_amplitude_props(
-                ngx_http_cio_map_get(ev, "user_properties")));
+        ngx_http_cio_map_add(call, "traits",
+           ngx_http_cio_map_amplitude_props(
+               ngx_http_cio_map_get(ev, "user_properties")));
 
     } else if (strcmp(name, "$groupidentify") == 0) {
 
@@ -1265,14 +1326,14 @@ ngx_http_cio_map_amplitude_event(ngx_http_cio_map_ctx_t *ctx,
         }
 
         type = NGX_HTTP_CIO_CALL_GROUP;
-        cJSON_AddItemToObject(call, "groupId", cJSON_Duplicate(g, 1));
-        cJSON_AddItemToObject(call, "traits",
-            ngx_http_cio_map_amplitude_props(
-                ngx_http_cio_map_get(ev, "group_properties")));
+        ngx_http_cio_map_add(call, "groupId", cJSON_Duplicate(g, 1));
+        ngx_http_cio_map_add(call, "traits",
+           ngx_http_cio_map_amplitude_props(
+               ngx_http_cio_map_get(ev, "group_properties")));
 
     } else {
         type = NGX_HTTP_CIO_CALL_TRACK;
-        cJSON_AddStringToObject(call, "event", name);
+        ngx_http_cio_map_add_str(call, "event", name);
 
         v = ngx_http_cio_map_get(ev, "event_properties");
         props = cJSON_IsObject(v) ? cJSON_Duplicate(v, 1)
@@ -1291,7 +1352,7 @@ ngx_http_cio_map_amplitude_event(ngx_http_cio_map_ctx_t *ctx,
             ngx_http_cio_map_replace(props, "groups", v);
         }
 
-        cJSON_AddItemToObject(call, "properties", props);
+        ngx_http_cio_map_add(call, "properties", props);
     }
 
     ngx_http_cio_map_call(ctx, call, type, out);
@@ -1342,12 +1403,12 @@ ngx_http_cio_map_insert_id(cJSON *call, const cJSON *ev, const char *iid)
 
     seed = malloc(n);
     if (seed == NULL) {
-        cJSON_AddStringToObject(call, "messageId", iid);
+        ngx_http_cio_map_failed = 1;
         return;
     }
 
     snprintf(seed, n, "%s\x1f%s", iid, dev);
-    cJSON_AddStringToObject(call, "messageId", seed);
+    ngx_http_cio_map_add_str(call, "messageId", seed);
     free(seed);
 }
 
@@ -1542,6 +1603,14 @@ ngx_http_cio_map_call(ngx_http_cio_map_ctx_t *ctx, cJSON *call, int type,
         rc = -1;
     }
 
+    if (ngx_http_cio_map_failed || errno == ENOMEM) {
+        snprintf(out->error, NGX_HTTP_CIO_MAP_ERRLEN,
+                 NGX_HTTP_CIO_MAP_NOMEM);
+        ngx_http_cio_map_failed = 0;
+        errno = 0;
+        rc = -1;
+    }
+
     /* only a valid call is filtered: an invalid one is still refused */
     if (rc == 0 && ngx_http_cio_map_filtered(ctx, call, type)) {
         out->filtered = 1;
@@ -1606,8 +1675,10 @@ ngx_http_cio_map_call(ngx_http_cio_map_ctx_t *ctx, cJSON *call, int type,
 
 
 /*
- * Whether a track call's name is one that acts on a person, an object or
- * a device rather than records an event (§5.7–§5.9).
+ * Whether a track call's name is one that acts on a person or an object
+ * instead of recording an event (§5.7, §5.9).  The device names are not:
+ * they record their event as well, and an allow list is there to drop
+ * such events (Application Opened, at every start of an app).
  */
 
 static int
@@ -1615,19 +1686,12 @@ ngx_http_cio_map_action(ngx_http_cio_map_ctx_t *ctx, const char *name)
 {
     static const char  *names[] = {
         "Object Deleted", "Relationship Deleted", "User Deleted",
-        "User Suppressed", "User Unsuppressed", "Application Installed",
-        "Application Opened", "Device Created or Updated",
-        "Application Uninstalled", "Device Deleted"
+        "User Suppressed", "User Unsuppressed"
     };
 
-    if (ctx->amplitude) {
-        return 0;
-    }
-
-    return ngx_http_cio_map_listed(name, names,
-                                   sizeof(names) / sizeof(names[0]))
-           || ngx_http_cio_map_listed(name, ctx->opts->device_events,
-                                      ctx->opts->ndevice_events);
+    return !ctx->amplitude
+           && ngx_http_cio_map_listed(name, names,
+                                      sizeof(names) / sizeof(names[0]));
 }
 
 
@@ -1637,9 +1701,9 @@ ngx_http_cio_map_action(ngx_http_cio_map_ctx_t *ctx, const char *name)
  * event_type), as RudderStack's event filtering does: an allow list of a
  * few event names must not silently drop every page view, screen view and
  * profile update, and "Viewed X Screen" is our name, not the sender's.
- * Nor a deletion, a suppression or a device (ngx_http_cio_map_action()):
- * those are not events to Customer.io; a deny list that names one drops
- * it.  Consent denial covers every call type: it is about the person.
+ * Nor a deletion or a suppression (ngx_http_cio_map_action()): those
+ * are no events to Customer.io; a deny list that names one drops it.
+ * Consent denial covers every call type: it is about the person.
  */
 
 static int
@@ -1901,13 +1965,13 @@ ngx_http_cio_map_identify(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
 
     ngx_http_cio_map_anonymous(ctx, call, attrs, known);
 
-    cJSON_AddStringToObject(item, "type", "person");
-    cJSON_AddItemToObject(item, "identifiers", ids);
-    cJSON_AddStringToObject(item, "action", "identify");
-    cJSON_AddItemToObject(item, "attributes", attrs);
+    ngx_http_cio_map_add_str(item, "type", "person");
+    ngx_http_cio_map_add(item, "identifiers", ids);
+    ngx_http_cio_map_add_str(item, "action", "identify");
+    ngx_http_cio_map_add(item, "attributes", attrs);
 
     if (rels != NULL) {
-        cJSON_AddItemToObject(item, "cio_relationships", rels);
+        ngx_http_cio_map_add(item, "cio_relationships", rels);
     }
 
     return 0;
@@ -1933,16 +1997,16 @@ ngx_http_cio_map_relationship(ngx_http_cio_map_ctx_t *ctx,
 
     rels = cJSON_CreateArray();
     rel = cJSON_CreateObject();
-    cJSON_AddItemToObject(rel, "identifiers", obj);
+    ngx_http_cio_map_add(rel, "identifiers", obj);
 
     ra = ngx_http_cio_map_get(traits, "relationshipAttributes");
 
     if (cJSON_IsObject(ra)) {
-        cJSON_AddItemToObject(rel, "relationship_attributes",
-                              ngx_http_cio_map_attrs(ctx, ra));
+        ngx_http_cio_map_add(rel, "relationship_attributes",
+                             ngx_http_cio_map_attrs(ctx, ra));
     }
 
-    cJSON_AddItemToArray(rels, rel);
+    ngx_http_cio_map_add_elt(rels, rel);
 
     return rels;
 }
@@ -2014,9 +2078,9 @@ ngx_http_cio_map_track(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
             return -1;
         }
 
-        cJSON_AddStringToObject(items[0], "type", "person");
-        cJSON_AddItemToObject(items[0], "identifiers", ids);
-        cJSON_AddStringToObject(items[0], "action", action);
+        ngx_http_cio_map_add_str(items[0], "type", "person");
+        ngx_http_cio_map_add(items[0], "identifiers", ids);
+        ngx_http_cio_map_add_str(items[0], "action", action);
         return 0;
     }
 
@@ -2045,27 +2109,38 @@ ngx_http_cio_map_track(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     token = ngx_http_cio_map_get(token, "token");
     token_s = (char *) ngx_http_cio_map_str(token);
 
+    /* a token names a device as an id names a person: never changed */
+    if ((add || del) && known && token_s != NULL && token_s[0] != '\0'
+        && !ngx_http_cio_map_utf8_valid(token_s))
+    {
+        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
+                 "context.device.token is not valid UTF-8");
+        cJSON_Delete(ids);
+        cJSON_Delete(attrs);
+        return -1;
+    }
+
     if ((add || del) && known && token_s != NULL && token_s[0] != '\0') {
         device = ngx_http_cio_map_device(ctx, call, attrs, add, token_s);
 
-        cJSON_AddStringToObject(items[0], "type", "person");
-        cJSON_AddItemToObject(items[0], "identifiers",
-                              cJSON_Duplicate(ids, 1));
-        cJSON_AddStringToObject(items[0], "action",
-                                add ? "add_device" : "delete_device");
-        cJSON_AddItemToObject(items[0], "device", device);
+        ngx_http_cio_map_add_str(items[0], "type", "person");
+        ngx_http_cio_map_add(items[0], "identifiers",
+                             cJSON_Duplicate(ids, 1));
+        ngx_http_cio_map_add_str(items[0], "action",
+                                 add ? "add_device" : "delete_device");
+        ngx_http_cio_map_add(items[0], "device", device);
 
         items[1] = cJSON_CreateObject();
 
-        cJSON_AddStringToObject(items[1], "type", "person");
-        cJSON_AddItemToObject(items[1], "identifiers", ids);
+        ngx_http_cio_map_add_str(items[1], "type", "person");
+        ngx_http_cio_map_add(items[1], "identifiers", ids);
         ngx_http_cio_map_event(ctx, call, items[1], "event", name, attrs,
                                known);
         return 0;
     }
 
-    cJSON_AddStringToObject(items[0], "type", "person");
-    cJSON_AddItemToObject(items[0], "identifiers", ids);
+    ngx_http_cio_map_add_str(items[0], "type", "person");
+    ngx_http_cio_map_add(items[0], "identifiers", ids);
     ngx_http_cio_map_event(ctx, call, items[0], "event", name, attrs, known);
 
     return 0;
@@ -2088,7 +2163,7 @@ ngx_http_cio_map_device(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     const cJSON  *e;
 
     device = cJSON_CreateObject();
-    cJSON_AddStringToObject(device, "token", token_s);
+    ngx_http_cio_map_add_str(device, "token", token_s);
 
     if (add) {
         type = ngx_http_cio_map_str(
@@ -2112,37 +2187,37 @@ ngx_http_cio_map_device(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
                 snprintf(buf, sizeof(buf), "ios");
             }
 
-            cJSON_AddStringToObject(device, "platform", buf);
+            ngx_http_cio_map_add_str(device, "platform", buf);
         }
 
         ms = ngx_http_cio_map_time(ctx, call, NULL, 0);
-        cJSON_AddNumberToObject(device, "last_used",
-                                (double) (ms / 1000));
+        ngx_http_cio_map_add_num(device, "last_used",
+                                 (double) (ms / 1000));
 
         dattrs = cJSON_CreateObject();
 
         s = ngx_http_cio_map_str(ngx_http_cio_map_context(ctx, call,
                                                           "os", "name"));
         if (s) {
-            cJSON_AddStringToObject(dattrs, "device_os", s);
+            ngx_http_cio_map_add_str(dattrs, "device_os", s);
         }
 
         s = ngx_http_cio_map_str(ngx_http_cio_map_context(ctx, call,
                                                           "device", "model"));
         if (s) {
-            cJSON_AddStringToObject(dattrs, "device_model", s);
+            ngx_http_cio_map_add_str(dattrs, "device_model", s);
         }
 
         s = ngx_http_cio_map_str(ngx_http_cio_map_context(ctx, call,
                                                           "app", "version"));
         if (s) {
-            cJSON_AddStringToObject(dattrs, "app_version", s);
+            ngx_http_cio_map_add_str(dattrs, "app_version", s);
         }
 
         s = ngx_http_cio_map_str(ngx_http_cio_map_context(ctx, call,
                                                           "locale", NULL));
         if (s) {
-            cJSON_AddStringToObject(dattrs, "device_locale", s);
+            ngx_http_cio_map_add_str(dattrs, "device_locale", s);
         }
 
         /* properties win over the context fields; 300 at most */
@@ -2159,7 +2234,7 @@ ngx_http_cio_map_device(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
             ngx_http_cio_map_replace(dattrs, e->string, e);
         }
 
-        cJSON_AddItemToObject(device, "attributes", dattrs);
+        ngx_http_cio_map_add(device, "attributes", dattrs);
     }
 
     return device;
@@ -2208,8 +2283,8 @@ ngx_http_cio_map_page(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     attrs = ngx_http_cio_map_attrs(ctx, cJSON_IsObject(props) ? props
                                                               : NULL);
 
-    cJSON_AddStringToObject(item, "type", "person");
-    cJSON_AddItemToObject(item, "identifiers", ids);
+    ngx_http_cio_map_add_str(item, "type", "person");
+    ngx_http_cio_map_add(item, "identifiers", ids);
     ngx_http_cio_map_event(ctx, call, item, "page", name, attrs, known);
 
     return 0;
@@ -2251,8 +2326,8 @@ ngx_http_cio_map_screen(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     attrs = ngx_http_cio_map_attrs(ctx, cJSON_IsObject(props) ? props
                                                               : NULL);
 
-    cJSON_AddStringToObject(item, "type", "person");
-    cJSON_AddItemToObject(item, "identifiers", ids);
+    ngx_http_cio_map_add_str(item, "type", "person");
+    ngx_http_cio_map_add(item, "identifiers", ids);
 
     if (ctx->opts->screen_native) {
         ngx_http_cio_map_event(ctx, call, item, "screen",
@@ -2344,20 +2419,20 @@ ngx_http_cio_map_group(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
 
     rels = cJSON_CreateArray();
     rel = cJSON_CreateObject();
-    cJSON_AddItemToObject(rel, "identifiers", ids);
+    ngx_http_cio_map_add(rel, "identifiers", ids);
 
     ra = ngx_http_cio_map_get(traits, "relationshipAttributes");
 
     if (cJSON_IsObject(ra)) {
-        cJSON_AddItemToObject(rel, "relationship_attributes",
-                              ngx_http_cio_map_attrs(ctx, ra));
+        ngx_http_cio_map_add(rel, "relationship_attributes",
+                             ngx_http_cio_map_attrs(ctx, ra));
     }
 
-    cJSON_AddItemToArray(rels, rel);
+    ngx_http_cio_map_add_elt(rels, rel);
 
-    cJSON_AddStringToObject(item, "type", "object");
-    cJSON_AddItemToObject(item, "identifiers", obj);
-    cJSON_AddStringToObject(item, "action", action);
+    ngx_http_cio_map_add_str(item, "type", "object");
+    ngx_http_cio_map_add(item, "identifiers", obj);
+    ngx_http_cio_map_add_str(item, "action", action);
 
     /* a deletion names the object only; relationship changes no attributes */
     if (strcmp(action, "delete") == 0) {
@@ -2370,10 +2445,10 @@ ngx_http_cio_map_group(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
         cJSON_Delete(attrs);
 
     } else {
-        cJSON_AddItemToObject(item, "attributes", attrs);
+        ngx_http_cio_map_add(item, "attributes", attrs);
     }
 
-    cJSON_AddItemToObject(item, "cio_relationships", rels);
+    ngx_http_cio_map_add(item, "cio_relationships", rels);
 
     return 0;
 }
@@ -2428,11 +2503,11 @@ ngx_http_cio_map_deleted(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
         return -1;
     }
 
-    cJSON_AddStringToObject(item, "type", "object");
-    cJSON_AddItemToObject(item, "identifiers", obj);
+    ngx_http_cio_map_add_str(item, "type", "object");
+    ngx_http_cio_map_add(item, "identifiers", obj);
 
     if (!rel) {
-        cJSON_AddStringToObject(item, "action", "delete");
+        ngx_http_cio_map_add_str(item, "action", "delete");
         return 0;
     }
 
@@ -2443,11 +2518,11 @@ ngx_http_cio_map_deleted(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
 
     rels = cJSON_CreateArray();
     r = cJSON_CreateObject();
-    cJSON_AddItemToObject(r, "identifiers", ids);
-    cJSON_AddItemToArray(rels, r);
+    ngx_http_cio_map_add(r, "identifiers", ids);
+    ngx_http_cio_map_add_elt(rels, r);
 
-    cJSON_AddStringToObject(item, "action", "delete_relationships");
-    cJSON_AddItemToObject(item, "cio_relationships", rels);
+    ngx_http_cio_map_add_str(item, "action", "delete_relationships");
+    ngx_http_cio_map_add(item, "cio_relationships", rels);
 
     return 0;
 }
@@ -2524,8 +2599,8 @@ ngx_http_cio_map_object(const cJSON *src, const cJSON *id,
         return NULL;
     }
 
-    cJSON_AddStringToObject(obj, "object_type_id", otype ? otype : "1");
-    cJSON_AddStringToObject(obj, "object_id", oid);
+    ngx_http_cio_map_add_str(obj, "object_type_id", otype ? otype : "1");
+    ngx_http_cio_map_add_str(obj, "object_id", oid);
 
     return obj;
 }
@@ -2567,10 +2642,10 @@ ngx_http_cio_map_alias(cJSON *call, cJSON *item, char *err)
         return -1;
     }
 
-    cJSON_AddStringToObject(item, "type", "person");
-    cJSON_AddStringToObject(item, "action", "merge");
-    cJSON_AddItemToObject(item, "primary", primary);
-    cJSON_AddItemToObject(item, "secondary", secondary);
+    ngx_http_cio_map_add_str(item, "type", "person");
+    ngx_http_cio_map_add_str(item, "action", "merge");
+    ngx_http_cio_map_add(item, "primary", primary);
+    ngx_http_cio_map_add(item, "secondary", secondary);
 
     return 0;
 }
@@ -2666,7 +2741,7 @@ ngx_http_cio_map_identity(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
             }
 
             o = cJSON_CreateObject();
-            cJSON_AddStringToObject(o, "email", v->valuestring);
+            ngx_http_cio_map_add_str(o, "email", v->valuestring);
 
             return o;
         }
@@ -2700,7 +2775,7 @@ ngx_http_cio_map_identity(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
         }
 
         o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "anonymous_id", s);
+        ngx_http_cio_map_add_str(o, "anonymous_id", s);
 
         return o;
     }
@@ -2758,13 +2833,13 @@ ngx_http_cio_map_resolve(const cJSON *v, const char *field, char *err)
     }
 
     if (strncmp(s, "cio_", 4) == 0 && s[4] != '\0') {
-        cJSON_AddStringToObject(o, "cio_id", s + 4);
+        ngx_http_cio_map_add_str(o, "cio_id", s + 4);
 
     } else if (ngx_http_cio_map_is_email(s)) {
-        cJSON_AddStringToObject(o, "email", s);
+        ngx_http_cio_map_add_str(o, "email", s);
 
     } else {
-        cJSON_AddStringToObject(o, "id", s);
+        ngx_http_cio_map_add_str(o, "id", s);
     }
 
     return o;
@@ -2914,7 +2989,7 @@ ngx_http_cio_map_put(ngx_http_cio_map_ctx_t *ctx, cJSON *attrs,
         }
     }
 
-    cJSON_AddItemToObject(attrs, name, v);
+    ngx_http_cio_map_add(attrs, name, v);
 }
 
 
@@ -2931,7 +3006,7 @@ ngx_http_cio_map_replace(cJSON *o, const char *name, const cJSON *v)
     }
 
     cJSON_DeleteItemFromObjectCaseSensitive(o, name);
-    cJSON_AddItemToObject(o, name, copy);
+    ngx_http_cio_map_add(o, name, copy);
 }
 
 
@@ -3002,7 +3077,7 @@ ngx_http_cio_map_event(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
         seed = canon ? canon : "";
 
         if (sent != NULL) {
-            cJSON_AddItemToObject(call, "sentAt", sent);
+            ngx_http_cio_map_add(call, "sentAt", sent);
         }
     }
 
@@ -3011,11 +3086,11 @@ ngx_http_cio_map_event(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
 
     ngx_http_cio_map_anonymous(ctx, call, attrs, known);
 
-    cJSON_AddStringToObject(item, "action", action);
-    cJSON_AddStringToObject(item, "name", cut ? cut : "");
-    cJSON_AddStringToObject(item, "id", ulid);
-    cJSON_AddNumberToObject(item, "timestamp", (double) (ms / 1000));
-    cJSON_AddItemToObject(item, "attributes", attrs);
+    ngx_http_cio_map_add_str(item, "action", action);
+    ngx_http_cio_map_add_str(item, "name", cut ? cut : "");
+    ngx_http_cio_map_add_str(item, "id", ulid);
+    ngx_http_cio_map_add_num(item, "timestamp", (double) (ms / 1000));
+    ngx_http_cio_map_add(item, "attributes", attrs);
 
     free(cut);
 }
@@ -3067,7 +3142,7 @@ ngx_http_cio_map_attrs(ngx_http_cio_map_ctx_t *ctx, const cJSON *src)
 
         ngx_http_cio_map_values(ctx, v, 0);
 
-        cJSON_AddItemToObject(attrs, e->string, v);
+        ngx_http_cio_map_add(attrs, e->string, v);
         n++;
     }
 

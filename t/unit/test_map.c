@@ -2576,17 +2576,18 @@ test_filters(void)
         "'secondary':{'id':'p'}}],"
         "{'error':'userId or anonymousId is required'}]");
 
-    expect_calls("allow list: a deletion, a suppression, a device are no"
-                 " events to it",
+    expect_calls("allow list: a deletion, a suppression are no events to"
+                 " it",
         &o,
         "{'batch':[{'type':'track','userId':'u','event':'User Deleted'},"
         "{'type':'track','userId':'u','event':'User Suppressed'},"
         "{'type':'track','userId':'u','event':'Object Deleted',"
-        "'properties':{'objectId':'g'}}]}",
+        "'properties':{'objectId':'g'}},"
+        "{'type':'track','anonymousId':'a','event':'Application Opened'}]}",
         "[[{'type':'person','identifiers':{'id':'u'},'action':'delete'}],"
         "[{'type':'person','identifiers':{'id':'u'},'action':'suppress'}],"
         "[{'type':'object','action':'delete','identifiers':"
-        "{'object_type_id':'1','object_id':'g'}}]]");
+        "{'object_type_id':'1','object_id':'g'}}],'filtered']");
 
     map("{'batch':[{'type':'track','userId':'u','event':'A'},"
         "{'type':'track','userId':'u','event':'B'},"
@@ -3333,6 +3334,11 @@ test_contract_hostile(void)
         NGX_HTTP_CIO_CALL_PAGE,
         "{'userId':'u','context':{'page':{'url':'https://a\\u0000b'}}}",
         "context.page.url contains a \\u0000 escape");
+    expect_call_error("a device token that is not UTF-8",
+        NGX_HTTP_CIO_CALL_TRACK,
+        "{'userId':'u','event':'Application Opened','context':"
+        "{'device':{'token':'tok\\ud83d','type':'ios'}}}",
+        "context.device.token is not valid UTF-8");
     expect_call_error("a \\u0000 in a device token beside an e-mail",
         NGX_HTTP_CIO_CALL_TRACK,
         "{'userId':'u','event':'Application Installed','context':"
@@ -3407,54 +3413,124 @@ hook_failing_malloc(size_t n)
 }
 
 
+/* every item of a result, one after the other, or NULL */
+static char *
+all_items(ngx_http_cio_map_result_t *res)
+{
+    char    *out;
+    int      k;
+    size_t   i, len, at;
+
+    len = 1;
+
+    for (i = 0; i < res->ncalls; i++) {
+        for (k = 0; k < res->calls[i].nitems; k++) {
+            len += res->calls[i].item_len[k] + 1;
+        }
+    }
+
+    out = malloc(len);
+    at = 0;
+
+    for (i = 0; out != NULL && i < res->ncalls; i++) {
+        for (k = 0; k < res->calls[i].nitems; k++) {
+            memcpy(out + at, res->calls[i].item[k], res->calls[i].item_len[k]);
+            at += res->calls[i].item_len[k];
+            out[at++] = '\n';
+        }
+    }
+
+    if (out != NULL) {
+        out[at] = '\0';
+    }
+
+    return out;
+}
+
+
 /*
  * Out of memory at every allocation of a tree-path mapping in turn: the
  * mapper says so (a 500, which the sender sends again), never blames the
- * input (a 400 or a call in "rejected", which it would drop).
+ * input (a 400 or a call in "rejected", which it would drop), and never
+ * sends an item it could not make whole.
  */
 static void
 test_out_of_memory(void)
 {
-    int                        rc, blamed;
+    int                        b, rc, bad;
     long                       n;
-    size_t                     i;
-    char                       detail[256];
+    char                      *want, *got, detail[256];
     cJSON_Hooks                hooks;
     ngx_http_cio_map_opts_t    o;
     ngx_http_cio_map_result_t  res;
 
-    o = opts(NGX_HTTP_CIO_CALL_BATCH);
+    static const struct {
+        int          route;
+        const char  *body;
+    } bodies[] = {
+        { NGX_HTTP_CIO_CALL_BATCH,
+          "{'context':{'traits':{'plan':'x'}},'batch':["
+          "{'type':'identify','anonymousId':'a1','traits':{'email':"
+          "'a@x.co','createdAt':'2020-01-01T00:00:00Z','tags':[1,'t']}},"
+          "{'type':'track','userId':'u','event':'Application Installed',"
+          "'context':{'device':{'token':'tk','type':'ios'},'os':{'name':"
+          "'iOS'}},'properties':{'k':{'n':[1,2]},'d':'2021-01-01'}},"
+          "{'type':'page','userId':'u','name':'Home'},"
+          "{'type':'screen','anonymousId':'a2','name':'Cart'},"
+          "{'type':'group','userId':'u','groupId':'g','traits':{'name':"
+          "'A','relationshipAttributes':{'role':'r'}}},"
+          "{'type':'alias','userId':'u','previousId':'p'},"
+          "{'type':'track','userId':'u','event':'Object Deleted',"
+          "'properties':{'objectId':'o1'}}]}" },
+        { NGX_HTTP_CIO_CALL_AMPLITUDE,
+          "{'api_key':'k','events':[{'event_type':'e','user_id':'user1',"
+          "'insert_id':'i1','time':1700000000000,'event_properties':"
+          "{'a':[1,{'b':2}]},'user_properties':{'c':3},'groups':"
+          "{'org':'acme'}},{'event_type':'$identify','device_id':'dev-1',"
+          "'user_properties':{'$set':{'plan':'pro'}}}]}" }
+    };
+
     hooks.malloc_fn = hook_failing_malloc;
     hooks.free_fn = free;
-    blamed = 0;
+    bad = 0;
     detail[0] = '\0';
 
-    for (n = 0; n < 400 && !blamed; n++) {
-        hook_left = n;
-        cJSON_InitHooks(&hooks);
-        rc = map("{'batch':[{'type':'group','userId':'u','groupId':'g',"
-                 "'traits':{'name':'A','n':[1,2,{'x':'y'}]}},"
-                 "{'type':'alias','userId':'u','previousId':'p'}]}", &o,
-                 &res);
-        cJSON_InitHooks(NULL);
+    for (b = 0; b < 2 && !bad; b++) {
+        o = opts(bodies[b].route);
+        want = NULL;
 
-        if (!ngx_http_cio_map_out_of_memory(&res)) {
-            for (i = 0; rc == 0 && i < res.ncalls; i++) {
-                blamed |= (res.calls[i].error[0] != '\0');
-            }
-
-            blamed |= (rc != 0);
-
-            if (blamed) {
-                snprintf(detail, sizeof(detail), "at allocation %ld: %s",
-                         n, rc ? res.error : res.calls[i - 1].error);
-            }
+        if (map(bodies[b].body, &o, &res) == 0) {
+            want = all_items(&res);
         }
 
         ngx_http_cio_map_result_free(&res);
-    }
 
-    ok(!blamed, "out of memory is never the input's fault", detail);
+        for (n = 0; n < 2000 && !bad && want != NULL; n++) {
+            hook_left = n;
+            cJSON_InitHooks(&hooks);
+            rc = map(bodies[b].body, &o, &res);
+            cJSON_InitHooks(NULL);
+
+            if (!ngx_http_cio_map_out_of_memory(&res)) {
+                got = (rc == 0) ? all_items(&res) : NULL;
+
+                if (got == NULL || strcmp(got, want) != 0) {
+                    bad = 1;
+                    snprintf(detail, sizeof(detail),
+                             "body %d, allocation %ld: %s", b, n,
+                             rc ? res.error : (got ? got : "(none)"));
+                }
+
+                free(got);
+            }
+
+            ngx_http_cio_map_result_free(&res);
+        }
+
+        ok(want != NULL && !bad, "out of memory is never the input's "
+           "fault, nor an item sent short", detail);
+        free(want);
+    }
 }
 
 
