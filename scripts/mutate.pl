@@ -272,9 +272,9 @@ my @MUTATIONS = (
             . 'person, not its traits.email\'s, in the one-pass mapper',
         file => $MAP_FAST,
         from => q~    if (identify) {
-        if (fj_get(ctx, &c->traits, "email", &v) < 0) {~,
+        if (fj_lookup(ctx, &c->traits, "email", &v, 1) < 0) {~,
         to => q~    if (0) {
-        if (fj_get(ctx, &c->traits, "email", &v) < 0) {~,
+        if (fj_lookup(ctx, &c->traits, "email", &v, 1) < 0) {~,
         tests => [qw(t/11-precedence.t t/10-ingest.t t/12-contract.t)],
     },
     {
