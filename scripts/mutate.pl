@@ -630,8 +630,8 @@ my @MUTATIONS = (
         what => 'a chunked body is copied into memory before its size is '
             . 'checked',
         file => $HANDLER,
-        from => q~    if (ngx_http_cio_too_large(r, lcf, route, ngx_http_cio_body_size(r),~,
-        to => q~    if (ngx_http_cio_too_large(r, lcf, route, ngx_http_cio_body_size(r) * 0,~,
+        from => q~    if (ngx_http_cio_too_large(r, lcf, route, size, answer) != NGX_OK) {~,
+        to => q~    if (ngx_http_cio_too_large(r, lcf, route, 0, answer) != NGX_OK) {~,
         tests => [qw(t/57-body-memory.t)],
     },
     {

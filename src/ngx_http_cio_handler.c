@@ -125,7 +125,7 @@ static void ngx_http_cio_log_changes(ngx_http_request_t *r,
     ngx_uint_t changes);
 static off_t ngx_http_cio_body_size(ngx_http_request_t *r);
 static ngx_int_t ngx_http_cio_read_body(ngx_http_request_t *r,
-    ngx_str_t *body);
+    off_t len, ngx_str_t *body);
 static ngx_int_t ngx_http_cio_header_key(ngx_http_request_t *r,
     ngx_str_t *key);
 static ngx_uint_t ngx_http_cio_key_allowed(ngx_array_t *keys, u_char *key,
@@ -530,6 +530,7 @@ static ngx_int_t
 ngx_http_cio_body(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
     ngx_int_t route, ngx_str_t *body, size_t *received, ngx_int_t *answer)
 {
+    off_t   size;
     size_t  max;
 
     /*
@@ -537,14 +538,13 @@ ngx_http_cio_body(ngx_http_request_t *r, ngx_http_cio_loc_conf_t *lcf,
      * before it is copied into memory, where client_max_body_size 0 would
      * let one request take hundreds of megabytes of the worker's
      */
-    if (ngx_http_cio_too_large(r, lcf, route, ngx_http_cio_body_size(r),
-                               answer)
-        != NGX_OK)
-    {
+    size = ngx_http_cio_body_size(r);
+
+    if (ngx_http_cio_too_large(r, lcf, route, size, answer) != NGX_OK) {
         return NGX_DONE;
     }
 
-    if (ngx_http_cio_read_body(r, body) != NGX_OK) {
+    if (ngx_http_cio_read_body(r, size, body) != NGX_OK) {
         *answer = NGX_HTTP_INTERNAL_SERVER_ERROR;
         return NGX_DONE;
     }
@@ -1675,10 +1675,13 @@ ngx_http_cio_body_size(ngx_http_request_t *r)
 }
 
 
-/* the body in one piece, also when nginx buffered it to a file */
+/*
+ * The body in one piece, also when nginx buffered it to a file; len is
+ * ngx_http_cio_body_size()'s.
+ */
 
 static ngx_int_t
-ngx_http_cio_read_body(ngx_http_request_t *r, ngx_str_t *body)
+ngx_http_cio_read_body(ngx_http_request_t *r, off_t len, ngx_str_t *body)
 {
     off_t         size;
     u_char       *p;
@@ -1693,7 +1696,7 @@ ngx_http_cio_read_body(ngx_http_request_t *r, ngx_str_t *body)
         return NGX_OK;
     }
 
-    p = ngx_pnalloc(r->pool, (size_t) ngx_http_cio_body_size(r) + 1);
+    p = ngx_pnalloc(r->pool, (size_t) len + 1);
     if (p == NULL) {
         return NGX_ERROR;
     }
