@@ -97,7 +97,6 @@ static cJSON *ngx_http_cio_map_parse(ngx_http_cio_map_ctx_t *ctx,
 static int ngx_http_cio_map_strict(const char *body, size_t len);
 static int ngx_http_cio_map_surrogates(const char *body, size_t *len,
     char **copy);
-static int ngx_http_cio_map_hex4(const char *p, unsigned *cp);
 static const char *ngx_http_cio_map_strict_number(const char *p,
     const char *end);
 static int ngx_http_cio_map_nul_scan(const char *body, size_t len,
@@ -633,7 +632,9 @@ ngx_http_cio_map_surrogates(const char *body, size_t *len, char **copy)
 }
 
 
-static int
+/* the four hex digits of a \u escape at p, which has four bytes */
+
+int
 ngx_http_cio_map_hex4(const char *p, unsigned *cp)
 {
     int  i;

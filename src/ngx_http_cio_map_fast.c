@@ -249,30 +249,7 @@ fj_ws(fj_in_t *in)
 static int
 fj_hex4(const unsigned char *p, const unsigned char *end, unsigned *cp)
 {
-    int            i;
-    unsigned char  c;
-
-    if (end - p < 4) {
-        return -1;
-    }
-
-    *cp = 0;
-
-    for (i = 0; i < 4; i++) {
-        c = p[i];
-
-        if (c >= '0' && c <= '9') {
-            *cp = *cp * 16 + (c - '0');
-
-        } else if ((c | 0x20) >= 'a' && (c | 0x20) <= 'f') {
-            *cp = *cp * 16 + ((c | 0x20) - 'a' + 10);
-
-        } else {
-            return -1;
-        }
-    }
-
-    return 0;
+    return (end - p < 4) ? -1 : ngx_http_cio_map_hex4((const char *) p, cp);
 }
 
 

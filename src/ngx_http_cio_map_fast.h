@@ -46,6 +46,7 @@ int ngx_http_cio_map_num_text(double d, char *buf, size_t size);
 int ngx_http_cio_map_is_cio(const char *key);
 int ngx_http_cio_map_listed(const char *name, const char **list, size_t n);
 int ngx_http_cio_map_id_ok(const char *s, size_t n);
+int ngx_http_cio_map_hex4(const char *p, unsigned *cp);
 
 
 #endif /* _NGX_HTTP_CIO_MAP_FAST_H_INCLUDED_ */
