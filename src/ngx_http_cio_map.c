@@ -2110,18 +2110,17 @@ ngx_http_cio_map_track(ngx_http_cio_map_ctx_t *ctx, cJSON *call,
     token = ngx_http_cio_map_get(token, "token");
     token_s = (char *) ngx_http_cio_map_str(token);
 
-    /* a token names a device as an id names a person: never changed */
-    if ((add || del) && known && token_s != NULL && token_s[0] != '\0'
-        && !ngx_http_cio_map_utf8_valid(token_s))
-    {
-        snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
-                 "context.device.token is not valid UTF-8");
-        cJSON_Delete(ids);
-        cJSON_Delete(attrs);
-        return -1;
-    }
-
     if ((add || del) && known && token_s != NULL && token_s[0] != '\0') {
+
+        /* a token names a device as an id names a person: never changed */
+        if (!ngx_http_cio_map_utf8_valid(token_s)) {
+            snprintf(err, NGX_HTTP_CIO_MAP_ERRLEN,
+                     "context.device.token is not valid UTF-8");
+            cJSON_Delete(ids);
+            cJSON_Delete(attrs);
+            return -1;
+        }
+
         device = ngx_http_cio_map_device(ctx, call, attrs, add, token_s);
 
         ngx_http_cio_map_add_str(items[0], "type", "person");
