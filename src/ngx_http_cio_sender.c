@@ -28,6 +28,13 @@
 #define NGX_HTTP_CIO_SENDER_MIN_BUF   4096
 #define NGX_HTTP_CIO_SENDER_POLL_MS   1000
 
+/* the stop's wait on the monotonic clock, where glibc can (2.31) */
+#if (defined __GLIBC__ && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 31))
+#define NGX_HTTP_CIO_CLOCKJOIN        1
+#else
+#define NGX_HTTP_CIO_CLOCKJOIN        0
+#endif
+
 
 struct ngx_http_cio_sender_s {
     pthread_t              tid;
@@ -244,12 +251,8 @@ ngx_http_cio_sender_stop(ngx_http_cio_sender_t *s, long timeout_ms)
 
     curl_multi_wakeup(s->multi);
 
-    /* the monotonic clock, where glibc can: a step of the wall's is no wait */
-#if (defined __GLIBC__ && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 31))
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-#else
-    clock_gettime(CLOCK_REALTIME, &ts);
-#endif
+    clock_gettime(NGX_HTTP_CIO_CLOCKJOIN ? CLOCK_MONOTONIC : CLOCK_REALTIME,
+                  &ts);
 
     ts.tv_sec += timeout_ms / 1000;
     ts.tv_nsec += (timeout_ms % 1000) * 1000000;
@@ -259,7 +262,7 @@ ngx_http_cio_sender_stop(ngx_http_cio_sender_t *s, long timeout_ms)
         ts.tv_nsec -= 1000000000;
     }
 
-#if (defined __GLIBC__ && (__GLIBC__ > 2 || __GLIBC_MINOR__ >= 31))
+#if (NGX_HTTP_CIO_CLOCKJOIN)
     rc = pthread_clockjoin_np(s->tid, NULL, CLOCK_MONOTONIC, &ts);
 #else
     rc = pthread_timedjoin_np(s->tid, NULL, &ts);
