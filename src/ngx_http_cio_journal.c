@@ -176,6 +176,7 @@ typedef struct {
     uint32_t                     ack_no;
     ngx_fd_t                     old[NGX_HTTP_CIO_J_OLD_FDS];
     ngx_uint_t                   nold;       /* written, to sync, close */
+    ngx_fd_t                     evict;      /* left with old full */
     ngx_err_t                    sync_err;   /* of a sync outside a round */
     ngx_event_t                  timer;
     ngx_event_t                  keep;       /* while requests wait */
@@ -286,6 +287,7 @@ static uint32_t ngx_http_cio_journal_retire(ngx_http_cio_journal_t *j,
     ngx_http_cio_jseg_t *seg);
 static ngx_int_t ngx_http_cio_journal_open(ngx_http_cio_journal_t *j,
     ngx_log_t *log);
+static void ngx_http_cio_journal_evict(ngx_http_cio_journal_t *j);
 static void ngx_http_cio_journal_failed(ngx_http_cio_journal_t *j,
     ngx_log_t *log, ngx_err_t err, ngx_uint_t what);
 static void ngx_http_cio_journal_delete(ngx_http_cio_journal_t *j,
@@ -1192,6 +1194,7 @@ ngx_http_cio_journal_init_process(ngx_cycle_t *cycle,
     jw->log = cycle->log;
     jw->fd = NGX_INVALID_FILE;
     jw->ack_fd = NGX_INVALID_FILE;
+    jw->evict = NGX_INVALID_FILE;
     ngx_queue_init(&jw->waiting);
     jw->appends_tail = &jw->appends;
 
@@ -1645,6 +1648,7 @@ ngx_http_cio_journal_write(ngx_http_cio_journal_t *j,
 
     ngx_shmtx_unlock(&j->shpool->mutex);
 
+    ngx_http_cio_journal_evict(j);
     ngx_http_cio_journal_delete(j, gone, first->log);
 
     if (ahead) {
@@ -1674,6 +1678,7 @@ failed:
 
     ngx_shmtx_unlock(&j->shpool->mutex);
 
+    ngx_http_cio_journal_evict(j);
     ngx_http_cio_journal_delete(j, gone, first->log);
 
     ngx_http_cio_journal_failed(j, first->log, err, NGX_HTTP_CIO_J_WRITE);
@@ -1997,14 +2002,11 @@ ngx_http_cio_journal_open(ngx_http_cio_journal_t *j, ngx_log_t *log)
         if (jw->j->sync == NGX_HTTP_CIO_J_SYNC_OFF
             || jw->nold == NGX_HTTP_CIO_J_OLD_FDS)
         {
-            /* the next round fails its waiters if this did: see sync */
-            if (jw->j->sync != NGX_HTTP_CIO_J_SYNC_OFF
-                && fdatasync(jw->fd) == -1 && jw->sync_err == 0)
-            {
-                jw->sync_err = ngx_errno;
-            }
-
-            (void) ngx_close_file(jw->fd);
+            /*
+             * synced once the lock is released: the other workers must
+             * not wait for this one's disk
+             */
+            jw->evict = jw->fd;
 
         } else {
             jw->old[jw->nold++] = jw->fd;
@@ -2018,6 +2020,34 @@ ngx_http_cio_journal_open(ngx_http_cio_journal_t *j, ngx_log_t *log)
     jw->end = 0;
 
     return NGX_OK;
+}
+
+
+/*
+ * A segment left while the list of those to sync was full: synced and
+ * closed now, outside the lock.  The next round fails its waiters if this
+ * sync did: see ngx_http_cio_journal_sync.
+ */
+
+static void
+ngx_http_cio_journal_evict(ngx_http_cio_journal_t *j)
+{
+    ngx_http_cio_jworker_t  *jw;
+
+    jw = &ngx_http_cio_jw;
+
+    if (jw->evict == NGX_INVALID_FILE) {
+        return;
+    }
+
+    if (j->sync != NGX_HTTP_CIO_J_SYNC_OFF
+        && fdatasync(jw->evict) == -1 && jw->sync_err == 0)
+    {
+        jw->sync_err = ngx_errno;
+    }
+
+    (void) ngx_close_file(jw->evict);
+    jw->evict = NGX_INVALID_FILE;
 }
 
 

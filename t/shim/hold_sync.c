@@ -1,14 +1,15 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
 
 /*
- * An LD_PRELOAD shim for t/80-journal-shutdown.t and
- * t/81-journal-sync-error.t: while the file named by
- * CIO_HOLD_SYNC exists, fdatasync() waits, as on a disk that takes its
+ * An LD_PRELOAD shim for t/80-journal-shutdown.t,
+ * t/81-journal-sync-error.t and t/83-journal-lock.t: while the file named
+ * by CIO_HOLD_SYNC exists, fdatasync() waits, as on a disk that takes its
  * time; it creates that name with ".held" appended once it waits, so the
- * test knows a sync is under way.  While that name with ".fail" appended
- * exists, an fdatasync() called by a process's main thread (nginx's event
- * loop, not its thread pool) fails with EIO, and creates the name with
- * ".failed" appended.  The name is read when the library is loaded, by
+ * test knows a sync is under way, and with ".main" appended when the
+ * waiting one is a process's main thread.  While that name with ".fail"
+ * appended exists, an fdatasync() called by a process's main thread
+ * (nginx's event loop, not its thread pool) fails with EIO, and creates
+ * the name with ".failed" appended.  The name is read when the library is loaded, by
  * the master: nginx clears its workers' environment.
  */
 
@@ -27,6 +28,7 @@ static char  hold[4096];
 static char  held[4096 + 8];
 static char  fail[4096 + 8];
 static char  failed[4096 + 8];
+static char  main_held[4096 + 8];
 
 
 __attribute__((constructor)) static void
@@ -41,6 +43,7 @@ hold_sync_init(void)
         snprintf(held, sizeof(held), "%s.held", p);
         snprintf(fail, sizeof(fail), "%s.fail", p);
         snprintf(failed, sizeof(failed), "%s.failed", p);
+        snprintf(main_held, sizeof(main_held), "%s.main", p);
     }
 }
 
@@ -80,6 +83,10 @@ fdatasync(int fd)
 
     if (hold[0] != '\0' && access(hold, F_OK) == 0) {
         hold_sync_touch(held);
+
+        if (syscall(SYS_gettid) == getpid()) {
+            hold_sync_touch(main_held);
+        }
 
         while (access(hold, F_OK) == 0) {
             nanosleep(&ts, NULL);

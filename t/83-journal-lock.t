@@ -1,0 +1,116 @@
+#!/usr/bin/perl
+# SPDX-License-Identifier: BSD-2-Clause
+
+# sync=always, two workers: a worker that leaves a 17th segment while a
+# sync round runs syncs the one it leaves in its own event loop, and so
+# waits for the disk; the other worker must not wait with it.  That sync
+# runs after the journal's lock is released: the other worker still
+# writes the journal and answers.  An LD_PRELOAD shim
+# (t/shim/hold_sync.c) holds every fdatasync() while small segments (64
+# KB, 20 KB records) roll over.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::Bin/lib";
+
+use Test::More;
+use IO::Socket::INET;
+use JSON::PP;
+use Time::HiRes qw(time sleep);
+use Cio::Test qw(wait_until);
+
+my $t = Cio::Test->new(workers => 2);
+my $dir = $t->dir;
+
+my $shim = $t->shim('hold_sync');
+
+# the shim after ASan's, which must come first
+local $ENV{CIO_PRELOAD} = join ' ', grep { $_ } $ENV{CIO_PRELOAD}, $shim;
+local $ENV{CIO_HOLD_SYNC} = "$dir/hold";
+
+my $cio = $t->standin(workspaces => ['site1:key1']);
+$t->config(http => Cio::Test::ingest_http(endpoint => $cio->url,
+    server => 'location = /ping { return 200 pong; }',
+    http => <<'END'))->run;
+cio_flush_interval 20ms;
+client_body_buffer_size 64k;
+cio_journal %%TESTDIR%%/journal max_size=256k sync=always;
+END
+
+# 20 KB records: string values are cut at Customer.io's 1,000 bytes
+my %pad = map { ("p$_" => 'x' x 950) } 1 .. 20;
+
+# a request left open: its answer is read later
+sub send_event {
+    my ($name) = @_;
+    my $body = encode_json({ type => 'track', userId => "u-$name",
+        event => $name, messageId => "m-$name",
+        properties => \%pad });
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+        PeerPort => $t->port) or die "connect: $!";
+    print $s "POST /cio/v1/track HTTP/1.1\r\nHost: localhost\r\n"
+        . "Content-Type: application/json\r\nConnection: close\r\n"
+        . 'Content-Length: ' . length($body) . "\r\n\r\n$body";
+    return $s;
+}
+
+# its answer, within a deadline: '' if none came
+sub answer {
+    my ($s, $secs) = @_;
+    my $got = '';
+    my $end = time + $secs;
+    $s->blocking(0);
+    while (time < $end) {
+        my $r = sysread($s, $got, 4096, length $got);
+        last if defined $r && $r == 0;
+        sleep 0.02;
+    }
+    return $got;
+}
+
+sub ping {
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+        PeerPort => $t->port) or die "connect: $!";
+    print $s "GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    return answer($s, 5) =~ /\r\n\r\npong\z/;
+}
+
+$t->write_file('hold', '');
+
+my @waiting = [ 'first', send_event('first') ];
+ok(wait_until(sub { -e "$dir/hold.held" }, 10),
+    'a round\'s fdatasync() is held in the thread pool');
+
+# paced, so that deliveries settle the segments left behind and the
+# journal has room to roll over 17 times (bounded: 400 requests, 60 s)
+my $deadline = time + 60;
+for my $i (1 .. 400) {
+    last if -e "$dir/hold.main" || time > $deadline;
+    push @waiting, [ "e$i", send_event("e$i") ];
+    sleep 0.02;
+}
+ok(-e "$dir/hold.main", 'segments rolled over until a worker\'s event '
+    . 'loop synced one itself, and waits for it, after '
+    . scalar(@waiting) . ' requests');
+
+# the waiting worker accepts nothing: the other takes these
+my @more = map { [ "more$_", send_event("more$_") ] } 1 .. 3;
+ok(ping(), 'the other worker answers meanwhile');
+ok(ping() && ping(), 'after writing the journal for three more events');
+is(join('', map { answer($_->[1], 0.2) } @more), '',
+    'which wait for their sync');
+
+unlink "$dir/hold";
+
+my %by;
+for my $w (@waiting, @more) {
+    my ($st) = answer($w->[1], 10) =~ m{^HTTP/1\.\d (\d+)};
+    push @{ $by{$st // 0} }, $w->[0];
+}
+is_deeply([ sort keys %by ], [ 200 ], 'once the disk is back: all 200')
+    or diag(explain({ map { $_ => scalar @{ $by{$_} } } keys %by }));
+is_deeply($cio->wait_names($by{200}, 30), [], 'and all delivered');
+
+$t->done;
