@@ -119,54 +119,64 @@ ngx_http_cio_dead_letter(ngx_http_cio_main_conf_t *mcf, ngx_log_t *log,
 /*
  * A line is written whole or not at all: a short write (a full disk) is
  * cut off again, or the next line, of this worker or another, would be
- * glued to a broken one.  O_APPEND puts a write at the end of the file and
- * the offset after it, so the broken tail is [offset - n, offset), and it
- * is cut only while it is still the end of the file, so as not to cut
- * another worker's line after it.
+ * glued to a broken one.  The workers share the file's offset (the
+ * master opened it), so where the broken tail begins is known only from
+ * the size before the write, and only while no other worker appends: a
+ * record lock, which is each process's own, keeps them out.  Lines are
+ * rare, the lock is cheap.
  */
 
 static ngx_int_t
 ngx_http_cio_dead_letter_write(ngx_open_file_t *file, u_char *line,
     size_t len, ngx_log_t *log)
 {
-    off_t            end;
+    off_t            size;
     ssize_t          n;
     ngx_fd_t         fd;
+    ngx_err_t        err;
     ngx_file_info_t  fi;
 
     fd = file->fd;
 
-    n = ngx_write_fd(fd, line, len);
+    err = ngx_lock_fd(fd);
 
-    if (n == (ssize_t) len) {
-        return NGX_OK;
-    }
-
-    if (n <= 0) {
-        if (n == 0) {
-            ngx_set_errno(NGX_ENOSPC);
-        }
-
+    if (err) {
+        ngx_log_error(NGX_LOG_ALERT, log, err, ngx_lock_fd_n " \"%V\" "
+                      "failed", &file->name);
+        ngx_set_errno(err);
         return NGX_ERROR;
     }
 
-    ngx_set_errno(0);
+    size = (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR) ? -1
+                                                    : ngx_file_size(&fi);
 
-    end = lseek(fd, 0, SEEK_CUR);
+    n = ngx_write_fd(fd, line, len);
 
-    if (end == -1
-        || ngx_fd_info(fd, &fi) == NGX_FILE_ERROR
-        || ngx_file_size(&fi) != end
-        || ftruncate(fd, end - n) == -1)
-    {
-        ngx_log_error(NGX_LOG_CRIT, log, ngx_errno,
-                      "cio: the dead-letter file \"%V\" keeps the first "
-                      "%z of %uz bytes of a line that could not be written "
-                      "whole", &file->name, n, len);
+    if (n == (ssize_t) len) {
+        (void) ngx_unlock_fd(fd);
+        return NGX_OK;
     }
 
-    /* a short write sets no errno: a full disk or a file size limit */
-    ngx_set_errno(NGX_ENOSPC);
+    err = ngx_errno;
+
+    if (n > 0) {
+        if (size == -1 || ftruncate(fd, size) == -1) {
+            ngx_log_error(NGX_LOG_CRIT, log, ngx_errno,
+                          "cio: the dead-letter file \"%V\" keeps the "
+                          "first %z of %uz bytes of a line that could not "
+                          "be written whole", &file->name, n, len);
+        }
+
+        /* a short write sets no errno: a full disk or a file size limit */
+        err = NGX_ENOSPC;
+
+    } else if (n == 0) {
+        err = NGX_ENOSPC;
+    }
+
+    (void) ngx_unlock_fd(fd);
+
+    ngx_set_errno(err);
 
     return NGX_ERROR;
 }
