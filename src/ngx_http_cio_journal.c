@@ -194,6 +194,7 @@ typedef struct {
     ngx_uint_t                   dtaken;     /* of them, the sync's */
     ngx_uint_t                   dcap;
     unsigned                     dirty:1;
+    unsigned                     newseg:1;   /* its name not synced yet */
     unsigned                     syncing:1;
     unsigned                     flushing:1;
     unsigned                     preparing:1;
@@ -206,7 +207,7 @@ typedef struct {
 
 /* what a sync task takes to the thread: fds it syncs and closes */
 typedef struct {
-    ngx_fd_t                     fds[NGX_HTTP_CIO_J_OLD_FDS + 2];
+    ngx_fd_t                     fds[NGX_HTTP_CIO_J_OLD_FDS + 3];
     ngx_uint_t                   n;
     ngx_err_t                    err;
     uint64_t                     seq;        /* the last write it covers */
@@ -217,6 +218,7 @@ typedef struct {
     off_t                        dl_end;     /* -1: not the dead letters */
     ngx_int_t                    dl;         /* fds[dl]: theirs; -1: none */
     ngx_err_t                    dl_err;     /* theirs, the last fd */
+    ngx_int_t                    dir;        /* fds[dir]: the journal's */
 } ngx_http_cio_jsync_t;
 
 
@@ -2015,6 +2017,7 @@ ngx_http_cio_journal_open(ngx_http_cio_journal_t *j, ngx_log_t *log)
 
     jw->fd = fd;
     jw->no = j->sh->active;
+    jw->newseg = 1;
 
     /* nothing of its own in it yet: a sync drops none of its pages */
     jw->end = 0;
@@ -2427,6 +2430,7 @@ ngx_http_cio_journal_sync(void)
     js.dl_end = -1;
     js.dl = -1;
     js.dl_err = 0;
+    js.dir = -1;
 
     while (jw->nold) {
         js.fds[js.n++] = jw->old[--jw->nold];
@@ -2448,6 +2452,22 @@ ngx_http_cio_journal_sync(void)
     /* every line written so far, of every worker: fdatasync is the file's */
     if (jw->ndead) {
         ngx_http_cio_journal_sync_dl(&js);
+    }
+
+    /*
+     * a segment new to this worker: POSIX keeps a new file's name only
+     * once its directory is synced (ext4 and XFS do it with the file's)
+     */
+    if (jw->newseg) {
+        jw->newseg = 0;
+        js.fds[js.n] = open((char *) jw->j->path.data, O_RDONLY|O_DIRECTORY);
+
+        if (js.fds[js.n] != NGX_INVALID_FILE) {
+            js.dir = (ngx_int_t) js.n++;
+
+        } else if (js.err == 0) {
+            js.err = ngx_errno;
+        }
     }
 
 #if (NGX_THREADS)
@@ -2525,7 +2545,9 @@ ngx_http_cio_journal_sync_thread(void *data, ngx_log_t *log)
     ngx_uint_t  i;
 
     for (i = 0; i < t->n; i++) {
-        if (fdatasync(t->fds[i]) == -1) {
+        if (((ngx_int_t) i == t->dir ? fsync(t->fds[i])
+                                     : fdatasync(t->fds[i])) == -1)
+        {
             if ((ngx_int_t) i == t->dl) {
                 t->dl_err = errno;
 
@@ -2533,7 +2555,7 @@ ngx_http_cio_journal_sync_thread(void *data, ngx_log_t *log)
                 t->err = errno;
             }
 
-        } else if ((ngx_int_t) i != t->dl) {
+        } else if ((ngx_int_t) i != t->dl && (ngx_int_t) i != t->dir) {
 #if (NGX_HAVE_POSIX_FADVISE)
             if ((ngx_int_t) i != t->active || t->drop) {
                 (void) posix_fadvise(t->fds[i], 0,

@@ -7,7 +7,8 @@
 # runs after the journal's lock is released: the other worker still
 # writes the journal and answers.  An LD_PRELOAD shim
 # (t/shim/hold_sync.c) holds every fdatasync() while small segments (64
-# KB, 20 KB records) roll over.
+# KB, 20 KB records) roll over.  The sync rounds sync the journal's
+# directory too, which keeps the new segments' names.
 
 use strict;
 use warnings;
@@ -112,5 +113,8 @@ for my $w (@waiting, @more) {
 is_deeply([ sort keys %by ], [ 200 ], 'once the disk is back: all 200')
     or diag(explain({ map { $_ => scalar @{ $by{$_} } } keys %by }));
 is_deeply($cio->wait_names($by{200}, 30), [], 'and all delivered');
+
+# a new segment's name is kept once its directory is synced (POSIX)
+ok(-e "$dir/hold.dir", 'the journal\'s directory was synced (fsync) too');
 
 $t->done;

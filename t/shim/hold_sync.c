@@ -9,8 +9,9 @@
  * waiting one is a process's main thread.  While that name with ".fail"
  * appended exists, an fdatasync() called by a process's main thread
  * (nginx's event loop, not its thread pool) fails with EIO, and creates
- * the name with ".failed" appended.  The name is read when the library is loaded, by
- * the master: nginx clears its workers' environment.
+ * the name with ".failed" appended.  An fsync() of a directory creates
+ * the name with ".dir" appended.  The name is read when the library is
+ * loaded, by the master: nginx clears its workers' environment.
  */
 
 #define _GNU_SOURCE
@@ -20,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -29,6 +31,7 @@ static char  held[4096 + 8];
 static char  fail[4096 + 8];
 static char  failed[4096 + 8];
 static char  main_held[4096 + 8];
+static char  dir[4096 + 8];
 
 
 __attribute__((constructor)) static void
@@ -44,6 +47,7 @@ hold_sync_init(void)
         snprintf(fail, sizeof(fail), "%s.fail", p);
         snprintf(failed, sizeof(failed), "%s.failed", p);
         snprintf(main_held, sizeof(main_held), "%s.main", p);
+        snprintf(dir, sizeof(dir), "%s.dir", p);
     }
 }
 
@@ -91,6 +95,24 @@ fdatasync(int fd)
         while (access(hold, F_OK) == 0) {
             nanosleep(&ts, NULL);
         }
+    }
+
+    return real(fd);
+}
+
+
+int
+fsync(int fd)
+{
+    struct stat    st;
+    static int   (*real)(int);
+
+    if (real == NULL) {
+        real = (int (*)(int)) dlsym(RTLD_NEXT, "fsync");
+    }
+
+    if (dir[0] != '\0' && fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+        hold_sync_touch(dir);
     }
 
     return real(fd);
