@@ -706,6 +706,18 @@ ngx_http_cio_journal_replay(ngx_cycle_t *cycle, ngx_http_cio_journal_t *j,
         ngx_set_errno(0);
 
         if (ngx_read_dir(&dir) == NGX_ERROR) {
+            if (ngx_errno == 0) {
+                break;
+            }
+
+            /*
+             * a segment not listed would be written again under its own
+             * number, over records it holds that were answered 200
+             */
+            ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
+                          ngx_read_dir_n " \"%V\" failed", &j->path);
+            ngx_free(nos);
+            nos = NULL;
             break;
         }
 
