@@ -88,10 +88,15 @@ is($d->{answer}{message}, 'refused by the stand-in (refuse_match)',
     'Customer.io\'s error for that item');
 ok(defined $d->{answer}{batch_index}, 'with its batch_index');
 is($d->{item}{action}, 'event', 'and the item as it was sent');
+# the log line follows the dead letters it counts
 my $logged = 0;
-$logged += $_ for map { /refused (\d+) of \d+ events .* (\d+) dead-lettered/
-                        && $1 == $2 ? $1 : 0 }
-    $t->log_lines(qr/\[error\].*cio: Customer\.io refused \d+ of \d+ events for site "site1" \(207\), \d+ dead-lettered to \Q$file\E/);
+wait_until(sub {
+    $logged = 0;
+    $logged += $_ for map { /refused (\d+) of \d+ events .* (\d+) dead-lettered/
+                            && $1 == $2 ? $1 : 0 }
+        $t->log_lines(qr/\[error\].*cio: Customer\.io refused \d+ of \d+ events for site "site1" \(207\), \d+ dead-lettered to \Q$file\E/);
+    return $logged >= 5;
+}, 5);
 is($logged, 5, 'each 207 is logged with where the refused items went');
 
 $cio->mode({ refuse_match => undef });
@@ -109,7 +114,7 @@ is(scalar @r, 3, 'all three of it');
 is($r[0]{status}, 400, 'with the status');
 is($r[0]{reason}, 'batch rejected', 'the reason');
 is($r[0]{answer}{errors}[0]{message}, 'injected fault 400', 'the answer');
-ok($t->log_lines(qr/\[error\].*cio: the batch of 3 events for site "site1" rejected with 400 was sent again in \d+ pieces: 0 delivered, 3 dead-lettered to/),
+ok(wait_until(sub { $t->log_lines(qr/\[error\].*cio: the batch of 3 events for site "site1" rejected with 400 was sent again in \d+ pieces: 0 delivered, 3 dead-lettered to/) }, 5),
     'and a log line');
 
 # --- more than cio_retry_max failures --------------------------------------
@@ -123,7 +128,7 @@ ok(wait_until(sub { grep { $_->{item}{name} eq 'tired-1' }
 is($d->{attempts}, 3, 'after 3 attempts');
 is($d->{reason}, 'retries exhausted', 'as it says');
 is($d->{status}, 500, 'with the last status');
-ok($t->log_lines(qr/\[error\].*cio: gave up on 1 events for site "site1" after 2 retries \(cio_retry_max\), the last got 500; dead-lettered to/),
+ok(wait_until(sub { $t->log_lines(qr/\[error\].*cio: gave up on 1 events for site "site1" after 2 retries \(cio_retry_max\), the last got 500; dead-lettered to/) }, 5),
     'a clear log line');
 
 # answers that are not UTF-8, or are cut inside a character where a dead
@@ -148,7 +153,7 @@ for my $case ([ 'latin', "caf\xe9 au lait", 'caf? au lait' ],
         . substr($want, -12));
 }
 
-ok($t->log_lines(qr/\[error\].*cio: Customer\.io rejected a batch of 1 events for site "site1" with 400: x{400}\.\.\.; 1 dead-lettered to \S+dead\.jsonl$/m),
+ok(wait_until(sub { $t->log_lines(qr/\[error\].*cio: Customer\.io rejected a batch of 1 events for site "site1" with 400: x{400}\.\.\.; 1 dead-lettered to \S+dead\.jsonl$/m) }, 5),
     'the log line shows 400 bytes of a long answer, and where the event went');
 
 # exact accounting: after a barrier event, the good ones once each, none of

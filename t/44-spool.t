@@ -21,12 +21,13 @@ use Cio::Load qw(post_events post_batch);
 
 sub conf {
     my ($port, %o) = @_;
+    my $drain = $o{drain} // '1s';
     return Cio::Test::ingest_http(endpoint => "http://127.0.0.1:$port",
-        zone => $o{size}, http => <<'END');
+        zone => $o{size}, http => <<"END");
 cio_flush_interval 20ms;
 cio_retry_backoff 300ms 300ms;
 cio_connect_timeout 500ms;
-cio_drain_timeout 1s;
+cio_drain_timeout $drain;
 cio_spool %%TESTDIR%%/spool.jsonl;
 END
 }
@@ -104,14 +105,18 @@ sub lines {
 {
     my $t = Cio::Test->new;
     my $cio = $t->standin(workspaces => ['site1:key1']);
-    $t->config(http => conf($cio->port))->run;
+    my $drain = Cio::Test::scale(6);
+    $t->config(http => conf($cio->port, drain => "${drain}s"))->run;
 
-    $cio->control({ status => 503, count => 1 });
+    # Retry-After: 2 s, time enough for the quit to land while they wait
+    $cio->control({ status => 503, retry_after => 2, count => 1 });
     my @names = post_batch($t, '/cio', [ map { "drained-$_" } 1 .. 10 ]);
     ok(wait_until(sub { @{ $cio->requests } >= 1 }, 5),
-        'the first try failed, the events wait 300 ms');
+        'the first try failed, the events wait 2 s (Retry-After)');
 
     ok($t->stop('QUIT'), 'nginx -s quit meanwhile');
+    ok($t->log_lines(qr/cio: stopping, delivering the 10 queued events/),
+        'the quit found them queued');
     is_deeply($cio->wait_names(\@names, 1), [],
         'the drain delivered them before the workers exited');
     ok($t->log_lines(qr/cio: stopping, the queue is delivered/),

@@ -82,7 +82,7 @@ my $s = stats();
 is($s->{delivered}, 0, 'none of them counted as delivered');
 is($s->{refused}, 2000, 'all counted as refused');
 is($s->{dead_lettered}, 2000, 'and as dead-lettered');
-ok($t->log_lines(qr/\[error\].*cio: Customer\.io refused 2000 of 2000 events for site "site1" \(207\), 2000 dead-lettered to \Q$file\E/),
+ok(wait_until(sub { $t->log_lines(qr/\[error\].*cio: Customer\.io refused 2000 of 2000 events for site "site1" \(207\), 2000 dead-lettered to \Q$file\E/) }, 5),
     'the log says so');
 ok(!$t->log_lines(qr/without a usable batch_index|cannot be used/),
     'and does not call the answer unusable');
@@ -163,7 +163,7 @@ ok(wait_until(sub { @{ dead_names(qr/^poison-all-/) } >= 200 }, 20),
 is_deeply(dead_names(qr/^poison-all-/), [ sort @all_bad ], 'each once');
 @sent = @{ $cio->requests }[$before .. $#{ $cio->requests }];
 cmp_ok(scalar @sent, '<=', 1 + 64, 'in at most 65 requests');
-ok($t->log_lines(qr/\[error\].*cio: the batch of 200 events for site "site1" rejected with 400 was sent again in 64 pieces: 0 delivered, 200 dead-lettered to \Q$file\E, 0 queued again; the pieces still rejected at the limit of pieces were dead-lettered whole/),
+ok(wait_until(sub { $t->log_lines(qr/\[error\].*cio: the batch of 200 events for site "site1" rejected with 400 was sent again in 64 pieces: 0 delivered, 200 dead-lettered to \Q$file\E, 0 queued again; the pieces still rejected at the limit of pieces were dead-lettered whole/) }, 5),
     'the log says the rest was dead-lettered whole');
 
 $cio->mode({ poison_match => undef });
