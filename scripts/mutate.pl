@@ -619,9 +619,18 @@ my @MUTATIONS = (
         name => 'dead-letter-line-not-whole',
         what => 'a short write leaves half a dead-letter line',
         file => $DEAD,
-        from => q~        || ftruncate(fd, end - n) == -1)~,
-        to => q~        || 1)~,
+        from => q~        if (size == -1 || ftruncate(fd, size) == -1) {~,
+        to => q~        if (size == -1 || 1) {~,
         tests => [qw(t/47-dead-letter-full.t)],
+    },
+    {
+        name => 'dead-letter-unlocked',
+        what => 'the workers write the dead-letter file without its lock, '
+            . 'so that one cuts off the line another wrote meanwhile',
+        file => $DEAD,
+        from => q~    err = ngx_lock_fd(fd);~,
+        to => q~    err = 0;~,
+        tests => [qw(t/84-dead-letter-race.t)],
     },
 
     # --- the ingest location ------------------------------------------------------
@@ -789,6 +798,34 @@ my @MUTATIONS = (
 
     if (1) {~,
         tests => [qw(t/80-journal-shutdown.t)],
+    },
+    {
+        name => 'journal-dir-not-synced',
+        what => 'a new segment\'s directory is never synced, so that its '
+            . 'name is not known to be on the disk (POSIX)',
+        file => $JOURNAL,
+        from => q~    if (jw->newseg) {~,
+        to => q~    if (0) {~,
+        tests => [qw(t/83-journal-lock.t)],
+    },
+    {
+        name => 'journal-left-synced-under-lock',
+        what => 'a segment left with 16 waiting is synced with the '
+            . 'journal\'s lock held, so that every worker waits',
+        file => $JOURNAL,
+        from => q~    ngx_shmtx_unlock(&j->shpool->mutex);
+
+    ngx_http_cio_journal_evict(j);
+    ngx_http_cio_journal_delete(j, gone, first->log);
+
+    if (ahead) {~,
+        to => q~    ngx_http_cio_journal_evict(j);
+    ngx_shmtx_unlock(&j->shpool->mutex);
+
+    ngx_http_cio_journal_delete(j, gone, first->log);
+
+    if (ahead) {~,
+        tests => [qw(t/83-journal-lock.t)],
     },
     {
         name => 'journal-answers-before-sync',
