@@ -18,9 +18,9 @@ use lib "$FindBin::Bin/lib";
 
 use Test::More;
 use IO::Socket::INET;
-use JSON::PP;
 use Time::HiRes qw(time sleep);
 use Cio::Test qw(wait_until);
+use Cio::Load qw(open_track);
 
 my $t = Cio::Test->new(workers => 2);
 my $dir = $t->dir;
@@ -44,18 +44,7 @@ END
 my %pad = map { ("p$_" => 'x' x 950) } 1 .. 20;
 
 # a request left open: its answer is read later
-sub send_event {
-    my ($name) = @_;
-    my $body = encode_json({ type => 'track', userId => "u-$name",
-        event => $name, messageId => "m-$name",
-        properties => \%pad });
-    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
-        PeerPort => $t->port) or die "connect: $!";
-    print $s "POST /cio/v1/track HTTP/1.1\r\nHost: localhost\r\n"
-        . "Content-Type: application/json\r\nConnection: close\r\n"
-        . 'Content-Length: ' . length($body) . "\r\n\r\n$body";
-    return $s;
-}
+sub send_event { return open_track($t, $_[0], \%pad) }
 
 # its answer, within a deadline: '' if none came
 sub answer {

@@ -9,9 +9,10 @@ use strict;
 use warnings;
 
 use Exporter qw(import);
+use IO::Socket::INET;
 use JSON::PP;
 
-our @EXPORT_OK = qw(post_events post_batch dead_letters missing
+our @EXPORT_OK = qw(post_events post_batch open_track dead_letters missing
     journal_records full_disk_journal);
 
 my $JSON = JSON::PP->new->canonical;
@@ -32,6 +33,20 @@ sub post_events {
         push @ok, $name if defined $st && $st == 200;
     }
     return @ok;
+}
+
+# a track call for $name with these properties, sent and left open: its
+# answer is read later from the socket returned (a request that waits)
+sub open_track {
+    my ($t, $name, $props) = @_;
+    my $body = encode_json({ type => 'track', userId => "u-$name",
+        event => $name, messageId => "m-$name", properties => $props });
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+        PeerPort => $t->port) or die "connect: $!";
+    print $s "POST /cio/v1/track HTTP/1.1\r\nHost: localhost\r\n"
+        . "Content-Type: application/json\r\nConnection: close\r\n"
+        . 'Content-Length: ' . length($body) . "\r\n\r\n$body";
+    return $s;
 }
 
 # one /v1/batch request with these names; returns them if answered 200
