@@ -800,6 +800,15 @@ my @MUTATIONS = (
         tests => [qw(t/80-journal-shutdown.t)],
     },
     {
+        name => 'journal-ack-torn-kept',
+        what => 'a torn .ack entry stays, and puts every later one of its '
+            . 'segment out of step: a start sends them all again',
+        file => $JOURNAL,
+        from => q~            || ftruncate(jw->ack_fd, ngx_file_size(&fi) - written) == -1))~,
+        to => q~            || 1))~,
+        tests => [qw(t/85-journal-ack-torn.t)],
+    },
+    {
         name => 'journal-dir-not-synced',
         what => 'a new segment\'s directory is never synced, so that its '
             . 'name is not known to be on the disk (POSIX)',

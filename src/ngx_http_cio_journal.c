@@ -2335,6 +2335,7 @@ ngx_http_cio_journal_ack(ngx_http_cio_jseg_t *seg, uint32_t *offs,
     uint32_t                 e[2 * 64];
     ssize_t                  written;
     ngx_uint_t               i;
+    ngx_file_info_t          fi;
     ngx_http_cio_journal_t  *j;
     ngx_http_cio_jworker_t  *jw;
 
@@ -2377,10 +2378,26 @@ ngx_http_cio_journal_ack(ngx_http_cio_jseg_t *seg, uint32_t *offs,
 
     written = ngx_write_fd(jw->ack_fd, e, n * 8);
 
-    if (written != (ssize_t) (n * 8)) {
-        ngx_http_cio_journal_failed(j, jw->log,
-                                    written == -1 ? ngx_errno : NGX_ENOSPC,
-                                    NGX_HTTP_CIO_J_ACK);
+    if (written == (ssize_t) (n * 8)) {
+        return;
+    }
+
+    ngx_http_cio_journal_failed(j, jw->log,
+                                written == -1 ? ngx_errno : NGX_ENOSPC,
+                                NGX_HTTP_CIO_J_ACK);
+
+    /*
+     * a torn entry would put every later one out of step, and a start
+     * would take them all for unsettled: the part written is cut off
+     * (the lock keeps the other workers' entries out of the file)
+     */
+    if (written > 0
+        && (ngx_fd_info(jw->ack_fd, &fi) == NGX_FILE_ERROR
+            || ftruncate(jw->ack_fd, ngx_file_size(&fi) - written) == -1))
+    {
+        ngx_log_error(NGX_LOG_ALERT, jw->log, ngx_errno,
+                      "cio: journal \"%V\": cutting back a torn entry of "
+                      "segment %08xD's .ack failed", &j->path, seg->no);
     }
 }
 

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: BSD-2-Clause */
 
 /*
- * An LD_PRELOAD shim for t/84-dead-letter-race.t: the first write() to
+ * An LD_PRELOAD shim for t/84-dead-letter-race.t and
+ * t/85-journal-ack-torn.t: the first write() to
  * the file named by CIO_SHORT_WRITE, once that name with ".short"
  * appended exists, writes only half its bytes, as on a disk that has just
  * filled up; before it returns, it creates the name with ".held" appended
