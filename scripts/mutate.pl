@@ -628,8 +628,8 @@ my @MUTATIONS = (
         what => 'the workers write the dead-letter file without its lock, '
             . 'so that one cuts off the line another wrote meanwhile',
         file => $DEAD,
-        from => q~    err = ngx_lock_fd(fd);~,
-        to => q~    err = 0;~,
+        from => q~        err = ngx_lock_fd(fd);~,
+        to => q~        err = 0;~,
         tests => [qw(t/84-dead-letter-race.t)],
     },
 

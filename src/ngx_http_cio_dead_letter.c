@@ -119,11 +119,13 @@ ngx_http_cio_dead_letter(ngx_http_cio_main_conf_t *mcf, ngx_log_t *log,
 /*
  * A line is written whole or not at all: a short write (a full disk) is
  * cut off again, or the next line, of this worker or another, would be
- * glued to a broken one.  The workers share the file's offset (the
- * master opened it), so where the broken tail begins is known only from
- * the size before the write, and only while no other worker appends: a
- * record lock, which is each process's own, keeps them out.  Lines are
- * rare, the lock is cheap.
+ * glued to a broken one.  The workers append to one file (and share its
+ * offset while the master's descriptor is theirs, until a reopen), so
+ * where the broken tail begins is known only from the size before the
+ * write, and only while no other worker appends: a record lock, which is
+ * each process's own, keeps them out.  Lines are rare, the lock is cheap.
+ * Closing any descriptor of the file drops the process's lock: the
+ * journal's sync closes its copy in the event loop, not in its thread.
  */
 
 static ngx_int_t
@@ -138,7 +140,10 @@ ngx_http_cio_dead_letter_write(ngx_open_file_t *file, u_char *line,
 
     fd = file->fd;
 
-    err = ngx_lock_fd(fd);
+    /* a signal (timer_resolution's SIGALRM) must not cost a line */
+    do {
+        err = ngx_lock_fd(fd);
+    } while (err == NGX_EINTR);
 
     if (err) {
         ngx_log_error(NGX_LOG_ALERT, log, err, ngx_lock_fd_n " \"%V\" "

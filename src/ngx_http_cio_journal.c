@@ -2443,8 +2443,8 @@ ngx_http_cio_journal_sync(void)
 
     /*
      * a segment left while a round ran, with 16 more waiting, was synced
-     * and closed there and then (journal_open): its waiters are this
-     * round's, and so is its error
+     * and closed as soon as the lock was released (journal_evict): its
+     * waiters are this round's, and so is its error
      */
     js.n = 0;
     js.err = jw->sync_err;
@@ -2494,8 +2494,13 @@ ngx_http_cio_journal_sync(void)
         if (js.fds[js.n] != NGX_INVALID_FILE) {
             js.dir = (ngx_int_t) js.n++;
 
-        } else if (js.err == 0) {
-            js.err = ngx_errno;
+        } else {
+            /* the next round tries again: see synced() */
+            jw->newseg = 1;
+
+            if (js.err == 0) {
+                js.err = ngx_errno;
+            }
         }
     }
 
@@ -2595,7 +2600,14 @@ ngx_http_cio_journal_sync_thread(void *data, ngx_log_t *log)
 #endif
         }
 
-        (void) close(t->fds[i]);
+        /*
+         * closing a file drops every record lock the process holds on
+         * it: the event loop may be writing a dead letter under its lock
+         * now, so that fd is closed there (synced())
+         */
+        if ((ngx_int_t) i != t->dl) {
+            (void) close(t->fds[i]);
+        }
     }
 
     t->n = 0;
@@ -2635,6 +2647,11 @@ ngx_http_cio_journal_synced(ngx_http_cio_jsync_t *t)
 
     jw = &ngx_http_cio_jw;
 
+    if (t->dl != -1) {
+        (void) close(t->fds[t->dl]);
+        t->dl = -1;
+    }
+
     if (jw->j == NULL) {
         return;
     }
@@ -2642,6 +2659,11 @@ ngx_http_cio_journal_synced(ngx_http_cio_jsync_t *t)
     if (t->err) {
         ngx_http_cio_journal_failed(jw->j, jw->log, t->err,
                                     NGX_HTTP_CIO_J_SYNC);
+
+        /* a segment's name not known to be kept: the next round again */
+        if (t->dir != -1) {
+            jw->newseg = 1;
+        }
 
     } else {
         /* a power loss keeps at least this much: what tests cut back to */

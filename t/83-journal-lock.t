@@ -85,8 +85,10 @@ ok(-e "$dir/hold.main", 'segments rolled over until a worker\'s event '
     . 'loop synced one itself, and waits for it, after '
     . scalar(@waiting) . ' requests');
 
-# the waiting worker accepts nothing: the other takes these
-my @more = map { [ "more$_", send_event("more$_") ] } 1 .. 3;
+# the waiting worker accepts nothing: the other takes these, small, so
+# that it does not leave 16 segments of its own meanwhile
+my @more = map { [ "more$_", open_track($t, "more$_", { n => $_ }) ] }
+    1 .. 3;
 ok(ping(), 'the other worker answers meanwhile');
 ok(ping() && ping(), 'after writing the journal for three more events');
 is(join('', map { answer($_->[1], 0.2) } @more), '',
@@ -94,13 +96,20 @@ is(join('', map { answer($_->[1], 0.2) } @more), '',
 
 unlink "$dir/hold";
 
+# a slow machine may have filled the small journal (503, retry later)
 my %by;
 for my $w (@waiting, @more) {
-    my ($st) = answer($w->[1], 10) =~ m{^HTTP/1\.\d (\d+)};
+    my $got = answer($w->[1], 10);
+    my ($st) = $got =~ m{^HTTP/1\.\d (\d+)};
+    $st = 'full' if ($st // 0) == 503
+        && $got =~ /journal cannot take it, retry later/;
     push @{ $by{$st // 0} }, $w->[0];
 }
-is_deeply([ sort keys %by ], [ 200 ], 'once the disk is back: all 200')
+is_deeply([ grep { $_ ne 'full' } sort keys %by ], [ 200 ],
+    'once the disk is back: every answer 200 (or full, retry later)')
     or diag(explain({ map { $_ => scalar @{ $by{$_} } } keys %by }));
+is_deeply([ grep { /^more/ } @{ $by{200} } ], [ map { "more$_" } 1 .. 3 ],
+    'the three more among them');
 is_deeply($cio->wait_names($by{200}, 30), [], 'and all delivered');
 
 # a new segment's name is kept once its directory is synced (POSIX)
