@@ -136,7 +136,10 @@ ngx_http_cio_dead_letter_write(ngx_open_file_t *file, u_char *line,
     ssize_t          n;
     ngx_fd_t         fd;
     ngx_err_t        err;
+    ngx_uint_t       locked;
     ngx_file_info_t  fi;
+
+    static time_t    unlocked_alert;
 
     fd = file->fd;
 
@@ -145,11 +148,19 @@ ngx_http_cio_dead_letter_write(ngx_open_file_t *file, u_char *line,
         err = ngx_lock_fd(fd);
     } while (err == NGX_EINTR);
 
-    if (err) {
+    /*
+     * a file system without record locks (ENOLCK) must not cost the
+     * lines either: written without, as before the lock
+     */
+    locked = (err == 0);
+
+    if (!locked && ngx_time() >= unlocked_alert) {
+        /* once a minute: a stream of refusals must not flood the log */
+        unlocked_alert = ngx_time() + 60;
+
         ngx_log_error(NGX_LOG_ALERT, log, err, ngx_lock_fd_n " \"%V\" "
-                      "failed", &file->name);
-        ngx_set_errno(err);
-        return NGX_ERROR;
+                      "failed, lines are written without the lock",
+                      &file->name);
     }
 
     size = (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR) ? -1
@@ -158,7 +169,10 @@ ngx_http_cio_dead_letter_write(ngx_open_file_t *file, u_char *line,
     n = ngx_write_fd(fd, line, len);
 
     if (n == (ssize_t) len) {
-        (void) ngx_unlock_fd(fd);
+        if (locked) {
+            (void) ngx_unlock_fd(fd);
+        }
+
         return NGX_OK;
     }
 
@@ -179,7 +193,9 @@ ngx_http_cio_dead_letter_write(ngx_open_file_t *file, u_char *line,
         err = NGX_ENOSPC;
     }
 
-    (void) ngx_unlock_fd(fd);
+    if (locked) {
+        (void) ngx_unlock_fd(fd);
+    }
 
     ngx_set_errno(err);
 
