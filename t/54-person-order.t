@@ -56,7 +56,9 @@ $t->config(http => conf($cio->url), workers => 2)->run;
 
 # --- a retried identify is not overtaken by a newer one ---------------------
 
-$cio->control({ match => '"id":"person-a"', delay_ms => 1500,
+# held while B's five are posted and delivered, longer under a tool
+$cio->control({ match => '"id":"person-a"',
+                delay_ms => Cio::Test::scale(1.5) * 1000,
                 status => 500, count => 1 });
 
 my ($st) = $t->post('/cio/v1/identify',
