@@ -26,8 +26,7 @@ my $cio = $t->standin(workspaces => ['site1:key1']);
 $t->write_file('clock-step', "0\n");
 
 local $ENV{CIO_CLOCK_STEP} = $t->dir . '/clock-step';
-local $ENV{CIO_PRELOAD} = join ' ', grep { $_ } $ENV{CIO_PRELOAD},
-    $t->shim('clock_step');
+$t->preload('clock_step');
 
 $t->config(http => Cio::Test::ingest_http(endpoint => $cio->url,
     http => <<'END'))->run;

@@ -25,10 +25,7 @@ use Cio::Test qw(wait_until);
 my $t = Cio::Test->new(workers => 1);
 my $dir = $t->dir;
 
-my $shim = $t->shim('hold_sync');
-
-# the shim after ASan's, which must come first
-local $ENV{CIO_PRELOAD} = join ' ', grep { $_ } $ENV{CIO_PRELOAD}, $shim;
+$t->preload('hold_sync');
 local $ENV{CIO_HOLD_SYNC} = "$dir/hold";
 
 my $port = Cio::Test::free_port();

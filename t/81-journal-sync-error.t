@@ -23,15 +23,12 @@ use Test::More;
 use JSON::PP;
 use Time::HiRes qw(time sleep);
 use Cio::Test qw(wait_until);
-use Cio::Load qw(open_track);
+use Cio::Load qw(open_track open_tracks_until);
 
 my $t = Cio::Test->new(workers => 1);
 my $dir = $t->dir;
 
-my $shim = $t->shim('hold_sync');
-
-# the shim after ASan's, which must come first
-local $ENV{CIO_PRELOAD} = join ' ', grep { $_ } $ENV{CIO_PRELOAD}, $shim;
+$t->preload('hold_sync');
 local $ENV{CIO_HOLD_SYNC} = "$dir/hold";
 
 my $cio = $t->standin(workspaces => ['site1:key1']);
@@ -67,15 +64,8 @@ my $first = send_event('first');
 ok(wait_until(sub { -e "$dir/hold.held" }, 10),
     'a round\'s fdatasync() is held in the thread pool');
 
-# paced, so that deliveries settle the segments left behind and the
-# journal has room to roll over 17 times (bounded: 400 requests, 60 s)
-my @waiting;
-my $deadline = time + 60;
-for my $i (1 .. 400) {
-    last if -e "$dir/hold.failed" || time > $deadline;
-    push @waiting, [ "e$i", send_event("e$i") ];
-    sleep 0.02;
-}
+# paced, so that the journal has room to roll over 17 times
+my @waiting = open_tracks_until($t, \%pad, "$dir/hold.failed");
 ok(-e "$dir/hold.failed", 'segments rolled over until the event loop '
     . 'synced one itself, and that failed (EIO), after '
     . scalar(@waiting) . ' requests');

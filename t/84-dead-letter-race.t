@@ -23,10 +23,7 @@ my $t = Cio::Test->new(workers => 2);
 my $dir = $t->dir;
 my $file = "$dir/dead.jsonl";
 
-my $shim = $t->shim('short_write');
-
-# the shim after ASan's, which must come first
-local $ENV{CIO_PRELOAD} = join ' ', grep { $_ } $ENV{CIO_PRELOAD}, $shim;
+$t->preload('short_write');
 local $ENV{CIO_SHORT_WRITE} = $file;
 
 my $cio = $t->standin(workspaces => ['site1:key1']);

@@ -21,10 +21,7 @@ my $t = Cio::Test->new(workers => 1);
 my $dir = $t->dir;
 my $ack = "$dir/journal/00000001.ack";
 
-my $shim = $t->shim('short_write');
-
-# the shim after ASan's, which must come first
-local $ENV{CIO_PRELOAD} = join ' ', grep { $_ } $ENV{CIO_PRELOAD}, $shim;
+$t->preload('short_write');
 local $ENV{CIO_SHORT_WRITE} = $ack;
 
 my $cio = $t->standin(workspaces => ['site1:key1']);

@@ -11,9 +11,10 @@ use warnings;
 use Exporter qw(import);
 use IO::Socket::INET;
 use JSON::PP;
+use Time::HiRes qw(time sleep);
 
-our @EXPORT_OK = qw(post_events post_batch open_track dead_letters missing
-    journal_records full_disk_journal);
+our @EXPORT_OK = qw(post_events post_batch open_track open_tracks_until
+    dead_letters missing journal_records full_disk_journal);
 
 my $JSON = JSON::PP->new->canonical;
 
@@ -47,6 +48,21 @@ sub open_track {
         . "Content-Type: application/json\r\nConnection: close\r\n"
         . 'Content-Length: ' . length($body) . "\r\n\r\n$body";
     return $s;
+}
+
+# track calls e1, e2, ... left open, one each 20 ms, until $file exists
+# (400 calls or 60 s at most), so that deliveries settle what the journal
+# leaves behind meanwhile: [name, socket] each
+sub open_tracks_until {
+    my ($t, $props, $file) = @_;
+    my @open;
+    my $deadline = time + 60;
+    for my $i (1 .. 400) {
+        last if -e $file || time > $deadline;
+        push @open, [ "e$i", open_track($t, "e$i", $props) ];
+        sleep 0.02;
+    }
+    return @open;
 }
 
 # one /v1/batch request with these names; returns them if answered 200

@@ -439,6 +439,14 @@ sub shim {
     return $so;
 }
 
+# the shim preloaded into every nginx the test starts from now on, after
+# ASan's runtime, which must come first
+sub preload {
+    my ($self, $name) = @_;
+    $ENV{CIO_PRELOAD} = join ' ', grep { $_ } $ENV{CIO_PRELOAD},
+        $self->shim($name);
+}
+
 # the lines of error.log matching $re
 sub log_lines {
     my ($self, $re) = @_;
