@@ -45,6 +45,8 @@
 SHELL := /bin/bash
 
 CC ?= gcc
+# test files prove runs side by side (PROVE_JOBS=1: one at a time)
+PROVE_JOBS ?= 2
 UNIT_CFLAGS = -std=gnu99 -g -O1 -W -Wall -Wpointer-arith \
               -Wno-unused-parameter -Werror -Isrc
 SAN_FLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer
@@ -98,14 +100,20 @@ unit: deps $(BUILD)/test_map
 
 valgrind: deps $(BUILD)/test_map $(BUILD)/ngx_http_cio_module.so
 	valgrind -q --leak-check=full --error-exitcode=1 $(BUILD)/test_map
-	CIO_VALGRIND=1 prove -I t/lib t/10-ingest.t t/15-ingest-edge.t \
+	CIO_VALGRIND=1 prove -j$(PROVE_JOBS) -I t/lib t/10-ingest.t t/15-ingest-edge.t \
 		t/20-delivery.t t/41-dead-letter.t t/43-crash.t t/44-spool.t \
 		t/16-status.t t/50-hostile.t t/73-journal-sync.t \
 		t/79-journal-pass.t t/80-journal-shutdown.t \
 		t/81-journal-sync-error.t t/82-journal-reload.t
 
+# Two test files at a time (each waits on nginx, the stand-in and its
+# own deadlines more than it computes; free ports come from a locked
+# range, t/lib/Cio/Test.pm); t/60 alone after them, as it installs a
+# package into the system's nginx and builds it first.
 integration: build
-	$(PROVE_ENV) prove -I t/lib t/
+	$(PROVE_ENV) prove -j$(PROVE_JOBS) -I t/lib \
+		$(filter-out t/60-deb.t,$(wildcard t/*.t))
+	$(PROVE_ENV) prove -I t/lib t/60-deb.t
 
 # The module's own end-to-end tests once more with ASan + UBSan in the
 # module; the real-client and packaging tests exercise no other module
@@ -117,7 +125,7 @@ san: deps
 	CIO_MODULE=$(CURDIR)/build-san/ngx_http_cio_module.so \
 	CIO_PRELOAD="$$($(CC) -print-file-name=libasan.so)" \
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 \
-	prove -I t/lib $(SAN_TESTS)
+	prove -j$(PROVE_JOBS) -I t/lib $(SAN_TESTS)
 
 # Valgrind and the sanitizers do not run together
 test: check-includes mutate-check tools unit unit-inflate fuzz-regress \
@@ -136,7 +144,7 @@ mutate-check:
 # scripts/matrix.sh; the sources and the nginx builds are cached in
 # NGINX_CACHE (default /var/cache/ngx-cio-src)
 matrix:
-	@NGINX_CACHE=$(NGINX_CACHE) scripts/matrix.sh
+	@NGINX_CACHE=$(NGINX_CACHE) PROVE_JOBS=$(PROVE_JOBS) scripts/matrix.sh
 
 demo: build
 	@scripts/demo.sh

@@ -21,6 +21,7 @@
 #   NGINX_CACHE=dir    the cache (scripts/nginx-src.sh)
 #   MATRIX_TESTS="..." the tests for the newest version
 #   MATRIX_JOBS=n      parallel compiler jobs (default 2)
+#   PROVE_JOBS=n       test files run side by side (default 2)
 #
 # Results go to build/matrix/VERSION/: nginx, ngx_http_cio_module.so,
 # nginx-static; the table at the end to build/matrix/results.txt.
@@ -143,7 +144,8 @@ run_tests() {
     shift 3
 
     log "$what: prove $*"
-    if CIO_NGINX=$nginx CIO_MODULE=$module prove -I "$top/t/lib" "$@" >&2
+    if CIO_NGINX=$nginx CIO_MODULE=$module \
+        prove -j"${PROVE_JOBS:-2}" -I "$top/t/lib" "$@" >&2
     then
         results+=("$what: $* ok")
     else

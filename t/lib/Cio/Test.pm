@@ -20,7 +20,9 @@ use strict;
 use warnings;
 
 use Cwd qw(abs_path);
+use Fcntl qw(:flock);
 use File::Basename qw(dirname);
+use File::Spec;
 use File::Temp qw(tempdir);
 use IO::Socket::INET;
 use JSON::PP;
@@ -95,13 +97,41 @@ sub node_bin {
     return -x $local ? $local : 'node';
 }
 
+# A port nobody listens on, below the kernel's ephemeral range (where
+# every outgoing connection and every bind to port 0 takes its port), and
+# held for as long as this test runs by a lock on a file named after it:
+# test files run side by side (make test's prove -j2) never get the same
+# port, though nginx binds it only later, and more than once.
+my %held;
+
 sub free_port {
-    my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
-        Proto => 'tcp', Listen => 1, ReuseAddr => 1)
-        or die "cannot find a free port: $!";
-    my $port = $s->sockport;
-    close $s;
-    return $port;
+    my ($lo) = (slurp_if('/proc/sys/net/ipv4/ip_local_port_range') // '')
+        =~ /^(\d+)/;
+    my $top = ($lo && $lo > 11000) ? $lo : 32768;
+    my $dir = File::Spec->tmpdir . '/cio-test-ports';
+    mkdir $dir;
+
+    for (1 .. 1000) {
+        my $port = 10000 + int rand($top - 10000);
+        next if $held{$port};
+        open my $lock, '>>', "$dir/$port" or next;
+        next unless flock $lock, LOCK_EX | LOCK_NB;
+        my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1',
+            LocalPort => $port, Proto => 'tcp', Listen => 1, ReuseAddr => 1)
+            or next;
+        close $s;
+        $held{$port} = $lock;
+        return $port;
+    }
+
+    die "cannot find a free port in 10000-$top\n";
+}
+
+sub slurp_if {
+    my ($path) = @_;
+    open my $fh, '<', $path or return undef;
+    local $/;
+    return scalar <$fh>;
 }
 
 # a Customer.io dedupe id: a ULID in Crockford's base32, its time part in
