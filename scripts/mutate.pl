@@ -509,13 +509,35 @@ my @MUTATIONS = (
     },
 
     {
-        name => 'stale-take-marks',
-        what => "a take that died leaves its persons marked: another sends "
-            . 'her later items first',
+        name => 'take-marks-kept',
+        what => "a batch made leaves its persons marked \"mine\": the "
+            . "worker's next batch takes a person's later items while "
+            . 'her earlier ones are in flight',
         file => $QUEUE,
-        from => q~    if (sh->taking) {~,
-        to => q~    if (0 && sh->taking) {~,
-        tests => [qw(t/49-zone-lock.t)],
+        from => q~        if (batch->persons[i]) {~,
+        to => q~        if (0 && batch->persons[i]) {~,
+        tests => [qw(t/86-take-slices.t t/54-person-order.t)],
+    },
+    {
+        name => 'slice-after-requeue',
+        what => 'a slice goes on from where the last one stopped though '
+            . "a batch went back to the head meanwhile: a person's later "
+            . 'items overtake her earlier ones',
+        file => $QUEUE,
+        from => q~    if (sh->unholds != batch->unholds) {~,
+        to => q~    if (0 && sh->unholds != batch->unholds) {~,
+        tests => [qw(t/86-take-slices.t)],
+    },
+    {
+        name => 'slice-from-taken-item',
+        what => 'a slice goes on from an item another worker took '
+            . 'meanwhile, along the list of items in flight',
+        file => $QUEUE,
+        from => q~    if (node->id != batch->next_id || node->lease != 0
+        || node->ws != batch->ws)~,
+        to => q~    if (0 && (node->id != batch->next_id || node->lease != 0
+        || node->ws != batch->ws))~,
+        tests => [qw(t/86-take-slices.t)],
     },
 
     # --- delivery --------------------------------------------------------------

@@ -20,7 +20,7 @@
  * bump when the layout or the meaning of anything in the zone changes
  * (09: its times are on the monotonic clock)
  */
-#define NGX_HTTP_CIO_SHM_MAGIC      0x43494f09
+#define NGX_HTTP_CIO_SHM_MAGIC      0x43494f0a
 
 #define NGX_HTTP_CIO_INGEST_OFF       0
 #define NGX_HTTP_CIO_INGEST_SEGMENT   1
@@ -126,7 +126,6 @@ typedef struct {
     uint32_t                    *persons;
     uint32_t                     persons_mask;
     uint64_t                     unholds;    /* items that left flight */
-    ngx_uint_t                   taking;     /* a take marks its persons */
 
     /*
      * bumped on every reload that keeps the zone; both are written by the
@@ -273,6 +272,19 @@ typedef struct {
 
     char                        *url;        /* copies, for the thread */
     char                        *userpwd;
+
+    u_char                      *body;       /* take()'s, until sent */
+    size_t                       size;
+
+    /* while take() makes it, a slice at a time */
+    uint32_t                    *persons;    /* each item's key */
+    ngx_uint_t                   cap;
+    ngx_uint_t                   skipped;
+    ngx_http_cio_node_t         *next;       /* where the next begins */
+    uint32_t                     next_id;
+    uint64_t                     unholds;    /* sh->unholds then */
+    unsigned                     taking:1;
+    unsigned                     moved:1;    /* an item left flight */
 } ngx_http_cio_batch_t;
 
 
@@ -343,8 +355,9 @@ ngx_int_t ngx_http_cio_queue_push(ngx_http_cio_zone_t *zone,
     ngx_http_cio_shws_t *ws, ngx_str_t *items, ngx_uint_t n,
     ngx_uint_t filtered, ngx_uint_t refused, uint64_t *jrefs);
 ngx_http_cio_batch_t *ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone,
-    ngx_http_cio_shws_t *ws, ngx_http_cio_main_conf_t *mcf,
-    u_char **body, size_t *body_len);
+    ngx_http_cio_shws_t *ws, ngx_http_cio_main_conf_t *mcf);
+ngx_int_t ngx_http_cio_queue_take_more(ngx_http_cio_zone_t *zone,
+    ngx_http_cio_batch_t *batch, ngx_http_cio_main_conf_t *mcf);
 /*
  * Settle, then the dead letters (deliver.c), then bury: an item refused
  * for good stays leased until its dead letter is written, so a crash in

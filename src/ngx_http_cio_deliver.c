@@ -112,6 +112,8 @@ typedef struct {
     ngx_connection_t            *notify;
     ngx_event_t                  timer;
     ngx_event_t                  kick;
+    ngx_event_t                  fill;      /* the next slice of a take */
+    ngx_http_cio_batch_t        *filling;   /* counted in inflight */
     ngx_uint_t                   inflight;
     ngx_http_cio_piece_t        *waiting;
     ngx_http_cio_piece_t       **waiting_tail;
@@ -135,6 +137,9 @@ static void ngx_http_cio_deliver_orphans(ngx_uint_t busy);
 static void ngx_http_cio_deliver_kick_handler(ngx_event_t *ev);
 static void ngx_http_cio_deliver_round(void);
 static ngx_int_t ngx_http_cio_deliver_send(ngx_http_cio_shws_t *ws);
+static void ngx_http_cio_deliver_fill(ngx_event_t *ev);
+static ngx_int_t ngx_http_cio_deliver_submit(ngx_http_cio_batch_t *batch);
+static void ngx_http_cio_deliver_give_back(ngx_http_cio_batch_t *batch);
 static void ngx_http_cio_deliver_notified(ngx_event_t *ev);
 static void ngx_http_cio_deliver_results(void);
 static void ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req);
@@ -247,6 +252,10 @@ ngx_http_cio_deliver_init(ngx_cycle_t *cycle, ngx_http_cio_main_conf_t *mcf)
     d->kick.log = cycle->log;
     d->kick.data = &ngx_http_cio_dummy;
 
+    d->fill.handler = ngx_http_cio_deliver_fill;
+    d->fill.log = cycle->log;
+    d->fill.data = &ngx_http_cio_dummy;
+
     ngx_add_timer(&d->timer, mcf->flush_interval);
 
     return NGX_OK;
@@ -272,6 +281,16 @@ ngx_http_cio_deliver_exit(ngx_cycle_t *cycle)
 
     if (d->kick.posted) {
         ngx_delete_posted_event(&d->kick);
+    }
+
+    if (d->fill.posted) {
+        ngx_delete_posted_event(&d->fill);
+    }
+
+    if (d->filling) {
+        ngx_http_cio_deliver_give_back(d->filling);
+        d->filling = NULL;
+        d->inflight--;
     }
 
     if (ngx_http_cio_sender_stop(d->sender, NGX_HTTP_CIO_STOP_TIMEOUT)
@@ -597,30 +616,101 @@ ngx_http_cio_deliver_round(void)
 }
 
 
+/*
+ * NGX_OK: a batch went to the sender thread; NGX_AGAIN: one is being
+ * made, a slice a turn of the event loop (ngx_http_cio_deliver_fill),
+ * and no other is begun meanwhile.
+ */
+
 static ngx_int_t
 ngx_http_cio_deliver_send(ngx_http_cio_shws_t *ws)
 {
-    u_char                    *body;
-    size_t                     len;
-    ngx_http_cio_batch_t      *batch;
+    ngx_http_cio_batch_t    *batch;
+    ngx_http_cio_deliver_t  *d;
+
+    d = &ngx_http_cio_deliver;
+
+    if (d->filling) {
+        return NGX_AGAIN;
+    }
+
+    batch = ngx_http_cio_queue_take(d->zone, ws, d->mcf);
+    if (batch == NULL) {
+        return NGX_DECLINED;
+    }
+
+    d->inflight++;
+
+    if (batch->taking) {
+        d->filling = batch;
+        ngx_post_event(&d->fill, &ngx_posted_next_events);
+        return NGX_AGAIN;
+    }
+
+    return ngx_http_cio_deliver_submit(batch);
+}
+
+
+/*
+ * Posted to the next turn of the event loop, after the connections it
+ * has events for: the requests that came in meanwhile wait for a slice
+ * at most, not for a whole batch.
+ */
+
+static void
+ngx_http_cio_deliver_fill(ngx_event_t *ev)
+{
+    ngx_int_t                rc;
+    ngx_http_cio_batch_t    *batch;
+    ngx_http_cio_deliver_t  *d;
+
+    d = &ngx_http_cio_deliver;
+    batch = d->filling;
+
+    if (ngx_exiting && !d->draining) {
+        /* reloaded: the new workers send it */
+        ngx_http_cio_deliver_give_back(batch);
+        rc = NGX_DECLINED;
+
+    } else {
+        rc = ngx_http_cio_queue_take_more(d->zone, batch, d->mcf);
+    }
+
+    if (rc == NGX_AGAIN) {
+        ngx_post_event(&d->fill, &ngx_posted_next_events);
+        return;
+    }
+
+    d->filling = NULL;
+
+    if (rc == NGX_OK && ngx_http_cio_deliver_submit(batch) != NGX_OK) {
+        return;
+    }
+
+    if (rc != NGX_OK) {
+        d->inflight--;
+    }
+
+    ngx_http_cio_deliver_round();
+}
+
+
+/* a batch take() made, to the sender thread; counted in d->inflight */
+
+static ngx_int_t
+ngx_http_cio_deliver_submit(ngx_http_cio_batch_t *batch)
+{
     ngx_http_cio_sreq_t       *req;
-    ngx_http_cio_settle_t      st;
     ngx_http_cio_deliver_t    *d;
     ngx_http_cio_main_conf_t  *mcf;
 
     d = &ngx_http_cio_deliver;
     mcf = d->mcf;
 
-    batch = ngx_http_cio_queue_take(d->zone, ws, mcf, &body, &len);
-    if (batch == NULL) {
-        return NGX_DECLINED;
-    }
-
     req = ngx_http_cio_sreq_alloc();
 
     if (req == NULL) {
         ngx_log_error(NGX_LOG_ALERT, d->log, 0, "cio: out of memory");
-        ngx_http_cio_queue_free_body(body);
         goto failed;
     }
 
@@ -630,8 +720,10 @@ ngx_http_cio_deliver_send(ngx_http_cio_shws_t *ws)
     batch->url = NULL;
     batch->userpwd = NULL;
 
-    req->body = (char *) body;
-    req->body_len = len;
+    req->body = (char *) batch->body;
+    req->body_len = batch->size;
+    batch->body = NULL;
+
     req->fill = ngx_http_cio_queue_fill;
     req->timeout_ms = (long) mcf->timeout;
     req->connect_timeout_ms = (long) mcf->connect_timeout;
@@ -643,18 +735,36 @@ ngx_http_cio_deliver_send(ngx_http_cio_shws_t *ws)
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, d->log, 0,
                    "cio: sending %ui events, %uz bytes, to \"%V\"",
-                   batch->n, len, &ws->url);
+                   batch->n, req->body_len, &batch->ws->url);
 
     if (ngx_http_cio_sender_submit(d->sender, req) != 0) {
+        /* the body goes back to the batch, which frees it */
+        batch->body = (u_char *) req->body;
+        req->body = NULL;
         ngx_http_cio_sreq_free(req);
         goto failed;
     }
 
-    d->inflight++;
-
     return NGX_OK;
 
 failed:
+
+    d->inflight--;
+    ngx_http_cio_deliver_give_back(batch);
+
+    return NGX_ERROR;
+}
+
+
+/* a batch that will not go: its items back to the head of the queue */
+
+static void
+ngx_http_cio_deliver_give_back(ngx_http_cio_batch_t *batch)
+{
+    ngx_http_cio_settle_t    st;
+    ngx_http_cio_deliver_t  *d;
+
+    d = &ngx_http_cio_deliver;
 
     ngx_memzero(&st, sizeof(ngx_http_cio_settle_t));
     st.outcome = NGX_HTTP_CIO_RETURN;
@@ -662,8 +772,6 @@ failed:
 
     ngx_http_cio_queue_settle(d->zone, batch, &st);
     ngx_http_cio_queue_free_batch(batch);
-
-    return NGX_ERROR;
 }
 
 

@@ -64,8 +64,12 @@
 /* a request's first items have their person keys computed unlocked */
 #define NGX_HTTP_CIO_PUSH_KEYS    64
 
-/* a bucket taken by the batch being made, for the length of take() */
-#define NGX_HTTP_CIO_MINE         0x80000000
+/*
+ * How many items one slice of a take looks at with the zone locked: a
+ * full batch is some 650 items of 750 bytes, each a cache miss of its
+ * own, some 120 us in one go, during which the worker answers nobody.
+ */
+#define NGX_HTTP_CIO_SLICE        64
 
 /* how long the master tries for the old zone's lock on a resize */
 #define NGX_HTTP_CIO_MIGRATE_WAIT 200
@@ -125,14 +129,18 @@ static ngx_inline ngx_uint_t ngx_http_cio_queue_held(
 static ngx_http_cio_batch_t *ngx_http_cio_queue_new_batch(ngx_uint_t cap);
 static ngx_inline void ngx_http_cio_queue_hold(ngx_http_cio_shctx_t *sh,
     ngx_http_cio_node_t *node);
+static void ngx_http_cio_queue_slice(ngx_http_cio_zone_t *zone,
+    ngx_http_cio_batch_t *batch, ngx_http_cio_main_conf_t *mcf);
+static ngx_queue_t *ngx_http_cio_queue_resume(ngx_http_cio_shctx_t *sh,
+    ngx_http_cio_batch_t *batch);
 static void ngx_http_cio_queue_taken(ngx_http_cio_shctx_t *sh,
-    ngx_http_cio_shws_t *ws, ngx_http_cio_node_t **nodes, ngx_uint_t n,
-    ngx_uint_t skipped);
+    ngx_http_cio_batch_t *batch, ngx_http_cio_main_conf_t *mcf);
+static ngx_int_t ngx_http_cio_queue_mine_init(ngx_http_cio_shctx_t *sh);
+static void ngx_http_cio_queue_unmark(ngx_http_cio_batch_t *batch);
 static void ngx_http_cio_queue_unhold(ngx_http_cio_shctx_t *sh,
     ngx_http_cio_node_t *node);
 static void ngx_http_cio_queue_renew(ngx_http_cio_batch_t *batch,
     uint32_t lease);
-static void ngx_http_cio_queue_taking(ngx_http_cio_shctx_t *sh);
 static ngx_uint_t ngx_http_cio_queue_leased(ngx_http_cio_batch_t *batch,
     ngx_uint_t lo, ngx_uint_t n);
 static void ngx_http_cio_queue_count_unjournaled(void *data,
@@ -149,6 +157,14 @@ static ngx_int_t ngx_http_cio_queue_copy_str(ngx_slab_pool_t *shpool,
 
 static ngx_http_cio_spares_t  ngx_http_cio_queue_bodies;
 static ngx_http_cio_spares_t  ngx_http_cio_queue_arrays;
+
+/*
+ * The person buckets the batch this worker is making holds, a bit each:
+ * its own, so that it takes more of their items, where anybody else's
+ * hold makes it pass them over.  A worker makes one batch at a time.
+ */
+static uint64_t              *ngx_http_cio_queue_mine;
+static uint32_t               ngx_http_cio_queue_mine_mask;
 
 
 /* the upper bounds of the latency histogram's buckets, in ms */
@@ -725,18 +741,21 @@ full:
  * the items that waited for it.  After SKIP_MAX items passed over the
  * batch goes with what it has: the scan is bounded, and the others wait
  * for the next batch.
+ *
+ * The batch is made in slices of SLICE items, each under the lock: this
+ * call makes the first, and while batch->taking is set the caller asks
+ * for the others (ngx_http_cio_queue_take_more), one a turn of its event
+ * loop, so that the requests the worker serves meanwhile wait for one
+ * slice at most.  NULL: nothing to send.
  */
 
 ngx_http_cio_batch_t *
 ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
-    ngx_http_cio_main_conf_t *mcf, u_char **body, size_t *body_len)
+    ngx_http_cio_main_conf_t *mcf)
 {
-    size_t                 size, need, max_bytes;
-    u_char                *buf;
+    size_t                 max_bytes;
     uint64_t               now;
-    ngx_uint_t             n, cap, skipped;
-    ngx_queue_t           *q, *next;
-    ngx_http_cio_node_t   *node;
+    ngx_uint_t             cap;
     ngx_http_cio_batch_t  *batch;
 
     if (ws->stuck == zone->sh->unholds + 1) {
@@ -750,18 +769,25 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
     cap = max_bytes / NGX_HTTP_CIO_MIN_ITEM + 1;
 
     batch = ngx_http_cio_queue_new_batch(cap);
-    buf = ngx_http_cio_queue_spare(&ngx_http_cio_queue_bodies, max_bytes);
+    if (batch == NULL) {
+        return NULL;
+    }
 
-    if (batch == NULL || buf == NULL) {
+    batch->body = ngx_http_cio_queue_spare(&ngx_http_cio_queue_bodies,
+                                           max_bytes);
+
+    if (batch->body == NULL
+        || ngx_http_cio_queue_mine_init(zone->sh) != NGX_OK)
+    {
         goto failed;
     }
 
-    now = ngx_http_cio_now_ms();
+    batch->ws = ws;
+    batch->cap = cap;
+    batch->size = sizeof(NGX_HTTP_CIO_BATCH_HEAD) - 1
+                  + sizeof(NGX_HTTP_CIO_BATCH_TAIL) - 1;
 
-    size = sizeof(NGX_HTTP_CIO_BATCH_HEAD) - 1
-           + sizeof(NGX_HTTP_CIO_BATCH_TAIL) - 1;
-    n = 0;
-    skipped = 0;
+    now = ngx_http_cio_now_ms();
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
@@ -777,28 +803,104 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
     batch->userpwd = ngx_http_cio_queue_dup(&ws->userpwd);
 
     if (batch->url == NULL || batch->userpwd == NULL) {
+        /* the token is not spent */
+        ws->rate_tokens += mcf->rate ? 1000000 : 0;
         goto unlock;
     }
 
-    ngx_http_cio_queue_taking(zone->sh);
+    batch->taking = 1;
+    batch->unholds = zone->sh->unholds;
 
-    for (q = ngx_queue_head(&ws->pending);
+    ngx_http_cio_queue_slice(zone, batch, mcf);
+
+unlock:
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    if (batch->n || batch->taking) {
+        return batch;
+    }
+
+failed:
+
+    ngx_http_cio_queue_free_batch(batch);
+
+    return NULL;
+}
+
+
+/*
+ * The next slice of a batch take() began: NGX_AGAIN while there may be
+ * more, NGX_OK once it is made, NGX_DECLINED when it took nothing at all
+ * (the batch is freed then).
+ */
+
+ngx_int_t
+ngx_http_cio_queue_take_more(ngx_http_cio_zone_t *zone,
+    ngx_http_cio_batch_t *batch, ngx_http_cio_main_conf_t *mcf)
+{
+    ngx_shmtx_lock(&zone->shpool->mutex);
+
+    ngx_http_cio_queue_slice(zone, batch, mcf);
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    if (batch->taking) {
+        return NGX_AGAIN;
+    }
+
+    if (batch->n == 0) {
+        ngx_http_cio_queue_free_batch(batch);
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+/* one slice of a take, the zone locked */
+
+static void
+ngx_http_cio_queue_slice(ngx_http_cio_zone_t *zone,
+    ngx_http_cio_batch_t *batch, ngx_http_cio_main_conf_t *mcf)
+{
+    size_t                 need;
+    uint64_t               now;
+    ngx_uint_t             n, looked;
+    ngx_queue_t           *q, *next;
+    ngx_http_cio_shws_t   *ws;
+    ngx_http_cio_node_t   *node;
+
+    ws = batch->ws;
+    n = batch->n;
+    now = ngx_http_cio_now_ms();
+
+    for (q = ngx_http_cio_queue_resume(zone->sh, batch), looked = 0;
          q != ngx_queue_sentinel(&ws->pending)
-         && skipped < NGX_HTTP_CIO_SKIP_MAX;
-         q = next)
+         && batch->skipped < NGX_HTTP_CIO_SKIP_MAX;
+         q = next, looked++)
     {
         next = ngx_queue_next(q);
         node = ngx_queue_data(q, ngx_http_cio_node_t, link);
 
+        if (looked == NGX_HTTP_CIO_SLICE) {
+            /* the rest on the next turn, from here if nothing moved */
+            batch->next = node;
+            batch->next_id = node->id;
+            batch->n = n;
+            batch->unholds = zone->sh->unholds;
+            return;
+        }
+
         if (ngx_http_cio_queue_held(zone->sh, node)) {
             /* its person's later items stay behind it: held too */
-            skipped++;
+            batch->skipped++;
             continue;
         }
 
         need = node->len + (n ? 1 : 0);
 
-        if (size + need > max_bytes || n == cap) {
+        if (batch->size + need > mcf->batch_size || n == batch->cap) {
             break;
         }
 
@@ -815,49 +917,57 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
         ws->ninflight++;
 
         /* where ngx_http_cio_queue_fill will copy it, after a comma */
-        batch->offs[n] = size - (sizeof(NGX_HTTP_CIO_BATCH_TAIL) - 1)
+        batch->offs[n] = batch->size - (sizeof(NGX_HTTP_CIO_BATCH_TAIL) - 1)
                          + (n ? 1 : 0);
         batch->lens[n] = node->len;
-        size += need;
+        batch->size += need;
 
         batch->nodes[n] = node;
         batch->ids[n] = node->id;
         batch->jrefs[n] = node->jref;
+        batch->persons[n] = node->person;
         n++;
     }
 
-    ngx_http_cio_queue_taken(zone->sh, ws, batch->nodes, n, skipped);
-
-    if (n == 0 && mcf->rate) {
-        /* nothing went out: the token is not spent */
-        ws->rate_tokens += 1000000;
-    }
-
-unlock:
-
-    ngx_shmtx_unlock(&zone->shpool->mutex);
-
-    if (n == 0) {
-        goto failed;
-    }
-
-    batch->ws = ws;
     batch->n = n;
 
-    *body = buf;
-    *body_len = size;
+    ngx_http_cio_queue_taken(zone->sh, batch, mcf);
+}
 
-    return batch;
 
-failed:
+/*
+ * Where a slice begins: where the last one stopped, unless an item left
+ * flight since (it may have gone back to the head of the list, before
+ * the items its person has behind it there) or the item there is not
+ * pending any more (another worker took it): then from the head again.
+ * The items passed over are passed over again, and counted again: the
+ * batch's scan stays bounded.
+ */
 
-    if (batch) {
-        ngx_http_cio_queue_free_batch(batch);
+static ngx_queue_t *
+ngx_http_cio_queue_resume(ngx_http_cio_shctx_t *sh,
+    ngx_http_cio_batch_t *batch)
+{
+    ngx_http_cio_node_t  *node;
+
+    node = batch->next;
+
+    if (node == NULL) {
+        return ngx_queue_head(&batch->ws->pending);
     }
 
-    ngx_http_cio_queue_free_body(buf);
+    if (sh->unholds != batch->unholds) {
+        batch->moved = 1;
+        return ngx_queue_head(&batch->ws->pending);
+    }
 
-    return NULL;
+    if (node->id != batch->next_id || node->lease != 0
+        || node->ws != batch->ws)
+    {
+        return ngx_queue_head(&batch->ws->pending);
+    }
+
+    return &node->link;
 }
 
 
@@ -1009,7 +1119,7 @@ ngx_http_cio_queue_new_batch(ngx_uint_t cap)
                                    cap * (sizeof(ngx_http_cio_node_t *)
                                           + 2 * sizeof(uint64_t)
                                           + sizeof(size_t)
-                                          + 2 * sizeof(uint32_t) + 1));
+                                          + 3 * sizeof(uint32_t) + 1));
     if (mem == NULL) {
         ngx_free(batch);
         return NULL;
@@ -1022,7 +1132,8 @@ ngx_http_cio_queue_new_batch(ngx_uint_t cap)
     batch->offs = (size_t *) (batch->jrefs + cap);
     batch->lens = (uint32_t *) (batch->offs + cap);
     batch->attempts = batch->lens + cap;
-    batch->acts = (u_char *) (batch->attempts + cap);
+    batch->persons = batch->attempts + cap;
+    batch->acts = (u_char *) (batch->persons + cap);
 
     return batch;
 }
@@ -1031,88 +1142,117 @@ ngx_http_cio_queue_new_batch(ngx_uint_t cap)
 /*
  * The person table counts the items in flight of each bucket (a person's
  * key modulo the table's size): two people in one bucket are ordered as
- * one, stricter, never looser.  While take() makes a batch, the buckets
- * it took have their high bit set, so that the batch takes more items of
- * the same person but not those of a person somebody else holds.
+ * one, stricter, never looser.  A bucket the batch being made holds is
+ * "mine" (ngx_http_cio_queue_mine), so that the batch takes more items of
+ * the same person but not those of a person somebody else holds.  The
+ * marks are the worker's own memory: a worker killed while it makes a
+ * batch leaves none in the zone.
  */
 
 static ngx_inline ngx_uint_t
 ngx_http_cio_queue_held(ngx_http_cio_shctx_t *sh, ngx_http_cio_node_t *node)
 {
-    uint32_t  c;
+    uint32_t  b;
 
     if (node->person == 0) {
         return 0;
     }
 
-    c = sh->persons[node->person & sh->persons_mask];
+    b = node->person & sh->persons_mask;
 
-    return c != 0 && !(c & NGX_HTTP_CIO_MINE);
+    return sh->persons[b] != 0
+           && !(ngx_http_cio_queue_mine[b >> 6] & ((uint64_t) 1 << (b & 63)));
 }
 
 
 static ngx_inline void
 ngx_http_cio_queue_hold(ngx_http_cio_shctx_t *sh, ngx_http_cio_node_t *node)
 {
-    uint32_t  *c;
+    uint32_t  b;
 
     if (node->person) {
-        c = &sh->persons[node->person & sh->persons_mask];
-        *c = (*c + 1) | NGX_HTTP_CIO_MINE;
+        b = node->person & sh->persons_mask;
+        sh->persons[b]++;
+        ngx_http_cio_queue_mine[b >> 6] |= (uint64_t) 1 << (b & 63);
     }
 }
 
 
-/*
- * A take marks its persons' buckets "mine" while it makes its batch, and
- * clears them when it is made (taken()).  A worker killed in between,
- * with the lock (nginx's master unlocks it), leaves its marks: a person
- * so marked would not be held, and a later take would send her later
- * items while the dead worker's, leased and never sent, wait for their
- * lease to run out.  So the next take clears every mark first; the
- * items the dead take leased still hold their persons until they are
- * taken back.
- */
+/* the marks, for the zone's table, all clear */
 
-static void
-ngx_http_cio_queue_taking(ngx_http_cio_shctx_t *sh)
+static ngx_int_t
+ngx_http_cio_queue_mine_init(ngx_http_cio_shctx_t *sh)
 {
-    uint32_t  i;
+    size_t  size;
 
-    if (sh->taking) {
-        for (i = 0; i <= sh->persons_mask; i++) {
-            sh->persons[i] &= ~NGX_HTTP_CIO_MINE;
-        }
+    if (ngx_http_cio_queue_mine
+        && ngx_http_cio_queue_mine_mask == sh->persons_mask)
+    {
+        return NGX_OK;
     }
 
-    sh->taking = 1;
+    ngx_free(ngx_http_cio_queue_mine);
+
+    size = ((size_t) sh->persons_mask / 64 + 1) * sizeof(uint64_t);
+
+    ngx_http_cio_queue_mine = ngx_calloc(size, ngx_cycle->log);
+    if (ngx_http_cio_queue_mine == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_http_cio_queue_mine_mask = sh->persons_mask;
+
+    return NGX_OK;
 }
 
 
 /*
- * The batch is made.  When it found nothing but SKIP_MAX held items, so
- * will every take until an item leaves flight (sh->unholds): until then
- * nothing changes at the head of the list, pushes go to its tail, and
- * take() returns at once, without the lock.
+ * The batch is made: its marks are cleared.  When it found nothing but
+ * SKIP_MAX held items, and no item left flight while it looked, so will
+ * every take until one does (sh->unholds): until then nothing changes at
+ * the head of the list, pushes go to its tail, and take() returns at
+ * once, without the lock.
  */
 
 static void
-ngx_http_cio_queue_taken(ngx_http_cio_shctx_t *sh, ngx_http_cio_shws_t *ws,
-    ngx_http_cio_node_t **nodes, ngx_uint_t n, ngx_uint_t skipped)
+ngx_http_cio_queue_taken(ngx_http_cio_shctx_t *sh,
+    ngx_http_cio_batch_t *batch, ngx_http_cio_main_conf_t *mcf)
 {
+    ngx_http_cio_queue_unmark(batch);
+
+    batch->ws->stuck = (batch->n == 0
+                        && batch->skipped == NGX_HTTP_CIO_SKIP_MAX
+                        && !batch->moved)
+                       ? sh->unholds + 1 : 0;
+
+    if (batch->n == 0 && mcf->rate) {
+        /* nothing went out: the token is not spent */
+        batch->ws->rate_tokens += 1000000;
+    }
+}
+
+
+/* the batch is made, or given up unmade: its marks go */
+
+static void
+ngx_http_cio_queue_unmark(ngx_http_cio_batch_t *batch)
+{
+    uint32_t    b;
     ngx_uint_t  i;
 
-    for (i = 0; i < n; i++) {
-        if (nodes[i]->person) {
-            sh->persons[nodes[i]->person & sh->persons_mask]
-                &= ~NGX_HTTP_CIO_MINE;
+    if (!batch->taking) {
+        return;
+    }
+
+    for (i = 0; i < batch->n; i++) {
+        if (batch->persons[i]) {
+            b = batch->persons[i] & ngx_http_cio_queue_mine_mask;
+            ngx_http_cio_queue_mine[b >> 6] &= ~((uint64_t) 1 << (b & 63));
         }
     }
 
-    sh->taking = 0;
-
-    ws->stuck = (n == 0 && skipped == NGX_HTTP_CIO_SKIP_MAX)
-                ? sh->unholds + 1 : 0;
+    batch->taking = 0;
+    batch->next = NULL;
 }
 
 
@@ -1766,6 +1906,10 @@ ngx_http_cio_queue_reclaim(ngx_http_cio_zone_t *zone)
 void
 ngx_http_cio_queue_free_batch(ngx_http_cio_batch_t *batch)
 {
+    /* a batch given up while it was made: what it took went back */
+    ngx_http_cio_queue_unmark(batch);
+    ngx_http_cio_queue_unspare(&ngx_http_cio_queue_bodies, batch->body);
+
     /* the arrays are one allocation, from nodes on */
     ngx_http_cio_queue_unspare(&ngx_http_cio_queue_arrays, batch->nodes);
     free(batch->url);
@@ -1788,6 +1932,9 @@ ngx_http_cio_queue_free_body(u_char *body)
 void
 ngx_http_cio_queue_free_spares(void)
 {
+    ngx_free(ngx_http_cio_queue_mine);
+    ngx_http_cio_queue_mine = NULL;
+
     ngx_http_cio_queue_drop_spares(&ngx_http_cio_queue_bodies);
     ngx_http_cio_queue_drop_spares(&ngx_http_cio_queue_arrays);
 }

@@ -10,8 +10,9 @@
 #    workspace's list already, so nothing the dead worker held stays
 #    allocated; they are delivered, and the zone's memory comes back;
 #  - inside a take, with a person's first item leased: her second does not
-#    overtake it (it failed before the next take cleared the dead one's
-#    marks).
+#    overtake it (it failed when a take marked its persons in the zone and
+#    a dead take's marks stayed there; the marks are the worker's own
+#    memory now).
 #
 # gdb stops the worker at the moment wanted: attached, it runs the worker
 # to a breakpoint and holds it there while the test sends its signals.
@@ -191,8 +192,8 @@ sub event {
 # --- a worker killed inside a take -------------------------------------------
 
 # It had leased a person's first item and marked her "being taken" when it
-# died: the next take must not read that mark as its own and send her
-# second item before the first, which waits for its lease to run out.
+# died: the next take must not take her for its own and send her second
+# item before the first, which waits for its lease to run out.
 {
     my $t = Cio::Test->new(workers => 1);
     my $cio = $t->standin(workspaces => ['site1:key1']);

@@ -25,7 +25,7 @@ use POSIX qw(:sys_wait_h);
 use Test::More;
 use Cio::Test qw(basic wait_until);
 use Cio::Load qw(dead_letters);
-use Cio::Gdb qw($GDB proc_field stop_at release);
+use Cio::Gdb qw($GDB proc_field stop_at stopped release);
 
 sub conf {
     my ($url, $site, $extra) = @_;
@@ -102,9 +102,7 @@ SKIP: {
     is($st, 200, 'a batch of a good and a poisoned event accepted');
 
     # the sender thread has the 400, the event loop has not seen it yet
-    ok(wait_until(sub { -e $t->dir . '/gdb.stopped'
-                        || waitpid($gdb, WNOHANG) == $gdb }, 20)
-       && -e $t->dir . '/gdb.stopped',
+    ok(stopped($t, $gdb, 20),
        'the worker is stopped with the answer in hand')
         or diag($t->read_file('gdb.log'));
 

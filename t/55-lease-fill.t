@@ -46,7 +46,7 @@ my $gdb = stop_at($t, $held, 'ngx_http_cio_queue_fill');
 my @names;
 for my $i (1 .. 200) {
     push @names, post_events($t, '/cio', "lease-$i", 1);
-    last if -e $t->dir . '/gdb.stopped';
+    last if -e $t->dir . "/gdb.stopped.$held";
     sleep 0.05;
 }
 ok(stopped($t, $gdb, 10), 'a sender held where it copies a batch');

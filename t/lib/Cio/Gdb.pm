@@ -16,29 +16,33 @@ our @EXPORT_OK = qw($GDB proc_field stop_at stopped release);
 
 our ($GDB) = grep { -x $_ } map { "$_/gdb" } split /:/, $ENV{PATH};
 
+# gdb's pid => the pid it holds
+my %held;
+
 # a field of /proc/PID/status (TracerPid, State, ...), or undef
 sub proc_field {
     my ($pid, $field) = @_;
     open my $fh, '<', "/proc/$pid/status" or return undef;
-    while (<$fh>) {
-        return $1 if /^\Q$field\E:\s*(\S+)/;
+    while (my $line = <$fh>) {
+        return $1 if $line =~ /^\Q$field\E:\s*(\S+)/;
     }
     return undef;
 }
 
 # Attaches gdb to $pid in the background and runs it to $break ($skip hits
 # ignored); gdb then holds it there, stopped, until release() is called.
-# Returns gdb's pid.
+# Returns gdb's pid.  Its handshake files are named after the pid, so
+# that gdb may hold more than one worker of a test at once.
 sub stop_at {
     my ($t, $pid, $break, $skip) = @_;
 
     my $dir = $t->dir;
-    unlink "$dir/gdb.stopped", "$dir/gdb.go";
+    unlink "$dir/gdb.stopped.$pid", "$dir/gdb.go.$pid";
 
     my @ex = ('set pagination off', "break $break");
     push @ex, "ignore 1 $skip" if $skip;
-    push @ex, 'continue', "shell touch $dir/gdb.stopped",
-        "shell while [ ! -e $dir/gdb.go ]; do sleep 0.05; done",
+    push @ex, 'continue', "shell touch $dir/gdb.stopped.$pid",
+        "shell while [ ! -e $dir/gdb.go.$pid ]; do sleep 0.05; done",
         'detach', 'quit';
 
     my $gdb = fork();
@@ -52,22 +56,25 @@ sub stop_at {
         exit 127;
     }
 
+    $held{$gdb} = $pid;
+
     return $gdb;
 }
 
 # waits until gdb holds the process at its breakpoint
 sub stopped {
     my ($t, $gdb, $timeout) = @_;
+    my $file = $t->dir . "/gdb.stopped.$held{$gdb}";
     return wait_until(sub {
-        -e $t->dir . '/gdb.stopped' || waitpid($gdb, WNOHANG) == $gdb
-    }, $timeout) && -e $t->dir . '/gdb.stopped';
+        -e $file || waitpid($gdb, WNOHANG) == $gdb
+    }, $timeout) && -e $file;
 }
 
 # lets gdb go on (a killed process is only reaped by its parent once its
 # tracer has seen it die) and waits for gdb to exit
 sub release {
     my ($t, $gdb) = @_;
-    open my $fh, '>', $t->dir . '/gdb.go' or die "gdb.go: $!";
+    open my $fh, '>', $t->dir . "/gdb.go.$held{$gdb}" or die "gdb.go: $!";
     close $fh;
     unless (wait_until(sub { waitpid($gdb, WNOHANG) == $gdb }, 20)) {
         kill 'KILL', $gdb;
