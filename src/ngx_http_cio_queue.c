@@ -71,6 +71,19 @@
  */
 #define NGX_HTTP_CIO_SLICE        64
 
+/*
+ * A settle asks for the node so many places ahead while it works on one:
+ * the nodes of a batch are scattered over the zone, and their cache
+ * misses, one after another, are most of its time.
+ */
+#define NGX_HTTP_CIO_AHEAD        8
+
+#if (defined __GNUC__)
+#define ngx_http_cio_prefetch(p)  __builtin_prefetch(p, 1)
+#else
+#define ngx_http_cio_prefetch(p)
+#endif
+
 /* how long the master tries for the old zone's lock on a resize */
 #define NGX_HTTP_CIO_MIGRATE_WAIT 200
 
@@ -1492,6 +1505,10 @@ ngx_http_cio_queue_settle(ngx_http_cio_zone_t *zone,
     /* backwards, so that items go back to the head in their order */
 
     for (i = (ngx_int_t) batch->n - 1; i >= 0; i--) {
+        if (i >= NGX_HTTP_CIO_AHEAD) {
+            ngx_http_cio_prefetch(batch->nodes[i - NGX_HTTP_CIO_AHEAD]);
+        }
+
         node = batch->nodes[i];
 
         if (node->id != batch->ids[i]) {
