@@ -27,6 +27,14 @@
 #                      calls' runs), reports in DIR
 #   CIO_MODULE=PATH    another build of the module (t/lib/Cio/Test.pm)
 #   BENCH_KEEP=1       keep the nginx test directories (CIO_TEST_LEAVE)
+#   BENCH_CONNS=N      wrk's connections in the edge part (default 32;
+#                      4 keeps nginx and wrk below saturation, where the
+#                      p99s compare stalls, not queues)
+#   BENCH_EDGE_HOLD=1  the edge part's stand-in holds its answers while
+#                      wrk runs, as the journal part's does: the accept
+#                      path without delivery on the same two cores
+#   BENCH_BATCH_SIZE=N cio_batch_size of every nginx (default: the
+#                      module's, 500,000 bytes)
 #
 # Every load loop is bounded in count and in time, everything listens on
 # 127.0.0.1 only, and every process started here is stopped by its pid.
@@ -50,6 +58,8 @@ $| = 1;
 my $TOP = Cio::Test->top;
 my $BIN = "$TOP/build/bench";
 my $PAY = "$TOP/bench/payloads";
+my $CONNS = $ENV{BENCH_CONNS} || 32;
+my $HOLD = $ENV{BENCH_EDGE_HOLD};
 my $WRK = "$TOP/bench/wrk";
 
 my $EVENTS = $ENV{BENCH_EVENTS} || 1_000_000;
@@ -327,9 +337,12 @@ sub nginx_start {
     my $journal = !$jargs ? ''
         : 'cio_journal %%TESTDIR%%/journal max_size=4g '
           . ($jargs eq 'on' ? '' : $jargs) . ';';
+    my $batch = $ENV{BENCH_BATCH_SIZE}
+        ? "cio_batch_size $ENV{BENCH_BATCH_SIZE};" : '';
     my $http = <<"EOF";
     cio_zone zone=bench:$o{zone};
     $journal
+    $batch
     cio_timeout $o{timeout};
     cio_connect_timeout 5s;
 
@@ -610,7 +623,7 @@ sub edge {
         my $c = $cases{$case};
         return wrk(url => "$base/$loc/$c->{path}", body => $c->{file},
             ctype => $c->{ctype}, auth => $c->{auth}, secs => $secs,
-            threads => 1, conns => 32);
+            threads => 1, conns => $CONNS);
     };
 
     my @all = ('base', $ECHO ? 'read' : (), 'cio');
@@ -630,7 +643,9 @@ sub edge {
             # second half of a noisy minute
             my @locs = $round % 2 ? @all : reverse @all;
             for my $loc (@locs) {
+                standin_post($s, 'hold') if $HOLD;
                 my $w = $run->($case, $loc, $SECS);
+                standin_post($s, 'release') if $HOLD;
                 $w->{rps} = $w->{requests} / $w->{seconds};
                 $w->{eps} = $w->{rps} * $cases{$case}{events};
                 push @{ $R{edge}{$case}{$loc} }, $w;
@@ -995,11 +1010,11 @@ sub report {
             . 'rounds (each ratio within one round); requests/s and latency '
             . 'are the best round\'s.';
         push @detail, sprintf('- 1: best of %d rounds of %d s each, wrk -t1 '
-            . '-c32 on keep-alive connections, one nginx worker (a core for '
+            . '-c%d on keep-alive connections, one nginx worker (a core for '
             . 'nginx, a core for wrk); module and baselines alternate within '
             . 'a round, delivery to the C stand-in runs meanwhile. '
             . 'module/`return 204` per round: single %s, batch %s.',
-            $ROUNDS, $SECS, join(' ', @sr), join(' ', @br));
+            $ROUNDS, $SECS, $CONNS, join(' ', @sr), join(' ', @br));
         push @detail, sprintf('- 1: %s events answered 200 in the measured '
             . 'runs; the stand-in received %s (warm-ups and requests cut off '
             . 'at the end of a run included): %s.',
