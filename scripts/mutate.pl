@@ -519,6 +519,17 @@ my @MUTATIONS = (
         tests => [qw(t/86-take-slices.t t/54-person-order.t)],
     },
     {
+        name => 'making-claim-ignored',
+        what => 'another worker takes from a workspace while one makes a '
+            . 'batch of its head: a backlog that fits one batch goes in two',
+        file => $QUEUE,
+        from => q~    if (ngx_queue_empty(&ws->pending) || ws->retry_at > now
+        || ws->making > now)~,
+        to => q~    if (ngx_queue_empty(&ws->pending) || ws->retry_at > now
+        || 0)~,
+        tests => [qw(t/86-take-slices.t)],
+    },
+    {
         name => 'slice-after-requeue',
         what => 'a slice goes on from where the last one stopped though '
             . "a batch went back to the head meanwhile: a person's later "

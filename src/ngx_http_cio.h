@@ -90,6 +90,8 @@ typedef struct {
     uint64_t                     dead;       /* to the dead-letter file */
     uint64_t                     lost;       /* given up, not written */
     uint64_t                     stuck;      /* sh->unholds + 1: held */
+    uint64_t                     making;     /* now_ms: a batch is being
+                                                made of its head until */
 
     ngx_http_cio_stats_t         stats;
 } ngx_http_cio_shws_t;
@@ -283,6 +285,7 @@ typedef struct {
     ngx_http_cio_node_t         *next;       /* where the next begins */
     uint32_t                     next_id;
     uint64_t                     unholds;    /* sh->unholds then */
+    uint32_t                     lease;      /* every item's */
     unsigned                     taking:1;
     unsigned                     moved:1;    /* an item left flight */
 } ngx_http_cio_batch_t;

@@ -72,6 +72,15 @@
 #define NGX_HTTP_CIO_SLICE        64
 
 /*
+ * While a worker makes a batch of a workspace's head, the others leave
+ * that workspace alone, as they did when a take was one pass under the
+ * lock: a backlog that fits one batch goes in one.  Each slice renews
+ * the claim; a worker that stops making it (killed, stuck) loses it
+ * after so many ms.
+ */
+#define NGX_HTTP_CIO_MAKING       500
+
+/*
  * A settle asks for the node so many places ahead while it works on one:
  * the nodes of a batch are scattered over the zone, and their cache
  * misses, one after another, are most of its time.
@@ -804,7 +813,9 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
-    if (ngx_queue_empty(&ws->pending) || ws->retry_at > now) {
+    if (ngx_queue_empty(&ws->pending) || ws->retry_at > now
+        || ws->making > now)
+    {
         goto unlock;
     }
 
@@ -821,6 +832,12 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
         goto unlock;
     }
 
+    /*
+     * One lease for all its items, as when a batch was made in one pass:
+     * a lease that runs out takes the whole batch back, in its order,
+     * not the items of its first slices before those of its last.
+     */
+    batch->lease = (uint32_t) (now + mcf->lease);
     batch->taking = 1;
     batch->unholds = zone->sh->unholds;
 
@@ -888,7 +905,12 @@ ngx_http_cio_queue_slice(ngx_http_cio_zone_t *zone,
     n = batch->n;
     now = ngx_http_cio_now_ms();
 
-    for (q = ngx_http_cio_queue_resume(zone->sh, batch), looked = 0;
+    /* a batch that took longer to make than its lease goes as it is */
+    q = ((int32_t) (batch->lease - (uint32_t) now) > 0)
+        ? ngx_http_cio_queue_resume(zone->sh, batch)
+        : ngx_queue_sentinel(&ws->pending);
+
+    for (looked = 0;
          q != ngx_queue_sentinel(&ws->pending)
          && batch->skipped < NGX_HTTP_CIO_SKIP_MAX;
          q = next, looked++)
@@ -902,6 +924,7 @@ ngx_http_cio_queue_slice(ngx_http_cio_zone_t *zone,
             batch->next_id = node->id;
             batch->n = n;
             batch->unholds = zone->sh->unholds;
+            ws->making = now + NGX_HTTP_CIO_MAKING;
             return;
         }
 
@@ -922,7 +945,7 @@ ngx_http_cio_queue_slice(ngx_http_cio_zone_t *zone,
 
         /* a lease of its own: a batch settles only what it leased */
         node->id = ngx_http_cio_queue_id(zone->sh);
-        node->lease = (uint32_t) (now + mcf->lease);
+        node->lease = batch->lease;
         ngx_http_cio_queue_hold(zone->sh, node);
 
         ws->npending--;
@@ -1233,6 +1256,7 @@ ngx_http_cio_queue_taken(ngx_http_cio_shctx_t *sh,
 {
     ngx_http_cio_queue_unmark(batch);
 
+    batch->ws->making = 0;
     batch->ws->stuck = (batch->n == 0
                         && batch->skipped == NGX_HTTP_CIO_SKIP_MAX
                         && !batch->moved)

@@ -18,9 +18,10 @@
 #    her later events (it went on from where it stopped before, and took
 #    them first);
 #  - two workers each held between two slices, the second having taken
-#    the item where the first had stopped: the first starts again at the
-#    head of the queue, not at that item, now on the list of items in
-#    flight; every event is delivered once.
+#    the item where the first had stopped (once the first's claim on the
+#    workspace ran out): the first starts again at the head of the queue,
+#    not at that item, now on the list of items in flight; every event
+#    is delivered once.
 
 use strict;
 use warnings;
@@ -29,6 +30,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 
 use Test::More;
+use Time::HiRes ();
 use Cio::Test qw(wait_until);
 use Cio::Gdb qw($GDB proc_field stop_at stopped release);
 
@@ -138,8 +140,8 @@ $t->done_part;
 
 SKIP: {
     skip 'gdb is needed to hold a worker between two slices '
-        . '(scripts/deps.sh)', 9 unless $GDB;
-    skip 'not under Valgrind', 9 if $ENV{CIO_VALGRIND};
+        . '(scripts/deps.sh)', 11 unless $GDB;
+    skip 'not under Valgrind', 11 if $ENV{CIO_VALGRIND};
 
     $t = Cio::Test->new;
     $cio = $t->standin(workspaces => ['site1:key1'], rate => 0);
@@ -151,7 +153,7 @@ END
 
     my ($w) = $t->worker_pids;
     my $out = `$GDB -nx -batch -p $w -ex 'detach' 2>&1`;
-    skip "gdb cannot attach to a worker here: $out", 9
+    skip "gdb cannot attach to a worker here: $out", 11
         if $? != 0 || $out =~ /ptrace: Operation not permitted/;
 
     # P's first event on the wire, held there, then answered 500
@@ -201,8 +203,8 @@ END
 
 SKIP: {
     skip 'gdb is needed to hold the workers between two slices '
-        . '(scripts/deps.sh)', 6 unless $GDB;
-    skip 'not under Valgrind', 6 if $ENV{CIO_VALGRIND};
+        . '(scripts/deps.sh)', 8 unless $GDB;
+    skip 'not under Valgrind', 8 if $ENV{CIO_VALGRIND};
 
     $t = Cio::Test->new;
     $cio = $t->standin(workspaces => ['site1:key1'], rate => 0);
@@ -213,7 +215,7 @@ END
 
     my @w = $t->worker_pids;
     my $out = `$GDB -nx -batch -p $w[0] -ex 'detach' 2>&1`;
-    skip "gdb cannot attach to a worker here: $out", 6
+    skip "gdb cannot attach to a worker here: $out", 8
         if $? != 0 || $out =~ /ptrace: Operation not permitted/;
 
     # each worker stops after the first slice of a batch it makes
@@ -228,11 +230,27 @@ END
                         event => "e-$_" } } 1 .. 300;
     my ($st) = $t->post('/cio/v1/batch', { batch => \@calls });
     is($st, 200, "300 people's events accepted at once");
-    ok(stopped($t, $gdb[0], 20) && stopped($t, $gdb[1], 20),
+    # the first to stop took the first slice; the other, once the first's
+    # claim on the workspace ran out (500 ms), the next one
+    my $first;
+    wait_until(sub {
+        ($first) = grep { -e $t->dir . "/gdb.stopped.$w[$_]" } 0, 1;
+        defined $first
+    }, 20);
+    ok(defined $first && stopped($t, $gdb[1 - $first], 20),
         'both workers stopped between two slices of a batch')
         or diag($t->read_file('gdb.log'));
 
-    release($t, $_) for @gdb;
+    my @at = map { (Time::HiRes::stat($t->dir . "/gdb.stopped.$_"))[9] // 0 }
+        @w[$first // 0, 1 - ($first // 0)];
+    cmp_ok($at[1] - $at[0], '>', 0.2,
+        'the other left the workspace alone while the first made its batch ('
+        . sprintf('%.0f ms', ($at[1] - $at[0]) * 1000) . ')');
+
+    # the first goes on: the item where it stopped is the other's now
+    release($t, $gdb[$first // 0]);
+    wait_until(sub { @{ $cio->items } >= 236 }, 10);
+    release($t, $gdb[1 - ($first // 0)]);
 
     is_deeply($cio->wait_names([ map { "e-$_" } 1 .. 300 ], 20), [],
         'all delivered');

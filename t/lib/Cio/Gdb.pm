@@ -18,6 +18,7 @@ our ($GDB) = grep { -x $_ } map { "$_/gdb" } split /:/, $ENV{PATH};
 
 # gdb's pid => the pid it holds
 my %held;
+my $PYTHON;
 
 # a field of /proc/PID/status (TracerPid, State, ...), or undef
 sub proc_field {
@@ -41,7 +42,13 @@ sub stop_at {
 
     my @ex = ('set pagination off', "break $break");
     push @ex, "ignore 1 $skip" if $skip;
-    push @ex, 'continue', "shell touch $dir/gdb.stopped.$pid",
+    # Python's open() where gdb has it, not a shell's touch: the file is
+    # there at once, not after a fork and two execs
+    $PYTHON //= `$GDB -nx -batch -ex 'python print(1)' 2>/dev/null`
+                =~ /^1$/m ? 1 : 0;
+    push @ex, 'continue', $PYTHON
+        ? "python open('$dir/gdb.stopped.$pid', 'w').close()"
+        : "shell touch $dir/gdb.stopped.$pid",
         "shell while [ ! -e $dir/gdb.go.$pid ]; do sleep 0.05; done",
         'detach', 'quit';
 
