@@ -269,6 +269,7 @@ sub config {
     my $user = $> == 0 ? "user root;\n" : '';
     my $workers = $opts{workers} // $self->{workers};
     my $master = $opts{master} // 'on';
+    $self->{nworkers} = $master eq 'off' ? 0 : $workers;
     my $main = $opts{main} // '';
 
     my $load = $self->{module} eq 'static'
@@ -382,7 +383,26 @@ sub run {
         BAIL_OUT('nginx did not start');
     }
 
+    # the master listens before its workers are up: on a loaded machine a
+    # test could find none, or attach gdb to one still initializing
+    wait_until(sub { $self->workers_ready }, 10) if $self->{nworkers};
+
     return $self;
+}
+
+# all the workers forked, each past its init (it names itself then;
+# under Valgrind, which keeps its own name, forked is all one can see)
+sub workers_ready {
+    my ($self) = @_;
+    my @w = $self->worker_pids;
+    return 0 if @w < $self->{nworkers};
+    return 1 if $ENV{CIO_VALGRIND};
+    for my $pid (@w) {
+        open my $fh, '<', "/proc/$pid/cmdline" or return 0;
+        my $cmd = <$fh> // '';
+        return 0 unless $cmd =~ /worker process/;
+    }
+    return 1;
 }
 
 sub master_pid { $_[0]->{nginx_pid} }
