@@ -16,8 +16,8 @@ our @EXPORT_OK = qw($GDB proc_field stop_at stopped release);
 
 our ($GDB) = grep { -x $_ } map { "$_/gdb" } split /:/, $ENV{PATH};
 
-# gdb's pid => the pid it holds
-my %held;
+# gdb's pid => the pid it holds, and the test directory
+my (%held, %dirs);
 my $PYTHON;
 
 # a field of /proc/PID/status (TracerPid, State, ...), or undef
@@ -49,7 +49,9 @@ sub stop_at {
     push @ex, 'continue', $PYTHON
         ? "python open('$dir/gdb.stopped.$pid', 'w').close()"
         : "shell touch $dir/gdb.stopped.$pid",
-        "shell while [ ! -e $dir/gdb.go.$pid ]; do sleep 0.05; done",
+        # bounded: ten minutes, should the test die without release()
+        "shell i=0; while [ ! -e $dir/gdb.go.$pid ] && [ \$i -lt 12000 ];"
+            . " do sleep 0.05; i=\$((i+1)); done",
         'detach', 'quit';
 
     my $gdb = fork();
@@ -64,6 +66,7 @@ sub stop_at {
     }
 
     $held{$gdb} = $pid;
+    $dirs{$gdb} = $dir;
 
     return $gdb;
 }
@@ -86,6 +89,22 @@ sub release {
     unless (wait_until(sub { waitpid($gdb, WNOHANG) == $gdb }, 20)) {
         kill 'KILL', $gdb;
         waitpid($gdb, 0);
+    }
+    delete $dirs{$gdb};
+}
+
+# a test that died holding a process lets gdb go (and waits for it, as
+# the test directory with the file in it goes next): gdb and its waiting
+# shell would otherwise outlive the test, and the stopped worker with them
+END {
+    for my $gdb (keys %dirs) {
+        if (open my $fh, '>', "$dirs{$gdb}/gdb.go.$held{$gdb}") {
+            close $fh;
+        }
+    }
+    for my $gdb (keys %dirs) {
+        next if wait_until(sub { waitpid($gdb, WNOHANG) != 0 }, 10);
+        kill 'KILL', $gdb;
     }
 }
 
