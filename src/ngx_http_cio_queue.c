@@ -973,11 +973,13 @@ ngx_http_cio_queue_slice(ngx_http_cio_zone_t *zone,
 
 /*
  * Where a slice begins: where the last one stopped, unless an item left
- * flight since (it may have gone back to the head of the list, before
- * the items its person has behind it there) or the item there is not
- * pending any more (another worker took it): then from the head again.
- * The items passed over are passed over again, and counted again: the
- * batch's scan stays bounded.
+ * flight since, or the item there is not pending any more (another
+ * worker took it): then from the head again.  An item that left flight
+ * anywhere in the zone may have gone back to the head of this list,
+ * before its person's later items, or freed a person whose earlier items
+ * this batch passed over, behind the cursor, with her later ones ahead
+ * of it.  The items passed over are passed over again, and counted
+ * again: the batch's scan stays bounded.
  */
 
 static ngx_queue_t *
