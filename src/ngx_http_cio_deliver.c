@@ -683,12 +683,11 @@ ngx_http_cio_deliver_fill(ngx_event_t *ev)
 
     d->filling = NULL;
 
-    if (rc == NGX_OK && ngx_http_cio_deliver_submit(batch) != NGX_OK) {
-        return;
-    }
-
     if (rc != NGX_OK) {
         d->inflight--;
+
+    } else if (ngx_http_cio_deliver_submit(batch) != NGX_OK) {
+        return;
     }
 
     ngx_http_cio_deliver_round();

@@ -145,6 +145,8 @@ static ngx_http_cio_shws_t *ngx_http_cio_queue_find(
     ngx_http_cio_shctx_t *sh, ngx_str_t *url, ngx_str_t *site_id);
 static ngx_int_t ngx_http_cio_queue_token(ngx_http_cio_shws_t *ws,
     ngx_http_cio_main_conf_t *mcf, uint64_t now);
+static void ngx_http_cio_queue_untoken(ngx_http_cio_shws_t *ws,
+    ngx_http_cio_main_conf_t *mcf);
 static uint32_t ngx_http_cio_queue_person(u_char *p, size_t len);
 static ngx_inline ngx_uint_t ngx_http_cio_queue_held(
     ngx_http_cio_shctx_t *sh, ngx_http_cio_node_t *node);
@@ -827,8 +829,7 @@ ngx_http_cio_queue_take(ngx_http_cio_zone_t *zone, ngx_http_cio_shws_t *ws,
     batch->userpwd = ngx_http_cio_queue_dup(&ws->userpwd);
 
     if (batch->url == NULL || batch->userpwd == NULL) {
-        /* the token is not spent */
-        ws->rate_tokens += mcf->rate ? 1000000 : 0;
+        ngx_http_cio_queue_untoken(ws, mcf);
         goto unlock;
     }
 
@@ -1264,9 +1265,8 @@ ngx_http_cio_queue_taken(ngx_http_cio_shctx_t *sh,
                         && !batch->moved)
                        ? sh->unholds + 1 : 0;
 
-    if (batch->n == 0 && mcf->rate) {
-        /* nothing went out: the token is not spent */
-        batch->ws->rate_tokens += 1000000;
+    if (batch->n == 0) {
+        ngx_http_cio_queue_untoken(batch->ws, mcf);
     }
 }
 
@@ -1482,6 +1482,18 @@ ngx_http_cio_queue_token(ngx_http_cio_shws_t *ws,
     ws->rate_tokens = tokens - 1000000;
 
     return NGX_OK;
+}
+
+
+/* a token taken for a request that does not go: it is not spent */
+
+static void
+ngx_http_cio_queue_untoken(ngx_http_cio_shws_t *ws,
+    ngx_http_cio_main_conf_t *mcf)
+{
+    if (mcf->rate) {
+        ws->rate_tokens += 1000000;
+    }
 }
 
 
