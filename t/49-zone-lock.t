@@ -28,7 +28,7 @@ use POSIX qw(:sys_wait_h);
 use Test::More;
 use Time::HiRes qw(time sleep);
 use Cio::Test qw(wait_until);
-use Cio::Gdb qw($GDB proc_field stop_at stopped release);
+use Cio::Gdb qw($GDB attach_error proc_field stop_at stopped release);
 
 Cio::Test::prerequisite($GDB,
     'gdb is needed to stop a worker holding the lock (scripts/deps.sh)');
@@ -76,10 +76,9 @@ sub event {
     my $cio = $t->standin(workspaces => ['site1:key1']);
     $t->config(http => conf($cio->url))->run;
     my ($w) = $t->worker_pids;
-    my $out = `$GDB -nx -batch -p $w -ex 'detach' 2>&1`;
-    my $ok = $? == 0 && $out !~ /ptrace: Operation not permitted/;
+    my $err = attach_error($w);
     undef $t;
-    plan(skip_all => "gdb cannot attach to a worker here: $out") unless $ok;
+    plan(skip_all => "gdb cannot attach to a worker here: $err") if $err;
 }
 
 # --- a reload while a dead worker held the lock ------------------------------

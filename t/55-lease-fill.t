@@ -18,7 +18,7 @@ use Test::More;
 use Time::HiRes qw(sleep);
 use Cio::Test qw(wait_until);
 use Cio::Load qw(post_events);
-use Cio::Gdb qw($GDB stop_at stopped release);
+use Cio::Gdb qw($GDB attach_error stop_at stopped release);
 
 Cio::Test::prerequisite($GDB,
     'gdb is needed to hold a sender thread (scripts/deps.sh)');
@@ -35,9 +35,8 @@ cio_lease 1s;
 END
 
 my ($held) = $t->worker_pids;
-my $out = `$GDB -nx -batch -p $held -ex 'detach' 2>&1`;
-plan(skip_all => "gdb cannot attach to a worker here: $out")
-    if $? != 0 || $out =~ /ptrace: Operation not permitted/;
+my $err = attach_error($held);
+plan(skip_all => "gdb cannot attach to a worker here: $err") if $err;
 
 my $gdb = stop_at($t, $held, 'ngx_http_cio_queue_fill');
 

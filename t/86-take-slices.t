@@ -32,7 +32,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use Time::HiRes ();
 use Cio::Test qw(wait_until);
-use Cio::Gdb qw($GDB proc_field stop_at stopped release);
+use Cio::Gdb qw($GDB attach_error proc_field stop_at stopped release);
 
 # the recorded items in the order Customer.io applied them, per person
 sub applied {
@@ -152,9 +152,8 @@ cio_retry_backoff 50ms 100ms;
 END
 
     my ($w) = $t->worker_pids;
-    my $out = `$GDB -nx -batch -p $w -ex 'detach' 2>&1`;
-    skip "gdb cannot attach to a worker here: $out", 11
-        if $? != 0 || $out =~ /ptrace: Operation not permitted/;
+    my $err = attach_error($w);
+    skip "gdb cannot attach to a worker here: $err", 11 if $err;
 
     # P's first event on the wire, held there, then answered 500
     $cio->control({ match => '"name":"p-old"', status => 500, count => 1,
@@ -214,9 +213,8 @@ cio_flush_interval 20ms;
 END
 
     my @w = $t->worker_pids;
-    my $out = `$GDB -nx -batch -p $w[0] -ex 'detach' 2>&1`;
-    skip "gdb cannot attach to a worker here: $out", 8
-        if $? != 0 || $out =~ /ptrace: Operation not permitted/;
+    my $err = attach_error($w[0]);
+    skip "gdb cannot attach to a worker here: $err", 8 if $err;
 
     # each worker stops after the first slice of a batch it makes
     my @gdb = map { stop_at($t, $_, 'ngx_http_cio_deliver_fill') } @w;

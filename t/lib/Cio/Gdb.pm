@@ -12,7 +12,7 @@ use Exporter qw(import);
 use POSIX qw(:sys_wait_h);
 use Cio::Test qw(wait_until);
 
-our @EXPORT_OK = qw($GDB proc_field stop_at stopped release);
+our @EXPORT_OK = qw($GDB attach_error proc_field stop_at stopped release);
 
 our ($GDB) = grep { -x $_ } map { "$_/gdb" } split /:/, $ENV{PATH};
 
@@ -28,6 +28,15 @@ sub proc_field {
         return $1 if $line =~ /^\Q$field\E:\s*(\S+)/;
     }
     return undef;
+}
+
+# undef when gdb can attach to $pid here, else what gdb said (a
+# container may forbid ptrace)
+sub attach_error {
+    my ($pid) = @_;
+    my $out = `$GDB -nx -batch -p $pid -ex 'detach' 2>&1`;
+    return ($? == 0 && $out !~ /ptrace: Operation not permitted/)
+        ? undef : $out;
 }
 
 # Attaches gdb to $pid in the background and runs it to $break ($skip hits

@@ -102,12 +102,14 @@ sub node_bin {
 # held for as long as this test runs by a lock on a file named after it:
 # test files run side by side (make test's prove -j2) never get the same
 # port, though nginx binds it only later, and more than once.
-my %held;
+my (%held, $top);
 
 sub free_port {
-    my ($lo) = (slurp_if('/proc/sys/net/ipv4/ip_local_port_range') // '')
-        =~ /^(\d+)/;
-    my $top = ($lo && $lo > 11000) ? $lo : 32768;
+    unless ($top) {
+        my ($lo) = read_file(undef, '/proc/sys/net/ipv4/ip_local_port_range')
+            =~ /^(\d+)/;
+        $top = ($lo && $lo > 11000) ? $lo : 32768;
+    }
     my $dir = File::Spec->tmpdir . '/cio-test-ports';
     mkdir $dir;
 
@@ -125,13 +127,6 @@ sub free_port {
     }
 
     die "cannot find a free port in 10000-$top\n";
-}
-
-sub slurp_if {
-    my ($path) = @_;
-    open my $fh, '<', $path or return undef;
-    local $/;
-    return scalar <$fh>;
 }
 
 # a Customer.io dedupe id: a ULID in Crockford's base32, its time part in
@@ -175,6 +170,8 @@ sub wait_until {
     return $cond->();
 }
 
+# a file of the test's directory, or any file by its absolute path (then
+# callable as read_file(undef, $path)); '' when it cannot be read
 sub read_file {
     my ($self, $name) = @_;
     my $path = $name =~ m{^/} ? $name : "$self->{dir}/$name";
