@@ -1634,6 +1634,8 @@ ngx_http_cio_exit_process(ngx_cycle_t *cycle)
     /* settles what the sender still had, then the journal syncs */
     ngx_http_cio_deliver_exit(cycle);
     ngx_http_cio_journal_exit_process(cycle);
+
+    ngx_http_cio_map_release();
 }
 
 

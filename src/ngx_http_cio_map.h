@@ -121,6 +121,9 @@ int ngx_http_cio_map_request(const char *body, size_t len,
     const ngx_http_cio_map_opts_t *opts, ngx_http_cio_map_result_t *res);
 void ngx_http_cio_map_result_free(ngx_http_cio_map_result_t *res);
 
+/* frees the memory the mapper keeps from one call to the next */
+void ngx_http_cio_map_release(void);
+
 /*
  * Whether the mapper ran out of memory for the request or any of its
  * calls: that says nothing of the input, and is no 400 (a sender would

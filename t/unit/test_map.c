@@ -3804,5 +3804,7 @@ main(void)
     run_all();
     printf("tree only: %d passed, %d failed in all\n", passed, failed);
 
+    ngx_http_cio_map_release();
+
     return failed ? 1 : 0;
 }
