@@ -127,8 +127,8 @@ my @MUTATIONS = (
         audit => 1,
         what => 'a settled batch leaves its first item in the zone',
         file => $QUEUE,
-        from => q~    for (i = (ngx_int_t) batch->n - 1; i >= 0; i--) {~,
-        to => q~    for (i = (ngx_int_t) batch->n - 1; i >= 1; i--) {~,
+        from => q~    for (i = hi - 1; i >= lo; i--) {~,
+        to => q~    for (i = hi - 1; i >= lo + 1; i--) {~,
         tests => [qw(t/21-accounting.t t/16-status.t)],
     },
     {
@@ -508,6 +508,36 @@ my @MUTATIONS = (
         tests => [qw(t/20-delivery.t t/43-crash.t t/16-status.t)],
     },
 
+    {
+        name => 'settle-slices-stop',
+        what => 'a delivered batch is freed one slice and no more: the '
+            . 'rest stays in flight until its lease runs out, and is sent '
+            . 'again',
+        file => $DELIVER,
+        from => q~    if (d->freeing && !d->exiting) {~,
+        to => q~    if (0 && d->freeing && !d->exiting) {~,
+        tests => [qw(t/87-settle-slices.t)],
+    },
+    {
+        name => 'settle-holds-kept',
+        what => "a delivered batch lets go of its people item by item as "
+            . "its slices free them: a person's next event waits for the "
+            . 'last slice',
+        file => $QUEUE,
+        from => q~    if (lo && !batch->unheld) {~,
+        to => q~    if (0 && lo && !batch->unheld) {~,
+        tests => [qw(t/87-settle-slices.t)],
+    },
+    {
+        name => 'exit-leaves-freeing',
+        what => 'a worker that stops between two slices of a settle leaves '
+            . 'the rest in flight: the spool keeps delivered events, and '
+            . 'a start sends them again',
+        file => $DELIVER,
+        from => q~    while (d->freeing) {~,
+        to => q~    while (0 && d->freeing) {~,
+        tests => [qw(t/87-settle-slices.t)],
+    },
     {
         name => 'take-marks-kept',
         what => "a batch made leaves its persons marked \"mine\": the "

@@ -259,7 +259,9 @@ typedef struct {
 
 
 /* one batch a worker has handed to its sender thread */
-typedef struct {
+typedef struct ngx_http_cio_batch_s  ngx_http_cio_batch_t;
+
+struct ngx_http_cio_batch_s {
     ngx_http_cio_shws_t         *ws;
     ngx_uint_t                   n;
     ngx_http_cio_node_t        **nodes;
@@ -271,6 +273,8 @@ typedef struct {
     uint32_t                    *lens;
     uint32_t                    *attempts;   /* out of settle */
     u_char                      *acts;       /* NGX_HTTP_CIO_ACT_* */
+    ngx_uint_t                   settled;    /* the last ones, so far */
+    ngx_http_cio_batch_t        *later;      /* deliver.c's, to settle */
 
     char                        *url;        /* copies, for the thread */
     char                        *userpwd;
@@ -288,7 +292,8 @@ typedef struct {
     uint32_t                     lease;      /* every item's */
     unsigned                     taking:1;
     unsigned                     moved:1;    /* an item left flight */
-} ngx_http_cio_batch_t;
+    unsigned                     unheld:1;   /* its persons let go */
+};
 
 
 typedef enum {
@@ -366,8 +371,9 @@ ngx_int_t ngx_http_cio_queue_take_more(ngx_http_cio_zone_t *zone,
  * for good stays leased until its dead letter is written, so a crash in
  * between sends it again rather than loses it.
  */
-void ngx_http_cio_queue_settle(ngx_http_cio_zone_t *zone,
-    ngx_http_cio_batch_t *batch, ngx_http_cio_settle_t *st);
+ngx_uint_t ngx_http_cio_queue_settle(ngx_http_cio_zone_t *zone,
+    ngx_http_cio_batch_t *batch, ngx_http_cio_settle_t *st,
+    ngx_uint_t slice);
 ngx_uint_t ngx_http_cio_queue_bury(ngx_http_cio_zone_t *zone,
     ngx_http_cio_batch_t *batch, ngx_uint_t lost);
 ngx_uint_t ngx_http_cio_queue_reclaim(ngx_http_cio_zone_t *zone);

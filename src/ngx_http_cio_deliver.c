@@ -114,6 +114,9 @@ typedef struct {
     ngx_event_t                  kick;
     ngx_event_t                  fill;      /* the next slice of a take */
     ngx_http_cio_batch_t        *filling;   /* counted in inflight */
+    ngx_event_t                  free;      /* the next slice of a settle */
+    ngx_http_cio_batch_t        *freeing;   /* delivered, not all freed */
+    ngx_http_cio_batch_t       **freeing_tail;
     ngx_uint_t                   inflight;
     ngx_http_cio_piece_t        *waiting;
     ngx_http_cio_piece_t       **waiting_tail;
@@ -143,6 +146,7 @@ static void ngx_http_cio_deliver_give_back(ngx_http_cio_batch_t *batch);
 static void ngx_http_cio_deliver_notified(ngx_event_t *ev);
 static void ngx_http_cio_deliver_results(void);
 static void ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req);
+static void ngx_http_cio_deliver_free(ngx_event_t *ev);
 static void ngx_http_cio_deliver_stats(ngx_http_cio_sreq_t *req,
     ngx_http_cio_shws_t *ws);
 static ngx_uint_t ngx_http_cio_deliver_counts(ngx_http_cio_sreq_t *req);
@@ -201,6 +205,7 @@ ngx_http_cio_deliver_init(ngx_cycle_t *cycle, ngx_http_cio_main_conf_t *mcf)
     d->zone = mcf->shm_zone->data;
     d->log = cycle->log;
     d->waiting_tail = &d->waiting;
+    d->freeing_tail = &d->freeing;
 
     fd = eventfd(0, EFD_NONBLOCK|EFD_CLOEXEC);
     if (fd == -1) {
@@ -256,6 +261,10 @@ ngx_http_cio_deliver_init(ngx_cycle_t *cycle, ngx_http_cio_main_conf_t *mcf)
     d->fill.log = cycle->log;
     d->fill.data = &ngx_http_cio_dummy;
 
+    d->free.handler = ngx_http_cio_deliver_free;
+    d->free.log = cycle->log;
+    d->free.data = &ngx_http_cio_dummy;
+
     ngx_add_timer(&d->timer, mcf->flush_interval);
 
     return NGX_OK;
@@ -291,6 +300,14 @@ ngx_http_cio_deliver_exit(ngx_cycle_t *cycle)
         ngx_http_cio_deliver_give_back(d->filling);
         d->filling = NULL;
         d->inflight--;
+    }
+
+    if (d->free.posted) {
+        ngx_delete_posted_event(&d->free);
+    }
+
+    while (d->freeing) {
+        ngx_http_cio_deliver_free(&d->free);
     }
 
     if (ngx_http_cio_sender_stop(d->sender, NGX_HTTP_CIO_STOP_TIMEOUT)
@@ -769,7 +786,7 @@ ngx_http_cio_deliver_give_back(ngx_http_cio_batch_t *batch)
     st.outcome = NGX_HTTP_CIO_RETURN;
     ngx_memset(batch->acts, NGX_HTTP_CIO_ACT_RETURN, batch->n);
 
-    ngx_http_cio_queue_settle(d->zone, batch, &st);
+    ngx_http_cio_queue_settle(d->zone, batch, &st, 0);
     ngx_http_cio_queue_free_batch(batch);
 }
 
@@ -840,7 +857,7 @@ ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req)
     char                      *answer, **errors;
     long                       status;
     u_char                     act;
-    ngx_uint_t                 i, level, refused, lost[2];
+    ngx_uint_t                 i, level, refused, slice, lost[2];
     const char                *reason;
     ngx_http_cio_shws_t       *ws;
     ngx_http_cio_batch_t      *batch;
@@ -895,7 +912,19 @@ ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req)
                                                    : "retries exhausted";
     }
 
-    ngx_http_cio_queue_settle(d->zone, batch, &st);
+    /* all delivered: freed a slice a turn, see ngx_http_cio_queue_settle() */
+    slice = (act == NGX_HTTP_CIO_ACT_DONE && status != 207 && !d->exiting);
+
+    if (ngx_http_cio_queue_settle(d->zone, batch, &st, slice)) {
+        *d->freeing_tail = batch;
+        d->freeing_tail = &batch->later;
+
+        if (!d->free.posted) {
+            ngx_post_event(&d->free, &ngx_posted_next_events);
+        }
+
+        return;
+    }
 
     if (st.dead) {
         answer = (status == 207) ? NULL : ngx_http_cio_deliver_answer(req);
@@ -955,6 +984,40 @@ ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req)
     }
 
     ngx_http_cio_queue_free_batch(batch);
+}
+
+
+/*
+ * The next slice of the delivered batches' settles, the oldest first: a
+ * slice a turn of the event loop, all that is left on exit.
+ */
+
+static void
+ngx_http_cio_deliver_free(ngx_event_t *ev)
+{
+    ngx_http_cio_batch_t    *batch;
+    ngx_http_cio_settle_t    st;
+    ngx_http_cio_deliver_t  *d;
+
+    d = &ngx_http_cio_deliver;
+    batch = d->freeing;
+
+    /* the outcome was the first slice's: this one only frees */
+    ngx_memzero(&st, sizeof(ngx_http_cio_settle_t));
+
+    if (ngx_http_cio_queue_settle(d->zone, batch, &st, !d->exiting) == 0) {
+        d->freeing = batch->later;
+
+        if (d->freeing == NULL) {
+            d->freeing_tail = &d->freeing;
+        }
+
+        ngx_http_cio_queue_free_batch(batch);
+    }
+
+    if (d->freeing && !d->exiting) {
+        ngx_post_event(&d->free, &ngx_posted_next_events);
+    }
 }
 
 
@@ -1639,7 +1702,7 @@ ngx_http_cio_deliver_split_end(ngx_http_cio_split_t *sp)
     batch = sp->batch;
     lost = 0;
 
-    ngx_http_cio_queue_settle(d->zone, batch, &sp->st);
+    ngx_http_cio_queue_settle(d->zone, batch, &sp->st, 0);
 
     for (i = 0; i < batch->n; i++) {
 

@@ -161,6 +161,10 @@ static void ngx_http_cio_queue_taken(ngx_http_cio_shctx_t *sh,
     ngx_http_cio_batch_t *batch, ngx_http_cio_main_conf_t *mcf);
 static ngx_int_t ngx_http_cio_queue_mine_init(ngx_http_cio_shctx_t *sh);
 static void ngx_http_cio_queue_unmark(ngx_http_cio_batch_t *batch);
+static void ngx_http_cio_queue_unhold_all(ngx_http_cio_shctx_t *sh,
+    ngx_http_cio_batch_t *batch);
+static void ngx_http_cio_queue_outcome(ngx_http_cio_shws_t *ws,
+    ngx_http_cio_settle_t *st, uint64_t now);
 static void ngx_http_cio_queue_unhold(ngx_http_cio_shctx_t *sh,
     ngx_http_cio_node_t *node);
 static void ngx_http_cio_queue_renew(ngx_http_cio_batch_t *batch,
@@ -1522,28 +1526,55 @@ ngx_http_cio_queue_dup(ngx_str_t *s)
  * more than cio_retry_max times becomes dead: it stays leased to this
  * worker until its dead letter is written, so that a crash in between
  * sends it again rather than loses it.
+ *
+ * With slice set, for a batch whose items were all delivered, it frees
+ * NGX_HTTP_CIO_SLICE items at most, from where the last call stopped, and
+ * returns how many are left: the caller goes on in later turns of the
+ * event loop.  The first call lets go of every item's person at once
+ * (from the keys the batch kept, no node touched): her later items need
+ * not wait for the last slice, nor the takes meanwhile walk past them.
+ * That is exact while the batch's lease runs (nothing of it can have
+ * been reclaimed), so a batch whose lease ran out settles in one pass;
+ * should it run out between two slices, a reclaimed node has a new id
+ * and is left alone, and its person's count, let go twice, reaches zero
+ * early and stays there until her other items leave flight.  The outcome
+ * (the workspace's failures, its backoff) is the first call's.
  */
 
-void
+ngx_uint_t
 ngx_http_cio_queue_settle(ngx_http_cio_zone_t *zone,
-    ngx_http_cio_batch_t *batch, ngx_http_cio_settle_t *st)
+    ngx_http_cio_batch_t *batch, ngx_http_cio_settle_t *st, ngx_uint_t slice)
 {
     u_char                act;
-    uint64_t              now, delay;
-    ngx_int_t             i;
-    ngx_uint_t            shift;
+    uint64_t              now;
+    ngx_int_t             i, lo, hi;
+    ngx_uint_t            done;
     ngx_http_cio_shws_t  *ws;
     ngx_http_cio_node_t  *node;
 
     ws = batch->ws;
     now = ngx_http_cio_now_ms();
+    done = st->done;
+
+    hi = (ngx_int_t) (batch->n - batch->settled);
+    lo = 0;
+
+    if (slice && hi > NGX_HTTP_CIO_SLICE
+        && (batch->unheld || (int32_t) (batch->lease - (uint32_t) now) > 0))
+    {
+        lo = hi - NGX_HTTP_CIO_SLICE;
+    }
 
     ngx_shmtx_lock(&zone->shpool->mutex);
 
+    if (lo && !batch->unheld) {
+        ngx_http_cio_queue_unhold_all(zone->sh, batch);
+    }
+
     /* backwards, so that items go back to the head in their order */
 
-    for (i = (ngx_int_t) batch->n - 1; i >= 0; i--) {
-        if (i >= NGX_HTTP_CIO_AHEAD) {
+    for (i = hi - 1; i >= lo; i--) {
+        if (i - lo >= NGX_HTTP_CIO_AHEAD) {
             ngx_http_cio_prefetch(batch->nodes[i - NGX_HTTP_CIO_AHEAD]);
         }
 
@@ -1579,7 +1610,10 @@ ngx_http_cio_queue_settle(ngx_http_cio_zone_t *zone,
         switch (act) {
 
         case NGX_HTTP_CIO_ACT_DONE:
-            ngx_http_cio_queue_unhold(zone->sh, node);
+            if (!batch->unheld) {
+                ngx_http_cio_queue_unhold(zone->sh, node);
+            }
+
             ngx_queue_remove(&node->link);
             ws->ninflight--;
             zone->sh->count--;
@@ -1605,7 +1639,35 @@ ngx_http_cio_queue_settle(ngx_http_cio_zone_t *zone,
         }
     }
 
-    ws->delivered += st->done;
+    ws->delivered += st->done - done;
+
+    if (batch->settled == 0) {
+        ngx_http_cio_queue_outcome(ws, st, now);
+    }
+
+    st->pending = ws->npending + ws->ninflight;
+
+    ngx_shmtx_unlock(&zone->shpool->mutex);
+
+    /* what this call freed (DONE now) is settled in cio_journal too */
+    ngx_http_cio_journal_settled(batch->jrefs + lo, batch->acts + lo,
+                                 (ngx_uint_t) (hi - lo),
+                                 NGX_HTTP_CIO_ACT_DONE);
+
+    batch->settled = batch->n - (ngx_uint_t) lo;
+
+    return (ngx_uint_t) lo;
+}
+
+
+/* what a batch's answer does to its workspace: failures, backoff, alert */
+
+static void
+ngx_http_cio_queue_outcome(ngx_http_cio_shws_t *ws,
+    ngx_http_cio_settle_t *st, uint64_t now)
+{
+    uint64_t    delay;
+    ngx_uint_t  shift;
 
     switch (st->outcome) {
 
@@ -1663,14 +1725,33 @@ ngx_http_cio_queue_settle(ngx_http_cio_zone_t *zone,
     default: /* NGX_HTTP_CIO_RETURN */
         break;
     }
+}
 
-    st->pending = ws->npending + ws->ninflight;
 
-    ngx_shmtx_unlock(&zone->shpool->mutex);
+/*
+ * Every item of a batch leaves flight: its person's count, from the key
+ * the batch kept (settle() before its slices).
+ */
 
-    /* what this call freed (DONE now) is settled in cio_journal too */
-    ngx_http_cio_journal_settled(batch->jrefs, batch->acts, batch->n,
-                                 NGX_HTTP_CIO_ACT_DONE);
+static void
+ngx_http_cio_queue_unhold_all(ngx_http_cio_shctx_t *sh,
+    ngx_http_cio_batch_t *batch)
+{
+    uint32_t    *c;
+    ngx_uint_t   i;
+
+    sh->unholds++;
+
+    for (i = 0; i < batch->n; i++) {
+        c = &sh->persons[batch->persons[i] & sh->persons_mask];
+
+        /* 0: no person, held by nobody */
+        if (batch->persons[i] && *c) {
+            (*c)--;
+        }
+    }
+
+    batch->unheld = 1;
 }
 
 
