@@ -8,10 +8,10 @@
 #  - gdb holds the worker that sent a batch of 300 people (found by its
 #    connection to Customer.io, which holds the answer meanwhile) between
 #    two slices of its settle: the status page (the other worker) shows
-#    the slice freed and the rest still in flight; the first person's next event, posted
-#    meanwhile, is delivered by the other worker before the held one goes
-#    on (the first slice let go of every person of the batch; her item
-#    is the batch's first, freed last);
+#    the slice freed and the rest still in flight; the first person's
+#    next event, posted meanwhile, is delivered by the other worker before
+#    the held one goes on (the first slice let go of every person of the
+#    batch; her item is the batch's first, freed last);
 #  - a fast stop (TERM) while a worker is held between two slices: the
 #    worker frees the rest on its way out, so the spool keeps none of the
 #    delivered events and a start sends none of them again.
