@@ -14,7 +14,7 @@
 #    batch; her item is the batch's first, freed last);
 #  - a fast stop (TERM) while a worker is held between two slices: the
 #    worker frees the rest on its way out, so the spool keeps none of the
-#    delivered events and a start sends none of them again.
+#    delivered events (a start would send them again).
 
 use strict;
 use warnings;
@@ -168,7 +168,7 @@ SKIP: {
     $t->done_part;
 }
 
-# --- a fast stop between two slices: nothing spooled, nothing sent again ----
+# --- a fast stop between two slices: nothing delivered is spooled ----------
 
 SKIP: {
     skip 'gdb is needed to hold a worker between two slices '
