@@ -514,25 +514,28 @@ my @MUTATIONS = (
             . 'rest stays in flight until its lease runs out, and is sent '
             . 'again',
         file => $DELIVER,
-        from => q~    if (d->freeing && !d->exiting) {~,
-        to => q~    if (0 && d->freeing && !d->exiting) {~,
+        from => q~    if (d->freeing) {
+        ngx_post_event(&d->free, &ngx_posted_next_events);~,
+        to => q~    if (0) {
+        ngx_post_event(&d->free, &ngx_posted_next_events);~,
         tests => [qw(t/87-settle-slices.t)],
     },
     {
-        name => 'settle-holds-kept',
-        what => "a delivered batch lets go of its people item by item as "
-            . "its slices free them: a person's next event waits for the "
-            . 'last slice',
+        name => 'slice-unholds-lost',
+        what => "a delivered batch's later slices free items and leave "
+            . "their people held: a person's next event never goes",
         file => $QUEUE,
-        from => q~    if (lo && !batch->unheld) {~,
-        to => q~    if (0 && lo && !batch->unheld) {~,
+        from => q~        case NGX_HTTP_CIO_ACT_DONE:
+            ngx_http_cio_queue_unhold(zone->sh, node);~,
+        to => q~        case NGX_HTTP_CIO_ACT_DONE:
+            if (batch->settled == 0) ngx_http_cio_queue_unhold(zone->sh, node);~,
         tests => [qw(t/87-settle-slices.t)],
     },
     {
         name => 'exit-leaves-freeing',
         what => 'a worker that stops between two slices of a settle leaves '
-            . 'the rest in flight: the spool keeps delivered events, and '
-            . 'a start sends them again',
+            . 'the rest in flight (and a drain counts them as left): the '
+            . 'spool keeps delivered events, and a start sends them again',
         file => $DELIVER,
         from => q~    while (d->freeing) {~,
         to => q~    while (0 && d->freeing) {~,

@@ -292,7 +292,6 @@ struct ngx_http_cio_batch_s {
     uint32_t                     lease;      /* every item's */
     unsigned                     taking:1;
     unsigned                     moved:1;    /* an item left flight */
-    unsigned                     unheld:1;   /* its persons let go */
 };
 
 

@@ -147,6 +147,7 @@ static void ngx_http_cio_deliver_notified(ngx_event_t *ev);
 static void ngx_http_cio_deliver_results(void);
 static void ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req);
 static void ngx_http_cio_deliver_free(ngx_event_t *ev);
+static void ngx_http_cio_deliver_free_all(void);
 static void ngx_http_cio_deliver_stats(ngx_http_cio_sreq_t *req,
     ngx_http_cio_shws_t *ws);
 static ngx_uint_t ngx_http_cio_deliver_counts(ngx_http_cio_sreq_t *req);
@@ -302,13 +303,7 @@ ngx_http_cio_deliver_exit(ngx_cycle_t *cycle)
         d->inflight--;
     }
 
-    if (d->free.posted) {
-        ngx_delete_posted_event(&d->free);
-    }
-
-    while (d->freeing) {
-        ngx_http_cio_deliver_free(&d->free);
-    }
+    ngx_http_cio_deliver_free_all();
 
     if (ngx_http_cio_sender_stop(d->sender, NGX_HTTP_CIO_STOP_TIMEOUT)
         == 0)
@@ -428,6 +423,8 @@ ngx_http_cio_deliver_drain_start(void)
 
     d = &ngx_http_cio_deliver;
 
+    ngx_http_cio_deliver_free_all();
+
     if (ngx_http_cio_queue_generation(d->zone) != d->generation) {
         ngx_log_error(NGX_LOG_INFO, d->log, 0,
                       "cio: reloaded, the new workers deliver the queue");
@@ -463,10 +460,16 @@ ngx_http_cio_deliver_drain_start(void)
 static ngx_uint_t
 ngx_http_cio_deliver_drain_done(void)
 {
-    ngx_uint_t               busy;
+    ngx_uint_t               busy, late;
     ngx_http_cio_deliver_t  *d;
 
     d = &ngx_http_cio_deliver;
+    late = (ngx_http_cio_now_ms() >= d->drain_deadline);
+
+    if (late) {
+        /* delivered, only not freed yet: not to be counted as left */
+        ngx_http_cio_deliver_free_all();
+    }
 
     busy = ngx_http_cio_queue_busy(d->zone);
 
@@ -476,7 +479,7 @@ ngx_http_cio_deliver_drain_done(void)
         return 1;
     }
 
-    if (ngx_http_cio_now_ms() >= d->drain_deadline) {
+    if (late) {
 
         if (d->zone->sh->orphaned) {
             ngx_http_cio_deliver_orphans(busy);
@@ -988,8 +991,10 @@ ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req)
 
 
 /*
- * The next slice of the delivered batches' settles, the oldest first: a
- * slice a turn of the event loop, all that is left on exit.
+ * The next slice of the delivered batches' settles, the oldest first, a
+ * slice a turn of the event loop: at 64 items a turn, and turns coming
+ * back to back while one is posted, it frees far more than a worker
+ * delivers.
  */
 
 static void
@@ -1005,7 +1010,7 @@ ngx_http_cio_deliver_free(ngx_event_t *ev)
     /* the outcome was the first slice's: this one only frees */
     ngx_memzero(&st, sizeof(ngx_http_cio_settle_t));
 
-    if (ngx_http_cio_queue_settle(d->zone, batch, &st, !d->exiting) == 0) {
+    if (ngx_http_cio_queue_settle(d->zone, batch, &st, 1) == 0) {
         d->freeing = batch->later;
 
         if (d->freeing == NULL) {
@@ -1015,9 +1020,41 @@ ngx_http_cio_deliver_free(ngx_event_t *ev)
         ngx_http_cio_queue_free_batch(batch);
     }
 
-    if (d->freeing && !d->exiting) {
+    if (d->freeing) {
         ngx_post_event(&d->free, &ngx_posted_next_events);
     }
+}
+
+
+/*
+ * All that is left of them at once: on exit, and before a stop counts
+ * what is queued (delivered items still in flight are not).
+ */
+
+static void
+ngx_http_cio_deliver_free_all(void)
+{
+    ngx_http_cio_batch_t    *batch;
+    ngx_http_cio_settle_t    st;
+    ngx_http_cio_deliver_t  *d;
+
+    d = &ngx_http_cio_deliver;
+
+    if (d->free.posted) {
+        ngx_delete_posted_event(&d->free);
+    }
+
+    while (d->freeing) {
+        batch = d->freeing;
+        d->freeing = batch->later;
+
+        ngx_memzero(&st, sizeof(ngx_http_cio_settle_t));
+        ngx_http_cio_queue_settle(d->zone, batch, &st, 0);
+
+        ngx_http_cio_queue_free_batch(batch);
+    }
+
+    d->freeing_tail = &d->freeing;
 }
 
 

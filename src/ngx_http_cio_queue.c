@@ -161,8 +161,6 @@ static void ngx_http_cio_queue_taken(ngx_http_cio_shctx_t *sh,
     ngx_http_cio_batch_t *batch, ngx_http_cio_main_conf_t *mcf);
 static ngx_int_t ngx_http_cio_queue_mine_init(ngx_http_cio_shctx_t *sh);
 static void ngx_http_cio_queue_unmark(ngx_http_cio_batch_t *batch);
-static void ngx_http_cio_queue_unhold_all(ngx_http_cio_shctx_t *sh,
-    ngx_http_cio_batch_t *batch);
 static void ngx_http_cio_queue_outcome(ngx_http_cio_shws_t *ws,
     ngx_http_cio_settle_t *st, uint64_t now);
 static void ngx_http_cio_queue_unhold(ngx_http_cio_shctx_t *sh,
@@ -1530,15 +1528,13 @@ ngx_http_cio_queue_dup(ngx_str_t *s)
  * With slice set, for a batch whose items were all delivered, it frees
  * NGX_HTTP_CIO_SLICE items at most, from where the last call stopped, and
  * returns how many are left: the caller goes on in later turns of the
- * event loop.  The first call lets go of every item's person at once
- * (from the keys the batch kept, no node touched): her later items need
- * not wait for the last slice, nor the takes meanwhile walk past them.
- * That is exact while the batch's lease runs (nothing of it can have
- * been reclaimed), so a batch whose lease ran out settles in one pass;
- * should it run out between two slices, a reclaimed node has a new id
- * and is left alone, and its person's count, let go twice, reaches zero
- * early and stays there until her other items leave flight.  The outcome
- * (the workspace's failures, its backoff) is the first call's.
+ * event loop.  Each item holds its person until its own slice frees it:
+ * a worker that dies between two slices leaves the rest leased, and their
+ * reclaim lets go of exactly those (a batch that let go of every person
+ * at once would have them let go twice, and another batch's person, in
+ * the same slot, overtaken).  A node reclaimed meanwhile has a new id and
+ * is left alone.  The outcome (the workspace's failures, its backoff) is
+ * the first call's.
  */
 
 ngx_uint_t
@@ -1557,19 +1553,9 @@ ngx_http_cio_queue_settle(ngx_http_cio_zone_t *zone,
     done = st->done;
 
     hi = (ngx_int_t) (batch->n - batch->settled);
-    lo = 0;
-
-    if (slice && hi > NGX_HTTP_CIO_SLICE
-        && (batch->unheld || (int32_t) (batch->lease - (uint32_t) now) > 0))
-    {
-        lo = hi - NGX_HTTP_CIO_SLICE;
-    }
+    lo = (slice && hi > NGX_HTTP_CIO_SLICE) ? hi - NGX_HTTP_CIO_SLICE : 0;
 
     ngx_shmtx_lock(&zone->shpool->mutex);
-
-    if (lo && !batch->unheld) {
-        ngx_http_cio_queue_unhold_all(zone->sh, batch);
-    }
 
     /* backwards, so that items go back to the head in their order */
 
@@ -1610,10 +1596,7 @@ ngx_http_cio_queue_settle(ngx_http_cio_zone_t *zone,
         switch (act) {
 
         case NGX_HTTP_CIO_ACT_DONE:
-            if (!batch->unheld) {
-                ngx_http_cio_queue_unhold(zone->sh, node);
-            }
-
+            ngx_http_cio_queue_unhold(zone->sh, node);
             ngx_queue_remove(&node->link);
             ws->ninflight--;
             zone->sh->count--;
@@ -1727,32 +1710,6 @@ ngx_http_cio_queue_outcome(ngx_http_cio_shws_t *ws,
     }
 }
 
-
-/*
- * Every item of a batch leaves flight: its person's count, from the key
- * the batch kept (settle() before its slices).
- */
-
-static void
-ngx_http_cio_queue_unhold_all(ngx_http_cio_shctx_t *sh,
-    ngx_http_cio_batch_t *batch)
-{
-    uint32_t    *c;
-    ngx_uint_t   i;
-
-    sh->unholds++;
-
-    for (i = 0; i < batch->n; i++) {
-        c = &sh->persons[batch->persons[i] & sh->persons_mask];
-
-        /* 0: no person, held by nobody */
-        if (batch->persons[i] && *c) {
-            (*c)--;
-        }
-    }
-
-    batch->unheld = 1;
-}
 
 
 /*
