@@ -148,6 +148,7 @@ static void ngx_http_cio_deliver_results(void);
 static void ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req);
 static void ngx_http_cio_deliver_free(ngx_event_t *ev);
 static void ngx_http_cio_deliver_free_all(void);
+static void ngx_http_cio_deliver_free_next(ngx_uint_t slice);
 static void ngx_http_cio_deliver_stats(ngx_http_cio_sreq_t *req,
     ngx_http_cio_shws_t *ws);
 static ngx_uint_t ngx_http_cio_deliver_counts(ngx_http_cio_sreq_t *req);
@@ -1000,25 +1001,11 @@ ngx_http_cio_deliver_settle(ngx_http_cio_sreq_t *req)
 static void
 ngx_http_cio_deliver_free(ngx_event_t *ev)
 {
-    ngx_http_cio_batch_t    *batch;
-    ngx_http_cio_settle_t    st;
     ngx_http_cio_deliver_t  *d;
 
     d = &ngx_http_cio_deliver;
-    batch = d->freeing;
 
-    /* the outcome was the first slice's: this one only frees */
-    ngx_memzero(&st, sizeof(ngx_http_cio_settle_t));
-
-    if (ngx_http_cio_queue_settle(d->zone, batch, &st, 1) == 0) {
-        d->freeing = batch->later;
-
-        if (d->freeing == NULL) {
-            d->freeing_tail = &d->freeing;
-        }
-
-        ngx_http_cio_queue_free_batch(batch);
-    }
+    ngx_http_cio_deliver_free_next(1);
 
     if (d->freeing) {
         ngx_post_event(&d->free, &ngx_posted_next_events);
@@ -1034,8 +1021,6 @@ ngx_http_cio_deliver_free(ngx_event_t *ev)
 static void
 ngx_http_cio_deliver_free_all(void)
 {
-    ngx_http_cio_batch_t    *batch;
-    ngx_http_cio_settle_t    st;
     ngx_http_cio_deliver_t  *d;
 
     d = &ngx_http_cio_deliver;
@@ -1045,16 +1030,37 @@ ngx_http_cio_deliver_free_all(void)
     }
 
     while (d->freeing) {
-        batch = d->freeing;
-        d->freeing = batch->later;
+        ngx_http_cio_deliver_free_next(0);
+    }
+}
 
-        ngx_memzero(&st, sizeof(ngx_http_cio_settle_t));
-        ngx_http_cio_queue_settle(d->zone, batch, &st, 0);
 
-        ngx_http_cio_queue_free_batch(batch);
+/* the oldest batch's next slice, or all of it; a batch all freed goes */
+
+static void
+ngx_http_cio_deliver_free_next(ngx_uint_t slice)
+{
+    ngx_http_cio_batch_t    *batch;
+    ngx_http_cio_settle_t    st;
+    ngx_http_cio_deliver_t  *d;
+
+    d = &ngx_http_cio_deliver;
+    batch = d->freeing;
+
+    /* the outcome was the first slice's: this one only frees */
+    ngx_memzero(&st, sizeof(ngx_http_cio_settle_t));
+
+    if (ngx_http_cio_queue_settle(d->zone, batch, &st, slice)) {
+        return;
     }
 
-    d->freeing_tail = &d->freeing;
+    d->freeing = batch->later;
+
+    if (d->freeing == NULL) {
+        d->freeing_tail = &d->freeing;
+    }
+
+    ngx_http_cio_queue_free_batch(batch);
 }
 
 

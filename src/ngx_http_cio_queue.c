@@ -1711,7 +1711,6 @@ ngx_http_cio_queue_outcome(ngx_http_cio_shws_t *ws,
 }
 
 
-
 /*
  * Frees the dead items of a batch once their dead letters are written;
  * lost: how many of those could not be, counted apart.
