@@ -19,7 +19,6 @@ use Cio::Load qw(post_events post_batch dead_letters missing);
 my $t = Cio::Test->new;
 my $cio = $t->standin(workspaces => ['site1:key1']);
 my $file = $t->dir . '/dead.jsonl';
-my $json = $t->json;
 
 # what this file provokes, at [error]: each is asserted below
 $t->allow_log(
@@ -48,12 +47,7 @@ $t->config(http => <<"END")->run;
     }
 END
 
-sub stats {
-    my ($st, undef, $body) = $t->http('GET', '/cio-status');
-    my $s = $st == 200 ? eval { $json->decode($body) } : undef;
-    my ($w) = grep { $_->{site_id} eq 'site1' } @{ $s->{workspaces} || [] };
-    return $w ? $w->{stats} : {};
-}
+sub stats { $t->ws_stats('/cio-status', 'site1') }
 
 sub dead_names {
     my ($re) = @_;

@@ -33,7 +33,6 @@ sub event {
 for my $want (266, 292) {
     my $t = Cio::Test->new(workers => 1);
     my $port = Cio::Test::free_port();
-    my $json = $t->json;
 
     # stopped with the zone full, and no spool: expected
     $t->allow_log(
@@ -47,13 +46,7 @@ for my $want (266, 292) {
             . "cio_retry_max 1000;",
         server => 'location = /status { cio_status; }'))->run;
 
-    my $ws = sub {
-        my ($st, undef, $body) = $t->http('GET', '/status');
-        my $s = $st == 200 ? eval { $json->decode($body) } : undef;
-        my ($w) = grep { $_->{site_id} eq 'site1' }
-                  @{ $s->{workspaces} || [] };
-        return $w ? $w->{stats} : {};
-    };
+    my $ws = sub { $t->ws_stats('/status', 'site1') };
 
     # one event to learn the item's size from its padding, then the rest
     # padded to the size wanted
@@ -154,12 +147,7 @@ END
         my $s = $st == 200 ? eval { $json->decode($body) } : undef;
         return $s || {};
     };
-    my $ws = sub {
-        my ($site) = @_;
-        my ($w) = grep { $_->{site_id} eq $site }
-                  @{ $status->()->{workspaces} || [] };
-        return $w ? $w->{stats} : {};
-    };
+    my $ws = sub { $t->ws_stats('/status', $_[0]) };
 
     my $base = $status->()->{zone}{used};
 

@@ -26,15 +26,7 @@ use Test::More;
 use Cio::Test qw(wait_until);
 use Cio::Gdb qw($GDB attach_error proc_field stop_at stopped release);
 
-my $json = Cio::Test->json;
-
-sub site1 {
-    my ($t) = @_;
-    my ($st, undef, $body) = $t->http('GET', '/cio-status');
-    my $s = $st == 200 ? eval { $json->decode($body) } : undef;
-    my ($w) = grep { $_->{site_id} eq 'site1' } @{ $s->{workspaces} || [] };
-    return $w ? $w->{stats} : {};
-}
+sub site1 { $_[0]->ws_stats('/cio-status', 'site1') }
 
 sub conf {
     my ($cio, $extra) = @_;
@@ -48,12 +40,10 @@ sub connected {
     my ($port) = @_;
     my $hex = sprintf('0100007F:%04X', $port);
     my %inode;
-    open my $fh, '<', '/proc/net/tcp' or return ();
-    while (<$fh>) {
+    for (split /\n/, Cio::Test::read_file(undef, '/proc/net/tcp')) {
         my @f = split;
         $inode{ $f[9] } = 1 if ($f[2] // '') eq $hex && $f[3] eq '01';
     }
-    close $fh;
     my %pid;
     for my $fd (glob '/proc/[0-9]*/fd/*') {
         my ($pid) = $fd =~ m{^/proc/(\d+)/};
@@ -201,7 +191,7 @@ SKIP: {
     release($t, $gdb);
     ok($t->stop('TERM'), 'nginx -s stop');
 
-    my $spool = $t->read_file('spool.jsonl') // '';
+    my $spool = $t->read_file('spool.jsonl');
     is(scalar(grep { length } split /\n/, $spool), 0,
         'the spool keeps none of the delivered events');
 

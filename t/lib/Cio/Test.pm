@@ -541,6 +541,16 @@ sub http {
     return raw_http($port, $req);
 }
 
+# a workspace's counters on the cio_status page at $path; {} when the
+# page cannot be read or does not show that workspace
+sub ws_stats {
+    my ($self, $path, $site) = @_;
+    my ($st, undef, $body) = $self->http('GET', $path);
+    my $s = $st == 200 ? eval { $JSON->decode($body) } : undef;
+    my ($w) = grep { $_->{site_id} eq $site } @{ $s->{workspaces} || [] };
+    return $w ? $w->{stats} : {};
+}
+
 sub post {
     my ($self, $path, $data, %headers) = @_;
     my $body = ref $data ? $JSON->encode($data) : $data;
