@@ -16,9 +16,9 @@
 #   BENCH_OUT=FILE     where the results go (default bench/results.md)
 #   BENCH_JOURNAL=ARGS cio_journal in every nginx, with these parameters
 #                      ("sync=1s", "sync=always"; "on" for the defaults)
-#   BENCH_ONLY=LIST    only these parts: standin,map,zone,edge,delivery,
-#                      journal (the others' rows are left out of the table;
-#                      journal is not run unless named here)
+#   BENCH_ONLY=LIST    only these parts: standin,map,zone,edge,latency,
+#                      delivery,journal (the others' rows are left out of
+#                      the table; journal is not run unless named here)
 #   BENCH_JOURNAL_SYNC=ARGS  the journal part's cio_journal parameters
 #                      (default "sync=1s")
 #   BENCH_PERF=DIR     the journal part: perf record of each nginx worker
@@ -28,8 +28,13 @@
 #   CIO_MODULE=PATH    another build of the module (t/lib/Cio/Test.pm)
 #   BENCH_KEEP=1       keep the nginx test directories (CIO_TEST_LEAVE)
 #   BENCH_CONNS=N      wrk's connections in the edge part (default 32;
-#                      4 keeps nginx and wrk below saturation, where the
-#                      p99s compare stalls, not queues)
+#                      with 4 the worker is still busy 96 % of the time:
+#                      a closed loop keeps it saturated, and part 1l
+#                      measures latency at a fixed rate instead)
+#   BENCH_LAT_LOADS=L  part 1l's offered loads, fractions of the reading-
+#                      body baseline's capacity or (above 1) requests/s
+#                      (default 0.25,0.5)
+#   BENCH_LAT_CONNS=N  part 1l's connections (default 16)
 #   BENCH_EDGE_HOLD=1  the edge part's stand-in holds its answers while
 #                      wrk runs, as the journal part's does: the accept
 #                      path without delivery on the same two cores
@@ -61,6 +66,8 @@ my $PAY = "$TOP/bench/payloads";
 my $CONNS = $ENV{BENCH_CONNS} || 32;
 my $HOLD = $ENV{BENCH_EDGE_HOLD};
 my $WRK = "$TOP/bench/wrk";
+my @LAT_FRACS = split /,/, $ENV{BENCH_LAT_LOADS} || '0.25,0.5';
+my $LAT_CONNS = $ENV{BENCH_LAT_CONNS} || 16;
 
 my $EVENTS = $ENV{BENCH_EVENTS} || 1_000_000;
 my $SECS = $ENV{BENCH_SECONDS} || 4;
@@ -87,8 +94,8 @@ my $T0 = time;
 my %R;                          # results
 my @notes;                      # lines for results.md
 
-die "bench: $BIN/map_cost and $BIN/cio-standin-fast are missing: "
-    . "run make bench\n" unless -x "$BIN/map_cost" && -x "$BIN/cio-standin-fast";
+die "bench: the tools in $BIN are missing: run make bench\n"
+    if grep { !-x "$BIN/$_" } qw(map_cost cio-standin-fast openloop);
 
 my @pids;                       # started here, stopped at exit
 END { stop_pid($_) for @pids }
@@ -119,6 +126,11 @@ if (want('zone')) {
 if (want('edge')) {
     say_phase('1. edge accept rate (wrk)');
     edge();
+}
+
+if (want('latency')) {
+    say_phase('1l. latency at a fixed offered rate (openloop)');
+    latency();
 }
 
 if ($ONLY{journal}) {
@@ -686,6 +698,79 @@ sub edge {
     }
 }
 
+# --- 1l. latency at a fixed offered rate -------------------------------------
+
+# wrk's closed loop fills a core with nginx's worker (perf sched: the
+# worker 96 % busy at -c4, module and baselines alike), so its p99 is what
+# the delivery's few percent of CPU on the same two cores (the sender
+# thread, the loopback, the stand-in) take from a saturated machine.  An
+# operator's latency is at a load the machine carries: bench/openloop.c
+# offers a fixed rate, a fraction of what the reading-body baseline takes
+# in this run, on keep-alive connections, each request timed from when it
+# was due.
+sub latency {
+    my $s = standin_start(nice => 1, rate => $RATE, burst => $RATE);
+    my $t = nginx_start(workers => 1, zone => '512m', timeout => '10s',
+        standin => $s->{port});
+    my $base = 'http://127.0.0.1:' . $t->port;
+    my %b = (file => "$PAY/track.json", ctype => 'text/plain');
+    my @locs = ('read', 'cio');
+
+    my $cap = wrk(url => "$base/read/v1/t", body => $b{file},
+        ctype => $b{ctype}, secs => 2, threads => 1, conns => 4);
+    $cap = $cap->{requests} / $cap->{seconds};
+    $R{latency}{capacity} = $cap;
+    printf "  the reading-body baseline takes %s req/s (wrk -c4)\n",
+        fmt_int($cap);
+
+    my ($sent, $accepted) = (0, 0);
+    for my $frac (@LAT_FRACS) {
+        # a fraction of the baseline's capacity, or (above 1) a rate
+        my $rate = $frac > 1 ? $frac : int($cap * $frac);
+        for my $round (1 .. $ROUNDS) {
+            for my $loc ($round % 2 ? @locs : reverse @locs) {
+                my $h = openloop(url => "$base/$loc/v1/t", rate => $rate,
+                    secs => $SECS, %b);
+                push @{ $R{latency}{$frac}{$loc} }, $h;
+                if ($loc eq 'cio') {
+                    $accepted += $h->{ok};
+                    $sent += $h->{ok};
+                    drained($s, $sent);
+                }
+                printf "  %3.0f %% (%6s req/s) round %d %-4s %7s req/s  "
+                    . "p50 %5.3f  p90 %5.3f  p99 %5.3f  p99.9 %5.3f  "
+                    . "max %6.2f ms  non-2xx %d  lag %.2f ms\n",
+                    100 * $frac, fmt_int($rate), $round, $loc,
+                    fmt_int($h->{rps}),
+                    @$h{qw(p50_ms p90_ms p99_ms p999_ms max_ms)},
+                    $h->{non2xx}, $h->{max_lag_ms};
+            }
+        }
+    }
+    my $st = standin_settle($s, undef, 30);
+    $R{latency}{delivered} = $st->{items_accepted};
+    $R{latency}{accepted} = $accepted;
+    nginx_stop($t);
+    standin_stop($s);
+}
+
+# bench/openloop.c at a fixed rate, timed from each request's due time
+sub openloop {
+    my (%o) = @_;
+    my ($port, $path) = $o{url} =~ m{^http://127\.0\.0\.1:(\d+)(/.*)$}
+        or die "bench: openloop wants http://127.0.0.1:PORT/PATH\n";
+    my $cmd = sprintf 'timeout -k 5 %d %s/openloop -p %d -u %s -b %s '
+        . '-r %d -c %d -d %d -w 1 -t "%s" 2>&1',
+        $o{secs} + 30, $BIN, $port, $path, $o{file}, $o{rate}, $LAT_CONNS,
+        $o{secs}, $o{ctype};
+    my ($rc, $out) = run_capture($cmd);
+    my $v = last_json($out);
+    die "bench: openloop failed ($rc): $cmd\n$out\n" unless $v;
+    $v->{ok} = $v->{requests} - $v->{non2xx};
+    $v->{rps} = $v->{requests} / $v->{seconds};
+    return $v;
+}
+
 # --- 1j. the journal's cost -----------------------------------------------------
 
 # two nginx, one with cio_journal and one without, one worker each, both
@@ -1021,6 +1106,47 @@ sub report {
             fmt_int($R{edge}{accepted_measured}), fmt_int($R{edge}{delivered}),
             $R{edge}{delivered} >= $R{edge}{accepted_measured}
                 ? 'every accepted event was delivered' : 'EVENTS MISSING');
+    }
+
+    if (my $l = $R{latency}) {
+        for my $frac (@LAT_FRACS) {
+            my ($c, $r) = ($l->{$frac}{cio}, $l->{$frac}{read});
+            my @ratios = map { $c->[$_]{p99_ms} / $r->[$_]{p99_ms} }
+                0 .. $#$c;
+            my $m = median(@ratios);
+            my $pick = sub {
+                my ($runs, $k) = @_;
+                return median(map { $_->{$k} } @$runs);
+            };
+            my $fmt = sub {
+                my ($runs) = @_;
+                return sprintf '%.2f / %.2f / %.2f',
+                    map { $pick->($runs, $_) } qw(p50_ms p99_ms p999_ms);
+            };
+            push @rows,
+                ['1l', sprintf('single `track` at %s requests/s%s, open '
+                    . 'loop: latency p50 / p99 / p99.9 (ms)',
+                    fmt_int($c->[0]{rate}), $frac > 1 ? ''
+                        : sprintf(' (%.0f %% of the baseline\'s)',
+                                  100 * $frac)),
+                 $fmt->($c), $fmt->($r) . ' (reading the body)',
+                 sprintf('%.2f (p99)', $m), '≤ 1.5 (p99)',
+                 verdict($m <= 1.5)];
+            push @detail, sprintf('- 1l: at %s requests/s, p99 module/'
+                . 'baseline per round: %s; the load generator\'s own '
+                . 'lateness at most %.2f ms.', fmt_int($c->[0]{rate}),
+                join(' ', map { sprintf '%.2f', $_ } @ratios),
+                (sort { $b <=> $a } map { $_->{max_lag_ms} } @$c, @$r)[0]);
+        }
+        push @detail, sprintf('- 1l: bench/openloop.c sends each request '
+            . 'when it is due (%d keep-alive connections, due times '
+            . 'interleaved) and times it from then, so a stall is counted '
+            . 'for every request due in it; module and baseline alternate, '
+            . '%d rounds of %d s after 1 s of warm-up, medians shown; the '
+            . 'baseline\'s capacity (wrk -c4, 2 s) was %s requests/s; '
+            . '%s events answered 200, %s received by the stand-in.',
+            $LAT_CONNS, $ROUNDS, $SECS, fmt_int($l->{capacity}),
+            fmt_int($l->{accepted}), fmt_int($l->{delivered}));
     }
 
     if (my $j = $R{journal}) {
