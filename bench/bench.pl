@@ -1144,9 +1144,12 @@ sub report {
             . 'for every request due in it; module and baseline alternate, '
             . '%d rounds of %d s after 1 s of warm-up, medians shown; the '
             . 'baseline\'s capacity (wrk -c4, 2 s) was %s requests/s; '
-            . '%s events answered 200, %s received by the stand-in.',
+            . '%s events answered 200 in the measured seconds, %s '
+            . 'received by the stand-in (the warm-ups\' included): %s.',
             $LAT_CONNS, $ROUNDS, $SECS, fmt_int($l->{capacity}),
-            fmt_int($l->{accepted}), fmt_int($l->{delivered}));
+            fmt_int($l->{accepted}), fmt_int($l->{delivered}),
+            $l->{delivered} >= $l->{accepted}
+                ? 'every accepted event was delivered' : 'EVENTS MISSING');
     }
 
     if (my $j = $R{journal}) {
