@@ -730,7 +730,7 @@ sub latency {
     printf "  the reading-body baseline takes %s req/s (wrk -c4)\n",
         fmt_int($cap);
 
-    my ($sent, $accepted) = (0, 0);
+    my $accepted = 0;
     for my $frac (@LAT_FRACS) {
         # a fraction of the baseline's capacity, or (above 1) a rate
         my $rate = $frac > 1 ? $frac : int($cap * $frac);
@@ -742,8 +742,7 @@ sub latency {
                 if ($loc eq 'cio') {
                     # the warm-up's events are accepted and delivered too
                     $accepted += $h->{ok_all};
-                    $sent += $h->{ok_all};
-                    drained($s, $sent);
+                    drained($s, $accepted);
                 }
                 printf "  %5s (%6s req/s) round %d %-4s %7s req/s  "
                     . "p50 %5.3f  p90 %5.3f  p99 %5.3f  p99.9 %5.3f  "
@@ -775,7 +774,6 @@ sub openloop {
     my ($rc, $out) = run_capture($cmd);
     my $v = last_json($out);
     die "bench: openloop failed ($rc): $cmd\n$out\n" unless $v;
-    $v->{ok} = $v->{requests} - $v->{non2xx};
     $v->{rps} = $v->{requests} / $v->{seconds};
     return $v;
 }
@@ -1125,14 +1123,12 @@ sub report {
             my $m = median(@ratios);
             my $lost = 0;
             $lost += $_->{unanswered} + $_->{non2xx} for @$c, @$r;
-            my $pick = sub {
-                my ($runs, $k) = @_;
-                return median(map { $_->{$k} } @$runs);
-            };
             my $fmt = sub {
                 my ($runs) = @_;
-                return sprintf '%.2f / %.2f / %.2f',
-                    map { $pick->($runs, $_) } qw(p50_ms p99_ms p999_ms);
+                return sprintf '%.2f / %.2f / %.2f', map {
+                    my $k = $_;
+                    median(map { $_->{$k} } @$runs)
+                } qw(p50_ms p99_ms p999_ms);
             };
             push @rows,
                 ['1l', sprintf('single `track` at %s requests/s%s, open '

@@ -60,7 +60,6 @@
 typedef struct {
     int         fd;
     int         busy;
-    uint64_t    k;              /* index of its next request */
     uint64_t    due;            /* ns, of the request in flight or next */
     uint64_t    start;          /* ns, its latency counts from */
     uint64_t    freed;          /* ns, when the last answer completed */
@@ -287,7 +286,7 @@ static void
 conn_read(conn_t *c, uint64_t warm_end)
 {
     ssize_t  n;
-    int      rc, status;
+    int      rc, status, ok;
 
     for ( ;; ) {
         n = read(c->fd, c->rbuf + c->got, RBUF - 1 - c->got);
@@ -316,16 +315,14 @@ conn_read(conn_t *c, uint64_t warm_end)
         }
 
         c->freed = now_ns();
+        ok = status >= 200 && status <= 299;
 
-        if (status >= 200 && status <= 299) {
-            ok_all++;           /* the warm-up's too: what was accepted */
-        }
+        /* the warm-up's too: what the server accepted */
+        ok_all += ok;
 
         if (c->due >= warm_end) {
             record(c->freed - c->start);
-            if (status < 200 || status > 299) {
-                non2xx++;
-            }
+            non2xx += !ok;
         }
 
         c->busy = 0;
@@ -434,7 +431,7 @@ main(int argc, char **argv)
     int                  opt, port, nconns, ep, n, i;
     double               rate, secs, warm;
     const char          *path, *file, *ctype, *auth;
-    uint64_t             start, warm_end, end, stop, gap, now, next;
+    uint64_t             start, warm_end, end, stop, gap, step, now, next;
     conn_t              *conns, *c;
     struct epoll_event   ev, evs[MAX_CONNS];
 
@@ -487,6 +484,7 @@ main(int argc, char **argv)
     }
 
     gap = (uint64_t) (1e9 / rate);
+    step = nconns * gap;            /* between one connection's dues */
     start = now_ns() + 10000000;
     warm_end = start + (uint64_t) (warm * 1e9);
     end = warm_end + (uint64_t) (secs * 1e9);
@@ -494,8 +492,7 @@ main(int argc, char **argv)
 
     for (i = 0; i < nconns; i++) {
         c = &conns[i];
-        c->k = i;
-        c->due = start + c->k * gap;
+        c->due = start + i * gap;
         ev.events = EPOLLIN | EPOLLOUT | EPOLLET;
         ev.data.ptr = c;
         if (epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev) < 0) {
@@ -529,15 +526,14 @@ main(int argc, char **argv)
             if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
                 conn_read(c, warm_end);
                 if (!c->busy) {
-                    c->k += nconns;
-                    c->due = start + c->k * gap;
+                    c->due += step;
                 }
             }
         }
     }
 
     for (i = 0; i < nconns; i++) {
-        owed(&conns[i], nconns * gap, warm_end, end, stop);
+        owed(&conns[i], step, warm_end, end, stop);
         close(conns[i].fd);
     }
 
